@@ -1,0 +1,145 @@
+//! DDL of the capture scheme, as pure functions returning SQL text.
+//!
+//! The triggers run inside the *application's* SQLite, which may be as old as 3.35 and may
+//! run with `PRAGMA trusted_schema=OFF`. So they use only plain `INSERT ... VALUES/SELECT`,
+//! `julianday('now')` and reads of our own tables: no functions of ours, no virtual tables,
+//! no syntax newer than 3.35. Each trigger records *which row* changed (table id and key
+//! values) and the write's wall-clock time in Unix milliseconds; the row image is read when
+//! the log is drained. While an apply transaction holds a row in `__hl_applying`, the
+//! triggers record nothing (echo suppression).
+
+use super::names::{self, quote};
+use super::schema::{affinity, TableInfo};
+
+/// Initial number of key slots in the log (grown with `ALTER TABLE` for wider keys).
+pub const INITIAL_KEY_SLOTS: usize = 4;
+
+/// SQL expression for "now" in Unix milliseconds, valid in SQLite ≥ 3.35 and in triggers
+/// under `trusted_schema=OFF`.
+pub const WALL_CLOCK_MILLIS: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
+
+/// The internal tables, created if missing.
+pub fn internal_tables() -> String {
+    let slots: Vec<String> = (0..INITIAL_KEY_SLOTS).map(names::key_slot).collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {meta}(key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {tables}(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, \
+key_count INTEGER NOT NULL, fingerprint INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS {log}(seq INTEGER PRIMARY KEY, tbl INTEGER NOT NULL, \
+wall INTEGER NOT NULL, {slots});
+CREATE TABLE IF NOT EXISTS {outbox}(id INTEGER PRIMARY KEY, batch_seq INTEGER NOT NULL, \
+part INTEGER NOT NULL, parts INTEGER NOT NULL, rows INTEGER NOT NULL, frame BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS {applying}(marker INTEGER);
+CREATE TABLE IF NOT EXISTS {parts}(origin BLOB NOT NULL, batch_seq INTEGER NOT NULL, \
+part INTEGER NOT NULL, parts INTEGER NOT NULL, compression INTEGER NOT NULL, body BLOB NOT NULL, \
+PRIMARY KEY(origin, batch_seq, part)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {parked}(stream_seq INTEGER PRIMARY KEY, frame BLOB NOT NULL, \
+kind TEXT NOT NULL, reason TEXT NOT NULL, parked_at INTEGER NOT NULL, \
+attempts INTEGER NOT NULL DEFAULT 0);",
+        meta = quote(names::META),
+        tables = quote(names::TABLES),
+        log = quote(names::LOG),
+        slots = slots.join(", "),
+        outbox = quote(names::OUTBOX),
+        applying = quote(names::APPLYING),
+        parts = quote(names::PARTS),
+        parked = quote(names::PARKED),
+    )
+}
+
+/// Adds key slot `n` to the log.
+pub fn add_log_slot(n: usize) -> String {
+    format!("ALTER TABLE {} ADD COLUMN {}", quote(names::LOG), names::key_slot(n))
+}
+
+/// The version table of table `id`: one row per key ever written, with the HLC of the last
+/// write (24-byte BLOB, ordered like the HLC) and whether it was a delete. Key slots get the
+/// affinity of the user's key columns, so stored keys compare equal to the table's.
+pub fn version_table(id: i64, table: &TableInfo) -> String {
+    let slots: Vec<String> = table
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} {}", names::key_slot(i), affinity(&c.decl_type)))
+        .collect();
+    let key: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}({}, hlc BLOB NOT NULL, deleted INTEGER NOT NULL, \
+         PRIMARY KEY({})) WITHOUT ROWID",
+        quote(&names::version_table(id)),
+        slots.join(", "),
+        key.join(", ")
+    )
+}
+
+/// Drops the triggers of table `id` (if present).
+pub fn drop_triggers(id: i64) -> String {
+    names::triggers(id)
+        .iter()
+        .map(|t| format!("DROP TRIGGER IF EXISTS {};", quote(t)))
+        .collect()
+}
+
+/// The three capture triggers of table `id` (insert, update, delete), each one statement.
+/// SQLite keeps this text verbatim in `sqlite_schema.sql`, which lets an install tell
+/// whether a trigger is current.
+pub fn create_triggers(id: i64, table: &TableInfo) -> [String; 3] {
+    let [insert, update, delete] = names::triggers(id);
+    let target = quote(&table.name);
+    let slots: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
+    let log_insert = format!("INSERT INTO {}(tbl, wall, {})", quote(names::LOG), slots.join(", "));
+    let keys = |row: &str| -> String {
+        table
+            .key_columns
+            .iter()
+            .map(|c| format!("{row}.{}", quote(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let key_changed = table
+        .key_columns
+        .iter()
+        .map(|c| format!("OLD.{0} IS NOT NEW.{0}", quote(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let when = format!("WHEN NOT EXISTS (SELECT 1 FROM {})", quote(names::APPLYING));
+    let (new, old) = (keys("NEW"), keys("OLD"));
+    [
+        format!(
+            "CREATE TRIGGER {} AFTER INSERT ON {target} {when} BEGIN\n  \
+             {log_insert} VALUES ({id}, {WALL_CLOCK_MILLIS}, {new});\nEND",
+            quote(&insert)
+        ),
+        format!(
+            "CREATE TRIGGER {} AFTER UPDATE ON {target} {when} BEGIN\n  \
+             {log_insert} SELECT {id}, {WALL_CLOCK_MILLIS}, {old} WHERE {key_changed};\n  \
+             {log_insert} VALUES ({id}, {WALL_CLOCK_MILLIS}, {new});\nEND",
+            quote(&update)
+        ),
+        format!(
+            "CREATE TRIGGER {} AFTER DELETE ON {target} {when} BEGIN\n  \
+             {log_insert} VALUES ({id}, {WALL_CLOCK_MILLIS}, {old});\nEND",
+            quote(&delete)
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::schema::ColumnInfo;
+
+    #[test]
+    fn triggers_quote_every_identifier() {
+        let t = TableInfo::from_columns(
+            "my \"odd\" table",
+            vec![ColumnInfo { name: "ké y".into(), decl_type: "TEXT".into(), pk: 1, hidden: 0 }],
+        )
+        .unwrap();
+        let sql = create_triggers(3, &t).join(";\n");
+        assert!(sql.contains(r#"ON "my ""odd"" table""#));
+        assert!(sql.contains(r#"NEW."ké y""#));
+        assert!(sql.contains(r#"OLD."ké y" IS NOT NEW."ké y""#));
+        assert!(version_table(3, &t).contains("k0 TEXT"));
+    }
+}

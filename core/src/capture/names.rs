@@ -1,0 +1,90 @@
+//! The one place that names internal SQL objects, and quotes identifiers.
+//!
+//! Naming scheme: every internal object starts with [`PREFIX`] (`__hl_`).
+//!
+//! | object | name |
+//! | --- | --- |
+//! | key/value metadata (node id, cursor, clock, batch counter) | `__hl_meta` |
+//! | registry of replicated tables (id, name, key width, fingerprint) | `__hl_tables` |
+//! | change log written by the triggers | `__hl_log` |
+//! | encoded batches waiting for a JetStream ack | `__hl_outbox` |
+//! | echo-suppression marker (a row exists only inside an apply transaction) | `__hl_applying` |
+//! | parts of multi-part batches received so far | `__hl_parts` |
+//! | messages that could not be applied, with the reason | `__hl_parked` |
+//! | row versions of replicated table *N* | `__hl_v<N>` |
+//! | capture triggers of table *N* | `__hl_t<N>_insert`, `__hl_t<N>_update`, `__hl_t<N>_delete` |
+//!
+//! Tables are numbered, so user table names (spaces, quotes, any Unicode) never become part of
+//! an internal name.
+
+/// Prefix shared by every internal object.
+pub const PREFIX: &str = "__hl_";
+/// Metadata table.
+pub const META: &str = "__hl_meta";
+/// Replicated-table registry.
+pub const TABLES: &str = "__hl_tables";
+/// Change log.
+pub const LOG: &str = "__hl_log";
+/// Outbox of encoded frames.
+pub const OUTBOX: &str = "__hl_outbox";
+/// Echo-suppression marker table.
+pub const APPLYING: &str = "__hl_applying";
+/// Received parts of multi-part batches.
+pub const PARTS: &str = "__hl_parts";
+/// Parked messages.
+pub const PARKED: &str = "__hl_parked";
+
+/// Version table of the table with registry id `id`.
+pub fn version_table(id: i64) -> String {
+    format!("{PREFIX}v{id}")
+}
+
+/// The three capture triggers of the table with registry id `id`.
+pub fn triggers(id: i64) -> [String; 3] {
+    [
+        format!("{PREFIX}t{id}_insert"),
+        format!("{PREFIX}t{id}_update"),
+        format!("{PREFIX}t{id}_delete"),
+    ]
+}
+
+/// Name of the `n`th key slot column of the log and of version tables.
+pub fn key_slot(n: usize) -> String {
+    format!("k{n}")
+}
+
+/// Whether `name` is an internal object.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with(PREFIX)
+}
+
+/// Quotes an identifier for SQL: wrapped in double quotes, inner quotes doubled.
+pub fn quote(ident: &str) -> String {
+    let mut out = String::with_capacity(ident.len() + 2);
+    out.push('"');
+    for c in ident.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Quotes a string literal for SQL: wrapped in single quotes, inner quotes doubled.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_inner_quotes() {
+        assert_eq!(quote(r#"a "b" c"#), r#""a ""b"" c""#);
+        assert_eq!(quote("é t"), "\"é t\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

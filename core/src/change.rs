@@ -1,0 +1,152 @@
+//! Row changes and batches: what one drain captures and one remote transaction applies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hlc::{Hlc, NodeId, NTP64};
+use crate::value::Value;
+
+/// Position of a message in the JetStream stream (1-based; 0 means "nothing yet").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct StreamSeq(u64);
+
+impl StreamSeq {
+    /// The position before the first message.
+    pub const ZERO: StreamSeq = StreamSeq(0);
+
+    /// Wraps a raw stream sequence.
+    pub fn new(seq: u64) -> Self {
+        StreamSeq(seq)
+    }
+
+    /// The raw sequence.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The next position.
+    pub fn next(self) -> Self {
+        StreamSeq(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for StreamSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Per-node sequence number of a captured batch (one drain). Starts at 1, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct BatchSeq(u64);
+
+impl BatchSeq {
+    /// Wraps a raw batch sequence.
+    pub fn new(seq: u64) -> Self {
+        BatchSeq(seq)
+    }
+
+    /// The raw sequence.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for BatchSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The shape of a replicated table as the sender saw it. Receivers match columns by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    /// Table name (unquoted).
+    pub name: String,
+    /// Fingerprint of the sender's column list (see `capture::TableInfo::fingerprint`).
+    pub fingerprint: u32,
+    /// Primary-key column names, in key order.
+    pub key_columns: Vec<String>,
+    /// The other replicated columns, in the order values are sent.
+    pub value_columns: Vec<String>,
+}
+
+/// One row's new state: an upsert of its full image, or a delete (tombstone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowChange {
+    /// Index into [`Batch::tables`].
+    pub table: u32,
+    /// HLC time of the write; the node is the batch's origin.
+    pub time: u64,
+    /// Primary-key values, in `key_columns` order.
+    pub key: Vec<Value>,
+    /// `Some(values)` in `value_columns` order for an upsert, `None` for a delete.
+    pub values: Option<Vec<Value>>,
+}
+
+impl RowChange {
+    /// The full timestamp of this change, given the batch's origin node.
+    pub fn hlc(&self, origin: NodeId) -> Hlc {
+        Hlc::new(NTP64(self.time), origin)
+    }
+
+    /// Whether this change deletes the row.
+    pub fn is_delete(&self) -> bool {
+        self.values.is_none()
+    }
+}
+
+/// Whole local transactions captured by one drain, in commit order, one change per row.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Batch {
+    /// Schemas of the tables the rows refer to.
+    pub tables: Vec<TableSchema>,
+    /// Row changes in the order their last local write committed.
+    pub rows: Vec<RowChange>,
+}
+
+impl Batch {
+    /// Number of row changes.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the batch carries no change.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Checks internal consistency (table indexes and value counts), as a receiver must
+    /// before touching its database.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, row) in self.rows.iter().enumerate() {
+            let table = self
+                .tables
+                .get(row.table as usize)
+                .ok_or_else(|| format!("row {i} names table index {} of {}", row.table, self.tables.len()))?;
+            if row.key.len() != table.key_columns.len() {
+                return Err(format!(
+                    "row {i} of table {:?} has {} key values for {} key columns",
+                    table.name,
+                    row.key.len(),
+                    table.key_columns.len()
+                ));
+            }
+            if let Some(values) = &row.values {
+                if values.len() != table.value_columns.len() {
+                    return Err(format!(
+                        "row {i} of table {:?} has {} values for {} columns",
+                        table.name,
+                        values.len(),
+                        table.value_columns.len()
+                    ));
+                }
+            }
+        }
+        for table in &self.tables {
+            if table.key_columns.is_empty() {
+                return Err(format!("table {:?} has no key columns", table.name));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! Error types shared across the crate.
+
+#[cfg(feature = "sqlite")]
+pub use store_errors::*;
+
+#[cfg(feature = "sqlite")]
+mod store_errors {
+    use crate::hlc::ClockError;
+    use crate::wire::WireError;
+
+    /// A failure of the database itself: the operation did nothing and may be retried.
+    #[derive(Debug, thiserror::Error)]
+    pub enum StoreError {
+        /// SQLite returned an error.
+        #[error("SQLite error while {context}: {source}")]
+        Sqlite {
+            /// What the store was doing.
+            context: String,
+            /// The underlying error.
+            #[source]
+            source: rusqlite::Error,
+        },
+        /// Internal state in the database is not what this build wrote.
+        #[error("harmonylite metadata is damaged: {0}")]
+        Corrupt(String),
+    }
+
+    impl StoreError {
+        /// Whether retrying later may succeed (busy, locked, I/O, full disk) rather than the
+        /// database being unusable.
+        pub fn is_transient(&self) -> bool {
+            match self {
+                StoreError::Sqlite { source, .. } => is_transient_sqlite(source),
+                StoreError::Corrupt(_) => false,
+            }
+        }
+
+        /// Whether SQLite reported `SQLITE_BUSY` or `SQLITE_LOCKED`.
+        pub fn is_busy(&self) -> bool {
+            matches!(
+                self,
+                StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }
+                    if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        }
+    }
+
+    /// Whether an SQLite error is environmental (retry later) rather than caused by the data.
+    pub(crate) fn is_transient_sqlite(e: &rusqlite::Error) -> bool {
+        use rusqlite::ErrorCode::*;
+        match e {
+            rusqlite::Error::SqliteFailure(f, _) => matches!(
+                f.code,
+                DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | OutOfMemory
+                    | CannotOpen | FileLockingProtocolFailed | ReadOnly | OperationInterrupted
+            ),
+            _ => false,
+        }
+    }
+
+    /// Adds context to rusqlite results.
+    pub(crate) trait Context<T> {
+        /// Wraps the error with what the store was doing.
+        fn context(self, context: impl Into<String>) -> Result<T, StoreError>;
+    }
+
+    impl<T> Context<T> for Result<T, rusqlite::Error> {
+        fn context(self, context: impl Into<String>) -> Result<T, StoreError> {
+            self.map_err(|source| StoreError::Sqlite {
+                context: context.into(),
+                source,
+            })
+        }
+    }
+
+    /// Why a received message cannot be applied here (it is parked, not dropped).
+    #[derive(Debug, thiserror::Error)]
+    pub enum ApplyError {
+        /// The frame or batch does not decode.
+        #[error(transparent)]
+        Wire(#[from] WireError),
+        /// The batch names a table this replica does not replicate.
+        #[error("table {table:?} does not exist or is not replicated on this node")]
+        UnknownTable {
+            /// The table named by the sender.
+            table: String,
+        },
+        /// The batch names a column the local table lacks.
+        #[error("table {table:?} has no column {column:?} on this node")]
+        UnknownColumn {
+            /// The table.
+            table: String,
+            /// The missing column.
+            column: String,
+        },
+        /// The sender's primary key differs from ours.
+        #[error("table {table:?} has primary key {ours:?} here but {theirs:?} on the sender")]
+        KeyMismatch {
+            /// The table.
+            table: String,
+            /// Our key columns.
+            ours: Vec<String>,
+            /// The sender's key columns.
+            theirs: Vec<String>,
+        },
+        /// A timestamp is too far in the future.
+        #[error(transparent)]
+        Clock(#[from] ClockError),
+        /// SQLite refused the change because of the data (constraint, type).
+        #[error("SQLite refused a change to table {table:?}: {source}")]
+        Rejected {
+            /// The table.
+            table: String,
+            /// The SQLite error.
+            #[source]
+            source: rusqlite::Error,
+        },
+    }
+
+    impl ApplyError {
+        /// A stable short name of the kind, for metrics and the parked table.
+        pub fn kind(&self) -> &'static str {
+            match self {
+                ApplyError::Wire(WireError::UnsupportedVersion(_)) => "version",
+                ApplyError::Wire(_) => "decode",
+                ApplyError::UnknownTable { .. } => "unknown_table",
+                ApplyError::UnknownColumn { .. } => "unknown_column",
+                ApplyError::KeyMismatch { .. } => "key_mismatch",
+                ApplyError::Clock(_) => "clock",
+                ApplyError::Rejected { .. } => "rejected",
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Plain data exchanged between the engine and a database: messages in, frames out, and
+//! what each operation did.
+
+use std::collections::BTreeSet;
+
+use crate::change::{BatchSeq, StreamSeq};
+
+/// One message taken from the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Its stream sequence.
+    pub seq: StreamSeq,
+    /// The frame as received.
+    pub frame: Vec<u8>,
+}
+
+/// What a drain captured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Row changes captured (after coalescing).
+    pub rows: usize,
+    /// Log entries consumed.
+    pub log_entries: usize,
+    /// The batch written to the outbox, if any.
+    pub batch_seq: Option<BatchSeq>,
+    /// Frames written to the outbox.
+    pub frames: usize,
+    /// Tables with captured changes.
+    pub tables: Vec<String>,
+}
+
+/// What a receive did.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiveReport {
+    /// Local changes drained first.
+    pub drained: DrainReport,
+    /// Row-level counts of everything applied.
+    pub applied: Applied,
+    /// Batches applied.
+    pub batches: u64,
+    /// This node's own messages, skipped.
+    pub own: u64,
+    /// Parts of multi-part batches stored to wait for the rest.
+    pub parts_stored: u64,
+    /// Messages at or below the cursor, ignored.
+    pub already_seen: u64,
+    /// Messages parked instead of applied.
+    pub parked: Vec<Parked>,
+    /// Parked messages that now applied (retries only).
+    pub unparked: u64,
+    /// The cursor after this receive.
+    pub cursor: StreamSeq,
+}
+
+/// Counts of one applied batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Changes to rows this replica had no version of.
+    pub new_rows: u64,
+    /// Changes that replaced an older local version (conflicts the remote side won).
+    pub remote_won: u64,
+    /// Changes older than the local version (conflicts the local side won), not applied.
+    pub local_won: u64,
+    /// Changes already applied before (same HLC), ignored.
+    pub duplicates: u64,
+    /// Tables whose rows changed.
+    pub tables: BTreeSet<String>,
+}
+
+impl Applied {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, other: Applied) {
+        self.new_rows += other.new_rows;
+        self.remote_won += other.remote_won;
+        self.local_won += other.local_won;
+        self.duplicates += other.duplicates;
+        self.tables.extend(other.tables);
+    }
+
+    /// Rows whose content changed.
+    pub fn rows_changed(&self) -> u64 {
+        self.new_rows + self.remote_won
+    }
+}
+
+/// One frame waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxFrame {
+    /// Row id in the outbox (publish order).
+    pub id: i64,
+    /// Batch the frame belongs to.
+    pub batch_seq: BatchSeq,
+    /// Part index within the batch.
+    pub part: u32,
+    /// Number of parts of the batch.
+    pub parts: u32,
+    /// Row changes in the batch (on part 0; 0 on the other parts).
+    pub rows: u64,
+    /// The encoded frame.
+    pub frame: Vec<u8>,
+}
+
+/// A message that was parked instead of applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    /// Its stream position.
+    pub seq: StreamSeq,
+    /// [`ApplyError::kind`].
+    pub kind: &'static str,
+    /// The full error message.
+    pub reason: String,
+}

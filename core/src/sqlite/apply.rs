@@ -1,0 +1,133 @@
+//! Applying a remote batch under last-writer-wins.
+
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
+
+use super::drain::write_version;
+use super::tables::{RegisteredTable, Tables};
+use crate::change::Batch;
+use crate::error::{is_transient_sqlite, ApplyError, Context, StoreError};
+use crate::hlc::{Clock, Hlc, NodeId, NTP64};
+use crate::merge::incoming_wins;
+use crate::report::Applied;
+
+/// Either the batch cannot be applied here (park it) or the database failed (retry).
+#[derive(Debug)]
+pub enum ApplyFailure {
+    /// Park the message with this reason.
+    Park(ApplyError),
+    /// Abort and retry later.
+    Store(StoreError),
+}
+
+impl From<StoreError> for ApplyFailure {
+    fn from(e: StoreError) -> Self {
+        ApplyFailure::Store(e)
+    }
+}
+
+/// Applies `batch` from `origin` row by row: each change replaces the row when its HLC beats
+/// the stored version ([`incoming_wins`]). The caller holds a write transaction with the
+/// echo-suppression marker set and a savepoint around this call, so a failure leaves nothing
+/// behind. Checks every table and column before writing anything.
+pub fn apply_batch(
+    conn: &Connection,
+    tables: &Tables,
+    clock: &mut Clock,
+    origin: NodeId,
+    batch: &Batch,
+    now: NTP64,
+) -> Result<Applied, ApplyFailure> {
+    let plans = plan(tables, batch).map_err(ApplyFailure::Park)?;
+    if let Some(newest) = batch.rows.iter().map(|r| r.hlc(origin)).max() {
+        clock.check_not_too_far_ahead(newest, now).map_err(|e| ApplyFailure::Park(e.into()))?;
+    }
+    let mut applied = Applied::default();
+    for row in &batch.rows {
+        let (table, upsert_sql) = &plans[row.table as usize];
+        let hlc = row.hlc(origin);
+        let stored = read_version(conn, &table.select_version, &row.key)?;
+        if !incoming_wins(hlc, stored) {
+            if stored == Some(hlc) {
+                applied.duplicates += 1;
+            } else {
+                applied.local_won += 1;
+            }
+            continue;
+        }
+        if stored.is_some() {
+            applied.remote_won += 1;
+        } else {
+            applied.new_rows += 1;
+        }
+        let result = match &row.values {
+            None => conn
+                .prepare_cached(&table.delete_row)
+                .and_then(|mut s| s.execute(params_from_iter(&row.key))),
+            Some(values) => conn
+                .prepare_cached(upsert_sql)
+                .and_then(|mut s| s.execute(params_from_iter(row.key.iter().chain(values)))),
+        };
+        if let Err(source) = result {
+            return Err(if is_transient_sqlite(&source) {
+                ApplyFailure::Store(StoreError::Sqlite {
+                    context: format!("applying a change to {:?}", table.info.name),
+                    source,
+                })
+            } else {
+                ApplyFailure::Park(ApplyError::Rejected {
+                    table: table.info.name.clone(),
+                    source,
+                })
+            });
+        }
+        write_version(conn, &table.upsert_version, &row.key, hlc, row.values.is_none())?;
+        applied.tables.insert(table.info.name.clone());
+    }
+    for row in &batch.rows {
+        // Checked above: cannot fail.
+        let _ = clock.observe(row.hlc(origin), now);
+    }
+    Ok(applied)
+}
+
+/// Resolves each table of the batch to a local table and an upsert statement, refusing the
+/// whole batch when a table, key or column does not match.
+fn plan<'t>(tables: &'t Tables, batch: &Batch) -> Result<Vec<(&'t RegisteredTable, String)>, ApplyError> {
+    batch
+        .tables
+        .iter()
+        .map(|schema| {
+            let table = tables.by_name(&schema.name).ok_or_else(|| ApplyError::UnknownTable {
+                table: schema.name.clone(),
+            })?;
+            let ours = table.info.key_names();
+            if ours != schema.key_columns {
+                return Err(ApplyError::KeyMismatch {
+                    table: schema.name.clone(),
+                    ours,
+                    theirs: schema.key_columns.clone(),
+                });
+            }
+            for column in &schema.value_columns {
+                if !table.info.value_columns.iter().any(|c| &c.name == column) {
+                    return Err(ApplyError::UnknownColumn {
+                        table: schema.name.clone(),
+                        column: column.clone(),
+                    });
+                }
+            }
+            Ok((table, table.upsert_row_sql(&schema.value_columns)))
+        })
+        .collect()
+}
+
+/// Reads a row's stored version, if any.
+pub(crate) fn read_version(conn: &Connection, sql: &str, key: &[crate::value::Value]) -> Result<Option<Hlc>, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| s.query_row(params_from_iter(key), |r| r.get(0)).optional())
+        .context("reading a row version")?;
+    bytes
+        .map(|b| Hlc::from_bytes(&b).map_err(|e| StoreError::Corrupt(format!("row version: {e}"))))
+        .transpose()
+}

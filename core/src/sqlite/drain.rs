@@ -1,0 +1,138 @@
+//! Draining the change log: turning what the triggers recorded into a versioned batch.
+
+use std::collections::HashMap;
+
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
+
+use super::tables::Tables;
+use crate::capture::names::{self, quote};
+use crate::change::{Batch, RowChange, TableSchema};
+use crate::error::{Context, StoreError};
+use crate::hlc::{ntp64_from_unix_millis, Clock, Hlc};
+use crate::value::Value;
+
+/// One coalesced row: the last log entry for a key.
+struct PendingRow {
+    table_id: i64,
+    key: Vec<Value>,
+    last_seq: i64,
+    wall_millis: i64,
+}
+
+/// Result of draining the log inside a transaction.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// The versioned changes, in commit order of each row's last write.
+    pub batch: Batch,
+    /// Log entries consumed (before coalescing).
+    pub log_entries: usize,
+}
+
+/// Reads all pending log entries, coalesces them per row, reads each row's current image,
+/// stamps it with an HLC derived from its last write time, records the new versions and
+/// deletes the consumed entries. Runs inside the caller's write transaction.
+pub fn drain(conn: &Connection, tables: &Tables, slots: usize, clock: &mut Clock) -> Result<Drained, StoreError> {
+    let slot_list: Vec<String> = (0..slots).map(names::key_slot).collect();
+    let mut pending: Vec<PendingRow> = Vec::new();
+    let mut index: HashMap<(i64, Vec<Value>), usize> = HashMap::new();
+    let mut max_seq = None;
+    let mut log_entries = 0;
+    {
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT seq, tbl, wall, {} FROM {} ORDER BY seq",
+                slot_list.join(", "),
+                quote(names::LOG)
+            ))
+            .context("reading the change log")?;
+        let mut rows = stmt.query([]).context("reading the change log")?;
+        while let Some(row) = rows.next().context("reading the change log")? {
+            let seq: i64 = row.get(0).context("reading the change log")?;
+            let table_id: i64 = row.get(1).context("reading the change log")?;
+            let wall_millis: i64 = row.get(2).context("reading the change log")?;
+            max_seq = Some(seq);
+            log_entries += 1;
+            // Entries of a table no longer replicated are discarded with the rest.
+            let Some(table) = tables.by_id(table_id) else {
+                continue;
+            };
+            let key = (0..table.info.key_columns.len())
+                .map(|i| row.get::<_, Value>(3 + i))
+                .collect::<Result<Vec<_>, _>>()
+                .context("reading the change log")?;
+            match index.get(&(table_id, key.clone())) {
+                Some(&i) => {
+                    pending[i].last_seq = seq;
+                    pending[i].wall_millis = wall_millis;
+                }
+                None => {
+                    index.insert((table_id, key.clone()), pending.len());
+                    pending.push(PendingRow { table_id, key, last_seq: seq, wall_millis });
+                }
+            }
+        }
+    }
+    let Some(max_seq) = max_seq else {
+        return Ok(Drained::default());
+    };
+    pending.sort_by_key(|p| p.last_seq);
+
+    let mut batch = Batch::default();
+    let mut table_index: HashMap<i64, u32> = HashMap::new();
+    for row in pending {
+        let table = tables.by_id(row.table_id).expect("filtered above");
+        let values = read_row(conn, &table.select_row, &row.key, table.info.value_columns.len())?;
+        let hlc = clock.stamp_local_write(ntp64_from_unix_millis(row.wall_millis));
+        write_version(conn, &table.upsert_version, &row.key, hlc, values.is_none())?;
+        let idx = *table_index.entry(row.table_id).or_insert_with(|| {
+            batch.tables.push(TableSchema {
+                name: table.info.name.clone(),
+                fingerprint: table.fingerprint,
+                key_columns: table.info.key_names(),
+                value_columns: table.info.value_names(),
+            });
+            (batch.tables.len() - 1) as u32
+        });
+        batch.rows.push(RowChange {
+            table: idx,
+            time: hlc.time().as_u64(),
+            key: row.key,
+            values,
+        });
+    }
+    conn.prepare_cached(&format!("DELETE FROM {} WHERE seq <= ?1", quote(names::LOG)))
+        .and_then(|mut s| s.execute([max_seq]))
+        .context("clearing the drained change log")?;
+    Ok(Drained { batch, log_entries })
+}
+
+/// Reads a row's current image: `Some(values)` if it exists, `None` if it was deleted.
+fn read_row(conn: &Connection, sql: &str, key: &[Value], width: usize) -> Result<Option<Vec<Value>>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).context("reading a changed row")?;
+    stmt.query_row(params_from_iter(key), |r| {
+        if width == 0 {
+            return Ok(Vec::new());
+        }
+        (0..width).map(|i| r.get::<_, Value>(i)).collect()
+    })
+    .optional()
+    .context("reading a changed row")
+}
+
+/// Records a row's version (its last write's HLC and whether that write deleted it).
+pub(crate) fn write_version(
+    conn: &Connection,
+    sql: &str,
+    key: &[Value],
+    hlc: Hlc,
+    deleted: bool,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(sql).context("writing a row version")?;
+    let hlc_bytes = hlc.to_bytes();
+    let params = key
+        .iter()
+        .map(|v| v as &dyn rusqlite::ToSql)
+        .chain([&hlc_bytes as &dyn rusqlite::ToSql, &deleted as &dyn rusqlite::ToSql]);
+    stmt.execute(params_from_iter(params)).context("writing a row version")?;
+    Ok(())
+}

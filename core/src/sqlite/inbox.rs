@@ -1,0 +1,134 @@
+//! Durable receiving state: parts of multi-part batches and parked messages.
+
+use rusqlite::{params, Connection};
+
+use crate::capture::names::{self, quote};
+use crate::change::StreamSeq;
+use crate::error::{Context, StoreError};
+use crate::wire::{Compression, MessageV1};
+
+/// Stores one part of a multi-part batch; returns the whole body once every part is here
+/// (and forgets the parts).
+pub fn add_part(conn: &Connection, part: &MessageV1) -> Result<Option<Vec<u8>>, StoreError> {
+    let origin = part.origin.to_bytes();
+    conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO {}(origin, batch_seq, part, parts, compression, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        quote(names::PARTS)
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            &origin[..],
+            part.batch_seq.get() as i64,
+            part.part,
+            part.parts,
+            compression_code(part.compression),
+            part.body
+        ])
+    })
+    .context("storing a message part")?;
+    let have: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM {} WHERE origin = ?1 AND batch_seq = ?2 AND parts = ?3",
+            quote(names::PARTS)
+        ))
+        .and_then(|mut s| s.query_row(params![&origin[..], part.batch_seq.get() as i64, part.parts], |r| r.get(0)))
+        .context("counting message parts")?;
+    if have < part.parts as i64 {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT body FROM {} WHERE origin = ?1 AND batch_seq = ?2 AND parts = ?3 ORDER BY part",
+                quote(names::PARTS)
+            ))
+            .context("reading message parts")?;
+        let mut rows = stmt
+            .query(params![&origin[..], part.batch_seq.get() as i64, part.parts])
+            .context("reading message parts")?;
+        while let Some(row) = rows.next().context("reading message parts")? {
+            let bytes: Vec<u8> = row.get(0).context("reading message parts")?;
+            body.extend_from_slice(&bytes);
+        }
+    }
+    conn.prepare_cached(&format!("DELETE FROM {} WHERE origin = ?1 AND batch_seq = ?2", quote(names::PARTS)))
+        .and_then(|mut s| s.execute(params![&origin[..], part.batch_seq.get() as i64]))
+        .context("clearing message parts")?;
+    Ok(Some(body))
+}
+
+fn compression_code(c: Compression) -> i64 {
+    match c {
+        Compression::None => 0,
+        Compression::Lz4 => 1,
+    }
+}
+
+/// Records a message that could not be applied (replacing an earlier record of it).
+pub fn park(conn: &Connection, seq: StreamSeq, frame: &[u8], kind: &str, reason: &str, now_millis: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO {}(stream_seq, frame, kind, reason, parked_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT(stream_seq) DO UPDATE SET kind = excluded.kind, reason = excluded.reason, \
+         attempts = attempts + 1",
+        quote(names::PARKED)
+    ))
+    .and_then(|mut s| s.execute(params![seq.get() as i64, frame, kind, reason, now_millis]))
+    .context("parking a message")?;
+    Ok(())
+}
+
+/// A parked message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedMessage {
+    /// Stream position it arrived at.
+    pub seq: StreamSeq,
+    /// The frame (for multi-part batches, the reassembled single-part frame).
+    pub frame: Vec<u8>,
+    /// Kind of failure.
+    pub kind: String,
+    /// Why it was parked.
+    pub reason: String,
+    /// When it was first parked (Unix ms).
+    pub parked_at: i64,
+    /// How many retries failed.
+    pub attempts: i64,
+}
+
+/// Lists parked messages in stream order.
+pub fn parked(conn: &Connection) -> Result<Vec<ParkedMessage>, StoreError> {
+    conn.prepare(&format!(
+        "SELECT stream_seq, frame, kind, reason, parked_at, attempts FROM {} ORDER BY stream_seq",
+        quote(names::PARKED)
+    ))
+    .and_then(|mut s| {
+        s.query_map([], |r| {
+            Ok(ParkedMessage {
+                seq: StreamSeq::new(r.get::<_, i64>(0)? as u64),
+                frame: r.get(1)?,
+                kind: r.get(2)?,
+                reason: r.get(3)?,
+                parked_at: r.get(4)?,
+                attempts: r.get(5)?,
+            })
+        })?
+        .collect()
+    })
+    .context("listing parked messages")
+}
+
+/// Number of parked messages.
+pub fn parked_count(conn: &Connection) -> Result<u64, StoreError> {
+    conn.prepare_cached(&format!("SELECT count(*) FROM {}", quote(names::PARKED)))
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map(|n| n as u64)
+        .context("counting parked messages")
+}
+
+/// Deletes a parked message (after it was applied).
+pub fn unpark(conn: &Connection, seq: StreamSeq) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!("DELETE FROM {} WHERE stream_seq = ?1", quote(names::PARKED)))
+        .and_then(|mut s| s.execute([seq.get() as i64]))
+        .context("removing a parked message")?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Typed access to the `__hl_meta` key/value table.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::capture::names::{self, quote};
+use crate::error::{Context, StoreError};
+
+/// Keys of `__hl_meta`.
+pub mod keys {
+    /// This replica's node id (16-byte BLOB). Node-local: never taken from a snapshot.
+    pub const NODE_ID: &str = "node_id";
+    /// Last applied stream sequence (INTEGER).
+    pub const CURSOR: &str = "cursor";
+    /// Next batch sequence this node will publish (INTEGER). Node-local.
+    pub const NEXT_BATCH: &str = "next_batch";
+    /// Last HLC time issued or observed (INTEGER, NTP64 bits).
+    pub const CLOCK: &str = "clock";
+    /// This node's own messages up to this stream sequence are applied, not skipped (set
+    /// after a restore from another node's snapshot).
+    pub const REPLAY_OWN_UNTIL: &str = "replay_own_until";
+}
+
+/// Reads an integer meta value.
+pub fn get_i64(conn: &Connection, key: &str) -> Result<Option<i64>, StoreError> {
+    conn.query_row(
+        &format!("SELECT value FROM {} WHERE key = ?1", quote(names::META)),
+        [key],
+        |row| row.get::<_, i64>(0),
+    )
+    .optional()
+    .context(format!("reading {key} from {}", names::META))
+}
+
+/// Reads a BLOB meta value.
+pub fn get_blob(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    conn.query_row(
+        &format!("SELECT value FROM {} WHERE key = ?1", quote(names::META)),
+        [key],
+        |row| row.get::<_, Vec<u8>>(0),
+    )
+    .optional()
+    .context(format!("reading {key} from {}", names::META))
+}
+
+/// Writes a meta value.
+pub fn set(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO {}(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        quote(names::META)
+    ))
+    .and_then(|mut stmt| stmt.execute(params![key, value]))
+    .context(format!("writing {key} to {}", names::META))?;
+    Ok(())
+}

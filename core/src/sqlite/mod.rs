@@ -1,0 +1,528 @@
+//! Executing capture, drain and apply on a `rusqlite::Connection` (feature `sqlite`).
+//!
+//! [`Store`] owns one connection to the replicated database: the host's, separate from the
+//! application's. Every operation is one `BEGIN IMMEDIATE` transaction, so an application
+//! writer waits at most one such transaction (its busy timeout covers it) and never sees a
+//! partial state. The connection is synchronous: hosts give it its own thread (native) or
+//! call it between awaits (wasm).
+
+mod apply;
+mod drain;
+mod inbox;
+mod install;
+pub mod meta;
+mod outbox;
+mod tables;
+
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+pub use inbox::ParkedMessage;
+pub use install::{uninstall, InstallReport};
+
+use crate::capture::names::{self, quote};
+use crate::change::{BatchSeq, StreamSeq};
+use crate::error::{ApplyError, Context, StoreError};
+use crate::report::{Applied, DrainReport, Inbound, OutboxFrame, Parked, ReceiveReport};
+use crate::hlc::{Clock, NodeId, NTP64};
+use crate::wire::{self, Compression, Message, MessageV1};
+use apply::ApplyFailure;
+use tables::Tables;
+
+/// How a store behaves.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// This replica's id (hosts read [`Store::stored_node_id`], else configure or generate one).
+    pub node_id: NodeId,
+    /// Tables never replicated.
+    pub exclude_tables: Vec<String>,
+    /// Write captured batches to the outbox (`false`: local writes stay local).
+    pub publish: bool,
+    /// Compression of published batches.
+    pub compression: Compression,
+    /// Largest frame to publish (the stream's payload limit); bigger batches are split.
+    pub max_frame: usize,
+    /// Remote timestamps further ahead of local time than this are refused.
+    pub max_clock_ahead: Duration,
+    /// How long the store's connection waits for the application's write lock.
+    pub busy_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// Defaults for `node_id`: publish, LZ4, 1 MiB frames, 5 min clock bound, 5 s busy wait.
+    pub fn new(node_id: NodeId) -> Self {
+        StoreOptions {
+            node_id,
+            exclude_tables: Vec::new(),
+            publish: true,
+            compression: Compression::Lz4,
+            max_frame: 1024 * 1024,
+            max_clock_ahead: Clock::DEFAULT_MAX_AHEAD,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+enum Outcome {
+    Applied(Applied),
+    Own,
+    PartStored,
+}
+
+/// A replicated database: capture installed, versions, outbox, cursor.
+pub struct Store {
+    conn: Connection,
+    clock: Clock,
+    options: StoreOptions,
+    tables: Tables,
+    slots: usize,
+    schema_version: i64,
+    cursor: StreamSeq,
+    next_batch: u64,
+    replay_own_until: StreamSeq,
+    install_report: InstallReport,
+}
+
+impl Store {
+    /// Takes over `conn`: sets WAL mode and connection pragmas, installs capture (idempotent)
+    /// and loads the node's metadata.
+    pub fn open(conn: Connection, options: StoreOptions) -> Result<Self, StoreError> {
+        conn.busy_timeout(options.busy_timeout).context("setting the busy timeout")?;
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .context("switching to WAL mode")?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; PRAGMA recursive_triggers = OFF;")
+            .context("setting connection pragmas")?;
+        conn.set_prepared_statement_cache_capacity(512);
+        let mut store = Store {
+            clock: Clock::new(options.node_id, NTP64(0), options.max_clock_ahead),
+            conn,
+            options,
+            tables: Tables::default(),
+            slots: 0,
+            schema_version: -1,
+            cursor: StreamSeq::ZERO,
+            next_batch: 1,
+            replay_own_until: StreamSeq::ZERO,
+            install_report: InstallReport::default(),
+        };
+        let tx = store
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("starting the install transaction")?;
+        let (tables, report) = install::install(&tx, &store.options.exclude_tables)?;
+        meta::set(&tx, meta::keys::NODE_ID, &store.options.node_id.to_bytes()[..])?;
+        let clock = meta::get_i64(&tx, meta::keys::CLOCK)?.unwrap_or(0) as u64;
+        store.cursor = StreamSeq::new(meta::get_i64(&tx, meta::keys::CURSOR)?.unwrap_or(0) as u64);
+        store.next_batch = meta::get_i64(&tx, meta::keys::NEXT_BATCH)?.unwrap_or(1) as u64;
+        store.replay_own_until =
+            StreamSeq::new(meta::get_i64(&tx, meta::keys::REPLAY_OWN_UNTIL)?.unwrap_or(0) as u64);
+        store.slots = install::log_key_slots(&tx)?;
+        store.schema_version = schema_version(&tx)?;
+        tx.commit().context("committing the install")?;
+        store.clock = Clock::new(store.options.node_id, NTP64(clock), store.options.max_clock_ahead);
+        store.tables = tables;
+        store.install_report = report;
+        Ok(store)
+    }
+
+    /// The node id recorded in a database by an earlier run, if any.
+    pub fn stored_node_id(conn: &Connection) -> Result<Option<NodeId>, StoreError> {
+        let exists: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [names::META],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .context("looking for harmonylite metadata")?;
+        if !exists {
+            return Ok(None);
+        }
+        let bytes = meta::get_blob(conn, meta::keys::NODE_ID)?;
+        Ok(bytes.and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok()).and_then(NodeId::from_bytes))
+    }
+
+    /// This replica's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.options.node_id
+    }
+
+    /// The options the store runs with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// The store's connection (for reads, snapshots and tests; do not write through it).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// What the last install found.
+    pub fn install_report(&self) -> &InstallReport {
+        &self.install_report
+    }
+
+    /// Names of the replicated tables.
+    pub fn replicated_tables(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tables.iter().map(|t| t.info.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// Last applied stream sequence.
+    pub fn cursor(&self) -> StreamSeq {
+        self.cursor
+    }
+
+    /// The clock's last time.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Captures pending local writes into the outbox, in one transaction.
+    pub fn drain(&mut self) -> Result<DrainReport, StoreError> {
+        let saved = self.next_batch;
+        let result = self.drain_tx();
+        if result.is_err() {
+            self.next_batch = saved;
+        }
+        result
+    }
+
+    fn drain_tx(&mut self) -> Result<DrainReport, StoreError> {
+        // A plain read first: when nothing is pending, do not take the write lock.
+        if schema_version(&self.conn)? == self.schema_version && !self.has_pending_log()? {
+            return Ok(DrainReport::default());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("starting a drain")?;
+        sync_schema(&tx, &mut self.tables, &mut self.slots, &mut self.schema_version, &self.options, &mut self.install_report)?;
+        let report = drain_in(&tx, &self.tables, self.slots, &mut self.clock, &self.options, &mut self.next_batch)?;
+        tx.commit().context("committing a drain")?;
+        Ok(report)
+    }
+
+    /// Applies messages from the stream in order, in one transaction: drains local writes
+    /// first, then applies each message not yet seen (parking those that cannot apply) and
+    /// advances the cursor to the last one.
+    pub fn receive(&mut self, now: NTP64, messages: &[Inbound]) -> Result<ReceiveReport, StoreError> {
+        let (saved_batch, saved_cursor) = (self.next_batch, self.cursor);
+        let result = self.receive_tx(now, messages);
+        if result.is_err() {
+            self.next_batch = saved_batch;
+            self.cursor = saved_cursor;
+        }
+        result
+    }
+
+    fn receive_tx(&mut self, now: NTP64, messages: &[Inbound]) -> Result<ReceiveReport, StoreError> {
+        let mut report = ReceiveReport::default();
+        if messages.iter().all(|m| m.seq <= self.cursor) {
+            report.already_seen = messages.len() as u64;
+            report.cursor = self.cursor;
+            return Ok(report);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("starting an apply")?;
+        sync_schema(&tx, &mut self.tables, &mut self.slots, &mut self.schema_version, &self.options, &mut self.install_report)?;
+        report.drained = drain_in(&tx, &self.tables, self.slots, &mut self.clock, &self.options, &mut self.next_batch)?;
+        set_applying(&tx, true)?;
+        for message in messages {
+            if message.seq <= self.cursor {
+                report.already_seen += 1;
+                continue;
+            }
+            tx.execute_batch("SAVEPOINT hl_message").context("starting a message savepoint")?;
+            let mut park_frame = None;
+            match receive_one(&tx, &self.tables, &mut self.clock, self.options.node_id, self.replay_own_until, message, now, &mut park_frame) {
+                Ok(outcome) => {
+                    tx.execute_batch("RELEASE hl_message").context("releasing a message savepoint")?;
+                    match outcome {
+                        Outcome::Applied(applied) => {
+                            report.batches += 1;
+                            report.applied.add(applied);
+                        }
+                        Outcome::Own => report.own += 1,
+                        Outcome::PartStored => report.parts_stored += 1,
+                    }
+                }
+                Err(ApplyFailure::Park(error)) => {
+                    tx.execute_batch("ROLLBACK TO hl_message; RELEASE hl_message")
+                        .context("rolling back a refused message")?;
+                    let frame = park_frame.as_deref().unwrap_or(&message.frame);
+                    let reason = error.to_string();
+                    inbox::park(&tx, message.seq, frame, error.kind(), &reason, unix_millis(now))?;
+                    report.parked.push(Parked { seq: message.seq, kind: error.kind(), reason });
+                }
+                Err(ApplyFailure::Store(e)) => return Err(e),
+            }
+            self.cursor = message.seq;
+        }
+        set_applying(&tx, false)?;
+        meta::set(&tx, meta::keys::CURSOR, self.cursor.get() as i64)?;
+        meta::set(&tx, meta::keys::CLOCK, self.clock.last().as_u64() as i64)?;
+        tx.commit().context("committing an apply")?;
+        report.cursor = self.cursor;
+        Ok(report)
+    }
+
+    /// Retries every parked message (oldest first), in one transaction; those that apply now
+    /// are removed from the parked table, the others keep their place with a new reason.
+    pub fn retry_parked(&mut self, now: NTP64) -> Result<ReceiveReport, StoreError> {
+        let saved_batch = self.next_batch;
+        let result = self.retry_parked_tx(now);
+        if result.is_err() {
+            self.next_batch = saved_batch;
+        }
+        result
+    }
+
+    fn retry_parked_tx(&mut self, now: NTP64) -> Result<ReceiveReport, StoreError> {
+        let mut report = ReceiveReport { cursor: self.cursor, ..Default::default() };
+        let parked = inbox::parked(&self.conn)?;
+        if parked.is_empty() {
+            return Ok(report);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("starting a retry of parked messages")?;
+        sync_schema(&tx, &mut self.tables, &mut self.slots, &mut self.schema_version, &self.options, &mut self.install_report)?;
+        report.drained = drain_in(&tx, &self.tables, self.slots, &mut self.clock, &self.options, &mut self.next_batch)?;
+        set_applying(&tx, true)?;
+        for p in parked {
+            tx.execute_batch("SAVEPOINT hl_message").context("starting a message savepoint")?;
+            let message = Inbound { seq: p.seq, frame: p.frame };
+            let mut park_frame = None;
+            // Own messages never reach the parked table, so never skip by origin here.
+            match receive_one(&tx, &self.tables, &mut self.clock, self.options.node_id, StreamSeq::new(u64::MAX), &message, now, &mut park_frame) {
+                Ok(outcome) => {
+                    tx.execute_batch("RELEASE hl_message").context("releasing a message savepoint")?;
+                    inbox::unpark(&tx, message.seq)?;
+                    report.unparked += 1;
+                    if let Outcome::Applied(applied) = outcome {
+                        report.batches += 1;
+                        report.applied.add(applied);
+                    }
+                }
+                Err(ApplyFailure::Park(error)) => {
+                    tx.execute_batch("ROLLBACK TO hl_message; RELEASE hl_message")
+                        .context("rolling back a refused message")?;
+                    let reason = error.to_string();
+                    inbox::park(&tx, message.seq, &message.frame, error.kind(), &reason, unix_millis(now))?;
+                    report.parked.push(Parked { seq: message.seq, kind: error.kind(), reason });
+                }
+                Err(ApplyFailure::Store(e)) => return Err(e),
+            }
+        }
+        set_applying(&tx, false)?;
+        meta::set(&tx, meta::keys::CLOCK, self.clock.last().as_u64() as i64)?;
+        tx.commit().context("committing a retry of parked messages")?;
+        Ok(report)
+    }
+
+    /// Outbox frames with an id greater than `after`, oldest first.
+    pub fn outbox_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxFrame>, StoreError> {
+        outbox::after(&self.conn, after, limit)
+    }
+
+    /// Removes frames JetStream acknowledged.
+    pub fn outbox_remove(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().context("starting an outbox cleanup")?;
+        outbox::remove(&tx, ids)?;
+        tx.commit().context("committing an outbox cleanup")
+    }
+
+    /// Frames and row changes waiting in the outbox.
+    pub fn outbox_depth(&self) -> Result<(u64, u64), StoreError> {
+        outbox::depth(&self.conn)
+    }
+
+    /// Pending change-log entries not yet drained.
+    pub fn log_depth(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(&format!("SELECT count(*) FROM {}", quote(names::LOG)), [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .context("measuring the change log")
+    }
+
+    /// Whether the change log holds anything to drain.
+    pub fn has_pending_log(&self) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(&format!("SELECT EXISTS (SELECT 1 FROM {})", quote(names::LOG)))
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .context("checking the change log")
+    }
+
+    /// Parked messages, oldest first.
+    pub fn parked(&self) -> Result<Vec<ParkedMessage>, StoreError> {
+        inbox::parked(&self.conn)
+    }
+
+    /// Number of parked messages.
+    pub fn parked_count(&self) -> Result<u64, StoreError> {
+        inbox::parked_count(&self.conn)
+    }
+
+    /// Gives the connection back (e.g. to close it).
+    pub fn into_connection(self) -> Connection {
+        self.conn
+    }
+}
+
+/// Reinstalls capture when the schema changed since last seen (a table created, altered or
+/// dropped by the application).
+fn sync_schema(
+    conn: &Connection,
+    tables: &mut Tables,
+    slots: &mut usize,
+    seen: &mut i64,
+    options: &StoreOptions,
+    report: &mut InstallReport,
+) -> Result<(), StoreError> {
+    let current = schema_version(conn)?;
+    if current == *seen {
+        return Ok(());
+    }
+    let (new_tables, new_report) = install::install(conn, &options.exclude_tables)?;
+    *tables = new_tables;
+    *report = new_report;
+    *slots = install::log_key_slots(conn)?;
+    *seen = schema_version(conn)?;
+    Ok(())
+}
+
+fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    conn.query_row("PRAGMA schema_version", [], |r| r.get(0)).context("reading the schema version")
+}
+
+fn set_applying(conn: &Connection, on: bool) -> Result<(), StoreError> {
+    let sql = if on {
+        format!("INSERT INTO {} VALUES (1)", quote(names::APPLYING))
+    } else {
+        format!("DELETE FROM {}", quote(names::APPLYING))
+    };
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| s.execute([]))
+        .context("setting the apply marker")?;
+    Ok(())
+}
+
+/// Drains the log inside `conn`'s transaction and, when publishing, writes the batch to the
+/// outbox.
+fn drain_in(
+    conn: &Connection,
+    tables: &Tables,
+    slots: usize,
+    clock: &mut Clock,
+    options: &StoreOptions,
+    next_batch: &mut u64,
+) -> Result<DrainReport, StoreError> {
+    let drained = drain::drain(conn, tables, slots, clock)?;
+    let mut report = DrainReport {
+        rows: drained.batch.len(),
+        log_entries: drained.log_entries,
+        tables: drained.batch.tables.iter().map(|t| t.name.clone()).collect(),
+        ..Default::default()
+    };
+    if drained.log_entries == 0 {
+        return Ok(report);
+    }
+    if options.publish && !drained.batch.is_empty() {
+        let seq = BatchSeq::new(*next_batch);
+        let frames = wire::encode_batch(options.node_id, seq, &drained.batch, options.compression, options.max_frame)
+            .map_err(|e| StoreError::Corrupt(format!("encoding a batch: {e}")))?;
+        outbox::push(conn, seq, drained.batch.len(), &frames)?;
+        *next_batch += 1;
+        meta::set(conn, meta::keys::NEXT_BATCH, *next_batch as i64)?;
+        report.batch_seq = Some(seq);
+        report.frames = frames.len();
+    }
+    meta::set(conn, meta::keys::CLOCK, clock.last().as_u64() as i64)?;
+    Ok(report)
+}
+
+/// Decodes one message and applies it (or stores its part, or skips it as our own).
+#[allow(clippy::too_many_arguments)]
+fn receive_one(
+    conn: &Connection,
+    tables: &Tables,
+    clock: &mut Clock,
+    node: NodeId,
+    replay_own_until: StreamSeq,
+    message: &Inbound,
+    now: NTP64,
+    park_frame: &mut Option<Vec<u8>>,
+) -> Result<Outcome, ApplyFailure> {
+    let part = wire::decode_frame(&message.frame).map_err(|e| ApplyFailure::Park(e.into()))?;
+    if part.origin == node && message.seq > replay_own_until {
+        return Ok(Outcome::Own);
+    }
+    let MessageV1 { origin, batch_seq, compression, .. } = part;
+    let body = if part.parts == 1 {
+        part.body
+    } else {
+        match inbox::add_part(conn, &part)? {
+            None => return Ok(Outcome::PartStored),
+            Some(body) => {
+                *park_frame = Some(wire::encode_frame(&Message::V1(MessageV1 {
+                    origin,
+                    batch_seq,
+                    part: 0,
+                    parts: 1,
+                    compression,
+                    body: body.clone(),
+                })));
+                body
+            }
+        }
+    };
+    let batch = wire::decode_batch(compression, &body).map_err(|e| ApplyFailure::Park(ApplyError::Wire(e)))?;
+    apply::apply_batch(conn, tables, clock, origin, &batch, now).map(Outcome::Applied)
+}
+
+fn unix_millis(now: NTP64) -> i64 {
+    now.to_duration().as_millis() as i64
+}
+
+impl crate::engine::Database for Store {
+    type Error = StoreError;
+
+    fn drain(&mut self) -> Result<DrainReport, StoreError> {
+        Store::drain(self)
+    }
+
+    fn receive(&mut self, now: NTP64, messages: &[Inbound]) -> Result<ReceiveReport, StoreError> {
+        Store::receive(self, now, messages)
+    }
+
+    fn retry_parked(&mut self, now: NTP64) -> Result<ReceiveReport, StoreError> {
+        Store::retry_parked(self, now)
+    }
+
+    fn outbox_after(&self, after: i64, limit: usize) -> Result<Vec<crate::report::OutboxFrame>, StoreError> {
+        Store::outbox_after(self, after, limit)
+    }
+
+    fn outbox_remove(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        Store::outbox_remove(self, ids)
+    }
+
+    fn parked_count(&self) -> Result<u64, StoreError> {
+        Store::parked_count(self)
+    }
+
+    fn cursor(&self) -> StreamSeq {
+        Store::cursor(self)
+    }
+
+    fn node_id(&self) -> NodeId {
+        Store::node_id(self)
+    }
+}

@@ -1,0 +1,122 @@
+//! The replicated tables known to a store, with the SQL each one needs.
+
+use std::collections::HashMap;
+
+use crate::capture::names::{self, quote};
+use crate::capture::TableInfo;
+
+/// A replicated table: its registry id, shape and prepared SQL text.
+#[derive(Debug, Clone)]
+pub struct RegisteredTable {
+    /// Id in `__hl_tables` (numbers its version table and triggers).
+    pub id: i64,
+    /// The table's shape.
+    pub info: TableInfo,
+    /// Fingerprint of `info`.
+    pub fingerprint: u32,
+    /// `SELECT <value columns> FROM t WHERE <key> ` (row image at drain).
+    pub select_row: String,
+    /// `DELETE FROM t WHERE <key>`.
+    pub delete_row: String,
+    /// `SELECT hlc FROM version WHERE <key>`.
+    pub select_version: String,
+    /// Upsert of `(key, hlc, deleted)` into the version table.
+    pub upsert_version: String,
+}
+
+impl RegisteredTable {
+    /// Builds the SQL for a table.
+    pub fn new(id: i64, info: TableInfo) -> Self {
+        let table = quote(&info.name);
+        let version = quote(&names::version_table(id));
+        let key_match = info
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} IS ?{}", quote(&c.name), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let slots: Vec<String> = (0..info.key_columns.len()).map(names::key_slot).collect();
+        let slot_match = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s} = ?{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let selected = if info.value_columns.is_empty() {
+            "1".to_string()
+        } else {
+            info.value_columns.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ")
+        };
+        let n = slots.len();
+        let placeholders: Vec<String> = (1..=n + 2).map(|i| format!("?{i}")).collect();
+        RegisteredTable {
+            id,
+            fingerprint: info.fingerprint(),
+            select_row: format!("SELECT {selected} FROM {table} WHERE {key_match}"),
+            delete_row: format!("DELETE FROM {table} WHERE {key_match}"),
+            select_version: format!("SELECT hlc FROM {version} WHERE {slot_match}"),
+            upsert_version: format!(
+                "INSERT INTO {version}({}, hlc, deleted) VALUES ({}) \
+                 ON CONFLICT({}) DO UPDATE SET hlc = excluded.hlc, deleted = excluded.deleted",
+                slots.join(", "),
+                placeholders.join(", "),
+                slots.join(", ")
+            ),
+            info,
+        }
+    }
+
+    /// Upsert of a row image given the sender's value column names (matched by name).
+    pub fn upsert_row_sql(&self, value_columns: &[String]) -> String {
+        let keys: Vec<String> = self.info.key_columns.iter().map(|c| quote(&c.name)).collect();
+        let values: Vec<String> = value_columns.iter().map(|c| quote(c)).collect();
+        let all: Vec<&String> = keys.iter().chain(values.iter()).collect();
+        let placeholders: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
+        let action = if values.is_empty() {
+            "NOTHING".to_string()
+        } else {
+            format!(
+                "UPDATE SET {}",
+                values.iter().map(|v| format!("{v} = excluded.{v}")).collect::<Vec<_>>().join(", ")
+            )
+        };
+        format!(
+            "INSERT INTO {}({}) VALUES ({}) ON CONFLICT({}) DO {action}",
+            quote(&self.info.name),
+            all.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            placeholders.join(", "),
+            keys.join(", ")
+        )
+    }
+}
+
+/// The registry in memory: by id and by name.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    by_id: HashMap<i64, RegisteredTable>,
+    by_name: HashMap<String, i64>,
+}
+
+impl Tables {
+    /// Adds or replaces a table.
+    pub fn insert(&mut self, table: RegisteredTable) {
+        self.by_name.insert(table.info.name.clone(), table.id);
+        self.by_id.insert(table.id, table);
+    }
+
+    /// Looks a table up by registry id.
+    pub fn by_id(&self, id: i64) -> Option<&RegisteredTable> {
+        self.by_id.get(&id)
+    }
+
+    /// Looks a table up by name.
+    pub fn by_name(&self, name: &str) -> Option<&RegisteredTable> {
+        self.by_name.get(name).and_then(|id| self.by_id.get(id))
+    }
+
+    /// All tables, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &RegisteredTable> {
+        self.by_id.values()
+    }
+}

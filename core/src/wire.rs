@@ -1,0 +1,354 @@
+//! Wire format of replication messages.
+//!
+//! A frame on the stream is
+//!
+//! ```text
+//! +------+------+----------------+---------------------------------------+
+//! | 'H'  | 'L'  | CRC-32 (LE u32)| postcard(Message)                     |
+//! +------+------+----------------+---------------------------------------+
+//! ```
+//!
+//! The CRC covers everything after it, so truncation or any flipped bit is detected before
+//! decoding. [`Message`] is a versioned enum (`Message::V1`); a frame whose version this
+//! build does not know is reported as [`WireError::UnsupportedVersion`] so a host can park it
+//! until it is upgraded.
+//!
+//! A [`MessageV1`] carries one part of one batch: the origin node, its batch sequence, the
+//! part index and count, the compression used and the part's bytes. The parts of a batch,
+//! concatenated in index order, are the (optionally compressed) postcard encoding of a
+//! [`Batch`]. Batches larger than the stream's payload limit are split into several parts
+//! and applied only when every part has arrived.
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::{Batch, BatchSeq};
+use crate::hlc::NodeId;
+
+const MAGIC: [u8; 2] = *b"HL";
+const HEADER_LEN: usize = MAGIC.len() + 4;
+/// Room reserved in each frame for everything but the part's bytes.
+const FRAME_OVERHEAD: usize = 96;
+/// Largest expansion LZ4 can produce; a larger declared size is malformed.
+const LZ4_MAX_RATIO: usize = 255;
+/// The newest message version this build understands.
+pub const CURRENT_VERSION: u64 = 1;
+
+/// A replication message, versioned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Version 1.
+    V1(MessageV1),
+}
+
+/// Version 1 of a replication message: one part of one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageV1 {
+    /// Node that captured the batch.
+    pub origin: NodeId,
+    /// The origin's sequence number for the batch.
+    pub batch_seq: BatchSeq,
+    /// Index of this part, from 0.
+    pub part: u32,
+    /// Number of parts of the batch (at least 1).
+    pub parts: u32,
+    /// How the concatenated parts are compressed.
+    pub compression: Compression,
+    /// This part's bytes.
+    pub body: Vec<u8>,
+}
+
+/// Compression of a batch body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    /// Plain postcard bytes.
+    None,
+    /// LZ4 block with the uncompressed size prepended (`lz4_flex` format).
+    Lz4,
+}
+
+/// Why a frame or batch could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Shorter than a header, or the magic bytes are wrong.
+    #[error("not a harmonylite message (bad magic or {0} bytes too short)")]
+    NotAMessage(usize),
+    /// The CRC does not match the contents.
+    #[error("message checksum mismatch (corrupted or truncated in transit)")]
+    Checksum,
+    /// A version newer than this build understands.
+    #[error("message version {0} is newer than this build understands ({CURRENT_VERSION}); upgrade this node")]
+    UnsupportedVersion(u64),
+    /// Postcard decoding failed or left trailing bytes.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The part index and count are inconsistent.
+    #[error("malformed message: part {part} of {parts}")]
+    BadPart {
+        /// Part index.
+        part: u32,
+        /// Part count.
+        parts: u32,
+    },
+    /// Decompression failed or the declared size is implausible.
+    #[error("malformed compressed batch: {0}")]
+    Decompress(String),
+    /// The batch decoded but is internally inconsistent.
+    #[error("inconsistent batch: {0}")]
+    InvalidBatch(String),
+    /// The payload limit is too small to carry any data.
+    #[error("payload limit of {0} bytes is too small for a message")]
+    LimitTooSmall(usize),
+}
+
+/// Encodes `batch` as one or more frames no larger than `max_frame` bytes each.
+pub fn encode_batch(
+    origin: NodeId,
+    batch_seq: BatchSeq,
+    batch: &Batch,
+    compression: Compression,
+    max_frame: usize,
+) -> Result<Vec<Vec<u8>>, WireError> {
+    if max_frame <= FRAME_OVERHEAD {
+        return Err(WireError::LimitTooSmall(max_frame));
+    }
+    let plain = postcard::to_allocvec(batch).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (compression, body) = match compression {
+        Compression::Lz4 => {
+            let packed = lz4_flex::block::compress_prepend_size(&plain);
+            if packed.len() < plain.len() {
+                (Compression::Lz4, packed)
+            } else {
+                (Compression::None, plain)
+            }
+        }
+        Compression::None => (Compression::None, plain),
+    };
+    let part_len = max_frame - FRAME_OVERHEAD;
+    let parts: Vec<&[u8]> = if body.is_empty() {
+        vec![&body[..]]
+    } else {
+        body.chunks(part_len).collect()
+    };
+    let count = parts.len() as u32;
+    Ok(parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            encode_frame(&Message::V1(MessageV1 {
+                origin,
+                batch_seq,
+                part: i as u32,
+                parts: count,
+                compression,
+                body: bytes.to_vec(),
+            }))
+        })
+        .collect())
+}
+
+/// Encodes one message as a checksummed frame.
+pub fn encode_frame(message: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[0; 4]);
+    let out = postcard::to_extend(message, out).expect("encoding into a Vec cannot fail");
+    let mut out = out;
+    let crc = crc32fast::hash(&out[HEADER_LEN..]);
+    out[MAGIC.len()..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes and verifies one frame. Never panics, whatever the input.
+pub fn decode_frame(frame: &[u8]) -> Result<MessageV1, WireError> {
+    if frame.len() < HEADER_LEN || frame[..MAGIC.len()] != MAGIC {
+        return Err(WireError::NotAMessage(frame.len()));
+    }
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&frame[MAGIC.len()..HEADER_LEN]);
+    let payload = &frame[HEADER_LEN..];
+    if crc32fast::hash(payload) != u32::from_le_bytes(crc) {
+        return Err(WireError::Checksum);
+    }
+    let (version, _) = postcard::take_from_bytes::<u64>(payload)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if version >= CURRENT_VERSION {
+        // Variant indexes start at 0 for V1.
+        return Err(WireError::UnsupportedVersion(version + 1));
+    }
+    let (message, rest) = postcard::take_from_bytes::<Message>(payload)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    let Message::V1(message) = message;
+    if message.parts == 0 || message.part >= message.parts {
+        return Err(WireError::BadPart {
+            part: message.part,
+            parts: message.parts,
+        });
+    }
+    Ok(message)
+}
+
+/// Decodes a complete batch body (all parts concatenated in order). Never panics.
+pub fn decode_batch(compression: Compression, body: &[u8]) -> Result<Batch, WireError> {
+    let plain;
+    let bytes = match compression {
+        Compression::None => body,
+        Compression::Lz4 => {
+            if body.len() < 4 {
+                return Err(WireError::Decompress("missing size prefix".into()));
+            }
+            let declared = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+            if declared > (body.len() - 4).saturating_mul(LZ4_MAX_RATIO) + 16 {
+                return Err(WireError::Decompress(format!(
+                    "declared size {declared} is impossible for {} compressed bytes",
+                    body.len() - 4
+                )));
+            }
+            plain = lz4_flex::block::decompress_size_prepended(body)
+                .map_err(|e| WireError::Decompress(e.to_string()))?;
+            &plain[..]
+        }
+    };
+    let (batch, rest) =
+        postcard::take_from_bytes::<Batch>(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed(format!("{} trailing bytes after batch", rest.len())));
+    }
+    batch.validate().map_err(WireError::InvalidBatch)?;
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{RowChange, TableSchema};
+    use crate::value::Value;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            any::<f64>().prop_map(Value::Real),
+            ".{0,40}".prop_map(Value::Text),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Blob),
+        ]
+    }
+
+    fn batch() -> impl Strategy<Value = Batch> {
+        proptest::collection::vec(
+            (any::<u64>(), value(), proptest::option::of(proptest::collection::vec(value(), 2))),
+            0..20,
+        )
+        .prop_map(|rows| Batch {
+            tables: vec![TableSchema {
+                name: "t \"x\" é".into(),
+                fingerprint: 7,
+                key_columns: vec!["id".into()],
+                value_columns: vec!["a".into(), "b".into()],
+            }],
+            rows: rows
+                .into_iter()
+                .map(|(time, key, values)| RowChange { table: 0, time, key: vec![key], values })
+                .collect(),
+        })
+    }
+
+    fn node() -> NodeId {
+        NodeId::from_u128(0xabc).unwrap()
+    }
+
+    fn round_trip(frames: &[Vec<u8>]) -> Batch {
+        let parts: Vec<MessageV1> = frames.iter().map(|f| decode_frame(f).unwrap()).collect();
+        let body: Vec<u8> = parts.iter().flat_map(|p| p.body.clone()).collect();
+        decode_batch(parts[0].compression, &body).unwrap()
+    }
+
+    #[test]
+    fn future_versions_are_reported_as_such() {
+        let mut frame = encode_frame(&Message::V1(MessageV1 {
+            origin: node(),
+            batch_seq: BatchSeq::new(1),
+            part: 0,
+            parts: 1,
+            compression: Compression::None,
+            body: vec![],
+        }));
+        frame[HEADER_LEN] = 1; // variant index 1 = V2
+        let crc = crc32fast::hash(&frame[HEADER_LEN..]);
+        frame[2..6].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_frame(&frame), Err(WireError::UnsupportedVersion(2)));
+    }
+
+    #[test]
+    fn large_batches_split_into_parts_within_the_limit() {
+        let batch = Batch {
+            tables: vec![TableSchema {
+                name: "t".into(),
+                fingerprint: 1,
+                key_columns: vec!["id".into()],
+                value_columns: vec!["v".into()],
+            }],
+            rows: (0..1000)
+                .map(|i| RowChange {
+                    table: 0,
+                    time: i,
+                    key: vec![Value::Integer(i as i64)],
+                    values: Some(vec![Value::Text(format!("row {i} {}", "x".repeat(50)))]),
+                })
+                .collect(),
+        };
+        let frames = encode_batch(node(), BatchSeq::new(3), &batch, Compression::None, 4096).unwrap();
+        assert!(frames.len() > 10);
+        assert!(frames.iter().all(|f| f.len() <= 4096));
+        assert_eq!(round_trip(&frames), batch);
+        let packed = encode_batch(node(), BatchSeq::new(3), &batch, Compression::Lz4, 4096).unwrap();
+        assert!(packed.len() < frames.len());
+        assert_eq!(round_trip(&packed), batch);
+    }
+
+    proptest! {
+        #[test]
+        fn batches_round_trip(b in batch(), lz4 in any::<bool>()) {
+            let c = if lz4 { Compression::Lz4 } else { Compression::None };
+            let frames = encode_batch(node(), BatchSeq::new(9), &b, c, 1 << 20).unwrap();
+            prop_assert_eq!(frames.len(), 1);
+            prop_assert_eq!(round_trip(&frames), b);
+        }
+
+        #[test]
+        fn truncation_is_an_error(b in batch(), cut in any::<prop::sample::Index>()) {
+            let frame = encode_batch(node(), BatchSeq::new(1), &b, Compression::None, 1 << 20).unwrap().remove(0);
+            let cut = cut.index(frame.len());
+            prop_assert!(decode_frame(&frame[..cut]).is_err());
+        }
+
+        #[test]
+        fn any_bit_flip_is_an_error(b in batch(), lz4 in any::<bool>(), bit in any::<prop::sample::Index>()) {
+            let c = if lz4 { Compression::Lz4 } else { Compression::None };
+            let mut frame = encode_batch(node(), BatchSeq::new(1), &b, c, 1 << 20).unwrap().remove(0);
+            let bit = bit.index(frame.len() * 8);
+            frame[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(decode_frame(&frame).is_err());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_frame(&bytes);
+            let _ = decode_batch(Compression::None, &bytes);
+            let _ = decode_batch(Compression::Lz4, &bytes);
+        }
+
+        #[test]
+        fn garbage_with_valid_envelope_never_panics(body in proptest::collection::vec(any::<u8>(), 0..300), lz4 in any::<bool>()) {
+            let c = if lz4 { Compression::Lz4 } else { Compression::None };
+            let frame = encode_frame(&Message::V1(MessageV1 {
+                origin: node(), batch_seq: BatchSeq::new(1), part: 0, parts: 1, compression: c, body,
+            }));
+            let m = decode_frame(&frame).unwrap();
+            let _ = decode_batch(m.compression, &m.body);
+        }
+    }
+}
