@@ -6,7 +6,9 @@ use crate::hlc::{Hlc, NodeId, NTP64};
 use crate::value::Value;
 
 /// Position of a message in the JetStream stream (1-based; 0 means "nothing yet").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct StreamSeq(u64);
 
 impl StreamSeq {
@@ -36,7 +38,9 @@ impl std::fmt::Display for StreamSeq {
 }
 
 /// Per-node sequence number of a captured batch (one drain). Starts at 1, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct BatchSeq(u64);
 
 impl BatchSeq {
@@ -119,10 +123,13 @@ impl Batch {
     /// before touching its database.
     pub fn validate(&self) -> Result<(), String> {
         for (i, row) in self.rows.iter().enumerate() {
-            let table = self
-                .tables
-                .get(row.table as usize)
-                .ok_or_else(|| format!("row {i} names table index {} of {}", row.table, self.tables.len()))?;
+            let table = self.tables.get(row.table as usize).ok_or_else(|| {
+                format!(
+                    "row {i} names table index {} of {}",
+                    row.table,
+                    self.tables.len()
+                )
+            })?;
             if row.key.len() != table.key_columns.len() {
                 return Err(format!(
                     "row {i} of table {:?} has {} key values for {} key columns",

@@ -194,7 +194,11 @@ impl ReceiveSummary {
             remote_won: r.applied.remote_won,
             local_won: r.applied.local_won,
             own: r.own,
-            parked: r.parked.into_iter().map(|p| (p.seq, p.kind, p.reason)).collect(),
+            parked: r
+                .parked
+                .into_iter()
+                .map(|p| (p.seq, p.kind, p.reason))
+                .collect(),
             unparked: r.unparked,
             tables: r.applied.tables,
             drained: r.drained,
@@ -288,7 +292,10 @@ impl<D: Database> Engine<D> {
 
     /// Last stream sequence applied or queued: consume from the one after it.
     pub fn cursor(&self) -> StreamSeq {
-        self.inbox.back().map(|m| m.seq).unwrap_or_else(|| self.db.cursor())
+        self.inbox
+            .back()
+            .map(|m| m.seq)
+            .unwrap_or_else(|| self.db.cursor())
     }
 
     /// Last stream sequence durably applied.
@@ -353,7 +360,11 @@ impl<D: Database> Engine<D> {
 
     /// When the engine next needs [`Input::Timeout`] (monotonic), if ever.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let mut next = self.drain_backoff.until.unwrap_or(Duration::ZERO).max(self.drain_at);
+        let mut next = self
+            .drain_backoff
+            .until
+            .unwrap_or(Duration::ZERO)
+            .max(self.drain_at);
         let mut consider = |t: Option<Duration>| {
             if let Some(t) = t {
                 next = next.min(t);
@@ -391,7 +402,8 @@ impl<D: Database> Engine<D> {
             Ok(()) => {
                 let frames = self.acked.len();
                 self.acked.clear();
-                self.outputs.push_back(Output::Event(Event::Acked { frames }));
+                self.outputs
+                    .push_back(Output::Event(Event::Acked { frames }));
             }
             Err(e) => {
                 // Keep the ids: removal is retried with the next input.
@@ -414,9 +426,13 @@ impl<D: Database> Engine<D> {
                         self.outbox_may_have_more = true;
                     }
                     if !report.parked.is_empty() {
-                        self.parked_retry_at.get_or_insert(now.monotonic + self.config.parked_retry_interval);
+                        self.parked_retry_at
+                            .get_or_insert(now.monotonic + self.config.parked_retry_interval);
                     }
-                    self.outputs.push_back(Output::Event(Event::Received(ReceiveSummary::new(take, report))));
+                    self.outputs
+                        .push_back(Output::Event(Event::Received(ReceiveSummary::new(
+                            take, report,
+                        ))));
                 }
                 Err(e) => {
                     let retry_in = self.apply_backoff.fail(now.monotonic, &self.config);
@@ -438,7 +454,8 @@ impl<D: Database> Engine<D> {
                     self.outbox_may_have_more = true;
                 }
                 if report.log_entries > 0 {
-                    self.outputs.push_back(Output::Event(Event::Drained(report)));
+                    self.outputs
+                        .push_back(Output::Event(Event::Drained(report)));
                 }
             }
             Err(e) => {
@@ -449,7 +466,9 @@ impl<D: Database> Engine<D> {
     }
 
     fn retry_parked_if_due(&mut self, now: Now) {
-        let Some(at) = self.parked_retry_at else { return };
+        let Some(at) = self.parked_retry_at else {
+            return;
+        };
         if now.monotonic < at {
             return;
         }
@@ -459,21 +478,33 @@ impl<D: Database> Engine<D> {
             Ok(_) => match self.db.retry_parked(now.wall) {
                 Ok(report) => {
                     if !report.parked.is_empty() {
-                        self.parked_retry_at = Some(now.monotonic + self.config.parked_retry_interval);
+                        self.parked_retry_at =
+                            Some(now.monotonic + self.config.parked_retry_interval);
                     }
                     if report.drained.frames > 0 {
                         self.outbox_may_have_more = true;
                     }
-                    self.outputs.push_back(Output::Event(Event::Received(ReceiveSummary::new(0, report))));
+                    self.outputs
+                        .push_back(Output::Event(Event::Received(ReceiveSummary::new(
+                            0, report,
+                        ))));
                 }
                 Err(e) => {
                     self.parked_retry_at = Some(now.monotonic + self.config.parked_retry_interval);
-                    self.report_error("retrying parked messages", &e, self.config.parked_retry_interval);
+                    self.report_error(
+                        "retrying parked messages",
+                        &e,
+                        self.config.parked_retry_interval,
+                    );
                 }
             },
             Err(e) => {
                 self.parked_retry_at = Some(now.monotonic + self.config.parked_retry_interval);
-                self.report_error("counting parked messages", &e, self.config.parked_retry_interval);
+                self.report_error(
+                    "counting parked messages",
+                    &e,
+                    self.config.parked_retry_interval,
+                );
             }
         }
     }
@@ -490,7 +521,10 @@ impl<D: Database> Engine<D> {
         if !self.publish_backoff.ready(now.monotonic) {
             return;
         }
-        let room = self.config.publish_window.saturating_sub(self.in_flight.len());
+        let room = self
+            .config
+            .publish_window
+            .saturating_sub(self.in_flight.len());
         if room == 0 {
             return;
         }

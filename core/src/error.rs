@@ -51,8 +51,15 @@ mod store_errors {
         match e {
             rusqlite::Error::SqliteFailure(f, _) => matches!(
                 f.code,
-                DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | OutOfMemory
-                    | CannotOpen | FileLockingProtocolFailed | ReadOnly | OperationInterrupted
+                DatabaseBusy
+                    | DatabaseLocked
+                    | SystemIoFailure
+                    | DiskFull
+                    | OutOfMemory
+                    | CannotOpen
+                    | FileLockingProtocolFailed
+                    | ReadOnly
+                    | OperationInterrupted
             ),
             _ => false,
         }

@@ -289,7 +289,10 @@ mod tests {
         let now = ntp64_from_unix(Duration::from_secs(1000));
         let remote = Hlc::new(ntp64_from_unix(Duration::from_secs(1002)), node(2));
         let err = clock.observe(remote, now).unwrap_err();
-        assert!(matches!(err, ClockError::TooFarAhead { ahead_ms: 2000, .. }));
+        assert!(matches!(
+            err,
+            ClockError::TooFarAhead { ahead_ms: 2000, .. }
+        ));
         assert_eq!(clock.last(), NTP64(0));
         let near = Hlc::new(ntp64_from_unix(Duration::from_millis(1_000_500)), node(2));
         clock.observe(near, now).unwrap();

@@ -102,7 +102,10 @@ mod tests {
             let tag = time * 10 + node as u64;
             let image = (tag % 3 != 0)
                 .then(|| BTreeMap::from([("v".to_string(), Value::Integer(tag as i64))]));
-            ((format!("t{t}"), vec![Value::Integer(k)]), VersionedRow { hlc, image })
+            (
+                (format!("t{t}"), vec![Value::Integer(k)]),
+                VersionedRow { hlc, image },
+            )
         })
     }
 
@@ -119,8 +122,17 @@ mod tests {
         let n = NodeId::from_u128(1).unwrap();
         let key: RowKey = ("t".into(), vec![Value::Integer(1)]);
         let mut m = LwwModel::new();
-        m.merge(key.clone(), VersionedRow { hlc: Hlc::new(NTP64(5), n), image: None });
-        let stale = VersionedRow { hlc: Hlc::new(NTP64(4), n), image: Some(BTreeMap::new()) };
+        m.merge(
+            key.clone(),
+            VersionedRow {
+                hlc: Hlc::new(NTP64(5), n),
+                image: None,
+            },
+        );
+        let stale = VersionedRow {
+            hlc: Hlc::new(NTP64(4), n),
+            image: Some(BTreeMap::new()),
+        };
         assert!(!m.merge(key.clone(), stale));
         assert!(m.live_rows("t").is_empty());
     }

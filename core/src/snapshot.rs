@@ -277,7 +277,12 @@ impl SnapshotDecoder {
 }
 
 /// Frames a whole file held in memory (convenience for tests and small databases).
-pub fn frame_bytes(file: &[u8], covered_seq: StreamSeq, taken_by: NodeId, chunk_size: u32) -> Vec<u8> {
+pub fn frame_bytes(
+    file: &[u8],
+    covered_seq: StreamSeq,
+    taken_by: NodeId,
+    chunk_size: u32,
+) -> Vec<u8> {
     let header = SnapshotHeader {
         chunk_size,
         covered_seq,

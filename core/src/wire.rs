@@ -178,7 +178,10 @@ pub fn decode_frame(frame: &[u8]) -> Result<MessageV1, WireError> {
     let (message, rest) = postcard::take_from_bytes::<Message>(payload)
         .map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(WireError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     let Message::V1(message) = message;
     if message.parts == 0 || message.part >= message.parts {
@@ -211,10 +214,13 @@ pub fn decode_batch(compression: Compression, body: &[u8]) -> Result<Batch, Wire
             &plain[..]
         }
     };
-    let (batch, rest) =
-        postcard::take_from_bytes::<Batch>(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (batch, rest) = postcard::take_from_bytes::<Batch>(bytes)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(WireError::Malformed(format!("{} trailing bytes after batch", rest.len())));
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes after batch",
+            rest.len()
+        )));
     }
     batch.validate().map_err(WireError::InvalidBatch)?;
     Ok(batch)
@@ -239,7 +245,11 @@ mod tests {
 
     fn batch() -> impl Strategy<Value = Batch> {
         proptest::collection::vec(
-            (any::<u64>(), value(), proptest::option::of(proptest::collection::vec(value(), 2))),
+            (
+                any::<u64>(),
+                value(),
+                proptest::option::of(proptest::collection::vec(value(), 2)),
+            ),
             0..20,
         )
         .prop_map(|rows| Batch {
@@ -251,7 +261,12 @@ mod tests {
             }],
             rows: rows
                 .into_iter()
-                .map(|(time, key, values)| RowChange { table: 0, time, key: vec![key], values })
+                .map(|(time, key, values)| RowChange {
+                    table: 0,
+                    time,
+                    key: vec![key],
+                    values,
+                })
                 .collect(),
         })
     }
@@ -300,11 +315,13 @@ mod tests {
                 })
                 .collect(),
         };
-        let frames = encode_batch(node(), BatchSeq::new(3), &batch, Compression::None, 4096).unwrap();
+        let frames =
+            encode_batch(node(), BatchSeq::new(3), &batch, Compression::None, 4096).unwrap();
         assert!(frames.len() > 10);
         assert!(frames.iter().all(|f| f.len() <= 4096));
         assert_eq!(round_trip(&frames), batch);
-        let packed = encode_batch(node(), BatchSeq::new(3), &batch, Compression::Lz4, 4096).unwrap();
+        let packed =
+            encode_batch(node(), BatchSeq::new(3), &batch, Compression::Lz4, 4096).unwrap();
         assert!(packed.len() < frames.len());
         assert_eq!(round_trip(&packed), batch);
     }

@@ -16,7 +16,8 @@ pub const INITIAL_KEY_SLOTS: usize = 4;
 
 /// SQL expression for "now" in Unix milliseconds, valid in SQLite ≥ 3.35 and in triggers
 /// under `trusted_schema=OFF`.
-pub const WALL_CLOCK_MILLIS: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
+pub const WALL_CLOCK_MILLIS: &str =
+    "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
 /// The internal tables, created if missing.
 pub fn internal_tables() -> String {
@@ -49,7 +50,11 @@ attempts INTEGER NOT NULL DEFAULT 0);",
 
 /// Adds key slot `n` to the log.
 pub fn add_log_slot(n: usize) -> String {
-    format!("ALTER TABLE {} ADD COLUMN {}", quote(names::LOG), names::key_slot(n))
+    format!(
+        "ALTER TABLE {} ADD COLUMN {}",
+        quote(names::LOG),
+        names::key_slot(n)
+    )
 }
 
 /// The version table of table `id`: one row per key ever written, with the HLC of the last
@@ -87,7 +92,11 @@ pub fn create_triggers(id: i64, table: &TableInfo) -> [String; 3] {
     let [insert, update, delete] = names::triggers(id);
     let target = quote(&table.name);
     let slots: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
-    let log_insert = format!("INSERT INTO {}(tbl, wall, {})", quote(names::LOG), slots.join(", "));
+    let log_insert = format!(
+        "INSERT INTO {}(tbl, wall, {})",
+        quote(names::LOG),
+        slots.join(", ")
+    );
     let keys = |row: &str| -> String {
         table
             .key_columns
@@ -133,7 +142,12 @@ mod tests {
     fn triggers_quote_every_identifier() {
         let t = TableInfo::from_columns(
             "my \"odd\" table",
-            vec![ColumnInfo { name: "ké y".into(), decl_type: "TEXT".into(), pk: 1, hidden: 0 }],
+            vec![ColumnInfo {
+                name: "ké y".into(),
+                decl_type: "TEXT".into(),
+                pk: 1,
+                hidden: 0,
+            }],
         )
         .unwrap();
         let sql = create_triggers(3, &t).join(";\n");

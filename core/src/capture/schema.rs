@@ -31,7 +31,8 @@ impl TableInfo {
     /// Builds the model from `table_xinfo` rows; `Err` when the table cannot be replicated.
     pub fn from_columns(name: &str, columns: Vec<ColumnInfo>) -> Result<Self, SkipReason> {
         let stored: Vec<ColumnInfo> = columns.into_iter().filter(|c| c.hidden == 0).collect();
-        let mut key_columns: Vec<ColumnInfo> = stored.iter().filter(|c| c.pk > 0).cloned().collect();
+        let mut key_columns: Vec<ColumnInfo> =
+            stored.iter().filter(|c| c.pk > 0).cloned().collect();
         if key_columns.is_empty() {
             return Err(SkipReason::NoPrimaryKey);
         }
@@ -144,7 +145,12 @@ mod tests {
     use super::*;
 
     fn col(name: &str, ty: &str, pk: u32) -> ColumnInfo {
-        ColumnInfo { name: name.into(), decl_type: ty.into(), pk, hidden: 0 }
+        ColumnInfo {
+            name: name.into(),
+            decl_type: ty.into(),
+            pk,
+            hidden: 0,
+        }
     }
 
     #[test]
@@ -161,14 +167,26 @@ mod tests {
     fn composite_keys_follow_key_order_and_generated_columns_are_dropped() {
         let mut generated = col("g", "INT", 0);
         generated.hidden = 3;
-        let t = TableInfo::from_columns("t", vec![col("b", "TEXT", 2), col("v", "", 0), col("a", "INT", 1), generated]).unwrap();
+        let t = TableInfo::from_columns(
+            "t",
+            vec![
+                col("b", "TEXT", 2),
+                col("v", "", 0),
+                col("a", "INT", 1),
+                generated,
+            ],
+        )
+        .unwrap();
         assert_eq!(t.key_names(), vec!["a", "b"]);
         assert_eq!(t.value_names(), vec!["v"]);
     }
 
     #[test]
     fn tables_without_a_key_are_refused() {
-        assert_eq!(TableInfo::from_columns("t", vec![col("x", "", 0)]), Err(SkipReason::NoPrimaryKey));
+        assert_eq!(
+            TableInfo::from_columns("t", vec![col("x", "", 0)]),
+            Err(SkipReason::NoPrimaryKey)
+        );
     }
 
     #[test]

@@ -39,7 +39,9 @@ pub fn apply_batch(
 ) -> Result<Applied, ApplyFailure> {
     let plans = plan(tables, batch).map_err(ApplyFailure::Park)?;
     if let Some(newest) = batch.rows.iter().map(|r| r.hlc(origin)).max() {
-        clock.check_not_too_far_ahead(newest, now).map_err(|e| ApplyFailure::Park(e.into()))?;
+        clock
+            .check_not_too_far_ahead(newest, now)
+            .map_err(|e| ApplyFailure::Park(e.into()))?;
     }
     let mut applied = Applied::default();
     for row in &batch.rows {
@@ -80,7 +82,13 @@ pub fn apply_batch(
                 })
             });
         }
-        write_version(conn, &table.upsert_version, &row.key, hlc, row.values.is_none())?;
+        write_version(
+            conn,
+            &table.upsert_version,
+            &row.key,
+            hlc,
+            row.values.is_none(),
+        )?;
         applied.tables.insert(table.info.name.clone());
     }
     for row in &batch.rows {
@@ -92,14 +100,19 @@ pub fn apply_batch(
 
 /// Resolves each table of the batch to a local table and an upsert statement, refusing the
 /// whole batch when a table, key or column does not match.
-fn plan<'t>(tables: &'t Tables, batch: &Batch) -> Result<Vec<(&'t RegisteredTable, String)>, ApplyError> {
+fn plan<'t>(
+    tables: &'t Tables,
+    batch: &Batch,
+) -> Result<Vec<(&'t RegisteredTable, String)>, ApplyError> {
     batch
         .tables
         .iter()
         .map(|schema| {
-            let table = tables.by_name(&schema.name).ok_or_else(|| ApplyError::UnknownTable {
-                table: schema.name.clone(),
-            })?;
+            let table = tables
+                .by_name(&schema.name)
+                .ok_or_else(|| ApplyError::UnknownTable {
+                    table: schema.name.clone(),
+                })?;
             let ours = table.info.key_names();
             if ours != schema.key_columns {
                 return Err(ApplyError::KeyMismatch {
@@ -122,7 +135,11 @@ fn plan<'t>(tables: &'t Tables, batch: &Batch) -> Result<Vec<(&'t RegisteredTabl
 }
 
 /// Reads a row's stored version, if any.
-pub(crate) fn read_version(conn: &Connection, sql: &str, key: &[crate::value::Value]) -> Result<Option<Hlc>, StoreError> {
+pub(crate) fn read_version(
+    conn: &Connection,
+    sql: &str,
+    key: &[crate::value::Value],
+) -> Result<Option<Hlc>, StoreError> {
     let bytes: Option<Vec<u8>> = conn
         .prepare_cached(sql)
         .and_then(|mut s| s.query_row(params_from_iter(key), |r| r.get(0)).optional())

@@ -31,7 +31,12 @@ pub struct Drained {
 /// Reads all pending log entries, coalesces them per row, reads each row's current image,
 /// stamps it with an HLC derived from its last write time, records the new versions and
 /// deletes the consumed entries. Runs inside the caller's write transaction.
-pub fn drain(conn: &Connection, tables: &Tables, slots: usize, clock: &mut Clock) -> Result<Drained, StoreError> {
+pub fn drain(
+    conn: &Connection,
+    tables: &Tables,
+    slots: usize,
+    clock: &mut Clock,
+) -> Result<Drained, StoreError> {
     let slot_list: Vec<String> = (0..slots).map(names::key_slot).collect();
     let mut pending: Vec<PendingRow> = Vec::new();
     let mut index: HashMap<(i64, Vec<Value>), usize> = HashMap::new();
@@ -67,7 +72,12 @@ pub fn drain(conn: &Connection, tables: &Tables, slots: usize, clock: &mut Clock
                 }
                 None => {
                     index.insert((table_id, key.clone()), pending.len());
-                    pending.push(PendingRow { table_id, key, last_seq: seq, wall_millis });
+                    pending.push(PendingRow {
+                        table_id,
+                        key,
+                        last_seq: seq,
+                        wall_millis,
+                    });
                 }
             }
         }
@@ -81,7 +91,12 @@ pub fn drain(conn: &Connection, tables: &Tables, slots: usize, clock: &mut Clock
     let mut table_index: HashMap<i64, u32> = HashMap::new();
     for row in pending {
         let table = tables.by_id(row.table_id).expect("filtered above");
-        let values = read_row(conn, &table.select_row, &row.key, table.info.value_columns.len())?;
+        let values = read_row(
+            conn,
+            &table.select_row,
+            &row.key,
+            table.info.value_columns.len(),
+        )?;
         let hlc = clock.stamp_local_write(ntp64_from_unix_millis(row.wall_millis));
         write_version(conn, &table.upsert_version, &row.key, hlc, values.is_none())?;
         let idx = *table_index.entry(row.table_id).or_insert_with(|| {
@@ -100,14 +115,22 @@ pub fn drain(conn: &Connection, tables: &Tables, slots: usize, clock: &mut Clock
             values,
         });
     }
-    conn.prepare_cached(&format!("DELETE FROM {} WHERE seq <= ?1", quote(names::LOG)))
-        .and_then(|mut s| s.execute([max_seq]))
-        .context("clearing the drained change log")?;
+    conn.prepare_cached(&format!(
+        "DELETE FROM {} WHERE seq <= ?1",
+        quote(names::LOG)
+    ))
+    .and_then(|mut s| s.execute([max_seq]))
+    .context("clearing the drained change log")?;
     Ok(Drained { batch, log_entries })
 }
 
 /// Reads a row's current image: `Some(values)` if it exists, `None` if it was deleted.
-fn read_row(conn: &Connection, sql: &str, key: &[Value], width: usize) -> Result<Option<Vec<Value>>, StoreError> {
+fn read_row(
+    conn: &Connection,
+    sql: &str,
+    key: &[Value],
+    width: usize,
+) -> Result<Option<Vec<Value>>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).context("reading a changed row")?;
     stmt.query_row(params_from_iter(key), |r| {
         if width == 0 {
@@ -129,10 +152,11 @@ pub(crate) fn write_version(
 ) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(sql).context("writing a row version")?;
     let hlc_bytes = hlc.to_bytes();
-    let params = key
-        .iter()
-        .map(|v| v as &dyn rusqlite::ToSql)
-        .chain([&hlc_bytes as &dyn rusqlite::ToSql, &deleted as &dyn rusqlite::ToSql]);
-    stmt.execute(params_from_iter(params)).context("writing a row version")?;
+    let params = key.iter().map(|v| v as &dyn rusqlite::ToSql).chain([
+        &hlc_bytes as &dyn rusqlite::ToSql,
+        &deleted as &dyn rusqlite::ToSql,
+    ]);
+    stmt.execute(params_from_iter(params))
+        .context("writing a row version")?;
     Ok(())
 }

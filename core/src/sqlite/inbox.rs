@@ -31,7 +31,12 @@ pub fn add_part(conn: &Connection, part: &MessageV1) -> Result<Option<Vec<u8>>, 
             "SELECT count(*) FROM {} WHERE origin = ?1 AND batch_seq = ?2 AND parts = ?3",
             quote(names::PARTS)
         ))
-        .and_then(|mut s| s.query_row(params![&origin[..], part.batch_seq.get() as i64, part.parts], |r| r.get(0)))
+        .and_then(|mut s| {
+            s.query_row(
+                params![&origin[..], part.batch_seq.get() as i64, part.parts],
+                |r| r.get(0),
+            )
+        })
         .context("counting message parts")?;
     if have < part.parts as i64 {
         return Ok(None);
@@ -45,16 +50,23 @@ pub fn add_part(conn: &Connection, part: &MessageV1) -> Result<Option<Vec<u8>>, 
             ))
             .context("reading message parts")?;
         let mut rows = stmt
-            .query(params![&origin[..], part.batch_seq.get() as i64, part.parts])
+            .query(params![
+                &origin[..],
+                part.batch_seq.get() as i64,
+                part.parts
+            ])
             .context("reading message parts")?;
         while let Some(row) = rows.next().context("reading message parts")? {
             let bytes: Vec<u8> = row.get(0).context("reading message parts")?;
             body.extend_from_slice(&bytes);
         }
     }
-    conn.prepare_cached(&format!("DELETE FROM {} WHERE origin = ?1 AND batch_seq = ?2", quote(names::PARTS)))
-        .and_then(|mut s| s.execute(params![&origin[..], part.batch_seq.get() as i64]))
-        .context("clearing message parts")?;
+    conn.prepare_cached(&format!(
+        "DELETE FROM {} WHERE origin = ?1 AND batch_seq = ?2",
+        quote(names::PARTS)
+    ))
+    .and_then(|mut s| s.execute(params![&origin[..], part.batch_seq.get() as i64]))
+    .context("clearing message parts")?;
     Ok(Some(body))
 }
 
@@ -66,7 +78,14 @@ fn compression_code(c: Compression) -> i64 {
 }
 
 /// Records a message that could not be applied (replacing an earlier record of it).
-pub fn park(conn: &Connection, seq: StreamSeq, frame: &[u8], kind: &str, reason: &str, now_millis: i64) -> Result<(), StoreError> {
+pub fn park(
+    conn: &Connection,
+    seq: StreamSeq,
+    frame: &[u8],
+    kind: &str,
+    reason: &str,
+    now_millis: i64,
+) -> Result<(), StoreError> {
     conn.prepare_cached(&format!(
         "INSERT INTO {}(stream_seq, frame, kind, reason, parked_at) VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT(stream_seq) DO UPDATE SET kind = excluded.kind, reason = excluded.reason, \
@@ -127,8 +146,11 @@ pub fn parked_count(conn: &Connection) -> Result<u64, StoreError> {
 
 /// Deletes a parked message (after it was applied).
 pub fn unpark(conn: &Connection, seq: StreamSeq) -> Result<(), StoreError> {
-    conn.prepare_cached(&format!("DELETE FROM {} WHERE stream_seq = ?1", quote(names::PARKED)))
-        .and_then(|mut s| s.execute([seq.get() as i64]))
-        .context("removing a parked message")?;
+    conn.prepare_cached(&format!(
+        "DELETE FROM {} WHERE stream_seq = ?1",
+        quote(names::PARKED)
+    ))
+    .and_then(|mut s| s.execute([seq.get() as i64]))
+    .context("removing a parked message")?;
     Ok(())
 }

@@ -5,9 +5,9 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::tables::{RegisteredTable, Tables};
+use crate::capture::ddl;
 use crate::capture::names::{self, quote};
 use crate::capture::schema::{skip_reason, ColumnInfo, SkipReason, TableInfo};
-use crate::capture::ddl;
 use crate::error::{Context, StoreError};
 
 /// What an install found and did.
@@ -25,8 +25,12 @@ pub struct InstallReport {
 
 /// Creates missing internal tables, registers every replicated table, and makes each one's
 /// version table and triggers current. Idempotent; runs inside the caller's transaction.
-pub fn install(conn: &Connection, exclude: &[String]) -> Result<(Tables, InstallReport), StoreError> {
-    conn.execute_batch(&ddl::internal_tables()).context("creating internal tables")?;
+pub fn install(
+    conn: &Connection,
+    exclude: &[String],
+) -> Result<(Tables, InstallReport), StoreError> {
+    conn.execute_batch(&ddl::internal_tables())
+        .context("creating internal tables")?;
     let mut report = InstallReport::default();
     let mut slots = log_key_slots(conn)?;
     let registered = registered_tables(conn)?;
@@ -61,7 +65,10 @@ pub fn install(conn: &Connection, exclude: &[String]) -> Result<(Tables, Install
                 }
                 if old_key_count != key_count || old_fingerprint != fingerprint {
                     conn.execute(
-                        &format!("UPDATE {} SET key_count = ?1, fingerprint = ?2 WHERE id = ?3", quote(names::TABLES)),
+                        &format!(
+                            "UPDATE {} SET key_count = ?1, fingerprint = ?2 WHERE id = ?3",
+                            quote(names::TABLES)
+                        ),
                         params![key_count, fingerprint, id],
                     )
                     .context(format!("updating registry entry of {name:?}"))?;
@@ -70,7 +77,10 @@ pub fn install(conn: &Connection, exclude: &[String]) -> Result<(Tables, Install
             }
             None => {
                 conn.execute(
-                    &format!("INSERT INTO {}(name, key_count, fingerprint) VALUES (?1, ?2, ?3)", quote(names::TABLES)),
+                    &format!(
+                        "INSERT INTO {}(name, key_count, fingerprint) VALUES (?1, ?2, ?3)",
+                        quote(names::TABLES)
+                    ),
                     params![name, key_count, fingerprint],
                 )
                 .context(format!("registering table {name:?}"))?;
@@ -78,7 +88,8 @@ pub fn install(conn: &Connection, exclude: &[String]) -> Result<(Tables, Install
             }
         };
         while slots < info.key_columns.len() {
-            conn.execute_batch(&ddl::add_log_slot(slots)).context("widening the change log")?;
+            conn.execute_batch(&ddl::add_log_slot(slots))
+                .context("widening the change log")?;
             slots += 1;
         }
         conn.execute_batch(&ddl::version_table(id, &info))
@@ -120,9 +131,11 @@ fn ensure_triggers(conn: &Connection, id: i64, info: &TableInfo) -> Result<bool,
     if current {
         return Ok(false);
     }
-    conn.execute_batch(&ddl::drop_triggers(id)).context(format!("dropping old triggers of {:?}", info.name))?;
+    conn.execute_batch(&ddl::drop_triggers(id))
+        .context(format!("dropping old triggers of {:?}", info.name))?;
     for sql in &wanted {
-        conn.execute_batch(sql).context(format!("creating triggers of {:?}", info.name))?;
+        conn.execute_batch(sql)
+            .context(format!("creating triggers of {:?}", info.name))?;
     }
     Ok(true)
 }
@@ -188,12 +201,15 @@ fn table_columns(conn: &Connection, table: &str) -> Result<Vec<ColumnInfo>, Stor
 }
 
 fn registered_tables(conn: &Connection) -> Result<HashMap<String, (i64, i64, i64)>, StoreError> {
-    conn.prepare(&format!("SELECT name, id, key_count, fingerprint FROM {}", quote(names::TABLES)))
-        .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))?
-                .collect()
-        })
-        .context("reading the table registry")
+    conn.prepare(&format!(
+        "SELECT name, id, key_count, fingerprint FROM {}",
+        quote(names::TABLES)
+    ))
+    .and_then(|mut s| {
+        s.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))?
+            .collect()
+    })
+    .context("reading the table registry")
 }
 
 /// Number of key slot columns the log has.

@@ -24,8 +24,8 @@ pub use install::{uninstall, InstallReport};
 use crate::capture::names::{self, quote};
 use crate::change::{BatchSeq, StreamSeq};
 use crate::error::{ApplyError, Context, StoreError};
-use crate::report::{Applied, DrainReport, Inbound, OutboxFrame, Parked, ReceiveReport};
 use crate::hlc::{Clock, NodeId, NTP64};
+use crate::report::{Applied, DrainReport, Inbound, OutboxFrame, Parked, ReceiveReport};
 use crate::wire::{self, Compression, Message, MessageV1};
 use apply::ApplyFailure;
 use tables::Tables;
@@ -88,7 +88,8 @@ impl Store {
     /// Takes over `conn`: sets WAL mode and connection pragmas, installs capture (idempotent)
     /// and loads the node's metadata.
     pub fn open(conn: Connection, options: StoreOptions) -> Result<Self, StoreError> {
-        conn.busy_timeout(options.busy_timeout).context("setting the busy timeout")?;
+        conn.busy_timeout(options.busy_timeout)
+            .context("setting the busy timeout")?;
         let _mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .context("switching to WAL mode")?;
@@ -112,7 +113,11 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting the install transaction")?;
         let (tables, report) = install::install(&tx, &store.options.exclude_tables)?;
-        meta::set(&tx, meta::keys::NODE_ID, &store.options.node_id.to_bytes()[..])?;
+        meta::set(
+            &tx,
+            meta::keys::NODE_ID,
+            &store.options.node_id.to_bytes()[..],
+        )?;
         let clock = meta::get_i64(&tx, meta::keys::CLOCK)?.unwrap_or(0) as u64;
         store.cursor = StreamSeq::new(meta::get_i64(&tx, meta::keys::CURSOR)?.unwrap_or(0) as u64);
         store.next_batch = meta::get_i64(&tx, meta::keys::NEXT_BATCH)?.unwrap_or(1) as u64;
@@ -121,7 +126,11 @@ impl Store {
         store.slots = install::log_key_slots(&tx)?;
         store.schema_version = schema_version(&tx)?;
         tx.commit().context("committing the install")?;
-        store.clock = Clock::new(store.options.node_id, NTP64(clock), store.options.max_clock_ahead);
+        store.clock = Clock::new(
+            store.options.node_id,
+            NTP64(clock),
+            store.options.max_clock_ahead,
+        );
         store.tables = tables;
         store.install_report = report;
         Ok(store)
@@ -141,7 +150,9 @@ impl Store {
             return Ok(None);
         }
         let bytes = meta::get_blob(conn, meta::keys::NODE_ID)?;
-        Ok(bytes.and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok()).and_then(NodeId::from_bytes))
+        Ok(bytes
+            .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+            .and_then(NodeId::from_bytes))
     }
 
     /// This replica's node id.
@@ -200,8 +211,22 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting a drain")?;
-        sync_schema(&tx, &mut self.tables, &mut self.slots, &mut self.schema_version, &self.options, &mut self.install_report)?;
-        let report = drain_in(&tx, &self.tables, self.slots, &mut self.clock, &self.options, &mut self.next_batch)?;
+        sync_schema(
+            &tx,
+            &mut self.tables,
+            &mut self.slots,
+            &mut self.schema_version,
+            &self.options,
+            &mut self.install_report,
+        )?;
+        let report = drain_in(
+            &tx,
+            &self.tables,
+            self.slots,
+            &mut self.clock,
+            &self.options,
+            &mut self.next_batch,
+        )?;
         tx.commit().context("committing a drain")?;
         Ok(report)
     }
@@ -209,7 +234,11 @@ impl Store {
     /// Applies messages from the stream in order, in one transaction: drains local writes
     /// first, then applies each message not yet seen (parking those that cannot apply) and
     /// advances the cursor to the last one.
-    pub fn receive(&mut self, now: NTP64, messages: &[Inbound]) -> Result<ReceiveReport, StoreError> {
+    pub fn receive(
+        &mut self,
+        now: NTP64,
+        messages: &[Inbound],
+    ) -> Result<ReceiveReport, StoreError> {
         let (saved_batch, saved_cursor) = (self.next_batch, self.cursor);
         let result = self.receive_tx(now, messages);
         if result.is_err() {
@@ -219,7 +248,11 @@ impl Store {
         result
     }
 
-    fn receive_tx(&mut self, now: NTP64, messages: &[Inbound]) -> Result<ReceiveReport, StoreError> {
+    fn receive_tx(
+        &mut self,
+        now: NTP64,
+        messages: &[Inbound],
+    ) -> Result<ReceiveReport, StoreError> {
         let mut report = ReceiveReport::default();
         if messages.iter().all(|m| m.seq <= self.cursor) {
             report.already_seen = messages.len() as u64;
@@ -230,19 +263,44 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting an apply")?;
-        sync_schema(&tx, &mut self.tables, &mut self.slots, &mut self.schema_version, &self.options, &mut self.install_report)?;
-        report.drained = drain_in(&tx, &self.tables, self.slots, &mut self.clock, &self.options, &mut self.next_batch)?;
+        sync_schema(
+            &tx,
+            &mut self.tables,
+            &mut self.slots,
+            &mut self.schema_version,
+            &self.options,
+            &mut self.install_report,
+        )?;
+        report.drained = drain_in(
+            &tx,
+            &self.tables,
+            self.slots,
+            &mut self.clock,
+            &self.options,
+            &mut self.next_batch,
+        )?;
         set_applying(&tx, true)?;
         for message in messages {
             if message.seq <= self.cursor {
                 report.already_seen += 1;
                 continue;
             }
-            tx.execute_batch("SAVEPOINT hl_message").context("starting a message savepoint")?;
+            tx.execute_batch("SAVEPOINT hl_message")
+                .context("starting a message savepoint")?;
             let mut park_frame = None;
-            match receive_one(&tx, &self.tables, &mut self.clock, self.options.node_id, self.replay_own_until, message, now, &mut park_frame) {
+            match receive_one(
+                &tx,
+                &self.tables,
+                &mut self.clock,
+                self.options.node_id,
+                self.replay_own_until,
+                message,
+                now,
+                &mut park_frame,
+            ) {
                 Ok(outcome) => {
-                    tx.execute_batch("RELEASE hl_message").context("releasing a message savepoint")?;
+                    tx.execute_batch("RELEASE hl_message")
+                        .context("releasing a message savepoint")?;
                     match outcome {
                         Outcome::Applied(applied) => {
                             report.batches += 1;
@@ -257,8 +315,19 @@ impl Store {
                         .context("rolling back a refused message")?;
                     let frame = park_frame.as_deref().unwrap_or(&message.frame);
                     let reason = error.to_string();
-                    inbox::park(&tx, message.seq, frame, error.kind(), &reason, unix_millis(now))?;
-                    report.parked.push(Parked { seq: message.seq, kind: error.kind(), reason });
+                    inbox::park(
+                        &tx,
+                        message.seq,
+                        frame,
+                        error.kind(),
+                        &reason,
+                        unix_millis(now),
+                    )?;
+                    report.parked.push(Parked {
+                        seq: message.seq,
+                        kind: error.kind(),
+                        reason,
+                    });
                 }
                 Err(ApplyFailure::Store(e)) => return Err(e),
             }
@@ -284,7 +353,10 @@ impl Store {
     }
 
     fn retry_parked_tx(&mut self, now: NTP64) -> Result<ReceiveReport, StoreError> {
-        let mut report = ReceiveReport { cursor: self.cursor, ..Default::default() };
+        let mut report = ReceiveReport {
+            cursor: self.cursor,
+            ..Default::default()
+        };
         let parked = inbox::parked(&self.conn)?;
         if parked.is_empty() {
             return Ok(report);
@@ -293,17 +365,45 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting a retry of parked messages")?;
-        sync_schema(&tx, &mut self.tables, &mut self.slots, &mut self.schema_version, &self.options, &mut self.install_report)?;
-        report.drained = drain_in(&tx, &self.tables, self.slots, &mut self.clock, &self.options, &mut self.next_batch)?;
+        sync_schema(
+            &tx,
+            &mut self.tables,
+            &mut self.slots,
+            &mut self.schema_version,
+            &self.options,
+            &mut self.install_report,
+        )?;
+        report.drained = drain_in(
+            &tx,
+            &self.tables,
+            self.slots,
+            &mut self.clock,
+            &self.options,
+            &mut self.next_batch,
+        )?;
         set_applying(&tx, true)?;
         for p in parked {
-            tx.execute_batch("SAVEPOINT hl_message").context("starting a message savepoint")?;
-            let message = Inbound { seq: p.seq, frame: p.frame };
+            tx.execute_batch("SAVEPOINT hl_message")
+                .context("starting a message savepoint")?;
+            let message = Inbound {
+                seq: p.seq,
+                frame: p.frame,
+            };
             let mut park_frame = None;
             // Own messages never reach the parked table, so never skip by origin here.
-            match receive_one(&tx, &self.tables, &mut self.clock, self.options.node_id, StreamSeq::new(u64::MAX), &message, now, &mut park_frame) {
+            match receive_one(
+                &tx,
+                &self.tables,
+                &mut self.clock,
+                self.options.node_id,
+                StreamSeq::new(u64::MAX),
+                &message,
+                now,
+                &mut park_frame,
+            ) {
                 Ok(outcome) => {
-                    tx.execute_batch("RELEASE hl_message").context("releasing a message savepoint")?;
+                    tx.execute_batch("RELEASE hl_message")
+                        .context("releasing a message savepoint")?;
                     inbox::unpark(&tx, message.seq)?;
                     report.unparked += 1;
                     if let Outcome::Applied(applied) = outcome {
@@ -315,15 +415,27 @@ impl Store {
                     tx.execute_batch("ROLLBACK TO hl_message; RELEASE hl_message")
                         .context("rolling back a refused message")?;
                     let reason = error.to_string();
-                    inbox::park(&tx, message.seq, &message.frame, error.kind(), &reason, unix_millis(now))?;
-                    report.parked.push(Parked { seq: message.seq, kind: error.kind(), reason });
+                    inbox::park(
+                        &tx,
+                        message.seq,
+                        &message.frame,
+                        error.kind(),
+                        &reason,
+                        unix_millis(now),
+                    )?;
+                    report.parked.push(Parked {
+                        seq: message.seq,
+                        kind: error.kind(),
+                        reason,
+                    });
                 }
                 Err(ApplyFailure::Store(e)) => return Err(e),
             }
         }
         set_applying(&tx, false)?;
         meta::set(&tx, meta::keys::CLOCK, self.clock.last().as_u64() as i64)?;
-        tx.commit().context("committing a retry of parked messages")?;
+        tx.commit()
+            .context("committing a retry of parked messages")?;
         Ok(report)
     }
 
@@ -334,7 +446,10 @@ impl Store {
 
     /// Removes frames JetStream acknowledged.
     pub fn outbox_remove(&mut self, ids: &[i64]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().context("starting an outbox cleanup")?;
+        let tx = self
+            .conn
+            .transaction()
+            .context("starting an outbox cleanup")?;
         outbox::remove(&tx, ids)?;
         tx.commit().context("committing an outbox cleanup")
     }
@@ -347,7 +462,11 @@ impl Store {
     /// Pending change-log entries not yet drained.
     pub fn log_depth(&self) -> Result<u64, StoreError> {
         self.conn
-            .query_row(&format!("SELECT count(*) FROM {}", quote(names::LOG)), [], |r| r.get::<_, i64>(0))
+            .query_row(
+                &format!("SELECT count(*) FROM {}", quote(names::LOG)),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n as u64)
             .context("measuring the change log")
     }
@@ -355,7 +474,10 @@ impl Store {
     /// Whether the change log holds anything to drain.
     pub fn has_pending_log(&self) -> Result<bool, StoreError> {
         self.conn
-            .prepare_cached(&format!("SELECT EXISTS (SELECT 1 FROM {})", quote(names::LOG)))
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {})",
+                quote(names::LOG)
+            ))
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .context("checking the change log")
     }
@@ -399,7 +521,8 @@ fn sync_schema(
 }
 
 fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
-    conn.query_row("PRAGMA schema_version", [], |r| r.get(0)).context("reading the schema version")
+    conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .context("reading the schema version")
 }
 
 fn set_applying(conn: &Connection, on: bool) -> Result<(), StoreError> {
@@ -428,7 +551,12 @@ fn drain_in(
     let mut report = DrainReport {
         rows: drained.batch.len(),
         log_entries: drained.log_entries,
-        tables: drained.batch.tables.iter().map(|t| t.name.clone()).collect(),
+        tables: drained
+            .batch
+            .tables
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
         ..Default::default()
     };
     if drained.log_entries == 0 {
@@ -436,8 +564,14 @@ fn drain_in(
     }
     if options.publish && !drained.batch.is_empty() {
         let seq = BatchSeq::new(*next_batch);
-        let frames = wire::encode_batch(options.node_id, seq, &drained.batch, options.compression, options.max_frame)
-            .map_err(|e| StoreError::Corrupt(format!("encoding a batch: {e}")))?;
+        let frames = wire::encode_batch(
+            options.node_id,
+            seq,
+            &drained.batch,
+            options.compression,
+            options.max_frame,
+        )
+        .map_err(|e| StoreError::Corrupt(format!("encoding a batch: {e}")))?;
         outbox::push(conn, seq, drained.batch.len(), &frames)?;
         *next_batch += 1;
         meta::set(conn, meta::keys::NEXT_BATCH, *next_batch as i64)?;
@@ -464,7 +598,12 @@ fn receive_one(
     if part.origin == node && message.seq > replay_own_until {
         return Ok(Outcome::Own);
     }
-    let MessageV1 { origin, batch_seq, compression, .. } = part;
+    let MessageV1 {
+        origin,
+        batch_seq,
+        compression,
+        ..
+    } = part;
     let body = if part.parts == 1 {
         part.body
     } else {
@@ -483,7 +622,8 @@ fn receive_one(
             }
         }
     };
-    let batch = wire::decode_batch(compression, &body).map_err(|e| ApplyFailure::Park(ApplyError::Wire(e)))?;
+    let batch = wire::decode_batch(compression, &body)
+        .map_err(|e| ApplyFailure::Park(ApplyError::Wire(e)))?;
     apply::apply_batch(conn, tables, clock, origin, &batch, now).map(Outcome::Applied)
 }
 
@@ -506,7 +646,11 @@ impl crate::engine::Database for Store {
         Store::retry_parked(self, now)
     }
 
-    fn outbox_after(&self, after: i64, limit: usize) -> Result<Vec<crate::report::OutboxFrame>, StoreError> {
+    fn outbox_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::report::OutboxFrame>, StoreError> {
         Store::outbox_after(self, after, limit)
     }
 

@@ -8,7 +8,12 @@ use crate::error::{Context, StoreError};
 use crate::report::OutboxFrame;
 
 /// Appends a batch's frames.
-pub fn push(conn: &Connection, batch_seq: BatchSeq, rows: usize, frames: &[Vec<u8>]) -> Result<(), StoreError> {
+pub fn push(
+    conn: &Connection,
+    batch_seq: BatchSeq,
+    rows: usize,
+    frames: &[Vec<u8>],
+) -> Result<(), StoreError> {
     let mut stmt = conn
         .prepare_cached(&format!(
             "INSERT INTO {}(batch_seq, part, parts, rows, frame) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -18,8 +23,14 @@ pub fn push(conn: &Connection, batch_seq: BatchSeq, rows: usize, frames: &[Vec<u
     for (i, frame) in frames.iter().enumerate() {
         // The row count is carried by part 0 only, so sums count each batch once.
         let part_rows = if i == 0 { rows as i64 } else { 0 };
-        stmt.execute(params![batch_seq.get() as i64, i as i64, frames.len() as i64, part_rows, frame])
-            .context("writing the outbox")?;
+        stmt.execute(params![
+            batch_seq.get() as i64,
+            i as i64,
+            frames.len() as i64,
+            part_rows,
+            frame
+        ])
+        .context("writing the outbox")?;
     }
     Ok(())
 }
@@ -49,7 +60,10 @@ pub fn after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<OutboxFr
 /// Removes acknowledged frames.
 pub fn remove(conn: &Connection, ids: &[i64]) -> Result<(), StoreError> {
     let mut stmt = conn
-        .prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", quote(names::OUTBOX)))
+        .prepare_cached(&format!(
+            "DELETE FROM {} WHERE id = ?1",
+            quote(names::OUTBOX)
+        ))
         .context("removing acknowledged frames")?;
     for id in ids {
         stmt.execute([id]).context("removing acknowledged frames")?;
@@ -59,7 +73,14 @@ pub fn remove(conn: &Connection, ids: &[i64]) -> Result<(), StoreError> {
 
 /// Number of frames and of row changes waiting.
 pub fn depth(conn: &Connection) -> Result<(u64, u64), StoreError> {
-    conn.prepare_cached(&format!("SELECT count(*), coalesce(sum(rows), 0) FROM {}", quote(names::OUTBOX)))
-        .and_then(|mut s| s.query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))))
-        .context("measuring the outbox")
+    conn.prepare_cached(&format!(
+        "SELECT count(*), coalesce(sum(rows), 0) FROM {}",
+        quote(names::OUTBOX)
+    ))
+    .and_then(|mut s| {
+        s.query_row([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+    })
+    .context("measuring the outbox")
 }

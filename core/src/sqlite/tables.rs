@@ -46,7 +46,11 @@ impl RegisteredTable {
         let selected = if info.value_columns.is_empty() {
             "1".to_string()
         } else {
-            info.value_columns.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ")
+            info.value_columns
+                .iter()
+                .map(|c| quote(&c.name))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let n = slots.len();
         let placeholders: Vec<String> = (1..=n + 2).map(|i| format!("?{i}")).collect();
@@ -69,7 +73,12 @@ impl RegisteredTable {
 
     /// Upsert of a row image given the sender's value column names (matched by name).
     pub fn upsert_row_sql(&self, value_columns: &[String]) -> String {
-        let keys: Vec<String> = self.info.key_columns.iter().map(|c| quote(&c.name)).collect();
+        let keys: Vec<String> = self
+            .info
+            .key_columns
+            .iter()
+            .map(|c| quote(&c.name))
+            .collect();
         let values: Vec<String> = value_columns.iter().map(|c| quote(c)).collect();
         let all: Vec<&String> = keys.iter().chain(values.iter()).collect();
         let placeholders: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
@@ -78,13 +87,20 @@ impl RegisteredTable {
         } else {
             format!(
                 "UPDATE SET {}",
-                values.iter().map(|v| format!("{v} = excluded.{v}")).collect::<Vec<_>>().join(", ")
+                values
+                    .iter()
+                    .map(|v| format!("{v} = excluded.{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         format!(
             "INSERT INTO {}({}) VALUES ({}) ON CONFLICT({}) DO {action}",
             quote(&self.info.name),
-            all.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            all.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             placeholders.join(", "),
             keys.join(", ")
         )

@@ -1,0 +1,6 @@
+//! # harmonylite (native host)
+//!
+//! The sidecar that sits next to an unchanged application and keeps its SQLite file
+//! replicated with every other node through NATS JetStream. The replication decisions live in
+//! `harmonylite-core`; this crate supplies configuration, the supervised `nats-server`, the
+//! JetStream transport, change detection, metrics and health.

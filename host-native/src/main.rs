@@ -1,0 +1,5 @@
+//! `harmonylite` command-line entry point.
+
+fn main() {
+    println!("harmonylite {}", env!("CARGO_PKG_VERSION"));
+}
