@@ -320,6 +320,20 @@ impl<D: Database> Engine<D> {
 
     /// Feeds one input, then does all the work that is due.
     pub fn handle_input(&mut self, now: Now, input: Input) {
+        self.absorb(now, input);
+        self.process(now);
+    }
+
+    /// Feeds several inputs (e.g. every stream message already received), then does the
+    /// work once: messages fed together are applied in as few transactions as possible.
+    pub fn handle_inputs(&mut self, now: Now, inputs: impl IntoIterator<Item = Input>) {
+        for input in inputs {
+            self.absorb(now, input);
+        }
+        self.process(now);
+    }
+
+    fn absorb(&mut self, now: Now, input: Input) {
         match input {
             Input::LocalWrite => self.drain_at = now.monotonic,
             Input::Message(message) => {
@@ -350,7 +364,6 @@ impl<D: Database> Engine<D> {
             }
             Input::Timeout => {}
         }
-        self.process(now);
     }
 
     /// The next thing for the host to do, if any.

@@ -21,6 +21,9 @@ pub struct DrainReport {
     pub rows: usize,
     /// Log entries consumed.
     pub log_entries: usize,
+    /// Log entries of rows whose primary key contains NULL: consumed but not replicated
+    /// (SQLite lets such rows share a key, so replicas cannot match them).
+    pub null_keys: usize,
     /// The batch written to the outbox, if any.
     pub batch_seq: Option<BatchSeq>,
     /// Frames written to the outbox.

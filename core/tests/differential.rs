@@ -23,8 +23,18 @@ struct Change {
 }
 
 fn change() -> impl Strategy<Value = Change> {
-    (1u128..=3, 1u64..20, 0i64..5, proptest::option::of(any::<i64>()))
-        .prop_map(|(origin, time, key, value)| Change { origin, time, key, value })
+    (
+        1u128..=3,
+        1u64..20,
+        0i64..5,
+        proptest::option::of(any::<i64>()),
+    )
+        .prop_map(|(origin, time, key, value)| Change {
+            origin,
+            time,
+            key,
+            value,
+        })
 }
 
 fn schema() -> TableSchema {
@@ -62,9 +72,15 @@ fn frame(c: &Change, batch_seq: u64) -> Vec<u8> {
             values: c.value.map(|v| vec![Value::Integer(v)]),
         }],
     };
-    encode_batch(node(c.origin), BatchSeq::new(batch_seq), &batch, Compression::None, 1 << 20)
-        .unwrap()
-        .remove(0)
+    encode_batch(
+        node(c.origin),
+        BatchSeq::new(batch_seq),
+        &batch,
+        Compression::None,
+        1 << 20,
+    )
+    .unwrap()
+    .remove(0)
 }
 
 fn table(conn: &Connection) -> BTreeMap<Vec<Value>, BTreeMap<String, Value>> {
@@ -73,7 +89,10 @@ fn table(conn: &Connection) -> BTreeMap<Vec<Value>, BTreeMap<String, Value>> {
         .query_map([], |r| {
             let id: Value = r.get(0)?;
             let v: Value = r.get(1)?;
-            Ok((vec![id.clone()], BTreeMap::from([("id".to_string(), id), ("v".to_string(), v)])))
+            Ok((
+                vec![id.clone()],
+                BTreeMap::from([("id".to_string(), id), ("v".to_string(), v)]),
+            ))
         })
         .unwrap()
         .collect::<Result<_, _>>()

@@ -72,7 +72,9 @@ impl Replica {
     fn now(&self, time_ms: u64) -> Now {
         Now {
             monotonic: Duration::from_millis(time_ms),
-            wall: ntp64_from_unix(Duration::from_millis((BASE_MILLIS + time_ms as i64 + self.skew_ms) as u64)),
+            wall: ntp64_from_unix(Duration::from_millis(
+                (BASE_MILLIS + time_ms as i64 + self.skew_ms) as u64,
+            )),
         }
     }
 
@@ -96,7 +98,11 @@ impl Replica {
         while let Some(output) = engine.poll_output() {
             match output {
                 Output::Publish(p) => self.publishes.push_back(p),
-                Output::Event(harmonylite_core::engine::Event::DatabaseError { operation, error, .. }) => {
+                Output::Event(harmonylite_core::engine::Event::DatabaseError {
+                    operation,
+                    error,
+                    ..
+                }) => {
                     panic!("database error while {operation}: {error}")
                 }
                 Output::Event(_) => {}
@@ -106,7 +112,10 @@ impl Replica {
 
     fn tick(&mut self, time_ms: u64) {
         self.clock.set(BASE_MILLIS + time_ms as i64 + self.skew_ms);
-        let due = self.engine().poll_timeout().is_some_and(|t| t <= Duration::from_millis(time_ms));
+        let due = self
+            .engine()
+            .poll_timeout()
+            .is_some_and(|t| t <= Duration::from_millis(time_ms));
         if due {
             self.input(time_ms, Input::Timeout);
         }
@@ -119,14 +128,23 @@ impl Sim {
         let dir = tempfile::tempdir().unwrap();
         let count = rng.usize(3..=5);
         let max_frame = if rng.bool() { 700 } else { 1 << 20 };
-        let compression = if rng.bool() { Compression::Lz4 } else { Compression::None };
+        let compression = if rng.bool() {
+            Compression::Lz4
+        } else {
+            Compression::None
+        };
         let replicas = (0..count)
             .map(|i| {
                 let node = NodeId::from_u128(rng.u128(1..u128::MAX)).unwrap();
                 let path = dir.path().join(format!("replica{i}.db"));
                 let skew_ms = rng.i64(-30_000..=30_000);
                 let clock = SimClock::new(BASE_MILLIS + skew_ms);
-                let app = Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), clock.vfs_name()).unwrap();
+                let app = Connection::open_with_flags_and_vfs(
+                    &path,
+                    OpenFlags::default(),
+                    clock.vfs_name(),
+                )
+                .unwrap();
                 app.busy_timeout(Duration::from_secs(5)).unwrap();
                 app.execute_batch(SCHEMA).unwrap();
                 let mut options = StoreOptions::new(node);
@@ -156,7 +174,13 @@ impl Sim {
                 }
             })
             .collect();
-        let mut sim = Sim { rng, replicas, stream: Stream::default(), time_ms: 0, _dir: dir };
+        let mut sim = Sim {
+            rng,
+            replicas,
+            stream: Stream::default(),
+            time_ms: 0,
+            _dir: dir,
+        };
         for r in &mut sim.replicas {
             r.start(0);
         }
@@ -194,7 +218,11 @@ impl Sim {
         let replica = &mut self.replicas[r];
         replica.connected = !replica.connected;
         replica.publishes.clear();
-        let input = if replica.connected { Input::Connected } else { Input::Disconnected };
+        let input = if replica.connected {
+            Input::Connected
+        } else {
+            Input::Disconnected
+        };
         replica.input(t, input);
     }
 
@@ -218,11 +246,23 @@ impl Sim {
         if duplicate && cursor > 0 {
             let seq = self.rng.usize(1..=cursor);
             let frame = self.stream.frames[seq - 1].clone();
-            replica.input(t, Input::Message(Inbound { seq: StreamSeq::new(seq as u64), frame }));
+            replica.input(
+                t,
+                Input::Message(Inbound {
+                    seq: StreamSeq::new(seq as u64),
+                    frame,
+                }),
+            );
         }
         for seq in cursor + 1..=(cursor + count).min(self.stream.frames.len()) {
             let frame = self.stream.frames[seq - 1].clone();
-            replica.input(t, Input::Message(Inbound { seq: StreamSeq::new(seq as u64), frame }));
+            replica.input(
+                t,
+                Input::Message(Inbound {
+                    seq: StreamSeq::new(seq as u64),
+                    frame,
+                }),
+            );
         }
     }
 
@@ -230,27 +270,42 @@ impl Sim {
     /// acks and failures unless `reliable`.
     fn pump_publishes(&mut self, r: usize, reliable: bool) {
         let t = self.time_ms;
-        let n = if reliable { usize::MAX } else { self.rng.usize(1..6) };
+        let n = if reliable {
+            usize::MAX
+        } else {
+            self.rng.usize(1..6)
+        };
         for _ in 0..n {
-            let Some(p) = self.replicas[r].publishes.pop_front() else { break };
+            let Some(p) = self.replicas[r].publishes.pop_front() else {
+                break;
+            };
             if !self.replicas[r].connected {
                 self.replicas[r].input(t, Input::PublishFailed { id: p.id });
                 continue;
             }
-            let dedup = self.stream.msg_ids.contains(&p.msg_id) && (reliable || self.rng.u8(..10) < 7);
+            let dedup =
+                self.stream.msg_ids.contains(&p.msg_id) && (reliable || self.rng.u8(..10) < 7);
             if !dedup {
                 self.stream.frames.push(p.frame);
                 self.stream.msg_ids.insert(p.msg_id);
             }
             let ack_lost = !reliable && self.rng.u8(..10) == 0;
-            let input = if ack_lost { Input::PublishFailed { id: p.id } } else { Input::Acked { id: p.id } };
+            let input = if ack_lost {
+                Input::PublishFailed { id: p.id }
+            } else {
+                Input::Acked { id: p.id }
+            };
             self.replicas[r].input(t, input);
         }
     }
 
     fn app_write(&mut self, r: usize) {
         let t = self.time_ms;
-        let ops = if self.rng.u8(..5) == 0 { self.rng.usize(2..6) } else { 1 };
+        let ops = if self.rng.u8(..5) == 0 {
+            self.rng.usize(2..6)
+        } else {
+            1
+        };
         let notify = self.rng.u8(..3) != 0;
         let statements: Vec<AppOp> = (0..ops).map(|_| AppOp::random(&mut self.rng)).collect();
         let replica = &mut self.replicas[r];
@@ -284,7 +339,13 @@ impl Sim {
                 let cursor = replica.engine().cursor().get() as usize;
                 for seq in cursor + 1..=len {
                     let frame = self.stream.frames[seq - 1].clone();
-                    replica.input(t, Input::Message(Inbound { seq: StreamSeq::new(seq as u64), frame }));
+                    replica.input(
+                        t,
+                        Input::Message(Inbound {
+                            seq: StreamSeq::new(seq as u64),
+                            frame,
+                        }),
+                    );
                 }
             }
             self.advance(1000);
@@ -326,13 +387,38 @@ impl Sim {
 
 /// One application statement.
 enum AppOp {
-    UpsertItem { id: i64, name: String, qty: i64, price: f64, data: Option<Vec<u8>> },
-    UpdateItem { id: i64, qty: i64 },
-    DeleteItem { id: i64 },
-    MoveItem { from: i64, to: i64 },
-    UpsertPair { a: String, b: i64, v: String },
-    DeletePair { a: String, b: i64 },
-    MovePair { a: String, from: i64, to: i64 },
+    UpsertItem {
+        id: i64,
+        name: String,
+        qty: i64,
+        price: f64,
+        data: Option<Vec<u8>>,
+    },
+    UpdateItem {
+        id: i64,
+        qty: i64,
+    },
+    DeleteItem {
+        id: i64,
+    },
+    MoveItem {
+        from: i64,
+        to: i64,
+    },
+    UpsertPair {
+        a: String,
+        b: i64,
+        v: String,
+    },
+    DeletePair {
+        a: String,
+        b: i64,
+    },
+    MovePair {
+        a: String,
+        from: i64,
+        to: i64,
+    },
 }
 
 impl AppOp {
@@ -345,64 +431,129 @@ impl AppOp {
                 name: format!("n{}", rng.u32(..1000)),
                 qty: rng.i64(..),
                 price: [0.1, -0.0, 1e300, f64::MIN_POSITIVE, rng.f64()][rng.usize(..5)],
-                data: rng.bool().then(|| (0..rng.usize(..16)).map(|_| rng.u8(..)).collect()),
+                data: rng
+                    .bool()
+                    .then(|| (0..rng.usize(..16)).map(|_| rng.u8(..)).collect()),
             },
-            3 => AppOp::UpdateItem { id, qty: rng.i64(..) },
+            3 => AppOp::UpdateItem {
+                id,
+                qty: rng.i64(..),
+            },
             4 => AppOp::DeleteItem { id },
-            5 => AppOp::MoveItem { from: id, to: rng.i64(1..=12) },
-            6 | 7 => AppOp::UpsertPair { a, b: rng.i64(0..4), v: format!("v{}", rng.u32(..100)) },
-            8 => AppOp::DeletePair { a, b: rng.i64(0..4) },
-            _ => AppOp::MovePair { a, from: rng.i64(0..4), to: rng.i64(0..4) },
+            5 => AppOp::MoveItem {
+                from: id,
+                to: rng.i64(1..=12),
+            },
+            6 | 7 => AppOp::UpsertPair {
+                a,
+                b: rng.i64(0..4),
+                v: format!("v{}", rng.u32(..100)),
+            },
+            8 => AppOp::DeletePair {
+                a,
+                b: rng.i64(0..4),
+            },
+            _ => AppOp::MovePair {
+                a,
+                from: rng.i64(0..4),
+                to: rng.i64(0..4),
+            },
         }
     }
 
     /// Runs the statement; returns the (table, key) of every row it changed.
     fn run(&self, conn: &Connection) -> Vec<(String, Vec<Value>)> {
         let item = |id: i64| ("items".to_string(), vec![Value::Integer(id)]);
-        let pair = |a: &str, b: i64| ("pairs".to_string(), vec![Value::Text(a.into()), Value::Integer(b)]);
+        let pair = |a: &str, b: i64| {
+            (
+                "pairs".to_string(),
+                vec![Value::Text(a.into()), Value::Integer(b)],
+            )
+        };
         let exec = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> usize {
             match conn.execute(sql, p) {
                 Ok(n) => n,
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => 0,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    0
+                }
                 Err(e) => panic!("application write failed: {e}"),
             }
         };
         match self {
-            AppOp::UpsertItem { id, name, qty, price, data } => {
+            AppOp::UpsertItem {
+                id,
+                name,
+                qty,
+                price,
+                data,
+            } => {
                 let n = exec(
                     "INSERT INTO items(id, name, qty, price, data) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT(id) DO UPDATE SET name = excluded.name, qty = excluded.qty,
                      price = excluded.price, data = excluded.data",
                     &[id, name, qty, price, data],
                 );
-                if n > 0 { vec![item(*id)] } else { vec![] }
+                if n > 0 {
+                    vec![item(*id)]
+                } else {
+                    vec![]
+                }
             }
             AppOp::UpdateItem { id, qty } => {
                 let n = exec("UPDATE items SET qty = ?2 WHERE id = ?1", &[id, qty]);
-                if n > 0 { vec![item(*id)] } else { vec![] }
+                if n > 0 {
+                    vec![item(*id)]
+                } else {
+                    vec![]
+                }
             }
             AppOp::DeleteItem { id } => {
                 let n = exec("DELETE FROM items WHERE id = ?1", &[id]);
-                if n > 0 { vec![item(*id)] } else { vec![] }
+                if n > 0 {
+                    vec![item(*id)]
+                } else {
+                    vec![]
+                }
             }
             AppOp::MoveItem { from, to } => {
                 let n = exec("UPDATE items SET id = ?2 WHERE id = ?1", &[from, to]);
-                if n > 0 { vec![item(*from), item(*to)] } else { vec![] }
+                if n > 0 {
+                    vec![item(*from), item(*to)]
+                } else {
+                    vec![]
+                }
             }
             AppOp::UpsertPair { a, b, v } => {
                 let n = exec(
                     "INSERT INTO pairs(a, b, v) VALUES (?1, ?2, ?3) ON CONFLICT(a, b) DO UPDATE SET v = excluded.v",
                     &[a, b, v],
                 );
-                if n > 0 { vec![pair(a, *b)] } else { vec![] }
+                if n > 0 {
+                    vec![pair(a, *b)]
+                } else {
+                    vec![]
+                }
             }
             AppOp::DeletePair { a, b } => {
                 let n = exec("DELETE FROM pairs WHERE a = ?1 AND b = ?2", &[a, b]);
-                if n > 0 { vec![pair(a, *b)] } else { vec![] }
+                if n > 0 {
+                    vec![pair(a, *b)]
+                } else {
+                    vec![]
+                }
             }
             AppOp::MovePair { a, from, to } => {
-                let n = exec("UPDATE pairs SET b = ?3 WHERE a = ?1 AND b = ?2", &[a, from, to]);
-                if n > 0 { vec![pair(a, *from), pair(a, *to)] } else { vec![] }
+                let n = exec(
+                    "UPDATE pairs SET b = ?3 WHERE a = ?1 AND b = ?2",
+                    &[a, from, to],
+                );
+                if n > 0 {
+                    vec![pair(a, *from), pair(a, *to)]
+                } else {
+                    vec![]
+                }
             }
         }
     }
@@ -420,16 +571,22 @@ fn dump(conn: &Connection, table: &str) -> Rows {
         .collect::<Result<_, _>>()
         .unwrap();
     let mut stmt = conn.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
-    let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+    let names: Vec<String> = stmt.column_names().map(String::from).collect();
     stmt.query_map([], |r| {
-        let image: BTreeMap<String, Value> =
-            names.iter().enumerate().map(|(i, n)| Ok((n.clone(), r.get::<_, Value>(i)?))).collect::<rusqlite::Result<_>>()?;
+        let image: BTreeMap<String, Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Ok((n.clone(), r.get::<_, Value>(i)?)))
+            .collect::<rusqlite::Result<_>>()?;
         Ok(image)
     })
     .unwrap()
     .map(|image| {
         let image = image.unwrap();
-        (key_columns.iter().map(|k| image[k].clone()).collect(), image)
+        (
+            key_columns.iter().map(|k| image[k].clone()).collect(),
+            image,
+        )
     })
     .collect()
 }
@@ -449,9 +606,15 @@ fn model_of(stream: &Stream) -> (LwwModel, HashSet<(NodeId, String, Vec<Value>)>
             if entry.len() < m.parts as usize {
                 continue;
             }
-            parts.remove(&(m.origin, m.batch_seq.get())).unwrap().into_values().flatten().collect()
+            parts
+                .remove(&(m.origin, m.batch_seq.get()))
+                .unwrap()
+                .into_values()
+                .flatten()
+                .collect()
         };
-        let batch = wire::decode_batch(m.compression, &body).expect("every published batch decodes");
+        let batch =
+            wire::decode_batch(m.compression, &body).expect("every published batch decodes");
         for row in &batch.rows {
             let schema = &batch.tables[row.table as usize];
             let image = row.values.as_ref().map(|values| {
@@ -465,7 +628,10 @@ fn model_of(stream: &Stream) -> (LwwModel, HashSet<(NodeId, String, Vec<Value>)>
             });
             let hlc: Hlc = row.hlc(m.origin);
             seen.insert((m.origin, schema.name.clone(), row.key.clone()));
-            model.merge((schema.name.clone(), row.key.clone()), VersionedRow { hlc, image });
+            model.merge(
+                (schema.name.clone(), row.key.clone()),
+                VersionedRow { hlc, image },
+            );
         }
     }
     (model, seen)
@@ -503,7 +669,9 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
         for (table, key) in &r.written {
             writes += 1;
             if !published.contains(&(r.node, table.clone(), key.clone())) {
-                return Err(format!("replica {i} wrote {table} {key:?} but it never reached the stream"));
+                return Err(format!(
+                    "replica {i} wrote {table} {key:?} but it never reached the stream"
+                ));
             }
         }
     }
@@ -516,11 +684,17 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
             }
         }
     }
-    Ok(Outcome { frames: sim.stream.frames.len(), writes })
+    Ok(Outcome {
+        frames: sim.stream.frames.len(),
+        writes,
+    })
 }
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number"))
+    })
 }
 
 #[test]
@@ -540,22 +714,44 @@ fn replicas_converge_to_the_lww_model() {
                 frames += outcome.frames;
                 writes += outcome.writes;
             }
-            Ok(Err(message)) => panic!("simulation seed {seed} failed: {message}\nreplay with HL_SIM_SEED={seed}"),
-            Err(_) => panic!("simulation seed {seed} panicked (see above)\nreplay with HL_SIM_SEED={seed}"),
+            Ok(Err(message)) => {
+                panic!("simulation seed {seed} failed: {message}\nreplay with HL_SIM_SEED={seed}")
+            }
+            Err(_) => panic!(
+                "simulation seed {seed} panicked (see above)\nreplay with HL_SIM_SEED={seed}"
+            ),
         }
     }
-    assert!(writes > seeds.len(), "scenarios made too few writes to mean anything");
-    println!("{} scenarios, {writes} application writes, {frames} frames published", seeds.len());
+    assert!(
+        writes > seeds.len(),
+        "scenarios made too few writes to mean anything"
+    );
+    println!(
+        "{} scenarios, {writes} application writes, {frames} frames published",
+        seeds.len()
+    );
 }
 
 #[test]
 fn the_sim_clock_drives_trigger_time() {
     let dir = tempfile::tempdir().unwrap();
     let clock = SimClock::new(BASE_MILLIS);
-    let app = Connection::open_with_flags_and_vfs(dir.path().join("a.db"), OpenFlags::default(), clock.vfs_name()).unwrap();
+    let app = Connection::open_with_flags_and_vfs(
+        dir.path().join("a.db"),
+        OpenFlags::default(),
+        clock.vfs_name(),
+    )
+    .unwrap();
     let read = || -> i64 {
-        app.query_row(&format!("SELECT {}", harmonylite_core::capture::ddl::WALL_CLOCK_MILLIS), [], |r| r.get(0))
-            .unwrap()
+        app.query_row(
+            &format!(
+                "SELECT {}",
+                harmonylite_core::capture::ddl::WALL_CLOCK_MILLIS
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
     };
     assert_eq!(read(), BASE_MILLIS);
     clock.set(BASE_MILLIS - 5_000);

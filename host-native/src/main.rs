@@ -1,5 +1,112 @@
-//! `harmonylite` command-line entry point.
+//! `harmonylite` command-line entry point: parse the flags, load the configuration, set up
+//! logging, then either `--cleanup` and exit or run the sidecar until it stops.
+//!
+//! This is the binary's edge: the only place errors become `anyhow` and then an exit code.
+//!
+//! Every log line is inside the `node` span, whose `node_id` field is set here when the
+//! configuration or `--node-id` names the id. Otherwise the code that resolves the id (from
+//! the database, or a new one: `harmonylite::driver`) records it with
+//! `tracing::Span::current().record("node_id", tracing::field::display(id))`.
 
-fn main() {
-    println!("harmonylite {}", env!("CARGO_PKG_VERSION"));
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use harmonylite::cli::Cli;
+use harmonylite::config::{Config, LogFormat, LoggingConfig};
+use harmonylite_core::sqlite::{uninstall, Store};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tracing::field::{display, Empty};
+use tracing::{info, Instrument, Span};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::from_env();
+    let config = match cli.load_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("harmonylite: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = init_tracing(&config.logging) {
+        eprintln!("harmonylite: {error:#}");
+        return ExitCode::FAILURE;
+    }
+    let span = tracing::info_span!("node", node_id = Empty);
+    if let Some(id) = config.node_id {
+        span.record("node_id", display(id));
+    }
+    let result = if cli.cleanup {
+        span.in_scope(|| cleanup(&config))
+    } else {
+        serve(config, span.clone())
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            span.in_scope(|| tracing::error!("{error:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, as console lines or JSON objects; `verbose` turns on debug for
+/// harmonylite's own modules. `RUST_LOG`, when set, replaces the level selection.
+fn init_tracing(logging: &LoggingConfig) -> Result<()> {
+    let directives = if logging.verbose {
+        "info,harmonylite=debug,harmonylite_core=debug"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match logging.format {
+        LogFormat::Console => builder.try_init(),
+        LogFormat::Json => builder.json().with_span_list(false).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!(e))
+    .context("setting up logging")
+}
+
+/// `--cleanup`: drops every internal object from the database in one transaction.
+fn cleanup(config: &Config) -> Result<()> {
+    let path = &config.db_path;
+    anyhow::ensure!(
+        path.is_file(),
+        "--cleanup: the database {} does not exist",
+        path.display()
+    );
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE),
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    if let Some(id) = Store::stored_node_id(&conn)? {
+        Span::current().record("node_id", display(id));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let removed = uninstall(&tx)?;
+    tx.commit()
+        .with_context(|| format!("committing the cleanup of {}", path.display()))?;
+    if removed.is_empty() {
+        info!(db = %path.display(), "no harmonylite objects found; nothing removed");
+    } else {
+        info!(db = %path.display(), count = removed.len(), ?removed, "removed harmonylite objects");
+    }
+    Ok(())
+}
+
+/// Runs the sidecar on a multi-threaded tokio runtime until it stops.
+fn serve(config: Config, span: Span) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(harmonylite::driver::run(config).instrument(span))
 }

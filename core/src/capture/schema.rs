@@ -116,7 +116,7 @@ pub fn skip_reason(name: &str, list_type: &str, exclude: &[String]) -> Option<Sk
         Some(SkipReason::Virtual)
     } else if list_type == "shadow" {
         Some(SkipReason::Shadow)
-    } else if exclude.iter().any(|e| e == name) {
+    } else if exclude.iter().any(|e| e.eq_ignore_ascii_case(name)) {
         Some(SkipReason::Excluded)
     } else {
         None

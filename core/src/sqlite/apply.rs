@@ -3,12 +3,14 @@
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
 use super::drain::write_version;
-use super::tables::{RegisteredTable, Tables};
+use super::tables::{same_identifier, RegisteredTable, Tables};
 use crate::change::Batch;
 use crate::error::{is_transient_sqlite, ApplyError, Context, StoreError};
 use crate::hlc::{Clock, Hlc, NodeId, NTP64};
 use crate::merge::incoming_wins;
 use crate::report::Applied;
+use crate::value::Value;
+use crate::wire::WireError;
 
 /// Either the batch cannot be applied here (park it) or the database failed (retry).
 #[derive(Debug)]
@@ -28,7 +30,7 @@ impl From<StoreError> for ApplyFailure {
 /// Applies `batch` from `origin` row by row: each change replaces the row when its HLC beats
 /// the stored version ([`incoming_wins`]). The caller holds a write transaction with the
 /// echo-suppression marker set and a savepoint around this call, so a failure leaves nothing
-/// behind. Checks every table and column before writing anything.
+/// behind. Checks every table, column and key before writing anything.
 pub fn apply_batch(
     conn: &Connection,
     tables: &Tables,
@@ -38,6 +40,7 @@ pub fn apply_batch(
     now: NTP64,
 ) -> Result<Applied, ApplyFailure> {
     let plans = plan(tables, batch).map_err(ApplyFailure::Park)?;
+    check_keys_not_null(batch).map_err(ApplyFailure::Park)?;
     if let Some(newest) = batch.rows.iter().map(|r| r.hlc(origin)).max() {
         clock
             .check_not_too_far_ahead(newest, now)
@@ -114,7 +117,12 @@ fn plan<'t>(
                     table: schema.name.clone(),
                 })?;
             let ours = table.info.key_names();
-            if ours != schema.key_columns {
+            let same_key = ours.len() == schema.key_columns.len()
+                && ours
+                    .iter()
+                    .zip(&schema.key_columns)
+                    .all(|(a, b)| same_identifier(a, b));
+            if !same_key {
                 return Err(ApplyError::KeyMismatch {
                     table: schema.name.clone(),
                     ours,
@@ -122,7 +130,12 @@ fn plan<'t>(
                 });
             }
             for column in &schema.value_columns {
-                if !table.info.value_columns.iter().any(|c| &c.name == column) {
+                if !table
+                    .info
+                    .value_columns
+                    .iter()
+                    .any(|c| same_identifier(&c.name, column))
+                {
                     return Err(ApplyError::UnknownColumn {
                         table: schema.name.clone(),
                         column: column.clone(),
@@ -132,6 +145,21 @@ fn plan<'t>(
             Ok((table, table.upsert_row_sql(&schema.value_columns)))
         })
         .collect()
+}
+
+/// Refuses a batch with a NULL key value: no drain produces one (such rows are not
+/// replicated), and the version tables cannot store it.
+fn check_keys_not_null(batch: &Batch) -> Result<(), ApplyError> {
+    match batch
+        .rows
+        .iter()
+        .position(|r| r.key.iter().any(|v| matches!(v, Value::Null)))
+    {
+        Some(i) => Err(ApplyError::Wire(WireError::InvalidBatch(format!(
+            "row {i} has a NULL primary-key value"
+        )))),
+        None => Ok(()),
+    }
 }
 
 /// Reads a row's stored version, if any.

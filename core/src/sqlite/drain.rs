@@ -26,11 +26,17 @@ pub struct Drained {
     pub batch: Batch,
     /// Log entries consumed (before coalescing).
     pub log_entries: usize,
+    /// Consumed entries of rows whose key contains NULL, not replicated.
+    pub null_keys: usize,
 }
 
 /// Reads all pending log entries, coalesces them per row, reads each row's current image,
 /// stamps it with an HLC derived from its last write time, records the new versions and
 /// deletes the consumed entries. Runs inside the caller's write transaction.
+///
+/// Rows whose key contains NULL are not replicated: SQLite lets several rows of a rowid
+/// table share such a key (NULL is distinct from NULL), so replicas cannot match them.
+/// Their entries are consumed and counted in [`Drained::null_keys`].
 pub fn drain(
     conn: &Connection,
     tables: &Tables,
@@ -42,6 +48,7 @@ pub fn drain(
     let mut index: HashMap<(i64, Vec<Value>), usize> = HashMap::new();
     let mut max_seq = None;
     let mut log_entries = 0;
+    let mut null_keys = 0;
     {
         let mut stmt = conn
             .prepare_cached(&format!(
@@ -65,6 +72,10 @@ pub fn drain(
                 .map(|i| row.get::<_, Value>(3 + i))
                 .collect::<Result<Vec<_>, _>>()
                 .context("reading the change log")?;
+            if key.iter().any(|v| matches!(v, Value::Null)) {
+                null_keys += 1;
+                continue;
+            }
             match index.get(&(table_id, key.clone())) {
                 Some(&i) => {
                     pending[i].last_seq = seq;
@@ -121,7 +132,11 @@ pub fn drain(
     ))
     .and_then(|mut s| s.execute([max_seq]))
     .context("clearing the drained change log")?;
-    Ok(Drained { batch, log_entries })
+    Ok(Drained {
+        batch,
+        log_entries,
+        null_keys,
+    })
 }
 
 /// Reads a row's current image: `Some(values)` if it exists, `None` if it was deleted.

@@ -13,6 +13,9 @@ pub mod keys {
     pub const CURSOR: &str = "cursor";
     /// Next batch sequence this node will publish (INTEGER). Node-local.
     pub const NEXT_BATCH: &str = "next_batch";
+    /// Id the next outbox frame gets (INTEGER). Ids are never reused, so a publisher that
+    /// handed out frames up to id N can ask for "everything after N". Node-local.
+    pub const NEXT_OUTBOX_ID: &str = "next_outbox_id";
     /// Last HLC time issued or observed (INTEGER, NTP64 bits).
     pub const CLOCK: &str = "clock";
     /// This node's own messages up to this stream sequence are applied, not skipped (set

@@ -165,6 +165,12 @@ impl Store {
         &self.options
     }
 
+    /// Changes the largest frame written to the outbox from now on (hosts learn the server's
+    /// payload limit after connecting).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.options.max_frame = max_frame;
+    }
+
     /// The store's connection (for reads, snapshots and tests; do not write through it).
     pub fn connection(&self) -> &Connection {
         &self.conn
@@ -551,6 +557,7 @@ fn drain_in(
     let mut report = DrainReport {
         rows: drained.batch.len(),
         log_entries: drained.log_entries,
+        null_keys: drained.null_keys,
         tables: drained
             .batch
             .tables

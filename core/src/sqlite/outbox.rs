@@ -2,28 +2,46 @@
 
 use rusqlite::{params, Connection};
 
+use super::meta;
 use crate::capture::names::{self, quote};
 use crate::change::BatchSeq;
 use crate::error::{Context, StoreError};
 use crate::report::OutboxFrame;
 
-/// Appends a batch's frames.
+/// Appends a batch's frames, with ids never used before (see
+/// [`meta::keys::NEXT_OUTBOX_ID`]).
 pub fn push(
     conn: &Connection,
     batch_seq: BatchSeq,
     rows: usize,
     frames: &[Vec<u8>],
 ) -> Result<(), StoreError> {
+    let stored = meta::get_i64(conn, meta::keys::NEXT_OUTBOX_ID)?.unwrap_or(1);
+    let highest: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT coalesce(max(id), 0) FROM {}",
+            quote(names::OUTBOX)
+        ))
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .context("reading the outbox")?;
+    let first_id = stored.max(highest + 1);
+    meta::set(
+        conn,
+        meta::keys::NEXT_OUTBOX_ID,
+        first_id + frames.len() as i64,
+    )?;
     let mut stmt = conn
         .prepare_cached(&format!(
-            "INSERT INTO {}(batch_seq, part, parts, rows, frame) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO {}(id, batch_seq, part, parts, rows, frame) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             quote(names::OUTBOX)
         ))
         .context("writing the outbox")?;
     for (i, frame) in frames.iter().enumerate() {
         // The row count is carried by part 0 only, so sums count each batch once.
         let part_rows = if i == 0 { rows as i64 } else { 0 };
+        let id = first_id + i as i64;
         stmt.execute(params![
+            id,
             batch_seq.get() as i64,
             i as i64,
             frames.len() as i64,

@@ -117,7 +117,7 @@ pub struct Tables {
 impl Tables {
     /// Adds or replaces a table.
     pub fn insert(&mut self, table: RegisteredTable) {
-        self.by_name.insert(table.info.name.clone(), table.id);
+        self.by_name.insert(fold(&table.info.name), table.id);
         self.by_id.insert(table.id, table);
     }
 
@@ -126,13 +126,25 @@ impl Tables {
         self.by_id.get(&id)
     }
 
-    /// Looks a table up by name.
+    /// Looks a table up by name, ignoring ASCII case as SQLite does.
     pub fn by_name(&self, name: &str) -> Option<&RegisteredTable> {
-        self.by_name.get(name).and_then(|id| self.by_id.get(id))
+        self.by_name
+            .get(&fold(name))
+            .and_then(|id| self.by_id.get(id))
     }
 
     /// All tables, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &RegisteredTable> {
         self.by_id.values()
     }
+}
+
+/// SQLite's identifier comparison: ASCII letters fold to lower case, nothing else does.
+pub fn fold(identifier: &str) -> String {
+    identifier.to_ascii_lowercase()
+}
+
+/// Whether two identifiers name the same object in SQLite.
+pub fn same_identifier(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
 }

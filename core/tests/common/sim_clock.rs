@@ -29,7 +29,10 @@ fn clock_of(vfs: *mut ffi::sqlite3_vfs) -> i64 {
         .expect("simulated VFS is registered")
 }
 
-unsafe extern "C" fn current_time_int64(vfs: *mut ffi::sqlite3_vfs, out: *mut ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn current_time_int64(
+    vfs: *mut ffi::sqlite3_vfs,
+    out: *mut ffi::sqlite3_int64,
+) -> c_int {
     // SAFETY: SQLite passes a valid output pointer.
     unsafe { *out = UNIX_EPOCH_JULIAN_MS + clock_of(vfs) };
     ffi::SQLITE_OK
@@ -67,7 +70,10 @@ impl SimClock {
                 vfs.xCurrentTimeInt64 = Some(current_time_int64);
             }
             let vfs = Box::into_raw(Box::new(vfs));
-            registry().lock().unwrap().insert(vfs as usize, millis.clone());
+            registry()
+                .lock()
+                .unwrap()
+                .insert(vfs as usize, millis.clone());
             assert_eq!(ffi::sqlite3_vfs_register(vfs, 0), ffi::SQLITE_OK);
         }
         SimClock { name, millis }

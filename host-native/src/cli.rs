@@ -1,0 +1,388 @@
+//! The `harmonylite` command line: which configuration file to load, flags that override it,
+//! and one-shot maintenance commands.
+//!
+//! Flags take the GNU form (`--node-id 1a`, `--node-id=1a`). HarmonyLite's Go-style single
+//! dash (`-config node.toml`, `-cleanup`) is accepted too, for every long flag:
+//! [`normalize_args`] rewrites it before clap sees it.
+
+use std::ffi::{OsStr, OsString};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser};
+use harmonylite_core::hlc::NodeId;
+
+use crate::config::{parse_node_id, Config};
+
+/// Command-line arguments of the `harmonylite` sidecar.
+#[derive(Debug, Clone, PartialEq, Parser)]
+#[command(
+    name = "harmonylite",
+    version,
+    about = "Replicates an application's SQLite database with every other node over NATS JetStream.",
+    after_help = "Flags override the configuration file. Reference: docs/configuration.md"
+)]
+pub struct Cli {
+    /// Path of the TOML configuration file.
+    #[arg(long, value_name = "PATH")]
+    pub config: PathBuf,
+
+    /// This replica's id, 1 to 32 hex digits (overrides `node_id`).
+    #[arg(long, value_name = "HEX", value_parser = parse_node_id)]
+    pub node_id: Option<NodeId>,
+
+    /// Remove every harmonylite object (triggers, internal tables) from the database, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// Route listener of the embedded NATS server, host:port (overrides `nats.cluster_addr`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub cluster_addr: Option<SocketAddr>,
+
+    /// Comma-separated route URLs of the other embedded servers, e.g.
+    /// nats://node2:6222,nats://node3:6222 (replaces `nats.cluster_peers`; "" clears it).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub cluster_peers: Option<Vec<String>>,
+
+    /// Comma-separated URLs of servers the embedded server joins as a leaf node (replaces
+    /// `nats.leaf_servers`; "" clears it).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub leaf_servers: Option<Vec<String>>,
+}
+
+impl Cli {
+    /// Parses the process's arguments; prints usage and exits on an error, `--help` or
+    /// `--version` (clap's behaviour).
+    pub fn from_env() -> Cli {
+        Cli::parse_from(normalize_args(std::env::args_os()))
+    }
+
+    /// Parses `args` (the first is the program name) without exiting.
+    pub fn try_from_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Cli::try_parse_from(normalize_args(args))
+    }
+
+    /// Writes the flags given on the command line into `config` (flags win over the file).
+    /// List flags replace the file's list; empty items are dropped. Validate the result again
+    /// with [`Config::validate`].
+    pub fn apply_overrides(&self, config: &mut Config) {
+        if let Some(id) = self.node_id {
+            config.node_id = Some(id);
+        }
+        if let Some(addr) = self.cluster_addr {
+            config.nats.cluster_addr = Some(addr);
+        }
+        if let Some(peers) = &self.cluster_peers {
+            config.nats.cluster_peers = non_empty(peers);
+        }
+        if let Some(servers) = &self.leaf_servers {
+            config.nats.leaf_servers = non_empty(servers);
+        }
+    }
+
+    /// Loads the configuration file, applies the flags, then validates the result (so a
+    /// flag may complete the file, e.g. `--cluster-addr` for the file's `cluster_peers`).
+    pub fn load_config(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut config = Config::load_unvalidated(&self.config)?;
+        self.apply_overrides(&mut config);
+        let overridden = self.node_id.is_some()
+            || self.cluster_addr.is_some()
+            || self.cluster_peers.is_some()
+            || self.leaf_servers.is_some();
+        let origin = if overridden {
+            format!("{} with command-line overrides", self.config.display())
+        } else {
+            self.config.display().to_string()
+        };
+        config.validate(&origin)?;
+        Ok(config)
+    }
+}
+
+fn non_empty(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Rewrites Go-style single-dash long flags (`-cleanup`, `-config=x`) to `--cleanup`,
+/// `--config=x` for every long flag [`Cli`] defines; stops at `--`. The first argument (the
+/// program name) and everything else pass through unchanged.
+pub fn normalize_args<I, T>(args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let mut command = Cli::command();
+    command.build();
+    let longs: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect();
+    let mut out = Vec::new();
+    let mut rest_verbatim = false;
+    for (i, arg) in args.into_iter().map(Into::into).enumerate() {
+        if i == 0 || rest_verbatim {
+            out.push(arg);
+            continue;
+        }
+        if arg == OsStr::new("--") {
+            rest_verbatim = true;
+            out.push(arg);
+            continue;
+        }
+        let single_dash_long = arg.to_str().and_then(|s| {
+            let name = s.strip_prefix('-').filter(|n| !n.starts_with('-'))?;
+            let name = name.split('=').next().unwrap_or(name);
+            longs.iter().any(|l| l == name).then(|| format!("-{s}"))
+        });
+        out.push(single_dash_long.map(OsString::from).unwrap_or(arg));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::config::tests::doc_table_rows;
+
+    const DOCS: &str = include_str!("../../docs/configuration.md");
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_from_args(std::iter::once("harmonylite").chain(args.iter().copied()))
+    }
+
+    fn config(dir: &std::path::Path) -> Config {
+        Config::from_toml_str(
+            &format!(
+                "db_path = {:?}\nnode_id = 7\n[nats]\ncluster_addr = \"127.0.0.1:6222\"\ncluster_peers = [\"nats://a:6222\"]\nleaf_servers = [\"nats://hub:7422\"]\n",
+                dir.join("app.db").display().to_string()
+            ),
+            "test.toml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_is_required() {
+        let error = parse(&[]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        assert!(error.to_string().contains("--config"), "{error}");
+    }
+
+    #[test]
+    fn version_and_help_need_no_config() {
+        assert_eq!(
+            parse(&["--version"]).unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayVersion
+        );
+        assert_eq!(
+            parse(&["--help"]).unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayHelp
+        );
+        assert_eq!(
+            parse(&["-version"]).unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayVersion
+        );
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let cli = parse(&[
+            "--config",
+            "node.toml",
+            "--node-id",
+            "1A",
+            "--cleanup",
+            "--cluster-addr",
+            "0.0.0.0:6222",
+            "--cluster-peers",
+            "nats://b:6222,nats://c:6222",
+            "--leaf-servers=tls://hub:7422",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, PathBuf::from("node.toml"));
+        assert_eq!(cli.node_id, NodeId::from_u128(0x1a));
+        assert!(cli.cleanup);
+        assert_eq!(cli.cluster_addr, Some("0.0.0.0:6222".parse().unwrap()));
+        assert_eq!(
+            cli.cluster_peers.as_deref(),
+            Some(&["nats://b:6222".to_owned(), "nats://c:6222".to_owned()][..])
+        );
+        assert_eq!(
+            cli.leaf_servers.as_deref(),
+            Some(&["tls://hub:7422".to_owned()][..])
+        );
+
+        let bare = parse(&["--config", "node.toml"]).unwrap();
+        assert_eq!(bare.node_id, None);
+        assert!(!bare.cleanup);
+        assert_eq!(bare.cluster_addr, None);
+        assert_eq!(bare.cluster_peers, None);
+        assert_eq!(bare.leaf_servers, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (flag, value) in [
+            ("--node-id", "0"),
+            ("--node-id", "xyz"),
+            ("--cluster-addr", "a"),
+        ] {
+            let error = parse(&["--config", "c.toml", flag, value]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.to_string().contains(flag), "{error}");
+        }
+        let error = parse(&["--config", "c.toml", "--bogus"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn go_style_single_dash_flags_are_accepted() {
+        let cli = parse(&[
+            "-config",
+            "node.toml",
+            "-cleanup",
+            "-node-id=ff",
+            "-cluster-peers",
+            "nats://b:6222",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, PathBuf::from("node.toml"));
+        assert!(cli.cleanup);
+        assert_eq!(cli.node_id, NodeId::from_u128(0xff));
+        assert_eq!(cli.cluster_peers, Some(vec!["nats://b:6222".to_owned()]));
+        // Not a flag name: left alone (clap then reports it); after `--`: verbatim.
+        let args = normalize_args(["harmonylite", "-x", "--", "-cleanup"]);
+        assert_eq!(args, ["harmonylite", "-x", "--", "-cleanup"]);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        let unchanged = c.clone();
+        parse(&["--config", "x"]).unwrap().apply_overrides(&mut c);
+        assert_eq!(c, unchanged, "no flags, no change");
+
+        parse(&[
+            "--config",
+            "x",
+            "--node-id",
+            "abc",
+            "--cluster-addr",
+            "0.0.0.0:7222",
+            "--cluster-peers",
+            "nats://d:7222,,nats://e:7222",
+            "--leaf-servers",
+            "",
+        ])
+        .unwrap()
+        .apply_overrides(&mut c);
+        assert_eq!(c.node_id, NodeId::from_u128(0xabc));
+        assert_eq!(c.nats.cluster_addr, Some("0.0.0.0:7222".parse().unwrap()));
+        assert_eq!(c.nats.cluster_peers, ["nats://d:7222", "nats://e:7222"]);
+        assert!(c.nats.leaf_servers.is_empty());
+        c.validate("test").unwrap();
+    }
+
+    #[test]
+    fn load_config_validates_the_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "db_path = {:?}\n",
+                dir.path().join("app.db").display().to_string()
+            ),
+        )
+        .unwrap();
+        let path = path.display().to_string();
+        let c = parse(&["--config", &path, "--node-id", "5"])
+            .unwrap()
+            .load_config()
+            .unwrap();
+        assert_eq!(c.node_id, NodeId::from_u128(5));
+
+        let error = parse(&["--config", &path, "--cluster-peers", "nats://b:6222"])
+            .unwrap()
+            .load_config()
+            .unwrap_err();
+        assert_eq!(error.keys(), ["nats.cluster_peers"]);
+        let message = error.to_string();
+        assert!(message.contains(&path), "{message}");
+        assert!(message.contains("command-line"), "{message}");
+
+        // A flag may complete the file: peers in the file, route listener on the command line.
+        std::fs::write(
+            &path,
+            format!(
+                "db_path = {:?}\n[nats]\ncluster_peers = [\"nats://b:6222\"]\n",
+                dir.path().join("app.db").display().to_string()
+            ),
+        )
+        .unwrap();
+        let error = parse(&["--config", &path])
+            .unwrap()
+            .load_config()
+            .unwrap_err();
+        assert_eq!(error.keys(), ["nats.cluster_peers"]);
+        assert!(!error.to_string().contains("command-line"), "{error}");
+        let c = parse(&["--config", &path, "--cluster-addr", "0.0.0.0:6222"])
+            .unwrap()
+            .load_config()
+            .unwrap();
+        assert_eq!(c.nats.cluster_addr, Some("0.0.0.0:6222".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_flag_has_help() {
+        let mut command = Cli::command();
+        command.build();
+        for arg in command.get_arguments() {
+            assert!(
+                arg.get_help().is_some(),
+                "--{} has no help text",
+                arg.get_long().unwrap_or_default()
+            );
+        }
+    }
+
+    #[test]
+    fn docs_list_exactly_the_flags() {
+        let mut command = Cli::command();
+        command.build();
+        let code: BTreeSet<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        let docs: BTreeSet<String> = doc_table_rows(DOCS, "Flag")
+            .into_iter()
+            .map(|cells| {
+                cells[0]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(code, docs, "flags in code vs docs/configuration.md");
+    }
+}
