@@ -1,0 +1,676 @@
+//! The sidecar's one loop: set everything up, then feed the engine until shutdown.
+//!
+//! The engine (core) decides; this loop only moves data. Each turn it carries out the
+//! engine's outputs (publish frames, record events), then waits for whichever comes first:
+//! stream messages, publish acks or connection changes, a file-change notification, the
+//! engine's next deadline, or a shutdown signal — and feeds that to the engine.
+//!
+//! SQLite is synchronous. The engine and its connection live in this task and each engine
+//! call runs inside `block_in_place`, so a long apply transaction blocks neither the NATS
+//! client nor the HTTP endpoints (they run on other runtime threads).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use futures::{FutureExt, StreamExt};
+use harmonylite_core::change::StreamSeq;
+use harmonylite_core::engine::{Engine, Event, Input, Now, Output};
+use harmonylite_core::hlc::{ntp64_from_unix, NodeId};
+use harmonylite_core::report::Inbound;
+use harmonylite_core::sqlite::Store;
+use rusqlite::Connection;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::health::SharedStatus;
+use crate::metrics::Metrics;
+use crate::nats_server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
+use crate::transport::{self, Auth, TransportConfig, TransportEvent};
+use crate::watcher::DbWatcher;
+
+/// Stop pulling from the stream while this many messages wait to be applied.
+const MAX_INBOX: usize = 4096;
+/// How long shutdown waits for the outbox to be acknowledged.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
+/// A second look for a commit after a file notification (see `Driver::run`).
+const RECHECK_AFTER_CHANGE: Duration = Duration::from_millis(10);
+/// Room left in each frame for NATS headers (`Nats-Msg-Id`).
+const HEADER_ROOM: usize = 4096;
+
+/// Runs the sidecar until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    run_until(config, shutdown).await
+}
+
+/// Runs the sidecar until `shutdown` resolves (tests pass their own future).
+pub async fn run_until(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let node_id = resolve_node_id(&config)?;
+    if config.node_id.is_none() {
+        tracing::Span::current().record("node_id", tracing::field::display(node_id));
+    }
+    tracing::info!(node = %node_id, db = %config.db_path.display(), "starting harmonylite {}", env!("CARGO_PKG_VERSION"));
+    let mut store = open_store(&config, node_id)?;
+    report_install(&store);
+    if !config.publish {
+        tracing::warn!("publish = false: this node is a read-only replica; local writes stay local and are never sent");
+    }
+    if !config.replicate {
+        tracing::warn!(
+            "replicate = false: this node publishes its writes but never applies remote changes"
+        );
+    }
+
+    let server = match config.nats.embedded() {
+        true => Some(start_embedded_server(&config, node_id).await?),
+        false => None,
+    };
+    let metrics = Metrics::new(&config.prometheus.namespace);
+    if config.prometheus.enable {
+        let handle = crate::metrics::install_recorder()?;
+        crate::metrics::serve(config.prometheus.bind, handle).await?;
+    }
+    let status = SharedStatus::default();
+    {
+        let mut s = status.lock().expect("status lock");
+        s.node_id = node_id.to_string();
+        s.publish = config.publish;
+        s.replicate = config.replicate;
+        s.cursor = store.cursor().get();
+    }
+    if config.health_check.enable {
+        crate::health::serve(
+            config.health_check.bind,
+            &config.health_check.path,
+            status.clone(),
+        )
+        .await?;
+    }
+
+    let transport_config = transport_config(&config, node_id, server.as_ref());
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let client = transport::connect(&transport_config, events_tx.clone()).await?;
+    let max_payload = client.server_info().max_payload;
+    if max_payload > HEADER_ROOM * 2 {
+        store.set_max_frame(max_payload - HEADER_ROOM);
+    }
+    let js = jetstream::new(client.clone());
+    let stream = tokio::select! {
+        stream = ensure_stream_until_ready(&js, &transport_config) => stream,
+        _ = &mut shutdown => {
+            tracing::info!("shutting down before the stream was ready");
+            if let Some(server) = server {
+                server.shutdown().await;
+            }
+            return Ok(());
+        }
+    };
+    let publisher = transport::spawn_publisher(
+        js.clone(),
+        transport_config.subject.clone(),
+        events_tx.clone(),
+    );
+    let watcher = DbWatcher::new(&config.db_path)
+        .map_err(|e| {
+            tracing::warn!("file notifications unavailable ({e}); relying on polling_interval")
+        })
+        .ok();
+
+    let mut driver = Driver {
+        engine: Engine::new(store, config.engine_config()),
+        clock: Clock::new(),
+        publisher,
+        metrics,
+        status,
+        stream,
+        messages: None,
+        consumer_retry_at: Some(Instant::now()),
+        replicate: config.replicate,
+        batch_limit: config.scan_max_changes.max(1),
+        connected: false,
+        fell_behind: false,
+    };
+    driver.feed(vec![Input::Connected]);
+    driver.connected = true;
+    let outcome = driver.run(events, watcher, shutdown.as_mut()).await;
+    driver.finish(SHUTDOWN_FLUSH).await;
+    drop(driver);
+    client.flush().await.ok();
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
+    tracing::info!("stopped");
+    outcome
+}
+
+/// Monotonic and wall time, as the engine wants them.
+struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Now {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Now {
+            monotonic: self.start.elapsed(),
+            wall: ntp64_from_unix(wall),
+        }
+    }
+}
+
+struct Driver {
+    engine: Engine<Store>,
+    clock: Clock,
+    publisher: mpsc::UnboundedSender<harmonylite_core::engine::Publish>,
+    metrics: Metrics,
+    status: SharedStatus,
+    stream: jetstream::stream::Stream,
+    messages: Option<jetstream::consumer::pull::Ordered>,
+    consumer_retry_at: Option<Instant>,
+    replicate: bool,
+    batch_limit: usize,
+    connected: bool,
+    fell_behind: bool,
+}
+
+impl Driver {
+    async fn run(
+        &mut self,
+        mut events: mpsc::UnboundedReceiver<TransportEvent>,
+        watcher: Option<DbWatcher>,
+        mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> anyhow::Result<()> {
+        let mut recheck_at: Option<tokio::time::Instant> = None;
+        loop {
+            self.start_consumer_if_due().await;
+            let deadline = self.deadline();
+            let pulling = self.messages.is_some() && self.engine.inbox_len() < MAX_INBOX;
+            let inputs = tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => {
+                    tracing::info!("shutting down");
+                    return Ok(());
+                }
+                Some(event) = events.recv() => self.transport_inputs(event, &mut events),
+                next = next_message(&mut self.messages), if pulling => self.message_inputs(next),
+                _ = changed(&watcher) => {
+                    // The WAL is written before the commit becomes visible (in the mmap'ed
+                    // -shm, which raises no event): drain now and once more shortly after.
+                    recheck_at = Some(tokio::time::Instant::now() + RECHECK_AFTER_CHANGE);
+                    vec![Input::LocalWrite]
+                }
+                _ = sleep_until_opt(recheck_at), if recheck_at.is_some() => {
+                    recheck_at = None;
+                    vec![Input::LocalWrite]
+                }
+                _ = tokio::time::sleep_until(deadline) => vec![Input::Timeout],
+            };
+            self.feed(inputs);
+        }
+    }
+
+    /// Feeds inputs to the engine and carries out everything it asks for.
+    fn feed(&mut self, inputs: Vec<Input>) {
+        let now = self.clock.now();
+        let started = Instant::now();
+        tokio::task::block_in_place(|| self.engine.handle_inputs(now, inputs));
+        let took = started.elapsed();
+        while let Some(output) = self.engine.poll_output() {
+            match output {
+                Output::Publish(p) => {
+                    if self.publisher.send(p).is_err() {
+                        tracing::error!("publisher stopped");
+                    }
+                }
+                Output::Event(event) => self.record(event, took),
+            }
+        }
+        self.refresh_status();
+    }
+
+    fn record(&mut self, event: Event, took: Duration) {
+        match event {
+            Event::Drained(report) => {
+                self.metrics.drained(report.rows);
+                if report.null_keys > 0 {
+                    tracing::warn!(
+                        count = report.null_keys,
+                        "changes to rows with a NULL primary-key value are not replicated"
+                    );
+                }
+                if report.rows > 0 && report.batch_seq.is_none() {
+                    tracing::info!(
+                        rows = report.rows,
+                        "captured local changes kept local (publish = false)"
+                    );
+                } else {
+                    tracing::debug!(rows = report.rows, batch = ?report.batch_seq, frames = report.frames, "captured local changes");
+                }
+            }
+            Event::Received(summary) => {
+                self.metrics.received(&summary, took);
+                for (seq, kind, reason) in &summary.parked {
+                    tracing::warn!(
+                        seq = seq.get(),
+                        kind,
+                        "parked a message that cannot be applied here: {reason}"
+                    );
+                }
+                if summary.unparked > 0 {
+                    tracing::info!(
+                        count = summary.unparked,
+                        "applied previously parked messages"
+                    );
+                }
+                if summary.batches > 0 {
+                    let mut s = self.status.lock().expect("status lock");
+                    s.last_apply_unix_ms = Some(
+                        SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis() as u64,
+                    );
+                }
+                tracing::debug!(
+                    batches = summary.batches,
+                    rows = summary.rows_changed,
+                    remote_won = summary.remote_won,
+                    local_won = summary.local_won,
+                    cursor = summary.cursor.get(),
+                    "applied stream messages"
+                );
+            }
+            Event::Acked { frames } => self.metrics.published(frames),
+            Event::DatabaseError {
+                operation,
+                error,
+                retry_in,
+            } => {
+                self.metrics.database_error(operation);
+                tracing::error!(
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "{operation} failed: {error}"
+                );
+            }
+        }
+    }
+
+    fn transport_inputs(
+        &mut self,
+        first: TransportEvent,
+        events: &mut mpsc::UnboundedReceiver<TransportEvent>,
+    ) -> Vec<Input> {
+        let mut inputs = Vec::new();
+        let mut next = Some(first);
+        while let Some(event) = next {
+            match event {
+                TransportEvent::Connected => {
+                    if !self.connected {
+                        tracing::info!("connected to NATS");
+                    }
+                    self.connected = true;
+                    inputs.push(Input::Connected);
+                }
+                TransportEvent::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting");
+                    self.connected = false;
+                    inputs.push(Input::Disconnected);
+                }
+                TransportEvent::Acked(id) => inputs.push(Input::Acked { id }),
+                TransportEvent::PublishFailed(id, error) => {
+                    tracing::warn!(frame = id, "publish failed, will retry: {error}");
+                    inputs.push(Input::PublishFailed { id });
+                }
+            }
+            next = events.try_recv().ok();
+            if inputs.len() >= 4096 {
+                break;
+            }
+        }
+        inputs
+    }
+
+    fn message_inputs(&mut self, first: Option<Result<jetstream::Message, String>>) -> Vec<Input> {
+        let mut inputs = Vec::new();
+        let mut next = Some(first);
+        let mut expected = self.engine.cursor().next();
+        while let Some(item) = next {
+            match item {
+                Some(Ok(message)) => {
+                    let info = match message.info() {
+                        Ok(info) => (info.stream_sequence, info.pending),
+                        Err(e) => {
+                            tracing::warn!("stream message without JetStream metadata: {e}");
+                            break;
+                        }
+                    };
+                    let (seq, pending) = info;
+                    if seq > expected.get() {
+                        tracing::warn!(
+                            expected = expected.get(),
+                            got = seq,
+                            "gap in the stream; checking retention"
+                        );
+                        self.messages = None;
+                        self.consumer_retry_at = Some(Instant::now());
+                        break;
+                    }
+                    expected = StreamSeq::new(seq).next();
+                    {
+                        let mut s = self.status.lock().expect("status lock");
+                        s.stream_last_seq = seq + pending;
+                    }
+                    inputs.push(Input::Message(Inbound {
+                        seq: StreamSeq::new(seq),
+                        frame: message.payload.to_vec(),
+                    }));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("stream consumer failed ({e}); recreating it");
+                    self.messages = None;
+                    self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    break;
+                }
+                None => {
+                    tracing::warn!("stream consumer ended; recreating it");
+                    self.messages = None;
+                    self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    break;
+                }
+            }
+            if inputs.len() >= self.batch_limit {
+                break;
+            }
+            next = match self.messages.as_mut() {
+                Some(messages) => messages
+                    .next()
+                    .now_or_never()
+                    .map(|m| m.map(|r| r.map_err(|e| e.to_string()))),
+                None => None,
+            };
+        }
+        inputs
+    }
+
+    /// (Re)creates the ordered consumer from the engine's cursor, unless this node fell
+    /// behind the stream's retention.
+    async fn start_consumer_if_due(&mut self) {
+        if !self.replicate || self.messages.is_some() {
+            return;
+        }
+        let Some(at) = self.consumer_retry_at else {
+            return;
+        };
+        if Instant::now() < at {
+            return;
+        }
+        let cursor = self.engine.cursor();
+        let result = async {
+            let (first, last) = transport::stream_bounds(&mut self.stream).await?;
+            if last >= first && first > cursor.get() + 1 {
+                return Ok(Err((first, last)));
+            }
+            transport::consume_after(&self.stream, cursor).await.map(Ok)
+        }
+        .await;
+        match result {
+            Ok(Ok(messages)) => {
+                self.messages = Some(messages);
+                self.consumer_retry_at = None;
+                tracing::info!(from = cursor.get() + 1, "consuming the change stream");
+            }
+            Ok(Err((first, last))) => {
+                if !self.fell_behind {
+                    tracing::error!(
+                        cursor = cursor.get(),
+                        stream_first = first,
+                        stream_last = last,
+                        "this node fell behind: the stream no longer holds messages {}..{} it has not applied. \
+                         It keeps serving and publishing but applies nothing more until it is rebuilt from a \
+                         snapshot of a healthy node (stop it, replace its database file with a copy from a \
+                         healthy node, and restart) or [replication_log] max_entries is raised before this happens",
+                        cursor.get() + 1,
+                        first - 1
+                    );
+                }
+                self.fell_behind = true;
+                self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(30));
+            }
+            Err(e) => {
+                tracing::warn!("cannot start the stream consumer yet: {e}");
+                self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(2));
+            }
+        }
+        self.refresh_status();
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        let now = self.clock.now().monotonic;
+        let mut wait = match self.engine.poll_timeout() {
+            Some(t) => t.saturating_sub(now),
+            None => Duration::from_secs(3600),
+        };
+        if let Some(at) = self.consumer_retry_at {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
+        tokio::time::Instant::now() + wait
+    }
+
+    fn refresh_status(&mut self) {
+        let store = self.engine.db();
+        let (outbox_frames, outbox_rows) = store.outbox_depth().unwrap_or((0, 0));
+        let parked = store.parked_count().unwrap_or(0);
+        let cursor = store.cursor().get();
+        let mut s = self.status.lock().expect("status lock");
+        s.cursor = cursor;
+        s.stream_last_seq = s.stream_last_seq.max(cursor);
+        s.lag = s.stream_last_seq - cursor;
+        s.outbox_depth = outbox_frames;
+        s.outbox_rows = outbox_rows;
+        s.parked = parked;
+        s.nats_connected = self.connected;
+        s.fell_behind = self.fell_behind;
+        s.healthy = self.connected && !self.fell_behind;
+        self.metrics
+            .gauges(outbox_frames, s.lag, parked, self.connected);
+    }
+
+    /// Captures the last local writes and waits (bounded) until the outbox is acknowledged.
+    async fn finish(&mut self, limit: Duration) {
+        self.messages = None;
+        self.feed(vec![Input::LocalWrite]);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (frames, _) = self.engine.db().outbox_depth().unwrap_or((0, 0));
+            if frames == 0 || !self.connected && self.engine.in_flight() == 0 {
+                if frames > 0 {
+                    tracing::warn!(
+                        frames,
+                        "stopping with unacknowledged frames; they are sent at the next start"
+                    );
+                }
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(frames, "stopping before JetStream acknowledged every frame; they are sent at the next start");
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => self.feed(vec![Input::Timeout]),
+            }
+        }
+    }
+}
+
+async fn next_message(
+    messages: &mut Option<jetstream::consumer::pull::Ordered>,
+) -> Option<Result<jetstream::Message, String>> {
+    match messages.as_mut() {
+        Some(m) => m.next().await.map(|r| r.map_err(|e| e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn changed(watcher: &Option<DbWatcher>) {
+    match watcher {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The configured node id, else the one stored in the database, else a new random one.
+fn resolve_node_id(config: &Config) -> anyhow::Result<NodeId> {
+    let stored = if config.db_path.exists() {
+        let conn = Connection::open(&config.db_path)
+            .with_context(|| format!("opening db_path {}", config.db_path.display()))?;
+        Store::stored_node_id(&conn)?
+    } else {
+        None
+    };
+    Ok(match (config.node_id, stored) {
+        (Some(configured), Some(stored)) if configured != stored => {
+            tracing::warn!(%configured, %stored, "node_id differs from the id stored in the database; using the configured one");
+            configured
+        }
+        (Some(configured), _) => configured,
+        (None, Some(stored)) => stored,
+        (None, None) => random_node_id()?,
+    })
+}
+
+fn random_node_id() -> anyhow::Result<NodeId> {
+    loop {
+        let mut bytes = [0u8; 16];
+        getrandom::getrandom(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("no randomness for a node id: {e}"))?;
+        if let Some(id) = NodeId::from_u128(u128::from_le_bytes(bytes)) {
+            return Ok(id);
+        }
+    }
+}
+
+fn open_store(config: &Config, node_id: NodeId) -> anyhow::Result<Store> {
+    let conn = Connection::open(&config.db_path)
+        .with_context(|| format!("opening db_path {}", config.db_path.display()))?;
+    let store = Store::open(conn, config.store_options(node_id))
+        .with_context(|| format!("installing change capture in {}", config.db_path.display()))?;
+    Ok(store)
+}
+
+fn report_install(store: &Store) {
+    let report = store.install_report();
+    tracing::info!(tables = ?report.replicated, "replicating {} tables", report.replicated.len());
+    for (table, reason) in &report.skipped {
+        tracing::warn!(table, "not replicated: {reason}");
+    }
+    if !report.triggers_rebuilt.is_empty() {
+        tracing::info!(tables = ?report.triggers_rebuilt, "installed capture triggers");
+    }
+}
+
+async fn start_embedded_server(config: &Config, node_id: NodeId) -> anyhow::Result<NatsServer> {
+    let store_dir = config.effective_data_dir().join("nats");
+    let mut embedded = EmbeddedServerConfig::new(store_dir, format!("harmonylite-{node_id}"));
+    embedded.binary = config.nats.server_binary.clone();
+    embedded.client_listen = config.nats.bind_address;
+    embedded.cluster = config.nats.cluster_addr.map(|listen| ClusterConfig {
+        name: "harmonylite".into(),
+        listen,
+        routes: config.nats.cluster_peers.clone(),
+    });
+    embedded.leaf_remotes = config.nats.leaf_servers.clone();
+    embedded.websocket_listen = config.nats.websocket_bind;
+    embedded.include_config = config.nats.server_config.clone();
+    let server = NatsServer::start(embedded).await?;
+    tracing::info!(url = %server.client_url(), websocket = ?server.websocket_url(), "embedded nats-server ready");
+    Ok(server)
+}
+
+fn transport_config(
+    config: &Config,
+    node_id: NodeId,
+    server: Option<&NatsServer>,
+) -> TransportConfig {
+    let nats = &config.nats;
+    let auth = if let (Some(user), Some(password)) = (&nats.user_name, &nats.user_password) {
+        Auth::UserPassword {
+            user: user.clone(),
+            password: password.expose().to_string(),
+        }
+    } else if let Some(token) = &nats.token {
+        Auth::Token(token.expose().to_string())
+    } else if let Some(seed) = &nats.seed_file {
+        Auth::NkeySeedFile(seed.clone())
+    } else if let Some(creds) = &nats.creds_file {
+        Auth::CredsFile(creds.clone())
+    } else {
+        Auth::None
+    };
+    TransportConfig {
+        urls: match server {
+            Some(server) => vec![server.client_url()],
+            None => nats.urls.clone(),
+        },
+        auth: if server.is_some() { Auth::None } else { auth },
+        ca_file: nats.ca_file.clone().filter(|_| server.is_none()),
+        client_cert: match (&nats.cert_file, &nats.key_file) {
+            (Some(cert), Some(key)) if server.is_none() => Some((cert.clone(), key.clone())),
+            _ => None,
+        },
+        reconnect_wait: nats.reconnect_wait,
+        connect_timeout: nats.connect_timeout,
+        client_name: format!("harmonylite-{node_id}"),
+        stream_name: format!("{}-1", nats.stream_prefix),
+        subject: format!("{}.1", nats.subject_prefix),
+        max_entries: config.replication_log.max_entries as i64,
+        replicas: config.replication_log.replicas as usize,
+    }
+}
+
+/// Creates or updates the stream, retrying until it succeeds (in a cluster, the other nodes
+/// may not be up yet).
+async fn ensure_stream_until_ready(
+    js: &jetstream::Context,
+    config: &TransportConfig,
+) -> jetstream::stream::Stream {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match transport::ensure_stream(js, config).await {
+            Ok(stream) => return stream,
+            Err(e) => {
+                tracing::warn!(stream = %config.stream_name, retry_in_ms = delay.as_millis() as u64, "stream not ready: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

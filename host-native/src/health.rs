@@ -1,0 +1,70 @@
+//! The health endpoint: the node's replication state as JSON, 200 when healthy, else 503.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+
+/// The replication state reported by the health endpoint.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id (hex).
+    pub node_id: String,
+    /// Whether the NATS connection is up.
+    pub nats_connected: bool,
+    /// Last stream sequence applied here.
+    pub cursor: u64,
+    /// Last sequence in the stream, as last seen.
+    pub stream_last_seq: u64,
+    /// Messages in the stream not applied here yet.
+    pub lag: u64,
+    /// Frames waiting for a JetStream ack.
+    pub outbox_depth: u64,
+    /// Row changes waiting for a JetStream ack.
+    pub outbox_rows: u64,
+    /// Messages parked (not applicable here yet).
+    pub parked: u64,
+    /// When a remote batch was last applied (Unix ms), if ever.
+    pub last_apply_unix_ms: Option<u64>,
+    /// The stream no longer holds messages this node needs (restore from a snapshot).
+    pub fell_behind: bool,
+    /// Whether local writes are published.
+    pub publish: bool,
+    /// Whether remote changes are applied.
+    pub replicate: bool,
+    /// Connected and not behind the stream's retention.
+    pub healthy: bool,
+}
+
+/// Shared, updated by the driver, read by the endpoint.
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+/// Serves `GET <path>` on `bind` with the current status.
+pub async fn serve(bind: SocketAddr, path: &str, status: SharedStatus) -> anyhow::Result<()> {
+    let app = axum::Router::new().route(
+        path,
+        axum::routing::get(move || {
+            let status = status.lock().expect("status lock").clone();
+            async move {
+                let code = if status.healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (code, Json(status))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("[health_check] bind {bind}: {e}"))?;
+    tracing::info!(%bind, path, "serving health checks");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("health endpoint stopped: {e}");
+        }
+    });
+    Ok(())
+}

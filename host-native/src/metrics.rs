@@ -1,0 +1,111 @@
+//! Prometheus metrics: names, recording, and the `/metrics` endpoint.
+//!
+//! Every name starts with the configured namespace (default `harmonylite`):
+//!
+//! | metric | type | meaning |
+//! | --- | --- | --- |
+//! | `<ns>_drained_rows_total` | counter | local row changes captured |
+//! | `<ns>_published_frames_total` | counter | frames JetStream acknowledged |
+//! | `<ns>_applied_batches_total` | counter | remote batches applied |
+//! | `<ns>_applied_rows_total` | counter | rows changed by remote batches |
+//! | `<ns>_conflicts_total{winner="local"\|"remote"}` | counter | row conflicts and who won |
+//! | `<ns>_parked_total{kind}` | counter | messages parked, by reason kind |
+//! | `<ns>_parked_messages` | gauge | messages currently parked |
+//! | `<ns>_outbox_frames` | gauge | frames waiting for an ack |
+//! | `<ns>_lag_messages` | gauge | stream messages not applied yet |
+//! | `<ns>_nats_connected` | gauge | 1 when connected |
+//! | `<ns>_apply_seconds` | histogram | duration of one apply transaction |
+//! | `<ns>_database_errors_total{operation}` | counter | failed database operations (retried) |
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use harmonylite_core::engine::ReceiveSummary;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Records the sidecar's metrics under a namespace.
+#[derive(Clone)]
+pub struct Metrics {
+    namespace: String,
+}
+
+impl Metrics {
+    /// Metrics under `namespace`; recording goes to whatever recorder is installed (none:
+    /// recording is a no-op).
+    pub fn new(namespace: &str) -> Self {
+        Metrics {
+            namespace: namespace.to_string(),
+        }
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.namespace)
+    }
+
+    /// Local changes captured.
+    pub fn drained(&self, rows: usize) {
+        metrics::counter!(self.name("drained_rows_total")).increment(rows as u64);
+    }
+
+    /// Frames acknowledged by JetStream.
+    pub fn published(&self, frames: usize) {
+        metrics::counter!(self.name("published_frames_total")).increment(frames as u64);
+    }
+
+    /// One apply transaction and what it did.
+    pub fn received(&self, summary: &ReceiveSummary, took: Duration) {
+        metrics::counter!(self.name("applied_batches_total")).increment(summary.batches);
+        metrics::counter!(self.name("applied_rows_total")).increment(summary.rows_changed);
+        metrics::counter!(self.name("conflicts_total"), "winner" => "remote")
+            .increment(summary.remote_won);
+        metrics::counter!(self.name("conflicts_total"), "winner" => "local")
+            .increment(summary.local_won);
+        for (_, kind, _) in &summary.parked {
+            metrics::counter!(self.name("parked_total"), "kind" => *kind).increment(1);
+        }
+        metrics::histogram!(self.name("apply_seconds")).record(took.as_secs_f64());
+    }
+
+    /// Current gauges.
+    pub fn gauges(&self, outbox_frames: u64, lag: u64, parked: u64, connected: bool) {
+        metrics::gauge!(self.name("outbox_frames")).set(outbox_frames as f64);
+        metrics::gauge!(self.name("lag_messages")).set(lag as f64);
+        metrics::gauge!(self.name("parked_messages")).set(parked as f64);
+        metrics::gauge!(self.name("nats_connected")).set(if connected { 1.0 } else { 0.0 });
+    }
+
+    /// A failed database operation.
+    pub fn database_error(&self, operation: &'static str) {
+        metrics::counter!(self.name("database_errors_total"), "operation" => operation)
+            .increment(1);
+    }
+}
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("seconds".into()), &buckets)?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+/// Serves `GET /metrics` on `bind` until the process ends.
+pub async fn serve(bind: SocketAddr, handle: PrometheusHandle) -> anyhow::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move { handle.render() }),
+    );
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("[prometheus] bind {bind}: {e}"))?;
+    tracing::info!(%bind, "serving Prometheus metrics at /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(())
+}

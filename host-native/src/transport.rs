@@ -1,0 +1,254 @@
+//! JetStream transport: connection, stream set-up, ordered publishing with acks, and the
+//! ordered consumer that feeds the engine.
+//!
+//! The connection reconnects forever (async-nats never gives up when `max_reconnects` is
+//! unset) with a capped linear backoff; connection state changes and publish outcomes arrive
+//! on one channel of [`TransportEvent`]s for the driver.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{ConnectOptions, Event};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use harmonylite_core::change::StreamSeq;
+use harmonylite_core::engine::Publish;
+use tokio::sync::mpsc;
+
+/// How a client authenticates to NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Auth {
+    /// No credentials.
+    #[default]
+    None,
+    /// User name and password.
+    UserPassword {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// A token.
+    Token(String),
+    /// An nkey seed read from a file.
+    NkeySeedFile(PathBuf),
+    /// A `.creds` file (JWT + seed).
+    CredsFile(PathBuf),
+}
+
+/// Where and how to reach NATS, and the stream to use.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Server URLs (`nats://`, `tls://`).
+    pub urls: Vec<String>,
+    /// Credentials.
+    pub auth: Auth,
+    /// CA certificate used to verify the servers.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Delay step between reconnect attempts (grows linearly up to 30 s).
+    pub reconnect_wait: Duration,
+    /// Timeout of one connection attempt.
+    pub connect_timeout: Duration,
+    /// Name shown in the server's connection list.
+    pub client_name: String,
+    /// JetStream stream holding the change log.
+    pub stream_name: String,
+    /// Subject the change log is published on.
+    pub subject: String,
+    /// Stream retention, in messages.
+    pub max_entries: i64,
+    /// Stream replicas.
+    pub replicas: usize,
+}
+
+/// Something the transport reports to the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// Connected (or reconnected) to a server.
+    Connected,
+    /// Lost the connection (the client keeps reconnecting).
+    Disconnected,
+    /// JetStream stored outbox frame `id`.
+    Acked(i64),
+    /// Publishing outbox frame `id` failed.
+    PublishFailed(i64, String),
+}
+
+/// Connects to NATS. Retries the first connection too; returns once connected.
+pub async fn connect(
+    config: &TransportConfig,
+    events: mpsc::UnboundedSender<TransportEvent>,
+) -> anyhow::Result<async_nats::Client> {
+    let mut options = match &config.auth {
+        Auth::None => ConnectOptions::new(),
+        Auth::UserPassword { user, password } => {
+            ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        Auth::Token(token) => ConnectOptions::with_token(token.clone()),
+        Auth::NkeySeedFile(path) => {
+            let seed = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| anyhow::anyhow!("reading [nats] seed_file {}: {e}", path.display()))?;
+            ConnectOptions::with_nkey(seed.trim().to_string())
+        }
+        Auth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading [nats] creds_file {}: {e}", path.display()))?,
+    };
+    if let Some(ca) = &config.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &config.client_cert {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    let step = config.reconnect_wait;
+    let options = options
+        .name(&config.client_name)
+        .connection_timeout(config.connect_timeout)
+        .retry_on_initial_connect()
+        // async-nats counts the first attempt as 1: connect at once, then back off linearly.
+        .reconnect_delay_callback(move |attempts| {
+            (step * attempts.saturating_sub(1) as u32).min(Duration::from_secs(30))
+        })
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        let _ = events.send(TransportEvent::Connected);
+                    }
+                    Event::Disconnected => {
+                        let _ = events.send(TransportEvent::Disconnected);
+                    }
+                    other => tracing::warn!(target: "nats", "{other}"),
+                }
+            }
+        });
+    let client = options
+        .connect(config.urls.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", config.urls.join(", ")))?;
+    Ok(client)
+}
+
+/// Creates the change-log stream, or updates its retention and replicas if they differ.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &TransportConfig,
+) -> anyhow::Result<stream::Stream> {
+    let wanted = stream::Config {
+        name: config.stream_name.clone(),
+        subjects: vec![config.subject.clone()],
+        max_messages: config.max_entries,
+        discard: stream::DiscardPolicy::Old,
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        ..Default::default()
+    };
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", config.stream_name))?;
+    let current = stream
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading stream {}: {e}", config.stream_name))?
+        .config
+        .clone();
+    if current.max_messages != wanted.max_messages
+        || current.num_replicas != wanted.num_replicas
+        || current.subjects != wanted.subjects
+    {
+        let updated = stream::Config {
+            max_messages: wanted.max_messages,
+            num_replicas: wanted.num_replicas,
+            subjects: wanted.subjects.clone(),
+            ..current
+        };
+        js.update_stream(updated)
+            .await
+            .map_err(|e| anyhow::anyhow!("updating stream {}: {e}", config.stream_name))?;
+        tracing::info!(stream = %config.stream_name, max_entries = config.max_entries, replicas = config.replicas, "updated stream settings");
+        stream = js.get_stream(&config.stream_name).await?;
+    }
+    Ok(stream)
+}
+
+/// First and last sequence currently in the stream.
+pub async fn stream_bounds(stream: &mut stream::Stream) -> anyhow::Result<(u64, u64)> {
+    let info = stream.info().await?;
+    Ok((info.state.first_sequence, info.state.last_sequence))
+}
+
+/// An ordered, ephemeral consumer delivering every message after `cursor`.
+pub async fn consume_after(
+    stream: &stream::Stream,
+    cursor: StreamSeq,
+) -> anyhow::Result<consumer::pull::Ordered> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: cursor.get() + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "creating a consumer from sequence {}: {e}",
+                cursor.get() + 1
+            )
+        })?;
+    Ok(consumer.messages().await?)
+}
+
+/// Publishes frames in the order given, keeping the acks in flight concurrently, and reports
+/// each outcome as [`TransportEvent::Acked`] or [`TransportEvent::PublishFailed`].
+pub fn spawn_publisher(
+    js: jetstream::Context,
+    subject: String,
+    events: mpsc::UnboundedSender<TransportEvent>,
+) -> mpsc::UnboundedSender<Publish> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
+    tokio::spawn(async move {
+        let mut acks = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                next = rx.recv() => {
+                    let Some(p) = next else { break };
+                    let message = jetstream::message::PublishMessage::build()
+                        .payload(p.frame.into())
+                        .message_id(&p.msg_id);
+                    match js.send_publish(subject.clone(), message).await {
+                        Ok(ack) => acks.push(async move { (p.id, ack.await.map(|_| ()).map_err(|e| e.to_string())) }),
+                        Err(e) => {
+                            let _ = events.send(TransportEvent::PublishFailed(p.id, e.to_string()));
+                        }
+                    }
+                }
+                Some((id, outcome)) = acks.next(), if !acks.is_empty() => {
+                    let event = match outcome {
+                        Ok(()) => TransportEvent::Acked(id),
+                        Err(e) => TransportEvent::PublishFailed(id, e),
+                    };
+                    let _ = events.send(event);
+                }
+            }
+        }
+        while let Some((id, outcome)) = acks.next().await {
+            let _ = events.send(match outcome {
+                Ok(()) => TransportEvent::Acked(id),
+                Err(e) => TransportEvent::PublishFailed(id, e),
+            });
+        }
+    });
+    tx
+}
