@@ -1,0 +1,411 @@
+//! Harness for the integration tests: real `harmonylite` sidecar processes and real
+//! `nats-server`s on loopback, each test in its own temp directory on its own ports.
+//!
+//! Everything a test starts is stopped when its handle drops. A missing `nats-server` or a
+//! sidecar that cannot be built fails the test loudly; nothing is skipped.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use harmonylite_core::value::Value;
+use rusqlite::Connection;
+
+/// Builds the sidecar binary once per test process (a no-op when it is current) and returns
+/// its path.
+pub fn sidecar_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("workspace root");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "harmonylite", "--bin", "harmonylite"])
+                .current_dir(workspace)
+                .status()
+                .expect("running cargo build for the sidecar");
+            assert!(status.success(), "building the harmonylite sidecar failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace.join("target"));
+            let binary = target.join("debug").join("harmonylite");
+            assert!(
+                binary.is_file(),
+                "sidecar binary missing at {}",
+                binary.display()
+            );
+            binary
+        })
+        .clone()
+}
+
+/// The `nats-server` binary (PATH, or the repository's `.tools/`), or a panic saying how to
+/// install it.
+pub fn nats_server_binary() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let local = workspace.join(".tools/nats/bin/nats-server");
+    if local.is_file() {
+        return local;
+    }
+    harmonylite::nats_server::find_binary(None)
+        .unwrap_or_else(|e| panic!("{e}\n(scripts/test installs it)"))
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGTERM (or SIGKILL when `kill`) to a child and reaps it.
+fn stop_child(child: &mut Child, kill: bool) {
+    use nix::sys::signal::{kill as send, Signal};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = send(
+        pid,
+        if kill {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A standalone nats-server with JetStream (the "external NATS" of a deployment).
+pub struct ExternalNats {
+    /// Client port.
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ExternalNats {
+    /// Starts a server storing JetStream data under `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let mut server = ExternalNats {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again (same port and store) after [`ExternalNats::stop`].
+    pub fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("nats.log"))
+            .unwrap();
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.join("store"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting nats-server");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "nats-server did not listen on {port}"
+        );
+    }
+
+    /// Stops the server (SIGTERM, reaped).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, false);
+        }
+    }
+}
+
+impl Drop for ExternalNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One sidecar with its database, config and log in a directory of its own.
+pub struct Node {
+    /// Name used in messages (`node1` ...).
+    pub name: String,
+    /// The replicated database file.
+    pub db: PathBuf,
+    /// The sidecar's config file.
+    pub config: PathBuf,
+    /// Port of the health endpoint.
+    pub health_port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Prepares a node in `dir`: runs `schema` on a new database and writes a config made of
+    /// the common keys plus `extra` TOML (which may add sections).
+    pub fn new(dir: &Path, name: &str, schema: &str, extra: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let db = dir.join(format!("{name}.db"));
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        conn.execute_batch(schema).unwrap();
+        let health_port = free_port();
+        let config = dir.join(format!("{name}.toml"));
+        let (top, sections) = split_sections(extra);
+        std::fs::write(
+            &config,
+            format!(
+                "db_path = {db:?}\npolling_interval = 200\n{top}\n[health_check]\nenable = true\nbind = \"127.0.0.1:{health_port}\"\n\n[logging]\nverbose = true\n{sections}\n",
+                db = db.display().to_string(),
+            ),
+        )
+        .unwrap();
+        Node {
+            name: name.into(),
+            db,
+            config,
+            health_port,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    /// Starts the sidecar process.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(sidecar_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .env("PATH", path_with_nats_server())
+            .env("RUST_LOG", "info,harmonylite=debug")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting the sidecar");
+        self.child = Some(child);
+    }
+
+    /// Waits until the health endpoint answers 200, or panics with the log.
+    pub fn wait_healthy(&mut self, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "{} exited with {status} while starting:\n{}",
+                        self.name,
+                        self.log_tail()
+                    );
+                }
+            }
+            self.health().map(|(code, _)| code == 200).unwrap_or(false)
+        });
+        assert!(
+            ok,
+            "{} not healthy after {timeout:?}:\n{}",
+            self.name,
+            self.log_tail()
+        );
+    }
+
+    /// `GET /health`: status code and JSON body.
+    pub fn health(&self) -> Option<(u16, serde_json::Value)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.health_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split("\r\n\r\n").nth(1)?;
+        Some((code, serde_json::from_str(body).ok()?))
+    }
+
+    /// Stops the sidecar cleanly (SIGTERM).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, false);
+        }
+    }
+
+    /// Kills the sidecar without warning (SIGKILL).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, true);
+        }
+    }
+
+    /// Whether the sidecar process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// A new application connection (WAL, 5 s busy timeout), as an unchanged app would use.
+    pub fn app(&self) -> Connection {
+        let conn = Connection::open(&self.db).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    }
+
+    /// The last 60 lines of the sidecar's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Splits extra TOML into top-level keys and the sections that follow them.
+fn split_sections(extra: &str) -> (String, String) {
+    match extra
+        .find("\n[")
+        .or_else(|| extra.starts_with('[').then_some(0))
+    {
+        Some(i) => (extra[..i].to_string(), extra[i..].to_string()),
+        None => (extra.to_string(), String::new()),
+    }
+}
+
+/// `PATH` with the directory of the nats-server binary first.
+fn path_with_nats_server() -> String {
+    let binary = nats_server_binary();
+    let dir = binary.parent().unwrap().display().to_string();
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+/// Every row of `table` ordered by its first column, as plain values.
+pub fn dump(db: &Path, table: &str) -> Vec<Vec<Value>> {
+    let conn = Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut stmt = conn
+        .prepare(&format!("SELECT * FROM \"{table}\" ORDER BY 1, 2"))
+        .unwrap();
+    let width = stmt.column_count();
+    stmt.query_map([], |r| (0..width).map(|i| r.get::<_, Value>(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Waits until `table` has the same content on every node and `ready` holds for it; panics
+/// with each node's content and log otherwise.
+pub fn wait_converged(
+    nodes: &[&Node],
+    table: &str,
+    timeout: Duration,
+    ready: impl Fn(&[Vec<Value>]) -> bool,
+) -> Vec<Vec<Value>> {
+    let mut last = Vec::new();
+    let ok = wait_until(timeout, || {
+        last = nodes.iter().map(|n| dump(&n.db, table)).collect();
+        last.windows(2).all(|w| w[0] == w[1]) && ready(&last[0])
+    });
+    if !ok {
+        let mut report = String::new();
+        for (node, rows) in nodes.iter().zip(&last) {
+            report.push_str(&format!(
+                "\n--- {} ({} rows): {:?}\n{}\n",
+                node.name,
+                rows.len(),
+                rows.iter().take(5).collect::<Vec<_>>(),
+                node.log_tail()
+            ));
+        }
+        panic!("{table} did not converge within {timeout:?}:{report}");
+    }
+    last.remove(0)
+}
+
+/// Ports for an n-node embedded cluster: client and route port of each node.
+pub fn cluster_ports(n: usize) -> Vec<(u16, u16)> {
+    (0..n).map(|_| (free_port(), free_port())).collect()
+}
+
+/// The TOML that makes node `i` of an embedded cluster route to the others.
+pub fn embedded_cluster_toml(ports: &[(u16, u16)], i: usize, node_id: u64) -> String {
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, (_, route))| format!("\"nats://127.0.0.1:{route}\""))
+        .collect();
+    format!(
+        "node_id = {node_id}\n[replication_log]\nreplicas = {replicas}\n[nats]\nbind_address = \"127.0.0.1:{client}\"\ncluster_addr = \"127.0.0.1:{route}\"\ncluster_peers = [{peers}]\n",
+        replicas = ports.len().min(3),
+        client = ports[i].0,
+        route = ports[i].1,
+        peers = peers.join(", ")
+    )
+}
+
+/// The TOML that points a node at an external server.
+pub fn external_toml(url: &str, node_id: u64) -> String {
+    format!("node_id = {node_id}\n[nats]\nurls = [\"{url}\"]\n")
+}
