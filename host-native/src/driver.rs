@@ -5,9 +5,9 @@
 //! stream messages, publish acks or connection changes, a file-change notification, the
 //! engine's next deadline, or a shutdown signal — and feeds that to the engine.
 //!
-//! SQLite is synchronous. The engine and its connection live in this task and each engine
-//! call runs inside `block_in_place`, so a long apply transaction blocks neither the NATS
-//! client nor the HTTP endpoints (they run on other runtime threads).
+//! SQLite is synchronous. The engine and its connection live in this task and are called
+//! directly: one engine call is one short transaction, and the NATS client and the HTTP
+//! endpoints keep running on the runtime's other worker thread meanwhile.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,8 +33,16 @@ use crate::watcher::DbWatcher;
 const MAX_INBOX: usize = 4096;
 /// How long shutdown waits for the outbox to be acknowledged.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
-/// A second look for a commit after a file notification (see `Driver::run`).
-const RECHECK_AFTER_CHANGE: Duration = Duration::from_millis(10);
+/// Delays of the follow-up looks for a commit after a file notification (see
+/// `Driver::run`); the ladder stops at the first look that captures something.
+const RECHECKS_AFTER_CHANGE: [Duration; 6] = [
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(4),
+    Duration::from_millis(8),
+    Duration::from_millis(16),
+    Duration::from_millis(32),
+];
 /// Room left in each frame for NATS headers (`Nats-Msg-Id`).
 const HEADER_ROOM: usize = 4096;
 
@@ -134,6 +142,7 @@ pub async fn run_until(
         batch_limit: config.scan_max_changes.max(1),
         connected: false,
         fell_behind: false,
+        captured: false,
     };
     driver.feed(vec![Input::Connected]);
     driver.connected = true;
@@ -184,6 +193,8 @@ struct Driver {
     batch_limit: usize,
     connected: bool,
     fell_behind: bool,
+    /// Whether the last `feed` captured local writes.
+    captured: bool,
 }
 
 impl Driver {
@@ -193,7 +204,10 @@ impl Driver {
         watcher: Option<DbWatcher>,
         mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> anyhow::Result<()> {
-        let mut recheck_at: Option<tokio::time::Instant> = None;
+        // The application's WAL write raises the notification before its commit becomes
+        // visible (the commit lands in the mmap'ed -shm, which raises none), so after each
+        // notification the log is looked at again on a short ladder of delays.
+        let mut recheck: Option<(tokio::time::Instant, usize)> = None;
         loop {
             self.start_consumer_if_due().await;
             let deadline = self.deadline();
@@ -207,18 +221,23 @@ impl Driver {
                 Some(event) = events.recv() => self.transport_inputs(event, &mut events),
                 next = next_message(&mut self.messages), if pulling => self.message_inputs(next),
                 _ = changed(&watcher) => {
-                    // The WAL is written before the commit becomes visible (in the mmap'ed
-                    // -shm, which raises no event): drain now and once more shortly after.
-                    recheck_at = Some(tokio::time::Instant::now() + RECHECK_AFTER_CHANGE);
+                    recheck = Some((tokio::time::Instant::now() + RECHECKS_AFTER_CHANGE[0], 0));
                     vec![Input::LocalWrite]
                 }
-                _ = sleep_until_opt(recheck_at), if recheck_at.is_some() => {
-                    recheck_at = None;
+                _ = sleep_until_opt(recheck.map(|(at, _)| at)), if recheck.is_some() => {
+                    let step = recheck.map(|(_, step)| step + 1).unwrap_or(0);
+                    recheck = RECHECKS_AFTER_CHANGE
+                        .get(step)
+                        .map(|delay| (tokio::time::Instant::now() + *delay, step));
                     vec![Input::LocalWrite]
                 }
                 _ = tokio::time::sleep_until(deadline) => vec![Input::Timeout],
             };
+            self.captured = false;
             self.feed(inputs);
+            if self.captured {
+                recheck = None;
+            }
         }
     }
 
@@ -226,7 +245,7 @@ impl Driver {
     fn feed(&mut self, inputs: Vec<Input>) {
         let now = self.clock.now();
         let started = Instant::now();
-        tokio::task::block_in_place(|| self.engine.handle_inputs(now, inputs));
+        self.engine.handle_inputs(now, inputs);
         let took = started.elapsed();
         while let Some(output) = self.engine.poll_output() {
             match output {
@@ -244,6 +263,7 @@ impl Driver {
     fn record(&mut self, event: Event, took: Duration) {
         match event {
             Event::Drained(report) => {
+                self.captured = true;
                 self.metrics.drained(report.rows);
                 if report.null_keys > 0 {
                     tracing::warn!(
@@ -368,6 +388,7 @@ impl Driver {
                         self.consumer_retry_at = Some(Instant::now());
                         break;
                     }
+                    tracing::trace!(seq, pending, "stream message received");
                     expected = StreamSeq::new(seq).next();
                     {
                         let mut s = self.status.lock().expect("status lock");

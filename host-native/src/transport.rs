@@ -224,6 +224,7 @@ pub fn spawn_publisher(
             tokio::select! {
                 next = rx.recv() => {
                     let Some(p) = next else { break };
+                    tracing::trace!(id = p.id, msg_id = %p.msg_id, "publishing");
                     let message = jetstream::message::PublishMessage::build()
                         .payload(p.frame.into())
                         .message_id(&p.msg_id);
@@ -235,6 +236,7 @@ pub fn spawn_publisher(
                     }
                 }
                 Some((id, outcome)) = acks.next(), if !acks.is_empty() => {
+                    tracing::trace!(id, ok = outcome.is_ok(), "publish outcome");
                     let event = match outcome {
                         Ok(()) => TransportEvent::Acked(id),
                         Err(e) => TransportEvent::PublishFailed(id, e),

@@ -15,7 +15,7 @@ use harmonylite_core::value::Value;
 use rusqlite::Connection;
 
 /// Builds the sidecar binary once per test process (a no-op when it is current) and returns
-/// its path.
+/// its path: the debug build, or the release build when `HL_SIDECAR_PROFILE=release`.
 pub fn sidecar_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
@@ -24,8 +24,13 @@ pub fn sidecar_binary() -> PathBuf {
                 .parent()
                 .expect("workspace root");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "harmonylite", "--bin", "harmonylite"])
+            let release = std::env::var("HL_SIDECAR_PROFILE").is_ok_and(|p| p == "release");
+            let mut build = Command::new(cargo);
+            build.args(["build", "-q", "-p", "harmonylite", "--bin", "harmonylite"]);
+            if release {
+                build.arg("--release");
+            }
+            let status = build
                 .current_dir(workspace)
                 .status()
                 .expect("running cargo build for the sidecar");
@@ -33,7 +38,9 @@ pub fn sidecar_binary() -> PathBuf {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace.join("target"));
-            let binary = target.join("debug").join("harmonylite");
+            let binary = target
+                .join(if release { "release" } else { "debug" })
+                .join("harmonylite");
             assert!(
                 binary.is_file(),
                 "sidecar binary missing at {}",
@@ -207,7 +214,8 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "db_path = {db:?}\npolling_interval = 200\n{top}\n[health_check]\nenable = true\nbind = \"127.0.0.1:{health_port}\"\n\n[logging]\nverbose = true\n{sections}\n",
+                "db_path = {db:?}\npolling_interval = 200\n{top}\n[health_check]\nenable = true\nbind = \"127.0.0.1:{health_port}\"\n\n[logging]\nverbose = {verbose}\n{sections}\n",
+                verbose = std::env::var("HL_SIDECAR_LOG").is_err(),
                 db = db.display().to_string(),
             ),
         )
@@ -234,7 +242,10 @@ impl Node {
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path_with_nats_server())
-            .env("RUST_LOG", "info,harmonylite=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("HL_SIDECAR_LOG").unwrap_or_else(|_| "info,harmonylite=debug".into()),
+            )
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -292,6 +303,11 @@ impl Node {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child, true);
         }
+    }
+
+    /// The sidecar's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Whether the sidecar process is running.
@@ -398,7 +414,7 @@ pub fn embedded_cluster_toml(ports: &[(u16, u16)], i: usize, node_id: u64) -> St
         .collect();
     format!(
         "node_id = {node_id}\n[replication_log]\nreplicas = {replicas}\n[nats]\nbind_address = \"127.0.0.1:{client}\"\ncluster_addr = \"127.0.0.1:{route}\"\ncluster_peers = [{peers}]\n",
-        replicas = ports.len().min(3),
+        replicas = std::env::var("HL_STREAM_REPLICAS").ok().and_then(|r| r.parse().ok()).unwrap_or(ports.len().min(3)),
         client = ports[i].0,
         route = ports[i].1,
         peers = peers.join(", ")

@@ -7,6 +7,7 @@
 //! call it between awaits (wasm).
 
 mod apply;
+mod busy;
 mod drain;
 mod inbox;
 mod install;
@@ -87,9 +88,9 @@ pub struct Store {
 impl Store {
     /// Takes over `conn`: sets WAL mode and connection pragmas, installs capture (idempotent)
     /// and loads the node's metadata.
-    pub fn open(conn: Connection, options: StoreOptions) -> Result<Self, StoreError> {
-        conn.busy_timeout(options.busy_timeout)
-            .context("setting the busy timeout")?;
+    pub fn open(mut conn: Connection, options: StoreOptions) -> Result<Self, StoreError> {
+        busy::wait_for_locks(&mut conn, options.busy_timeout)
+            .context("setting the busy handler")?;
         let _mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .context("switching to WAL mode")?;
@@ -209,10 +210,8 @@ impl Store {
     }
 
     fn drain_tx(&mut self) -> Result<DrainReport, StoreError> {
-        // A plain read first: when nothing is pending, do not take the write lock.
-        if schema_version(&self.conn)? == self.schema_version && !self.has_pending_log()? {
-            return Ok(DrainReport::default());
-        }
+        // No read-only pre-check: a drain right after a file notification must wait for the
+        // application's commit that raised it, and the write lock is exactly that wait.
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
