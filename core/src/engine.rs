@@ -127,7 +127,7 @@ pub enum Output {
 pub struct Publish {
     /// Outbox id, to report back in `Acked`/`PublishFailed`.
     pub id: i64,
-    /// JetStream de-duplication id: `<node>-<batch>-<part>`.
+    /// JetStream de-duplication id (see `report::OutboxFrame::msg_id`).
     pub msg_id: String,
     /// The encoded frame.
     pub frame: Vec<u8>,
@@ -546,13 +546,12 @@ impl<D: Database> Engine<D> {
                 if frames.len() < room {
                     self.outbox_may_have_more = false;
                 }
-                let node = self.db.node_id();
                 for f in frames {
                     self.last_handed_out = f.id;
                     self.in_flight.insert(f.id);
                     self.outputs.push_back(Output::Publish(Publish {
                         id: f.id,
-                        msg_id: format!("{node}-{}-{}", f.batch_seq, f.part),
+                        msg_id: f.msg_id,
                         frame: f.frame,
                         rows: f.rows,
                     }));

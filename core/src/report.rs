@@ -101,6 +101,9 @@ pub struct OutboxFrame {
     pub rows: u64,
     /// The encoded frame.
     pub frame: Vec<u8>,
+    /// JetStream de-duplication id: `<node>-<incarnation>-<batch>-<part>`, unique for every
+    /// frame this database ever publishes (see `sqlite::meta::keys::INCARNATION`).
+    pub msg_id: String,
 }
 
 /// A message that was parked instead of applied.

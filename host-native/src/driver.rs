@@ -590,10 +590,17 @@ fn random_node_id() -> anyhow::Result<NodeId> {
     }
 }
 
+fn random_u64() -> anyhow::Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(u64::from_le_bytes(bytes))
+}
 fn open_store(config: &Config, node_id: NodeId) -> anyhow::Result<Store> {
     let conn = Connection::open(&config.db_path)
         .with_context(|| format!("opening db_path {}", config.db_path.display()))?;
-    let store = Store::open(conn, config.store_options(node_id))
+    let mut options = config.store_options(node_id);
+    options.incarnation = random_u64()?;
+    let store = Store::open(conn, options)
         .with_context(|| format!("installing change capture in {}", config.db_path.display()))?;
     Ok(store)
 }

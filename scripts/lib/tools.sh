@@ -24,3 +24,28 @@ ensure_nats_server() {
   export PATH="$TOOLS_DIR/nats/bin:$PATH"
   nats-server --version
 }
+
+# Debian packages, installed only when a listed command is missing.
+#   ensure_apt <command> <package> [<command> <package> ...]
+ensure_apt() {
+  local missing=()
+  while (($# >= 2)); do
+    command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+    shift 2
+  done
+  ((${#missing[@]} == 0)) && return
+  echo "==> installing Debian packages: ${missing[*]}"
+  local sudo=""
+  [[ $(id -u) != 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# The wasm32 target (clang compiles SQLite's C for it).
+ensure_wasm_target() {
+  ensure_apt clang clang
+  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    echo "==> adding the wasm32-unknown-unknown Rust target"
+    rustup target add wasm32-unknown-unknown
+  fi
+}

@@ -13,6 +13,11 @@ pub mod keys {
     pub const CURSOR: &str = "cursor";
     /// Next batch sequence this node will publish (INTEGER). Node-local.
     pub const NEXT_BATCH: &str = "next_batch";
+    /// Random id of this database's node-local state (hex INTEGER), part of every message id.
+    /// Batch sequences restart at 1 when node-local state is lost (a deleted database, a
+    /// restore from another node's snapshot); a new incarnation keeps their message ids from
+    /// colliding with earlier ones inside JetStream's duplicate window. Node-local.
+    pub const INCARNATION: &str = "incarnation";
     /// Id the next outbox frame gets (INTEGER). Ids are never reused, so a publisher that
     /// handed out frames up to id N can ask for "everything after N". Node-local.
     pub const NEXT_OUTBOX_ID: &str = "next_outbox_id";

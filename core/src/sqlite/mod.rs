@@ -48,10 +48,14 @@ pub struct StoreOptions {
     pub max_clock_ahead: Duration,
     /// How long the store's connection waits for the application's write lock.
     pub busy_timeout: Duration,
+    /// Incarnation to record when the database has none yet (fresh randomness from the host;
+    /// see [`meta::keys::INCARNATION`]).
+    pub incarnation: u64,
 }
 
 impl StoreOptions {
-    /// Defaults for `node_id`: publish, LZ4, 1 MiB frames, 5 min clock bound, 5 s busy wait.
+    /// Defaults for `node_id`: publish, LZ4, 1 MiB frames, 5 min clock bound, 5 s busy wait,
+    /// an incarnation derived from the node id (hosts should pass randomness instead).
     pub fn new(node_id: NodeId) -> Self {
         StoreOptions {
             node_id,
@@ -61,6 +65,7 @@ impl StoreOptions {
             max_frame: 1024 * 1024,
             max_clock_ahead: Clock::DEFAULT_MAX_AHEAD,
             busy_timeout: Duration::from_secs(5),
+            incarnation: node_id.as_u128() as u64 ^ (node_id.as_u128() >> 64) as u64,
         }
     }
 }
@@ -83,6 +88,7 @@ pub struct Store {
     next_batch: u64,
     replay_own_until: StreamSeq,
     install_report: InstallReport,
+    id_prefix: String,
 }
 
 impl Store {
@@ -108,6 +114,7 @@ impl Store {
             next_batch: 1,
             replay_own_until: StreamSeq::ZERO,
             install_report: InstallReport::default(),
+            id_prefix: String::new(),
         };
         let tx = store
             .conn
@@ -124,6 +131,18 @@ impl Store {
         store.next_batch = meta::get_i64(&tx, meta::keys::NEXT_BATCH)?.unwrap_or(1) as u64;
         store.replay_own_until =
             StreamSeq::new(meta::get_i64(&tx, meta::keys::REPLAY_OWN_UNTIL)?.unwrap_or(0) as u64);
+        let incarnation = match meta::get_i64(&tx, meta::keys::INCARNATION)? {
+            Some(stored) => stored as u64,
+            None => {
+                meta::set(
+                    &tx,
+                    meta::keys::INCARNATION,
+                    store.options.incarnation as i64,
+                )?;
+                store.options.incarnation
+            }
+        };
+        store.id_prefix = format!("{}-{incarnation:x}", store.options.node_id);
         store.slots = install::log_key_slots(&tx)?;
         store.schema_version = schema_version(&tx)?;
         tx.commit().context("committing the install")?;
@@ -172,7 +191,9 @@ impl Store {
         self.options.max_frame = max_frame;
     }
 
-    /// The store's connection (for reads, snapshots and tests; do not write through it).
+    /// The store's connection. Native hosts use it for reads and snapshots; in-process hosts
+    /// (the wasm replica) also run the application's SQL on it: those writes fire the
+    /// capture triggers like any other application write.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -446,7 +467,7 @@ impl Store {
 
     /// Outbox frames with an id greater than `after`, oldest first.
     pub fn outbox_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxFrame>, StoreError> {
-        outbox::after(&self.conn, after, limit)
+        outbox::after(&self.conn, after, limit, &self.id_prefix)
     }
 
     /// Removes frames JetStream acknowledged.

@@ -53,21 +53,30 @@ pub fn push(
     Ok(())
 }
 
-/// Frames with an id greater than `after`, oldest first, at most `limit`.
-pub fn after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<OutboxFrame>, StoreError> {
+/// Frames with an id greater than `after`, oldest first, at most `limit`; `id_prefix` (node
+/// and incarnation) starts each message id.
+pub fn after(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+    id_prefix: &str,
+) -> Result<Vec<OutboxFrame>, StoreError> {
     conn.prepare_cached(&format!(
         "SELECT id, batch_seq, part, parts, rows, frame FROM {} WHERE id > ?1 ORDER BY id LIMIT ?2",
         quote(names::OUTBOX)
     ))
     .and_then(|mut s| {
         s.query_map(params![after, limit as i64], |r| {
+            let batch_seq = BatchSeq::new(r.get::<_, i64>(1)? as u64);
+            let part: u32 = r.get(2)?;
             Ok(OutboxFrame {
                 id: r.get(0)?,
-                batch_seq: BatchSeq::new(r.get::<_, i64>(1)? as u64),
-                part: r.get(2)?,
+                batch_seq,
+                part,
                 parts: r.get(3)?,
                 rows: r.get::<_, i64>(4)? as u64,
                 frame: r.get(5)?,
+                msg_id: format!("{id_prefix}-{batch_seq}-{part}"),
             })
         })?
         .collect()
