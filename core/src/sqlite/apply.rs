@@ -1,8 +1,7 @@
 //! Applying a remote batch under last-writer-wins.
 
-use rusqlite::{params_from_iter, Connection, OptionalExtension};
+use rusqlite::{params_from_iter, CachedStatement, Connection, OptionalExtension};
 
-use super::drain::write_version;
 use super::tables::{same_identifier, RegisteredTable, Tables};
 use crate::change::Batch;
 use crate::error::{is_transient_sqlite, ApplyError, Context, StoreError};
@@ -29,8 +28,10 @@ impl From<StoreError> for ApplyFailure {
 
 /// Applies `batch` from `origin` row by row: each change replaces the row when its HLC beats
 /// the stored version ([`incoming_wins`]). The caller holds a write transaction with the
-/// echo-suppression marker set and a savepoint around this call, so a failure leaves nothing
-/// behind. Checks every table, column and key before writing anything.
+/// echo-suppression marker set. Every check that can refuse the batch (tables, columns,
+/// keys, clock) runs before the first write, so the only refusal that can leave partial
+/// writes behind is [`ApplyError::Rejected`] (SQLite refused a row, e.g. a UNIQUE
+/// constraint); the caller rolls those back.
 pub fn apply_batch(
     conn: &Connection,
     tables: &Tables,
@@ -46,11 +47,16 @@ pub fn apply_batch(
             .check_not_too_far_ahead(newest, now)
             .map_err(|e| ApplyFailure::Park(e.into()))?;
     }
+    let mut statements: Vec<Option<TableStatements>> = plans.iter().map(|_| None).collect();
     let mut applied = Applied::default();
     for row in &batch.rows {
         let (table, upsert_sql) = &plans[row.table as usize];
+        let st = match &mut statements[row.table as usize] {
+            Some(st) => st,
+            slot => slot.insert(TableStatements::prepare(conn, table, upsert_sql)?),
+        };
         let hlc = row.hlc(origin);
-        let stored = read_version(conn, &table.select_version, &row.key)?;
+        let stored = st.read_version(&row.key)?;
         if !incoming_wins(hlc, stored) {
             if stored == Some(hlc) {
                 applied.duplicates += 1;
@@ -65,33 +71,21 @@ pub fn apply_batch(
             applied.new_rows += 1;
         }
         let result = match &row.values {
-            None => conn
-                .prepare_cached(&table.delete_row)
-                .and_then(|mut s| s.execute(params_from_iter(&row.key))),
-            Some(values) => conn
-                .prepare_cached(upsert_sql)
-                .and_then(|mut s| s.execute(params_from_iter(row.key.iter().chain(values)))),
+            None => st.delete_row.execute(params_from_iter(&row.key)),
+            Some(values) => st
+                .upsert_row
+                .execute(params_from_iter(row.key.iter().chain(values))),
         };
-        if let Err(source) = result {
-            return Err(if is_transient_sqlite(&source) {
-                ApplyFailure::Store(StoreError::Sqlite {
-                    context: format!("applying a change to {:?}", table.info.name),
-                    source,
-                })
-            } else {
-                ApplyFailure::Park(ApplyError::Rejected {
-                    table: table.info.name.clone(),
-                    source,
-                })
-            });
-        }
-        write_version(
-            conn,
-            &table.upsert_version,
-            &row.key,
-            hlc,
-            row.values.is_none(),
-        )?;
+        result.map_err(|source| refusal(table, source))?;
+        let hlc_bytes = hlc.to_bytes();
+        let deleted = row.values.is_none();
+        let params = row.key.iter().map(|v| v as &dyn rusqlite::ToSql).chain([
+            &hlc_bytes as &dyn rusqlite::ToSql,
+            &deleted as &dyn rusqlite::ToSql,
+        ]);
+        st.upsert_version
+            .execute(params_from_iter(params))
+            .context("writing a row version")?;
         applied.tables.insert(table.info.name.clone());
     }
     for row in &batch.rows {
@@ -99,6 +93,66 @@ pub fn apply_batch(
         let _ = clock.observe(row.hlc(origin), now);
     }
     Ok(applied)
+}
+
+/// The four statements applying to one table needs, prepared once per batch.
+struct TableStatements<'c> {
+    select_version: CachedStatement<'c>,
+    upsert_version: CachedStatement<'c>,
+    delete_row: CachedStatement<'c>,
+    upsert_row: CachedStatement<'c>,
+}
+
+impl<'c> TableStatements<'c> {
+    fn prepare(
+        conn: &'c Connection,
+        table: &RegisteredTable,
+        upsert_sql: &str,
+    ) -> Result<Self, ApplyFailure> {
+        let versions = |sql: &str| {
+            conn.prepare_cached(sql)
+                .context("preparing row-version statements")
+        };
+        Ok(TableStatements {
+            select_version: versions(&table.select_version)?,
+            upsert_version: versions(&table.upsert_version)?,
+            delete_row: conn
+                .prepare_cached(&table.delete_row)
+                .map_err(|e| refusal(table, e))?,
+            upsert_row: conn
+                .prepare_cached(upsert_sql)
+                .map_err(|e| refusal(table, e))?,
+        })
+    }
+
+    fn read_version(&mut self, key: &[Value]) -> Result<Option<Hlc>, StoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .select_version
+            .query_row(params_from_iter(key), |r| r.get(0))
+            .optional()
+            .context("reading a row version")?;
+        bytes
+            .map(|b| {
+                Hlc::from_bytes(&b).map_err(|e| StoreError::Corrupt(format!("row version: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Classifies an SQLite error on a user table: environmental (retry the whole receive) or
+/// caused by the data (park the message).
+fn refusal(table: &RegisteredTable, source: rusqlite::Error) -> ApplyFailure {
+    if is_transient_sqlite(&source) {
+        ApplyFailure::Store(StoreError::Sqlite {
+            context: format!("applying a change to {:?}", table.info.name),
+            source,
+        })
+    } else {
+        ApplyFailure::Park(ApplyError::Rejected {
+            table: table.info.name.clone(),
+            source,
+        })
+    }
 }
 
 /// Resolves each table of the batch to a local table and an upsert statement, refusing the
@@ -160,19 +214,4 @@ fn check_keys_not_null(batch: &Batch) -> Result<(), ApplyError> {
         )))),
         None => Ok(()),
     }
-}
-
-/// Reads a row's stored version, if any.
-pub(crate) fn read_version(
-    conn: &Connection,
-    sql: &str,
-    key: &[crate::value::Value],
-) -> Result<Option<Hlc>, StoreError> {
-    let bytes: Option<Vec<u8>> = conn
-        .prepare_cached(sql)
-        .and_then(|mut s| s.query_row(params_from_iter(key), |r| r.get(0)).optional())
-        .context("reading a row version")?;
-    bytes
-        .map(|b| Hlc::from_bytes(&b).map_err(|e| StoreError::Corrupt(format!("row version: {e}"))))
-        .transpose()
 }

@@ -1,5 +1,6 @@
 //! Draining the change log: turning what the triggers recorded into a versioned batch.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
@@ -76,13 +77,15 @@ pub fn drain(
                 null_keys += 1;
                 continue;
             }
-            match index.get(&(table_id, key.clone())) {
-                Some(&i) => {
-                    pending[i].last_seq = seq;
-                    pending[i].wall_millis = wall_millis;
+            match index.entry((table_id, key)) {
+                Entry::Occupied(entry) => {
+                    let row = &mut pending[*entry.get()];
+                    row.last_seq = seq;
+                    row.wall_millis = wall_millis;
                 }
-                None => {
-                    index.insert((table_id, key.clone()), pending.len());
+                Entry::Vacant(entry) => {
+                    let key = entry.key().1.clone();
+                    entry.insert(pending.len());
                     pending.push(PendingRow {
                         table_id,
                         key,

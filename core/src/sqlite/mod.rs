@@ -70,6 +70,20 @@ impl StoreOptions {
     }
 }
 
+/// Why a receive transaction stopped.
+enum ReceiveError {
+    /// The database failed; retry later.
+    Store(StoreError),
+    /// A message was refused half-way; run the transaction again with savepoints.
+    NeedsSavepoints,
+}
+
+impl From<StoreError> for ReceiveError {
+    fn from(e: StoreError) -> Self {
+        ReceiveError::Store(e)
+    }
+}
+
 enum Outcome {
     Applied(Applied),
     Own,
@@ -266,7 +280,18 @@ impl Store {
         messages: &[Inbound],
     ) -> Result<ReceiveReport, StoreError> {
         let (saved_batch, saved_cursor) = (self.next_batch, self.cursor);
-        let result = self.receive_tx(now, messages);
+        let result = match self.receive_tx(now, messages, false) {
+            Err(ReceiveError::NeedsSavepoints) => {
+                self.next_batch = saved_batch;
+                self.cursor = saved_cursor;
+                self.receive_tx(now, messages, true)
+            }
+            other => other,
+        };
+        let result = result.map_err(|e| match e {
+            ReceiveError::Store(e) => e,
+            ReceiveError::NeedsSavepoints => unreachable!("savepoints were used"),
+        });
         if result.is_err() {
             self.next_batch = saved_batch;
             self.cursor = saved_cursor;
@@ -274,11 +299,17 @@ impl Store {
         result
     }
 
+    /// One receive transaction. Without `savepoints`, a message SQLite refuses half-way
+    /// (`ApplyError::Rejected`) aborts the whole transaction with
+    /// [`ReceiveError::NeedsSavepoints`], and the caller runs it again with a savepoint
+    /// around each message, so that one is parked and the others apply. Every other refusal
+    /// happens before the message writes anything, so the fast path parks it directly.
     fn receive_tx(
         &mut self,
         now: NTP64,
         messages: &[Inbound],
-    ) -> Result<ReceiveReport, StoreError> {
+        savepoints: bool,
+    ) -> Result<ReceiveReport, ReceiveError> {
         let mut report = ReceiveReport::default();
         if messages.iter().all(|m| m.seq <= self.cursor) {
             report.already_seen = messages.len() as u64;
@@ -311,8 +342,10 @@ impl Store {
                 report.already_seen += 1;
                 continue;
             }
-            tx.execute_batch("SAVEPOINT hl_message")
-                .context("starting a message savepoint")?;
+            if savepoints {
+                tx.execute_batch("SAVEPOINT hl_message")
+                    .context("starting a message savepoint")?;
+            }
             let mut park_frame = None;
             match receive_one(
                 &tx,
@@ -325,8 +358,10 @@ impl Store {
                 &mut park_frame,
             ) {
                 Ok(outcome) => {
-                    tx.execute_batch("RELEASE hl_message")
-                        .context("releasing a message savepoint")?;
+                    if savepoints {
+                        tx.execute_batch("RELEASE hl_message")
+                            .context("releasing a message savepoint")?;
+                    }
                     match outcome {
                         Outcome::Applied(applied) => {
                             report.batches += 1;
@@ -336,9 +371,14 @@ impl Store {
                         Outcome::PartStored => report.parts_stored += 1,
                     }
                 }
+                Err(ApplyFailure::Park(ApplyError::Rejected { .. })) if !savepoints => {
+                    return Err(ReceiveError::NeedsSavepoints);
+                }
                 Err(ApplyFailure::Park(error)) => {
-                    tx.execute_batch("ROLLBACK TO hl_message; RELEASE hl_message")
-                        .context("rolling back a refused message")?;
+                    if savepoints {
+                        tx.execute_batch("ROLLBACK TO hl_message; RELEASE hl_message")
+                            .context("rolling back a refused message")?;
+                    }
                     let frame = park_frame.as_deref().unwrap_or(&message.frame);
                     let reason = error.to_string();
                     inbox::park(
@@ -355,7 +395,7 @@ impl Store {
                         reason,
                     });
                 }
-                Err(ApplyFailure::Store(e)) => return Err(e),
+                Err(ApplyFailure::Store(e)) => return Err(e.into()),
             }
             self.cursor = message.seq;
         }
