@@ -111,7 +111,7 @@ pub struct OutboxFrame {
 pub struct Parked {
     /// Its stream position.
     pub seq: StreamSeq,
-    /// [`ApplyError::kind`].
+    /// `ApplyError::kind`.
     pub kind: &'static str,
     /// The full error message.
     pub reason: String,
