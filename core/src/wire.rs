@@ -172,8 +172,8 @@ pub fn decode_frame(frame: &[u8]) -> Result<MessageV1, WireError> {
     let (version, _) = postcard::take_from_bytes::<u64>(payload)
         .map_err(|e| WireError::Malformed(e.to_string()))?;
     if version >= CURRENT_VERSION {
-        // Variant indexes start at 0 for V1.
-        return Err(WireError::UnsupportedVersion(version + 1));
+        // Variant indexes start at 0 for V1. Saturating: a peer may send index u64::MAX.
+        return Err(WireError::UnsupportedVersion(version.saturating_add(1)));
     }
     let (message, rest) = postcard::take_from_bytes::<Message>(payload)
         .map_err(|e| WireError::Malformed(e.to_string()))?;
