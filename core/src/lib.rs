@@ -12,7 +12,8 @@
 //! - [`snapshot`]: snapshot header and chunk framing with an incremental decoder.
 //! - [`engine`]: [`engine::Engine`] with `handle_input` / `poll_output` / `poll_timeout`.
 //! - `sqlite` (feature `sqlite`): [`sqlite::Store`], which installs capture and executes
-//!   drain and apply on a `rusqlite::Connection`.
+//!   drain and apply on a `rusqlite::Connection`; [`sqlite::snapshot`]: what a snapshot copy
+//!   keeps and what a restored file gets.
 //!
 //! ## The host loop
 //!

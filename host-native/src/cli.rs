@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long)]
     pub cleanup: bool,
 
+    /// Take a snapshot of the database, upload it to the `[snapshot]` store, prune old ones,
+    /// then exit.
+    #[arg(long, conflicts_with = "cleanup")]
+    pub save_snapshot: bool,
+
     /// Route listener of the embedded NATS server, host:port (overrides `nats.cluster_addr`).
     #[arg(long, value_name = "HOST:PORT")]
     pub cluster_addr: Option<SocketAddr>,
@@ -233,9 +238,18 @@ mod tests {
         let bare = parse(&["--config", "node.toml"]).unwrap();
         assert_eq!(bare.node_id, None);
         assert!(!bare.cleanup);
+        assert!(!bare.save_snapshot);
         assert_eq!(bare.cluster_addr, None);
         assert_eq!(bare.cluster_peers, None);
         assert_eq!(bare.leaf_servers, None);
+    }
+
+    #[test]
+    fn save_snapshot_is_a_command_of_its_own() {
+        let cli = parse(&["--config", "node.toml", "-save-snapshot"]).unwrap();
+        assert!(cli.save_snapshot && !cli.cleanup);
+        let error = parse(&["--config", "c.toml", "--save-snapshot", "--cleanup"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct Config {
     /// `[logging]`: log verbosity and format.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// `[snapshot]`: when snapshots are taken, where they are stored, how many are kept.
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
 }
 
 /// `[replication_log]`: the JetStream streams changes travel through.
@@ -279,6 +282,64 @@ pub enum LogFormat {
     Console,
     /// One JSON object per line.
     Json,
+}
+
+/// `[snapshot]`: consistent copies of the database that new nodes, nodes that fell behind the
+/// stream's retention and nodes whose file is damaged restore from (docs/snapshots.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// `enable` (default `true`; HarmonyLite's `enabled` is accepted too): take periodic
+    /// snapshots and restore from them at start when needed.
+    #[serde(alias = "enabled")]
+    pub enable: bool,
+    /// `interval` (milliseconds, default 3,600,000 = 1 h; 0 = off): take a snapshot when the
+    /// newest one is older than this.
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// `every_messages` (default 100,000; 0 = off): take a snapshot when the stream has grown
+    /// by this many messages since the newest one covers.
+    pub every_messages: u64,
+    /// `store` (default `nats`): `nats` (a JetStream object store bucket) or `file` (a
+    /// directory, normally shared by every node).
+    pub store: SnapshotStoreKind,
+    /// `nats_bucket` (default `harmonylite-snapshots`): the object store bucket. The
+    /// snapshot lease lives in the key-value bucket `<nats_bucket>-lease`.
+    pub nats_bucket: String,
+    /// `nats_replicas` (1 to 5; unset: `replication_log.replicas`): replicas of both buckets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_replicas: Option<u32>,
+    /// `file_dir`: the directory of the `file` store (required with `store = "file"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_dir: Option<PathBuf>,
+    /// `keep` (default 3, at least 1): snapshots kept; older ones are deleted.
+    pub keep: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            enable: true,
+            interval: Duration::from_secs(3600),
+            every_messages: 100_000,
+            store: SnapshotStoreKind::Nats,
+            nats_bucket: "harmonylite-snapshots".into(),
+            nats_replicas: None,
+            file_dir: None,
+            keep: 3,
+        }
+    }
+}
+
+/// Where snapshots are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotStoreKind {
+    /// A JetStream object store bucket.
+    #[default]
+    Nats,
+    /// A directory.
+    File,
 }
 
 /// A configured secret (password, token): `Debug` never shows it, so logging a [`Config`] is
@@ -579,6 +640,33 @@ impl Config {
             _ => {}
         }
 
+        let snap = &self.snapshot;
+        if snap.keep == 0 {
+            out.add("snapshot.keep", "must be at least 1");
+        }
+        if let Err(why) = check_bucket_name(&snap.nats_bucket) {
+            out.add("snapshot.nats_bucket", why);
+        }
+        if let Some(replicas) = snap.nats_replicas {
+            if !(1..=MAX_STREAM_REPLICAS).contains(&replicas) {
+                out.add(
+                    "snapshot.nats_replicas",
+                    format!("must be between 1 and {MAX_STREAM_REPLICAS}, not {replicas}"),
+                );
+            }
+        }
+        match (snap.store, &snap.file_dir) {
+            (SnapshotStoreKind::File, None) => out.add(
+                "snapshot.file_dir",
+                "needed with `snapshot.store = \"file\"` (a directory every node can reach)",
+            ),
+            (SnapshotStoreKind::Nats, Some(_)) => out.add(
+                "snapshot.file_dir",
+                "configures the file store, which is not used with `snapshot.store = \"nats\"`",
+            ),
+            _ => {}
+        }
+
         if let Err(why) = check_metric_namespace(&self.prometheus.namespace) {
             out.add("prometheus.namespace", why);
         }
@@ -614,6 +702,14 @@ impl Config {
                 );
             }
         }
+        if let Some(dir) = &self.snapshot.file_dir {
+            if !dir.is_dir() {
+                out.add(
+                    "snapshot.file_dir",
+                    format!("the directory {} does not exist", dir.display()),
+                );
+            }
+        }
         let nats = &self.nats;
         for (key, file) in [
             ("nats.server_config", &nats.server_config),
@@ -643,6 +739,14 @@ impl Config {
                 PathBuf::from(name)
             }
         }
+    }
+
+    /// Replicas of the snapshot buckets: `snapshot.nats_replicas`, else
+    /// `replication_log.replicas`.
+    pub fn snapshot_replicas(&self) -> usize {
+        self.snapshot
+            .nats_replicas
+            .unwrap_or(self.replication_log.replicas) as usize
     }
 
     /// The core store's options for a replica with id `node_id`: `exclude_tables`,
@@ -733,6 +837,20 @@ fn check_stream_prefix(prefix: &str) -> Result<(), &'static str> {
         .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace())
     {
         return Err("must not contain `.`, `*`, `>`, `/`, `\\` or whitespace");
+    }
+    Ok(())
+}
+
+/// A JetStream object store or key-value bucket name: letters, digits, `-` and `_`.
+fn check_bucket_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err("may contain only letters, digits, `-` and `_`");
     }
     Ok(())
 }
@@ -980,6 +1098,74 @@ pub(crate) mod tests {
 
         assert!(!c.logging.verbose);
         assert_eq!(c.logging.format, LogFormat::Console);
+
+        let snap = &c.snapshot;
+        assert!(snap.enable);
+        assert_eq!(snap.interval, Duration::from_secs(3600));
+        assert_eq!(snap.every_messages, 100_000);
+        assert_eq!(snap.store, SnapshotStoreKind::Nats);
+        assert_eq!(snap.nats_bucket, "harmonylite-snapshots");
+        assert_eq!(snap.nats_replicas, None);
+        assert_eq!(c.snapshot_replicas(), 1);
+        assert_eq!(snap.file_dir, None);
+        assert_eq!(snap.keep, 3);
+    }
+
+    #[test]
+    fn snapshot_section() {
+        let dir = tmp();
+        let snaps = dir.path().join("snaps");
+        std::fs::create_dir(&snaps).unwrap();
+        let c = Config::from_toml_str(
+            &with(
+                dir.path(),
+                &format!(
+                    "[replication_log]\nreplicas = 3\n[snapshot]\nenabled = false\ninterval = 60000\nevery_messages = 0\nstore = \"file\"\nfile_dir = {:?}\nkeep = 5",
+                    snaps.display().to_string()
+                ),
+            ),
+            "test.toml",
+        )
+        .unwrap();
+        assert!(!c.snapshot.enable, "HarmonyLite's `enabled` is accepted");
+        assert_eq!(c.snapshot.interval, Duration::from_secs(60));
+        assert_eq!(c.snapshot.every_messages, 0);
+        assert_eq!(c.snapshot.store, SnapshotStoreKind::File);
+        assert_eq!(c.snapshot.file_dir.as_deref(), Some(snaps.as_path()));
+        assert_eq!(c.snapshot.keep, 5);
+        assert_eq!(c.snapshot_replicas(), 3);
+
+        invalid(&with(dir.path(), "[snapshot]\nkeep = 0"), "snapshot.keep");
+        invalid(
+            &with(dir.path(), "[snapshot]\nnats_bucket = \"a.b\""),
+            "snapshot.nats_bucket",
+        );
+        invalid(
+            &with(dir.path(), "[snapshot]\nnats_replicas = 6"),
+            "snapshot.nats_replicas",
+        );
+        invalid(
+            &with(dir.path(), "[snapshot]\nstore = \"file\""),
+            "snapshot.file_dir",
+        );
+        invalid(
+            &with(
+                dir.path(),
+                &format!("[snapshot]\nfile_dir = {:?}", snaps.display().to_string()),
+            ),
+            "snapshot.file_dir",
+        );
+        invalid(
+            &with(
+                dir.path(),
+                "[snapshot]\nstore = \"file\"\nfile_dir = \"/no/such/dir\"",
+            ),
+            "snapshot.file_dir",
+        );
+        refused(
+            &with(dir.path(), "[snapshot]\nstore = \"s3\""),
+            "snapshot.store",
+        );
     }
 
     #[test]
@@ -991,6 +1177,7 @@ pub(crate) mod tests {
         assert_eq!(c.prometheus, PrometheusConfig::default());
         assert_eq!(c.health_check, HealthCheckConfig::default());
         assert_eq!(c.logging, LoggingConfig::default());
+        assert_eq!(c.snapshot, SnapshotConfig::default());
     }
 
     #[test]
@@ -1526,6 +1713,7 @@ format = "json"
             "[prometheus]",
             "[health_check]",
             "[logging]",
+            "[snapshot]",
         ] {
             assert!(EXAMPLE.contains(section), "example lacks {section}");
         }
@@ -1556,6 +1744,8 @@ format = "json"
         n.user_name = Some("u".into());
         n.user_password = Some(Secret::new("p"));
         n.token = Some(Secret::new("t"));
+        full.snapshot.nats_replicas = Some(1);
+        full.snapshot.file_dir = Some("f".into());
 
         let mut with_defaults = BTreeMap::new();
         flatten(

@@ -9,6 +9,7 @@
 //! directly: one engine call is one short transaction, and the NATS client and the HTTP
 //! endpoints keep running on the runtime's other worker thread meanwhile.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -18,14 +19,19 @@ use harmonylite_core::change::StreamSeq;
 use harmonylite_core::engine::{Engine, Event, Input, Now, Output};
 use harmonylite_core::hlc::{ntp64_from_unix, NodeId};
 use harmonylite_core::report::Inbound;
+use harmonylite_core::sqlite::snapshot::Salvage;
 use harmonylite_core::sqlite::Store;
 use rusqlite::Connection;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::health::SharedStatus;
+use crate::health::{SharedStatus, SnapshotStatus};
 use crate::metrics::Metrics;
 use crate::nats_server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
+use crate::restore::{self, LocalDb, RestoreReason};
+use crate::snapshot::{JobContext, JobOutcome, SnapshotSchedule};
+use crate::snapshot_store::SnapshotStore;
 use crate::transport::{self, Auth, TransportConfig, TransportEvent};
 use crate::watcher::DbWatcher;
 
@@ -45,6 +51,11 @@ const RECHECKS_AFTER_CHANGE: [Duration; 6] = [
 ];
 /// Room left in each frame for NATS headers (`Nats-Msg-Id`).
 const HEADER_ROOM: usize = 4096;
+/// How often the driver looks whether a periodic snapshot is due (a local check; the store
+/// is only asked when one may be).
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(5);
+/// Pause after a snapshot attempt failed, or found another node taking one.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs the sidecar until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -58,19 +69,50 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    let node_id = resolve_node_id(&config)?;
+    restore::finish_interrupted_swap(&config)?;
+    let local = restore::assess(&config.db_path)?;
+    let salvage = restore::salvage_local(&config.db_path, &local);
+    let node_id = resolve_node_id(&config, salvage.node_id)?;
     if config.node_id.is_none() {
         tracing::Span::current().record("node_id", tracing::field::display(node_id));
     }
     tracing::info!(node = %node_id, db = %config.db_path.display(), "starting harmonylite {}", env!("CARGO_PKG_VERSION"));
-    let mut store = open_store(&config, node_id)?;
-    report_install(&store);
+    if let LocalDb::Damaged { problems } = &local {
+        tracing::error!(
+            problems = %problems.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+            "the database {} is damaged (PRAGMA quick_check)",
+            config.db_path.display()
+        );
+    }
     if !config.publish {
         tracing::warn!("publish = false: this node is a read-only replica; local writes stay local and are never sent");
     }
     if !config.replicate {
         tracing::warn!(
             "replicate = false: this node publishes its writes but never applies remote changes"
+        );
+    }
+    let data_dir = config.effective_data_dir();
+    crate::snapshot::remove_stale_copies(&data_dir);
+    // A sound database (or one that can never be restored) is opened right away, so capture
+    // is installed even while NATS is still unreachable; the others wait for the stream.
+    let restorable = config.snapshot.enable && config.replicate;
+    let early_store = match &local {
+        LocalDb::Sound => Some(open_store(&config, node_id)?),
+        LocalDb::Missing if !restorable => {
+            restore::remove_stale_companions(&config.db_path)?;
+            Some(open_store(&config, node_id)?)
+        }
+        _ => None,
+    };
+    let snap = &config.snapshot;
+    if snap.enable && snap.every_messages >= config.replication_log.max_entries {
+        tracing::warn!(
+            every_messages = snap.every_messages,
+            max_entries = config.replication_log.max_entries,
+            "[snapshot] every_messages is not below [replication_log] max_entries: the stream may drop messages \
+             before the next snapshot covers them, and a node that falls behind then cannot restore until a \
+             newer snapshot exists"
         );
     }
 
@@ -80,7 +122,7 @@ pub async fn run_until(
     };
     let metrics = Metrics::new(&config.prometheus.namespace);
     if config.prometheus.enable {
-        let handle = crate::metrics::install_recorder()?;
+        let handle = crate::metrics::install_recorder(&config.prometheus.namespace)?;
         crate::metrics::serve(config.prometheus.bind, handle).await?;
     }
     let status = SharedStatus::default();
@@ -89,7 +131,7 @@ pub async fn run_until(
         s.node_id = node_id.to_string();
         s.publish = config.publish;
         s.replicate = config.replicate;
-        s.cursor = store.cursor().get();
+        s.cursor = salvage.cursor.map(StreamSeq::get).unwrap_or(0);
     }
     if config.health_check.enable {
         crate::health::serve(
@@ -103,21 +145,47 @@ pub async fn run_until(
     let transport_config = transport_config(&config, node_id, server.as_ref());
     let (events_tx, events) = mpsc::unbounded_channel();
     let client = transport::connect(&transport_config, events_tx.clone()).await?;
-    let max_payload = client.server_info().max_payload;
-    if max_payload > HEADER_ROOM * 2 {
-        store.set_max_frame(max_payload - HEADER_ROOM);
-    }
     let js = jetstream::new(client.clone());
-    let stream = tokio::select! {
-        stream = ensure_stream_until_ready(&js, &transport_config) => stream,
+    let startup = async {
+        let mut stream = ensure_stream_until_ready(&js, &transport_config).await;
+        let store = prepare_database(
+            &config,
+            node_id,
+            local,
+            early_store,
+            &salvage,
+            &js,
+            &mut stream,
+            &transport_config.subject,
+            &metrics,
+            &status,
+        )
+        .await?;
+        anyhow::Ok((stream, store))
+    };
+    let (stream, mut store) = tokio::select! {
+        result = startup => match result {
+            Ok(ready) => ready,
+            Err(e) => {
+                if let Some(server) = server {
+                    server.shutdown().await;
+                }
+                return Err(e);
+            }
+        },
         _ = &mut shutdown => {
-            tracing::info!("shutting down before the stream was ready");
+            tracing::info!("shutting down during start-up");
             if let Some(server) = server {
                 server.shutdown().await;
             }
             return Ok(());
         }
     };
+    report_install(&store);
+    let max_payload = client.server_info().max_payload;
+    if max_payload > HEADER_ROOM * 2 {
+        store.set_max_frame(max_payload - HEADER_ROOM);
+    }
     let publisher = transport::spawn_publisher(
         js.clone(),
         transport_config.subject.clone(),
@@ -129,6 +197,18 @@ pub async fn run_until(
         })
         .ok();
 
+    let snapshots = SnapshotSchedule::from_config(&config).map(|schedule| Snapshots {
+        ctx: JobContext {
+            config: Arc::new(config.clone()),
+            js: js.clone(),
+            node_id,
+            stream: transport_config.stream_name.clone(),
+            schedule,
+        },
+        newest: None,
+        check_at: Instant::now(),
+        job: None,
+    });
     let mut driver = Driver {
         engine: Engine::new(store, config.engine_config()),
         clock: Clock::new(),
@@ -139,14 +219,19 @@ pub async fn run_until(
         messages: None,
         consumer_retry_at: Some(Instant::now()),
         replicate: config.replicate,
+        restore_on_restart: config.snapshot.enable,
         batch_limit: config.scan_max_changes.max(1),
         connected: false,
         fell_behind: false,
         captured: false,
+        snapshots,
     };
     driver.feed(vec![Input::Connected]);
     driver.connected = true;
     let outcome = driver.run(events, watcher, shutdown.as_mut()).await;
+    if let Some(job) = driver.snapshots.as_mut().and_then(|s| s.job.take()) {
+        job.abort();
+    }
     driver.finish(SHUTDOWN_FLUSH).await;
     drop(driver);
     client.flush().await.ok();
@@ -155,6 +240,150 @@ pub async fn run_until(
     }
     tracing::info!("stopped");
     outcome
+}
+
+/// Opens the database, restoring it from a snapshot first when it is missing, damaged or
+/// behind the stream's retention (see [`crate::restore`]).
+#[allow(clippy::too_many_arguments)]
+async fn prepare_database(
+    config: &Config,
+    node_id: NodeId,
+    local: LocalDb,
+    opened: Option<Store>,
+    salvage: &Salvage,
+    js: &jetstream::Context,
+    stream: &mut jetstream::stream::Stream,
+    subject: &str,
+    metrics: &Metrics,
+    status: &SharedStatus,
+) -> anyhow::Result<Store> {
+    let snapshots = config.snapshot.enable && config.replicate;
+    let (reason, kept) = match local {
+        _ if opened.is_some() && !snapshots => return Ok(opened.expect("checked")),
+        LocalDb::Sound => {
+            let mut store = match opened {
+                Some(store) => store,
+                None => open_store(config, node_id)?,
+            };
+            let (first, _) = transport::stream_bounds(stream).await?;
+            let cursor = store.cursor().get();
+            if first <= cursor + 1 {
+                return Ok(store);
+            }
+            tracing::warn!(
+                cursor,
+                stream_first = first,
+                "this node fell behind the stream's retention: messages {}..{} are gone; restoring from a snapshot",
+                cursor + 1,
+                first - 1
+            );
+            restore::wait_for_exclusive_use(&config.db_path).await?;
+            let published = restore::publish_outbox(&mut store, js, subject).await?;
+            if published > 0 {
+                tracing::info!(
+                    frames = published,
+                    "published this node's pending writes before the restore"
+                );
+            }
+            let kept = harmonylite_core::sqlite::snapshot::salvage(store.connection());
+            drop(store);
+            (RestoreReason::Behind, kept)
+        }
+        LocalDb::Missing => {
+            restore::remove_stale_companions(&config.db_path)?;
+            if !snapshots {
+                return match opened {
+                    Some(store) => Ok(store),
+                    None => open_store(config, node_id),
+                };
+            }
+            let (_, last) = transport::stream_bounds(stream).await?;
+            if last == 0 {
+                tracing::info!(
+                    "no database yet and the change stream is empty (a new cluster): starting with an empty database"
+                );
+                return open_store(config, node_id);
+            }
+            (RestoreReason::Missing, Salvage::default())
+        }
+        LocalDb::Damaged { problems } => {
+            if !snapshots {
+                anyhow::bail!(
+                    "the database {} is damaged ({}). harmonylite rebuilds a damaged database from a snapshot only with \
+                     [snapshot] enable = true and replicate = true; restore the file from a backup instead",
+                    config.db_path.display(),
+                    problems.first().map(String::as_str).unwrap_or("PRAGMA quick_check failed")
+                );
+            }
+            restore::wait_for_exclusive_use(&config.db_path).await?;
+            let (published, skipped) =
+                restore::publish_salvaged(js, subject, &salvage.outbox).await;
+            if published > 0 || skipped > 0 {
+                tracing::warn!(
+                    published,
+                    skipped,
+                    "published the unpublished writes that could still be read from the damaged database"
+                );
+            }
+            if let Some(n) = salvage.pending_log.filter(|n| *n > 0) {
+                tracing::warn!(
+                    count = n,
+                    "local writes the sidecar had not captured yet are lost with the damaged database"
+                );
+            }
+            (RestoreReason::Damaged, salvage.clone())
+        }
+    };
+    status.lock().expect("status lock").restoring = true;
+    let store =
+        open_snapshot_store_until_ready(config, js, &stream.cached_info().config.name).await;
+    let result = restore::restore(config, node_id, stream, &store, reason, &kept).await;
+    status.lock().expect("status lock").restoring = false;
+    let restored = match result {
+        Ok(restored) => restored,
+        Err(e) => {
+            metrics.snapshot_failed("restore");
+            return Err(e);
+        }
+    };
+    metrics.restored(
+        reason.as_str(),
+        restored.downloaded,
+        restored.took,
+        restored.snapshot.covered_seq.get(),
+    );
+    status.lock().expect("status lock").last_restore = Some(SnapshotStatus {
+        name: restored.snapshot.name.clone(),
+        covered_seq: restored.snapshot.covered_seq.get(),
+        bytes: restored.downloaded,
+        duration_ms: restored.took.as_millis() as u64,
+        at_unix_ms: crate::snapshot::unix_ms(),
+        reason: Some(reason.as_str().to_owned()),
+    });
+    open_store(config, node_id)
+}
+
+/// Opens the snapshot store, retrying while it cannot be created yet (a cluster that is
+/// still forming cannot place a replicated bucket).
+async fn open_snapshot_store_until_ready(
+    config: &Config,
+    js: &jetstream::Context,
+    stream: &str,
+) -> SnapshotStore {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match SnapshotStore::open(config, js, stream).await {
+            Ok(store) => return store,
+            Err(e) => {
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "snapshot store not ready: {e:#}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Monotonic and wall time, as the engine wants them.
@@ -190,11 +419,25 @@ struct Driver {
     messages: Option<jetstream::consumer::pull::Ordered>,
     consumer_retry_at: Option<Instant>,
     replicate: bool,
+    /// Whether a restart restores from a snapshot when this node fell behind.
+    restore_on_restart: bool,
     batch_limit: usize,
     connected: bool,
     fell_behind: bool,
     /// Whether the last `feed` captured local writes.
     captured: bool,
+    /// Periodic snapshots (None: off for this node).
+    snapshots: Option<Snapshots>,
+}
+
+/// State of periodic snapshots.
+struct Snapshots {
+    ctx: JobContext,
+    /// The newest stored snapshot as last seen: `None` = not known yet, `Some(None)` = none.
+    newest: Option<Option<(StreamSeq, u64)>>,
+    /// When to look again whether one is due.
+    check_at: Instant,
+    job: Option<JoinHandle<anyhow::Result<JobOutcome>>>,
 }
 
 impl Driver {
@@ -231,12 +474,108 @@ impl Driver {
                         .map(|delay| (tokio::time::Instant::now() + *delay, step));
                     vec![Input::LocalWrite]
                 }
+                outcome = snapshot_job(&mut self.snapshots) => {
+                    self.snapshot_finished(outcome);
+                    Vec::new()
+                }
                 _ = tokio::time::sleep_until(deadline) => vec![Input::Timeout],
             };
             self.captured = false;
             self.feed(inputs);
             if self.captured {
                 recheck = None;
+            }
+            self.start_snapshot_if_due();
+        }
+    }
+
+    /// Starts a periodic snapshot job when one may be due: this node consumes the stream,
+    /// has caught up, and (as far as it knows) the newest stored snapshot is old enough.
+    /// Local writes are drained right before, so the copy holds them with their versions.
+    fn start_snapshot_if_due(&mut self) {
+        let cursor = self.engine.applied_cursor();
+        let lag = self.status.lock().expect("status lock").lag;
+        let caught_up =
+            self.messages.is_some() && !self.fell_behind && lag <= self.batch_limit as u64;
+        let Some(s) = self.snapshots.as_mut() else {
+            return;
+        };
+        if s.job.is_some() || Instant::now() < s.check_at {
+            return;
+        }
+        s.check_at = Instant::now() + SNAPSHOT_CHECK;
+        if !caught_up {
+            return;
+        }
+        if let Some(newest) = s.newest {
+            if !s
+                .ctx
+                .schedule
+                .due(newest, cursor, crate::snapshot::unix_ms())
+            {
+                return;
+            }
+        }
+        let ctx = s.ctx.clone();
+        self.feed(vec![Input::LocalWrite]);
+        let cursor = self.engine.applied_cursor();
+        if let Some(s) = self.snapshots.as_mut() {
+            s.job = Some(tokio::spawn(crate::snapshot::run_job(ctx, cursor)));
+        }
+    }
+
+    fn snapshot_finished(
+        &mut self,
+        outcome: Result<anyhow::Result<JobOutcome>, tokio::task::JoinError>,
+    ) {
+        let Some(s) = self.snapshots.as_mut() else {
+            return;
+        };
+        s.job = None;
+        match outcome {
+            Ok(Ok(JobOutcome::Taken(taken))) => {
+                let info = &taken.info;
+                tracing::info!(
+                    covered_seq = info.covered_seq.get(),
+                    bytes = taken.bytes,
+                    took_ms = taken.took.as_millis() as u64,
+                    "took snapshot {}",
+                    info.name
+                );
+                s.newest = Some(Some((info.covered_seq, info.taken_at_ms)));
+                self.metrics
+                    .snapshot_taken(taken.bytes, taken.took, info.covered_seq.get());
+                self.status.lock().expect("status lock").last_snapshot = Some(SnapshotStatus {
+                    name: info.name.clone(),
+                    covered_seq: info.covered_seq.get(),
+                    bytes: taken.bytes,
+                    duration_ms: taken.took.as_millis() as u64,
+                    at_unix_ms: crate::snapshot::unix_ms(),
+                    reason: None,
+                });
+            }
+            Ok(Ok(JobOutcome::NotDue(newest))) => {
+                s.newest = Some(newest.map(|n| (n.covered_seq, n.taken_at_ms)));
+            }
+            Ok(Ok(JobOutcome::LeaseHeld(holder))) => {
+                tracing::debug!(holder = ?holder, "another node is taking a snapshot");
+                s.newest = None;
+                s.check_at = Instant::now() + SNAPSHOT_RETRY;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "taking a snapshot failed, retrying in {}s: {e:#}",
+                    SNAPSHOT_RETRY.as_secs()
+                );
+                self.metrics.snapshot_failed("take");
+                s.newest = None;
+                s.check_at = Instant::now() + SNAPSHOT_RETRY;
+            }
+            Err(e) => {
+                tracing::warn!("the snapshot task ended: {e}");
+                self.metrics.snapshot_failed("take");
+                s.newest = None;
+                s.check_at = Instant::now() + SNAPSHOT_RETRY;
             }
         }
     }
@@ -454,15 +793,27 @@ impl Driver {
                 tracing::info!(from = cursor.get() + 1, "consuming the change stream");
             }
             Ok(Err((first, last))) => {
-                if !self.fell_behind {
+                if !self.fell_behind && self.restore_on_restart {
                     tracing::error!(
                         cursor = cursor.get(),
                         stream_first = first,
                         stream_last = last,
                         "this node fell behind: the stream no longer holds messages {}..{} it has not applied. \
-                         It keeps serving and publishing but applies nothing more until it is rebuilt from a \
-                         snapshot of a healthy node (stop it, replace its database file with a copy from a \
-                         healthy node, and restart) or [replication_log] max_entries is raised before this happens",
+                         It keeps serving and publishing (health: unhealthy) but applies nothing more. Stop the \
+                         application, then restart harmonylite: at start it publishes this node's pending writes \
+                         and restores the database from the newest snapshot (docs/snapshots.md)",
+                        cursor.get() + 1,
+                        first - 1
+                    );
+                } else if !self.fell_behind {
+                    tracing::error!(
+                        cursor = cursor.get(),
+                        stream_first = first,
+                        stream_last = last,
+                        "this node fell behind: the stream no longer holds messages {}..{} it has not applied. \
+                         It keeps serving and publishing but applies nothing more until it is rebuilt: with \
+                         [snapshot] enable = true a restart restores it from the newest snapshot; otherwise stop \
+                         it, replace its database file with a copy from a healthy node, and restart",
                         cursor.get() + 1,
                         first - 1
                     );
@@ -487,6 +838,9 @@ impl Driver {
         if let Some(at) = self.consumer_retry_at {
             wait = wait.min(at.saturating_duration_since(Instant::now()));
         }
+        if let Some(s) = self.snapshots.as_ref().filter(|s| s.job.is_none()) {
+            wait = wait.min(s.check_at.saturating_duration_since(Instant::now()));
+        }
         tokio::time::Instant::now() + wait
     }
 
@@ -504,7 +858,7 @@ impl Driver {
         s.parked = parked;
         s.nats_connected = self.connected;
         s.fell_behind = self.fell_behind;
-        s.healthy = self.connected && !self.fell_behind;
+        s.healthy = self.connected && !self.fell_behind && !s.restoring;
         self.metrics
             .gauges(outbox_frames, s.lag, parked, self.connected);
     }
@@ -545,6 +899,16 @@ async fn next_message(
     }
 }
 
+/// Resolves when the running snapshot job ends (never while none runs).
+async fn snapshot_job(
+    snapshots: &mut Option<Snapshots>,
+) -> Result<anyhow::Result<JobOutcome>, tokio::task::JoinError> {
+    match snapshots.as_mut().and_then(|s| s.job.as_mut()) {
+        Some(job) => job.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -559,15 +923,9 @@ async fn changed(watcher: &Option<DbWatcher>) {
     }
 }
 
-/// The configured node id, else the one stored in the database, else a new random one.
-fn resolve_node_id(config: &Config) -> anyhow::Result<NodeId> {
-    let stored = if config.db_path.exists() {
-        let conn = Connection::open(&config.db_path)
-            .with_context(|| format!("opening db_path {}", config.db_path.display()))?;
-        Store::stored_node_id(&conn)?
-    } else {
-        None
-    };
+/// The configured node id, else the one stored in the database (`stored`), else a new
+/// random one.
+fn resolve_node_id(config: &Config, stored: Option<NodeId>) -> anyhow::Result<NodeId> {
     Ok(match (config.node_id, stored) {
         (Some(configured), Some(stored)) if configured != stored => {
             tracing::warn!(%configured, %stored, "node_id differs from the id stored in the database; using the configured one");
@@ -616,7 +974,10 @@ fn report_install(store: &Store) {
     }
 }
 
-async fn start_embedded_server(config: &Config, node_id: NodeId) -> anyhow::Result<NatsServer> {
+pub(crate) async fn start_embedded_server(
+    config: &Config,
+    node_id: NodeId,
+) -> anyhow::Result<NatsServer> {
     let store_dir = config.effective_data_dir().join("nats");
     let mut embedded = EmbeddedServerConfig::new(store_dir, format!("harmonylite-{node_id}"));
     embedded.binary = config.nats.server_binary.clone();
@@ -634,7 +995,7 @@ async fn start_embedded_server(config: &Config, node_id: NodeId) -> anyhow::Resu
     Ok(server)
 }
 
-fn transport_config(
+pub(crate) fn transport_config(
     config: &Config,
     node_id: NodeId,
     server: Option<&NatsServer>,
@@ -677,7 +1038,7 @@ fn transport_config(
 
 /// Creates or updates the stream, retrying until it succeeds (in a cluster, the other nodes
 /// may not be up yet).
-async fn ensure_stream_until_ready(
+pub(crate) async fn ensure_stream_until_ready(
     js: &jetstream::Context,
     config: &TransportConfig,
 ) -> jetstream::stream::Stream {

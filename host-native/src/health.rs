@@ -34,8 +34,32 @@ pub struct Status {
     pub publish: bool,
     /// Whether remote changes are applied.
     pub replicate: bool,
-    /// Connected and not behind the stream's retention.
+    /// A restore from a snapshot is in progress (start-up).
+    pub restoring: bool,
+    /// The last snapshot this node took, since it started.
+    pub last_snapshot: Option<SnapshotStatus>,
+    /// The restore this node did at start, if any.
+    pub last_restore: Option<SnapshotStatus>,
+    /// Connected, not restoring and not behind the stream's retention.
     pub healthy: bool,
+}
+
+/// A snapshot taken or restored, as the health endpoint reports it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// Its name in the store.
+    pub name: String,
+    /// The stream sequence it covers.
+    pub covered_seq: u64,
+    /// Framed bytes uploaded or downloaded.
+    pub bytes: u64,
+    /// How long it took (ms).
+    pub duration_ms: u64,
+    /// When it finished (Unix ms).
+    pub at_unix_ms: u64,
+    /// Why (restores only: `missing`, `damaged`, `behind`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Shared, updated by the driver, read by the endpoint.

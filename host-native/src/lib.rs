@@ -3,13 +3,20 @@
 //! The sidecar that sits next to an unchanged application and keeps its SQLite file
 //! replicated with every other node through NATS JetStream. The replication decisions live in
 //! `harmonylite-core`; this crate supplies configuration, the supervised `nats-server`, the
-//! JetStream transport, change detection, metrics and health.
+//! JetStream transport, change detection, snapshots (taking, storing, restoring), metrics
+//! and health.
 pub mod cli;
 pub mod config;
 pub mod driver;
+pub mod failpoint;
 pub mod health;
+pub mod lease;
 pub mod metrics;
 pub mod nats_server;
+pub mod progress;
+pub mod restore;
+pub mod snapshot;
+pub mod snapshot_store;
 pub mod transport;
 pub mod watcher;
 

@@ -1,5 +1,6 @@
 //! `harmonylite` command-line entry point: parse the flags, load the configuration, set up
-//! logging, then either `--cleanup` and exit or run the sidecar until it stops.
+//! logging, then either `--cleanup` or `--save-snapshot` and exit, or run the sidecar until
+//! it stops.
 //!
 //! This is the binary's edge: the only place errors become `anyhow` and then an exit code.
 //!
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
     }
     let result = if cli.cleanup {
         span.in_scope(|| cleanup(&config))
+    } else if cli.save_snapshot {
+        save_snapshot(config, span.clone())
     } else {
         serve(config, span.clone())
     };
@@ -100,6 +103,28 @@ fn cleanup(config: &Config) -> Result<()> {
         info!(db = %path.display(), count = removed.len(), ?removed, "removed harmonylite objects");
     }
     Ok(())
+}
+
+/// `--save-snapshot`: takes, stores and prunes snapshots once, then returns.
+fn save_snapshot(config: Config, span: Span) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(
+        async move {
+            let taken = harmonylite::snapshot::save_snapshot(&config).await?;
+            info!(
+                covered_seq = taken.info.covered_seq.get(),
+                bytes = taken.bytes,
+                took_ms = taken.took.as_millis() as u64,
+                "saved snapshot {}",
+                taken.info.name
+            );
+            Ok(())
+        }
+        .instrument(span),
+    )
 }
 
 /// Runs the sidecar on a multi-threaded tokio runtime until it stops.

@@ -16,6 +16,12 @@
 //! | `<ns>_nats_connected` | gauge | 1 when connected |
 //! | `<ns>_apply_seconds` | histogram | duration of one apply transaction |
 //! | `<ns>_database_errors_total{operation}` | counter | failed database operations (retried) |
+//! | `<ns>_snapshots_total` | counter | snapshots this node took and stored |
+//! | `<ns>_restores_total{reason="missing"\|"damaged"\|"behind"}` | counter | restores from a snapshot |
+//! | `<ns>_snapshot_bytes_total{direction="upload"\|"download"}` | counter | framed snapshot bytes sent and received |
+//! | `<ns>_snapshot_seconds{operation="take"\|"restore"}` | histogram | duration of taking + storing a snapshot, of a restore |
+//! | `<ns>_snapshot_failures_total{operation="take"\|"restore"}` | counter | snapshots that could not be taken, restores that failed |
+//! | `<ns>_snapshot_covered_seq` | gauge | stream sequence the last snapshot taken or restored here covers |
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -74,6 +80,32 @@ impl Metrics {
         metrics::gauge!(self.name("nats_connected")).set(if connected { 1.0 } else { 0.0 });
     }
 
+    /// A snapshot taken and stored.
+    pub fn snapshot_taken(&self, bytes: u64, took: Duration, covered_seq: u64) {
+        metrics::counter!(self.name("snapshots_total")).increment(1);
+        metrics::counter!(self.name("snapshot_bytes_total"), "direction" => "upload")
+            .increment(bytes);
+        metrics::histogram!(self.name("snapshot_seconds"), "operation" => "take")
+            .record(took.as_secs_f64());
+        metrics::gauge!(self.name("snapshot_covered_seq")).set(covered_seq as f64);
+    }
+
+    /// A restore from a snapshot.
+    pub fn restored(&self, reason: &'static str, bytes: u64, took: Duration, covered_seq: u64) {
+        metrics::counter!(self.name("restores_total"), "reason" => reason).increment(1);
+        metrics::counter!(self.name("snapshot_bytes_total"), "direction" => "download")
+            .increment(bytes);
+        metrics::histogram!(self.name("snapshot_seconds"), "operation" => "restore")
+            .record(took.as_secs_f64());
+        metrics::gauge!(self.name("snapshot_covered_seq")).set(covered_seq as f64);
+    }
+
+    /// A snapshot that could not be taken (`"take"`) or a failed restore (`"restore"`).
+    pub fn snapshot_failed(&self, operation: &'static str) {
+        metrics::counter!(self.name("snapshot_failures_total"), "operation" => operation)
+            .increment(1);
+    }
+
     /// A failed database operation.
     pub fn database_error(&self, operation: &'static str) {
         metrics::counter!(self.name("database_errors_total"), "operation" => operation)
@@ -81,13 +113,21 @@ impl Metrics {
     }
 }
 
-/// Installs the Prometheus recorder (once per process) and returns its handle.
-pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+/// Installs the Prometheus recorder (once per process) for metrics under `namespace` and
+/// returns its handle.
+pub fn install_recorder(namespace: &str) -> anyhow::Result<PrometheusHandle> {
     let buckets = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     ];
+    let snapshot_buckets = [
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("seconds".into()), &buckets)?
+        .set_buckets_for_metric(
+            Matcher::Full(format!("{namespace}_snapshot_seconds")),
+            &snapshot_buckets,
+        )?
         .install_recorder()?;
     Ok(handle)
 }

@@ -125,7 +125,7 @@ pub async fn connect(
                     Event::Disconnected => {
                         let _ = events.send(TransportEvent::Disconnected);
                     }
-                    other => tracing::warn!(target: "nats", "{other}"),
+                    other => log_client_event(&other),
                 }
             }
         });
@@ -134,6 +134,40 @@ pub async fn connect(
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", config.urls.join(", ")))?;
     Ok(client)
+}
+
+/// Logs a connection event the driver does not act on. Refused credentials, failed TLS
+/// handshakes and denied permissions are named with the `[nats]` keys (or the server-side
+/// permissions) that fix them; the client keeps retrying either way.
+fn log_client_event(event: &Event) {
+    use async_nats::{ClientError, ConnectErrorKind, ServerError};
+    // async-nats reports a failed connection attempt as the text of its error kind.
+    let failed = |kind: ConnectErrorKind| match event {
+        Event::ClientError(ClientError::Other(reason)) => *reason == kind.to_string(),
+        _ => false,
+    };
+    let refused = matches!(
+        event,
+        Event::ServerError(ServerError::AuthorizationViolation)
+    );
+    if refused || failed(ConnectErrorKind::AuthorizationViolation) {
+        tracing::error!(target: "nats", "NATS refused this node's credentials (authorization violation): check the [nats] user_name/user_password, token, seed_file or creds_file against the server's authorization; retrying");
+    } else if failed(ConnectErrorKind::Authentication) {
+        tracing::error!(target: "nats", "could not answer the NATS server's nonce with the [nats] seed_file or creds_file key; retrying");
+    } else if failed(ConnectErrorKind::Tls) {
+        tracing::error!(target: "nats", "TLS with the NATS server failed: check the [nats] ca_file (the server's CA), cert_file/key_file (when the server verifies clients) and that the server's certificate names the host in the URL; retrying");
+    } else if let Event::ServerError(ServerError::Other(reason)) = event {
+        let denied = reason
+            .to_ascii_lowercase()
+            .contains("permissions violation");
+        if denied {
+            tracing::error!(target: "nats", "NATS denied this node's user an operation ({reason}); docs/security.md lists the permissions a node needs");
+        } else {
+            tracing::warn!(target: "nats", "{event}");
+        }
+    } else {
+        tracing::warn!(target: "nats", "{event}");
+    }
 }
 
 /// Creates the change-log stream, or updates its retention and replicas if they differ.

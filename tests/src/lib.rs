@@ -89,7 +89,7 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Sends SIGTERM (or SIGKILL when `kill`) to a child and reaps it.
-fn stop_child(child: &mut Child, kill: bool) {
+pub fn stop_child(child: &mut Child, kill: bool) {
     use nix::sys::signal::{kill as send, Signal};
     use nix::unistd::Pid;
     let pid = Pid::from_raw(child.id() as i32);
@@ -117,6 +117,8 @@ pub struct ExternalNats {
     /// Client port.
     pub port: u16,
     dir: PathBuf,
+    /// Configuration file passed with `-c` (auth, TLS ...), if any.
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -126,10 +128,39 @@ impl ExternalNats {
         let mut server = ExternalNats {
             port: free_port(),
             dir: dir.to_path_buf(),
+            config: None,
             child: None,
         };
         server.restart();
         server
+    }
+
+    /// Starts a server like [`ExternalNats::start`] that also reads `conf` (nats-server
+    /// configuration text: `authorization`, `tls`, operator mode ...), written to
+    /// `dir/nats.conf`. The port, JetStream and its store still come from the command line,
+    /// which takes precedence over the file.
+    pub fn start_with_config(dir: &Path, conf: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("nats.conf");
+        std::fs::write(&config, conf).unwrap();
+        let mut server = ExternalNats {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            config: Some(config),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `tls://127.0.0.1:<port>`, for a server configured with a `tls` block.
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -145,7 +176,11 @@ impl ExternalNats {
             .append(true)
             .open(self.dir.join("nats.log"))
             .unwrap();
-        let child = Command::new(nats_server_binary())
+        let mut command = Command::new(nats_server_binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args([
                 "-js",
                 "-a",
@@ -230,8 +265,25 @@ impl Node {
         }
     }
 
+    /// Prepares a node in `dir` like [`Node::new`], but without a database file: a new
+    /// node joining the cluster.
+    pub fn without_database(dir: &Path, name: &str, extra: &str) -> Self {
+        let node = Node::new(dir, name, "", extra);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = node.db.as_os_str().to_owned();
+            path.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(path));
+        }
+        node
+    }
+
     /// Starts the sidecar process.
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the sidecar process with extra environment variables (e.g. a failpoint).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -246,11 +298,72 @@ impl Node {
                 "RUST_LOG",
                 std::env::var("HL_SIDECAR_LOG").unwrap_or_else(|_| "info,harmonylite=debug".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("starting the sidecar");
         self.child = Some(child);
+    }
+
+    /// Runs the sidecar binary once with this node's config and `args` (e.g.
+    /// `--save-snapshot`) and extra environment, appending its output to the node's log;
+    /// returns whether it succeeded. Gives up (kills it) after `timeout`.
+    pub fn run_command(&self, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> bool {
+        let mut child = self.spawn_command(args, env);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() >= deadline {
+                stop_child(&mut child, true);
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the sidecar binary with this node's config and `args`, logging to the node's
+    /// log; the caller waits for or kills it.
+    pub fn spawn_command(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        Command::new(sidecar_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("PATH", path_with_nats_server())
+            .env(
+                "RUST_LOG",
+                std::env::var("HL_SIDECAR_LOG").unwrap_or_else(|_| "info,harmonylite=debug".into()),
+            )
+            .envs(env.iter().copied())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting the sidecar binary")
+    }
+
+    /// Waits until the node's log contains `needle`; panics with the log otherwise.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            std::fs::read_to_string(&self.log).is_ok_and(|log| log.contains(needle))
+        });
+        assert!(
+            ok,
+            "{} never logged {needle:?} within {timeout:?}:\n{}",
+            self.name,
+            self.log_tail()
+        );
+    }
+
+    /// The whole log of this node so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until the health endpoint answers 200, or panics with the log.

@@ -13,6 +13,7 @@ mod inbox;
 mod install;
 pub mod meta;
 mod outbox;
+pub mod snapshot;
 mod tables;
 
 use std::time::Duration;

@@ -1,0 +1,802 @@
+//! Restoring a replica's database from a snapshot, at start.
+//!
+//! When: the database file is missing (or empty), `PRAGMA quick_check` finds it damaged,
+//! or its cursor is older than the stream's first retained message (the node was away
+//! longer than `replication_log.max_entries` lasts). How, in order:
+//!
+//! 1. Keep this node's unpublished writes: when the old file is sound, capture pending
+//!    writes and publish the outbox, waiting for JetStream's acks; when it is damaged,
+//!    publish whatever outbox frames can still be read (checksummed frames; broken ones are
+//!    skipped and counted). These messages land in the stream before the restore looks at
+//!    it, so the replay below applies them.
+//! 2. Pick the newest snapshot that reaches the stream (its covered sequence + 1 ≥ the
+//!    stream's first sequence); none ⇒ an error that says what to do.
+//! 3. Download it to `<db_path>.hl-restore` beside the database, verifying every chunk and
+//!    the whole file (a damaged download falls back to the next older snapshot), fsync.
+//! 4. Install node-local state in it (core's `install_node_local`): this node's id, its
+//!    incarnation and counters when the old file's were readable (else a fresh
+//!    incarnation), the old clock, and `replay_own_until` = the stream's last sequence, so
+//!    this node's own messages after the snapshot are applied rather than skipped.
+//! 5. Swap: write the journal `<data_dir>/restore.json` (fsynced), remove the old `-wal`,
+//!    `-shm` and `-journal` (a stale WAL or hot journal beside a new file would corrupt
+//!    it), rename the new file over the database, fsync the directory, remove the journal.
+//!
+//! The sidecar then opens the new file and replays the stream from the covered sequence.
+//!
+//! Crash safety: until step 5 writes the journal the old database is untouched, so the next
+//! start decides again and starts over (a leftover partial download is deleted). Once the
+//! journal exists the new file is complete and durable; [`finish_interrupted_swap`] at the
+//! next start completes the swap (or, if the rename already happened, only removes the
+//! journal). `kill -9` at any point therefore ends in the old state or the restored one.
+//!
+//! The application must not have the database open during a restore (its connection would
+//! keep the replaced file). On Linux the sidecar checks `/proc` for other processes that
+//! have the file open, waits up to 30 s for them to close it, and refuses otherwise.
+
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use bytes::BytesMut;
+use futures::future::try_join_all;
+use harmonylite_core::change::StreamSeq;
+use harmonylite_core::hlc::NodeId;
+use harmonylite_core::report::OutboxFrame;
+use harmonylite_core::snapshot::{SnapshotDecoder, SnapshotFrame, SnapshotHeader};
+use harmonylite_core::sqlite::snapshot::{
+    install_node_local, open_read_only, quick_check, salvage, NodeLocal, Salvage,
+};
+use harmonylite_core::sqlite::Store;
+use harmonylite_core::wire;
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::config::Config;
+use crate::progress::{Progress, ProgressReader};
+use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
+
+/// How long a restore waits for other processes to close the database.
+const OPENERS_WAIT: Duration = Duration::from_secs(30);
+
+/// The state of the database file at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalDb {
+    /// No file, or an empty one.
+    Missing,
+    /// `PRAGMA quick_check` found problems (or the file is not a database).
+    Damaged {
+        /// What SQLite reported.
+        problems: Vec<String>,
+    },
+    /// Opens and passes `PRAGMA quick_check`.
+    Sound,
+}
+
+/// Why a restore runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreReason {
+    /// The database file is missing: a new node, or a deleted file.
+    Missing,
+    /// The database is damaged.
+    Damaged,
+    /// The stream no longer holds messages this node has not applied.
+    Behind,
+}
+
+impl RestoreReason {
+    /// Short name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RestoreReason::Missing => "missing",
+            RestoreReason::Damaged => "damaged",
+            RestoreReason::Behind => "behind",
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The snapshot used.
+    pub snapshot: SnapshotInfo,
+    /// Why.
+    pub reason: RestoreReason,
+    /// Database bytes written.
+    pub db_bytes: u64,
+    /// Framed bytes downloaded.
+    pub downloaded: u64,
+    /// From the first download byte to the swap.
+    pub took: Duration,
+    /// This node's own messages up to here are replayed.
+    pub replay_own_until: StreamSeq,
+}
+
+/// The journal of a swap in progress (`<data_dir>/restore.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SwapJournal {
+    db: PathBuf,
+    restored: PathBuf,
+    size: u64,
+    snapshot: String,
+    covered_seq: u64,
+}
+
+/// `<db_path>.hl-restore`: where a download is written, beside the database.
+pub fn restore_path(db_path: &Path) -> PathBuf {
+    with_suffix(db_path, ".hl-restore")
+}
+
+fn journal_path(config: &Config) -> PathBuf {
+    config.effective_data_dir().join("restore.json")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Checks the database file: missing, damaged or sound. Errors that say nothing about the
+/// file's content (permissions, busy) are errors, never "damaged".
+pub fn assess(db_path: &Path) -> anyhow::Result<LocalDb> {
+    match std::fs::metadata(db_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LocalDb::Missing),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", db_path.display())),
+        Ok(m) if m.len() == 0 && !with_suffix(db_path, "-wal").exists() => {
+            return Ok(LocalDb::Missing)
+        }
+        Ok(_) => {}
+    }
+    let conn = match Connection::open_with_flags(
+        db_path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(conn) => conn,
+        Err(e) if harmonylite_core::sqlite::snapshot::is_corruption(&e) => {
+            return Ok(LocalDb::Damaged {
+                problems: vec![e.to_string()],
+            })
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening {}", db_path.display())),
+    };
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let problems = quick_check(&conn)
+        .with_context(|| format!("checking {} (PRAGMA quick_check)", db_path.display()))?;
+    Ok(if problems.is_empty() {
+        LocalDb::Sound
+    } else {
+        LocalDb::Damaged { problems }
+    })
+}
+
+/// Removes the `-wal`, `-shm` and `-journal` files of a database file that is missing: a
+/// stale WAL or hot journal would be replayed into the new file SQLite creates there.
+pub fn remove_stale_companions(db_path: &Path) -> anyhow::Result<()> {
+    if db_path.exists() {
+        return Ok(());
+    }
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let stale = with_suffix(db_path, suffix);
+        match std::fs::remove_file(&stale) {
+            Ok(()) => tracing::warn!(
+                "removed {}, left behind by the missing database",
+                stale.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", stale.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what can be read of the old file's node-local state (read-only; nothing for a
+/// missing file).
+pub fn salvage_local(db_path: &Path, local: &LocalDb) -> Salvage {
+    if *local == LocalDb::Missing {
+        return Salvage::default();
+    }
+    let Some(path) = db_path.to_str() else {
+        return Salvage::default();
+    };
+    let opened = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .or_else(|_| open_read_only(path));
+    match opened {
+        Ok(conn) => {
+            let _ = conn.busy_timeout(Duration::from_secs(10));
+            salvage(&conn)
+        }
+        Err(e) => Salvage {
+            problems: vec![e.to_string()],
+            ..Default::default()
+        },
+    }
+}
+
+/// Completes a swap that a crash interrupted (see the module docs), and removes a partial
+/// download left by one. Runs at every start, before the database is looked at.
+pub fn finish_interrupted_swap(config: &Config) -> anyhow::Result<()> {
+    let journal = journal_path(config);
+    let _ = std::fs::remove_file(with_suffix(&journal, ".tmp"));
+    let restored = restore_path(&config.db_path);
+    let text = match std::fs::read_to_string(&journal) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if restored.exists() {
+                tracing::info!(
+                    "removing {} left by an interrupted restore",
+                    restored.display()
+                );
+                std::fs::remove_file(&restored)
+                    .with_context(|| format!("removing {}", restored.display()))?;
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", journal.display())),
+    };
+    let entry: SwapJournal = serde_json::from_str(&text)
+        .with_context(|| format!("reading the restore journal {}", journal.display()))?;
+    anyhow::ensure!(
+        entry.db == config.db_path,
+        "the restore journal {} is about {}, not db_path {}; remove it if that restore no longer matters",
+        journal.display(),
+        entry.db.display(),
+        config.db_path.display()
+    );
+    match std::fs::metadata(&entry.restored) {
+        Ok(m) => {
+            anyhow::ensure!(
+                m.len() == entry.size,
+                "{} has {} bytes, the restore journal expects {}",
+                entry.restored.display(),
+                m.len(),
+                entry.size
+            );
+            tracing::warn!(
+                snapshot = %entry.snapshot,
+                covered_seq = entry.covered_seq,
+                "completing a restore that was interrupted while swapping the database in"
+            );
+            swap(&entry, &journal, false)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The rename happened; only the journal is left.
+            remove_journal(&journal)?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", entry.restored.display())),
+    }
+    Ok(())
+}
+
+/// The swap itself (blocking): journal, old WAL/SHM/journal gone, rename, fsyncs.
+fn swap(entry: &SwapJournal, journal: &Path, write_journal: bool) -> anyhow::Result<()> {
+    if write_journal {
+        let dir = journal.parent().context("journal directory")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = with_suffix(journal, ".tmp");
+        let mut file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        std::io::Write::write_all(&mut file, serde_json::to_string_pretty(entry)?.as_bytes())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, journal)
+            .with_context(|| format!("writing the restore journal {}", journal.display()))?;
+        sync_dir(journal)?;
+    }
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let stale = with_suffix(&entry.db, suffix);
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", stale.display()))
+            }
+            _ => {}
+        }
+    }
+    crate::failpoint::pause_blocking("restore-swap");
+    std::fs::rename(&entry.restored, &entry.db).with_context(|| {
+        format!(
+            "renaming {} to {}",
+            entry.restored.display(),
+            entry.db.display()
+        )
+    })?;
+    sync_dir(&entry.db)?;
+    remove_journal(journal)
+}
+
+fn remove_journal(journal: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(journal) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", journal.display()))
+        }
+        _ => sync_dir(journal),
+    }
+}
+
+/// Fsyncs the directory that holds `path` (so a rename or removal in it is durable).
+pub fn sync_dir(path: &Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Other processes that have the database (or its WAL) open, as `pid (command)` (Linux;
+/// elsewhere always empty).
+pub fn other_openers(db_path: &Path) -> Vec<String> {
+    let Ok(db) = std::fs::canonicalize(db_path) else {
+        return Vec::new();
+    };
+    let wal = with_suffix(&db, "-wal");
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let open = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target == db || target == wal)
+        });
+        if open {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    found
+}
+
+/// Waits until no other process has the database open; errors after 30 s.
+pub async fn wait_for_exclusive_use(db_path: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + OPENERS_WAIT;
+    let mut logged = false;
+    loop {
+        let openers = other_openers(db_path);
+        if openers.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "{} is open in process {}: stop the application before harmonylite restores its database (docs/snapshots.md), then start harmonylite again",
+                db_path.display(),
+                openers.join(", ")
+            );
+        }
+        if !logged {
+            tracing::warn!(
+                processes = %openers.join(", "),
+                "waiting for other processes to close {} before restoring it (the application must be stopped during a restore)",
+                db_path.display()
+            );
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Captures pending local writes and publishes the whole outbox, waiting for JetStream's
+/// acks and removing acknowledged frames; returns the frames published.
+pub async fn publish_outbox(
+    store: &mut Store,
+    js: &jetstream::Context,
+    subject: &str,
+) -> anyhow::Result<u64> {
+    let mut total = 0;
+    loop {
+        store.drain().context("capturing local writes")?;
+        let frames = store.outbox_after(0, 512)?;
+        if frames.is_empty() {
+            return Ok(total);
+        }
+        publish_frames(js, subject, &frames).await;
+        let ids: Vec<i64> = frames.iter().map(|f| f.id).collect();
+        store.outbox_remove(&ids)?;
+        total += frames.len() as u64;
+    }
+}
+
+/// Publishes salvaged outbox frames of a damaged database; frames that fail their checksum
+/// are skipped. Returns (published, skipped).
+pub async fn publish_salvaged(
+    js: &jetstream::Context,
+    subject: &str,
+    frames: &[OutboxFrame],
+) -> (u64, u64) {
+    let (good, bad): (Vec<&OutboxFrame>, Vec<&OutboxFrame>) = frames
+        .iter()
+        .partition(|f| wire::decode_frame(&f.frame).is_ok());
+    for chunk in good.chunks(512) {
+        let owned: Vec<OutboxFrame> = chunk.iter().map(|f| (*f).clone()).collect();
+        publish_frames(js, subject, &owned).await;
+    }
+    (good.len() as u64, bad.len() as u64)
+}
+
+/// Publishes frames with their de-duplication ids and waits for every ack, retrying until
+/// all are stored (JetStream drops the copies it already has).
+async fn publish_frames(js: &jetstream::Context, subject: &str, frames: &[OutboxFrame]) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let result = async {
+            let mut acks = Vec::with_capacity(frames.len());
+            for f in frames {
+                let message = jetstream::message::PublishMessage::build()
+                    .payload(f.frame.clone().into())
+                    .message_id(&f.msg_id);
+                acks.push(
+                    js.send_publish(subject.to_owned(), message)
+                        .await?
+                        .into_future(),
+                );
+            }
+            try_join_all(acks).await.map(|_| ())
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "publishing this node's unpublished writes before the restore failed: {e}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Restores the database from the newest usable snapshot in `store` (steps 2 to 5 of the
+/// module docs). `kept` is the old file's node-local state (see [`salvage_local`]); the
+/// caller has published its outbox and closed its connections.
+pub async fn restore(
+    config: &Config,
+    node_id: NodeId,
+    stream: &mut jetstream::stream::Stream,
+    store: &SnapshotStore,
+    reason: RestoreReason,
+    kept: &Salvage,
+) -> anyhow::Result<Restored> {
+    wait_for_exclusive_use(&config.db_path).await?;
+    let info = stream.info().await.context("reading the change stream")?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let snapshots = store.list().await?;
+    let Some(newest) = snapshots.last() else {
+        anyhow::bail!(
+            "cannot restore {} ({}): the {} holds no snapshot of stream {}. Take one on a healthy node with \
+             `harmonylite --config <its config> --save-snapshot` (or wait for its periodic snapshot), then start this node again",
+            config.db_path.display(),
+            describe_reason(reason),
+            store.describe(),
+            info.config.name
+        );
+    };
+    let usable: Vec<&SnapshotInfo> = snapshots
+        .iter()
+        .rev()
+        .filter(|s| s.covered_seq.get() + 1 >= first)
+        .collect();
+    if usable.is_empty() {
+        anyhow::bail!(
+            "cannot restore {} ({}): the newest snapshot ({}) covers the stream up to sequence {}, but the stream \
+             now starts at {}, so the messages in between are gone. Take a new snapshot on a healthy node with \
+             `harmonylite --config <its config> --save-snapshot`, then start this node again",
+            config.db_path.display(),
+            describe_reason(reason),
+            newest.name,
+            newest.covered_seq.get(),
+            first
+        );
+    }
+    tracing::warn!(
+        reason = reason.as_str(),
+        stream_first = first,
+        stream_last = last,
+        "restoring {} from a snapshot in the {}",
+        config.db_path.display(),
+        store.describe()
+    );
+    let target = restore_path(&config.db_path);
+    let started = Instant::now();
+    let mut chosen = None;
+    for candidate in usable {
+        match download(store, candidate, &target).await {
+            Ok((header, downloaded)) => {
+                chosen = Some((candidate.clone(), header, downloaded));
+                break;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "snapshot {} is unusable, trying an older one: {e:#}",
+                    candidate.name
+                );
+                let _ = tokio::fs::remove_file(&target).await;
+            }
+        }
+    }
+    let Some((snapshot, header, downloaded)) = chosen else {
+        anyhow::bail!(
+            "cannot restore {}: no snapshot in the {} downloaded intact (see the errors above). Take a new one on a \
+             healthy node with `harmonylite --config <its config> --save-snapshot`",
+            config.db_path.display(),
+            store.describe()
+        );
+    };
+
+    let local = NodeLocal {
+        node_id,
+        incarnation: match kept.incarnation {
+            Some(old) if kept.counters_known() => old,
+            _ => random_u64()?,
+        },
+        next_batch: kept.next_batch.filter(|_| kept.counters_known()),
+        next_outbox_id: kept.next_outbox_id.filter(|_| kept.counters_known()),
+        clock: kept.clock,
+    };
+    let replay_own_until = StreamSeq::new(last);
+    let size = prepare_restored_file(&target, local, header.covered_seq, replay_own_until).await?;
+
+    wait_for_exclusive_use(&config.db_path).await?;
+    let entry = SwapJournal {
+        db: config.db_path.clone(),
+        restored: target,
+        size,
+        snapshot: snapshot.name.clone(),
+        covered_seq: header.covered_seq.get(),
+    };
+    let journal = journal_path(config);
+    tokio::task::spawn_blocking(move || swap(&entry, &journal, true)).await??;
+    let took = started.elapsed();
+    tracing::info!(
+        snapshot = %snapshot.name,
+        covered_seq = header.covered_seq.get(),
+        bytes = header.total_size,
+        took_ms = took.as_millis() as u64,
+        replay_own_until = last,
+        "restored {} from a snapshot; replaying the stream from sequence {}",
+        config.db_path.display(),
+        header.covered_seq.get() + 1
+    );
+    Ok(Restored {
+        snapshot,
+        reason,
+        db_bytes: header.total_size,
+        downloaded,
+        took,
+        replay_own_until,
+    })
+}
+
+/// Step 4 of a restore: installs node-local state in the downloaded file at `path` and
+/// fsyncs it; returns its size.
+pub async fn prepare_restored_file(
+    path: &Path,
+    local: NodeLocal,
+    covered: StreamSeq,
+    replay_own_until: StreamSeq,
+) -> anyhow::Result<u64> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut conn =
+            Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        install_node_local(&mut conn, &local, covered, replay_own_until)
+            .with_context(|| format!("installing node-local state in {}", path.display()))?;
+        conn.close().map_err(|(_, e)| e)?;
+        let file = std::fs::File::open(&path)?;
+        file.sync_all()?;
+        Ok(file.metadata()?.len())
+    })
+    .await?
+}
+
+fn describe_reason(reason: RestoreReason) -> &'static str {
+    match reason {
+        RestoreReason::Missing => "the database file is missing",
+        RestoreReason::Damaged => "the database is damaged",
+        RestoreReason::Behind => "this node fell behind the stream's retention",
+    }
+}
+
+/// Downloads `info` into `target`, verifying every chunk and the whole file, and fsyncs
+/// it. Returns the header and the framed bytes read. The file is written by a blocking
+/// thread of its own while the next chunks arrive.
+pub async fn download(
+    store: &SnapshotStore,
+    info: &SnapshotInfo,
+    target: &Path,
+) -> anyhow::Result<(SnapshotHeader, u64)> {
+    if let SnapshotStore::File(files) = store {
+        let (files, info, target) = (files.clone(), info.clone(), target.to_owned());
+        return tokio::task::spawn_blocking(move || files.copy_verified(&info, &target)).await?;
+    }
+    let reader = store.open_reader(info).await?;
+    let mut reader = ProgressReader::new(reader, Progress::new("downloading snapshot", info.size));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let path = target.to_owned();
+    let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut written = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            std::io::Write::write_all(&mut file, &chunk)
+                .with_context(|| format!("writing {}", path.display()))?;
+            if written == 0 && crate::failpoint::is_armed("restore-download") {
+                file.sync_all()?;
+                crate::failpoint::pause_blocking("restore-download");
+            }
+            written += chunk.len() as u64;
+        }
+        file.sync_all()
+            .with_context(|| format!("syncing {}", path.display()))?;
+        Ok(written)
+    });
+    let decoded = async {
+        let mut decoder = SnapshotDecoder::new();
+        let mut buffer = BytesMut::with_capacity(4 << 20);
+        let mut header = None;
+        loop {
+            if buffer.capacity() - buffer.len() < (1 << 20) {
+                buffer.reserve(2 << 20);
+            }
+            let read = reader
+                .read_buf(&mut buffer)
+                .await
+                .with_context(|| format!("downloading snapshot {}", info.name))?;
+            while let Some(frame) = decoder
+                .decode(&mut buffer)
+                .with_context(|| format!("snapshot {} is damaged", info.name))?
+            {
+                match frame {
+                    SnapshotFrame::Header(h) => {
+                        anyhow::ensure!(
+                            h.covered_seq == info.covered_seq,
+                            "snapshot {} says it covers sequence {}, its name says {}",
+                            info.name,
+                            h.covered_seq.get(),
+                            info.covered_seq.get()
+                        );
+                        header = Some(h);
+                    }
+                    SnapshotFrame::Chunk(data) => {
+                        if tx.send(data).await.is_err() {
+                            // The writer failed; its error is reported below.
+                            return header.context("snapshot without a header");
+                        }
+                    }
+                    SnapshotFrame::End => return header.context("snapshot without a header"),
+                }
+            }
+            if read == 0 {
+                decoder
+                    .finish()
+                    .with_context(|| format!("snapshot {} is incomplete", info.name))?;
+            }
+        }
+    }
+    .await;
+    drop(tx);
+    let written = writer.await??;
+    let header = decoded?;
+    anyhow::ensure!(
+        written == header.total_size,
+        "wrote {written} bytes of snapshot {}, expected {}",
+        info.name,
+        header.total_size
+    );
+    let downloaded = reader.progress().done();
+    reader.into_progress().finish();
+    Ok((header, downloaded))
+}
+
+fn random_u64() -> anyhow::Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        Config::from_toml_str(
+            &format!("db_path = {:?}\n", dir.join("app.db").display().to_string()),
+            "test.toml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn assess_tells_missing_damaged_and_sound_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        assert_eq!(assess(&db).unwrap(), LocalDb::Missing);
+        std::fs::write(&db, b"").unwrap();
+        assert_eq!(assess(&db).unwrap(), LocalDb::Missing, "an empty file");
+        std::fs::write(&db, b"this is not a database at all, not even close....").unwrap();
+        assert!(matches!(assess(&db).unwrap(), LocalDb::Damaged { .. }));
+        std::fs::remove_file(&db).unwrap();
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(conn);
+        assert_eq!(assess(&db).unwrap(), LocalDb::Sound);
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_completed_and_a_partial_download_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let db = config.db_path.clone();
+        let restored = restore_path(&db);
+
+        // A partial download without a journal: removed, the database untouched.
+        std::fs::write(&db, b"old").unwrap();
+        std::fs::write(&restored, b"partial").unwrap();
+        finish_interrupted_swap(&config).unwrap();
+        assert!(!restored.exists());
+        assert_eq!(std::fs::read(&db).unwrap(), b"old");
+
+        // A journaled swap interrupted before the rename: completed, stale WAL gone.
+        std::fs::write(&restored, b"new file").unwrap();
+        std::fs::write(with_suffix(&db, "-wal"), b"stale wal").unwrap();
+        let entry = SwapJournal {
+            db: db.clone(),
+            restored: restored.clone(),
+            size: 8,
+            snapshot: "s".into(),
+            covered_seq: 3,
+        };
+        let journal = journal_path(&config);
+        std::fs::create_dir_all(journal.parent().unwrap()).unwrap();
+        std::fs::write(&journal, serde_json::to_string(&entry).unwrap()).unwrap();
+        finish_interrupted_swap(&config).unwrap();
+        assert_eq!(std::fs::read(&db).unwrap(), b"new file");
+        assert!(!with_suffix(&db, "-wal").exists());
+        assert!(!journal.exists() && !restored.exists());
+
+        // Interrupted after the rename: only the journal is left, and the WAL that belongs
+        // to the new file is kept.
+        std::fs::write(with_suffix(&db, "-wal"), b"new wal").unwrap();
+        std::fs::write(&journal, serde_json::to_string(&entry).unwrap()).unwrap();
+        finish_interrupted_swap(&config).unwrap();
+        assert!(!journal.exists());
+        assert_eq!(std::fs::read(with_suffix(&db, "-wal")).unwrap(), b"new wal");
+        assert_eq!(std::fs::read(&db).unwrap(), b"new file");
+    }
+
+    #[test]
+    fn this_process_is_not_another_opener() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        assert!(other_openers(&db).is_empty());
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::fs::File::open(&db).unwrap())
+            .spawn();
+        let mut child = child.expect("running sleep");
+        let seen = other_openers(&db);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].contains("sleep"), "{seen:?}");
+    }
+}

@@ -1,0 +1,1038 @@
+//! Taking snapshots: the consistent copy, its framing, the upload, when to take one, and the
+//! `--save-snapshot` command.
+//!
+//! A snapshot is taken on a connection of its own: `VACUUM INTO` a temporary file in the data
+//! directory (one read transaction: in WAL mode the application and the driver keep writing
+//! meanwhile), then core's [`strip_node_local`] removes this node's outbox, change log and
+//! node-local metadata from the copy and reports the stream sequence it covers. The copy is
+//! read once to checksum it and once more to send it, framed with
+//! [`harmonylite_core::snapshot`] (header + CRC-checked chunks), to the store.
+//!
+//! Periodic snapshots ([`SnapshotSchedule`]): a full replica (`publish` and `replicate`)
+//! that has caught up takes one when the newest stored snapshot is older than
+//! `snapshot.interval`, or covers `snapshot.every_messages` fewer messages than this node
+//! has applied (no snapshot at all: right away). The lease ([`crate::lease`]) lets one
+//! node at a time do it; the others see the new snapshot and stand down.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use bytes::Bytes;
+use harmonylite_core::change::StreamSeq;
+use harmonylite_core::hlc::NodeId;
+use harmonylite_core::snapshot::{SnapshotHeader, DEFAULT_CHUNK_SIZE};
+use harmonylite_core::sqlite::snapshot::strip_node_local;
+use rusqlite::{Connection, OpenFlags};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::lease::{self, LeaseBucket};
+use crate::progress::Progress;
+use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
+
+/// A snapshot copy on disk with its checksums, ready to be framed and sent.
+#[derive(Clone)]
+pub struct FramedSource {
+    path: PathBuf,
+    header: SnapshotHeader,
+    chunk_crcs: Arc<Vec<u32>>,
+}
+
+impl FramedSource {
+    /// Reads the file at `path` once to checksum each chunk and the whole (blocking).
+    pub fn prepare(
+        path: &Path,
+        covered_seq: StreamSeq,
+        taken_by: NodeId,
+        chunk_size: u32,
+    ) -> std::io::Result<Self> {
+        Self::prepare_and_sync(path, covered_seq, taken_by, chunk_size, false)
+    }
+
+    /// [`FramedSource::prepare`], and when `sync` also fsyncs the file meanwhile (a
+    /// snapshot that is stored as it is).
+    pub fn prepare_and_sync(
+        path: &Path,
+        covered_seq: StreamSeq,
+        taken_by: NodeId,
+        chunk_size: u32,
+        sync: bool,
+    ) -> std::io::Result<Self> {
+        if sync {
+            return std::thread::scope(|scope| {
+                let syncing = scope.spawn(|| std::fs::File::open(path)?.sync_all());
+                let prepared =
+                    Self::prepare_and_sync(path, covered_seq, taken_by, chunk_size, false);
+                syncing
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")))?;
+                prepared
+            });
+        }
+        let mut file = std::fs::File::open(path)?;
+        let mut buffer = vec![0u8; chunk_size as usize];
+        let mut chunk_crcs = Vec::new();
+        let mut whole = crc32fast::Hasher::new();
+        let mut total = 0u64;
+        loop {
+            let n = read_full(&mut file, &mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            let mut chunk = crc32fast::Hasher::new();
+            chunk.update(&buffer[..n]);
+            whole.combine(&chunk);
+            chunk_crcs.push(chunk.finalize());
+            total += n as u64;
+        }
+        Ok(FramedSource {
+            path: path.to_owned(),
+            header: SnapshotHeader {
+                chunk_size,
+                covered_seq,
+                total_size: total,
+                file_crc: whole.finalize(),
+                taken_by,
+            },
+            chunk_crcs: Arc::new(chunk_crcs),
+        })
+    }
+
+    /// A source from its parts: the file, its header and its chunk checksums (a stored
+    /// index).
+    pub fn from_parts(path: PathBuf, header: SnapshotHeader, chunk_crcs: Vec<u32>) -> Self {
+        FramedSource {
+            path,
+            header,
+            chunk_crcs: Arc::new(chunk_crcs),
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The CRC-32 of each chunk.
+    pub fn chunk_crcs(&self) -> &[u32] {
+        &self.chunk_crcs
+    }
+
+    /// The header followed by every chunk's CRC-32 (a file store's index).
+    pub fn index_bytes(&self) -> Vec<u8> {
+        let mut out = self.header.encode().to_vec();
+        for crc in self.chunk_crcs.iter() {
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
+        out
+    }
+
+    /// The snapshot's header.
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    /// Size of the framed snapshot.
+    pub fn framed_size(&self) -> u64 {
+        self.header.framed_size()
+    }
+
+    /// Writes the framed snapshot to `out` (blocking), re-checking each chunk against the
+    /// checksum taken by [`FramedSource::prepare`]; `after_first_chunk` runs once. Returns
+    /// the bytes written.
+    pub fn write_to(
+        &self,
+        out: &mut impl Write,
+        progress: &mut Progress,
+        mut after_first_chunk: Option<&mut dyn FnMut()>,
+    ) -> std::io::Result<u64> {
+        let mut file = std::fs::File::open(&self.path)?;
+        let mut buffer = vec![0u8; self.header.chunk_size as usize];
+        out.write_all(&self.header.encode())?;
+        let mut written = self.header.encode().len() as u64;
+        progress.advance(written);
+        for (index, expected) in self.chunk_crcs.iter().enumerate() {
+            let n = read_full(&mut file, &mut buffer)?;
+            let data = &buffer[..n];
+            if n == 0 || crc32fast::hash(data) != *expected {
+                return Err(damaged(&self.path, index));
+            }
+            out.write_all(&(n as u32).to_le_bytes())?;
+            out.write_all(&expected.to_le_bytes())?;
+            out.write_all(data)?;
+            written += 8 + n as u64;
+            progress.advance(8 + n as u64);
+            if let Some(hook) = after_first_chunk.take() {
+                hook();
+            }
+        }
+        Ok(written)
+    }
+
+    /// The framed snapshot as an [`AsyncRead`], produced by a blocking thread one frame at
+    /// a time (each chunk read straight into its frame, checked against its checksum); a
+    /// read fills the caller's buffer from as many frames as are ready.
+    pub fn reader(&self) -> FramedReader {
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+        let source = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = source.send_frames(&tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        FramedReader {
+            rx,
+            current: Bytes::new(),
+            frames: 0,
+            failed: None,
+        }
+    }
+
+    fn send_frames(&self, tx: &mpsc::Sender<std::io::Result<Bytes>>) -> std::io::Result<()> {
+        let stopped = || std::io::Error::other("snapshot reader dropped");
+        let mut file = std::fs::File::open(&self.path)?;
+        tx.blocking_send(Ok(Bytes::copy_from_slice(&self.header.encode())))
+            .map_err(|_| stopped())?;
+        let chunk_size = self.header.chunk_size as usize;
+        for (index, expected) in self.chunk_crcs.iter().enumerate() {
+            let mut frame = vec![0u8; 8 + chunk_size];
+            let n = read_full(&mut file, &mut frame[8..])?;
+            frame.truncate(8 + n);
+            if n == 0 || crc32fast::hash(&frame[8..]) != *expected {
+                return Err(damaged(&self.path, index));
+            }
+            frame[0..4].copy_from_slice(&(n as u32).to_le_bytes());
+            frame[4..8].copy_from_slice(&expected.to_le_bytes());
+            tx.blocking_send(Ok(Bytes::from(frame)))
+                .map_err(|_| stopped())?;
+        }
+        Ok(())
+    }
+}
+
+fn damaged(path: &Path, index: usize) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "{} is damaged or changed: chunk {index} does not match its checksum",
+            path.display()
+        ),
+    )
+}
+
+/// Reads until `buffer` is full or the file ends; returns the bytes read.
+pub fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// The framed bytes of a [`FramedSource`] (see [`FramedSource::reader`]).
+pub struct FramedReader {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+    frames: u64,
+    failed: Option<std::io::Error>,
+}
+
+impl AsyncRead for FramedReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        let mut copied = false;
+        while buf.remaining() > 0 {
+            if !self.current.is_empty() {
+                let n = self.current.len().min(buf.remaining());
+                let piece = self.current.split_to(n);
+                buf.put_slice(&piece);
+                copied = true;
+                continue;
+            }
+            if self.frames == 2 && crate::failpoint::is_armed("snapshot-upload") {
+                // The header and the first chunk went out: stall mid-upload (crash test).
+                if !copied {
+                    tracing::warn!("paused at failpoint snapshot-upload");
+                    return Poll::Pending;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.frames += 1;
+                    self.current = frame;
+                }
+                // A read that returns data must not also fail: report it next time.
+                Poll::Ready(Some(Err(e))) if copied => {
+                    self.failed = Some(e);
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending if copied => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Makes the consistent, stripped copy of the database at `db_path` in `dest` (blocking)
+/// and returns the stream sequence it covers.
+///
+/// Fast path (`copy_file_in_read_transaction`): when the WAL is fully checkpointed, a
+/// read transaction pins the database file, which is then copied as plain bytes. Otherwise
+/// (a steady stream of commits, or not in WAL mode): SQLite's online backup in one step, a
+/// page-by-page copy inside one read transaction, about a third faster than `VACUUM INTO`
+/// (core's [`harmonylite_core::sqlite::snapshot::vacuum_into`], for the wasm host) but
+/// still several times slower than a file copy. Either way the application keeps writing
+/// (WAL mode), and the copy ends in rollback-journal mode (one self-contained file),
+/// stripped of node-local state.
+pub fn make_copy(db_path: &Path, dest: &Path) -> anyhow::Result<StreamSeq> {
+    remove_if_exists(dest)?;
+    let source = Connection::open_with_flags(
+        db_path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {}", db_path.display()))?;
+    source.busy_timeout(Duration::from_secs(30))?;
+    source.execute_batch("PRAGMA mmap_size = 1099511627776")?;
+    let t0 = Instant::now();
+    let copied = copy_file_in_read_transaction(&source, db_path, dest)?;
+    tracing::debug!(fast_path = copied, took = ?t0.elapsed(), "snapshot copy made");
+    if !copied {
+        tracing::debug!("copying the database page by page (SQLite backup)");
+        backup_into(&source, db_path, dest)?;
+    }
+    drop(source);
+    let mut copy =
+        Connection::open(dest).with_context(|| format!("opening the copy {}", dest.display()))?;
+    let mode: String = copy.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+    anyhow::ensure!(mode == "delete", "the snapshot copy stayed in {mode} mode");
+    let t0 = Instant::now();
+    let covered = strip_node_local(&mut copy)
+        .with_context(|| format!("preparing the snapshot copy of {}", db_path.display()))?;
+    copy.close().map_err(|(_, e)| e)?;
+    tracing::debug!(took = ?t0.elapsed(), "node-local state stripped from the copy");
+    Ok(covered)
+}
+
+/// Copies the database file as bytes while a read transaction guarantees it is a consistent
+/// snapshot; `Ok(false)` when that could not be arranged (the caller falls back).
+///
+/// Why this is safe (WAL mode): only checkpoints write the database file, and a checkpoint
+/// never copies WAL frames past the end of the snapshot of any open read transaction
+/// (<https://www.sqlite.org/wal.html>, "Checkpoint starvation"). A passive checkpoint
+/// first moves every committed frame into the file (it reports `log == checkpointed`);
+/// `PRAGMA data_version` read before the checkpoint and again inside the transaction proves
+/// no other connection committed in between, so the transaction's snapshot is exactly the
+/// file's content, and
+/// no checkpoint can change the file until the transaction ends. The application keeps
+/// committing to the WAL meanwhile.
+fn copy_file_in_read_transaction(
+    source: &Connection,
+    db_path: &Path,
+    dest: &Path,
+) -> anyhow::Result<bool> {
+    let mode: String = source.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if mode != "wal" {
+        return Ok(false);
+    }
+    for _attempt in 0..20 {
+        // Order matters: the version first, so that "unchanged" below also covers the
+        // commits the checkpoint could have missed.
+        let before: i64 = source.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let (busy, log, checkpointed): (i64, i64, i64) =
+            source.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        if busy != 0 || log != checkpointed {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        source.execute_batch("BEGIN")?;
+        let result = (|| -> anyhow::Result<bool> {
+            let (page_size, page_count): (i64, i64) = source.query_row(
+                "SELECT page_size, page_count FROM pragma_page_size, pragma_page_count",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let after: i64 = source.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            if after != before {
+                return Ok(false);
+            }
+            copy_prefix(source, db_path, dest, (page_size * page_count) as u64)?;
+            Ok(true)
+        })();
+        source.execute_batch("COMMIT")?;
+        match result? {
+            true => return Ok(true),
+            false => remove_if_exists(dest)?,
+        }
+    }
+    Ok(false)
+}
+
+/// Copies the first `len` bytes of the database file under `source` into the new file `to`,
+/// marking the copy as a rollback-journal database (header bytes 18 and 19): it has no WAL
+/// of its own.
+///
+/// The bytes are read through the connection's own SQLite file handle, never through a
+/// second descriptor: closing any descriptor of a file drops every POSIX lock this process
+/// holds on it, and losing the sidecar's shared lock lets an application connection that
+/// closes believe it is the last one and delete the WAL under the sidecar.
+fn copy_prefix(source: &Connection, from: &Path, to: &Path, len: u64) -> anyhow::Result<()> {
+    let mut output =
+        std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < len {
+        let want = (len - offset).min(buffer.len() as u64) as usize;
+        read_main_db_file(source, &mut buffer[..want], offset)
+            .with_context(|| format!("reading {} at byte {offset}", from.display()))?;
+        if offset == 0 {
+            anyhow::ensure!(
+                want >= 100 && buffer.starts_with(b"SQLite format 3\0"),
+                "{} does not start with an SQLite header",
+                from.display()
+            );
+            buffer[18] = 1;
+            buffer[19] = 1;
+        }
+        output.write_all(&buffer[..want])?;
+        offset += want as u64;
+    }
+    Ok(())
+}
+
+/// Reads `buffer.len()` bytes at `offset` of the main database file of `connection`,
+/// through the `sqlite3_file` SQLite itself uses (`SQLITE_FCNTL_FILE_POINTER` + `xRead`).
+fn read_main_db_file(
+    connection: &Connection,
+    buffer: &mut [u8],
+    offset: u64,
+) -> anyhow::Result<()> {
+    use rusqlite::ffi;
+    let amount = i32::try_from(buffer.len()).context("read too large")?;
+    let offset = i64::try_from(offset).context("offset too large")?;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `handle()` is the live connection this borrow keeps open; the file control
+    // writes one `sqlite3_file*` into `file`. The file stays open while the connection
+    // does, and `xRead` gets a buffer of exactly `amount` bytes.
+    unsafe {
+        let rc = ffi::sqlite3_file_control(
+            connection.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&mut file as *mut *mut ffi::sqlite3_file).cast(),
+        );
+        anyhow::ensure!(
+            rc == ffi::SQLITE_OK,
+            "SQLite returned no file handle (code {rc})"
+        );
+        anyhow::ensure!(
+            !file.is_null() && !(*file).pMethods.is_null(),
+            "the database file is not open"
+        );
+        let read = (*(*file).pMethods)
+            .xRead
+            .context("the SQLite VFS cannot read")?;
+        let rc = read(file, buffer.as_mut_ptr().cast(), amount, offset);
+        anyhow::ensure!(
+            rc == ffi::SQLITE_OK,
+            "the file is shorter than its page count says or unreadable (SQLite code {rc})"
+        );
+    }
+    Ok(())
+}
+
+/// Copies the database with SQLite's online backup API, in one step.
+fn backup_into(source: &Connection, db_path: &Path, dest: &Path) -> anyhow::Result<()> {
+    remove_if_exists(dest)?;
+    let mut copy =
+        Connection::open(dest).with_context(|| format!("creating the copy {}", dest.display()))?;
+    // A temporary file until it is complete: no journal, no fsync.
+    copy.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
+    let backup = rusqlite::backup::Backup::new(source, &mut copy)?;
+    let mut waited = Duration::ZERO;
+    loop {
+        match backup
+            .step(-1)
+            .with_context(|| format!("copying {}", db_path.display()))?
+        {
+            rusqlite::backup::StepResult::Done => return Ok(()),
+            _ if waited < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(50));
+                waited += Duration::from_millis(50);
+            }
+            _ => anyhow::bail!("copying {}: the database stayed locked", db_path.display()),
+        }
+    }
+}
+
+fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A snapshot that was taken and stored.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// Where and what.
+    pub info: SnapshotInfo,
+    /// Size of the database copy.
+    pub db_bytes: u64,
+    /// Bytes stored (framed).
+    pub bytes: u64,
+    /// Time from the start of the copy to the end of the upload.
+    pub took: Duration,
+}
+
+/// Takes a snapshot of the database at `db_path` in `work_dir` and stores it.
+pub async fn take(
+    db_path: &Path,
+    work_dir: &Path,
+    node_id: NodeId,
+    stream: &str,
+    store: &SnapshotStore,
+) -> anyhow::Result<Taken> {
+    let started = Instant::now();
+    tokio::fs::create_dir_all(work_dir)
+        .await
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let copy = store.new_copy_path(work_dir);
+    if let Some(dir) = copy.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let result = async {
+        let (db, dest) = (db_path.to_owned(), copy.clone());
+        let stored_as_is = matches!(store, SnapshotStore::File(_));
+        let source = tokio::task::spawn_blocking(move || -> anyhow::Result<FramedSource> {
+            let t0 = Instant::now();
+            let covered = make_copy(&db, &dest)?;
+            tracing::debug!(took = ?t0.elapsed(), "snapshot copy");
+            let t0 = Instant::now();
+            let r = FramedSource::prepare_and_sync(
+                &dest,
+                covered,
+                node_id,
+                DEFAULT_CHUNK_SIZE,
+                stored_as_is,
+            )?;
+            tracing::debug!(took = ?t0.elapsed(), "snapshot framed and checksummed");
+            Ok(r)
+        })
+        .await??;
+        let header = *source.header();
+        let info = SnapshotInfo::new(stream, header.covered_seq, unix_ms(), node_id);
+        tracing::info!(
+            covered_seq = header.covered_seq.get(),
+            bytes = header.total_size,
+            "uploading snapshot {} to the {}",
+            info.name,
+            store.describe()
+        );
+        let t0 = Instant::now();
+        let bytes = store.upload(&info, &source).await?;
+        tracing::debug!(took = ?t0.elapsed(), "snapshot stored");
+        let info = SnapshotInfo {
+            size: bytes,
+            ..info
+        };
+        Ok(Taken {
+            info,
+            db_bytes: header.total_size,
+            bytes,
+            took: started.elapsed(),
+        })
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&copy).await;
+    result
+}
+
+/// Removes snapshot copies left in `work_dir` by processes that are gone (crashed).
+pub fn remove_stale_copies(work_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("snapshot-")
+            .and_then(|rest| rest.split(['-', '.']).next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// When periodic snapshots are due: `snapshot.interval` and `snapshot.every_messages`
+/// (`None`: that trigger is off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSchedule {
+    /// Take one when the newest is older than this.
+    pub interval: Option<Duration>,
+    /// Take one when this node applied this many messages past the newest.
+    pub every_messages: Option<u64>,
+}
+
+impl SnapshotSchedule {
+    /// The schedule `config` asks for (`None` when periodic snapshots are off).
+    pub fn from_config(config: &Config) -> Option<Self> {
+        let s = &config.snapshot;
+        let schedule = SnapshotSchedule {
+            interval: (!s.interval.is_zero()).then_some(s.interval),
+            every_messages: (s.every_messages > 0).then_some(s.every_messages),
+        };
+        let on = s.enable
+            && config.publish
+            && config.replicate
+            && (schedule.interval.is_some() || schedule.every_messages.is_some());
+        on.then_some(schedule)
+    }
+
+    /// Whether a node whose cursor is `cursor` should take a snapshot now (`now_ms`), given
+    /// the newest stored one (`newest`: covered sequence and time taken). Never when it
+    /// would cover nothing new.
+    pub fn due(&self, newest: Option<(StreamSeq, u64)>, cursor: StreamSeq, now_ms: u64) -> bool {
+        match newest {
+            None => cursor.get() > 0,
+            Some((covered, taken_at_ms)) => {
+                cursor > covered
+                    && (self.interval.is_some_and(|i| {
+                        now_ms >= taken_at_ms.saturating_add(i.as_millis() as u64)
+                    }) || self
+                        .every_messages
+                        .is_some_and(|n| cursor.get() - covered.get() >= n))
+            }
+        }
+    }
+}
+
+/// What a periodic snapshot job did.
+#[derive(Debug)]
+pub enum JobOutcome {
+    /// Took and stored one.
+    Taken(Taken),
+    /// Not due after all (another node took one): the newest one.
+    NotDue(Option<SnapshotInfo>),
+    /// Another node holds the lease.
+    LeaseHeld(Option<String>),
+}
+
+/// Everything a periodic snapshot job needs (cheap to clone into a task).
+#[derive(Clone)]
+pub struct JobContext {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// This node.
+    pub node_id: NodeId,
+    /// The change stream's name (prefix of snapshot names, lease key).
+    pub stream: String,
+    /// When snapshots are due.
+    pub schedule: SnapshotSchedule,
+}
+
+/// One periodic snapshot attempt: re-reads the newest stored snapshot, and if one is still
+/// due for `cursor`, takes the lease, takes and stores a snapshot, prunes old ones and gives
+/// the lease back.
+pub async fn run_job(ctx: JobContext, cursor: StreamSeq) -> anyhow::Result<JobOutcome> {
+    let config = &ctx.config;
+    let store = SnapshotStore::open(config, &ctx.js, &ctx.stream).await?;
+    let newest = store.newest().await?;
+    let key = newest.as_ref().map(|n| (n.covered_seq, n.taken_at_ms));
+    if !ctx.schedule.due(key, cursor, unix_ms()) {
+        return Ok(JobOutcome::NotDue(newest));
+    }
+    let bucket = LeaseBucket::open(
+        &ctx.js,
+        &lease_bucket_name(config),
+        config.snapshot_replicas(),
+        lease::TTL,
+    )
+    .await?;
+    let Some(mut lease) = bucket.try_acquire(&ctx.stream, ctx.node_id).await? else {
+        let holder = bucket.holder(&ctx.stream).await.unwrap_or(None);
+        return Ok(JobOutcome::LeaseHeld(holder));
+    };
+    let work_dir = config.effective_data_dir();
+    let work = take(&config.db_path, &work_dir, ctx.node_id, &ctx.stream, &store);
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval(lease::RENEW_EVERY);
+    renew.tick().await;
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = renew.tick() => {
+                if let Err(e) = lease.renew().await {
+                    tracing::warn!("snapshot lease: {e:#}");
+                }
+            }
+        }
+    };
+    if result.is_ok() {
+        prune(&store, config.snapshot.keep).await;
+    }
+    lease.release().await;
+    result.map(JobOutcome::Taken)
+}
+
+/// `--save-snapshot`: takes a snapshot of `db_path`, stores it, prunes old ones. Reads the
+/// database only, so a running sidecar on the same database is fine. With the embedded
+/// server it connects to the one listening on `nats.bind_address` (the running sidecar's),
+/// or starts it when none listens.
+pub async fn save_snapshot(config: &Config) -> anyhow::Result<Taken> {
+    let journal = config.effective_data_dir().join("restore.json");
+    anyhow::ensure!(
+        !journal.exists(),
+        "a restore of {} is unfinished ({} exists): start the sidecar to complete it first",
+        config.db_path.display(),
+        journal.display()
+    );
+    match crate::restore::assess(&config.db_path)? {
+        crate::restore::LocalDb::Missing => anyhow::bail!(
+            "--save-snapshot: there is no database at {}",
+            config.db_path.display()
+        ),
+        crate::restore::LocalDb::Damaged { problems } => anyhow::bail!(
+            "--save-snapshot: {} is damaged ({})",
+            config.db_path.display(),
+            problems.join("; ")
+        ),
+        crate::restore::LocalDb::Sound => {}
+    }
+    let stored = crate::restore::salvage_local(&config.db_path, &crate::restore::LocalDb::Sound);
+    let node_id = config.node_id.or(stored.node_id).with_context(|| {
+        format!(
+            "--save-snapshot: {} has no harmonylite metadata; run the sidecar on it first",
+            config.db_path.display()
+        )
+    })?;
+    let listening = config.nats.embedded()
+        && std::net::TcpStream::connect_timeout(
+            &loopback_if_unspecified(config.nats.bind_address),
+            Duration::from_secs(1),
+        )
+        .is_ok();
+    let server = if config.nats.embedded() && !listening {
+        Some(crate::driver::start_embedded_server(config, node_id).await?)
+    } else {
+        None
+    };
+    let result = async {
+        let mut transport = crate::driver::transport_config(config, node_id, server.as_ref());
+        if listening {
+            transport.urls = vec![format!(
+                "nats://{}",
+                loopback_if_unspecified(config.nats.bind_address)
+            )];
+        }
+        let (events, _events_rx) = mpsc::unbounded_channel();
+        let client = tokio::time::timeout(
+            Duration::from_secs(60),
+            crate::transport::connect(&transport, events),
+        )
+        .await
+        .with_context(|| format!("connecting to NATS at {}", transport.urls.join(", ")))??;
+        let js = jetstream::new(client.clone());
+        let stream = tokio::time::timeout(
+            Duration::from_secs(60),
+            crate::driver::ensure_stream_until_ready(&js, &transport),
+        )
+        .await
+        .context("the change stream is not available")?;
+        let stream_name = stream.cached_info().config.name.clone();
+        let store = SnapshotStore::open(config, &js, &stream_name).await?;
+        let taken = take(
+            &config.db_path,
+            &config.effective_data_dir(),
+            node_id,
+            &stream_name,
+            &store,
+        )
+        .await?;
+        prune(&store, config.snapshot.keep).await;
+        client.flush().await.ok();
+        anyhow::Ok(taken)
+    }
+    .await;
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
+    result
+}
+
+fn loopback_if_unspecified(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        std::net::SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
+}
+
+/// Deletes snapshots beyond `keep`, logging the outcome.
+pub async fn prune(store: &SnapshotStore, keep: usize) {
+    match store.prune(keep).await {
+        Ok(deleted) => {
+            for info in deleted {
+                tracing::info!("deleted old snapshot {}", info.name);
+            }
+        }
+        Err(e) => tracing::warn!("could not delete old snapshots: {e:#}"),
+    }
+}
+
+/// Name of the lease bucket: `<snapshot.nats_bucket>-lease`.
+pub fn lease_bucket_name(config: &Config) -> String {
+    format!("{}-lease", config.snapshot.nats_bucket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harmonylite_core::snapshot::{encode_chunk, unframe_bytes};
+    use tokio::io::AsyncReadExt;
+
+    fn node() -> NodeId {
+        NodeId::from_u128(7).unwrap()
+    }
+
+    #[test]
+    fn schedule_triggers() {
+        let s = SnapshotSchedule {
+            interval: Some(Duration::from_secs(60)),
+            every_messages: Some(100),
+        };
+        let seq = StreamSeq::new;
+        assert!(s.due(None, seq(1), 0), "no snapshot yet");
+        assert!(!s.due(None, seq(0), 0), "nothing to cover");
+        assert!(!s.due(Some((seq(10), 1_000)), seq(50), 30_000));
+        assert!(s.due(Some((seq(10), 1_000)), seq(50), 61_000), "interval");
+        assert!(s.due(Some((seq(10), 1_000)), seq(110), 2_000), "messages");
+        assert!(
+            !s.due(Some((seq(10), 1_000)), seq(10), 999_999),
+            "nothing new to cover"
+        );
+        let messages_only = SnapshotSchedule {
+            interval: None,
+            every_messages: Some(100),
+        };
+        assert!(!messages_only.due(Some((seq(10), 0)), seq(50), u64::MAX));
+    }
+
+    #[tokio::test]
+    async fn the_framed_reader_and_writer_produce_the_core_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let source = FramedSource::prepare(&path, StreamSeq::new(42), node(), 65_536).unwrap();
+        assert_eq!(source.header().total_size, data.len() as u64);
+
+        let mut written = Vec::new();
+        let n = source
+            .write_to(&mut written, &mut Progress::silent(), None)
+            .unwrap();
+        assert_eq!(n, source.framed_size());
+        let (header, back) = unframe_bytes(&written).unwrap();
+        assert_eq!(header.covered_seq, StreamSeq::new(42));
+        assert_eq!(back, data);
+
+        let mut read = Vec::new();
+        source.reader().read_to_end(&mut read).await.unwrap();
+        assert_eq!(read, written);
+
+        // A copy that changes after it was checksummed is refused.
+        std::fs::write(&path, vec![1u8; data.len()]).unwrap();
+        let error = source
+            .write_to(&mut Vec::new(), &mut Progress::silent(), None)
+            .unwrap_err();
+        assert!(error.to_string().contains("damaged or changed"), "{error}");
+        let mut reader = source.reader();
+        assert!(reader.read_to_end(&mut Vec::new()).await.is_err());
+    }
+
+    /// Copies taken while another connection commits all the time are consistent
+    /// snapshots: every commit moves one counter and adds one row, so a torn copy shows.
+    #[test]
+    fn copies_taken_under_concurrent_writes_are_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("busy.db");
+        let setup = Connection::open(&db).unwrap();
+        setup
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE c(n INTEGER); INSERT INTO c VALUES (0);
+                 CREATE TABLE rows(n INTEGER PRIMARY KEY, pad BLOB);",
+            )
+            .unwrap();
+        drop(setup);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (db, stop) = (db.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut conn = Connection::open(&db).unwrap();
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                let mut commits = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let tx = conn.transaction().unwrap();
+                    tx.execute_batch(
+                        "UPDATE c SET n = n + 1;
+                         INSERT INTO rows SELECT n, randomblob(3000) FROM c;",
+                    )
+                    .unwrap();
+                    tx.commit().unwrap();
+                    commits += 1;
+                    if commits % 8 == 0 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                commits
+            })
+        };
+        let check = |copy: &Path| -> i64 {
+            let conn = Connection::open(copy).unwrap();
+            let (n, rows): (i64, i64) = conn
+                .query_row(
+                    "SELECT (SELECT n FROM c), (SELECT count(*) FROM rows)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!(n, rows, "a torn copy");
+            let ok: String = conn
+                .query_row("PRAGMA quick_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(ok, "ok");
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "delete", "the copy has no WAL of its own");
+            n
+        };
+        let source = Connection::open(&db).unwrap();
+        source.busy_timeout(Duration::from_secs(10)).unwrap();
+        let copy = dir.path().join("copy.db");
+        let (mut fast, mut last) = (0, -1);
+        for _ in 0..30 {
+            if copy_file_in_read_transaction(&source, &db, &copy).unwrap() {
+                fast += 1;
+                let n = check(&copy);
+                assert!(n >= last, "snapshots go forward");
+                last = n;
+            }
+            backup_into(&source, &db, &copy).unwrap();
+            let conn = Connection::open(&copy).unwrap();
+            let _: String = conn
+                .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+                .unwrap();
+            drop(conn);
+            check(&copy);
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let commits = writer.join().unwrap();
+        assert!(commits > 30, "the writer kept committing ({commits})");
+        assert!(fast > 0, "the file copy never found a checkpointed WAL");
+    }
+
+    /// Regression: taking a copy must not drop this process's POSIX locks on the database
+    /// file. If it did, an application process that opens, writes and closes the database
+    /// afterwards would believe it was the last connection and delete the WAL that this
+    /// process's connection still uses.
+    #[test]
+    fn a_copy_keeps_this_process_locks_so_apps_never_delete_the_wal_under_us() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let held = Connection::open(&db).unwrap();
+        held.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(n INTEGER PRIMARY KEY);
+             INSERT INTO t VALUES (1);",
+        )
+        .unwrap();
+        let copy = dir.path().join("copy.db");
+        let source = Connection::open(&db).unwrap();
+        assert!(
+            copy_file_in_read_transaction(&source, &db, &copy).unwrap(),
+            "an idle database takes the file-copy path"
+        );
+        drop(source);
+        let app = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1])\n\
+                 c.execute('INSERT INTO t VALUES (2)')\n\
+                 c.commit()\n\
+                 c.close()",
+            )
+            .arg(&db)
+            .status()
+            .expect("python3 (the application process of this test) must be installed");
+        assert!(app.success());
+        let wal = dir.path().join("app.db-wal");
+        assert!(
+            wal.exists(),
+            "the application deleted the WAL while this process still had it open"
+        );
+        let n: i64 = held
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn encode_chunk_matches_the_writer() {
+        // The writer frames chunks exactly like core's encoder.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello snapshot").unwrap();
+        let source = FramedSource::prepare(&path, StreamSeq::new(1), node(), 1024).unwrap();
+        let mut written = Vec::new();
+        source
+            .write_to(&mut written, &mut Progress::silent(), None)
+            .unwrap();
+        let mut expected = source.header().encode().to_vec();
+        expected.extend_from_slice(&encode_chunk(b"hello snapshot"));
+        assert_eq!(written, expected);
+    }
+}

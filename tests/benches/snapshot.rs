@@ -1,0 +1,327 @@
+//! Snapshot benchmark: taking and restoring a snapshot of a 1 GiB replicated database,
+//! compared with `cp` of the same file on the same disk, in one run. Prints figures; asserts
+//! nothing about speed.
+//!
+//! - take: the sidecar's own code (`harmonylite::snapshot::take`): `VACUUM INTO` a
+//!   temporary copy, strip node-local state, checksum, frame, store. Into the `file` store
+//!   (framed file written, fsynced, renamed) and into the `nats` store (a real nats-server's
+//!   object store, its JetStream directory on the same disk).
+//! - restore: `harmonylite::restore::download` (verify every chunk and the whole, write
+//!   beside the database, fsync) then `prepare_restored_file` (node-local state, fsync):
+//!   everything a restore does except the rename.
+//! - references: `cp` of the database file, and `cp` followed by an fsync of the copy; the
+//!   object store alone (the database file put and read back with async-nats' object store
+//!   API), the ceiling of the nats store.
+//!
+//! Throughput = database bytes / wall time; each figure is the median of the rounds, all
+//! steps interleaved round by round (`sync` between steps, not timed), the page cache warm.
+//!
+//! Run: `cargo bench -p harmonylite-tests --bench snapshot` (1 GiB, 3 rounds), or
+//! `-- --quick` (64 MiB, 2 rounds). `HL_BENCH_SNAPSHOT_MIB` and `HL_BENCH_ROUNDS` override.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use harmonylite::restore::{download, prepare_restored_file};
+use harmonylite::snapshot::{make_copy, take};
+use harmonylite::snapshot_store::{FileStore, SnapshotStore};
+use harmonylite_core::change::StreamSeq;
+use harmonylite_core::hlc::NodeId;
+use harmonylite_core::sqlite::snapshot::NodeLocal;
+use harmonylite_core::sqlite::{meta, Store, StoreOptions};
+use harmonylite_tests::ExternalNats;
+
+const STREAM: &str = "bench-changes-1";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn node() -> NodeId {
+    NodeId::from_u128(1).unwrap()
+}
+
+/// A replicated database of about `mib` MiB: rows of 1 KiB blobs with their version rows,
+/// capture installed, a cursor set; closed (WAL checkpointed).
+fn build_database(path: &Path, mib: usize) {
+    let rows = mib * 1024 * 1024 / 1400;
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;
+         CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, body BLOB);",
+    )
+    .unwrap();
+    let batch = 50_000;
+    let mut done = 0;
+    while done < rows {
+        let n = batch.min(rows - done);
+        conn.execute(
+            "WITH RECURSIVE r(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM r WHERE i < ?2)
+             INSERT INTO items SELECT i, hex(randomblob(8)), randomblob(1000) FROM r",
+            [done as i64 + 1, (done + n) as i64],
+        )
+        .unwrap();
+        done += n;
+    }
+    let store = Store::open(conn, StoreOptions::new(node())).unwrap();
+    let conn = store.connection();
+    conn.execute_batch(
+        "INSERT INTO __hl_v1 SELECT id, randomblob(24), 0 FROM items; PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    meta::set(conn, meta::keys::CURSOR, 123_456i64).unwrap();
+    drop(store);
+}
+
+async fn raw_object_store(
+    js: &async_nats::jetstream::Context,
+    file: &Path,
+) -> (Duration, Duration) {
+    use tokio::io::AsyncReadExt;
+    let bucket = js
+        .create_object_store(async_nats::jetstream::object_store::Config {
+            bucket: "bench-raw".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut input = tokio::fs::File::open(file).await.unwrap();
+    bucket
+        .put(
+            async_nats::jetstream::object_store::ObjectMetadata {
+                name: "raw".into(),
+                chunk_size: Some(512 * 1024),
+                ..Default::default()
+            },
+            &mut input,
+        )
+        .await
+        .unwrap();
+    let put = t.elapsed();
+    let t = Instant::now();
+    let mut object = bucket.get("raw").await.unwrap();
+    let mut buffer = bytes::BytesMut::with_capacity(4 << 20);
+    loop {
+        buffer.clear();
+        if object.read_buf(&mut buffer).await.unwrap() == 0 {
+            break;
+        }
+    }
+    let get = t.elapsed();
+    js.delete_object_store("bench-raw").await.unwrap();
+    (put, get)
+}
+
+fn sync_all() {
+    let _ = Command::new("sync").status();
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
+}
+
+struct Figures {
+    name: &'static str,
+    times: Vec<Duration>,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let mib = env_usize("HL_BENCH_SNAPSHOT_MIB", if quick { 64 } else { 1024 });
+    let rounds = env_usize("HL_BENCH_ROUNDS", if quick { 2 } else { 3 });
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let db = dir.path().join("app.db");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+
+    let built = Instant::now();
+    build_database(&db, mib);
+    let size = std::fs::metadata(&db).unwrap().len();
+    println!(
+        "database: {:.0} MiB ({} bytes), built in {:.1?}, on {}",
+        size as f64 / 1048576.0,
+        size,
+        built.elapsed(),
+        dir.path().display()
+    );
+
+    let nats = ExternalNats::start(&dir.path().join("nats"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let js = runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        async_nats::jetstream::new(client)
+    });
+    let config = harmonylite::config::Config::from_toml_str(
+        &format!("db_path = {:?}\n", db.display().to_string()),
+        "bench.toml",
+    )
+    .unwrap();
+    let nats_store = runtime
+        .block_on(SnapshotStore::open(&config, &js, STREAM))
+        .unwrap();
+    let file_store = SnapshotStore::File(FileStore::new(dir.path().join("snapshots"), STREAM));
+
+    let mut figures = vec![
+        Figures {
+            name: "cp",
+            times: vec![],
+        },
+        Figures {
+            name: "cp + fsync",
+            times: vec![],
+        },
+        Figures {
+            name: "take -> file store",
+            times: vec![],
+        },
+        Figures {
+            name: "take -> nats store",
+            times: vec![],
+        },
+        Figures {
+            name: "restore <- file store",
+            times: vec![],
+        },
+        Figures {
+            name: "restore <- nats store",
+            times: vec![],
+        },
+        Figures {
+            name: "  (take: copy + strip only)",
+            times: vec![],
+        },
+        Figures {
+            name: "  (object store put, raw)",
+            times: vec![],
+        },
+        Figures {
+            name: "  (object store get, raw)",
+            times: vec![],
+        },
+    ];
+    let copy = dir.path().join("cp.db");
+    let target = dir.path().join("restored.db");
+    for round in 0..rounds {
+        sync_all();
+        let t = Instant::now();
+        assert!(Command::new("cp")
+            .arg(&db)
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success());
+        figures[0].times.push(t.elapsed());
+        std::fs::remove_file(&copy).unwrap();
+        sync_all();
+
+        let t = Instant::now();
+        assert!(Command::new("cp")
+            .arg(&db)
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success());
+        std::fs::File::open(&copy).unwrap().sync_all().unwrap();
+        figures[1].times.push(t.elapsed());
+        std::fs::remove_file(&copy).unwrap();
+        sync_all();
+
+        let mut taken = Vec::new();
+        for (i, store) in [(2, &file_store), (3, &nats_store)] {
+            let t = Instant::now();
+            let snapshot = runtime
+                .block_on(take(&db, &work, node(), STREAM, store))
+                .unwrap();
+            figures[i].times.push(t.elapsed());
+            taken.push(snapshot);
+            sync_all();
+        }
+
+        for (i, store, snapshot) in [(4, &file_store, &taken[0]), (5, &nats_store, &taken[1])] {
+            let t = Instant::now();
+            runtime.block_on(async {
+                let (header, _) = download(store, &snapshot.info, &target).await.unwrap();
+                if std::env::var("HL_BENCH_TRACE").is_ok() {
+                    eprintln!("  download {:?}", t.elapsed());
+                }
+                let local = NodeLocal {
+                    node_id: NodeId::from_u128(2).unwrap(),
+                    incarnation: 42,
+                    next_batch: None,
+                    next_outbox_id: None,
+                    clock: None,
+                };
+                prepare_restored_file(
+                    &target,
+                    local,
+                    header.covered_seq,
+                    StreamSeq::new(header.covered_seq.get() + 10),
+                )
+                .await
+                .unwrap();
+            });
+            figures[i].times.push(t.elapsed());
+            std::fs::remove_file(&target).unwrap();
+            sync_all();
+        }
+
+        let t = Instant::now();
+        make_copy(&db, &copy).unwrap();
+        figures[6].times.push(t.elapsed());
+        std::fs::remove_file(&copy).unwrap();
+
+        for (store, snapshot) in [(&file_store, &taken[0]), (&nats_store, &taken[1])] {
+            runtime.block_on(store.delete(&snapshot.info)).unwrap();
+        }
+
+        // The object store alone, the ceiling of the nats store: the database file put and
+        // read back with the plain async-nats API (no copy, no framing, no fsync).
+        sync_all();
+        let (put, get) = runtime.block_on(raw_object_store(&js, &db));
+        figures[7].times.push(put);
+        figures[8].times.push(get);
+        sync_all();
+        eprintln!("round {} of {rounds} done", round + 1);
+    }
+
+    let cp = median(figures[0].times.clone());
+    let cp_fsync = median(figures[1].times.clone());
+    println!();
+    println!(
+        "{:<30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>16}",
+        "step", "median", "min", "max", "MiB/s", "vs cp", "vs cp + fsync"
+    );
+    for f in &figures {
+        let m = median(f.times.clone());
+        let min = *f.times.iter().min().unwrap();
+        let max = *f.times.iter().max().unwrap();
+        println!(
+            "{:<30} {:>10.2?} {:>10.2?} {:>10.2?} {:>10.0} {:>11.0}% {:>15.0}%",
+            f.name,
+            m,
+            min,
+            max,
+            mib_s(size, m),
+            cp.as_secs_f64() / m.as_secs_f64() * 100.0,
+            cp_fsync.as_secs_f64() / m.as_secs_f64() * 100.0,
+        );
+    }
+    println!();
+    println!(
+        "({} rounds; throughput = database bytes / wall time; \"vs cp\" = cp time / step time, i.e. throughput as a share of cp's)",
+        rounds
+    );
+}
