@@ -49,3 +49,40 @@ ensure_wasm_target() {
     rustup target add wasm32-unknown-unknown
   fi
 }
+
+# wasm-bindgen-cli at exactly the version of wasm-bindgen in Cargo.lock (the npm build
+# refuses any other). `cargo install` without --locked: the locked set names a crate
+# version the registry mirror lacks. Takes ~4 minutes once; skipped when present.
+ensure_wasm_bindgen() {
+  local wanted installed=""
+  wanted=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+  if command -v wasm-bindgen >/dev/null 2>&1; then
+    installed=$(wasm-bindgen --version | awk '{ print $2 }')
+  fi
+  if [[ "$installed" == "$wanted" ]]; then
+    return
+  fi
+  echo "==> installing wasm-bindgen-cli $wanted (cargo install; a few minutes, once)"
+  cargo install --quiet wasm-bindgen-cli --version "$wanted"
+}
+
+# node >= 20 and npm (Debian's packages when missing), then the npm package's dependencies
+# from npm/package-lock.json (`npm ci`, skipped when node_modules is newer than the lock).
+ensure_npm_deps() {
+  ensure_apt node nodejs npm npm
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/npm"
+  if [[ -f "$dir/node_modules/.package-lock.json" && "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]]; then
+    return
+  fi
+  echo "==> installing the npm package's dependencies (npm ci)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+# Debian's Chromium and ChromeDriver (/usr/bin/chromium, /usr/bin/chromedriver) for the
+# npm package's browser test, which drives Chromium through playwright-core (an npm
+# devDependency that never downloads a browser of its own; `npx playwright install` fails
+# on these machines). workerd comes from the npm devDependency `workerd`.
+ensure_chromium() {
+  ensure_apt chromium chromium chromedriver chromium-driver
+}

@@ -1,0 +1,204 @@
+//! The options object `openReplica` takes from JavaScript.
+
+use std::time::Duration;
+
+use harmonylite_core::engine::EngineConfig;
+use harmonylite_core::hlc::{Clock, NodeId};
+use harmonylite_core::wire::Compression;
+use js_sys::{Array, Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+
+use crate::error::ReplicaError;
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// SQLite's memory VFS: gone when the replica closes (node, workerd, a page).
+    Memory,
+    /// OPFS through the SyncAccessHandle pool (dedicated Workers only), in `directory`.
+    Opfs {
+        /// OPFS directory of the pool.
+        directory: String,
+    },
+}
+
+/// Parsed replica options.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// Database name (file name inside the VFS).
+    pub name: String,
+    /// Where the database lives.
+    pub storage: Storage,
+    /// A node id to use instead of the stored or random one.
+    pub node_id: Option<NodeId>,
+    /// 24 random bytes from the host: 16 for a new node id, 8 for the incarnation.
+    pub random: [u8; 24],
+    /// Tables never replicated.
+    pub exclude_tables: Vec<String>,
+    /// Compression of published batches.
+    pub compression: Compression,
+    /// Remote timestamps further ahead than this are refused.
+    pub max_clock_ahead: Duration,
+    /// Engine tuning.
+    pub engine: EngineConfig,
+}
+
+fn get(options: &JsValue, key: &str) -> JsValue {
+    Reflect::get(options, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn invalid(key: &str, what: &str) -> ReplicaError {
+    ReplicaError::InvalidArgument(format!("option {key}: {what}"))
+}
+
+fn opt_string(options: &JsValue, key: &str) -> Result<Option<String>, ReplicaError> {
+    let v = get(options, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.as_string()
+        .map(Some)
+        .ok_or_else(|| invalid(key, "must be a string"))
+}
+
+fn opt_bool(options: &JsValue, key: &str) -> Result<Option<bool>, ReplicaError> {
+    let v = get(options, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.as_bool()
+        .map(Some)
+        .ok_or_else(|| invalid(key, "must be a boolean"))
+}
+
+fn opt_positive(options: &JsValue, key: &str) -> Result<Option<f64>, ReplicaError> {
+    let v = get(options, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    match v.as_f64() {
+        Some(n) if n.is_finite() && n > 0.0 => Ok(Some(n)),
+        _ => Err(invalid(key, "must be a positive number")),
+    }
+}
+
+fn millis(n: f64) -> Duration {
+    Duration::from_secs_f64(n / 1000.0)
+}
+
+impl ReplicaOptions {
+    /// Reads the options object.
+    pub fn from_js(options: &JsValue) -> Result<Self, ReplicaError> {
+        if !options.is_object() {
+            return Err(ReplicaError::InvalidArgument(
+                "options must be an object".into(),
+            ));
+        }
+        let name = opt_string(options, "name")?.ok_or_else(|| invalid("name", "is required"))?;
+        if name.is_empty() || name.contains('\0') {
+            return Err(invalid("name", "must be a non-empty string without NUL"));
+        }
+        let storage = match opt_string(options, "storage")?.as_deref() {
+            None | Some("memory") => Storage::Memory,
+            Some("opfs") => Storage::Opfs {
+                directory: opt_string(options, "opfsDirectory")?
+                    .unwrap_or_else(|| ".harmonylite".into()),
+            },
+            Some(other) => {
+                return Err(invalid(
+                    "storage",
+                    &format!("{other:?} is not \"memory\" or \"opfs\""),
+                ))
+            }
+        };
+        let node_id = opt_string(options, "nodeId")?
+            .map(|s| {
+                s.parse::<NodeId>().map_err(|_| {
+                    invalid(
+                        "nodeId",
+                        "must be a non-zero hexadecimal number of at most 32 digits",
+                    )
+                })
+            })
+            .transpose()?;
+        let random_value = get(options, "random");
+        let random_bytes = random_value
+            .dyn_ref::<Uint8Array>()
+            .map(Uint8Array::to_vec)
+            .ok_or_else(|| invalid("random", "must be a Uint8Array of 24 random bytes"))?;
+        let random: [u8; 24] = random_bytes
+            .get(..24)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| invalid("random", "must hold at least 24 bytes"))?;
+        let exclude_value = get(options, "excludeTables");
+        let exclude_tables = if exclude_value.is_undefined() || exclude_value.is_null() {
+            Vec::new()
+        } else {
+            let array = exclude_value
+                .dyn_ref::<Array>()
+                .ok_or_else(|| invalid("excludeTables", "must be an array of strings"))?;
+            array
+                .iter()
+                .map(|v| {
+                    v.as_string()
+                        .ok_or_else(|| invalid("excludeTables", "must be an array of strings"))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let compression = match opt_string(options, "compression")?.as_deref() {
+            None | Some("lz4") => Compression::Lz4,
+            Some("none") => Compression::None,
+            Some(other) => {
+                return Err(invalid(
+                    "compression",
+                    &format!("{other:?} is not \"lz4\" or \"none\""),
+                ))
+            }
+        };
+        let publish = opt_bool(options, "publish")?.unwrap_or(true);
+        let defaults = EngineConfig::default();
+        let engine = EngineConfig {
+            polling_interval: opt_positive(options, "pollingIntervalMs")?
+                .map(millis)
+                .unwrap_or(defaults.polling_interval),
+            publish_window: opt_positive(options, "publishWindow")?
+                .map(|n| n as usize)
+                .unwrap_or(defaults.publish_window),
+            apply_batch: opt_positive(options, "applyBatch")?
+                .map(|n| n as usize)
+                .unwrap_or(defaults.apply_batch),
+            parked_retry_interval: opt_positive(options, "parkedRetryIntervalMs")?
+                .map(millis)
+                .unwrap_or(defaults.parked_retry_interval),
+            publish,
+            ..defaults
+        };
+        Ok(ReplicaOptions {
+            name,
+            storage,
+            node_id,
+            random,
+            exclude_tables,
+            compression,
+            max_clock_ahead: opt_positive(options, "maxClockAheadMs")?
+                .map(millis)
+                .unwrap_or(Clock::DEFAULT_MAX_AHEAD),
+            engine,
+        })
+    }
+
+    /// A node id from the host's randomness (never zero).
+    pub fn random_node_id(&self) -> NodeId {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&self.random[..16]);
+        NodeId::from_u128(u128::from_le_bytes(bytes))
+            .unwrap_or_else(|| NodeId::from_u128(1).expect("1 is a valid node id"))
+    }
+
+    /// The incarnation from the host's randomness.
+    pub fn random_incarnation(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&self.random[16..24]);
+        u64::from_le_bytes(bytes)
+    }
+}

@@ -1,0 +1,41 @@
+/**
+ * harmonylite for browsers. `storage: "memory"` runs in the calling thread (page or
+ * worker). `storage: "opfs"` needs a dedicated Worker: called inside one it runs there;
+ * called from a page it starts the package's worker (`harmonylite/worker`) and returns a
+ * replica that forwards every call to it.
+ */
+
+import init, { openReplica } from "./wasm/harmonylite_wasm.js";
+import { openLocal } from "./replica.js";
+import type { Platform, WasmModule } from "./replica.js";
+import { openInWorker } from "./remote.js";
+import type { OpenOptions, Replica } from "./types.js";
+
+export * from "./errors.js";
+export type * from "./types.js";
+
+let loaded: Promise<WasmModule> | null = null;
+
+/** Loads the wasm module next to this file (bundlers follow the `new URL` pattern). */
+export const platform: Platform = {
+  loadWasm() {
+    loaded ??= init({ module_or_path: new URL("./wasm/harmonylite_wasm_bg.wasm", import.meta.url) }).then(
+      () => ({ openReplica }) as unknown as WasmModule,
+    );
+    return loaded;
+  },
+};
+
+/** Whether this code runs in a dedicated Worker (where OPFS sync access handles exist). */
+export function inDedicatedWorker(): boolean {
+  const scope = (globalThis as { DedicatedWorkerGlobalScope?: new () => unknown }).DedicatedWorkerGlobalScope;
+  return typeof scope === "function" && globalThis instanceof scope;
+}
+
+/** Opens a replica and starts replicating when `servers` are given. */
+export async function open(options: OpenOptions): Promise<Replica> {
+  if (options?.storage === "opfs" && !inDedicatedWorker()) {
+    return openInWorker(options, () => new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: `harmonylite:${options.name}` }));
+  }
+  return openLocal(options, platform);
+}

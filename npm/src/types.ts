@@ -1,0 +1,171 @@
+/** Public types of the harmonylite package. */
+
+/** A value bound to a `?`/`:name` parameter. */
+export type SqlValue = null | undefined | boolean | number | bigint | string | Uint8Array | ArrayBuffer;
+
+/** Parameters: an array binds by position, an object by name (`:id`, `@id`, `$id` → `id`). */
+export type SqlParams = readonly SqlValue[] | Readonly<Record<string, SqlValue>>;
+
+/** A result row: column name → value (INTEGER beyond 2^53 comes back as `bigint`). */
+export type Row = Record<string, null | number | bigint | string | Uint8Array>;
+
+/** Where the database lives. */
+export type Storage = "memory" | "opfs";
+
+/** Options of {@link open}. */
+export interface OpenOptions {
+  /** Database name: the file name in OPFS, a label in memory. Required. */
+  name: string;
+  /**
+   * `"memory"` (default; node, workerd, a browser page) or `"opfs"` (browsers; the database
+   * and its outbox survive reloads; runs in a dedicated Worker, started for you when `open`
+   * is called outside one).
+   */
+  storage?: Storage;
+  /** NATS WebSocket URLs (`ws://host:port`, `wss://...`). None: the replica stays local. */
+  servers?: string | string[];
+  /** NATS user name (with `pass`). */
+  user?: string;
+  /** NATS password. */
+  pass?: string;
+  /** NATS token. */
+  token?: string;
+  /** JetStream stream prefix; the stream is `${streamPrefix}-1` (default `harmonylite-changes`). */
+  streamPrefix?: string;
+  /** Subject prefix; changes go to `${subjectPrefix}.1` (default `harmonylite-change-log`). */
+  subjectPrefix?: string;
+  /** A fixed node id (hex). Default: the one stored in the database, else a random one. */
+  nodeId?: string;
+  /** Publish local writes (default true). `false`: local writes stay local. */
+  publish?: boolean;
+  /** Apply remote changes (default true). */
+  replicate?: boolean;
+  /** Tables never replicated. */
+  excludeTables?: string[];
+  /** Compression of published batches (default `"lz4"`). */
+  compression?: "lz4" | "none";
+  /** Look for uncaptured local writes at least this often (ms, default 10000; every `exec` asks for a capture at once). */
+  pollingIntervalMs?: number;
+  /** Most unacknowledged publishes in flight (default 512). */
+  publishWindow?: number;
+  /** Most stream messages applied per transaction (default 256). */
+  applyBatch?: number;
+  /** First reconnect delay (ms, default 250); doubles per failed attempt up to `reconnectMaxMs`. */
+  reconnectMinMs?: number;
+  /** Longest reconnect delay (ms, default 5000). */
+  reconnectMaxMs?: number;
+  /** Timeout of one publish (ms, default 5000). */
+  publishTimeoutMs?: number;
+  /** Stream retention in messages when this replica creates the stream (default 1,000,000). */
+  streamMaxEntries?: number;
+  /** Stream replicas when this replica creates the stream (default 1). */
+  streamReplicas?: number;
+  /**
+   * Start an empty database from the newest snapshot in the object store (default true);
+   * `false` replays the stream from its first message.
+   */
+  snapshots?: boolean;
+  /** Object store bucket of snapshots (default `harmonylite-snapshots`, the sidecar's `[snapshot] nats_bucket`). */
+  snapshotBucket?: string;
+  /** Client name shown by the server (default `harmonylite-js-<node id>`). */
+  clientName?: string;
+  /** OPFS directory of the SyncAccessHandle pool (default `.harmonylite`). */
+  opfsDirectory?: string;
+}
+
+/** Replication state, from {@link Replica.status} and the `status` event. */
+export interface Status {
+  /** Connected to NATS with the stream ready. */
+  online: boolean;
+  /** This replica's node id (hex). */
+  nodeId: string;
+  /** Outbox frames waiting for a JetStream ack. */
+  outboxFrames: number;
+  /** Row changes in those frames. */
+  outboxRows: number;
+  /** Last stream sequence applied. */
+  cursor: number;
+  /** Last stream sequence known to exist (0 until known). */
+  streamLastSeq: number;
+  /** Stream messages not applied yet (`streamLastSeq - cursor`, never negative). */
+  lag: number;
+  /** Messages that could not be applied and wait for a retry. */
+  parked: number;
+  /** The stream no longer holds messages this replica needs (see docs). */
+  fellBehind: boolean;
+}
+
+/** What {@link Replica.exec} did. */
+export interface ExecResult {
+  /** Rows changed by the last INSERT/UPDATE/DELETE statements run (summed). */
+  changes: number;
+  /** `last_insert_rowid()` afterwards. */
+  lastInsertRowid: number | bigint;
+}
+
+/** A notification to {@link Replica.subscribe}rs. */
+export interface ChangeEvent {
+  /** Tables whose rows changed. */
+  tables: string[];
+  /** `"local"`: this replica's writes were captured; `"remote"`: changes from others applied. */
+  origin: "local" | "remote";
+}
+
+/** Options of {@link Replica.subscribe}. */
+export interface SubscribeOptions {
+  /** Only changes to these tables (case-insensitive). Default: every table. */
+  tables?: string[];
+}
+
+/** Options of {@link Replica.flush} and {@link Replica.sync}. */
+export interface WaitOptions {
+  /** Reject with `TimeoutError` after this many milliseconds (default: wait forever). */
+  timeoutMs?: number;
+}
+
+/** Options of {@link Replica.close}. */
+export interface CloseOptions {
+  /** When online, wait up to this long for the outbox to be acknowledged (ms, default 2000). */
+  flushTimeoutMs?: number;
+}
+
+/** SQL access inside {@link Replica.transaction}. */
+export interface Transaction {
+  /** Runs SQL inside the transaction. */
+  exec(sql: string, params?: SqlParams): Promise<ExecResult>;
+  /** Runs a query inside the transaction. */
+  query<T extends Row = Row>(sql: string, params?: SqlParams): Promise<T[]>;
+}
+
+/** Events of {@link Replica.on}. */
+export interface ReplicaEvents {
+  /** Online state, outbox depth, cursor or lag changed. */
+  status: Status;
+  /** Something went wrong in the background (connection, parked message, database retry). */
+  error: Error;
+}
+
+/** A local SQLite replica that replicates through NATS JetStream. */
+export interface Replica {
+  /** Runs SQL (several statements when there are no params). */
+  exec(sql: string, params?: SqlParams): Promise<ExecResult>;
+  /** Runs one query and returns its rows as plain objects. */
+  query<T extends Row = Row>(sql: string, params?: SqlParams): Promise<T[]>;
+  /**
+   * Runs `fn` inside `BEGIN IMMEDIATE` ... `COMMIT` (`ROLLBACK` if it throws). Use the `tx`
+   * argument for SQL inside; calls on the replica itself wait until the transaction ends.
+   */
+  transaction<T>(fn: (tx: Transaction) => Promise<T> | T): Promise<T>;
+  /** Calls `cb` after local writes are captured and after remote changes are applied. */
+  subscribe(cb: (event: ChangeEvent) => void, options?: SubscribeOptions): () => void;
+  /** Current replication state. */
+  status(): Promise<Status>;
+  /** Listens to `status` or `error` events; returns the unsubscribe function. */
+  on<K extends keyof ReplicaEvents>(event: K, cb: (value: ReplicaEvents[K]) => void): () => void;
+  /** Resolves when every local write made so far is acknowledged by JetStream. */
+  flush(options?: WaitOptions): Promise<void>;
+  /** Resolves when everything in the stream as of the call has been applied here. */
+  sync(options?: WaitOptions): Promise<void>;
+  /** Stops replicating and closes the database. */
+  close(options?: CloseOptions): Promise<void>;
+}
