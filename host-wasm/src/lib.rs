@@ -2,7 +2,7 @@
 //!
 //! The harmonylite replica for JavaScript hosts (browsers, node, workerd), built with
 //! wasm-bindgen for `wasm32-unknown-unknown`. It wraps the sans-IO
-//! [`harmonylite_core::engine::Engine`] over a [`harmonylite_core::sqlite::Store`] whose
+//! `harmonylite_core::engine::Engine` over a `harmonylite_core::sqlite::Store` whose
 //! SQLite is `sqlite-wasm-rs` (memory VFS, or OPFS through `sqlite-wasm-vfs`'s SAH pool in a
 //! dedicated Worker), and exposes:
 //!
@@ -17,7 +17,7 @@
 //! WebSocket, timers, clocks and randomness. This crate never reads a clock: every call
 //! that may do work takes `now` (monotonic and wall milliseconds) from the caller.
 //!
-//! Errors reach JavaScript as `Error` objects with a stable `name` (see [`error`]).
+//! Errors reach JavaScript as `Error` objects with a stable `name` (see the `error` module).
 //!
 //! On other targets the crate is empty, so workspace-wide native builds, lints and tests
 //! pass without a wasm toolchain.
