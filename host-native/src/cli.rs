@@ -45,7 +45,8 @@ pub struct Cli {
     pub cluster_addr: Option<SocketAddr>,
 
     /// Comma-separated route URLs of the other embedded servers, e.g.
-    /// nats://node2:6222,nats://node3:6222 (replaces `nats.cluster_peers`; "" clears it).
+    /// nats://node2:6222,nats://node3:6222, or dns://name:6222 for every address of a name
+    /// (replaces `nats.cluster_peers`; "" clears it).
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     pub cluster_peers: Option<Vec<String>>,
 

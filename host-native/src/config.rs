@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub const CLIENT_URL_SCHEMES: &[&str] = &["nats://", "tls://", "ws://", "wss://"];
 
 /// URL schemes accepted by `nats.cluster_peers`.
-pub const ROUTE_URL_SCHEMES: &[&str] = &["nats://"];
+pub const ROUTE_URL_SCHEMES: &[&str] = &["nats://", "dns://"];
 
 /// The most JetStream stream replicas NATS supports.
 pub const MAX_STREAM_REPLICAS: u32 = 5;
@@ -135,7 +135,7 @@ pub struct NatsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_addr: Option<SocketAddr>,
     /// `cluster_peers` (default empty): route URLs (`nats://host:port`) of the other embedded
-    /// servers (`--cluster-peers`).
+    /// servers, or `dns://name:port` names that resolve to them (`--cluster-peers`).
     pub cluster_peers: Vec<String>,
     /// `leaf_servers` (default empty): remote servers the embedded server joins as a leaf
     /// node (`--leaf-servers`).
@@ -569,6 +569,11 @@ impl Config {
             &nats.cluster_peers,
             ROUTE_URL_SCHEMES,
         );
+        for peer in &nats.cluster_peers {
+            if let Some(Err(why)) = crate::route_peers::parse_dns_peer(peer) {
+                out.add("nats.cluster_peers", why);
+            }
+        }
         check_urls(
             &mut out,
             "nats.leaf_servers",
@@ -1491,6 +1496,28 @@ format = "json"
             &with(dir.path(), "[nats]\nleaf_servers = [\"b:7422\"]"),
             "nats.leaf_servers",
         );
+    }
+
+    #[test]
+    fn dns_cluster_peers_need_a_name_and_port() {
+        let dir = tmp();
+        let c = Config::from_toml_str(
+            &with(
+                dir.path(),
+                "[nats]\ncluster_addr = \"0.0.0.0:6222\"\ncluster_peers = [\"dns://hl-headless:6222\"]",
+            ),
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(c.nats.cluster_peers, ["dns://hl-headless:6222"]);
+        let why = invalid(
+            &with(
+                dir.path(),
+                "[nats]\ncluster_addr = \"0.0.0.0:6222\"\ncluster_peers = [\"dns://hl-headless\"]",
+            ),
+            "nats.cluster_peers",
+        );
+        assert!(why.contains("dns://name:port"), "{why}");
     }
 
     #[test]

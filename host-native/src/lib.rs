@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod nats_server;
 pub mod progress;
 pub mod restore;
+pub mod route_peers;
 pub mod snapshot;
 pub mod snapshot_store;
 pub mod transport;

@@ -101,7 +101,8 @@ pub struct ClusterConfig {
     pub name: String,
     /// Route listener; the port must be explicit (not `0`) so peers can route to it.
     pub listen: SocketAddr,
-    /// Peer route URLs, `nats://host:port` (may include this node's own route URL).
+    /// Peer route URLs, `nats://host:port` (may include this node's own route URL), or
+    /// `dns://name:port`, resolved to one route per address at each (re)start.
     pub routes: Vec<String>,
 }
 
@@ -779,7 +780,15 @@ async fn join_readers(readers: &mut Vec<JoinHandle<()>>) {
 }
 
 fn write_config(launch: &Launch) -> Result<(), NatsServerError> {
-    let text = launch.config.render(&launch.store_dir)?;
+    let mut config = launch.config.clone();
+    if let Some(cluster) = &mut config.cluster {
+        // `dns://` peers are looked up again on every (re)start.
+        cluster.routes = crate::route_peers::expand_routes(
+            &cluster.routes,
+            crate::route_peers::resolve_with_system,
+        );
+    }
+    let text = config.render(&launch.store_dir)?;
     let tmp = launch.config_path.with_extension("conf.tmp");
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &launch.config_path))
