@@ -218,6 +218,7 @@ pub async fn run_until(
         stream,
         messages: None,
         consumer_retry_at: Some(Instant::now()),
+        consumer_error: None,
         replicate: config.replicate,
         restore_on_restart: config.snapshot.enable,
         batch_limit: config.scan_max_changes.max(1),
@@ -418,6 +419,8 @@ struct Driver {
     stream: jetstream::stream::Stream,
     messages: Option<jetstream::consumer::pull::Ordered>,
     consumer_retry_at: Option<Instant>,
+    /// Why the last attempt to start the stream consumer failed, until one succeeds.
+    consumer_error: Option<String>,
     replicate: bool,
     /// Whether a restart restores from a snapshot when this node fell behind.
     restore_on_restart: bool,
@@ -679,6 +682,12 @@ impl Driver {
                 TransportEvent::Connected => {
                     if !self.connected {
                         tracing::info!("connected to NATS");
+                        // After an outage the old consumer may be gone with its server; its
+                        // heartbeat check would notice only after several seconds. Start a
+                        // new one from the cursor now (nothing applied is fetched again).
+                        if self.messages.take().is_some() {
+                            self.consumer_retry_at = Some(Instant::now());
+                        }
                     }
                     self.connected = true;
                     inputs.push(Input::Connected);
@@ -790,6 +799,7 @@ impl Driver {
             Ok(Ok(messages)) => {
                 self.messages = Some(messages);
                 self.consumer_retry_at = None;
+                self.consumer_error = None;
                 tracing::info!(from = cursor.get() + 1, "consuming the change stream");
             }
             Ok(Err((first, last))) => {
@@ -822,7 +832,8 @@ impl Driver {
                 self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(30));
             }
             Err(e) => {
-                tracing::warn!("cannot start the stream consumer yet: {e}");
+                tracing::warn!("cannot start the stream consumer yet: {e:#}");
+                self.consumer_error = Some(format!("{e:#}"));
                 self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(2));
             }
         }
@@ -858,7 +869,9 @@ impl Driver {
         s.parked = parked;
         s.nats_connected = self.connected;
         s.fell_behind = self.fell_behind;
-        s.healthy = self.connected && !self.fell_behind && !s.restoring;
+        s.consumer_error = self.consumer_error.clone();
+        s.healthy =
+            self.connected && !self.fell_behind && !s.restoring && s.consumer_error.is_none();
         self.metrics
             .gauges(outbox_frames, s.lag, parked, self.connected);
     }

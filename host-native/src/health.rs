@@ -30,6 +30,9 @@ pub struct Status {
     pub last_apply_unix_ms: Option<u64>,
     /// The stream no longer holds messages this node needs (restore from a snapshot).
     pub fell_behind: bool,
+    /// Why the stream consumer cannot start (e.g. a NATS permission refused), while it
+    /// cannot; the node is unhealthy meanwhile.
+    pub consumer_error: Option<String>,
     /// Whether local writes are published.
     pub publish: bool,
     /// Whether remote changes are applied.
@@ -40,7 +43,8 @@ pub struct Status {
     pub last_snapshot: Option<SnapshotStatus>,
     /// The restore this node did at start, if any.
     pub last_restore: Option<SnapshotStatus>,
-    /// Connected, not restoring and not behind the stream's retention.
+    /// Connected, consuming the stream (when replicating), not restoring and not behind the
+    /// stream's retention.
     pub healthy: bool,
 }
 

@@ -272,4 +272,16 @@ fn nats_server_restarts_lose_nothing_and_sidecars_recover_by_themselves() {
     });
     assert_eq!(rows.len(), 153);
     assert!(a.is_running() && b.is_running());
+    // Each reconnect starts a new consumer from the cursor at once, rather than waiting for
+    // the old one's heartbeats to fail.
+    for node in [&a, &b] {
+        let log = node.log();
+        let reconnects = log.matches("connected to NATS").count();
+        let started = log.matches("consuming the change stream").count();
+        assert!(
+            reconnects >= 1 && started > reconnects,
+            "{}: {started} consumer starts for {reconnects} reconnects:\n{log}",
+            node.name
+        );
+    }
 }
