@@ -177,6 +177,8 @@ pub struct ReceiveSummary {
     pub parked: Vec<(StreamSeq, &'static str, String)>,
     /// Previously parked messages that applied now.
     pub unparked: u64,
+    /// Replicated migrations applied.
+    pub migrations: u64,
     /// Tables whose rows changed.
     pub tables: BTreeSet<String>,
     /// Local changes drained first.
@@ -200,6 +202,7 @@ impl ReceiveSummary {
                 .map(|p| (p.seq, p.kind, p.reason))
                 .collect(),
             unparked: r.unparked,
+            migrations: r.migrations,
             tables: r.applied.tables,
             drained: r.drained,
             cursor: r.cursor,
@@ -435,8 +438,12 @@ impl<D: Database> Engine<D> {
                 Ok(report) => {
                     self.apply_backoff.succeed();
                     self.inbox.drain(..take);
-                    if report.drained.frames > 0 {
+                    if report.drained.frames > 0 || report.drained.outbox_grew {
                         self.outbox_may_have_more = true;
+                    }
+                    if report.drained.schema_changed {
+                        // New tables or columns: parked messages may apply now.
+                        self.retry_parked_soon();
                     }
                     if !report.parked.is_empty() {
                         self.parked_retry_at
@@ -463,8 +470,12 @@ impl<D: Database> Engine<D> {
             Ok(report) => {
                 self.drain_backoff.succeed();
                 self.drain_at = now.monotonic + self.config.polling_interval;
-                if report.frames > 0 {
+                if report.frames > 0 || report.outbox_grew {
                     self.outbox_may_have_more = true;
+                }
+                if report.schema_changed {
+                    // The application changed the schema: parked messages may apply now.
+                    self.retry_parked_soon();
                 }
                 if report.log_entries > 0 {
                     self.outputs

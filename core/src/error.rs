@@ -113,6 +113,9 @@ mod store_errors {
         /// A timestamp is too far in the future.
         #[error(transparent)]
         Clock(#[from] ClockError),
+        /// A replicated migration failed here, or waits behind an earlier one that did.
+        #[error("migration not applied: {0}")]
+        Migration(String),
         /// SQLite refused the change because of the data (constraint, type).
         #[error("SQLite refused a change to table {table:?}: {source}")]
         Rejected {
@@ -135,6 +138,18 @@ mod store_errors {
                 ApplyError::KeyMismatch { .. } => "key_mismatch",
                 ApplyError::Clock(_) => "clock",
                 ApplyError::Rejected { .. } => "rejected",
+                ApplyError::Migration(_) => "migration",
+            }
+        }
+
+        /// The table the refusal is about, when it is about one (parked counts per table).
+        pub fn table(&self) -> Option<&str> {
+            match self {
+                ApplyError::UnknownTable { table }
+                | ApplyError::UnknownColumn { table, .. }
+                | ApplyError::KeyMismatch { table, .. }
+                | ApplyError::Rejected { table, .. } => Some(table),
+                ApplyError::Wire(_) | ApplyError::Clock(_) | ApplyError::Migration(_) => None,
             }
         }
     }

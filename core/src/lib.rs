@@ -8,7 +8,9 @@
 //! - [`value`], [`change`]: SQLite values, row changes, batches.
 //! - [`capture`]: which tables replicate and the trigger/log DDL (pure SQL generation).
 //! - [`merge`]: the last-writer-wins rule, as the specification.
-//! - [`wire`]: `Message::V1` frames (postcard, CRC-32, optional LZ4, multi-part batches).
+//! - [`wire`]: `Message::V1` frames (postcard, CRC-32, optional LZ4, multi-part batches) and
+//!   `Message::Migration` frames.
+//! - [`migration`]: which SQL a replicated schema migration may contain.
 //! - [`snapshot`]: snapshot header and chunk framing with an incremental decoder.
 //! - [`engine`]: [`engine::Engine`] with `handle_input` / `poll_output` / `poll_timeout`.
 //! - `sqlite` (feature `sqlite`): [`sqlite::Store`], which installs capture and executes
@@ -68,6 +70,7 @@ pub mod engine;
 pub mod error;
 pub mod hlc;
 pub mod merge;
+pub mod migration;
 pub mod report;
 pub mod snapshot;
 pub mod value;

@@ -30,6 +30,12 @@ pub struct DrainReport {
     pub frames: usize,
     /// Tables with captured changes.
     pub tables: Vec<String>,
+    /// The database schema changed since the store last looked (the application's DDL or
+    /// a migration): parked messages may apply now.
+    pub schema_changed: bool,
+    /// Frames reached the outbox outside this drain (a migration published through
+    /// `Store::publish_migration`, possibly by another process): publish them.
+    pub outbox_grew: bool,
 }
 
 /// What a receive did.
@@ -51,6 +57,8 @@ pub struct ReceiveReport {
     pub parked: Vec<Parked>,
     /// Parked messages that now applied (retries only).
     pub unparked: u64,
+    /// Replicated migrations applied.
+    pub migrations: u64,
     /// The cursor after this receive.
     pub cursor: StreamSeq,
 }

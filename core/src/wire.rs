@@ -18,6 +18,12 @@
 //! concatenated in index order, are the (optionally compressed) postcard encoding of a
 //! [`Batch`]. Batches larger than the stream's payload limit are split into several parts
 //! and applied only when every part has arrived.
+//!
+//! A [`MigrationV1`] (variant index 1, "version 2" of the envelope) carries one replicated
+//! schema migration: SQL every replica runs once, in stream order (see
+//! `docs/schema-changes.md`). Builds older than it report "version 2 is newer than this
+//! build" and park the message until they are upgraded. [`decode_message`] decodes either
+//! kind; [`decode_frame`] accepts batch parts only.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,14 +36,33 @@ const HEADER_LEN: usize = MAGIC.len() + 4;
 const FRAME_OVERHEAD: usize = 96;
 /// Largest expansion LZ4 can produce; a larger declared size is malformed.
 const LZ4_MAX_RATIO: usize = 255;
-/// The newest message version this build understands.
-pub const CURRENT_VERSION: u64 = 1;
+/// The newest message version this build understands (the number of [`Message`] variants).
+pub const CURRENT_VERSION: u64 = 2;
 
 /// A replication message, versioned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// Version 1.
+    /// Version 1: one part of a batch of row changes.
     V1(MessageV1),
+    /// Added in version 2: a replicated schema migration.
+    Migration(MigrationV1),
+}
+
+/// A replicated schema migration: SQL that every replica runs exactly once, in stream order,
+/// before applying any later message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationV1 {
+    /// Node that published it.
+    pub origin: NodeId,
+    /// Unique id: the origin's HLC when it was published, encoded (24 bytes).
+    pub id: Vec<u8>,
+    /// Migration version the origin had applied when it published this one (informative:
+    /// replicas number migrations by stream order).
+    pub base_version: u64,
+    /// Whether the publisher allowed destructive statements (`DROP TABLE`, `DROP COLUMN`).
+    pub destructive: bool,
+    /// The SQL text, one or more statements.
+    pub sql: String,
 }
 
 /// Version 1 of a replication message: one part of one batch.
@@ -95,6 +120,9 @@ pub enum WireError {
     /// The batch decoded but is internally inconsistent.
     #[error("inconsistent batch: {0}")]
     InvalidBatch(String),
+    /// A migration frame where a batch part was expected.
+    #[error("a schema migration where a batch part was expected")]
+    NotABatch,
     /// The payload limit is too small to carry any data.
     #[error("payload limit of {0} bytes is too small for a message")]
     LimitTooSmall(usize),
@@ -158,8 +186,17 @@ pub fn encode_frame(message: &Message) -> Vec<u8> {
     out
 }
 
-/// Decodes and verifies one frame. Never panics, whatever the input.
+/// Decodes and verifies one frame that must be a batch part ([`Message::V1`]); a migration
+/// frame is [`WireError::NotABatch`]. Never panics, whatever the input.
 pub fn decode_frame(frame: &[u8]) -> Result<MessageV1, WireError> {
+    match decode_message(frame)? {
+        Message::V1(message) => Ok(message),
+        Message::Migration(_) => Err(WireError::NotABatch),
+    }
+}
+
+/// Decodes and verifies one frame of any kind. Never panics, whatever the input.
+pub fn decode_message(frame: &[u8]) -> Result<Message, WireError> {
     if frame.len() < HEADER_LEN || frame[..MAGIC.len()] != MAGIC {
         return Err(WireError::NotAMessage(frame.len()));
     }
@@ -183,14 +220,26 @@ pub fn decode_frame(frame: &[u8]) -> Result<MessageV1, WireError> {
             rest.len()
         )));
     }
-    let Message::V1(message) = message;
-    if message.parts == 0 || message.part >= message.parts {
-        return Err(WireError::BadPart {
-            part: message.part,
-            parts: message.parts,
-        });
+    match message {
+        Message::V1(message) => {
+            if message.parts == 0 || message.part >= message.parts {
+                return Err(WireError::BadPart {
+                    part: message.part,
+                    parts: message.parts,
+                });
+            }
+            Ok(Message::V1(message))
+        }
+        Message::Migration(migration) => {
+            if migration.id.len() != crate::hlc::Hlc::LEN {
+                return Err(WireError::Malformed(format!(
+                    "migration id of {} bytes",
+                    migration.id.len()
+                )));
+            }
+            Ok(Message::Migration(migration))
+        }
     }
-    Ok(message)
 }
 
 /// Decodes a complete batch body (all parts concatenated in order). Never panics.
@@ -291,10 +340,32 @@ mod tests {
             compression: Compression::None,
             body: vec![],
         }));
-        frame[HEADER_LEN] = 1; // variant index 1 = V2
+        frame[HEADER_LEN] = 2; // variant index 2 = version 3
         let crc = crc32fast::hash(&frame[HEADER_LEN..]);
         frame[2..6].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_frame(&frame), Err(WireError::UnsupportedVersion(2)));
+        assert_eq!(decode_frame(&frame), Err(WireError::UnsupportedVersion(3)));
+    }
+
+    #[test]
+    fn migrations_round_trip_and_are_not_batches() {
+        let migration = MigrationV1 {
+            origin: node(),
+            id: vec![7; crate::hlc::Hlc::LEN],
+            base_version: 3,
+            destructive: false,
+            sql: "ALTER TABLE t ADD COLUMN c TEXT; -- ;".into(),
+        };
+        let frame = encode_frame(&Message::Migration(migration.clone()));
+        assert_eq!(
+            decode_message(&frame),
+            Ok(Message::Migration(migration.clone()))
+        );
+        assert_eq!(decode_frame(&frame), Err(WireError::NotABatch));
+        let bad = encode_frame(&Message::Migration(MigrationV1 {
+            id: vec![1, 2],
+            ..migration
+        }));
+        assert!(matches!(decode_message(&bad), Err(WireError::Malformed(_))));
     }
 
     #[test]

@@ -420,7 +420,7 @@ pub async fn publish_salvaged(
 ) -> (u64, u64) {
     let (good, bad): (Vec<&OutboxFrame>, Vec<&OutboxFrame>) = frames
         .iter()
-        .partition(|f| wire::decode_frame(&f.frame).is_ok());
+        .partition(|f| wire::decode_message(&f.frame).is_ok());
     for chunk in good.chunks(512) {
         let owned: Vec<OutboxFrame> = chunk.iter().map(|f| (*f).clone()).collect();
         publish_frames(js, subject, &owned).await;

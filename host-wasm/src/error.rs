@@ -9,6 +9,7 @@
 //! | `SqliteError` | SQLite refused the application's SQL | `code` (`"SQLITE_CONSTRAINT"` ...), `extendedCode` (number) |
 //! | `StorageError` | opening the database, OPFS unavailable or its directory in use by another tab, harmonylite metadata damaged | — |
 //! | `ReplicaClosedError` | the replica was closed | — |
+//! | `MigrationError` | `migrate` refused the SQL (destructive without the flag, transaction control, fails on this database) | — |
 
 use harmonylite_core::error::StoreError;
 use wasm_bindgen::JsValue;
@@ -32,6 +33,9 @@ pub enum ReplicaError {
     /// The replica was closed.
     #[error("the replica is closed")]
     Closed,
+    /// A migration was refused before publishing.
+    #[error("{0}")]
+    Migration(String),
 }
 
 impl ReplicaError {
@@ -42,6 +46,7 @@ impl ReplicaError {
             ReplicaError::Sqlite { .. } => "SqliteError",
             ReplicaError::Storage(_) => "StorageError",
             ReplicaError::Closed => "ReplicaClosedError",
+            ReplicaError::Migration(_) => "MigrationError",
         }
     }
 }

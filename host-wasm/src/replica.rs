@@ -8,7 +8,8 @@ use harmonylite_core::engine::{Engine, EngineConfig, Event, Input, Now, Output};
 use harmonylite_core::hlc::ntp64_from_unix;
 use harmonylite_core::report::Inbound;
 use harmonylite_core::sqlite::snapshot::{install_node_local, NodeLocal};
-use harmonylite_core::sqlite::{Store, StoreOptions};
+use harmonylite_core::sqlite::{PublishMigrationError, Store, StoreOptions};
+use harmonylite_core::wire;
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{Connection, OpenFlags};
@@ -467,15 +468,99 @@ impl Replica {
         Ok(())
     }
 
+    /// Publishes `sql` as a replicated schema migration (checked, tried on this database
+    /// and rolled back, then written to the outbox); every replica, this one included,
+    /// applies it once when it arrives from the stream. Returns `{id, baseVersion,
+    /// statements, destructive}`; call `pollOutputs` afterwards (it is handed out for
+    /// publishing at once).
+    pub fn migrate(
+        &mut self,
+        sql: &str,
+        allow_destructive: bool,
+        monotonic_ms: f64,
+        wall_ms: f64,
+    ) -> Result<JsValue, JsValue> {
+        if !self.conn()?.is_autocommit() {
+            return Err(ReplicaError::InvalidArgument(
+                "migrate() cannot run inside a transaction".into(),
+            )
+            .into());
+        }
+        let wall = ntp64_from_unix(Duration::from_secs_f64(wall_ms.max(0.0) / 1000.0));
+        let engine = self.engine_mut()?;
+        let published = engine
+            .db_mut()
+            .publish_migration(sql, allow_destructive, wall)
+            .map_err(|e| match e {
+                PublishMigrationError::Refused(e) => ReplicaError::Migration(e.to_string()),
+                PublishMigrationError::Store(e) => ReplicaError::from(e),
+            })?;
+        engine.handle_input(now(monotonic_ms, wall_ms), Input::LocalWrite);
+        Ok(object(&[
+            ("id", JsValue::from_str(&published.id)),
+            ("baseVersion", num(published.base_version as f64)),
+            ("statements", num(published.statements as f64)),
+            ("destructive", JsValue::from_bool(published.destructive)),
+        ]))
+    }
+
+    /// The version under which the migration with this id (as `migrate` returned it) was
+    /// applied here; 0 when it was not (yet).
+    #[wasm_bindgen(js_name = migrationVersion)]
+    pub fn migration_version(&self, id: &str) -> Result<f64, JsValue> {
+        let migrations = self
+            .engine()?
+            .db()
+            .migrations()
+            .map_err(ReplicaError::from)?;
+        Ok(migrations
+            .iter()
+            .find(|m| hex(&m.id) == id)
+            .map_or(0.0, |m| m.version as f64))
+    }
+
+    /// Why the migration with this id is parked here, if it is.
+    #[wasm_bindgen(js_name = migrationParked)]
+    pub fn migration_parked(&self, id: &str) -> Result<Option<String>, JsValue> {
+        let parked = self.engine()?.db().parked().map_err(ReplicaError::from)?;
+        Ok(parked
+            .into_iter()
+            .find_map(|p| match wire::decode_message(&p.frame) {
+                Ok(wire::Message::Migration(m)) if hex(&m.id) == id => Some(p.reason),
+                _ => None,
+            }))
+    }
+
+    /// The local schema: `{fingerprint, migrationVersion, parkedMigrations, parkedByTable}`
+    /// where `parkedByTable` maps a table name (`""`: none) to its parked messages.
+    #[wasm_bindgen(js_name = schemaStatus)]
+    pub fn schema_status(&self) -> Result<JsValue, JsValue> {
+        let store = self.engine()?.db();
+        let status = store.schema_status().map_err(ReplicaError::from)?;
+        let by_table = Object::new();
+        for (table, count) in store.parked_by_table().map_err(ReplicaError::from)? {
+            Reflect::set(&by_table, &JsValue::from_str(&table), &num(count as f64))?;
+        }
+        Ok(object(&[
+            ("fingerprint", JsValue::from_str(&status.fingerprint)),
+            ("migrationVersion", num(status.migration_version as f64)),
+            ("parkedMigrations", num(status.parked_migrations as f64)),
+            ("parkedByTable", by_table.into()),
+        ]))
+    }
+
     /// Counters: `{outboxFrames, outboxRows, parked, logPending, cursor, appliedCursor,
-    /// inbox, inFlight}`.
+    /// inbox, inFlight, migrationVersion, schemaFingerprint}`.
     pub fn counters(&self) -> Result<JsValue, JsValue> {
         let engine = self.engine()?;
         let store = engine.db();
         let (frames, rows) = store.outbox_depth().map_err(ReplicaError::from)?;
         let parked = store.parked_count().map_err(ReplicaError::from)?;
         let log = store.log_depth().map_err(ReplicaError::from)?;
+        let schema = store.schema_status().map_err(ReplicaError::from)?;
         Ok(object(&[
+            ("migrationVersion", num(schema.migration_version as f64)),
+            ("schemaFingerprint", JsValue::from_str(&schema.fingerprint)),
             ("outboxFrames", num(frames as f64)),
             ("outboxRows", num(rows as f64)),
             ("parked", num(parked as f64)),
@@ -689,4 +774,8 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

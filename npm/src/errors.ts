@@ -74,6 +74,14 @@ export class ReplicationError extends HarmonyliteError {
   }
 }
 
+/** `migrate()` refused the SQL (destructive without `allowDestructive`, transaction control, or it fails here), or this replica could not apply it. */
+export class MigrationError extends HarmonyliteError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "MigrationError";
+  }
+}
+
 /** Plain-data form of an error, as it crosses a Worker boundary. */
 export interface ErrorData {
   name: string;
@@ -119,6 +127,8 @@ export function toHarmonyliteError(e: unknown): Error {
       return new ConnectionError(message, { cause });
     case "ReplicationError":
       return new ReplicationError(message, { cause });
+    case "MigrationError":
+      return new MigrationError(message, { cause });
     default:
       // Not ours (e.g. an exception thrown by a transaction callback): pass it through.
       return e instanceof Error ? e : new HarmonyliteError(message);

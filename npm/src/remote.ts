@@ -10,10 +10,13 @@ import type {
   ChangeEvent,
   CloseOptions,
   ExecResult,
+  MigrateOptions,
+  MigrationResult,
   OpenOptions,
   Replica,
   ReplicaEvents,
   Row,
+  SchemaStatus,
   SqlParams,
   Status,
   SubscribeOptions,
@@ -205,6 +208,15 @@ class WorkerReplica implements Replica {
   async flush(options?: WaitOptions): Promise<void> {
     await this.#idle();
     await this.call("flush", [options]);
+  }
+
+  async migrate(sql: string, options?: MigrateOptions): Promise<MigrationResult> {
+    await this.#idle();
+    return (await this.call("migrate", [sql, options])) as MigrationResult;
+  }
+
+  async schemaStatus(): Promise<SchemaStatus> {
+    return (await this.call("schemaStatus", [])) as SchemaStatus;
   }
 
   async sync(options?: WaitOptions): Promise<void> {

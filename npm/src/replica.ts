@@ -10,17 +10,20 @@
  * deadline. All SQL runs synchronously inside the wasm module.
  */
 
-import { ReplicaClosedError, ReplicationError, TimeoutError, InvalidArgumentError, toHarmonyliteError } from "./errors.js";
+import { MigrationError, ReplicaClosedError, ReplicationError, TimeoutError, InvalidArgumentError, toHarmonyliteError } from "./errors.js";
 import { Transport } from "./transport.js";
 import type { WsFactory } from "./transport.js";
 import type {
   ChangeEvent,
   CloseOptions,
   ExecResult,
+  MigrateOptions,
+  MigrationResult,
   OpenOptions,
   Replica,
   ReplicaEvents,
   Row,
+  SchemaStatus,
   SqlParams,
   Status,
   SubscribeOptions,
@@ -47,6 +50,10 @@ export interface WasmReplica {
   totalChanges(): number;
   exec(sql: string, params: unknown, monotonicMs: number, wallMs: number): ExecResult;
   query(sql: string, params: unknown): Row[];
+  migrate(sql: string, allowDestructive: boolean, monotonicMs: number, wallMs: number): { id: string; baseVersion: number; statements: number; destructive: boolean };
+  migrationVersion(id: string): number;
+  migrationParked(id: string): string | undefined;
+  schemaStatus(): SchemaStatus;
   close(): void;
   free(): void;
 }
@@ -71,6 +78,8 @@ interface Counters {
   appliedCursor: number;
   inbox: number;
   inFlight: number;
+  migrationVersion: number;
+  schemaFingerprint: string;
 }
 
 type Output =
@@ -508,6 +517,8 @@ export class LocalReplica implements Replica {
       lag: last - c.appliedCursor,
       parked: c.parked,
       fellBehind: this.#fellBehind,
+      migrationVersion: c.migrationVersion,
+      schemaFingerprint: c.schemaFingerprint,
     };
   }
 
@@ -741,6 +752,50 @@ export class LocalReplica implements Replica {
       return;
     }
     return this.#wait("flush", target, options);
+  }
+
+  async migrate(sql: string, options?: MigrateOptions): Promise<MigrationResult> {
+    await this.#idle();
+    if (typeof sql !== "string") {
+      throw new InvalidArgumentError("sql must be a string");
+    }
+    if (!this.#transport || !this.#publish) {
+      throw new InvalidArgumentError("migrate() needs servers and publish: the migration reaches the other replicas through the stream");
+    }
+    const [mono, wall] = this.#now();
+    let queued: { id: string; statements: number; destructive: boolean };
+    try {
+      queued = this.#core.migrate(sql, options?.allowDestructive === true, mono, wall);
+    } catch (e) {
+      throw toHarmonyliteError(e);
+    }
+    // Hand the migration out for publishing now.
+    this.#carryOut();
+    const started = Date.now();
+    for (;;) {
+      this.#check();
+      const version = this.#core.migrationVersion(queued.id);
+      if (version > 0) {
+        return { id: queued.id, version, statements: queued.statements, destructive: queued.destructive };
+      }
+      const parked = this.#core.migrationParked(queued.id);
+      if (parked !== undefined) {
+        throw new MigrationError(`the migration was published but could not be applied here: ${parked}`);
+      }
+      if (options?.timeoutMs !== undefined && Date.now() - started > options.timeoutMs) {
+        throw new TimeoutError(`migrate() was not applied here within ${options.timeoutMs} ms (it stays published)`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  async schemaStatus(): Promise<SchemaStatus> {
+    this.#check();
+    try {
+      return this.#core.schemaStatus();
+    } catch (e) {
+      throw toHarmonyliteError(e);
+    }
   }
 
   async sync(options?: WaitOptions): Promise<void> {

@@ -19,6 +19,8 @@ export interface Call {
     | "status"
     | "flush"
     | "sync"
+    | "migrate"
+    | "schemaStatus"
     | "close";
   args: unknown[];
 }

@@ -93,6 +93,40 @@ export interface Status {
   parked: number;
   /** The stream no longer holds messages this replica needs (see docs). */
   fellBehind: boolean;
+  /** Version of the last replicated migration applied here (0: none). */
+  migrationVersion: number;
+  /** CRC-32 of the application's schema (8 hex digits); equal on two replicas = same schema. */
+  schemaFingerprint: string;
+}
+
+/** The local schema, from {@link Replica.schemaStatus}. */
+export interface SchemaStatus {
+  /** CRC-32 of the application's schema (8 hex digits). */
+  fingerprint: string;
+  /** Version of the last replicated migration applied here (0: none). */
+  migrationVersion: number;
+  /** Migrations parked here (failed, or waiting behind one that failed). */
+  parkedMigrations: number;
+  /** Parked messages by the table they are about (`""`: about no single table). */
+  parkedByTable: Record<string, number>;
+}
+
+/** Options of {@link Replica.migrate}. */
+export interface MigrateOptions extends WaitOptions {
+  /** Allow destructive statements: `DROP TABLE`, `ALTER TABLE … DROP COLUMN` (default false). */
+  allowDestructive?: boolean;
+}
+
+/** What {@link Replica.migrate} did. */
+export interface MigrationResult {
+  /** The migration's id (hex). */
+  id: string;
+  /** The version it was applied under here (the same on every replica). */
+  version: number;
+  /** Statements it holds. */
+  statements: number;
+  /** Whether it holds destructive statements. */
+  destructive: boolean;
 }
 
 /** What {@link Replica.exec} did. */
@@ -166,6 +200,14 @@ export interface Replica {
   flush(options?: WaitOptions): Promise<void>;
   /** Resolves when everything in the stream as of the call has been applied here. */
   sync(options?: WaitOptions): Promise<void>;
+  /**
+   * Publishes `sql` as a replicated schema migration: every replica applies it exactly
+   * once, in stream order. Checked and tried here first (`MigrationError` if refused);
+   * resolves once this replica applied it. Needs `servers`.
+   */
+  migrate(sql: string, options?: MigrateOptions): Promise<MigrationResult>;
+  /** The local schema fingerprint, migration version and parked messages by table. */
+  schemaStatus(): Promise<SchemaStatus>;
   /** Stops replicating and closes the database. */
   close(options?: CloseOptions): Promise<void>;
 }

@@ -36,7 +36,10 @@ part INTEGER NOT NULL, parts INTEGER NOT NULL, compression INTEGER NOT NULL, bod
 PRIMARY KEY(origin, batch_seq, part)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {parked}(stream_seq INTEGER PRIMARY KEY, frame BLOB NOT NULL, \
 kind TEXT NOT NULL, reason TEXT NOT NULL, parked_at INTEGER NOT NULL, \
-attempts INTEGER NOT NULL DEFAULT 0);",
+attempts INTEGER NOT NULL DEFAULT 0, tbl TEXT);
+CREATE TABLE IF NOT EXISTS {migrations}(version INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, \
+origin BLOB NOT NULL, stream_seq INTEGER NOT NULL, destructive INTEGER NOT NULL, \
+sql TEXT NOT NULL, applied_at INTEGER NOT NULL);",
         meta = quote(names::META),
         tables = quote(names::TABLES),
         log = quote(names::LOG),
@@ -45,6 +48,28 @@ attempts INTEGER NOT NULL DEFAULT 0);",
         applying = quote(names::APPLYING),
         parts = quote(names::PARTS),
         parked = quote(names::PARKED),
+        migrations = quote(names::MIGRATIONS),
+    )
+}
+
+/// Adds the `tbl` column (table a parked message concerns) to a parked table created by a
+/// build before it.
+pub fn add_parked_table_column() -> String {
+    format!("ALTER TABLE {} ADD COLUMN tbl TEXT", quote(names::PARKED))
+}
+
+/// Log entries for every current row of table `id`: used when capture starts on a table the
+/// application created (or re-created) while running, whose rows were written before its
+/// triggers existed.
+pub fn seed_log(id: i64, table: &TableInfo) -> String {
+    let slots: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
+    let keys: Vec<String> = table.key_columns.iter().map(|c| quote(&c.name)).collect();
+    format!(
+        "INSERT INTO {}(tbl, wall, {}) SELECT {id}, {WALL_CLOCK_MILLIS}, {} FROM {}",
+        quote(names::LOG),
+        slots.join(", "),
+        keys.join(", "),
+        quote(&table.name)
     )
 }
 

@@ -10,7 +10,8 @@
 //! | encoded batches waiting for a JetStream ack | `__hl_outbox` |
 //! | echo-suppression marker (a row exists only inside an apply transaction) | `__hl_applying` |
 //! | parts of multi-part batches received so far | `__hl_parts` |
-//! | messages that could not be applied, with the reason | `__hl_parked` |
+//! | messages that could not be applied, with the reason and table | `__hl_parked` |
+//! | replicated schema migrations applied here, in order | `__hl_migrations` |
 //! | row versions of replicated table *N* | `__hl_v<N>` |
 //! | capture triggers of table *N* | `__hl_t<N>_insert`, `__hl_t<N>_update`, `__hl_t<N>_delete` |
 //!
@@ -33,6 +34,8 @@ pub const APPLYING: &str = "__hl_applying";
 pub const PARTS: &str = "__hl_parts";
 /// Parked messages.
 pub const PARKED: &str = "__hl_parked";
+/// Applied replicated migrations.
+pub const MIGRATIONS: &str = "__hl_migrations";
 
 /// Version table of the table with registry id `id`.
 pub fn version_table(id: i64) -> String {

@@ -77,24 +77,60 @@ fn compression_code(c: Compression) -> i64 {
     }
 }
 
-/// Records a message that could not be applied (replacing an earlier record of it).
+/// Records a message that could not be applied (replacing an earlier record of it), with
+/// the table it is about when it is about one.
 pub fn park(
     conn: &Connection,
     seq: StreamSeq,
     frame: &[u8],
     kind: &str,
     reason: &str,
+    table: Option<&str>,
     now_millis: i64,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(&format!(
-        "INSERT INTO {}(stream_seq, frame, kind, reason, parked_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+        "INSERT INTO {}(stream_seq, frame, kind, reason, tbl, parked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT(stream_seq) DO UPDATE SET kind = excluded.kind, reason = excluded.reason, \
-         attempts = attempts + 1",
+         tbl = excluded.tbl, attempts = attempts + 1",
         quote(names::PARKED)
     ))
-    .and_then(|mut s| s.execute(params![seq.get() as i64, frame, kind, reason, now_millis]))
+    .and_then(|mut s| {
+        s.execute(params![
+            seq.get() as i64,
+            frame,
+            kind,
+            reason,
+            table,
+            now_millis
+        ])
+    })
     .context("parking a message")?;
     Ok(())
+}
+
+/// Parked message counts by the table they are about (`""` for messages about no single
+/// table: undecodable frames, clock refusals, migrations), sorted by table.
+pub fn parked_by_table(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT coalesce(tbl, ''), count(*) FROM {} GROUP BY 1 ORDER BY 1",
+        quote(names::PARKED)
+    ))
+    .and_then(|mut s| {
+        s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect()
+    })
+    .context("counting parked messages by table")
+}
+
+/// Stream sequence of the oldest parked migration, if any.
+pub fn first_parked_migration(conn: &Connection) -> Result<Option<StreamSeq>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT min(stream_seq) FROM {} WHERE kind = ?1",
+        quote(names::PARKED)
+    ))
+    .and_then(|mut s| s.query_row([super::migrate::KIND], |r| r.get::<_, Option<i64>>(0)))
+    .map(|seq| seq.map(|s| StreamSeq::new(s as u64)))
+    .context("looking for parked migrations")
 }
 
 /// A parked message as stored.

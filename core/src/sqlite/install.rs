@@ -21,19 +21,41 @@ pub struct InstallReport {
     pub triggers_rebuilt: Vec<String>,
     /// Tables that stopped being replicated (dropped or excluded) and were cleaned up.
     pub removed: Vec<String>,
+    /// Tables renamed by the application since the last install: (old name, new name).
+    /// Their registry entry, versions and pending log entries follow the new name.
+    pub renamed: Vec<(String, String)>,
+    /// Tables whose existing rows were queued for capture because capture started on them
+    /// after the application had written (a table created or re-created while running).
+    pub seeded: Vec<String>,
 }
 
 /// Creates missing internal tables, registers every replicated table, and makes each one's
 /// version table and triggers current. Idempotent; runs inside the caller's transaction.
+///
+/// The first install on a database captures nothing that is already there. Later installs
+/// (the application created, altered, renamed or dropped tables while running) queue the
+/// current rows of every table whose capture triggers are new (a created or re-created
+/// table), since the application may have written to it before the triggers existed; a
+/// renamed table keeps its registry id, versions and pending changes.
+///
+/// `seed = false` skips queueing rows (after a replicated migration: every replica creates
+/// the same rows itself).
 pub fn install(
     conn: &Connection,
     exclude: &[String],
+    seed: bool,
 ) -> Result<(Tables, InstallReport), StoreError> {
+    let first_install = !object_exists(conn, "table", names::TABLES)?;
     conn.execute_batch(&ddl::internal_tables())
         .context("creating internal tables")?;
+    if !column_exists(conn, names::PARKED, "tbl")? {
+        conn.execute_batch(&ddl::add_parked_table_column())
+            .context("adding the table column to the parked messages")?;
+    }
     let mut report = InstallReport::default();
     let mut slots = log_key_slots(conn)?;
-    let registered = registered_tables(conn)?;
+    let mut registered = registered_tables(conn)?;
+    follow_renames(conn, &mut registered, &mut report)?;
     let mut tables = Tables::default();
     let mut seen = HashSet::new();
 
@@ -94,8 +116,17 @@ pub fn install(
         }
         conn.execute_batch(&ddl::version_table(id, &info))
             .context(format!("creating the version table of {name:?}"))?;
-        if ensure_triggers(conn, id, &info)? {
-            report.triggers_rebuilt.push(name.clone());
+        match ensure_triggers(conn, id, &info)? {
+            Triggers::Current => {}
+            Triggers::Rebuilt => report.triggers_rebuilt.push(name.clone()),
+            Triggers::Created => {
+                report.triggers_rebuilt.push(name.clone());
+                if seed && !first_install {
+                    conn.execute_batch(&ddl::seed_log(id, &info))
+                        .context(format!("queueing the existing rows of {name:?}"))?;
+                    report.seeded.push(name.clone());
+                }
+            }
         }
         seen.insert(name.clone());
         report.replicated.push(name);
@@ -112,11 +143,22 @@ pub fn install(
     Ok((tables, report))
 }
 
-/// Creates the table's triggers unless identical ones exist; returns whether it wrote any.
-fn ensure_triggers(conn: &Connection, id: i64, info: &TableInfo) -> Result<bool, StoreError> {
+/// What [`ensure_triggers`] found.
+enum Triggers {
+    /// Identical triggers existed.
+    Current,
+    /// Some existed but differed (an altered table); replaced.
+    Rebuilt,
+    /// None existed (a new or re-created table); created.
+    Created,
+}
+
+/// Creates the table's triggers unless identical ones exist.
+fn ensure_triggers(conn: &Connection, id: i64, info: &TableInfo) -> Result<Triggers, StoreError> {
     let wanted = ddl::create_triggers(id, info);
     let names = names::triggers(id);
     let mut current = true;
+    let mut any = false;
     for (name, sql) in names.iter().zip(&wanted) {
         let existing: Option<String> = conn
             .query_row(
@@ -127,9 +169,10 @@ fn ensure_triggers(conn: &Connection, id: i64, info: &TableInfo) -> Result<bool,
             .optional()
             .context("reading existing triggers")?;
         current &= existing.as_deref() == Some(sql.as_str());
+        any |= existing.is_some();
     }
     if current {
-        return Ok(false);
+        return Ok(Triggers::Current);
     }
     conn.execute_batch(&ddl::drop_triggers(id))
         .context(format!("dropping old triggers of {:?}", info.name))?;
@@ -137,7 +180,83 @@ fn ensure_triggers(conn: &Connection, id: i64, info: &TableInfo) -> Result<bool,
         conn.execute_batch(sql)
             .context(format!("creating triggers of {:?}", info.name))?;
     }
-    Ok(true)
+    Ok(if any {
+        Triggers::Rebuilt
+    } else {
+        Triggers::Created
+    })
+}
+
+/// Follows tables the application renamed: SQLite moves a table's triggers with it, so an
+/// insert trigger `__hl_t<id>_insert` now on a table with another name than registered means
+/// table `id` was renamed. Its registry entry takes the new name (keeping the id, versions
+/// and pending log entries).
+fn follow_renames(
+    conn: &Connection,
+    registered: &mut HashMap<String, (i64, i64, i64)>,
+    report: &mut InstallReport,
+) -> Result<(), StoreError> {
+    let owners: Vec<(String, String)> = conn
+        .prepare(
+            "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'trigger' \
+             AND name GLOB '__hl_t[0-9]*_insert'",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .context("listing capture triggers")?;
+    for (trigger, owner) in owners {
+        let Some(id) = trigger
+            .strip_prefix("__hl_t")
+            .and_then(|rest| rest.strip_suffix("_insert"))
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let Some(old) = registered
+            .iter()
+            .find(|(_, &(rid, _, _))| rid == id)
+            .map(|(name, _)| name.clone())
+        else {
+            continue;
+        };
+        if old == owner || registered.contains_key(&owner) {
+            continue;
+        }
+        conn.execute(
+            &format!(
+                "UPDATE {} SET name = ?1 WHERE id = ?2",
+                quote(names::TABLES)
+            ),
+            params![owner, id],
+        )
+        .context(format!("renaming registry entry {old:?} to {owner:?}"))?;
+        let entry = registered.remove(&old).expect("found above");
+        registered.insert(owner.clone(), entry);
+        report.renamed.push((old, owner));
+    }
+    Ok(())
+}
+
+fn object_exists(conn: &Connection, kind: &str, name: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = ?1 AND name = ?2",
+        [kind, name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .context(format!("looking for {name}"))
+}
+
+fn column_exists(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .context(format!("inspecting {table}"))
 }
 
 /// Removes every internal object of a table that is no longer replicated.

@@ -12,6 +12,7 @@ mod drain;
 mod inbox;
 mod install;
 pub mod meta;
+pub mod migrate;
 mod outbox;
 pub mod snapshot;
 mod tables;
@@ -22,13 +23,15 @@ use rusqlite::{Connection, TransactionBehavior};
 
 pub use inbox::ParkedMessage;
 pub use install::{uninstall, InstallReport};
+pub use migrate::{AppliedMigration, SchemaStatus};
 
 use crate::capture::names::{self, quote};
 use crate::change::{BatchSeq, StreamSeq};
 use crate::error::{ApplyError, Context, StoreError};
 use crate::hlc::{Clock, NodeId, NTP64};
+use crate::migration::MigrationError;
 use crate::report::{Applied, DrainReport, Inbound, OutboxFrame, Parked, ReceiveReport};
-use crate::wire::{self, Compression, Message, MessageV1};
+use crate::wire::{self, Compression, Message, MessageV1, MigrationV1};
 use apply::ApplyFailure;
 use tables::Tables;
 
@@ -89,6 +92,31 @@ enum Outcome {
     Applied(Applied),
     Own,
     PartStored,
+    Migration(MigrationV1),
+}
+
+/// Why [`Store::publish_migration`] published nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishMigrationError {
+    /// The SQL breaks a migration rule or fails on this database.
+    #[error(transparent)]
+    Refused(#[from] MigrationError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A migration [`Store::publish_migration`] put in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedMigration {
+    /// Its id (hex of the 24-byte HLC), as `__hl_migrations.id` will show it.
+    pub id: String,
+    /// Migration version this replica had applied when publishing.
+    pub base_version: u64,
+    /// Statements it holds.
+    pub statements: usize,
+    /// Whether it contains destructive statements.
+    pub destructive: bool,
 }
 
 /// A replicated database: capture installed, versions, outbox, cursor.
@@ -104,6 +132,11 @@ pub struct Store {
     replay_own_until: StreamSeq,
     install_report: InstallReport,
     id_prefix: String,
+    /// A migration was published since the last drain: the next drain reports
+    /// `outbox_grew` so the engine hands it out.
+    outbox_grew: bool,
+    /// Schema fingerprint and the `PRAGMA schema_version` it was computed at.
+    fingerprint: std::cell::RefCell<Option<(i64, String)>>,
 }
 
 impl Store {
@@ -130,12 +163,14 @@ impl Store {
             replay_own_until: StreamSeq::ZERO,
             install_report: InstallReport::default(),
             id_prefix: String::new(),
+            outbox_grew: false,
+            fingerprint: Default::default(),
         };
         let tx = store
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting the install transaction")?;
-        let (tables, report) = install::install(&tx, &store.options.exclude_tables)?;
+        let (tables, report) = install::install(&tx, &store.options.exclude_tables, true)?;
         meta::set(
             &tx,
             meta::keys::NODE_ID,
@@ -252,7 +287,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting a drain")?;
-        sync_schema(
+        let schema_changed = sync_schema(
             &tx,
             &mut self.tables,
             &mut self.slots,
@@ -260,7 +295,7 @@ impl Store {
             &self.options,
             &mut self.install_report,
         )?;
-        let report = drain_in(
+        let mut report = drain_in(
             &tx,
             &self.tables,
             self.slots,
@@ -269,6 +304,8 @@ impl Store {
             &mut self.next_batch,
         )?;
         tx.commit().context("committing a drain")?;
+        report.schema_changed = schema_changed;
+        report.outbox_grew |= std::mem::take(&mut self.outbox_grew);
         Ok(report)
     }
 
@@ -321,7 +358,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting an apply")?;
-        sync_schema(
+        let schema_changed = sync_schema(
             &tx,
             &mut self.tables,
             &mut self.slots,
@@ -370,6 +407,42 @@ impl Store {
                         }
                         Outcome::Own => report.own += 1,
                         Outcome::PartStored => report.parts_stored += 1,
+                        Outcome::Migration(migration) => {
+                            match run_migration(
+                                &tx,
+                                &mut self.tables,
+                                &mut self.slots,
+                                &mut self.schema_version,
+                                &self.options,
+                                &mut self.install_report,
+                                message.seq,
+                                &migration,
+                                now,
+                            )? {
+                                Ok(true) => {
+                                    report.migrations += 1;
+                                    report.drained.schema_changed = true;
+                                }
+                                Ok(false) => report.already_seen += 1,
+                                Err(error) => {
+                                    let reason = error.to_string();
+                                    inbox::park(
+                                        &tx,
+                                        message.seq,
+                                        &message.frame,
+                                        error.kind(),
+                                        &reason,
+                                        None,
+                                        unix_millis(now),
+                                    )?;
+                                    report.parked.push(Parked {
+                                        seq: message.seq,
+                                        kind: error.kind(),
+                                        reason,
+                                    });
+                                }
+                            }
+                        }
                     }
                 }
                 Err(ApplyFailure::Park(ApplyError::Rejected { .. })) if !savepoints => {
@@ -388,6 +461,7 @@ impl Store {
                         frame,
                         error.kind(),
                         &reason,
+                        error.table(),
                         unix_millis(now),
                     )?;
                     report.parked.push(Parked {
@@ -405,7 +479,110 @@ impl Store {
         meta::set(&tx, meta::keys::CLOCK, self.clock.last().as_u64() as i64)?;
         tx.commit().context("committing an apply")?;
         report.cursor = self.cursor;
+        report.drained.schema_changed |= schema_changed;
         Ok(report)
+    }
+
+    /// Checks `sql` as a replicated migration ([`crate::migration::check`]), tries it on
+    /// this database (rolled back) and writes it to the outbox, in one transaction. This
+    /// replica applies it like every other one: when it comes back from the stream.
+    /// `now` is the wall-clock time (it stamps the migration's id).
+    pub fn publish_migration(
+        &mut self,
+        sql: &str,
+        allow_destructive: bool,
+        now: NTP64,
+    ) -> Result<PublishedMigration, PublishMigrationError> {
+        let summary = crate::migration::check(sql, allow_destructive)?;
+        let saved = (self.next_batch, self.clock.clone());
+        let result = self.publish_migration_tx(sql, &summary, now);
+        if result.is_err() {
+            (self.next_batch, self.clock) = saved;
+        }
+        result
+    }
+
+    fn publish_migration_tx(
+        &mut self,
+        sql: &str,
+        summary: &crate::migration::MigrationSummary,
+        now: NTP64,
+    ) -> Result<PublishedMigration, PublishMigrationError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("starting a migration publish")?;
+        tx.execute_batch("SAVEPOINT hl_dry_run")
+            .context("starting a migration dry run")?;
+        set_applying(&tx, true)?;
+        let tried = tx.execute_batch(sql);
+        tx.execute_batch("ROLLBACK TO hl_dry_run; RELEASE hl_dry_run")
+            .context("rolling back a migration dry run")?;
+        if let Err(e) = tried {
+            return Err(MigrationError::Invalid(e.to_string()).into());
+        }
+        let base_version = migrate::version(&tx)?;
+        let id = self.clock.stamp_local_write(now);
+        let frame = wire::encode_frame(&Message::Migration(MigrationV1 {
+            origin: self.options.node_id,
+            id: id.to_bytes().to_vec(),
+            base_version,
+            destructive: summary.destructive,
+            sql: sql.to_owned(),
+        }));
+        if frame.len() > self.options.max_frame {
+            return Err(MigrationError::Invalid(format!(
+                "the migration takes {} bytes, more than the stream's payload limit of {}",
+                frame.len(),
+                self.options.max_frame
+            ))
+            .into());
+        }
+        adopt_stored_batch(&tx, &mut self.next_batch)?;
+        let seq = BatchSeq::new(self.next_batch);
+        outbox::push(&tx, seq, 0, &[frame])?;
+        self.next_batch += 1;
+        meta::set(&tx, meta::keys::NEXT_BATCH, self.next_batch as i64)?;
+        meta::set(&tx, meta::keys::CLOCK, self.clock.last().as_u64() as i64)?;
+        tx.commit().context("committing a migration publish")?;
+        self.outbox_grew = true;
+        Ok(PublishedMigration {
+            id: hex(&id.to_bytes()),
+            base_version,
+            statements: summary.statements,
+            destructive: summary.destructive,
+        })
+    }
+
+    /// The local schema's fingerprint, migration version and parked migrations.
+    /// Cheap enough to call after every operation: the fingerprint is recomputed only when
+    /// `PRAGMA schema_version` moved.
+    pub fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
+        let cookie = schema_version(&self.conn)?;
+        let cached = self.fingerprint.borrow().clone();
+        let fingerprint = match cached {
+            Some((at, fingerprint)) if at == cookie => fingerprint,
+            _ => {
+                let fingerprint = migrate::fingerprint(&self.conn)?;
+                *self.fingerprint.borrow_mut() = Some((cookie, fingerprint.clone()));
+                fingerprint
+            }
+        };
+        Ok(SchemaStatus {
+            fingerprint,
+            migration_version: migrate::version(&self.conn)?,
+            parked_migrations: migrate::parked_count(&self.conn)?,
+        })
+    }
+
+    /// Migrations applied here, in version order.
+    pub fn migrations(&self) -> Result<Vec<AppliedMigration>, StoreError> {
+        migrate::list(&self.conn)
+    }
+
+    /// Parked message counts by table (`""`: messages about no single table).
+    pub fn parked_by_table(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        inbox::parked_by_table(&self.conn)
     }
 
     /// Retries every parked message (oldest first), in one transaction; those that apply now
@@ -473,9 +650,46 @@ impl Store {
                         .context("releasing a message savepoint")?;
                     inbox::unpark(&tx, message.seq)?;
                     report.unparked += 1;
-                    if let Outcome::Applied(applied) = outcome {
-                        report.batches += 1;
-                        report.applied.add(applied);
+                    match outcome {
+                        Outcome::Applied(applied) => {
+                            report.batches += 1;
+                            report.applied.add(applied);
+                        }
+                        Outcome::Migration(migration) => {
+                            // Unparked above; parked again below if it still fails.
+                            match run_migration(
+                                &tx,
+                                &mut self.tables,
+                                &mut self.slots,
+                                &mut self.schema_version,
+                                &self.options,
+                                &mut self.install_report,
+                                message.seq,
+                                &migration,
+                                now,
+                            )? {
+                                Ok(applied) => report.migrations += u64::from(applied),
+                                Err(error) => {
+                                    let reason = error.to_string();
+                                    inbox::park(
+                                        &tx,
+                                        message.seq,
+                                        &message.frame,
+                                        error.kind(),
+                                        &reason,
+                                        None,
+                                        unix_millis(now),
+                                    )?;
+                                    report.unparked -= 1;
+                                    report.parked.push(Parked {
+                                        seq: message.seq,
+                                        kind: error.kind(),
+                                        reason,
+                                    });
+                                }
+                            }
+                        }
+                        Outcome::Own | Outcome::PartStored => {}
                     }
                 }
                 Err(ApplyFailure::Park(error)) => {
@@ -488,6 +702,7 @@ impl Store {
                         &message.frame,
                         error.kind(),
                         &reason,
+                        error.table(),
                         unix_millis(now),
                     )?;
                     report.parked.push(Parked {
@@ -574,17 +789,100 @@ fn sync_schema(
     seen: &mut i64,
     options: &StoreOptions,
     report: &mut InstallReport,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    sync_schema_seeding(conn, tables, slots, seen, options, report, true)
+}
+
+/// [`sync_schema`], choosing whether rows of newly captured tables are queued (`seed`).
+fn sync_schema_seeding(
+    conn: &Connection,
+    tables: &mut Tables,
+    slots: &mut usize,
+    seen: &mut i64,
+    options: &StoreOptions,
+    report: &mut InstallReport,
+    seed: bool,
+) -> Result<bool, StoreError> {
     let current = schema_version(conn)?;
     if current == *seen {
-        return Ok(());
+        return Ok(false);
     }
-    let (new_tables, new_report) = install::install(conn, &options.exclude_tables)?;
+    let (new_tables, new_report) = install::install(conn, &options.exclude_tables, seed)?;
     *tables = new_tables;
     *report = new_report;
     *slots = install::log_key_slots(conn)?;
     *seen = schema_version(conn)?;
-    Ok(())
+    Ok(true)
+}
+
+/// Applies a migration inside the receive transaction `tx` (whose apply marker is set):
+/// `Ok(true)` applied, `Ok(false)` applied before (same id), `Err` not applied here
+/// (failed, or an earlier migration is parked) — the caller parks it. After it applies,
+/// capture is brought up to date so later messages in the same transaction see the
+/// new schema.
+#[allow(clippy::too_many_arguments)]
+fn run_migration(
+    tx: &rusqlite::Transaction<'_>,
+    tables: &mut Tables,
+    slots: &mut usize,
+    schema_version: &mut i64,
+    options: &StoreOptions,
+    install_report: &mut InstallReport,
+    seq: StreamSeq,
+    migration: &MigrationV1,
+    now: NTP64,
+) -> Result<Result<bool, ApplyError>, StoreError> {
+    if migrate::is_applied(tx, &migration.id)? {
+        return Ok(Ok(false));
+    }
+    if let Some(first) = inbox::first_parked_migration(tx)? {
+        if first < seq {
+            return Ok(Err(ApplyError::Migration(format!(
+                "waiting for the migration parked at stream sequence {first}, which must \
+                 apply first"
+            ))));
+        }
+    }
+    tx.execute_batch("SAVEPOINT hl_migration")
+        .context("starting a migration savepoint")?;
+    match migrate::apply(tx, seq, migration, unix_millis(now))? {
+        Ok(_version) => {
+            tx.execute_batch("RELEASE hl_migration")
+                .context("releasing a migration savepoint")?;
+            // Rows the migration created exist on every replica: not queued for publishing.
+            sync_schema_seeding(
+                tx,
+                tables,
+                slots,
+                schema_version,
+                options,
+                install_report,
+                false,
+            )?;
+            Ok(Ok(true))
+        }
+        Err(message) => {
+            tx.execute_batch("ROLLBACK TO hl_migration; RELEASE hl_migration")
+                .context("rolling back a failed migration")?;
+            Ok(Err(ApplyError::Migration(message)))
+        }
+    }
+}
+
+/// Takes the stored batch counter when another process (a `harmonylite migrate` run next
+/// to the sidecar) advanced it; returns whether it did.
+fn adopt_stored_batch(conn: &Connection, next_batch: &mut u64) -> Result<bool, StoreError> {
+    match meta::get_i64(conn, meta::keys::NEXT_BATCH)? {
+        Some(stored) if stored as u64 > *next_batch => {
+            *next_batch = stored as u64;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
@@ -614,8 +912,10 @@ fn drain_in(
     options: &StoreOptions,
     next_batch: &mut u64,
 ) -> Result<DrainReport, StoreError> {
+    let outbox_grew = adopt_stored_batch(conn, next_batch)?;
     let drained = drain::drain(conn, tables, slots, clock)?;
     let mut report = DrainReport {
+        outbox_grew,
         rows: drained.batch.len(),
         log_entries: drained.log_entries,
         null_keys: drained.null_keys,
@@ -662,7 +962,12 @@ fn receive_one(
     now: NTP64,
     park_frame: &mut Option<Vec<u8>>,
 ) -> Result<Outcome, ApplyFailure> {
-    let part = wire::decode_frame(&message.frame).map_err(|e| ApplyFailure::Park(e.into()))?;
+    let part = match wire::decode_message(&message.frame) {
+        Ok(Message::V1(part)) => part,
+        // Migrations apply on every replica, their origin included.
+        Ok(Message::Migration(migration)) => return Ok(Outcome::Migration(migration)),
+        Err(e) => return Err(ApplyFailure::Park(e.into())),
+    };
     if part.origin == node && message.seq > replay_own_until {
         return Ok(Outcome::Own);
     }
