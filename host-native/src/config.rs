@@ -74,6 +74,11 @@ pub struct Config {
     /// than this are refused (the message is parked).
     #[serde(default = "default_max_clock_ahead", with = "seconds")]
     pub max_clock_ahead: Duration,
+    /// `sleep_timeout` (milliseconds, default 0 = never): serverless mode. After this long
+    /// without local writes captured or remote changes applied, the sidecar takes a snapshot
+    /// (when it can take the snapshot lease) and exits 0; a restart resumes where it stopped.
+    #[serde(default, with = "millis")]
+    pub sleep_timeout: Duration,
     /// `[replication_log]`: the JetStream streams changes travel through.
     #[serde(default)]
     pub replication_log: ReplicationLogConfig,
@@ -314,6 +319,62 @@ pub struct SnapshotConfig {
     pub file_dir: Option<PathBuf>,
     /// `keep` (default 3, at least 1): snapshots kept; older ones are deleted.
     pub keep: usize,
+    /// `[snapshot.s3]`: the S3 store (used with `store = "s3"`).
+    pub s3: S3Config,
+}
+
+/// `[snapshot.s3]`: an S3 bucket (AWS or any S3-protocol server) holding the snapshots.
+/// Credentials: `access_key` and `secret` when set, else the standard AWS environment
+/// chain (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, web identity,
+/// ECS container credentials, EC2 instance metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// `endpoint`: `host:port` or an `http://`/`https://` URL of an S3-protocol server
+    /// (MinIO, Ceph, ...). Unset: AWS S3 of `region` (or `AWS_ENDPOINT` from the
+    /// environment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `bucket` (required with `store = "s3"`): the bucket; it must exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// `path` (default empty): key prefix inside the bucket, e.g. `harmonylite/snapshots`.
+    pub path: String,
+    /// `region`: the bucket's region. Unset: `AWS_REGION`/`AWS_DEFAULT_REGION`, else
+    /// `us-east-1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// `path_style` (default `false`): address the bucket as `endpoint/bucket/key` instead
+    /// of `bucket.endpoint/key` (most self-hosted servers need `true`).
+    pub path_style: bool,
+    /// `use_ssl` (default `true`): HTTPS for an `endpoint` written as `host:port` (a URL's
+    /// own scheme wins).
+    pub use_ssl: bool,
+    /// `access_key`: a static access key id (needs `secret`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key: Option<String>,
+    /// `secret`: the static secret access key (needs `access_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+    /// `session_token`: a session token for temporary static credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<Secret>,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            bucket: None,
+            path: String::new(),
+            region: None,
+            path_style: false,
+            use_ssl: true,
+            access_key: None,
+            secret: None,
+            session_token: None,
+        }
+    }
 }
 
 impl Default for SnapshotConfig {
@@ -327,6 +388,7 @@ impl Default for SnapshotConfig {
             nats_replicas: None,
             file_dir: None,
             keep: 3,
+            s3: S3Config::default(),
         }
     }
 }
@@ -340,6 +402,8 @@ pub enum SnapshotStoreKind {
     Nats,
     /// A directory.
     File,
+    /// An S3 bucket (`[snapshot.s3]`).
+    S3,
 }
 
 /// A configured secret (password, token): `Debug` never shows it, so logging a [`Config`] is
@@ -665,12 +729,13 @@ impl Config {
                 "snapshot.file_dir",
                 "needed with `snapshot.store = \"file\"` (a directory every node can reach)",
             ),
-            (SnapshotStoreKind::Nats, Some(_)) => out.add(
+            (SnapshotStoreKind::Nats | SnapshotStoreKind::S3, Some(_)) => out.add(
                 "snapshot.file_dir",
-                "configures the file store, which is not used with `snapshot.store = \"nats\"`",
+                "configures the file store, which is not used unless `snapshot.store = \"file\"`",
             ),
             _ => {}
         }
+        s3_problems(&mut out, snap);
 
         if let Err(why) = check_metric_namespace(&self.prometheus.namespace) {
             out.add("prometheus.namespace", why);
@@ -844,6 +909,74 @@ fn check_stream_prefix(prefix: &str) -> Result<(), &'static str> {
         return Err("must not contain `.`, `*`, `>`, `/`, `\\` or whitespace");
     }
     Ok(())
+}
+
+/// Problems of `[snapshot.s3]`: required with `store = "s3"`, refused without it.
+fn s3_problems(out: &mut Problems, snap: &SnapshotConfig) {
+    let s3 = &snap.s3;
+    if snap.store != SnapshotStoreKind::S3 {
+        if *s3 != S3Config::default() {
+            out.add(
+                "snapshot.s3",
+                "configures the S3 store, which is not used unless `snapshot.store = \"s3\"`",
+            );
+        }
+        return;
+    }
+    match &s3.bucket {
+        None => out.add(
+            "snapshot.s3.bucket",
+            "needed with `snapshot.store = \"s3\"` (an existing bucket)",
+        ),
+        Some(bucket) => {
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+                && !bucket.starts_with(['.', '-'])
+                && !bucket.ends_with(['.', '-']);
+            if !valid {
+                out.add(
+                    "snapshot.s3.bucket",
+                    format!("{bucket:?} is not an S3 bucket name (3 to 63 lowercase letters, digits, `.` and `-`)"),
+                );
+            }
+        }
+    }
+    if let Some(endpoint) = &s3.endpoint {
+        let rest = endpoint
+            .strip_prefix("http://")
+            .or_else(|| endpoint.strip_prefix("https://"));
+        let host = rest.unwrap_or(endpoint);
+        if host.is_empty() || (rest.is_none() && endpoint.contains("://")) {
+            out.add(
+                "snapshot.s3.endpoint",
+                format!("{endpoint:?} must be host:port or an http:// or https:// URL"),
+            );
+        }
+    }
+    let path = s3.path.trim_matches('/');
+    if path
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+        && !path.is_empty()
+    {
+        out.add(
+            "snapshot.s3.path",
+            "must be a key prefix like `harmonylite/snapshots` (no empty, `.` or `..` segments)",
+        );
+    }
+    match (&s3.access_key, &s3.secret) {
+        (Some(_), None) => out.add("snapshot.s3.access_key", "needs `snapshot.s3.secret`"),
+        (None, Some(_)) => out.add("snapshot.s3.secret", "needs `snapshot.s3.access_key`"),
+        _ => {}
+    }
+    if s3.session_token.is_some() && s3.access_key.is_none() {
+        out.add(
+            "snapshot.s3.session_token",
+            "needs `snapshot.s3.access_key` and `snapshot.s3.secret`",
+        );
+    }
 }
 
 /// A JetStream object store or key-value bucket name: letters, digits, `-` and `_`.
@@ -1064,6 +1197,7 @@ pub(crate) mod tests {
             dir.path().join("app.db.harmonylite")
         );
         assert_eq!(c.max_clock_ahead, Duration::from_secs(300));
+        assert_eq!(c.sleep_timeout, Duration::ZERO, "serverless mode is off");
 
         assert_eq!(c.replication_log.shards, 1);
         assert_eq!(c.replication_log.max_entries, 1_000_000);
@@ -1168,8 +1302,66 @@ pub(crate) mod tests {
             "snapshot.file_dir",
         );
         refused(
-            &with(dir.path(), "[snapshot]\nstore = \"s3\""),
+            &with(dir.path(), "[snapshot]\nstore = \"webdav\""),
             "snapshot.store",
+        );
+    }
+
+    #[test]
+    fn s3_snapshot_store_section() {
+        let dir = tmp();
+        let c = Config::from_toml_str(
+            &with(
+                dir.path(),
+                "[snapshot]\nstore = \"s3\"\n[snapshot.s3]\nendpoint = \"127.0.0.1:9000\"\nbucket = \"snaps\"\npath = \"hl/prod\"\nregion = \"eu-west-1\"\npath_style = true\nuse_ssl = false\naccess_key = \"AK\"\nsecret = \"SK\"\nsession_token = \"ST\"",
+            ),
+            "test.toml",
+        )
+        .unwrap();
+        let s3 = &c.snapshot.s3;
+        assert_eq!(c.snapshot.store, SnapshotStoreKind::S3);
+        assert_eq!(s3.endpoint.as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(s3.bucket.as_deref(), Some("snaps"));
+        assert_eq!(s3.path, "hl/prod");
+        assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
+        assert!(s3.path_style && !s3.use_ssl);
+        assert_eq!(s3.access_key.as_deref(), Some("AK"));
+        assert_eq!(s3.secret.as_ref().map(Secret::expose), Some("SK"));
+        assert!(
+            !format!("{c:?}").contains("SK"),
+            "secrets stay out of Debug"
+        );
+
+        let s3 = |extra: &str| {
+            with(
+                dir.path(),
+                &format!("[snapshot]\nstore = \"s3\"\n[snapshot.s3]\n{extra}"),
+            )
+        };
+        Config::from_toml_str(&s3("bucket = \"b-1.x\""), "test.toml").unwrap();
+        invalid(&s3(""), "snapshot.s3.bucket");
+        invalid(&s3("bucket = \"Bad_Name\""), "snapshot.s3.bucket");
+        invalid(
+            &s3("bucket = \"b-1\"\naccess_key = \"a\""),
+            "snapshot.s3.access_key",
+        );
+        invalid(
+            &s3("bucket = \"b-1\"\nsecret = \"s\""),
+            "snapshot.s3.secret",
+        );
+        invalid(
+            &s3("bucket = \"b-1\"\nsession_token = \"t\""),
+            "snapshot.s3.session_token",
+        );
+        invalid(
+            &s3("bucket = \"b-1\"\nendpoint = \"ftp://x\""),
+            "snapshot.s3.endpoint",
+        );
+        invalid(&s3("bucket = \"b-1\"\npath = \"a//b\""), "snapshot.s3.path");
+        refused(&s3("bucket = \"b-1\"\nbukket = \"x\""), "bukket");
+        invalid(
+            &with(dir.path(), "[snapshot.s3]\nbucket = \"b-1\""),
+            "snapshot.s3",
         );
     }
 
@@ -1202,6 +1394,7 @@ polling_interval = 100
 exclude_tables = ["sessions", "cache"]
 data_dir = "/var/lib/hl"
 max_clock_ahead = 60
+sleep_timeout = 30000
 
 [replication_log]
 shards = 1
@@ -1244,6 +1437,7 @@ format = "json"
         assert_eq!(c.exclude_tables, ["sessions", "cache"]);
         assert_eq!(c.effective_data_dir(), PathBuf::from("/var/lib/hl"));
         assert_eq!(c.max_clock_ahead, Duration::from_secs(60));
+        assert_eq!(c.sleep_timeout, Duration::from_secs(30));
         assert_eq!(
             c.replication_log,
             ReplicationLogConfig {
@@ -1773,6 +1967,13 @@ format = "json"
         n.token = Some(Secret::new("t"));
         full.snapshot.nats_replicas = Some(1);
         full.snapshot.file_dir = Some("f".into());
+        let s3 = &mut full.snapshot.s3;
+        s3.endpoint = Some("e".into());
+        s3.bucket = Some("b".into());
+        s3.region = Some("r".into());
+        s3.access_key = Some("a".into());
+        s3.secret = Some(Secret::new("s"));
+        s3.session_token = Some(Secret::new("t"));
 
         let mut with_defaults = BTreeMap::new();
         flatten(

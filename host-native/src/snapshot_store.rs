@@ -1,5 +1,5 @@
-//! Where snapshots live: a JetStream object store bucket (`store = "nats"`, the default) or
-//! a directory (`store = "file"`).
+//! Where snapshots live: a JetStream object store bucket (`store = "nats"`, the default),
+//! a directory (`store = "file"`) or an S3 bucket (`store = "s3"`, [`crate::s3_store`]).
 //!
 //! Names sort by the stream sequence a snapshot covers:
 //! `<stream>/<covered_seq, 20 digits>-<taken at, Unix ms, 13 digits>-<node id>.hlsnap`.
@@ -20,6 +20,8 @@
 //!   Storing the copy unframed saves writing every byte twice, and a stored copy is a
 //!   plain SQLite file for restores by hand. Leftovers (partial files, copies without an
 //!   index) older than an hour are removed by [`SnapshotStore::prune`].
+//! - S3: one object per snapshot, visible only once its `PUT` or multipart upload completes
+//!   (see [`crate::s3_store`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +36,7 @@ use tokio::io::AsyncRead;
 
 use crate::config::{Config, SnapshotStoreKind};
 use crate::progress::{Progress, ProgressReader};
+use crate::s3_store::S3Store;
 use crate::snapshot::FramedSource;
 
 /// File name extension of a stored snapshot.
@@ -98,6 +101,8 @@ pub enum SnapshotStore {
     Nats(Box<NatsStore>),
     /// A directory.
     File(FileStore),
+    /// An S3 bucket.
+    S3(Box<S3Store>),
 }
 
 /// Snapshots in a JetStream object store bucket.
@@ -141,6 +146,10 @@ impl SnapshotStore {
                     .context("snapshot.file_dir is required with store = \"file\"")?;
                 Ok(SnapshotStore::File(FileStore::new(dir, stream)))
             }
+            SnapshotStoreKind::S3 => Ok(SnapshotStore::S3(Box::new(S3Store::open(
+                &config.snapshot.s3,
+                stream,
+            )?))),
         }
     }
 
@@ -149,6 +158,7 @@ impl SnapshotStore {
         match self {
             SnapshotStore::Nats(s) => format!("JetStream object store bucket {:?}", s.bucket),
             SnapshotStore::File(s) => format!("directory {}", s.dir.join(&s.stream).display()),
+            SnapshotStore::S3(s) => s.describe(),
         }
     }
 
@@ -157,6 +167,7 @@ impl SnapshotStore {
         let mut list = match self {
             SnapshotStore::Nats(s) => s.list().await?,
             SnapshotStore::File(s) => s.list().await?,
+            SnapshotStore::S3(s) => s.list().await?,
         };
         list.sort_by_key(SnapshotInfo::key);
         Ok(list)
@@ -171,7 +182,7 @@ impl SnapshotStore {
     /// store) a partial file in the store's directory, which storing renames.
     pub fn new_copy_path(&self, work_dir: &Path) -> PathBuf {
         match self {
-            SnapshotStore::Nats(_) => work_dir.join(format!(
+            SnapshotStore::Nats(_) | SnapshotStore::S3(_) => work_dir.join(format!(
                 "snapshot-{}-{}.tmp.db",
                 std::process::id(),
                 crate::snapshot::unix_ms()
@@ -186,6 +197,7 @@ impl SnapshotStore {
         match self {
             SnapshotStore::Nats(s) => s.upload(info, source).await,
             SnapshotStore::File(s) => s.upload(info, source).await,
+            SnapshotStore::S3(s) => s.upload(info, source).await,
         }
     }
 
@@ -201,6 +213,7 @@ impl SnapshotStore {
                 )?))
             }
             SnapshotStore::File(s) => Ok(Box::new(s.source(info)?.reader())),
+            SnapshotStore::S3(s) => s.open_reader(info).await,
         }
     }
 
@@ -213,6 +226,7 @@ impl SnapshotStore {
                 .await
                 .with_context(|| format!("deleting snapshot {}", info.name)),
             SnapshotStore::File(s) => s.delete(info).await,
+            SnapshotStore::S3(s) => s.delete(info).await,
         }
     }
 
@@ -229,6 +243,8 @@ impl SnapshotStore {
         let orphans = match self {
             SnapshotStore::Nats(s) => s.purge_orphans().await,
             SnapshotStore::File(s) => s.remove_partials().await,
+            // Failed uploads are aborted; crashed ones are the bucket lifecycle rule's.
+            SnapshotStore::S3(_) => Ok(0),
         };
         match orphans {
             Ok(0) => {}
