@@ -1,0 +1,214 @@
+//! Long-mode chaos runs and the backlog measurement.
+//!
+//! ```text
+//! cargo run -p harmonylite-tests --bin chaos -- --seed 1 --duration 30m [--run 120s] [--nodes 3]
+//!     [--faults kill9-sidecar,pause-sidecar,kill9-nats,partition,clock-skew,disk-full]
+//! cargo run -p harmonylite-tests --bin chaos -- --backlog 1000000 [--per-transaction 1000]
+//! ```
+//!
+//! The first form repeats chaos runs (seed, seed+1, ...) until the duration is spent and
+//! prints figures: runs, operations, faults of each kind, divergences, lost writes and the
+//! time to converge after the heal (p50/p99). It exits with status 1 if any run failed; each
+//! failed run's directory (seed, history, logs, databases) is printed. The second form
+//! measures the sidecar's peak memory while a backlog of rows waits for NATS and while it is
+//! published. Needs root, `ip` and libfaketime (scripts/lib/tools.sh installs them).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use harmonylite_tests::chaos::{self, backlog, faults::FaultKind, RunOptions};
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, "s"));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: expected e.g. 90s, 30m, 2h"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("bad duration unit in {text:?}: use s, m or h")),
+    }
+}
+
+struct Args {
+    seed: u64,
+    duration: Duration,
+    run: Duration,
+    nodes: usize,
+    backlog: Option<u64>,
+    per_transaction: u64,
+    kinds: Vec<FaultKind>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        seed: 1,
+        duration: Duration::from_secs(30 * 60),
+        run: Duration::from_secs(120),
+        nodes: 3,
+        backlog: None,
+        per_transaction: 1000,
+        kinds: FaultKind::ALL.to_vec(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seed" => args.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--duration" => args.duration = parse_duration(&value()?)?,
+            "--run" => args.run = parse_duration(&value()?)?,
+            "--nodes" => args.nodes = value()?.parse().map_err(|e| format!("--nodes: {e}"))?,
+            "--backlog" => {
+                args.backlog = Some(value()?.parse().map_err(|e| format!("--backlog: {e}"))?)
+            }
+            "--per-transaction" => {
+                args.per_transaction = value()?
+                    .parse()
+                    .map_err(|e| format!("--per-transaction: {e}"))?
+            }
+            "--faults" => {
+                args.kinds = value()?
+                    .split(',')
+                    .map(|n| {
+                        FaultKind::from_name(n).ok_or_else(|| {
+                            let names: Vec<_> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                            format!("unknown fault {n:?}: use {}", names.join(", "))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(rows) = args.backlog {
+        let figures = backlog::measure(rows, args.per_transaction);
+        println!("{figures}");
+        return ExitCode::SUCCESS;
+    }
+    // Build the sidecar before the clock starts.
+    harmonylite_tests::chaos::cluster::chaos_sidecar_binary();
+    let started = Instant::now();
+    let mut seed = args.seed;
+    let mut runs = 0u64;
+    let mut transactions = 0u64;
+    let mut row_writes = 0u64;
+    let mut failed_tx = 0u64;
+    let mut faults: BTreeMap<FaultKind, u64> = BTreeMap::new();
+    let mut divergences = 0usize;
+    let mut lost = 0usize;
+    let mut duplicates = 0usize;
+    let mut not_converged = 0u64;
+    let mut exits = 0usize;
+    let mut resent = 0u64;
+    let mut parked = 0i64;
+    let mut converge = Vec::new();
+    let mut kept = Vec::new();
+    while started.elapsed() < args.duration {
+        let mut options = RunOptions::new(seed);
+        options.nodes = args.nodes;
+        options.chaos = args.run;
+        options.kinds = args.kinds.clone();
+        let report = chaos::run(&options);
+        runs += 1;
+        transactions += report.transactions;
+        row_writes += report.row_writes;
+        failed_tx += report.failed_transactions;
+        for (kind, n) in &report.faults {
+            *faults.entry(*kind).or_default() += n;
+        }
+        divergences += report.verdict.divergences.len();
+        lost += report.verdict.lost_writes.len();
+        duplicates += report.verdict.duplicates.len();
+        exits += report.sidecar_exits.len();
+        resent += report.resent_parts;
+        parked += report.parked;
+        match report.converge {
+            Some(d) => converge.push(d),
+            None => not_converged += 1,
+        }
+        println!(
+            "run {runs} seed {seed}: {} transactions, {} faults, converged {}, {}",
+            report.transactions,
+            report.faults.values().sum::<u64>(),
+            report
+                .converge
+                .map(|d| format!("in {:.1} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "NEVER".into()),
+            if report.passed() { "ok" } else { "FAILED" }
+        );
+        for exit in &report.sidecar_exits {
+            println!("  {exit}");
+        }
+        if !report.passed() {
+            print!("{}", report.failures());
+            kept.extend(report.kept.clone());
+        }
+        seed += 1;
+    }
+    converge.sort();
+    println!(
+        "\nchaos figures ({:.1} min, {} nodes per run, {} s of faults per run)",
+        started.elapsed().as_secs_f64() / 60.0,
+        args.nodes,
+        args.run.as_secs()
+    );
+    println!(
+        "  runs:                  {runs} (seeds {}..={})",
+        args.seed,
+        seed - 1
+    );
+    println!("  transactions:          {transactions} acknowledged ({row_writes} row writes), {failed_tx} failed or uncertain");
+    for kind in FaultKind::ALL {
+        println!(
+            "  faults {:<15} {}",
+            format!("{}:", kind.name()),
+            faults.get(&kind).unwrap_or(&0)
+        );
+    }
+    println!("  sidecar exits:         {exits} (restarted)");
+    println!("  divergences:           {divergences}");
+    println!("  lost writes:           {lost}");
+    println!(
+        "  duplicate writes:      {duplicates} ({resent} parts re-sent after the duplicate window)"
+    );
+    println!("  parked at end:         {parked}");
+    println!("  not converged:         {not_converged}");
+    println!(
+        "  converge after heal:   p50 {:.1} s, p99 {:.1} s, max {:.1} s",
+        percentile(&converge, 50.0).as_secs_f64(),
+        percentile(&converge, 99.0).as_secs_f64(),
+        converge.last().copied().unwrap_or_default().as_secs_f64()
+    );
+    for dir in &kept {
+        println!("  kept: {}", dir.display());
+    }
+    if divergences + lost + duplicates == 0 && not_converged == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

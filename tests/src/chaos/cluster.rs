@@ -1,0 +1,415 @@
+//! The processes of a chaos run: per node, a nats-server (one JetStream cluster over the
+//! private network) and a `harmonylite` sidecar, both inside the node's network namespace,
+//! with the database and the JetStream store on a tmpfs of the node's own (so a full disk can
+//! be made and undone). Logs live outside the tmpfs, in the run directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rusqlite::Connection;
+
+use super::netns::Network;
+use super::workload::SCHEMA;
+use crate::{nats_server_binary, sidecar_binary, stop_child, wait_until};
+
+/// The sidecar binary runs use: `HL_CHAOS_SIDECAR` if set (a fixed build for a long run,
+/// immune to edits of the working tree), otherwise the workspace's current build.
+pub fn chaos_sidecar_binary() -> PathBuf {
+    match std::env::var_os("HL_CHAOS_SIDECAR") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "HL_CHAOS_SIDECAR={} is not a file",
+                path.display()
+            );
+            path
+        }
+        None => sidecar_binary(),
+    }
+}
+
+/// Where Debian's libfaketime lives (package `faketime`, installed by scripts/lib/tools.sh).
+fn libfaketime() -> PathBuf {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("libfaketime not found at {candidates:?}: install Debian's `faketime` (scripts/lib/tools.sh does)")
+        })
+}
+
+/// Runs a command, panicking with its output when it fails.
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One node: its namespace, tmpfs, database, and the two processes.
+pub struct ChaosNode {
+    /// Index (0-based); its `node_id` is `index + 1`.
+    pub index: usize,
+    /// Network namespace the processes run in.
+    pub namespace: String,
+    /// The tmpfs mount holding the database and the JetStream store.
+    pub mount: PathBuf,
+    /// The replicated database file.
+    pub db: PathBuf,
+    /// The sidecar's config file.
+    pub config: PathBuf,
+    /// The sidecar's log.
+    pub sidecar_log: PathBuf,
+    /// The nats-server's log.
+    pub nats_log: PathBuf,
+    /// Clock offset of the sidecar, in seconds, while a skew fault is active.
+    pub skew_secs: Option<i64>,
+    /// Whether the sidecar is stopped with SIGSTOP.
+    pub paused: bool,
+    /// Whether the tmpfs is shrunk to full.
+    pub disk_full: bool,
+    tmpfs_mb: u64,
+    disk_full_log_offset: usize,
+    routes: String,
+    sidecar: Option<Child>,
+    nats: Option<Child>,
+}
+
+/// Every node of a run and the network between them; torn down on drop.
+pub struct Cluster {
+    /// The nodes.
+    pub nodes: Vec<ChaosNode>,
+    /// The private network.
+    pub network: Network,
+}
+
+fn append(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
+impl ChaosNode {
+    /// Starts (or restarts) the nats-server.
+    pub fn start_nats(&mut self) {
+        assert!(
+            self.nats.is_none(),
+            "nats-server {} already running",
+            self.index
+        );
+        let log = append(&self.nats_log);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.namespace])
+            .arg(nats_server_binary())
+            .args(["-js", "-a", "0.0.0.0", "-p", "4222", "-sd"])
+            .arg(self.mount.join("jetstream"))
+            .args([
+                "-n",
+                &format!("n{}", self.index),
+                "--cluster_name",
+                "chaos",
+                "--cluster",
+                "nats://0.0.0.0:6222",
+                "--routes",
+                &self.routes,
+            ])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting nats-server in its namespace");
+        self.nats = Some(child);
+    }
+
+    /// Kills the nats-server with SIGKILL.
+    pub fn kill_nats(&mut self) {
+        if let Some(mut child) = self.nats.take() {
+            stop_child(&mut child, true);
+        }
+    }
+
+    /// Starts the sidecar, under libfaketime when a skew is set.
+    pub fn start_sidecar(&mut self) {
+        assert!(
+            self.sidecar.is_none(),
+            "sidecar {} already running",
+            self.index
+        );
+        let log = append(&self.sidecar_log);
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.namespace])
+            .arg(chaos_sidecar_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("HL_SIDECAR_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        if let Some(skew) = self.skew_secs {
+            command
+                .env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", format!("{skew:+}"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("DONT_FAKE_MONOTONIC", "1");
+        }
+        self.sidecar = Some(
+            command
+                .spawn()
+                .expect("starting the sidecar in its namespace"),
+        );
+        self.paused = false;
+    }
+
+    /// Kills the sidecar with SIGKILL (continuing it first if paused).
+    pub fn kill_sidecar(&mut self) {
+        self.resume_sidecar();
+        if let Some(mut child) = self.sidecar.take() {
+            stop_child(&mut child, true);
+        }
+    }
+
+    /// Sends SIGSTOP to the sidecar.
+    pub fn pause_sidecar(&mut self) {
+        if let Some(child) = &self.sidecar {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP);
+            self.paused = true;
+        }
+    }
+
+    /// Sends SIGCONT to the sidecar if it is paused.
+    pub fn resume_sidecar(&mut self) {
+        if self.paused {
+            if let Some(child) = &self.sidecar {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+            }
+            self.paused = false;
+        }
+    }
+
+    /// The sidecar's process id, while it runs.
+    pub fn sidecar_pid(&self) -> Option<u32> {
+        self.sidecar.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the sidecar process exited on its own; returns its status text.
+    pub fn sidecar_exited(&mut self) -> Option<String> {
+        match self.sidecar.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Whether the nats-server exited on its own; returns its status text.
+    pub fn nats_exited(&mut self) -> Option<String> {
+        match self.nats.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Whether a nats-server process was started and not killed by the harness.
+    pub fn nats_started(&self) -> bool {
+        self.nats.is_some()
+    }
+
+    /// Shrinks the node's tmpfs to what it uses, then fills the last bytes: every write fails
+    /// with ENOSPC until [`ChaosNode::free_disk`].
+    pub fn fill_disk(&mut self) {
+        self.disk_full_log_offset = self.nats_log_text().len();
+        let used_kb = used_kb(&self.mount);
+        let size = format!("remount,size={}k", used_kb + 64);
+        run(
+            "mount",
+            &["-o", &size, "tmpfs", &self.mount.display().to_string()],
+        );
+        let filler = self.mount.join("filler");
+        if let Ok(mut f) = std::fs::File::create(&filler) {
+            use std::io::Write;
+            let block = vec![0u8; 4096];
+            while f.write_all(&block).is_ok() {}
+        }
+        self.disk_full = true;
+    }
+
+    /// Gives the tmpfs its size back and removes the filler. nats-server disables JetStream
+    /// when a store write fails ("JetStream out of resources, will be DISABLED") and exits when
+    /// it cannot start JetStream; either way only a restart brings it back, an operator's (or
+    /// supervisor's) step the harness takes here. Returns whether it restarted the server.
+    pub fn free_disk(&mut self) -> bool {
+        let _ = std::fs::remove_file(self.mount.join("filler"));
+        let size = format!("remount,size={}m", self.tmpfs_mb);
+        run(
+            "mount",
+            &["-o", &size, "tmpfs", &self.mount.display().to_string()],
+        );
+        self.disk_full = false;
+        let log = self.nats_log_text().to_lowercase();
+        let since = log.get(self.disk_full_log_offset..).unwrap_or_default();
+        let disabled =
+            since.contains("jetstream out of resources") || since.contains("can't start jetstream");
+        if disabled || self.nats_exited().is_some() {
+            self.kill_nats();
+            self.start_nats();
+            return true;
+        }
+        false
+    }
+
+    /// The nats-server's log so far.
+    pub fn nats_log_text(&self) -> String {
+        std::fs::read_to_string(&self.nats_log).unwrap_or_default()
+    }
+
+    fn stop_all(&mut self) {
+        self.kill_sidecar();
+        self.kill_nats();
+    }
+}
+
+/// Kilobytes used on the filesystem at `path` (`df`).
+fn used_kb(path: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=used", "-k"])
+        .arg(path)
+        .output()
+        .expect("running df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot read df output for {}", path.display()))
+}
+
+impl Cluster {
+    /// Creates the network, mounts a `tmpfs_mb` tmpfs per node under `root`, writes the
+    /// schema and configs, starts every nats-server and sidecar and waits until each sidecar
+    /// has installed capture (so no application write goes unrecorded).
+    pub fn start(root: &Path, tag: &str, subnet: u8, nodes: usize, tmpfs_mb: u64) -> Cluster {
+        let network = Network::create(tag, subnet, nodes);
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            network,
+        };
+        for i in 0..nodes {
+            let mount = root.join(format!("node{i}"));
+            std::fs::create_dir_all(&mount).unwrap();
+            run(
+                "mount",
+                &[
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={tmpfs_mb}m"),
+                    "tmpfs",
+                    &mount.display().to_string(),
+                ],
+            );
+            let db = mount.join("app.db");
+            let conn = Connection::open(&db).unwrap();
+            conn.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            drop(conn);
+            let config = root.join(format!("node{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "db_path = {db:?}\nnode_id = {id}\npolling_interval = 200\n\n[nats]\nurls = [\"nats://127.0.0.1:4222\"]\nreconnect_wait_seconds = 1\nconnect_timeout_seconds = 2\n\n[replication_log]\nreplicas = {replicas}\n",
+                    db = db.display().to_string(),
+                    id = i + 1,
+                    replicas = nodes.min(3),
+                ),
+            )
+            .unwrap();
+            let routes: Vec<String> = (0..nodes)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://{}:6222", cluster.network.address(j)))
+                .collect();
+            cluster.nodes.push(ChaosNode {
+                index: i,
+                namespace: cluster.network.namespace(i),
+                mount,
+                db,
+                config,
+                sidecar_log: root.join(format!("node{i}.sidecar.log")),
+                nats_log: root.join(format!("node{i}.nats.log")),
+                skew_secs: None,
+                paused: false,
+                disk_full: false,
+                tmpfs_mb,
+                disk_full_log_offset: 0,
+                routes: routes.join(","),
+                sidecar: None,
+                nats: None,
+            });
+        }
+        for node in &mut cluster.nodes {
+            node.start_nats();
+        }
+        for node in &mut cluster.nodes {
+            node.start_sidecar();
+        }
+        for node in &mut cluster.nodes {
+            let db = node.db.clone();
+            let installed = wait_until(Duration::from_secs(60), || {
+                Connection::open(&db)
+                    .and_then(|c| {
+                        c.query_row("SELECT count(*) FROM __hl_tables", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                    })
+                    .is_ok_and(|n| n == 2)
+            });
+            if !installed {
+                let log = std::fs::read_to_string(&node.sidecar_log).unwrap_or_default();
+                panic!(
+                    "sidecar {} did not install capture within 60 s:\n{log}",
+                    node.index
+                );
+            }
+        }
+        cluster
+    }
+
+    /// Copies every node's database files next to the logs under `root` (kept on failure).
+    pub fn keep_databases(&self, root: &Path) {
+        for node in &self.nodes {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut from = node.db.as_os_str().to_owned();
+                from.push(suffix);
+                let to = root.join(format!("node{}.db{suffix}", node.index));
+                let _ = std::fs::copy(PathBuf::from(from), to);
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop_all();
+        }
+        for node in &self.nodes {
+            let _ = Command::new("umount").arg("-l").arg(&node.mount).status();
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Random faults injected while the workload runs, each healed after a random while, and
+//! the final "heal everything".
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::cluster::Cluster;
+use super::history::History;
+use super::Rng;
+
+/// The kinds of fault a run injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// `kill -9` of a sidecar, restarted after a pause.
+    KillSidecar,
+    /// SIGSTOP of a sidecar, SIGCONT later.
+    PauseSidecar,
+    /// `kill -9` of a nats-server, restarted later.
+    KillNats,
+    /// One or two nodes cut off from the others.
+    Partition,
+    /// The sidecar restarted under libfaketime with its clock up to ±2 minutes off.
+    ClockSkew,
+    /// The node's tmpfs (database and JetStream store) made full.
+    DiskFull,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::KillSidecar,
+        FaultKind::PauseSidecar,
+        FaultKind::KillNats,
+        FaultKind::Partition,
+        FaultKind::ClockSkew,
+        FaultKind::DiskFull,
+    ];
+
+    /// The kind named `name` (see [`FaultKind::name`]).
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Short name used in figures.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillSidecar => "kill9-sidecar",
+            FaultKind::PauseSidecar => "pause-sidecar",
+            FaultKind::KillNats => "kill9-nats",
+            FaultKind::Partition => "partition",
+            FaultKind::ClockSkew => "clock-skew",
+            FaultKind::DiskFull => "disk-full",
+        }
+    }
+}
+
+/// A fault in place, healed at `until`.
+struct Active {
+    kind: FaultKind,
+    node: Option<usize>,
+    until: Instant,
+}
+
+/// Injects and heals faults on a cluster, recording each in the history.
+pub struct Injector {
+    rng: Rng,
+    kinds: Vec<FaultKind>,
+    active: Vec<Active>,
+    /// Faults injected so far, by kind.
+    pub counts: BTreeMap<FaultKind, u64>,
+    history: History,
+}
+
+impl Injector {
+    /// A new injector drawing from `seed`, injecting faults of `kinds` (not empty).
+    pub fn new(seed: u64, kinds: Vec<FaultKind>, history: History) -> Self {
+        assert!(!kinds.is_empty(), "no fault kinds to inject");
+        Injector {
+            rng: Rng::new(seed ^ 0xFA17),
+            kinds,
+            active: Vec::new(),
+            counts: BTreeMap::new(),
+            history,
+        }
+    }
+
+    /// Heals what is due, then maybe injects one new fault.
+    pub fn step(&mut self, cluster: &mut Cluster, now: Instant) {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|a| a.until <= now);
+        self.active = keep;
+        for fault in due {
+            self.heal(cluster, &fault);
+        }
+        if self.active.len() >= 2 || !self.rng.chance(40) {
+            return;
+        }
+        let kind = self.kinds[self.rng.below(self.kinds.len() as u64) as usize];
+        let n = cluster.nodes.len();
+        let node = self.rng.below(n as u64) as usize;
+        if kind == FaultKind::Partition {
+            if cluster.network.is_partitioned() {
+                return;
+            }
+        } else if self.active.iter().any(|a| a.node == Some(node)) {
+            return;
+        }
+        let hold = Duration::from_millis(
+            500 + self.rng.below(match kind {
+                FaultKind::KillSidecar | FaultKind::KillNats => 4_000,
+                FaultKind::PauseSidecar => 8_000,
+                _ => 15_000,
+            }),
+        );
+        let what = match kind {
+            FaultKind::KillSidecar => {
+                cluster.nodes[node].kill_sidecar();
+                format!("kill -9 sidecar {node}")
+            }
+            FaultKind::PauseSidecar => {
+                cluster.nodes[node].pause_sidecar();
+                format!("SIGSTOP sidecar {node}")
+            }
+            FaultKind::KillNats => {
+                cluster.nodes[node].kill_nats();
+                format!("kill -9 nats-server {node}")
+            }
+            FaultKind::Partition => {
+                let mut side = vec![node];
+                if n >= 4 && self.rng.chance(50) {
+                    side.push((node + 1 + self.rng.below(n as u64 - 1) as usize) % n);
+                }
+                cluster.network.partition(&side);
+                format!("partition {side:?} from the rest")
+            }
+            FaultKind::ClockSkew => {
+                let magnitude = 10 + self.rng.below(111) as i64;
+                let skew = if self.rng.chance(50) {
+                    magnitude
+                } else {
+                    -magnitude
+                };
+                let target = &mut cluster.nodes[node];
+                target.kill_sidecar();
+                target.skew_secs = Some(skew);
+                target.start_sidecar();
+                format!("clock skew {skew:+} s on sidecar {node}")
+            }
+            FaultKind::DiskFull => {
+                cluster.nodes[node].fill_disk();
+                format!("disk full under node {node}")
+            }
+        };
+        *self.counts.entry(kind).or_default() += 1;
+        self.history.fault(what);
+        self.active.push(Active {
+            kind,
+            node: (kind != FaultKind::Partition).then_some(node),
+            until: now + hold,
+        });
+    }
+
+    fn heal(&mut self, cluster: &mut Cluster, fault: &Active) {
+        let what = match (fault.kind, fault.node) {
+            (FaultKind::Partition, _) => {
+                cluster.network.heal();
+                "heal partition".to_string()
+            }
+            (kind, Some(i)) => {
+                let node = &mut cluster.nodes[i];
+                match kind {
+                    FaultKind::KillSidecar => node.start_sidecar(),
+                    FaultKind::PauseSidecar => node.resume_sidecar(),
+                    FaultKind::KillNats => node.start_nats(),
+                    FaultKind::ClockSkew => {
+                        node.kill_sidecar();
+                        node.skew_secs = None;
+                        node.start_sidecar();
+                    }
+                    FaultKind::DiskFull => {
+                        if node.free_disk() {
+                            self.history.fault(format!(
+                                "restart nats-server {i}: JetStream disabled itself"
+                            ));
+                        }
+                    }
+                    FaultKind::Partition => unreachable!("handled above"),
+                }
+                format!("heal {} on node {i}", kind.name())
+            }
+            (kind, None) => unreachable!("{kind:?} always names a node"),
+        };
+        self.history.fault(what);
+    }
+
+    /// Heals every fault still in place.
+    pub fn heal_all(&mut self, cluster: &mut Cluster) {
+        for fault in std::mem::take(&mut self.active) {
+            self.heal(cluster, &fault);
+        }
+        // Whatever else happened, every process runs again.
+        for node in &mut cluster.nodes {
+            if node.nats_exited().is_some() {
+                node.kill_nats();
+            }
+            if !node.nats_started() {
+                node.start_nats();
+            }
+            if node.sidecar_exited().is_some() {
+                node.kill_sidecar();
+            }
+            if node.sidecar_pid().is_none() {
+                node.start_sidecar();
+            }
+        }
+    }
+}

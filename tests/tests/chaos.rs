@@ -1,0 +1,157 @@
+//! Quick-mode chaos (CI): a few seeded runs of 3 real sidecars and 3 nats-servers, each in a
+//! network namespace of its own, under a random workload and random faults (kill -9 and
+//! SIGSTOP of sidecars, kill -9 of nats-servers, partitions, clock skew, a full disk), healed
+//! and checked against the history and an LWW model (`harmonylite_tests::chaos`). A failed
+//! run keeps its seed, history, logs and databases under `target/chaos/` and names the path.
+//! Needs root, `ip` and libfaketime (scripts/lib/tools.sh installs them).
+//!
+//! Also here: a full disk under one node gives clear errors, corrupts nothing, and
+//! replication resumes once space is freed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use harmonylite_tests::chaos::{self, checker, cluster::Cluster, RunOptions};
+
+/// Seeds of the quick mode; `HL_CHAOS_SEEDS=7,8` replaces them (to replay a failure).
+fn seeds() -> Vec<u64> {
+    match std::env::var("HL_CHAOS_SEEDS") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("HL_CHAOS_SEEDS: comma-separated integers")
+            })
+            .collect(),
+        Err(_) => vec![1, 2, 3],
+    }
+}
+
+#[test]
+fn quick_chaos_runs_converge_without_loss() {
+    let mut failures = String::new();
+    let mut faults = 0;
+    for seed in seeds() {
+        let mut options = RunOptions::new(seed);
+        options.chaos = Duration::from_secs(25);
+        let report = chaos::run(&options);
+        eprintln!(
+            "seed {seed}: {} transactions, faults {:?}, converged in {:?}, {} stream messages",
+            report.transactions, report.faults, report.converge, report.stream_messages
+        );
+        assert!(
+            report.transactions > 0,
+            "seed {seed}: the workload wrote nothing"
+        );
+        assert!(
+            report.stream_messages > 0,
+            "seed {seed}: the checker read no message from the stream"
+        );
+        faults += report.faults.values().sum::<u64>();
+        if !report.passed() {
+            failures.push_str(&format!("seed {seed}:\n{}", report.failures()));
+        }
+    }
+    assert!(faults > 0, "no fault was injected");
+    assert!(failures.is_empty(), "chaos runs failed:\n{failures}");
+}
+
+fn rows(db: &Path) -> usize {
+    checker::dump_table(db, "items")
+        .map(|r| r.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn full_disk_gives_clear_errors_corrupts_nothing_and_replication_resumes() {
+    let root = chaos::work_root().join(format!("full-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let mut cluster = Cluster::start(
+        &root,
+        &format!("d{:04x}", std::process::id() & 0xffff),
+        251,
+        3,
+        64,
+    );
+    let dbs: Vec<_> = cluster.nodes.iter().map(|n| n.db.clone()).collect();
+    let db_refs: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
+
+    // Replication works before the fault.
+    rusqlite::Connection::open(&dbs[1])
+        .unwrap()
+        .execute("INSERT INTO items VALUES ('before', 'n1', 0, 'before')", [])
+        .unwrap();
+    assert!(
+        checker::wait_converged(&db_refs, Duration::from_secs(120)).is_some() && rows(&dbs[0]) == 1,
+        "the cluster did not replicate before the fault; logs in {}",
+        root.display()
+    );
+
+    // Fill node 0's disk (its database and its JetStream store share the tmpfs).
+    cluster.nodes[0].fill_disk();
+    let app0 = rusqlite::Connection::open(&dbs[0]).unwrap();
+    app0.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut refused = None;
+    for k in 0..200 {
+        let payload = "x".repeat(4000);
+        if let Err(e) = app0.execute(
+            "INSERT INTO items(id, owner, val, note) VALUES (?1, 'n0', ?2, ?3)",
+            rusqlite::params![format!("full-{k}"), k, payload],
+        ) {
+            refused = Some(e.to_string());
+            break;
+        }
+    }
+    let refused = refused.expect("an application write on a full disk succeeded 200 times");
+    assert!(
+        refused.contains("full"),
+        "the application's error does not say the disk is full: {refused}"
+    );
+    // The other nodes keep writing; node 0 cannot apply while its disk is full.
+    let app1 = rusqlite::Connection::open(&dbs[1]).unwrap();
+    app1.busy_timeout(Duration::from_secs(5)).unwrap();
+    for k in 0..50 {
+        app1.execute(
+            "INSERT INTO items(id, owner, val, note) VALUES (?1, 'n1', ?2, 'while full')",
+            rusqlite::params![format!("n1-{k}"), k],
+        )
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let log0 = std::fs::read_to_string(&cluster.nodes[0].sidecar_log).unwrap_or_default();
+    let nats0 = cluster.nodes[0].nats_log_text();
+    assert!(
+        log0.contains("full") || nats0.contains("no space left on device"),
+        "neither node 0's sidecar nor its nats-server named the full disk:\n{log0}\n{nats0}"
+    );
+
+    // Free the space: replication resumes, every node converges, nothing is corrupt.
+    let restarted = cluster.nodes[0].free_disk();
+    eprintln!("nats-server 0 restarted after the disk was freed: {restarted}");
+    app0.execute(
+        "INSERT INTO items(id, owner, val, note) VALUES ('after', 'n0', 1, 'after')",
+        [],
+    )
+    .unwrap();
+    let converged = checker::wait_converged(&db_refs, Duration::from_secs(120));
+    assert!(
+        converged.is_some(),
+        "the nodes did not converge after the disk was freed; logs in {}",
+        root.display()
+    );
+    assert!(
+        rows(&dbs[0]) >= 52,
+        "node 0 misses rows after the disk was freed"
+    );
+    for db in &dbs {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "{} is corrupt", db.display());
+    }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&root);
+}
