@@ -37,6 +37,7 @@
 //! cargo bench -p harmonylite-core --features sqlite --bench capture -- "insert, autocommit"
 //! ```
 //!
+//! `-- --json FILE` also writes every figure to FILE (what `scripts/bench` reads).
 //! `HL_BENCH_SCALE` multiplies every row count. A free argument selects a section
 //! (`capture`, `drain`, `apply`) or the capture workloads whose name starts with it (handy
 //! under `perf record`). Without cargo's `--bench` argument (e.g. under
@@ -69,6 +70,9 @@ struct Config {
     runs: usize,
     scale: f64,
     quick: bool,
+    /// `--json <file>`: also write every figure there, machine-readable (see
+    /// [`Table::write_json`]).
+    json: Option<PathBuf>,
     /// Only run what matches (a section name `capture`/`drain`/`apply`, or part of a
     /// workload name), from the first argument not starting with `-`.
     filter: Option<String>,
@@ -92,11 +96,22 @@ impl Config {
             .max(1);
         let scale = env_f64("HL_BENCH_SCALE").unwrap_or(1.0) * if quick { 0.01 } else { 1.0 };
         assert!(scale > 0.0, "HL_BENCH_SCALE must be positive");
-        let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+        let json = args.iter().position(|a| a == "--json").map(|i| {
+            PathBuf::from(
+                args.get(i + 1)
+                    .unwrap_or_else(|| panic!("--json needs a file name")),
+            )
+        });
+        let filter = args
+            .iter()
+            .enumerate()
+            .find(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--json"))
+            .map(|(_, a)| a.clone());
         Config {
             runs,
             scale,
             quick,
+            json,
             filter,
         }
     }
@@ -151,6 +166,8 @@ enum Target {
 struct Line {
     metric: String,
     stats: Stats,
+    /// How many runs the figure is made of.
+    runs: usize,
     /// The same figure computed from on-CPU time instead of wall time.
     cpu: Option<Stats>,
     /// Bytes passed to `write()`-family syscalls per row (WAL, journals, temp files).
@@ -188,6 +205,7 @@ impl Table {
         let line = Line {
             metric: metric.into(),
             stats: Stats::of(samples),
+            runs: samples.len(),
             cpu: (!cpu.is_empty() && linux).then(|| Stats::of(cpu)),
             written: (!written.is_empty() && linux).then(|| Stats::of(written)),
             unit,
@@ -204,6 +222,60 @@ impl Table {
             .expect("a section first")
             .1
             .push(line);
+    }
+
+    /// Writes every figure to `path` as `{"suite", "figures": [{"metric", "value", "unit",
+    /// "peer", "runs", "min", "median", "max", "section"}]}` (value = median, from wall
+    /// time). An indented line is named after the line it belongs to (`"<parent> / <line>"`),
+    /// except the `diag:` and `of which:` lines, which stand alone;
+    /// ratios and the plain-table side count as figures of the peer `sqlite`.
+    fn write_json(&self, path: &Path, cfg: &Config) {
+        let mut figures = Vec::new();
+        for (title, lines) in &self.sections {
+            let mut parent = String::new();
+            for l in lines {
+                let trimmed = l.metric.trim();
+                let standalone = ["diag:", "of which:"]
+                    .iter()
+                    .any(|p| trimmed.starts_with(p));
+                let name = if standalone {
+                    trimmed.to_string()
+                } else if l.metric.starts_with(' ') {
+                    format!("{parent} / {trimmed}")
+                } else {
+                    parent = l.metric.trim_end_matches(": ratio").to_string();
+                    l.metric.clone()
+                };
+                let peer = if l.unit == "x" {
+                    "harmonylite vs sqlite"
+                } else if l.metric.trim() == "without capture" {
+                    "sqlite"
+                } else {
+                    "harmonylite"
+                };
+                figures.push(serde_json::json!({
+                    "metric": name,
+                    "value": l.stats.median,
+                    "unit": l.unit,
+                    "peer": peer,
+                    "runs": l.runs,
+                    "min": l.stats.min,
+                    "median": l.stats.median,
+                    "max": l.stats.max,
+                    "section": title,
+                }));
+            }
+        }
+        let doc = serde_json::json!({
+            "suite": "capture",
+            "quick": cfg.quick,
+            "scale": cfg.scale,
+            "sqlite": rusqlite::version(),
+            "machine": machine(),
+            "figures": figures,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
 
     fn print(&self) {
@@ -1230,6 +1302,10 @@ fn main() {
     println!("ratio = time with capture / time without, per interleaved run pair; x = times");
     println!();
     table.print();
+    if let Some(path) = &cfg.json {
+        table.write_json(path, &cfg);
+        println!("figures written to {}", path.display());
+    }
     println!(
         "\ntotal bench time {:.1} s",
         started.elapsed().as_secs_f64()

@@ -17,7 +17,9 @@
 //! steps interleaved round by round (`sync` between steps, not timed), the page cache warm.
 //!
 //! Run: `cargo bench -p harmonylite-tests --bench snapshot` (1 GiB, 3 rounds), or
-//! `-- --quick` (64 MiB, 2 rounds). `HL_BENCH_SNAPSHOT_MIB` and `HL_BENCH_ROUNDS` override.
+//! `-- --quick` (64 MiB, 2 rounds). `HL_BENCH_SNAPSHOT_MIB` and `HL_BENCH_ROUNDS` override;
+//! `-- --json FILE` also writes every figure there (what `scripts/bench` reads): each
+//! step's throughput in MiB/s and its time ratio to `cp`, both per round.
 
 use std::path::Path;
 use std::process::Command;
@@ -137,6 +139,13 @@ struct Figures {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().position(|a| a == "--json").map(|i| {
+        std::path::PathBuf::from(
+            args.get(i + 1)
+                .unwrap_or_else(|| panic!("--json needs a file name")),
+        )
+    });
     let mib = env_usize("HL_BENCH_SNAPSHOT_MIB", if quick { 64 } else { 1024 });
     let rounds = env_usize("HL_BENCH_ROUNDS", if quick { 2 } else { 3 });
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
@@ -324,4 +333,64 @@ fn main() {
         "({} rounds; throughput = database bytes / wall time; \"vs cp\" = cp time / step time, i.e. throughput as a share of cp's)",
         rounds
     );
+    if let Some(path) = json {
+        write_json(&path, size, quick, &figures);
+        println!("figures written to {}", path.display());
+    }
+}
+
+/// Median, min and max.
+fn stats(values: &[f64]) -> serde_json::Value {
+    let mut s = values.to_vec();
+    s.sort_by(f64::total_cmp);
+    let mid = s.len() / 2;
+    let median = if s.len() % 2 == 1 {
+        s[mid]
+    } else {
+        (s[mid - 1] + s[mid]) / 2.0
+    };
+    serde_json::json!({ "runs": s.len(), "min": s[0], "median": median, "max": s[s.len() - 1], "value": median })
+}
+
+/// Every step's throughput and, per round, its time relative to `cp` of the same round.
+fn write_json(path: &Path, size: u64, quick: bool, figures: &[Figures]) {
+    let cp = &figures[0].times;
+    let mut out = Vec::new();
+    for f in figures {
+        let name = f.name.trim().trim_start_matches('(').trim_end_matches(')');
+        let peer = if f.name.starts_with("cp") {
+            "cp"
+        } else if f.name.contains("object store") {
+            "nats-server"
+        } else {
+            "harmonylite"
+        };
+        let rates: Vec<f64> = f.times.iter().map(|t| mib_s(size, *t)).collect();
+        let mut figure = stats(&rates);
+        figure["metric"] = format!("snapshot {name}: throughput").into();
+        figure["unit"] = "MiB/s".into();
+        figure["peer"] = peer.into();
+        out.push(figure);
+        if f.name != "cp" {
+            let ratios: Vec<f64> = f
+                .times
+                .iter()
+                .zip(cp)
+                .map(|(t, c)| t.as_secs_f64() / c.as_secs_f64())
+                .collect();
+            let mut figure = stats(&ratios);
+            figure["metric"] = format!("snapshot {name}: time ratio to cp").into();
+            figure["unit"] = "x".into();
+            figure["peer"] = format!("{peer} vs cp").into();
+            out.push(figure);
+        }
+    }
+    let doc = serde_json::json!({
+        "suite": "snapshot",
+        "quick": quick,
+        "database_bytes": size,
+        "figures": out,
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap())
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }

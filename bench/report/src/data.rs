@@ -1,0 +1,200 @@
+//! The suites' JSON output (`bench/out/*.json`), loaded into one list of figures.
+//!
+//! Each suite file is `{"suite": ..., "figures": [{"metric", "value", "unit", "peer",
+//! "runs", "min", "median", "max"}], ...}`; `meta.json` (written by `scripts/bench`) holds
+//! the machine, the date, the load averages and the exact commands.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// One figure: the median of `runs` runs, with min and max.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    /// The suite file it came from (`capture`, `replication-3`, ...).
+    pub suite: String,
+    /// The metric's name inside its suite.
+    pub metric: String,
+    /// Unit (`rows/s`, `ms`, `x` for a ratio, ...).
+    pub unit: String,
+    /// Who the figure is about (`harmonylite`, `dqlite`, `harmonylite vs sqlite`, ...).
+    pub peer: String,
+    /// How many runs it is made of.
+    pub runs: u64,
+    /// Smallest run.
+    pub min: f64,
+    /// Median run (also the figure's value).
+    pub median: f64,
+    /// Largest run.
+    pub max: f64,
+}
+
+impl Figure {
+    /// The name used in `bench/results.json` and BENCHMARKS.md: suite label and metric.
+    pub fn full_name(&self) -> String {
+        format!("{}: {}", suite_label(&self.suite), self.metric)
+    }
+
+    /// The `bench/results.json` record as text, keys in the documented order (`metric`,
+    /// `value`, `unit`, `peer`, `runs`, `min`, `median`, `max`).
+    pub fn to_json_text(&self) -> String {
+        let s = |v: &str| Value::from(v).to_string();
+        let n = |v: f64| Value::from(v).to_string();
+        format!(
+            "{{\"metric\": {}, \"value\": {}, \"unit\": {}, \"peer\": {}, \"runs\": {}, \"min\": {}, \"median\": {}, \"max\": {}}}",
+            s(&self.full_name()),
+            n(self.median),
+            s(&self.unit),
+            s(&self.peer),
+            self.runs,
+            n(self.min),
+            n(self.median),
+            n(self.max)
+        )
+    }
+
+    /// The `bench/results.json` record as a JSON value (what the text must parse to).
+    #[cfg(test)]
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "metric": self.full_name(),
+            "value": self.median,
+            "unit": self.unit,
+            "peer": self.peer,
+            "runs": self.runs,
+            "min": self.min,
+            "median": self.median,
+            "max": self.max,
+        })
+    }
+}
+
+/// A human label for a suite file name.
+pub fn suite_label(suite: &str) -> String {
+    match suite {
+        "capture" => "native capture".into(),
+        "peers" => "wasm peers".into(),
+        "npm" => "wasm replica".into(),
+        "snapshot" => "snapshot".into(),
+        other => match other.strip_prefix("replication-") {
+            Some(n) => format!("replication, {n} nodes"),
+            None => other.into(),
+        },
+    }
+}
+
+/// One suite file.
+pub struct Suite {
+    /// File stem.
+    pub name: String,
+    /// The whole document (for fields besides the figures).
+    pub doc: Value,
+}
+
+/// Everything one `scripts/bench` run produced.
+pub struct Data {
+    /// `meta.json`.
+    pub meta: Value,
+    /// Suite files, in a fixed order.
+    pub suites: Vec<Suite>,
+    /// Every figure of every suite.
+    pub figures: Vec<Figure>,
+}
+
+/// The suite files read, in report order.
+pub const SUITES: [&str; 7] = [
+    "capture",
+    "peers",
+    "npm",
+    "replication-3",
+    "replication-5",
+    "replication-7",
+    "snapshot",
+];
+
+fn number(v: &Value, key: &str, file: &Path) -> Result<f64, String> {
+    v.get(key)
+        .and_then(Value::as_f64)
+        .ok_or_else(|| format!("{}: a figure lacks the number {key:?}: {v}", file.display()))
+}
+
+fn text(v: &Value, key: &str, file: &Path) -> Result<String, String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("{}: a figure lacks the string {key:?}: {v}", file.display()))
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))
+}
+
+impl Data {
+    /// Reads `dir/meta.json` (required) and every suite file present.
+    pub fn load(dir: &Path) -> Result<Data, String> {
+        let meta = read_json(&dir.join("meta.json"))?;
+        let mut suites = Vec::new();
+        let mut figures = Vec::new();
+        for name in SUITES {
+            let path = dir.join(format!("{name}.json"));
+            if !path.is_file() {
+                continue;
+            }
+            let doc = read_json(&path)?;
+            let list = doc
+                .get("figures")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("{}: no \"figures\" array", path.display()))?;
+            for f in list {
+                figures.push(Figure {
+                    suite: name.to_string(),
+                    metric: text(f, "metric", &path)?,
+                    unit: text(f, "unit", &path)?,
+                    peer: text(f, "peer", &path)?,
+                    runs: number(f, "runs", &path)? as u64,
+                    min: number(f, "min", &path)?,
+                    median: number(f, "median", &path)?,
+                    max: number(f, "max", &path)?,
+                });
+            }
+            suites.push(Suite {
+                name: name.to_string(),
+                doc,
+            });
+        }
+        Ok(Data {
+            meta,
+            suites,
+            figures,
+        })
+    }
+
+    /// The suite file `name`, if it was produced.
+    pub fn suite(&self, name: &str) -> Option<&Suite> {
+        self.suites.iter().find(|s| s.name == name)
+    }
+
+    /// Figures of one suite.
+    pub fn of(&self, suite: &str) -> impl Iterator<Item = &Figure> {
+        let suite = suite.to_string();
+        self.figures.iter().filter(move |f| f.suite == suite)
+    }
+
+    /// The first figure of `suite` whose metric starts with `prefix` and ends with `suffix`
+    /// and whose peer is `peer`.
+    pub fn find(&self, suite: &str, prefix: &str, suffix: &str, peer: &str) -> Option<&Figure> {
+        self.of(suite)
+            .find(|f| f.metric.starts_with(prefix) && f.metric.ends_with(suffix) && f.peer == peer)
+    }
+
+    /// A string field of `meta.json`, or `"?"`.
+    pub fn meta_str(&self, key: &str) -> String {
+        match self.meta.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => "?".into(),
+            Some(other) => other.to_string(),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `harmonylite-bench-report`: turns what `scripts/bench` collected in `bench/out/` (one JSON
+//! file per suite plus `meta.json`) into `bench/results.json`, the SVG charts and
+//! `BENCHMARKS.md`. It measures nothing itself.
+//!
+//! ```text
+//! cargo run -p harmonylite-bench-report -- --input bench/out --results bench/results.json \
+//!     --charts bench/charts --markdown BENCHMARKS.md
+//! ```
+
+mod charts;
+mod data;
+mod markdown;
+mod plots;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn arg(args: &[String], flag: &str) -> Result<PathBuf, String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("missing {flag} <path>"))
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let input = arg(&args, "--input")?;
+    let results = arg(&args, "--results")?;
+    let charts_dir = arg(&args, "--charts")?;
+    let markdown_path = arg(&args, "--markdown")?;
+
+    let data = data::Data::load(&input)?;
+    if data.figures.is_empty() {
+        return Err(format!("no figures in {}", input.display()));
+    }
+    let charts = plots::draw_all(&data, &charts_dir)?;
+
+    let records: Vec<String> = data.figures.iter().map(|f| f.to_json_text()).collect();
+    std::fs::write(&results, format!("[\n  {}\n]\n", records.join(",\n  ")))
+        .map_err(|e| format!("writing {}: {e}", results.display()))?;
+
+    // Chart links are relative to the markdown file.
+    let base = markdown_path
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    let rel = charts_dir
+        .strip_prefix(if base.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            &base
+        })
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|_| charts_dir.clone());
+    let text = markdown::render(&data, &charts, &rel.display().to_string());
+    std::fs::write(&markdown_path, text)
+        .map_err(|e| format!("writing {}: {e}", markdown_path.display()))?;
+    println!(
+        "wrote {} ({} figures), {} charts in {}, {}",
+        results.display(),
+        records.len(),
+        charts.len(),
+        charts_dir.display(),
+        markdown_path.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("harmonylite-bench-report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `meta.json` and one replication suite in, every output out, consistent.
+    #[test]
+    fn report_from_suite_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("out");
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::write(
+            input.join("meta.json"),
+            r#"{"mode": "quick", "load_start": "1.5 1.0 0.5", "commands": ["scripts/bench --quick"], "notes": ["dqlite missing: E: no package"]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            input.join("replication-3.json"),
+            r#"{"suite": "replication", "figures": [
+                {"metric": "commit -> visible latency p50", "value": 2.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 1.5, "median": 2.0, "max": 3.0},
+                {"metric": "converged throughput, 3 writers, 100-row tx", "value": 30000.0, "unit": "rows/s", "peer": "harmonylite", "runs": 5, "min": 25000.0, "median": 30000.0, "max": 31000.0}
+            ], "histograms": {"harmonylite commit -> visible, 3 nodes (ms)": [1.0, 2.0, 2.5, 9.0]}}"#,
+        )
+        .unwrap();
+        let results = dir.path().join("results.json");
+        let charts = dir.path().join("charts");
+        let md = dir.path().join("BENCHMARKS.md");
+        let data = data::Data::load(&input).unwrap();
+        let drawn = plots::draw_all(&data, &charts).unwrap();
+        assert!(drawn.iter().any(|c| c.file == "latency-histogram.svg"));
+        assert!(charts.join("latency-histogram.svg").is_file());
+        let records: Vec<serde_json::Value> = data.figures.iter().map(|f| f.to_json()).collect();
+        for (f, r) in data.figures.iter().zip(&records) {
+            let parsed: serde_json::Value = serde_json::from_str(&f.to_json_text()).unwrap();
+            assert_eq!(&parsed, r, "the text record and the JSON value agree");
+        }
+        std::fs::write(&results, serde_json::to_string(&records).unwrap()).unwrap();
+        let text = markdown::render(&data, &drawn, "charts");
+        std::fs::write(&md, &text).unwrap();
+
+        assert_eq!(records.len(), 2);
+        let keys: Vec<&String> = records[0].as_object().unwrap().keys().collect();
+        for key in [
+            "metric", "value", "unit", "peer", "runs", "min", "median", "max",
+        ] {
+            assert!(keys.iter().any(|k| *k == key), "results lack {key}");
+        }
+        assert_eq!(
+            records[0]["metric"],
+            "replication, 3 nodes: commit -> visible latency p50"
+        );
+        assert!(text.contains("**Quick run**"));
+        assert!(text.contains("load average 1.5 1.0 0.5"));
+        assert!(text.contains("dqlite missing: E: no package"));
+        assert!(text.contains("2.00 (1.50–3.00)"));
+        assert!(text.contains("30,000 (25,000–31,000)"));
+        assert!(text.contains("](charts/latency-histogram.svg)"));
+    }
+
+    #[test]
+    fn numbers_are_readable() {
+        assert_eq!(markdown::num(1234567.4), "1,234,567");
+        assert_eq!(markdown::num(-2500.0), "-2,500");
+        assert_eq!(markdown::num(150.4), "150");
+        assert_eq!(markdown::num(12.34), "12.3");
+        assert_eq!(markdown::num(1.234), "1.23");
+        assert_eq!(markdown::num(0.01234), "0.012");
+    }
+}
