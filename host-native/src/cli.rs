@@ -3,7 +3,8 @@
 //!
 //! Flags take the GNU form (`--node-id 1a`, `--node-id=1a`). HarmonyLite's Go-style single
 //! dash (`-config node.toml`, `-cleanup`) is accepted too, for every long flag:
-//! [`normalize_args`] rewrites it before clap sees it.
+//! [`normalize_args`] rewrites it before clap sees it, and also turns the command form
+//! `harmonylite migrate <file.sql> …` into `--migrate <file.sql>`.
 
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
@@ -39,6 +40,19 @@ pub struct Cli {
     /// then exit.
     #[arg(long, conflicts_with = "cleanup")]
     pub save_snapshot: bool,
+
+    /// Publish the SQL file as a replicated schema migration (every replica applies it once,
+    /// in order), wait until this node applied it, then exit. Also `harmonylite migrate FILE`.
+    #[arg(long, value_name = "FILE.sql", conflicts_with_all = ["cleanup", "save_snapshot"])]
+    pub migrate: Option<PathBuf>,
+
+    /// With --migrate: allow destructive statements (DROP TABLE, ALTER TABLE … DROP COLUMN).
+    #[arg(long, requires = "migrate")]
+    pub allow_destructive: bool,
+
+    /// Print the local schema fingerprint, migration version and parked messages, then exit.
+    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate"])]
+    pub schema_status: bool,
 
     /// Route listener of the embedded NATS server, host:port (overrides `nats.cluster_addr`).
     #[arg(long, value_name = "HOST:PORT")]
@@ -131,11 +145,25 @@ where
         .get_arguments()
         .filter_map(|a| a.get_long().map(str::to_owned))
         .collect();
-    let mut out = Vec::new();
+    let with_values: Vec<String> = command
+        .get_arguments()
+        .filter(|a| a.get_action().takes_values())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let mut out: Vec<OsString> = Vec::new();
     let mut rest_verbatim = false;
     for (i, arg) in args.into_iter().map(Into::into).enumerate() {
         if i == 0 || rest_verbatim {
             out.push(arg);
+            continue;
+        }
+        // `migrate` where no flag expects a value (the CLI has no positional arguments).
+        let previous_takes_value = out
+            .last()
+            .and_then(|p| p.to_str())
+            .is_some_and(|p| i > 1 && with_values.iter().any(|f| f == p));
+        if arg == OsStr::new("migrate") && !previous_takes_value {
+            out.push(OsString::from("--migrate"));
             continue;
         }
         if arg == OsStr::new("--") {
@@ -243,6 +271,40 @@ mod tests {
         assert_eq!(bare.cluster_addr, None);
         assert_eq!(bare.cluster_peers, None);
         assert_eq!(bare.leaf_servers, None);
+    }
+
+    #[test]
+    fn migrate_takes_the_command_form_and_the_flag_form() {
+        let cli = parse(&["migrate", "m.sql", "--config", "node.toml"]).unwrap();
+        assert_eq!(cli.migrate, Some(PathBuf::from("m.sql")));
+        let cli = parse(&["--config", "node.toml", "migrate", "m.sql"]).unwrap();
+        assert_eq!(cli.migrate, Some(PathBuf::from("m.sql")));
+        // A flag's value named "migrate" stays a value.
+        let cli = parse(&["--config", "migrate"]).unwrap();
+        assert_eq!(cli.config, PathBuf::from("migrate"));
+        assert_eq!(cli.migrate, None);
+        assert!(!cli.allow_destructive);
+        let cli = parse(&[
+            "--config",
+            "node.toml",
+            "--migrate=m.sql",
+            "--allow-destructive",
+        ])
+        .unwrap();
+        assert_eq!(cli.migrate, Some(PathBuf::from("m.sql")));
+        assert!(cli.allow_destructive);
+        let error = parse(&["--config", "c.toml", "--allow-destructive"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        let error = parse(&["--config", "c.toml", "--schema-status", "--cleanup"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(
+            parse(&["--config", "c.toml", "-schema-status"])
+                .unwrap()
+                .schema_status
+        );
     }
 
     #[test]

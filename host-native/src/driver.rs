@@ -209,6 +209,21 @@ pub async fn run_until(
         check_at: Instant::now(),
         job: None,
     });
+    // Serverless mode: the snapshot before sleeping needs a full replica, like periodic ones.
+    let sleep =
+        crate::serverless::IdleTimer::new(config.sleep_timeout, Instant::now()).map(|timer| {
+            let snapshots = config.snapshot.enable && config.publish && config.replicate;
+            Sleep {
+                timer,
+                snapshot: snapshots.then(|| JobContext {
+                    config: Arc::new(config.clone()),
+                    js: js.clone(),
+                    node_id,
+                    stream: transport_config.stream_name.clone(),
+                    schedule: crate::serverless::schedule(),
+                }),
+            }
+        });
     let mut driver = Driver {
         engine: Engine::new(store, config.engine_config()),
         clock: Clock::new(),
@@ -226,6 +241,7 @@ pub async fn run_until(
         fell_behind: false,
         captured: false,
         snapshots,
+        sleep,
     };
     driver.feed(vec![Input::Connected]);
     driver.connected = true;
@@ -431,6 +447,15 @@ struct Driver {
     captured: bool,
     /// Periodic snapshots (None: off for this node).
     snapshots: Option<Snapshots>,
+    /// Serverless mode (None: `sleep_timeout = 0`).
+    sleep: Option<Sleep>,
+}
+
+/// Serverless mode: when to sleep, and the snapshot to take first (None: this node does
+/// not take snapshots).
+struct Sleep {
+    timer: crate::serverless::IdleTimer,
+    snapshot: Option<JobContext>,
 }
 
 /// State of periodic snapshots.
@@ -481,6 +506,12 @@ impl Driver {
                     self.snapshot_finished(outcome);
                     Vec::new()
                 }
+                _ = sleep_until_opt(self.sleep.as_ref().map(|s| s.timer.deadline().into())) => {
+                    if self.ready_to_sleep().await {
+                        return Ok(());
+                    }
+                    Vec::new()
+                }
                 _ = tokio::time::sleep_until(deadline) => vec![Input::Timeout],
             };
             self.captured = false;
@@ -525,6 +556,41 @@ impl Driver {
         if let Some(s) = self.snapshots.as_mut() {
             s.job = Some(tokio::spawn(crate::snapshot::run_job(ctx, cursor)));
         }
+    }
+
+    /// Serverless mode, when the idle timer fires: captures the last local writes, and when
+    /// the node is still idle, every frame is acknowledged and no periodic snapshot is being
+    /// taken, takes the snapshot before sleeping and returns true (the caller stops).
+    async fn ready_to_sleep(&mut self) -> bool {
+        self.feed(vec![Input::LocalWrite]);
+        let Some(sleep) = self.sleep.as_mut() else {
+            return false;
+        };
+        let now = Instant::now();
+        if !sleep.timer.expired(now) {
+            return false;
+        }
+        let (frames, _) = self.engine.db().outbox_depth().unwrap_or((0, 0));
+        let snapshotting = self.snapshots.as_ref().is_some_and(|s| s.job.is_some());
+        if frames > 0 || snapshotting {
+            sleep.timer.postpone(now + crate::serverless::RECHECK);
+            return false;
+        }
+        let timeout = sleep.timer.timeout();
+        let snapshot = sleep.snapshot.clone();
+        tracing::info!(
+            idle_ms = timeout.as_millis() as u64,
+            "idle for sleep_timeout: sleeping (serverless mode)"
+        );
+        if let Some(ctx) = snapshot {
+            let cursor = self.engine.applied_cursor();
+            if let Some(taken) = crate::serverless::snapshot_before_sleep(ctx, cursor).await {
+                let info = &taken.info;
+                self.metrics
+                    .snapshot_taken(taken.bytes, taken.took, info.covered_seq.get());
+            }
+        }
+        true
     }
 
     fn snapshot_finished(
@@ -606,6 +672,11 @@ impl Driver {
         match event {
             Event::Drained(report) => {
                 self.captured = true;
+                if report.rows > 0 {
+                    if let Some(sleep) = self.sleep.as_mut() {
+                        sleep.timer.touch(Instant::now());
+                    }
+                }
                 self.metrics.drained(report.rows);
                 if report.null_keys > 0 {
                     tracing::warn!(
@@ -637,7 +708,16 @@ impl Driver {
                         "applied previously parked messages"
                     );
                 }
+                if summary.migrations > 0 {
+                    tracing::info!(
+                        count = summary.migrations,
+                        "applied replicated schema migrations"
+                    );
+                }
                 if summary.batches > 0 {
+                    if let Some(sleep) = self.sleep.as_mut() {
+                        sleep.timer.touch(Instant::now());
+                    }
                     let mut s = self.status.lock().expect("status lock");
                     s.last_apply_unix_ms = Some(
                         SystemTime::now()
@@ -860,7 +940,21 @@ impl Driver {
         let (outbox_frames, outbox_rows) = store.outbox_depth().unwrap_or((0, 0));
         let parked = store.parked_count().unwrap_or(0);
         let cursor = store.cursor().get();
+        let schema = store.schema_status().ok();
+        let parked_by_table = if parked > 0 {
+            store.parked_by_table().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut s = self.status.lock().expect("status lock");
+        if let Some(schema) = schema {
+            s.schema_fingerprint = schema.fingerprint;
+            s.migration_version = schema.migration_version;
+            s.parked_migrations = schema.parked_migrations;
+        }
+        s.parked_by_table = parked_by_table.iter().cloned().collect();
+        self.metrics
+            .schema(&parked_by_table, s.migration_version, s.parked_migrations);
         s.cursor = cursor;
         s.stream_last_seq = s.stream_last_seq.max(cursor);
         s.lag = s.stream_last_seq - cursor;

@@ -1,5 +1,6 @@
 //! The health endpoint: the node's replication state as JSON, 200 when healthy, else 503.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +27,15 @@ pub struct Status {
     pub outbox_rows: u64,
     /// Messages parked (not applicable here yet).
     pub parked: u64,
+    /// Parked messages by the table they are about (`""`: about no single table, e.g. a
+    /// migration or an undecodable frame).
+    pub parked_by_table: BTreeMap<String, u64>,
+    /// CRC-32 of the application's schema (hex): equal on two nodes means the same schema.
+    pub schema_fingerprint: String,
+    /// Version of the last replicated migration applied here (0: none).
+    pub migration_version: u64,
+    /// Replicated migrations parked here (failed, or waiting behind one that failed).
+    pub parked_migrations: u64,
     /// When a remote batch was last applied (Unix ms), if ever.
     pub last_apply_unix_ms: Option<u64>,
     /// The stream no longer holds messages this node needs (restore from a snapshot).

@@ -1,6 +1,6 @@
 //! `harmonylite` command-line entry point: parse the flags, load the configuration, set up
-//! logging, then either `--cleanup` or `--save-snapshot` and exit, or run the sidecar until
-//! it stops.
+//! logging, then either `--cleanup`, `--save-snapshot`, `--migrate` or `--schema-status` and
+//! exit, or run the sidecar until it stops.
 //!
 //! This is the binary's edge: the only place errors become `anyhow` and then an exit code.
 //!
@@ -43,6 +43,10 @@ fn main() -> ExitCode {
         span.in_scope(|| cleanup(&config))
     } else if cli.save_snapshot {
         save_snapshot(config, span.clone())
+    } else if let Some(file) = &cli.migrate {
+        span.in_scope(|| harmonylite::schema::migrate(&config, file, cli.allow_destructive))
+    } else if cli.schema_status {
+        span.in_scope(|| harmonylite::schema::print_status(&config))
     } else {
         serve(config, span.clone())
     };

@@ -11,6 +11,9 @@
 //! | `<ns>_conflicts_total{winner="local"\|"remote"}` | counter | row conflicts and who won |
 //! | `<ns>_parked_total{kind}` | counter | messages parked, by reason kind |
 //! | `<ns>_parked_messages` | gauge | messages currently parked |
+//! | `<ns>_parked_table_messages{table}` | gauge | messages currently parked, by the table they are about (`""`: none) |
+//! | `<ns>_migration_version` | gauge | version of the last replicated migration applied here |
+//! | `<ns>_parked_migrations` | gauge | replicated migrations parked here |
 //! | `<ns>_outbox_frames` | gauge | frames waiting for an ack |
 //! | `<ns>_lag_messages` | gauge | stream messages not applied yet |
 //! | `<ns>_nats_connected` | gauge | 1 when connected |
@@ -23,7 +26,9 @@
 //! | `<ns>_snapshot_failures_total{operation="take"\|"restore"}` | counter | snapshots that could not be taken, restores that failed |
 //! | `<ns>_snapshot_covered_seq` | gauge | stream sequence the last snapshot taken or restored here covers |
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harmonylite_core::engine::ReceiveSummary;
@@ -33,6 +38,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 #[derive(Clone)]
 pub struct Metrics {
     namespace: String,
+    /// Tables with a parked-messages gauge, so a table whose count fell to 0 is set to 0.
+    parked_tables: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Metrics {
@@ -41,6 +48,7 @@ impl Metrics {
     pub fn new(namespace: &str) -> Self {
         Metrics {
             namespace: namespace.to_string(),
+            parked_tables: Arc::default(),
         }
     }
 
@@ -78,6 +86,29 @@ impl Metrics {
         metrics::gauge!(self.name("lag_messages")).set(lag as f64);
         metrics::gauge!(self.name("parked_messages")).set(parked as f64);
         metrics::gauge!(self.name("nats_connected")).set(if connected { 1.0 } else { 0.0 });
+    }
+
+    /// Parked messages by table, the migration version and parked migrations.
+    pub fn schema(
+        &self,
+        parked_by_table: &[(String, u64)],
+        migration_version: u64,
+        parked_migrations: u64,
+    ) {
+        let mut known = self.parked_tables.lock().expect("metrics lock");
+        for table in known.iter() {
+            if !parked_by_table.iter().any(|(t, _)| t == table) {
+                metrics::gauge!(self.name("parked_table_messages"), "table" => table.clone())
+                    .set(0.0);
+            }
+        }
+        for (table, count) in parked_by_table {
+            metrics::gauge!(self.name("parked_table_messages"), "table" => table.clone())
+                .set(*count as f64);
+            known.insert(table.clone());
+        }
+        metrics::gauge!(self.name("migration_version")).set(migration_version as f64);
+        metrics::gauge!(self.name("parked_migrations")).set(parked_migrations as f64);
     }
 
     /// A snapshot taken and stored.

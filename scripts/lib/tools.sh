@@ -86,3 +86,47 @@ ensure_npm_deps() {
 ensure_chromium() {
   ensure_apt chromium chromium chromedriver chromium-driver
 }
+
+# moto's S3-protocol server (PyPI `moto[server]`, into .tools/moto) for the S3 snapshot
+# store tests, which run it as `moto_server -H 127.0.0.1 -p PORT`. The tests find it through
+# HARMONYLITE_MOTO_SERVER (exported here) or PATH.
+ensure_moto() {
+  local dir="$TOOLS_DIR/moto"
+  if [[ -x "$dir/bin/moto_server" ]]; then
+    export PATH="$dir/bin:$PATH" PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
+    export HARMONYLITE_MOTO_SERVER="$dir/bin/moto_server"
+    return
+  fi
+  echo "==> installing moto (pip: moto[server]) into $dir"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$dir" 'moto[server]'
+  export PATH="$dir/bin:$PATH" PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
+  export HARMONYLITE_MOTO_SERVER="$dir/bin/moto_server"
+  moto_server --help >/dev/null
+}
+
+# Benchmark peer: a 3-node dqlite cluster is run by Debian's `dqlite-benchmark` (package
+# go-dqlite, which pulls libdqlite0). Used by scripts/bench only.
+ensure_dqlite() {
+  ensure_apt dqlite-benchmark go-dqlite
+}
+
+# Benchmark peers in node (cr-sqlite's wasm build, @sqlite.org/sqlite-wasm) from
+# bench/peers/package-lock.json, kept apart from the published npm package (`npm ci`,
+# skipped when node_modules is newer than the lock). Used by scripts/bench only.
+ensure_bench_peers() {
+  ensure_apt node nodejs npm npm
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/bench/peers"
+  if [[ -f "$dir/node_modules/.package-lock.json" && "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]]; then
+    return
+  fi
+  echo "==> installing the benchmark peers' npm packages (npm ci in bench/peers)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+# The chaos tests (tests/tests/chaos.rs, the `chaos` binary): `ip` for network namespaces,
+# veth pairs and blackhole routes (iproute2), and libfaketime for clock skew (Debian
+# `faketime`, which ships /usr/lib/<arch>/faketime/libfaketime.so.1). They also need root.
+ensure_chaos_tools() {
+  ensure_apt ip iproute2 faketime faketime
+}

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use harmonylite_core::value::Value;
 use rusqlite::Connection;
 
+pub mod chaos;
+pub mod moto;
+
 /// Builds the sidecar binary once per test process (a no-op when it is current) and returns
 /// its path: the debug build, or the release build when `HL_SIDECAR_PROFILE=release`.
 pub fn sidecar_binary() -> PathBuf {
