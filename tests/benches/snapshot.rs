@@ -2,8 +2,9 @@
 //! compared with `cp` of the same file on the same disk, in one run. Prints figures; asserts
 //! nothing about speed.
 //!
-//! - take: the sidecar's own code (`harmonylite::snapshot::take`): `VACUUM INTO` a
-//!   temporary copy, strip node-local state, checksum, frame, store. Into the `file` store
+//! - take: the sidecar's own code (`harmonylite::snapshot::take`): a consistent copy (bytes
+//!   read inside a read transaction when the WAL is checkpointed, else SQLite's backup API),
+//!   strip node-local state, checksum, frame, store. Into the `file` store
 //!   (framed file written, fsynced, renamed) and into the `nats` store (a real nats-server's
 //!   object store, its JetStream directory on the same disk).
 //! - restore: `harmonylite::restore::download` (verify every chunk and the whole, write
