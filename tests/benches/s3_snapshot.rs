@@ -14,7 +14,6 @@
 //! Run: `cargo bench -p harmonylite-tests --bench s3_snapshot` (100 MiB, 3 rounds);
 //! `HL_BENCH_SNAPSHOT_MIB` and `HL_BENCH_ROUNDS` override.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use harmonylite::config::Config;
@@ -25,7 +24,6 @@ use harmonylite::snapshot_store::SnapshotStore;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::sqlite::snapshot::NodeLocal;
-use harmonylite_core::sqlite::{meta, Store, StoreOptions};
 use harmonylite_tests::moto::Moto;
 
 const STREAM: &str = "bench-changes-1";
@@ -40,26 +38,6 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn node() -> NodeId {
     NodeId::from_u128(1).unwrap()
-}
-
-/// A replicated database of about `mib` MiB (1 KiB blobs, capture installed, a cursor).
-fn build_database(path: &Path, mib: usize) {
-    let rows = mib * 1024 * 1024 / 1400;
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;
-         CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, body BLOB);",
-    )
-    .unwrap();
-    conn.execute(
-        "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < ?1)
-         INSERT INTO items SELECT i, 'item ' || i, randomblob(1024) FROM r",
-        [rows as i64],
-    )
-    .unwrap();
-    let store = Store::open(conn, StoreOptions::new(node())).unwrap();
-    meta::set(store.connection(), meta::keys::CURSOR, 1000i64).unwrap();
-    drop(store);
 }
 
 fn summary(label: &str, bytes: u64, times: &mut [Duration]) {
@@ -82,7 +60,7 @@ fn main() {
     let rounds = env_usize("HL_BENCH_ROUNDS", 3);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
-    build_database(&db, mib);
+    harmonylite_tests::build_replicated_database(&db, mib, node());
     let size = std::fs::metadata(&db).unwrap().len();
     let moto = Moto::start(dir.path());
     moto.create_bucket(BUCKET);

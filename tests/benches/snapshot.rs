@@ -32,7 +32,6 @@ use harmonylite::snapshot_store::{FileStore, SnapshotStore};
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::sqlite::snapshot::NodeLocal;
-use harmonylite_core::sqlite::{meta, Store, StoreOptions};
 use harmonylite_tests::ExternalNats;
 
 const STREAM: &str = "bench-changes-1";
@@ -46,38 +45,6 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn node() -> NodeId {
     NodeId::from_u128(1).unwrap()
-}
-
-/// A replicated database of about `mib` MiB: rows of 1 KiB blobs with their version rows,
-/// capture installed, a cursor set; closed (WAL checkpointed).
-fn build_database(path: &Path, mib: usize) {
-    let rows = mib * 1024 * 1024 / 1400;
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;
-         CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, body BLOB);",
-    )
-    .unwrap();
-    let batch = 50_000;
-    let mut done = 0;
-    while done < rows {
-        let n = batch.min(rows - done);
-        conn.execute(
-            "WITH RECURSIVE r(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM r WHERE i < ?2)
-             INSERT INTO items SELECT i, hex(randomblob(8)), randomblob(1000) FROM r",
-            [done as i64 + 1, (done + n) as i64],
-        )
-        .unwrap();
-        done += n;
-    }
-    let store = Store::open(conn, StoreOptions::new(node())).unwrap();
-    let conn = store.connection();
-    conn.execute_batch(
-        "INSERT INTO __hl_v1 SELECT id, randomblob(24), 0 FROM items; PRAGMA wal_checkpoint(TRUNCATE);",
-    )
-    .unwrap();
-    meta::set(conn, meta::keys::CURSOR, 123_456i64).unwrap();
-    drop(store);
 }
 
 async fn raw_object_store(
@@ -155,7 +122,7 @@ fn main() {
     std::fs::create_dir_all(&work).unwrap();
 
     let built = Instant::now();
-    build_database(&db, mib);
+    harmonylite_tests::build_replicated_database(&db, mib, node());
     let size = std::fs::metadata(&db).unwrap().len();
     println!(
         "database: {:.0} MiB ({} bytes), built in {:.1?}, on {}",

@@ -541,3 +541,36 @@ pub fn embedded_cluster_toml(ports: &[(u16, u16)], i: usize, node_id: u64) -> St
 pub fn external_toml(url: &str, node_id: u64) -> String {
     format!("node_id = {node_id}\n[nats]\nurls = [\"{url}\"]\n")
 }
+
+/// Builds a replicated database of about `mib` MiB at `path` for the snapshot benchmarks:
+/// rows of 1 KiB blobs with their version rows, capture installed for `node`, a cursor set;
+/// closed with the WAL checkpointed.
+pub fn build_replicated_database(path: &Path, mib: usize, node: harmonylite_core::hlc::NodeId) {
+    use harmonylite_core::sqlite::{meta, Store, StoreOptions};
+    let rows = mib * 1024 * 1024 / 1400;
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;
+         CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, body BLOB);",
+    )
+    .unwrap();
+    let batch = 50_000;
+    let mut done = 0;
+    while done < rows {
+        let n = batch.min(rows - done);
+        conn.execute(
+            "WITH RECURSIVE r(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM r WHERE i < ?2)
+             INSERT INTO items SELECT i, hex(randomblob(8)), randomblob(1000) FROM r",
+            [done as i64 + 1, (done + n) as i64],
+        )
+        .unwrap();
+        done += n;
+    }
+    let store = Store::open(conn, StoreOptions::new(node)).unwrap();
+    let conn = store.connection();
+    conn.execute_batch(
+        "INSERT INTO __hl_v1 SELECT id, randomblob(24), 0 FROM items; PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    meta::set(conn, meta::keys::CURSOR, 123_456i64).unwrap();
+}
