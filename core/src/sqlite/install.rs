@@ -239,7 +239,7 @@ fn follow_renames(
     Ok(())
 }
 
-fn object_exists(conn: &Connection, kind: &str, name: &str) -> Result<bool, StoreError> {
+pub(super) fn object_exists(conn: &Connection, kind: &str, name: &str) -> Result<bool, StoreError> {
     conn.query_row(
         "SELECT count(*) FROM sqlite_schema WHERE type = ?1 AND name = ?2",
         [kind, name],
@@ -249,7 +249,11 @@ fn object_exists(conn: &Connection, kind: &str, name: &str) -> Result<bool, Stor
     .context(format!("looking for {name}"))
 }
 
-fn column_exists(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+pub(super) fn column_exists(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+) -> Result<bool, StoreError> {
     conn.query_row(
         "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
         [table, column],

@@ -13,6 +13,8 @@ use crate::change::StreamSeq;
 use crate::error::{Context, StoreError};
 use crate::wire::MigrationV1;
 
+use super::install::{column_exists, object_exists};
+
 /// One applied migration, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedMigration {
@@ -165,7 +167,7 @@ pub const KIND: &str = "migration";
 /// The schema status of a database read without opening a `Store` (no install, no writes):
 /// a database harmonylite never ran on reports version 0 and no parked migrations.
 pub fn status(conn: &Connection) -> Result<SchemaStatus, StoreError> {
-    let installed = has_table(conn, names::MIGRATIONS)?;
+    let installed = object_exists(conn, "table", names::MIGRATIONS)?;
     Ok(SchemaStatus {
         fingerprint: fingerprint(conn)?,
         migration_version: if installed { version(conn)? } else { 0 },
@@ -176,7 +178,7 @@ pub fn status(conn: &Connection) -> Result<SchemaStatus, StoreError> {
 /// Applied migrations of a database read without opening a `Store` (none when harmonylite
 /// never ran on it).
 pub fn list_if_installed(conn: &Connection) -> Result<Vec<AppliedMigration>, StoreError> {
-    if has_table(conn, names::MIGRATIONS)? {
+    if object_exists(conn, "table", names::MIGRATIONS)? {
         list(conn)
     } else {
         Ok(Vec::new())
@@ -185,29 +187,9 @@ pub fn list_if_installed(conn: &Connection) -> Result<Vec<AppliedMigration>, Sto
 
 /// Parked message counts by table of a database read without opening a `Store`.
 pub fn parked_by_table(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
-    if has_table(conn, names::PARKED)? && has_column(conn, names::PARKED, "tbl")? {
+    if object_exists(conn, "table", names::PARKED)? && column_exists(conn, names::PARKED, "tbl")? {
         super::inbox::parked_by_table(conn)
     } else {
         Ok(Vec::new())
     }
-}
-
-fn has_table(conn: &Connection, table: &str) -> Result<bool, StoreError> {
-    conn.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-        [table],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
-    .context(format!("looking for {table}"))
-}
-
-fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
-    conn.query_row(
-        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
-        [table, column],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
-    .context(format!("inspecting {table}"))
 }

@@ -424,23 +424,13 @@ impl Store {
                                     report.drained.schema_changed = true;
                                 }
                                 Ok(false) => report.already_seen += 1,
-                                Err(error) => {
-                                    let reason = error.to_string();
-                                    inbox::park(
-                                        &tx,
-                                        message.seq,
-                                        &message.frame,
-                                        error.kind(),
-                                        &reason,
-                                        None,
-                                        unix_millis(now),
-                                    )?;
-                                    report.parked.push(Parked {
-                                        seq: message.seq,
-                                        kind: error.kind(),
-                                        reason,
-                                    });
-                                }
+                                Err(error) => park_failed_migration(
+                                    &tx,
+                                    message,
+                                    &error,
+                                    now,
+                                    &mut report.parked,
+                                )?,
                             }
                         }
                     }
@@ -670,22 +660,14 @@ impl Store {
                             )? {
                                 Ok(applied) => report.migrations += u64::from(applied),
                                 Err(error) => {
-                                    let reason = error.to_string();
-                                    inbox::park(
+                                    park_failed_migration(
                                         &tx,
-                                        message.seq,
-                                        &message.frame,
-                                        error.kind(),
-                                        &reason,
-                                        None,
-                                        unix_millis(now),
+                                        &message,
+                                        &error,
+                                        now,
+                                        &mut report.parked,
                                     )?;
                                     report.unparked -= 1;
-                                    report.parked.push(Parked {
-                                        seq: message.seq,
-                                        kind: error.kind(),
-                                        reason,
-                                    });
                                 }
                             }
                         }
@@ -998,6 +980,33 @@ fn receive_one(
     let batch = wire::decode_batch(compression, &body)
         .map_err(|e| ApplyFailure::Park(ApplyError::Wire(e)))?;
     apply::apply_batch(conn, tables, clock, origin, &batch, now).map(Outcome::Applied)
+}
+
+/// Parks the message of a migration that failed on this database (kind `migration`, no
+/// table) and records it in `parked`.
+fn park_failed_migration(
+    tx: &Connection,
+    message: &Inbound,
+    error: &ApplyError,
+    now: NTP64,
+    parked: &mut Vec<Parked>,
+) -> Result<(), StoreError> {
+    let reason = error.to_string();
+    inbox::park(
+        tx,
+        message.seq,
+        &message.frame,
+        error.kind(),
+        &reason,
+        None,
+        unix_millis(now),
+    )?;
+    parked.push(Parked {
+        seq: message.seq,
+        kind: error.kind(),
+        reason,
+    });
+    Ok(())
 }
 
 fn unix_millis(now: NTP64) -> i64 {
