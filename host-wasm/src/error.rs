@@ -5,7 +5,7 @@
 //!
 //! | name | when | extra properties |
 //! | --- | --- | --- |
-//! | `InvalidArgumentError` | bad options, unsupported parameter values | — |
+//! | `InvalidArgumentError` | bad options, unsupported parameter values, a refused `discardParked` | — |
 //! | `SqliteError` | SQLite refused the application's SQL | `code` (`"SQLITE_CONSTRAINT"` ...), `extendedCode` (number) |
 //! | `StorageError` | opening the database, OPFS unavailable or its directory in use by another tab, harmonylite metadata damaged | — |
 //! | `ReplicaClosedError` | the replica was closed | — |

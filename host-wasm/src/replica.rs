@@ -8,7 +8,7 @@ use harmonylite_core::engine::{Engine, EngineConfig, Event, Input, Now, Output};
 use harmonylite_core::hlc::ntp64_from_unix;
 use harmonylite_core::report::Inbound;
 use harmonylite_core::sqlite::snapshot::{install_node_local, NodeLocal};
-use harmonylite_core::sqlite::{PublishMigrationError, Store, StoreOptions};
+use harmonylite_core::sqlite::{DiscardError, PublishMigrationError, Store, StoreOptions};
 use harmonylite_core::wire;
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use rusqlite::fallible_iterator::FallibleIterator;
@@ -547,6 +547,42 @@ impl Replica {
             ("parkedMigrations", num(status.parked_migrations as f64)),
             ("parkedByTable", by_table.into()),
         ]))
+    }
+
+    /// Discards the parked changes for `table` (a table dropped on purpose) in one
+    /// transaction and returns how many parked messages held changes for it (removed, or kept
+    /// without them when they also held other tables' changes; those are retried at once).
+    /// Refused (`InvalidArgumentError`) when the table exists here unless `force`, and for a
+    /// name that is neither a table here nor has anything parked. Discarded changes never come
+    /// back, even if the table is created later.
+    #[wasm_bindgen(js_name = discardParked)]
+    pub fn discard_parked(&mut self, table: &str, force: bool) -> Result<f64, JsValue> {
+        if !self.conn()?.is_autocommit() {
+            return Err(ReplicaError::InvalidArgument(
+                "discardParked() cannot run inside a transaction".into(),
+            )
+            .into());
+        }
+        let engine = self.engine_mut()?;
+        let discarded = engine
+            .db_mut()
+            .discard_parked(table, force)
+            .map_err(|e| match e {
+                DiscardError::Store(e) => ReplicaError::from(e),
+                DiscardError::TableExists { table, messages } => {
+                    ReplicaError::InvalidArgument(format!(
+                        "table {table} exists here, so its {messages} parked message(s) wait for \
+                         a column or a primary key this replica lacks, and discarding them loses \
+                         those changes; migrate to apply them, or pass {{ force: true }}"
+                    ))
+                }
+                e => ReplicaError::InvalidArgument(e.to_string()),
+            })?;
+        if discarded.trimmed > 0 {
+            // What is left of those messages may apply now.
+            engine.retry_parked_soon();
+        }
+        Ok(discarded.affected() as f64)
     }
 
     /// Counters: `{outboxFrames, outboxRows, parked, logPending, cursor, appliedCursor,

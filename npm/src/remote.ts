@@ -9,6 +9,7 @@ import type { Call, Reply } from "./rpc.js";
 import type {
   ChangeEvent,
   CloseOptions,
+  DiscardParkedOptions,
   ExecResult,
   MigrateOptions,
   MigrationResult,
@@ -217,6 +218,11 @@ class WorkerReplica implements Replica {
 
   async schemaStatus(): Promise<SchemaStatus> {
     return (await this.call("schemaStatus", [])) as SchemaStatus;
+  }
+
+  async discardParked(table: string, options?: DiscardParkedOptions): Promise<number> {
+    await this.#idle();
+    return (await this.call("discardParked", [table, options])) as number;
   }
 
   async sync(options?: WaitOptions): Promise<void> {

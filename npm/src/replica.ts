@@ -16,6 +16,7 @@ import type { WsFactory } from "./transport.js";
 import type {
   ChangeEvent,
   CloseOptions,
+  DiscardParkedOptions,
   ExecResult,
   MigrateOptions,
   MigrationResult,
@@ -54,6 +55,7 @@ export interface WasmReplica {
   migrationVersion(id: string): number;
   migrationParked(id: string): string | undefined;
   schemaStatus(): SchemaStatus;
+  discardParked(table: string, force: boolean): number;
   close(): void;
   free(): void;
 }
@@ -430,7 +432,7 @@ export class LocalReplica implements Replica {
 
   /** Adopts a snapshot in place of the (empty) database; see `Replica.restoreSnapshot`. */
   async #restore(snapshot: Uint8Array, name: string, last: number): Promise<void> {
-    await this.#idle();
+    do await this.#idle(); while (this.#tx);
     if (!this.#core.isEmpty()) {
       return;
     }
@@ -579,6 +581,11 @@ export class LocalReplica implements Replica {
     }
   }
 
+  /**
+   * Resolves once no application transaction is open. Resuming after `await` takes a
+   * microtask, in which another caller may open one, so callers re-check synchronously before
+   * acting: `do await this.#idle(); while (this.#tx);` — then act without awaiting first.
+   */
   async #idle(): Promise<void> {
     while (this.#tx) {
       await this.#tx;
@@ -624,17 +631,17 @@ export class LocalReplica implements Replica {
   }
 
   async exec(sql: string, params?: SqlParams): Promise<ExecResult> {
-    await this.#idle();
+    do await this.#idle(); while (this.#tx);
     return this.#execNow(sql, params);
   }
 
   async query<T extends Row = Row>(sql: string, params?: SqlParams): Promise<T[]> {
-    await this.#idle();
+    do await this.#idle(); while (this.#tx);
     return this.#queryNow<T>(sql, params);
   }
 
   async transaction<T>(fn: (tx: Transaction) => Promise<T> | T): Promise<T> {
-    await this.#idle();
+    do await this.#idle(); while (this.#tx);
     const handle = this.beginTransaction();
     try {
       const result = await fn(handle);
@@ -736,7 +743,7 @@ export class LocalReplica implements Replica {
   }
 
   async flush(options?: WaitOptions): Promise<void> {
-    await this.#idle();
+    do await this.#idle(); while (this.#tx);
     // Capture every committed write now, then wait for the last frame it produced.
     this.#push(Kind.LocalWrite);
     this.#feed();
@@ -755,7 +762,7 @@ export class LocalReplica implements Replica {
   }
 
   async migrate(sql: string, options?: MigrateOptions): Promise<MigrationResult> {
-    await this.#idle();
+    do await this.#idle(); while (this.#tx);
     if (typeof sql !== "string") {
       throw new InvalidArgumentError("sql must be a string");
     }
@@ -798,8 +805,25 @@ export class LocalReplica implements Replica {
     }
   }
 
+  async discardParked(table: string, options?: DiscardParkedOptions): Promise<number> {
+    do await this.#idle(); while (this.#tx);
+    if (typeof table !== "string" || table === "") {
+      throw new InvalidArgumentError("table must be a non-empty string");
+    }
+    let discarded: number;
+    try {
+      discarded = this.#core.discardParked(table, options?.force === true);
+    } catch (e) {
+      throw toHarmonyliteError(e);
+    }
+    // A message kept for its other tables is retried at once.
+    this.#push(Kind.LocalWrite);
+    this.#feed();
+    return discarded;
+  }
+
   async sync(options?: WaitOptions): Promise<void> {
-    await this.#idle();
+    do await this.#idle(); while (this.#tx);
     if (!this.#transport || !this.#replicate) {
       return;
     }

@@ -21,6 +21,7 @@ export interface Call {
     | "sync"
     | "migrate"
     | "schemaStatus"
+    | "discardParked"
     | "close";
   args: unknown[];
 }

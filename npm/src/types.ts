@@ -111,6 +111,15 @@ export interface SchemaStatus {
   parkedByTable: Record<string, number>;
 }
 
+/** Options of {@link Replica.discardParked}. */
+export interface DiscardParkedOptions {
+  /**
+   * Discard even when the table exists here (its parked changes then wait for a column or a
+   * primary key this replica lacks, and are lost). Default false: refused.
+   */
+  force?: boolean;
+}
+
 /** Options of {@link Replica.migrate}. */
 export interface MigrateOptions extends WaitOptions {
   /** Allow destructive statements: `DROP TABLE`, `ALTER TABLE … DROP COLUMN` (default false). */
@@ -208,6 +217,14 @@ export interface Replica {
   migrate(sql: string, options?: MigrateOptions): Promise<MigrationResult>;
   /** The local schema fingerprint, migration version and parked messages by table. */
   schemaStatus(): Promise<SchemaStatus>;
+  /**
+   * Discards the parked changes for `table` (one dropped on purpose, whose parked changes
+   * would otherwise wait forever) in one transaction; resolves with how many parked messages
+   * held changes for it. Refused (`InvalidArgumentError`) when the table exists here unless
+   * `force`, and for a name that is neither a table here nor has anything parked. Discarded
+   * changes never come back, even if the table is created later.
+   */
+  discardParked(table: string, options?: DiscardParkedOptions): Promise<number>;
   /** Stops replicating and closes the database. */
   close(options?: CloseOptions): Promise<void>;
 }

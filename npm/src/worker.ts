@@ -10,7 +10,7 @@ import { openLocal } from "./replica.js";
 import type { LocalReplica } from "./replica.js";
 import { platform } from "./browser.js";
 import type { Call, Reply } from "./rpc.js";
-import type { OpenOptions, SqlParams, Transaction, WaitOptions, CloseOptions, MigrateOptions } from "./types.js";
+import type { OpenOptions, SqlParams, Transaction, WaitOptions, CloseOptions, MigrateOptions, DiscardParkedOptions } from "./types.js";
 
 const scope = globalThis as unknown as {
   postMessage(message: unknown): void;
@@ -103,6 +103,8 @@ async function handle(call: Call): Promise<unknown> {
       return current().migrate(a[0] as string, a[1] as MigrateOptions | undefined);
     case "schemaStatus":
       return current().schemaStatus();
+    case "discardParked":
+      return current().discardParked(a[0] as string, a[1] as DiscardParkedOptions | undefined);
     case "sync":
       return current().sync(a[0] as WaitOptions | undefined);
     case "close": {

@@ -120,6 +120,39 @@ test("transactions commit or roll back as one; outside calls wait for them", asy
   }
 });
 
+test("transactions started in the same tick run one after the other; no call lands inside another's", async () => {
+  const db = await lib.open({ name: name() });
+  try {
+    await db.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+    // Three transactions and an outside write, all started before any of them runs.
+    const slow = (id) =>
+      db.transaction(async (t) => {
+        await t.exec("INSERT INTO t VALUES (?1, 'tx')", [id]);
+        await new Promise((r) => setTimeout(r, 20));
+        return id;
+      });
+    const rolledBack = db.transaction(async (t) => {
+      await t.exec("INSERT INTO t VALUES (99, 'rolled back')");
+      await new Promise((r) => setTimeout(r, 20));
+      throw new RangeError("undo");
+    });
+    const outside = db.exec("INSERT INTO t VALUES (50, 'outside')");
+    const results = await Promise.allSettled([slow(1), slow(2), rolledBack, outside, slow(3)]);
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ["fulfilled", "fulfilled", "rejected", "fulfilled", "fulfilled"],
+    );
+    assert.ok(results[2].reason instanceof RangeError, String(results[2].reason));
+    // The outside write was not swallowed by the transaction that rolled back.
+    assert.deepEqual(
+      (await db.query("SELECT id FROM t ORDER BY id")).map((r) => r.id),
+      [1, 2, 3, 50],
+    );
+  } finally {
+    await db.close();
+  }
+});
+
 test("a memory replica lives as long as it is open; one name is one replica", async () => {
   const dbName = name();
   const db = await lib.open({ name: dbName });

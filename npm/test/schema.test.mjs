@@ -104,3 +104,43 @@ test("a replica parks changes for a table it lacks and applies them once its app
   assert.deepEqual(await db.query("SELECT v FROM extra WHERE id = 1"), [{ v: "early" }]);
   assert.deepEqual((await db.schemaStatus()).parkedByTable, {});
 });
+
+test("discardParked() drops the parked changes of a table dropped on purpose, for good, and refuses the risky cases", async () => {
+  const dir = tempDir();
+  const nats = await NatsServer.start(join(dir, "nats"));
+  const node = await Sidecar.start(join(dir, "node1"), "node1", { natsUrl: nats.url, schema: SCHEMA });
+  const { open, InvalidArgumentError } = await harmonylite();
+  const db = await open({ name: "discard.db", servers: nats.wsUrl, reconnectMinMs: 100, reconnectMaxMs: 1000 });
+  onCleanup(() => db.close({ flushTimeoutMs: 0 }));
+  await db.exec(SCHEMA);
+  const sidecarSql = (sql) =>
+    execFileSync("python3", ["-c", `import sqlite3; c = sqlite3.connect(${JSON.stringify(node.db)}); c.executescript(${JSON.stringify(sql)}); c.commit()`]);
+  const parked = async () => (await db.schemaStatus()).parkedByTable;
+  // The sidecar's application has a table `gone` this replica does not want (it dropped it).
+  sidecarSql("CREATE TABLE gone(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO gone VALUES (1, 'a');");
+  await waitFor(async () => ((await parked()).gone ?? 0) === 1, { message: () => node.logTail() });
+  // One transaction writing both tables: parked whole, so the notes row waits too.
+  sidecarSql("BEGIN; INSERT INTO gone VALUES (2, 'b'); INSERT INTO notes VALUES (10, 'with gone'); COMMIT;");
+  await waitFor(async () => ((await parked()).gone ?? 0) === 2, { message: () => node.logTail() });
+  assert.deepEqual(await db.query("SELECT id FROM notes WHERE id = 10"), []);
+
+  // A misspelt name is refused; so is a table that exists here (its change waits for a column).
+  await assert.rejects(db.discardParked("gnoe"), (e) => e instanceof InvalidArgumentError && /nothing parked/.test(e.message));
+  sidecarSql("ALTER TABLE notes ADD COLUMN tag TEXT; INSERT INTO notes VALUES (20, 'tagged', 'red');");
+  await waitFor(async () => ((await parked()).notes ?? 0) === 1, { message: () => node.logTail() });
+  await assert.rejects(db.discardParked("notes"), (e) => e instanceof InvalidArgumentError && /exists here/.test(e.message));
+  assert.deepEqual(await parked(), { gone: 2, notes: 1 });
+
+  // Discarding gone: both messages held its changes; the notes row they also held applies at once.
+  assert.equal(await db.discardParked("gone"), 2);
+  assert.deepEqual(await db.query("SELECT id, val FROM notes WHERE id = 10"), [{ id: 10, val: "with gone" }]);
+  assert.deepEqual(await parked(), { notes: 1 });
+  assert.equal(await db.discardParked("notes", { force: true }), 1);
+  assert.deepEqual(await parked(), {});
+  assert.equal((await db.status()).parked, 0);
+
+  // Creating the table later does not bring the discarded changes back.
+  await db.exec("CREATE TABLE gone(id INTEGER PRIMARY KEY, v TEXT)");
+  assert.deepEqual(await db.query("SELECT count(*) AS n FROM gone"), [{ n: 0 }]);
+  assert.deepEqual(await parked(), {});
+});

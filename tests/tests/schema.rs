@@ -1,7 +1,8 @@
 //! Schema changes on a live cluster, through real sidecars and a real nats-server: a rolling
 //! add-column while every node keeps writing, a table created by one node's application,
-//! `harmonylite migrate` reaching a node that was down, and `DROP TABLE` while changes for
-//! the table are in flight (docs/schema-changes.md).
+//! `harmonylite migrate` reaching a node that was down, `DROP TABLE` while changes for the
+//! table are in flight, and `harmonylite parked --discard` for a table dropped on purpose
+//! (docs/schema-changes.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -419,4 +420,179 @@ fn dropping_a_table_while_its_changes_are_in_flight_parks_them_and_keeps_serving
     assert_eq!(leftovers, 0, "a trigger of the dropped table is left");
     // The rows on node0 are untouched.
     assert_eq!(dump(&nodes[0].db, "t").len() as i64, written);
+}
+
+/// Runs a one-shot `harmonylite` command against `node`'s configuration (next to its running
+/// sidecar) and returns (success, stdout, stderr).
+fn command(node: &Node, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(sidecar_binary())
+        .args(["--config", node.config.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn parked_of(node: &Node, table: &str) -> u64 {
+    health(node)["parked_by_table"][table].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn parked_changes_of_a_dropped_table_are_discarded_next_to_the_running_sidecar_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = ExternalNats::start(&dir.path().join("nats"));
+    let nodes = cluster(dir.path(), &nats, 2, ITEMS);
+    // node0's application has two tables node1 lacks or has narrower: `notes` (missing on
+    // node1, say dropped there on purpose) and `wide` (node1 lacks its column b).
+    let notes = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL)";
+    nodes[1]
+        .app()
+        .execute_batch("CREATE TABLE wide(id INTEGER PRIMARY KEY, a TEXT)")
+        .unwrap();
+    let app = nodes[0].app();
+    app.execute_batch(&format!(
+        "{notes}; CREATE TABLE wide(id INTEGER PRIMARY KEY, a TEXT, b TEXT)"
+    ))
+    .unwrap();
+    // Three source transactions, each drained on its own (the next is written once node1
+    // has the previous one), so each is one message.
+    let tx = app.unchecked_transaction().unwrap();
+    for k in 0..10 {
+        tx.execute(
+            "INSERT INTO notes VALUES (?1, ?2)",
+            rusqlite::params![k, format!("note {k}")],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let parked = |table: &str| {
+        assert!(
+            wait_until(CONVERGE, || parked_of(&nodes[1], table) > 0),
+            "node1 did not park the change for {table}: {}\n{}",
+            health(&nodes[1]),
+            nodes[1].log_tail()
+        )
+    };
+    parked("notes");
+    app.execute("INSERT INTO wide VALUES (1, 'a', 'b')", [])
+        .unwrap();
+    parked("wide");
+    app.execute("INSERT INTO items VALUES ('x', 1)", [])
+        .unwrap();
+    wait_converged(&[&nodes[0], &nodes[1]], "items", CONVERGE, |rows| {
+        rows.len() == 1
+    });
+    let parked_notes = parked_of(&nodes[1], "notes");
+    assert_eq!(parked_notes, 1);
+    let items_before = dump(&nodes[1].db, "items");
+
+    // `parked --json` lists both tables, and whether each exists here.
+    let (ok, out, err) = command(&nodes[1], &["parked", "--json"]);
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = |t: &str| {
+        listed["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["table"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("{t} not listed: {listed}"))
+    };
+    assert_eq!(row("notes")["messages"], parked_notes, "{listed}");
+    assert_eq!(row("notes")["exists"], false);
+    assert_eq!(row("wide")["exists"], true);
+    let (ok, out, _) = command(&nodes[1], &["parked"]);
+    assert!(ok && out.contains("--discard notes"), "{out}");
+
+    // Refusals: a misspelt table, and a table that exists here (its change waits for a
+    // column) without --force. Nothing is discarded.
+    let (ok, _, err) = command(&nodes[1], &["parked", "--discard", "nots"]);
+    assert!(!ok && err.contains("nothing parked"), "{err}");
+    let (ok, _, err) = command(&nodes[1], &["parked", "--discard", "wide"]);
+    assert!(
+        !ok && err.contains("exists here") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(parked_of(&nodes[1], "notes"), parked_notes);
+    assert!(parked_of(&nodes[1], "wide") > 0);
+
+    // Discard notes while the sidecar runs: the count it prints, then health follows.
+    let (ok, out, err) = command(&nodes[1], &["parked", "--discard", "notes", "--json"]);
+    assert!(ok, "{err}");
+    let discarded: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(discarded["messages"], parked_notes, "{discarded}");
+    assert_eq!(discarded["changes"], 10, "{discarded}");
+    assert!(
+        wait_until(CONVERGE, || {
+            let h = health(&nodes[1]);
+            h["parked_by_table"].get("notes").is_none()
+                && h["parked"] == parked_of(&nodes[1], "wide")
+        }),
+        "health still counts the discarded messages: {}",
+        health(&nodes[1])
+    );
+    let (ok, out, err) = command(&nodes[1], &["parked", "--discard", "wide", "--force"]);
+    assert!(ok && out.contains("for table wide"), "{out}{err}");
+    assert!(
+        wait_until(CONVERGE, || health(&nodes[1])["parked"] == 0),
+        "{}",
+        health(&nodes[1])
+    );
+    let (ok, out, _) = command(&nodes[1], &["parked"]);
+    assert!(ok && out.contains("no parked messages"), "{out}");
+
+    // Data is unaffected: node1's rows are as they were, node0 keeps its notes, and
+    // replication goes on.
+    assert_eq!(dump(&nodes[1].db, "items"), items_before);
+    assert_eq!(dump(&nodes[0].db, "notes").len(), 10);
+    nodes[0]
+        .app()
+        .execute("INSERT INTO items VALUES ('y', 2)", [])
+        .unwrap();
+    wait_converged(&[&nodes[0], &nodes[1]], "items", CONVERGE, |rows| {
+        rows.len() == 2
+    });
+
+    // A later migration creating notes on node1 does not bring the discarded changes back:
+    // node1's notes starts empty, and only what is written from now on replicates.
+    let file = write_sql(
+        dir.path(),
+        "notes.sql",
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {}",
+            &notes["CREATE TABLE ".len()..]
+        ),
+    );
+    assert!(
+        nodes[1].run_command(&["--migrate", &file], &[], Duration::from_secs(60)),
+        "migrate failed:\n{}",
+        nodes[1].log_tail()
+    );
+    nodes[0]
+        .app()
+        .execute("INSERT INTO notes VALUES (100, 'after the migration')", [])
+        .unwrap();
+    assert!(
+        wait_until(CONVERGE, || dump(&nodes[1].db, "notes").len() == 1),
+        "{:?}",
+        dump(&nodes[1].db, "notes")
+    );
+    assert_eq!(
+        dump(&nodes[1].db, "notes"),
+        vec![vec![
+            Value::Integer(100),
+            Value::Text("after the migration".into())
+        ]]
+    );
+    assert_eq!(dump(&nodes[0].db, "notes").len(), 11);
+    for node in &nodes {
+        let h = health(node);
+        assert_eq!(h["parked"], 0, "{}: {h}", node.name);
+        assert_eq!(h["migration_version"], 1, "{}: {h}", node.name);
+    }
 }

@@ -14,6 +14,7 @@ mod install;
 pub mod meta;
 pub mod migrate;
 mod outbox;
+pub mod parked;
 pub mod snapshot;
 mod tables;
 
@@ -24,6 +25,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub use inbox::ParkedMessage;
 pub use install::{uninstall, InstallReport};
 pub use migrate::{AppliedMigration, SchemaStatus};
+pub use parked::{DiscardError, Discarded, ParkedTable};
 
 use crate::capture::names::{self, quote};
 use crate::change::{BatchSeq, StreamSeq};
@@ -124,13 +126,10 @@ pub struct Store {
     conn: Connection,
     clock: Clock,
     options: StoreOptions,
-    tables: Tables,
-    slots: usize,
-    schema_version: i64,
+    schema: Schema,
     cursor: StreamSeq,
     next_batch: u64,
     replay_own_until: StreamSeq,
-    install_report: InstallReport,
     id_prefix: String,
     /// A migration was published since the last drain: the next drain reports
     /// `outbox_grew` so the engine hands it out.
@@ -155,13 +154,10 @@ impl Store {
             clock: Clock::new(options.node_id, NTP64(0), options.max_clock_ahead),
             conn,
             options,
-            tables: Tables::default(),
-            slots: 0,
-            schema_version: -1,
+            schema: Schema::default(),
             cursor: StreamSeq::ZERO,
             next_batch: 1,
             replay_own_until: StreamSeq::ZERO,
-            install_report: InstallReport::default(),
             id_prefix: String::new(),
             outbox_grew: false,
             fingerprint: Default::default(),
@@ -193,16 +189,20 @@ impl Store {
             }
         };
         store.id_prefix = format!("{}-{incarnation:x}", store.options.node_id);
-        store.slots = install::log_key_slots(&tx)?;
-        store.schema_version = schema_version(&tx)?;
+        let slots = install::log_key_slots(&tx)?;
+        let version = schema_version(&tx)?;
         tx.commit().context("committing the install")?;
         store.clock = Clock::new(
             store.options.node_id,
             NTP64(clock),
             store.options.max_clock_ahead,
         );
-        store.tables = tables;
-        store.install_report = report;
+        store.schema = Schema {
+            tables,
+            slots,
+            version,
+            install_report: report,
+        };
         Ok(store)
     }
 
@@ -250,12 +250,17 @@ impl Store {
 
     /// What the last install found.
     pub fn install_report(&self) -> &InstallReport {
-        &self.install_report
+        &self.schema.install_report
     }
 
     /// Names of the replicated tables.
     pub fn replicated_tables(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.tables.iter().map(|t| t.info.name.clone()).collect();
+        let mut names: Vec<String> = self
+            .schema
+            .tables
+            .iter()
+            .map(|t| t.info.name.clone())
+            .collect();
         names.sort();
         names
     }
@@ -287,18 +292,10 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting a drain")?;
-        let schema_changed = sync_schema(
-            &tx,
-            &mut self.tables,
-            &mut self.slots,
-            &mut self.schema_version,
-            &self.options,
-            &mut self.install_report,
-        )?;
+        let schema_changed = self.schema.sync(&tx, &self.options, true)?;
         let mut report = drain_in(
             &tx,
-            &self.tables,
-            self.slots,
+            &self.schema,
             &mut self.clock,
             &self.options,
             &mut self.next_batch,
@@ -358,18 +355,10 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting an apply")?;
-        let schema_changed = sync_schema(
-            &tx,
-            &mut self.tables,
-            &mut self.slots,
-            &mut self.schema_version,
-            &self.options,
-            &mut self.install_report,
-        )?;
+        let schema_changed = self.schema.sync(&tx, &self.options, true)?;
         report.drained = drain_in(
             &tx,
-            &self.tables,
-            self.slots,
+            &self.schema,
             &mut self.clock,
             &self.options,
             &mut self.next_batch,
@@ -387,7 +376,7 @@ impl Store {
             let mut park_frame = None;
             match receive_one(
                 &tx,
-                &self.tables,
+                &self.schema.tables,
                 &mut self.clock,
                 self.options.node_id,
                 self.replay_own_until,
@@ -410,11 +399,8 @@ impl Store {
                         Outcome::Migration(migration) => {
                             match run_migration(
                                 &tx,
-                                &mut self.tables,
-                                &mut self.slots,
-                                &mut self.schema_version,
+                                &mut self.schema,
                                 &self.options,
-                                &mut self.install_report,
                                 message.seq,
                                 &migration,
                                 now,
@@ -591,26 +577,21 @@ impl Store {
             cursor: self.cursor,
             ..Default::default()
         };
-        let parked = inbox::parked(&self.conn)?;
-        if parked.is_empty() {
+        if inbox::parked_count(&self.conn)? == 0 {
             return Ok(report);
         }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting a retry of parked messages")?;
-        sync_schema(
-            &tx,
-            &mut self.tables,
-            &mut self.slots,
-            &mut self.schema_version,
-            &self.options,
-            &mut self.install_report,
-        )?;
+        // Read inside the write transaction: another connection (`harmonylite parked
+        // --discard`) may have removed some since the count above, and retrying a message
+        // read before would apply, or park again, what it discarded.
+        let parked = inbox::parked(&tx)?;
+        self.schema.sync(&tx, &self.options, true)?;
         report.drained = drain_in(
             &tx,
-            &self.tables,
-            self.slots,
+            &self.schema,
             &mut self.clock,
             &self.options,
             &mut self.next_batch,
@@ -627,7 +608,7 @@ impl Store {
             // Own messages never reach the parked table, so never skip by origin here.
             match receive_one(
                 &tx,
-                &self.tables,
+                &self.schema.tables,
                 &mut self.clock,
                 self.options.node_id,
                 StreamSeq::new(u64::MAX),
@@ -649,11 +630,8 @@ impl Store {
                             // Unparked above; parked again below if it still fails.
                             match run_migration(
                                 &tx,
-                                &mut self.tables,
-                                &mut self.slots,
-                                &mut self.schema_version,
+                                &mut self.schema,
                                 &self.options,
-                                &mut self.install_report,
                                 message.seq,
                                 &migration,
                                 now,
@@ -756,45 +734,57 @@ impl Store {
         inbox::parked_count(&self.conn)
     }
 
+    /// Parked message counts by table, with whether each table exists here.
+    pub fn parked_tables(&self) -> Result<Vec<ParkedTable>, StoreError> {
+        parked::tables(&self.conn)
+    }
+
+    /// Discards the parked changes for `table` in one transaction (see [`parked::discard`]):
+    /// refused when the table exists here unless `force`, and for a name that is neither a
+    /// table here nor has anything parked. Removed changes never come back, even if the
+    /// table is created later.
+    pub fn discard_parked(&mut self, table: &str, force: bool) -> Result<Discarded, DiscardError> {
+        parked::discard(&mut self.conn, table, force)
+    }
+
     /// Gives the connection back (e.g. to close it).
     pub fn into_connection(self) -> Connection {
         self.conn
     }
 }
 
-/// Reinstalls capture when the schema changed since last seen (a table created, altered or
-/// dropped by the application).
-fn sync_schema(
-    conn: &Connection,
-    tables: &mut Tables,
-    slots: &mut usize,
-    seen: &mut i64,
-    options: &StoreOptions,
-    report: &mut InstallReport,
-) -> Result<bool, StoreError> {
-    sync_schema_seeding(conn, tables, slots, seen, options, report, true)
+/// What the store knows of the local schema: the captured tables, the change log's key
+/// slots, the `PRAGMA schema_version` they were read at and what the install that read them
+/// found.
+#[derive(Default)]
+struct Schema {
+    tables: Tables,
+    slots: usize,
+    version: i64,
+    install_report: InstallReport,
 }
 
-/// [`sync_schema`], choosing whether rows of newly captured tables are queued (`seed`).
-fn sync_schema_seeding(
-    conn: &Connection,
-    tables: &mut Tables,
-    slots: &mut usize,
-    seen: &mut i64,
-    options: &StoreOptions,
-    report: &mut InstallReport,
-    seed: bool,
-) -> Result<bool, StoreError> {
-    let current = schema_version(conn)?;
-    if current == *seen {
-        return Ok(false);
+impl Schema {
+    /// Reinstalls capture when the schema changed since last seen (a table created, altered
+    /// or dropped by the application, or a migration); `seed` chooses whether rows of newly
+    /// captured tables are queued for publishing. Returns whether it changed.
+    fn sync(
+        &mut self,
+        conn: &Connection,
+        options: &StoreOptions,
+        seed: bool,
+    ) -> Result<bool, StoreError> {
+        let current = schema_version(conn)?;
+        if current == self.version {
+            return Ok(false);
+        }
+        let (tables, install_report) = install::install(conn, &options.exclude_tables, seed)?;
+        self.tables = tables;
+        self.install_report = install_report;
+        self.slots = install::log_key_slots(conn)?;
+        self.version = schema_version(conn)?;
+        Ok(true)
     }
-    let (new_tables, new_report) = install::install(conn, &options.exclude_tables, seed)?;
-    *tables = new_tables;
-    *report = new_report;
-    *slots = install::log_key_slots(conn)?;
-    *seen = schema_version(conn)?;
-    Ok(true)
 }
 
 /// Applies a migration inside the receive transaction `tx` (whose apply marker is set):
@@ -802,14 +792,10 @@ fn sync_schema_seeding(
 /// (failed, or an earlier migration is parked) — the caller parks it. After it applies,
 /// capture is brought up to date so later messages in the same transaction see the
 /// new schema.
-#[allow(clippy::too_many_arguments)]
 fn run_migration(
     tx: &rusqlite::Transaction<'_>,
-    tables: &mut Tables,
-    slots: &mut usize,
-    schema_version: &mut i64,
+    schema: &mut Schema,
     options: &StoreOptions,
-    install_report: &mut InstallReport,
     seq: StreamSeq,
     migration: &MigrationV1,
     now: NTP64,
@@ -832,15 +818,7 @@ fn run_migration(
             tx.execute_batch("RELEASE hl_migration")
                 .context("releasing a migration savepoint")?;
             // Rows the migration created exist on every replica: not queued for publishing.
-            sync_schema_seeding(
-                tx,
-                tables,
-                slots,
-                schema_version,
-                options,
-                install_report,
-                false,
-            )?;
+            schema.sync(tx, options, false)?;
             Ok(Ok(true))
         }
         Err(message) => {
@@ -888,14 +866,13 @@ fn set_applying(conn: &Connection, on: bool) -> Result<(), StoreError> {
 /// outbox.
 fn drain_in(
     conn: &Connection,
-    tables: &Tables,
-    slots: usize,
+    schema: &Schema,
     clock: &mut Clock,
     options: &StoreOptions,
     next_batch: &mut u64,
 ) -> Result<DrainReport, StoreError> {
     let outbox_grew = adopt_stored_batch(conn, next_batch)?;
-    let drained = drain::drain(conn, tables, slots, clock)?;
+    let drained = drain::drain(conn, &schema.tables, schema.slots, clock)?;
     let mut report = DrainReport {
         outbox_grew,
         rows: drained.batch.len(),

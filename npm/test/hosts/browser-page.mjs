@@ -19,6 +19,8 @@ window.app = {
   status: () => db.status(),
   flush: (options) => db.flush(options),
   sync: (options) => db.sync(options),
+  migrate: (sql, options) => db.migrate(sql, options),
+  schemaStatus: () => db.schemaStatus(),
   close: (options) => db.close(options),
   // Each row in its own transaction, or `perTx` rows per transaction.
   async insertMany(ids, valueOf, perTx) {
@@ -43,6 +45,14 @@ window.app = {
       return { ok: true };
     } catch (e) {
       return { ok: false, name: e.name, message: e.message, storageError: e instanceof StorageError, harmonyliteError: e instanceof HarmonyliteError };
+    }
+  },
+  // migrate(), reporting a failure as data (name and message).
+  async tryMigrate(sql, options) {
+    try {
+      return { ok: true, ...(await db.migrate(sql, options)) };
+    } catch (e) {
+      return { ok: false, name: e.name, message: e.message, harmonyliteError: e instanceof HarmonyliteError };
     }
   },
   secure: () => globalThis.isSecureContext,

@@ -5,13 +5,13 @@
 // (no /usr/bin/chromium, no workerd binary) fails the test with how to install it; nothing
 // is skipped.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, openSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { createRequire } from "node:module";
 import { extname, join, normalize } from "node:path";
 
-import { freePort, npmDir, onCleanup, tempDir, waitFor } from "../helpers.mjs";
+import { freePort, npmDir, onCleanup, sidecarBinary, tempDir, waitFor } from "../helpers.mjs";
 
 const require = createRequire(import.meta.url);
 
@@ -245,4 +245,32 @@ const worker :Workerd.Worker = (
     { timeoutMs: 30_000, message: () => `workerd to serve on ${url}:\n${tail()}` },
   );
   return { url, logTail: tail };
+}
+
+/** Runs the sidecar binary once with the node's config and `args` (the operator's CLI); returns its stdout. */
+export function sidecarCommand(node, args) {
+  return execFileSync(sidecarBinary(), [...args, "--config", node.config], {
+    encoding: "utf8",
+    env: { ...process.env, RUST_LOG: "warn" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+}
+
+/** `harmonylite migrate <file>` on the node's database, with `sql` written to `file`. */
+export function nativeMigrate(node, file, sql) {
+  writeFileSync(file, sql);
+  return sidecarCommand(node, ["migrate", file]);
+}
+
+/** The node's `--schema-status`: `{ fingerprint, version, parkedMigrations, migrations }`. */
+export function nativeSchema(node) {
+  const out = sidecarCommand(node, ["--schema-status"]);
+  const value = (key) => out.match(new RegExp(`^${key} (\\S+)$`, "m"))?.[1];
+  return {
+    fingerprint: value("schema_fingerprint"),
+    version: Number(value("migration_version")),
+    parkedMigrations: Number(value("parked_migrations")),
+    migrations: [...out.matchAll(/^migration (\d+) seq \d+ (.*)$/gm)].map((m) => [Number(m[1]), m[2]]),
+    out,
+  };
 }

@@ -7,6 +7,10 @@
 //   GET  /ping                     200 "ok"
 //   GET  /count?servers=ws://...   {"count", "sum", "status", "errors"} after sync()
 //   POST /write?servers=...&id=N   inserts (N, 'workerd-N'), flush()es, {"status", "errors"}
+//   POST /run?servers=...          runs the body's steps in order on one replica, each one of
+//                                  {"sync": true}, {"flush": true}, {"schemaStatus": true},
+//                                  {"exec": sql, "params"}, {"query": sql, "params"},
+//                                  {"migrate": sql, "options"}; {"results", "status", "errors"}
 
 import { open } from "harmonylite";
 
@@ -48,6 +52,32 @@ export default {
               await db.exec("INSERT INTO items(id, val) VALUES (?, ?)", [id, `workerd-${id}`]);
               await db.flush({ timeoutMs: 30_000 });
               return {};
+            }),
+          );
+        }
+        case "POST /run": {
+          const { steps } = await request.json();
+          return Response.json(
+            await withReplica(servers, async (db) => {
+              const results = [];
+              for (const step of steps) {
+                if (step.sync) {
+                  results.push(await db.sync({ timeoutMs: 30_000 }));
+                } else if (step.flush) {
+                  results.push(await db.flush({ timeoutMs: 30_000 }));
+                } else if (step.schemaStatus) {
+                  results.push(await db.schemaStatus());
+                } else if (step.exec !== undefined) {
+                  results.push({ changes: (await db.exec(step.exec, step.params)).changes });
+                } else if (step.query !== undefined) {
+                  results.push(await db.query(step.query, step.params));
+                } else if (step.migrate !== undefined) {
+                  results.push(await db.migrate(step.migrate, { timeoutMs: 30_000, ...step.options }));
+                } else {
+                  throw new Error(`unknown step ${JSON.stringify(step)}`);
+                }
+              }
+              return { results };
             }),
           );
         }
