@@ -3,8 +3,9 @@
 //!
 //! Flags take the GNU form (`--node-id 1a`, `--node-id=1a`). HarmonyLite's Go-style single
 //! dash (`-config node.toml`, `-cleanup`) is accepted too, for every long flag:
-//! [`normalize_args`] rewrites it before clap sees it, and also turns the command form
-//! `harmonylite migrate <file.sql> …` into `--migrate <file.sql>`.
+//! [`normalize_args`] rewrites it before clap sees it, and also turns the command forms
+//! `harmonylite migrate <file.sql> …` and `harmonylite parked …` into `--migrate <file.sql>`
+//! and `--parked`.
 
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
@@ -53,6 +54,31 @@ pub struct Cli {
     /// Print the local schema fingerprint, migration version and parked messages, then exit.
     #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate"])]
     pub schema_status: bool,
+
+    /// List the parked messages by table (and whether each table exists here), then exit.
+    /// Also `harmonylite parked`.
+    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "schema_status"])]
+    pub parked: bool,
+
+    /// With --parked: discard the parked changes for TABLE (a table dropped on purpose) in one
+    /// transaction, print how many, then exit.
+    #[arg(long, value_name = "TABLE", requires = "parked")]
+    pub discard: Option<String>,
+
+    /// With --discard: discard even when TABLE exists here (its parked changes then wait for
+    /// a column or a key, and are lost).
+    #[arg(long, requires = "discard")]
+    pub force: bool,
+
+    /// With --parked: print JSON instead of text.
+    #[arg(long, requires = "parked")]
+    pub json: bool,
+
+    /// Make this node apply the change stream from its first message at the next start (after
+    /// the stream was deleted and created again on purpose), then exit. Needs the application
+    /// and the sidecar stopped.
+    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "schema_status", "parked"])]
+    pub adopt_stream: bool,
 
     /// Route listener of the embedded NATS server, host:port (overrides `nats.cluster_addr`).
     #[arg(long, value_name = "HOST:PORT")]
@@ -131,6 +157,9 @@ fn non_empty(items: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Words accepted as commands, each the same as its flag (`parked` = `--parked`).
+const COMMANDS: [&str; 2] = ["migrate", "parked"];
+
 /// Rewrites Go-style single-dash long flags (`-cleanup`, `-config=x`) to `--cleanup`,
 /// `--config=x` for every long flag [`Cli`] defines; stops at `--`. The first argument (the
 /// program name) and everything else pass through unchanged.
@@ -157,14 +186,17 @@ where
             out.push(arg);
             continue;
         }
-        // `migrate` where no flag expects a value (the CLI has no positional arguments).
+        // `migrate`, `parked` where no flag expects a value (the CLI has no positional
+        // arguments).
         let previous_takes_value = out
             .last()
             .and_then(|p| p.to_str())
             .is_some_and(|p| i > 1 && with_values.iter().any(|f| f == p));
-        if arg == OsStr::new("migrate") && !previous_takes_value {
-            out.push(OsString::from("--migrate"));
-            continue;
+        if !previous_takes_value {
+            if let Some(command) = COMMANDS.iter().find(|c| arg == OsStr::new(c)) {
+                out.push(OsString::from(format!("--{command}")));
+                continue;
+            }
         }
         if arg == OsStr::new("--") {
             rest_verbatim = true;
@@ -305,6 +337,41 @@ mod tests {
                 .unwrap()
                 .schema_status
         );
+    }
+
+    #[test]
+    fn parked_takes_the_command_form_and_discard_needs_it() {
+        let cli = parse(&["parked", "--config", "node.toml"]).unwrap();
+        assert!(cli.parked && cli.discard.is_none() && !cli.force && !cli.json);
+        let cli = parse(&[
+            "--config",
+            "node.toml",
+            "parked",
+            "--discard",
+            "old_notes",
+            "--force",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.parked && cli.force && cli.json);
+        assert_eq!(cli.discard.as_deref(), Some("old_notes"));
+        // A table named `parked` is a value, not the command.
+        let cli = parse(&["-parked", "--config", "c.toml", "-discard", "parked"]).unwrap();
+        assert_eq!(cli.discard.as_deref(), Some("parked"));
+        for args in [
+            &["--config", "c.toml", "--discard", "t"][..],
+            &["--config", "c.toml", "--json"],
+            &["--config", "c.toml", "parked", "--force"],
+        ] {
+            let error = parse(args).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{args:?}"
+            );
+        }
+        let error = parse(&["--config", "c.toml", "parked", "--schema-status"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub async fn run_until(
     let client = transport::connect(&transport_config, events_tx.clone()).await?;
     let js = jetstream::new(client.clone());
     let startup = async {
-        let mut stream = ensure_stream_until_ready(&js, &transport_config).await;
+        let applied = salvage.cursor.map(StreamSeq::get).unwrap_or(0);
+        let mut stream = ensure_stream_until_ready(&js, &transport_config, applied).await;
         let store = prepare_database(
             &config,
             node_id,
@@ -424,6 +425,14 @@ impl Clock {
             wall: ntp64_from_unix(wall),
         }
     }
+}
+
+/// Why the stream consumer was not started.
+enum ConsumerRefused {
+    /// The stream is not the one this node's cursor counts in.
+    OtherStream(String),
+    /// The stream no longer holds messages this node has not applied.
+    FellBehind { first: u64, last: u64 },
 }
 
 struct Driver {
@@ -867,10 +876,21 @@ impl Driver {
             return;
         }
         let cursor = self.engine.cursor();
+        let stream_name = self.stream.cached_info().config.name.clone();
         let result = async {
-            let (first, last) = transport::stream_bounds(&mut self.stream).await?;
+            let (first, facts) = transport::stream_facts(&mut self.stream).await?;
+            let identity = crate::stream_identity::check(
+                self.engine.db().connection(),
+                &stream_name,
+                cursor.get(),
+                facts,
+            )?;
+            if let crate::stream_identity::Verdict::Mismatch(why) = identity {
+                return Ok(Err(ConsumerRefused::OtherStream(why)));
+            }
+            let last = facts.last_seq;
             if last >= first && first > cursor.get() + 1 {
-                return Ok(Err((first, last)));
+                return Ok(Err(ConsumerRefused::FellBehind { first, last }));
             }
             transport::consume_after(&self.stream, cursor).await.map(Ok)
         }
@@ -882,7 +902,14 @@ impl Driver {
                 self.consumer_error = None;
                 tracing::info!(from = cursor.get() + 1, "consuming the change stream");
             }
-            Ok(Err((first, last))) => {
+            Ok(Err(ConsumerRefused::OtherStream(why))) => {
+                if self.consumer_error.as_deref() != Some(why.as_str()) {
+                    tracing::error!(cursor = cursor.get(), "{why}");
+                }
+                self.consumer_error = Some(why);
+                self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(30));
+            }
+            Ok(Err(ConsumerRefused::FellBehind { first, last })) => {
                 if !self.fell_behind && self.restore_on_restart {
                     tracing::error!(
                         cursor = cursor.get(),
@@ -1144,15 +1171,22 @@ pub(crate) fn transport_config(
 }
 
 /// Creates or updates the stream, retrying until it succeeds (in a cluster, the other nodes
-/// may not be up yet).
+/// may not be up yet). A node that has applied messages up to `applied_cursor > 0` waits
+/// for the stream instead of creating it ([`transport::ensure_stream`]).
 pub(crate) async fn ensure_stream_until_ready(
     js: &jetstream::Context,
     config: &TransportConfig,
+    applied_cursor: u64,
 ) -> jetstream::stream::Stream {
     let mut delay = Duration::from_millis(200);
     loop {
-        match transport::ensure_stream(js, config).await {
+        match transport::ensure_stream(js, config, applied_cursor).await {
             Ok(stream) => return stream,
+            Err(e) if e.is::<transport::StreamMissing>() => {
+                tracing::error!(stream = %config.stream_name, retry_in_ms = delay.as_millis() as u64, "{e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
             Err(e) => {
                 tracing::warn!(stream = %config.stream_name, retry_in_ms = delay.as_millis() as u64, "stream not ready: {e}");
                 tokio::time::sleep(delay).await;

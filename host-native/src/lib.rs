@@ -21,6 +21,7 @@ pub mod schema;
 pub mod serverless;
 pub mod snapshot;
 pub mod snapshot_store;
+pub mod stream_identity;
 pub mod transport;
 pub mod watcher;
 

@@ -1,6 +1,6 @@
 //! `harmonylite` command-line entry point: parse the flags, load the configuration, set up
-//! logging, then either `--cleanup`, `--save-snapshot`, `--migrate` or `--schema-status` and
-//! exit, or run the sidecar until it stops.
+//! logging, then either `--cleanup`, `--save-snapshot`, `--migrate`, `--schema-status` or
+//! `--parked` and exit, or run the sidecar until it stops.
 //!
 //! This is the binary's edge: the only place errors become `anyhow` and then an exit code.
 //!
@@ -47,6 +47,12 @@ fn main() -> ExitCode {
         span.in_scope(|| harmonylite::schema::migrate(&config, file, cli.allow_destructive))
     } else if cli.schema_status {
         span.in_scope(|| harmonylite::schema::print_status(&config))
+    } else if cli.adopt_stream {
+        span.in_scope(|| adopt_stream(&config))
+    } else if cli.parked {
+        span.in_scope(|| {
+            harmonylite::schema::parked(&config, cli.discard.as_deref(), cli.force, cli.json)
+        })
     } else {
         serve(config, span.clone())
     };
@@ -57,6 +63,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--adopt-stream`: resets the cursor so the next start applies the stream from its start.
+fn adopt_stream(config: &Config) -> Result<()> {
+    let cursor = harmonylite::stream_identity::adopt_stream(&config.db_path)?;
+    info!(
+        db = %config.db_path.display(),
+        previous_cursor = cursor,
+        "the next start applies the change stream from its first message and records it as this node's stream"
+    );
+    Ok(())
 }
 
 /// Logs to stderr, as console lines or JSON objects; `verbose` turns on debug for

@@ -772,7 +772,7 @@ pub async fn save_snapshot(config: &Config) -> anyhow::Result<Taken> {
         let js = jetstream::new(client.clone());
         let stream = tokio::time::timeout(
             Duration::from_secs(60),
-            crate::driver::ensure_stream_until_ready(&js, &transport),
+            crate::driver::ensure_stream_until_ready(&js, &transport, 0),
         )
         .await
         .context("the change stream is not available")?;

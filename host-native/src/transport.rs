@@ -170,10 +170,21 @@ fn log_client_event(event: &Event) {
     }
 }
 
+/// The change stream does not exist although this node has applied messages from it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StreamMissing(String);
+
 /// Creates the change-log stream, or updates its retention and replicas if they differ.
+///
+/// A node that has applied messages already (`applied_cursor > 0`) never creates the
+/// stream: if it is gone, JetStream lost it or someone deleted it, and a new, empty stream
+/// would restart its sequence numbers under every node's cursor (see
+/// [`crate::stream_identity`]). That is an error naming the way out.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     config: &TransportConfig,
+    applied_cursor: u64,
 ) -> anyhow::Result<stream::Stream> {
     let wanted = stream::Config {
         name: config.stream_name.clone(),
@@ -187,10 +198,31 @@ pub async fn ensure_stream(
         allow_direct: true,
         ..Default::default()
     };
-    let mut stream = js
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", config.stream_name))?;
+    let mut stream = if applied_cursor > 0 {
+        js.get_stream(&config.stream_name).await.map_err(|e| {
+            let missing = matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            );
+            if missing {
+                anyhow::Error::new(StreamMissing(format!(
+                    "the change stream {} does not exist, but this node has applied its messages up to \
+                     {applied_cursor}: JetStream lost it or it was deleted. Not creating a new, empty one, \
+                     whose first {applied_cursor} messages every node would skip. If starting a new stream is \
+                     intended, stop the application and this node and run `harmonylite --config <file> \
+                     --adopt-stream` (docs/operations.md, \"The change stream was re-created\")",
+                    config.stream_name
+                )))
+            } else {
+                anyhow::anyhow!("reading stream {}: {e}", config.stream_name)
+            }
+        })?
+    } else {
+        js.get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", config.stream_name))?
+    };
     let current = stream
         .info()
         .await
@@ -214,6 +246,21 @@ pub async fn ensure_stream(
         stream = js.get_stream(&config.stream_name).await?;
     }
     Ok(stream)
+}
+
+/// First sequence currently in the stream, and what identifies it.
+pub async fn stream_facts(
+    stream: &mut stream::Stream,
+) -> anyhow::Result<(u64, crate::stream_identity::StreamFacts)> {
+    let info = stream.info().await?;
+    let created_ns = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+    Ok((
+        info.state.first_sequence,
+        crate::stream_identity::StreamFacts {
+            created_ns,
+            last_seq: info.state.last_sequence,
+        },
+    ))
 }
 
 /// First and last sequence currently in the stream.
