@@ -41,6 +41,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use bytes::BytesMut;
 use futures::future::try_join_all;
+use futures::StreamExt;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::report::OutboxFrame;
@@ -55,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::config::Config;
-use crate::progress::{Progress, ProgressReader};
+use crate::progress::Progress;
 use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
 
 /// How long a restore waits for other processes to close the database.
@@ -625,8 +626,11 @@ pub async fn download(
         let (files, info, target) = (files.clone(), info.clone(), target.to_owned());
         return tokio::task::spawn_blocking(move || files.copy_verified(&info, &target)).await?;
     }
-    let reader = store.open_reader(info).await?;
-    let mut reader = ProgressReader::new(reader, Progress::new("downloading snapshot", info.size));
+    let mut source = match store {
+        SnapshotStore::Nats(nats) => Download::Chunks(nats.chunks(info).await?),
+        _ => Download::Reader(store.open_reader(info).await?),
+    };
+    let mut progress = Progress::new("downloading snapshot", info.size);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
     let path = target.to_owned();
     let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
@@ -654,10 +658,11 @@ pub async fn download(
             if buffer.capacity() - buffer.len() < (1 << 20) {
                 buffer.reserve(2 << 20);
             }
-            let read = reader
-                .read_buf(&mut buffer)
+            let read = source
+                .read(&mut buffer)
                 .await
                 .with_context(|| format!("downloading snapshot {}", info.name))?;
+            progress.advance(read as u64);
             while let Some(frame) = decoder
                 .decode(&mut buffer)
                 .with_context(|| format!("snapshot {} is damaged", info.name))?
@@ -699,9 +704,34 @@ pub async fn download(
         info.name,
         header.total_size
     );
-    let downloaded = reader.progress().done();
-    reader.into_progress().finish();
+    let downloaded = progress.done();
+    progress.finish();
     Ok((header, downloaded))
+}
+
+/// Where a download's framed bytes come from.
+enum Download {
+    /// The object store's chunks, as they arrive.
+    Chunks(futures::stream::BoxStream<'static, anyhow::Result<bytes::Bytes>>),
+    /// Any other store.
+    Reader(Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+}
+
+impl Download {
+    /// Appends the next bytes to `buffer`; 0 at the end.
+    async fn read(&mut self, buffer: &mut BytesMut) -> anyhow::Result<usize> {
+        match self {
+            Download::Chunks(chunks) => match chunks.next().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    buffer.extend_from_slice(&chunk);
+                    Ok(chunk.len())
+                }
+                None => Ok(0),
+            },
+            Download::Reader(reader) => Ok(reader.read_buf(buffer).await?),
+        }
+    }
 }
 
 fn random_u64() -> anyhow::Result<u64> {

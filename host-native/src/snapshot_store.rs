@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, object_store};
+use bytes::Bytes;
 use futures::StreamExt;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
@@ -339,6 +340,81 @@ impl NatsStore {
         Ok(stored.size as u64)
     }
 
+    /// The chunks of the stored snapshot `info`, in order, as the server sends them (an
+    /// ordered push consumer on the object's chunk subject, like `ObjectStore::get`, but
+    /// handing over each chunk as it arrives instead of copying it through a reader and
+    /// hashing it: the snapshot's own checksums verify every byte).
+    pub async fn chunks(
+        &self,
+        info: &SnapshotInfo,
+    ) -> anyhow::Result<futures::stream::BoxStream<'static, anyhow::Result<Bytes>>> {
+        let object = self
+            .store
+            .info(&info.name)
+            .await
+            .with_context(|| format!("opening snapshot {}", info.name))?;
+        anyhow::ensure!(
+            !object.deleted && object.options.as_ref().is_none_or(|o| o.link.is_none()),
+            "snapshot {} is deleted or a link",
+            info.name
+        );
+        if object.chunks == 0 {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let stream = self.js.get_stream(format!("OBJ_{}", self.bucket)).await?;
+        let messages = stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                filter_subject: format!("$O.{}.C.{}", self.bucket, object.nuid),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("reading snapshot {}", info.name))?
+            .messages()
+            .await
+            .with_context(|| format!("reading snapshot {}", info.name))?;
+        let (expected_size, expected_chunks) = (object.size as u64, object.chunks);
+        let name = info.name.clone();
+        let state = (messages, 0u64, 0usize, false);
+        Ok(futures::stream::unfold(state, move |(mut messages, size, chunks, done)| {
+            let name = name.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let result = async {
+                    let message = messages
+                        .next()
+                        .await
+                        .context("the chunk subscription ended")?
+                        .context("reading a chunk")?;
+                    let pending = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
+                    Ok::<_, anyhow::Error>((message.payload.clone(), pending))
+                }
+                .await;
+                match result {
+                    Err(e) => Some((
+                        Err(e.context(format!("reading snapshot {name}"))),
+                        (messages, size, chunks, true),
+                    )),
+                    Ok((payload, pending)) => {
+                        let (size, chunks) = (size + payload.len() as u64, chunks + 1);
+                        let last = pending == 0;
+                        let item = if last && (size, chunks) != (expected_size, expected_chunks) {
+                            Err(anyhow::anyhow!(
+                                "snapshot {name}: read {size} bytes in {chunks} chunks, its metadata says {expected_size} in {expected_chunks}"
+                            ))
+                        } else {
+                            Ok(payload)
+                        };
+                        Some((item, (messages, size, chunks, last)))
+                    }
+                }
+            }
+        })
+        .boxed())
+    }
+
     /// Purges chunks that no object refers to (interrupted uploads) once they are old enough
     /// not to belong to an upload in progress.
     async fn purge_orphans(&self) -> anyhow::Result<usize> {
@@ -615,6 +691,66 @@ fn read_index(path: &Path) -> anyhow::Result<(SnapshotHeader, Vec<u32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Restores read an object's chunks as they arrive ([`NatsStore::chunks`]) instead of
+    /// through async-nats' `get`: both read the same bytes, whatever the chunk size.
+    #[tokio::test]
+    async fn chunks_read_what_async_nats_get_reads() {
+        use crate::nats_server::{EmbeddedServerConfig, NatsServer};
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let server = NatsServer::start(EmbeddedServerConfig::new(dir.path().join("nats"), "t"))
+            .await
+            .unwrap();
+        let client = async_nats::connect(server.client_url()).await.unwrap();
+        let js = jetstream::new(client);
+        let store = NatsStore::open(&js, "snaps", 1, "s-1").await.unwrap();
+        let path = dir.path().join("copy.db");
+        let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let node = NodeId::from_u128(5).unwrap();
+        let source = FramedSource::prepare(&path, StreamSeq::new(9), node, 1 << 20).unwrap();
+        let mut framed = Vec::new();
+        source
+            .write_to(&mut framed, &mut Progress::silent(), None)
+            .unwrap();
+
+        let info = SnapshotInfo::new("s-1", StreamSeq::new(9), 1, node);
+        assert_eq!(
+            store.upload(&info, &source).await.unwrap(),
+            framed.len() as u64
+        );
+        let mut object = store.store.get(&info.name).await.unwrap();
+        let mut read = Vec::new();
+        object.read_to_end(&mut read).await.unwrap();
+        assert!(
+            read == framed,
+            "async-nats reads our object, digest checked"
+        );
+        let meta = store.store.info(&info.name).await.unwrap();
+        assert_eq!(meta.metadata["covered_seq"], "9");
+        assert_eq!(meta.chunks, framed.len().div_ceil(OBJECT_CHUNK));
+
+        let old = SnapshotInfo::new("s-1", StreamSeq::new(8), 1, node);
+        let meta = object_store::ObjectMetadata {
+            name: old.name.clone(),
+            chunk_size: Some(512 * 1024),
+            ..Default::default()
+        };
+        store.store.put(meta, &mut &framed[..]).await.unwrap();
+        let mut chunks = store.chunks(&old).await.unwrap();
+        let mut back = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            back.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(
+            back == framed,
+            "an object stored by async-nats' put reads back"
+        );
+        assert_eq!(store.list().await.unwrap().len(), 2);
+        drop(chunks);
+        server.shutdown().await;
+    }
 
     #[test]
     fn names_sort_by_covered_sequence_and_parse_back() {

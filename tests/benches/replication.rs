@@ -22,6 +22,10 @@
 //!   (Debian `go-dqlite`'s `dqlite-benchmark`, `kvwrite`, one worker, 32-byte keys and
 //!   64-byte values, `HL_BENCH_SECONDS`) while the harmonylite cluster idles; ratios are
 //!   taken within each run.
+//! - `--row-bytes S` (default 64): the payload of every row the throughput runs write, for
+//!   the cost model's row-size term; `--throughput-only` measures only the converged
+//!   throughput of every node writing 100-row transactions (and memory), skipping latency
+//!   and the autocommit run.
 //! - `--catchup N`: a node is stopped, node 0 writes N changes (upserts in 1000-row
 //!   transactions), and the stopped node starts again: time from its start until it holds
 //!   every change (its nats-server rejoins and catches up, then the sidecar applies).
@@ -31,6 +35,7 @@
 //! cargo bench -p harmonylite-tests --bench replication -- --quick       # short runs
 //! cargo bench -p harmonylite-tests --bench replication -- --nodes 5 --runs 7
 //! cargo bench -p harmonylite-tests --bench replication -- --dqlite --catchup 1000000 --json out.json
+//! cargo bench -p harmonylite-tests --bench replication -- --throughput-only --row-bytes 4096
 //! ```
 //!
 //! One 2-core machine hosts every sidecar, every nats-server and the load: read the figures
@@ -67,6 +72,10 @@ struct Opts {
     dqlite: bool,
     catchup: Option<usize>,
     json: Option<PathBuf>,
+    /// Payload bytes of each row the throughput runs write.
+    row_bytes: usize,
+    /// Measure only the every-node-writing throughput (and memory).
+    throughput_only: bool,
 }
 
 impl Opts {
@@ -103,6 +112,8 @@ impl Opts {
             dqlite: args.iter().any(|a| a == "--dqlite"),
             catchup: number("--catchup"),
             json: value("--json").map(PathBuf::from),
+            row_bytes: number("--row-bytes").unwrap_or(64),
+            throughput_only: args.iter().any(|a| a == "--throughput-only"),
         }
     }
 }
@@ -360,7 +371,7 @@ fn latency_run(cluster: &Cluster, run: usize, samples: usize) -> Vec<f64> {
 fn throughput_run(
     cluster: &Cluster,
     run: usize,
-    rows_per_node: usize,
+    (rows_per_node, row_bytes): (usize, usize),
     peak: &mut (u64, u64),
 ) -> (f64, f64) {
     let first = |i: usize| ((i + 1) * 1_000_000_000 + run * 10_000_000) as i64;
@@ -372,6 +383,7 @@ fn throughput_run(
         .map(|(i, node)| {
             let db = node.db.clone();
             let base = first(i);
+            let payload = "x".repeat(row_bytes);
             std::thread::spawn(move || {
                 let mut app = reader(&db);
                 for chunk in 0..rows_per_node / 100 {
@@ -384,7 +396,7 @@ fn throughput_run(
                             .unwrap();
                         for j in 0..100 {
                             let id = base + (chunk * 100 + j) as i64;
-                            stmt.execute(rusqlite::params![id, i as i64, "x".repeat(64)])
+                            stmt.execute(rusqlite::params![id, i as i64, payload])
                                 .unwrap();
                         }
                     }
@@ -418,7 +430,7 @@ fn throughput_run(
 fn autocommit_run(
     cluster: &Cluster,
     run: usize,
-    (seconds, max_rows): (f64, usize),
+    (seconds, max_rows, row_bytes): (f64, usize, usize),
     peak: &mut (u64, u64),
 ) -> (usize, f64) {
     let base = (100_000_000_000 + run * 10_000_000) as i64;
@@ -426,7 +438,7 @@ fn autocommit_run(
     let mut stmt = app
         .prepare("INSERT INTO events(id, origin, payload) VALUES (?1, 0, ?2)")
         .unwrap();
-    let payload = "v".repeat(64);
+    let payload = "v".repeat(row_bytes);
     let start = Instant::now();
     let mut rows = 0usize;
     while rows < max_rows && start.elapsed().as_secs_f64() < seconds {
@@ -660,6 +672,10 @@ fn main() {
     if opts.dqlite {
         assert_eq!(n, 3, "--dqlite compares 3-node clusters: use --nodes 3");
     }
+    assert!(
+        !opts.throughput_only || (!opts.dqlite && opts.catchup.is_none()),
+        "--throughput-only measures no latency: leave out --dqlite and --catchup"
+    );
 
     let mut figures = Figures::default();
     let mut histogram: Vec<f64> = Vec::new();
@@ -680,36 +696,53 @@ fn main() {
             idle.1 as f64 / 1024.0,
         );
 
-        let mut lat = latency_run(&cluster, run, opts.samples);
-        histogram.extend_from_slice(&lat);
-        lat.sort_by(f64::total_cmp);
-        figures.push(
-            "commit -> visible latency p50",
-            "ms",
-            "harmonylite",
-            percentile(&lat, 0.5),
-        );
-        figures.push(
-            "commit -> visible latency p99",
-            "ms",
-            "harmonylite",
-            percentile(&lat, 0.99),
-        );
-        figures.push(
-            "commit -> visible latency max",
-            "ms",
-            "harmonylite",
-            *lat.last().unwrap(),
-        );
+        // Latency samples and the autocommit rate of this run (left empty / 0 with
+        // --throughput-only, which rules out --dqlite, the only reader besides the figures).
+        let mut lat = Vec::new();
+        let mut ours = 0.0;
+        if !opts.throughput_only {
+            lat = latency_run(&cluster, run, opts.samples);
+            histogram.extend_from_slice(&lat);
+            lat.sort_by(f64::total_cmp);
+            figures.push(
+                "commit -> visible latency p50",
+                "ms",
+                "harmonylite",
+                percentile(&lat, 0.5),
+            );
+            figures.push(
+                "commit -> visible latency p99",
+                "ms",
+                "harmonylite",
+                percentile(&lat, 0.99),
+            );
+            figures.push(
+                "commit -> visible latency max",
+                "ms",
+                "harmonylite",
+                *lat.last().unwrap(),
+            );
+        }
 
         let mut peak = idle;
-        let (written, converged) = throughput_run(&cluster, run, opts.rows_per_node, &mut peak);
+        let (written, converged) = throughput_run(
+            &cluster,
+            run,
+            (opts.rows_per_node, opts.row_bytes),
+            &mut peak,
+        );
         let total = (opts.rows_per_node * n) as f64;
         figures.push(
             &format!("converged throughput, {n} writers, 100-row tx"),
             "rows/s",
             "harmonylite",
             total / converged,
+        );
+        figures.push(
+            &format!("converged payload throughput, {n} writers, 100-row tx"),
+            "MiB/s",
+            "harmonylite",
+            total * opts.row_bytes as f64 / converged / 1048576.0,
         );
         figures.push(
             "  (that run: all rows written after)",
@@ -724,19 +757,21 @@ fn main() {
             converged,
         );
 
-        let (rows, converged) = autocommit_run(
-            &cluster,
-            run,
-            (opts.seconds, opts.autocommit_rows),
-            &mut peak,
-        );
-        let ours = rows as f64 / converged;
-        figures.push(
-            "converged throughput, 1 writer, autocommit",
-            "rows/s",
-            "harmonylite",
-            ours,
-        );
+        if !opts.throughput_only {
+            let (rows, converged) = autocommit_run(
+                &cluster,
+                run,
+                (opts.seconds, opts.autocommit_rows, opts.row_bytes),
+                &mut peak,
+            );
+            ours = rows as f64 / converged;
+            figures.push(
+                "converged throughput, 1 writer, autocommit",
+                "rows/s",
+                "harmonylite",
+                ours,
+            );
+        }
         figures.push(
             "sidecar RSS peak under load (largest node)",
             "MiB",
@@ -850,10 +885,12 @@ fn main() {
     }
     if let Some(path) = &opts.json {
         let mut histograms = serde_json::Map::new();
-        histograms.insert(
-            format!("harmonylite commit -> visible, {n} nodes (ms)"),
-            serde_json::json!(histogram),
-        );
+        if !histogram.is_empty() {
+            histograms.insert(
+                format!("harmonylite commit -> visible, {n} nodes (ms)"),
+                serde_json::json!(histogram),
+            );
+        }
         if opts.dqlite {
             histograms.insert(
                 "dqlite commit, 3 nodes (ms)".into(),
@@ -867,6 +904,8 @@ fn main() {
             "runs": opts.runs,
             "samples_per_run": opts.samples,
             "rows_per_writer": opts.rows_per_node,
+            "row_bytes": opts.row_bytes,
+            "throughput_only": opts.throughput_only,
             "autocommit_seconds": opts.seconds,
             "autocommit_max_rows": opts.autocommit_rows,
             "dqlite_failed_writes": dqlite_errors,

@@ -12,7 +12,8 @@
 //!   everything a restore does except the rename.
 //! - references: `cp` of the database file, and `cp` followed by an fsync of the copy; the
 //!   object store alone (the database file put and read back with async-nats' object store
-//!   API), the ceiling of the nats store.
+//!   API), the ceiling of the nats store; and the nats store's upload alone (a copy already
+//!   made and checksummed), which shows how much of a take is the object store.
 //!
 //! Throughput = database bytes / wall time; each figure is the median of the rounds, all
 //! steps interleaved round by round (`sync` between steps, not timed), the page cache warm.
@@ -27,10 +28,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harmonylite::restore::{download, prepare_restored_file};
-use harmonylite::snapshot::{make_copy, take};
-use harmonylite::snapshot_store::{FileStore, SnapshotStore};
+use harmonylite::snapshot::{make_copy, take, FramedSource};
+use harmonylite::snapshot_store::{FileStore, SnapshotInfo, SnapshotStore};
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
+use harmonylite_core::snapshot::DEFAULT_CHUNK_SIZE;
 use harmonylite_core::sqlite::snapshot::NodeLocal;
 use harmonylite_tests::ExternalNats;
 
@@ -188,6 +190,10 @@ fn main() {
             name: "  (object store get, raw)",
             times: vec![],
         },
+        Figures {
+            name: "  (take: nats upload only)",
+            times: vec![],
+        },
     ];
     let copy = dir.path().join("cp.db");
     let target = dir.path().join("restored.db");
@@ -256,8 +262,16 @@ fn main() {
         }
 
         let t = Instant::now();
-        make_copy(&db, &copy).unwrap();
+        let covered = make_copy(&db, &copy).unwrap();
         figures[6].times.push(t.elapsed());
+        // The upload alone, from a copy already made and checksummed.
+        let source = FramedSource::prepare(&copy, covered, node(), DEFAULT_CHUNK_SIZE).unwrap();
+        let info = SnapshotInfo::new(STREAM, covered, 1, node());
+        sync_all();
+        let t = Instant::now();
+        runtime.block_on(nats_store.upload(&info, &source)).unwrap();
+        figures[9].times.push(t.elapsed());
+        runtime.block_on(nats_store.delete(&info)).unwrap();
         std::fs::remove_file(&copy).unwrap();
 
         for (store, snapshot) in [(&file_store, &taken[0]), (&nats_store, &taken[1])] {
@@ -278,15 +292,21 @@ fn main() {
     let cp_fsync = median(figures[1].times.clone());
     println!();
     println!(
-        "{:<30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>16}",
+        "{:<30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>16}  vs cp, each round",
         "step", "median", "min", "max", "MiB/s", "vs cp", "vs cp + fsync"
     );
     for f in &figures {
         let m = median(f.times.clone());
         let min = *f.times.iter().min().unwrap();
         let max = *f.times.iter().max().unwrap();
+        let rounds: Vec<String> = f
+            .times
+            .iter()
+            .zip(&figures[0].times)
+            .map(|(t, c)| format!("{:.0}%", c.as_secs_f64() / t.as_secs_f64() * 100.0))
+            .collect();
         println!(
-            "{:<30} {:>10.2?} {:>10.2?} {:>10.2?} {:>10.0} {:>11.0}% {:>15.0}%",
+            "{:<30} {:>10.2?} {:>10.2?} {:>10.2?} {:>10.0} {:>11.0}% {:>15.0}%  {}",
             f.name,
             m,
             min,
@@ -294,11 +314,12 @@ fn main() {
             mib_s(size, m),
             cp.as_secs_f64() / m.as_secs_f64() * 100.0,
             cp_fsync.as_secs_f64() / m.as_secs_f64() * 100.0,
+            rounds.join(" "),
         );
     }
     println!();
     println!(
-        "({} rounds; throughput = database bytes / wall time; \"vs cp\" = cp time / step time, i.e. throughput as a share of cp's)",
+        "({} rounds; throughput = database bytes / wall time; \"vs cp\" = cp time / step time, i.e. throughput as a share of cp's; \"each round\" against that round's cp)",
         rounds
     );
     if let Some(path) = json {

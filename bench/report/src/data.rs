@@ -76,9 +76,13 @@ pub fn suite_label(suite: &str) -> String {
         "peers" => "wasm peers".into(),
         "npm" => "wasm replica".into(),
         "snapshot" => "snapshot".into(),
-        other => match other.strip_prefix("replication-") {
-            Some(n) => format!("replication, {n} nodes"),
-            None => other.into(),
+        other => match (
+            other.strip_prefix("replication-"),
+            other.strip_prefix("rowsize-"),
+        ) {
+            (Some(n), _) => format!("replication, {n} nodes"),
+            (_, Some(bytes)) => format!("replication, 3 nodes, {bytes}-byte rows"),
+            _ => other.into(),
         },
     }
 }
@@ -102,11 +106,13 @@ pub struct Data {
 }
 
 /// The suite files read, in report order.
-pub const SUITES: [&str; 7] = [
+pub const SUITES: [&str; 9] = [
     "capture",
     "peers",
     "npm",
     "replication-3",
+    "rowsize-1024",
+    "rowsize-8192",
     "replication-5",
     "replication-7",
     "snapshot",
