@@ -2,16 +2,19 @@
 //!
 //! ```text
 //! cargo run -p harmonylite-tests --bin chaos -- --seed 1 --duration 30m [--run 120s] [--nodes 3]
-//!     [--faults kill9-sidecar,pause-sidecar,kill9-nats,partition,clock-skew,disk-full]
+//!     [--faults kill9-sidecar,pause-sidecar,kill9-nats,partition,clock-skew,disk-full,
+//!               kill9-wasm,partition-wasm,clock-skew-wasm] [--no-wasm]
 //! cargo run -p harmonylite-tests --bin chaos -- --backlog 1000000 [--per-transaction 1000]
 //! ```
 //!
 //! The first form repeats chaos runs (seed, seed+1, ...) until the duration is spent and
 //! prints figures: runs, operations, faults of each kind, divergences, lost writes and the
-//! time to converge after the heal (p50/p99). It exits with status 1 if any run failed; each
+//! time to converge after the heal (p50/p99). Each run has a wasm replica (the built npm
+//! package in node) unless `--no-wasm`. It exits with status 1 if any run failed; each
 //! failed run's directory (seed, history, logs, databases) is printed. The second form
 //! measures the sidecar's peak memory while a backlog of rows waits for NATS and while it is
-//! published. Needs root, `ip` and libfaketime (scripts/lib/tools.sh installs them).
+//! published. Needs root, `ip` and libfaketime (scripts/lib/tools.sh installs them), and for
+//! the wasm replica node and `npm/dist` (`cd npm && npm run build`).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -43,6 +46,7 @@ struct Args {
     backlog: Option<u64>,
     per_transaction: u64,
     kinds: Vec<FaultKind>,
+    wasm: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -54,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
         backlog: None,
         per_transaction: 1000,
         kinds: FaultKind::ALL.to_vec(),
+        wasm: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -82,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
                     })
                     .collect::<Result<_, _>>()?
             }
+            "--no-wasm" => args.wasm = false,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -109,8 +115,22 @@ fn main() -> ExitCode {
         println!("{figures}");
         return ExitCode::SUCCESS;
     }
-    // Build the sidecar before the clock starts.
+    // Build the sidecar, and find node and the npm package, before the clock starts.
     harmonylite_tests::chaos::cluster::chaos_sidecar_binary();
+    if args.wasm {
+        chaos::wasm::node_binary();
+        chaos::wasm::package_entry();
+    }
+    let kinds: Vec<FaultKind> = args
+        .kinds
+        .iter()
+        .copied()
+        .filter(|k| args.wasm || !k.is_wasm())
+        .collect();
+    if kinds.is_empty() {
+        eprintln!("chaos: no fault kinds left to inject");
+        return ExitCode::from(2);
+    }
     let started = Instant::now();
     let mut seed = args.seed;
     let mut runs = 0u64;
@@ -127,12 +147,20 @@ fn main() -> ExitCode {
     let mut parked = 0i64;
     let mut converge = Vec::new();
     let mut kept = Vec::new();
+    let mut wasm = chaos::WasmFigures::default();
     while started.elapsed() < args.duration {
         let mut options = RunOptions::new(seed);
         options.nodes = args.nodes;
         options.chaos = args.run;
-        options.kinds = args.kinds.clone();
+        options.kinds = kinds.clone();
+        options.wasm = args.wasm;
         let report = chaos::run(&options);
+        if let Some(w) = &report.wasm {
+            wasm.incarnations += w.incarnations;
+            wasm.transactions += w.transactions;
+            wasm.uncertain += w.uncertain;
+            wasm.exits.extend(w.exits.iter().cloned());
+        }
         runs += 1;
         transactions += report.transactions;
         row_writes += report.row_writes;
@@ -160,7 +188,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| "NEVER".into()),
             if report.passed() { "ok" } else { "FAILED" }
         );
-        for exit in &report.sidecar_exits {
+        for exit in report
+            .sidecar_exits
+            .iter()
+            .chain(report.wasm.iter().flat_map(|w| &w.exits))
+        {
             println!("  {exit}");
         }
         if !report.passed() {
@@ -171,9 +203,10 @@ fn main() -> ExitCode {
     }
     converge.sort();
     println!(
-        "\nchaos figures ({:.1} min, {} nodes per run, {} s of faults per run)",
+        "\nchaos figures ({:.1} min, {} nodes{} per run, {} s of faults per run)",
         started.elapsed().as_secs_f64() / 60.0,
         args.nodes,
+        if args.wasm { " + a wasm replica" } else { "" },
         args.run.as_secs()
     );
     println!(
@@ -182,7 +215,19 @@ fn main() -> ExitCode {
         seed - 1
     );
     println!("  transactions:          {transactions} acknowledged ({row_writes} row writes), {failed_tx} failed or uncertain");
-    for kind in FaultKind::ALL {
+    if args.wasm {
+        println!(
+            "  wasm replica:          {} transactions acknowledged, {} uncertain (killed before JetStream acked, or COMMIT failed), {} node processes, {} exits",
+            wasm.transactions,
+            wasm.uncertain,
+            wasm.incarnations,
+            wasm.exits.len()
+        );
+    }
+    for kind in FaultKind::ALL
+        .into_iter()
+        .filter(|k| args.wasm || !k.is_wasm())
+    {
         println!(
             "  faults {:<15} {}",
             format!("{}:", kind.name()),

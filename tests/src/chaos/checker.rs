@@ -1,7 +1,8 @@
 //! The verdict of a run. After every fault is healed and the nodes converged, the checker
 //! reads the whole change stream (every batch every node published) and compares:
 //!
-//! - every node with every other, table by table, user tables and row-version tables;
+//! - every node with every other, table by table, user tables and row-version tables (the wasm
+//!   replica, when the run has one, is one more node, read through its driver: [`Db`]);
 //! - every node with an LWW model folded from the stream with `harmonylite_core::merge`, using
 //!   the HLC each change carries (the one the origin derived from the write's capture time),
 //!   so the model needs no guess about clocks;
@@ -26,15 +27,100 @@ use harmonylite_core::wire::{decode_batch, decode_frame};
 use rusqlite::Connection;
 
 use super::history::{Outcome, Record};
+use super::wasm::WasmReplica;
 use super::workload::TABLES;
 
 /// Rows of one table: primary key → columns by name.
 pub type TableRows = BTreeMap<Value, BTreeMap<String, Value>>;
 
+/// One replica whose tables the checker reads: a native node's database file, or the wasm
+/// replica's in-memory database (through its driver).
+#[derive(Clone, Copy)]
+pub enum Db<'a> {
+    /// A native node's database file.
+    File(&'a Path),
+    /// The wasm replica.
+    Wasm(&'a WasmReplica),
+}
+
+impl Db<'_> {
+    /// Every row of `table`, or an error text.
+    pub fn dump_table(&self, table: &str) -> Result<TableRows, String> {
+        match self {
+            Db::File(db) => dump_table(db, table),
+            Db::Wasm(w) => w
+                .query(&format!("SELECT * FROM \"{table}\""), &[])?
+                .into_iter()
+                .map(|row| {
+                    let key = row.first().ok_or("a row without columns")?.1.clone();
+                    Ok((key, row.into_iter().collect()))
+                })
+                .collect(),
+        }
+    }
+
+    /// The row versions of `table`: key → (HLC bytes, deleted).
+    pub fn dump_versions(&self, table: &str) -> Result<BTreeMap<Value, (Vec<u8>, bool)>, String> {
+        match self {
+            Db::File(db) => dump_versions(db, table),
+            Db::Wasm(w) => {
+                let id = match w
+                    .query("SELECT id FROM __hl_tables WHERE name = ?", &[table])?
+                    .first()
+                    .and_then(|row| row.first())
+                {
+                    Some((_, Value::Integer(id))) => *id,
+                    _ => return Err(format!("{table} not registered on the wasm replica")),
+                };
+                w.query(&format!("SELECT k0, hlc, deleted FROM \"__hl_v{id}\""), &[])?
+                    .into_iter()
+                    .map(|row| match row.as_slice() {
+                        [(_, key), (_, Value::Blob(hlc)), (_, Value::Integer(deleted))] => {
+                            Ok((key.clone(), (hlc.clone(), *deleted != 0)))
+                        }
+                        other => Err(format!("unexpected version row {other:?}")),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Rows still waiting in the capture log and outbox, and parked messages.
+    pub fn pending(&self) -> Result<(i64, i64, i64), String> {
+        match self {
+            Db::File(db) => pending(db),
+            Db::Wasm(w) => {
+                let rows = w.query(
+                    "SELECT (SELECT count(*) FROM __hl_log), (SELECT count(*) FROM __hl_outbox), (SELECT count(*) FROM __hl_parked)",
+                    &[],
+                )?;
+                match rows.first().map(|r| r.as_slice()) {
+                    Some(
+                        [(_, Value::Integer(log)), (_, Value::Integer(outbox)), (_, Value::Integer(parked))],
+                    ) => Ok((*log, *outbox, *parked)),
+                    other => Err(format!("unexpected counts {other:?}")),
+                }
+            }
+        }
+    }
+
+    /// How failures name it.
+    pub fn label(&self, i: usize) -> String {
+        match self {
+            Db::File(_) => format!("node {i}"),
+            Db::Wasm(w) => match w.index() {
+                Some(index) => format!("the wasm replica (node {index})"),
+                None => "the wasm replica".into(),
+            },
+        }
+    }
+}
+
 /// One published row change, decoded from the stream.
 #[derive(Debug, Clone)]
 pub struct StreamChange {
-    /// Index of the origin node (`node_id - 1`).
+    /// History node index of the origin (native node `node_id - 1`, or an incarnation of the
+    /// wasm replica), from the origins given to [`read_stream`].
     pub origin: usize,
     /// The origin's batch sequence.
     pub batch_seq: u64,
@@ -127,19 +213,20 @@ pub fn pending(db: &Path) -> Result<(i64, i64, i64), String> {
 }
 
 /// Whether every node holds the same user tables and nothing is left to publish.
-pub fn converged(dbs: &[&Path]) -> bool {
-    let settled = dbs
-        .iter()
-        .all(|db| pending(db).is_ok_and(|(log, outbox, _)| log == 0 && outbox == 0));
+pub fn converged(dbs: &[Db]) -> bool {
+    let settled = dbs.iter().all(|db| {
+        db.pending()
+            .is_ok_and(|(log, outbox, _)| log == 0 && outbox == 0)
+    });
     settled
         && TABLES.iter().all(|table| {
-            let dumps: Vec<_> = dbs.iter().map(|db| dump_table(db, table)).collect();
+            let dumps: Vec<_> = dbs.iter().map(|db| db.dump_table(table)).collect();
             dumps.iter().all(|d| d.is_ok()) && dumps.windows(2).all(|w| w[0] == w[1])
         })
 }
 
 /// Waits until [`converged`] holds twice in a row, one second apart; returns how long it took.
-pub fn wait_converged(dbs: &[&Path], timeout: Duration) -> Option<Duration> {
+pub fn wait_converged(dbs: &[Db], timeout: Duration) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if converged(dbs) {
@@ -155,8 +242,13 @@ pub fn wait_converged(dbs: &[&Path], timeout: Duration) -> Option<Duration> {
 }
 
 /// Reads every message of `stream` from the nats-server listening on 127.0.0.1:4222 inside
-/// network namespace `namespace` (the reading thread joins that namespace).
-pub fn read_stream(namespace: &str, stream: &str) -> Result<StreamContent, String> {
+/// network namespace `namespace` (the reading thread joins that namespace). `origins` maps
+/// every node id that may publish to its history node index; any other origin is a problem.
+pub fn read_stream(
+    namespace: &str,
+    stream: &str,
+    origins: HashMap<u128, usize>,
+) -> Result<StreamContent, String> {
     let namespace = namespace.to_string();
     let stream = stream.to_string();
     std::thread::spawn(move || {
@@ -168,13 +260,16 @@ pub fn read_stream(namespace: &str, stream: &str) -> Result<StreamContent, Strin
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        runtime.block_on(read_stream_async(&stream))
+        runtime.block_on(read_stream_async(&stream, &origins))
     })
     .join()
     .map_err(|_| "stream reader panicked".to_string())?
 }
 
-async fn read_stream_async(name: &str) -> Result<StreamContent, String> {
+async fn read_stream_async(
+    name: &str,
+    origins: &HashMap<u128, usize>,
+) -> Result<StreamContent, String> {
     use async_nats::jetstream::consumer;
     let client = async_nats::connect("nats://127.0.0.1:4222")
         .await
@@ -224,6 +319,12 @@ async fn read_stream_async(name: &str) -> Result<StreamContent, String> {
                 .push(format!("stream seq {seq}: undecodable: {e}")),
             Ok(m) => {
                 let origin = m.origin.as_u128();
+                let origin_index = origins.get(&origin).copied().unwrap_or_else(|| {
+                    content
+                        .problems
+                        .push(format!("stream seq {seq}: unknown origin {origin:x}"));
+                    usize::MAX
+                });
                 let id = (origin, m.batch_seq.get(), m.part);
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
                 m.body.hash(&mut hasher);
@@ -263,7 +364,7 @@ async fn read_stream_async(name: &str) -> Result<StreamContent, String> {
                                             .collect()
                                     });
                                     content.changes.push(StreamChange {
-                                        origin: (origin as usize).saturating_sub(1),
+                                        origin: origin_index,
                                         batch_seq: m.batch_seq.get(),
                                         stream_seq: seq,
                                         hlc: row.hlc(m.origin),
@@ -309,7 +410,7 @@ impl Verdict {
 }
 
 /// Checks the nodes' databases against each other, the stream and the history.
-pub fn check(dbs: &[&Path], stream: &StreamContent, record: &Record) -> Verdict {
+pub fn check(dbs: &[Db], stream: &StreamContent, record: &Record) -> Verdict {
     let mut verdict = Verdict::default();
     verdict.duplicates.extend(stream.problems.iter().cloned());
 
@@ -328,8 +429,8 @@ pub fn check(dbs: &[&Path], stream: &StreamContent, record: &Record) -> Verdict 
 
     // Nodes against node 0, and node 0 against the model.
     for table in TABLES {
-        let dumps: Vec<_> = dbs.iter().map(|db| dump_table(db, table)).collect();
-        let versions: Vec<_> = dbs.iter().map(|db| dump_versions(db, table)).collect();
+        let dumps: Vec<_> = dbs.iter().map(|db| db.dump_table(table)).collect();
+        let versions: Vec<_> = dbs.iter().map(|db| db.dump_versions(table)).collect();
         for (i, (rows, vers)) in dumps.iter().zip(&versions).enumerate() {
             match (rows, vers) {
                 (Ok(rows), Ok(vers)) => {
@@ -340,14 +441,15 @@ pub fn check(dbs: &[&Path], stream: &StreamContent, record: &Record) -> Verdict 
                                 .filter(|(k, v)| first.get(*k) != Some(*v))
                                 .count()
                                 + first.keys().filter(|k| !rows.contains_key(*k)).count();
+                            let who = dbs[i].label(i);
                             if differing > 0 {
                                 verdict.divergences.push(format!(
-                                    "{table}: node {i} differs from node 0 in {differing} rows"
+                                    "{table}: {who} differs from node 0 in {differing} rows"
                                 ));
                             }
                             if vers != first_v {
                                 verdict.divergences.push(format!(
-                                    "{table}: row versions of node {i} differ from node 0's"
+                                    "{table}: row versions of {who} differ from node 0's"
                                 ));
                             }
                         }
@@ -355,7 +457,7 @@ pub fn check(dbs: &[&Path], stream: &StreamContent, record: &Record) -> Verdict 
                 }
                 (Err(e), _) | (_, Err(e)) => verdict
                     .divergences
-                    .push(format!("{table}: cannot read node {i}: {e}")),
+                    .push(format!("{table}: cannot read {}: {e}", dbs[i].label(i))),
             }
         }
         if let (Ok(rows), Ok(vers)) = (&dumps[0], &versions[0]) {

@@ -1,7 +1,9 @@
 //! The processes of a chaos run: per node, a nats-server (one JetStream cluster over the
 //! private network) and a `harmonylite` sidecar, both inside the node's network namespace,
 //! with the database and the JetStream store on a tmpfs of the node's own (so a full disk can
-//! be made and undone). Logs live outside the tmpfs, in the run directory.
+//! be made and undone). Logs live outside the tmpfs, in the run directory. Every nats-server
+//! also listens for WebSocket clients on port [`WS_PORT`], for the run's wasm replica
+//! ([`super::wasm`]), which has a namespace of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,8 +13,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rusqlite::Connection;
 
+use super::checker::Db;
 use super::netns::Network;
-use super::workload::SCHEMA;
+use super::wasm::{WasmReplica, WS_PORT};
+use super::workload::{SCHEMA, TABLES};
 use crate::{nats_server_binary, sidecar_binary, stop_child, wait_until};
 
 /// The sidecar binary runs use: `HL_CHAOS_SIDECAR` if set (a fixed build for a long run,
@@ -33,7 +37,7 @@ pub fn chaos_sidecar_binary() -> PathBuf {
 }
 
 /// Where Debian's libfaketime lives (package `faketime`, installed by scripts/lib/tools.sh).
-fn libfaketime() -> PathBuf {
+pub fn libfaketime() -> PathBuf {
     let candidates = [
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
@@ -87,6 +91,7 @@ pub struct ChaosNode {
     tmpfs_mb: u64,
     disk_full_log_offset: usize,
     routes: String,
+    nats_conf: PathBuf,
     sidecar: Option<Child>,
     nats: Option<Child>,
 }
@@ -97,6 +102,8 @@ pub struct Cluster {
     pub nodes: Vec<ChaosNode>,
     /// The private network.
     pub network: Network,
+    /// The wasm replica, when the run has one (its namespace is the network's last member).
+    pub wasm: Option<WasmReplica>,
 }
 
 fn append(path: &Path) -> std::fs::File {
@@ -119,6 +126,8 @@ impl ChaosNode {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.namespace])
             .arg(nats_server_binary())
+            .arg("-c")
+            .arg(&self.nats_conf)
             .args(["-js", "-a", "0.0.0.0", "-p", "4222", "-sd"])
             .arg(self.mount.join("jetstream"))
             .args([
@@ -252,9 +261,11 @@ impl ChaosNode {
     }
 
     /// Gives the tmpfs its size back and removes the filler. nats-server disables JetStream
-    /// when a store write fails ("JetStream out of resources, will be DISABLED") and exits when
-    /// it cannot start JetStream; either way only a restart brings it back, an operator's (or
-    /// supervisor's) step the harness takes here. Returns whether it restarted the server.
+    /// when a store write fails ("JetStream out of resources, will be DISABLED"), exits when
+    /// it cannot start JetStream, or keeps a stream replica's write error for good ("critical
+    /// write error": the replica refuses every later write, and a stream whose leader it is
+    /// stalls); in each case only a restart brings it back, an operator's (or supervisor's)
+    /// step the harness takes here. Returns whether it restarted the server.
     pub fn free_disk(&mut self) -> bool {
         let _ = std::fs::remove_file(self.mount.join("filler"));
         let size = format!("remount,size={}m", self.tmpfs_mb);
@@ -265,8 +276,9 @@ impl ChaosNode {
         self.disk_full = false;
         let log = self.nats_log_text().to_lowercase();
         let since = log.get(self.disk_full_log_offset..).unwrap_or_default();
-        let disabled =
-            since.contains("jetstream out of resources") || since.contains("can't start jetstream");
+        let disabled = since.contains("jetstream out of resources")
+            || since.contains("can't start jetstream")
+            || since.contains("critical write error");
         if disabled || self.nats_exited().is_some() {
             self.kill_nats();
             self.start_nats();
@@ -301,15 +313,30 @@ fn used_kb(path: &Path) -> u64 {
 }
 
 impl Cluster {
-    /// Creates the network, mounts a `tmpfs_mb` tmpfs per node under `root`, writes the
-    /// schema and configs, starts every nats-server and sidecar and waits until each sidecar
-    /// has installed capture (so no application write goes unrecorded).
-    pub fn start(root: &Path, tag: &str, subnet: u8, nodes: usize, tmpfs_mb: u64) -> Cluster {
-        let network = Network::create(tag, subnet, nodes);
+    /// Creates the network (with one more namespace, the last, for a wasm replica when
+    /// `wasm_namespace`), mounts a `tmpfs_mb` tmpfs per node under `root`, writes the schema
+    /// and configs, starts every nats-server and sidecar and waits until each sidecar has
+    /// installed capture (so no application write goes unrecorded).
+    pub fn start(
+        root: &Path,
+        tag: &str,
+        subnet: u8,
+        nodes: usize,
+        tmpfs_mb: u64,
+        wasm_namespace: bool,
+    ) -> Cluster {
+        let network = Network::create(tag, subnet, nodes + usize::from(wasm_namespace));
         let mut cluster = Cluster {
             nodes: Vec::new(),
             network,
+            wasm: None,
         };
+        let nats_conf = root.join("nats-websocket.conf");
+        std::fs::write(
+            &nats_conf,
+            format!("websocket {{\n  listen: \"0.0.0.0:{WS_PORT}\"\n  no_tls: true\n}}\n"),
+        )
+        .unwrap();
         for i in 0..nodes {
             let mount = root.join(format!("node{i}"));
             std::fs::create_dir_all(&mount).unwrap();
@@ -358,6 +385,7 @@ impl Cluster {
                 tmpfs_mb,
                 disk_full_log_offset: 0,
                 routes: routes.join(","),
+                nats_conf: nats_conf.clone(),
                 sidecar: None,
                 nats: None,
             });
@@ -390,6 +418,36 @@ impl Cluster {
         cluster
     }
 
+    /// Every replica the checker compares: the nodes' database files, then the wasm replica.
+    pub fn dbs(&self) -> Vec<Db<'_>> {
+        self.nodes
+            .iter()
+            .map(|n| Db::File(&n.db))
+            .chain(self.wasm.as_ref().map(Db::Wasm))
+            .collect()
+    }
+
+    /// Writes the wasm replica's tables (it has no file) to `wasm-tables.txt` under `root`
+    /// (kept on failure).
+    pub fn keep_wasm_tables(&self, root: &Path) {
+        if let Some(wasm) = &self.wasm {
+            let mut out = String::new();
+            for table in TABLES {
+                let db = Db::Wasm(wasm);
+                out.push_str(&format!("{table}: {:#?}\n", db.dump_table(table)));
+                out.push_str(&format!(
+                    "{table} versions: {:?}\n",
+                    db.dump_versions(table)
+                ));
+            }
+            out.push_str(&format!(
+                "incarnations (node id, node, skew): {:x?}\n",
+                wasm.incarnations
+            ));
+            let _ = std::fs::write(root.join("wasm-tables.txt"), out);
+        }
+    }
+
     /// Copies every node's database files next to the logs under `root` (kept on failure).
     pub fn keep_databases(&self, root: &Path) {
         for node in &self.nodes {
@@ -405,6 +463,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        self.wasm = None;
         for node in &mut self.nodes {
             node.stop_all();
         }

@@ -23,18 +23,37 @@ pub enum FaultKind {
     ClockSkew,
     /// The node's tmpfs (database and JetStream store) made full.
     DiskFull,
+    /// `kill -9` of the wasm replica's node process, restarted (a new, empty memory replica
+    /// that bootstraps from a snapshot or the stream) after a pause.
+    KillWasm,
+    /// The wasm replica's namespace cut off from every node: it keeps writing offline.
+    PartitionWasm,
+    /// The wasm replica's node process restarted under libfaketime, its clock up to ±2 minutes
+    /// off: the replica's HLC stamps its writes from that clock (app-side skew).
+    SkewWasm,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::KillSidecar,
         FaultKind::PauseSidecar,
         FaultKind::KillNats,
         FaultKind::Partition,
         FaultKind::ClockSkew,
         FaultKind::DiskFull,
+        FaultKind::KillWasm,
+        FaultKind::PartitionWasm,
+        FaultKind::SkewWasm,
     ];
+
+    /// Whether the kind targets the wasm replica.
+    pub fn is_wasm(self) -> bool {
+        matches!(
+            self,
+            FaultKind::KillWasm | FaultKind::PartitionWasm | FaultKind::SkewWasm
+        )
+    }
 
     /// The kind named `name` (see [`FaultKind::name`]).
     pub fn from_name(name: &str) -> Option<FaultKind> {
@@ -50,6 +69,9 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::ClockSkew => "clock-skew",
             FaultKind::DiskFull => "disk-full",
+            FaultKind::KillWasm => "kill9-wasm",
+            FaultKind::PartitionWasm => "partition-wasm",
+            FaultKind::SkewWasm => "clock-skew-wasm",
         }
     }
 }
@@ -98,8 +120,15 @@ impl Injector {
         }
         let kind = self.kinds[self.rng.below(self.kinds.len() as u64) as usize];
         let n = cluster.nodes.len();
-        let node = self.rng.below(n as u64) as usize;
-        if kind == FaultKind::Partition {
+        let mut node = self.rng.below(n as u64) as usize;
+        if kind.is_wasm() {
+            // The wasm replica is the network's member `n`.
+            if cluster.wasm.is_none() {
+                return;
+            }
+            node = n;
+        }
+        if matches!(kind, FaultKind::Partition | FaultKind::PartitionWasm) {
             if cluster.network.is_partitioned() {
                 return;
             }
@@ -108,7 +137,7 @@ impl Injector {
         }
         let hold = Duration::from_millis(
             500 + self.rng.below(match kind {
-                FaultKind::KillSidecar | FaultKind::KillNats => 4_000,
+                FaultKind::KillSidecar | FaultKind::KillNats | FaultKind::KillWasm => 4_000,
                 FaultKind::PauseSidecar => 8_000,
                 _ => 15_000,
             }),
@@ -135,12 +164,7 @@ impl Injector {
                 format!("partition {side:?} from the rest")
             }
             FaultKind::ClockSkew => {
-                let magnitude = 10 + self.rng.below(111) as i64;
-                let skew = if self.rng.chance(50) {
-                    magnitude
-                } else {
-                    -magnitude
-                };
+                let skew = self.skew();
                 let target = &mut cluster.nodes[node];
                 target.kill_sidecar();
                 target.skew_secs = Some(skew);
@@ -151,21 +175,61 @@ impl Injector {
                 cluster.nodes[node].fill_disk();
                 format!("disk full under node {node}")
             }
+            FaultKind::KillWasm => {
+                let wasm = cluster.wasm.as_mut().expect("checked above");
+                let who = wasm.label();
+                let lost = wasm.kill();
+                format!("kill -9 wasm replica ({who}): {lost} commits not yet acknowledged by JetStream")
+            }
+            FaultKind::PartitionWasm => {
+                cluster.network.partition(&[n]);
+                "partition the wasm replica from every node".to_string()
+            }
+            FaultKind::SkewWasm => {
+                let skew = self.skew();
+                let wasm = cluster.wasm.as_mut().expect("checked above");
+                let who = wasm.label();
+                let lost = wasm.kill();
+                wasm.skew_secs = Some(skew);
+                wasm.start();
+                format!("clock skew {skew:+} s on the wasm replica (kill -9 {who}: {lost} commits not yet acknowledged by JetStream; restarted)")
+            }
         };
         *self.counts.entry(kind).or_default() += 1;
         self.history.fault(what);
         self.active.push(Active {
             kind,
-            node: (kind != FaultKind::Partition).then_some(node),
+            node: (!matches!(kind, FaultKind::Partition | FaultKind::PartitionWasm))
+                .then_some(node),
             until: now + hold,
         });
     }
 
+    /// A clock offset of ±10–120 s.
+    fn skew(&mut self) -> i64 {
+        let magnitude = 10 + self.rng.below(111) as i64;
+        if self.rng.chance(50) {
+            magnitude
+        } else {
+            -magnitude
+        }
+    }
+
     fn heal(&mut self, cluster: &mut Cluster, fault: &Active) {
         let what = match (fault.kind, fault.node) {
-            (FaultKind::Partition, _) => {
+            (FaultKind::Partition | FaultKind::PartitionWasm, _) => {
                 cluster.network.heal();
                 "heal partition".to_string()
+            }
+            (FaultKind::KillWasm | FaultKind::SkewWasm, _) => {
+                let wasm = cluster
+                    .wasm
+                    .as_mut()
+                    .expect("a wasm fault without a replica");
+                wasm.kill();
+                wasm.skew_secs = None;
+                wasm.start();
+                format!("heal {} (restarted)", fault.kind.name())
             }
             (kind, Some(i)) => {
                 let node = &mut cluster.nodes[i];
@@ -185,7 +249,7 @@ impl Injector {
                             ));
                         }
                     }
-                    FaultKind::Partition => unreachable!("handled above"),
+                    _ => unreachable!("handled above"),
                 }
                 format!("heal {} on node {i}", kind.name())
             }
@@ -212,6 +276,14 @@ impl Injector {
             }
             if node.sidecar_pid().is_none() {
                 node.start_sidecar();
+            }
+        }
+        if let Some(wasm) = cluster.wasm.as_mut() {
+            if wasm.exited().is_some() {
+                wasm.kill();
+            }
+            if !wasm.running() {
+                wasm.start();
             }
         }
     }

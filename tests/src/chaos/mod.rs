@@ -1,11 +1,14 @@
 //! The chaos harness: a seeded run of real sidecars and nats-servers, each node in a network
 //! namespace of its own, under a random application workload and random faults — `kill -9`
 //! and SIGSTOP of sidecars, `kill -9` of nats-servers, partitions, clock skew, a full disk —
-//! then every fault healed and the result checked against the history and an LWW model.
+//! then every fault healed and the result checked against the history and an LWW model. A
+//! wasm replica (the npm package in node, over WebSocket) takes part by default, with faults of
+//! its own: `kill -9`, partitions, and clock skew of the application process.
 //!
 //! - [`netns`]: the private network (namespaces, veth pairs, a bridge, blackhole partitions);
 //! - [`cluster`]: the processes and each node's tmpfs;
 //! - [`workload`]: the application writers;
+//! - [`wasm`]: the wasm replica and its driver;
 //! - [`faults`]: the fault injector;
 //! - [`history`]: what happened;
 //! - [`checker`]: the verdict.
@@ -20,9 +23,10 @@ pub mod cluster;
 pub mod faults;
 pub mod history;
 pub mod netns;
+pub mod wasm;
 pub mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -77,12 +81,15 @@ pub struct RunOptions {
     pub converge_timeout: Duration,
     /// Size of each node's tmpfs, in MiB.
     pub tmpfs_mb: u64,
-    /// The kinds of fault to inject (all by default).
+    /// The kinds of fault to inject (all by default; the wasm replica's only with `wasm`).
     pub kinds: Vec<FaultKind>,
+    /// Whether a wasm replica (the npm package in node) takes part.
+    pub wasm: bool,
 }
 
 impl RunOptions {
-    /// Defaults for `seed`: 3 nodes, 30 s of chaos, 180 s to converge, 256 MiB per node.
+    /// Defaults for `seed`: 3 nodes and the wasm replica, 30 s of chaos, 180 s to converge,
+    /// 256 MiB per node, every kind of fault.
     pub fn new(seed: u64) -> Self {
         RunOptions {
             seed,
@@ -91,8 +98,23 @@ impl RunOptions {
             converge_timeout: Duration::from_secs(180),
             tmpfs_mb: 256,
             kinds: FaultKind::ALL.to_vec(),
+            wasm: true,
         }
     }
+}
+
+/// What the wasm replica did in a run.
+#[derive(Debug, Default, Clone)]
+pub struct WasmFigures {
+    /// Node processes started (a restart is a new memory replica).
+    pub incarnations: usize,
+    /// Its transactions that must survive (flushed to JetStream, or of the last incarnation).
+    pub transactions: u64,
+    /// Its transactions lost to a `kill -9` before JetStream acknowledged them, or whose
+    /// COMMIT failed (either outcome accepted).
+    pub uncertain: u64,
+    /// Node processes that exited on their own (restarted by the harness).
+    pub exits: Vec<String>,
 }
 
 /// What one run did and found.
@@ -112,6 +134,8 @@ pub struct RunReport {
     pub sidecar_exits: Vec<String>,
     /// nats-servers that exited on their own (restarted by the harness).
     pub nats_exits: Vec<String>,
+    /// The wasm replica's part, when it took part.
+    pub wasm: Option<WasmFigures>,
     /// Messages in the stream at the end.
     pub stream_messages: u64,
     /// Parts re-sent after JetStream's duplicate window (harmless).
@@ -122,7 +146,8 @@ pub struct RunReport {
     pub converge: Option<Duration>,
     /// The checker's findings.
     pub verdict: checker::Verdict,
-    /// Where the seed, history, logs and databases were kept (only when the run failed).
+    /// Where the seed, history, logs and databases were kept (when the run failed, or always
+    /// with `HL_CHAOS_KEEP` set).
     pub kept: Option<PathBuf>,
 }
 
@@ -180,9 +205,9 @@ fn run_identity() -> (String, u8) {
     (format!("c{:04x}", id & 0xffff), (id % 250) as u8 + 1)
 }
 
-/// Writes one row on every node and waits until every node has every row: the JetStream
-/// cluster, the stream and every sidecar work before the first fault. Panics (keeping the
-/// run directory) otherwise.
+/// Writes one row on every node (and the wasm replica) and waits until every node has every
+/// row: the JetStream cluster, the stream, every sidecar and the replica work before the first
+/// fault. Panics (keeping the run directory) otherwise.
 fn warm_up(cluster: &cluster::Cluster, history: &History, root: &Path) {
     use harmonylite_core::value::Value;
     for node in &cluster.nodes {
@@ -216,9 +241,15 @@ fn warm_up(cluster: &cluster::Cluster, history: &History, root: &Path) {
             outcome: Outcome::Acknowledged,
         });
     }
-    let dbs: Vec<&Path> = cluster.nodes.iter().map(|n| n.db.as_path()).collect();
+    if let Some(wasm) = &cluster.wasm {
+        wasm.insert(&format!("warm-up-{}", cluster.nodes.len()))
+            .expect("writing the wasm replica's warm-up row");
+    }
+    let dbs = cluster.dbs();
     let ready = checker::wait_converged(&dbs, Duration::from_secs(120)).is_some()
-        && checker::dump_table(dbs[0], "items").is_ok_and(|rows| rows.len() == dbs.len());
+        && dbs[0]
+            .dump_table("items")
+            .is_ok_and(|rows| rows.len() == dbs.len());
     if !ready {
         cluster.keep_databases(root);
         panic!(
@@ -237,6 +268,11 @@ pub fn run(options: &RunOptions) -> RunReport {
         "a chaos run has 3 to 5 nodes, not {}",
         options.nodes
     );
+    if options.wasm {
+        // Fail before anything starts when node or the built npm package is missing.
+        wasm::node_binary();
+        wasm::package_entry();
+    }
     let (tag, subnet) = run_identity();
     let root = work_root().join(format!("seed-{}-{tag}", options.seed));
     let _ = std::fs::remove_dir_all(&root);
@@ -244,7 +280,29 @@ pub fn run(options: &RunOptions) -> RunReport {
     std::fs::write(root.join("seed"), format!("{}\n", options.seed)).unwrap();
 
     let history = History::default();
-    let mut cluster = cluster::Cluster::start(&root, &tag, subnet, options.nodes, options.tmpfs_mb);
+    let mut cluster = cluster::Cluster::start(
+        &root,
+        &tag,
+        subnet,
+        options.nodes,
+        options.tmpfs_mb,
+        options.wasm,
+    );
+    if options.wasm {
+        let n = options.nodes;
+        let mut wasm = wasm::WasmReplica::new(
+            cluster.network.namespace(n),
+            n,
+            format!("ws://{}:{}", cluster.network.address(0), wasm::WS_PORT),
+            root.join("wasm.log"),
+            n,
+            options.seed,
+            n.min(3),
+            history.clone(),
+        );
+        wasm.start();
+        cluster.wasm = Some(wasm);
+    }
     warm_up(&cluster, &history, &root);
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = cluster
@@ -260,11 +318,19 @@ pub fn run(options: &RunOptions) -> RunReport {
             )
         })
         .collect();
+    if let Some(wasm) = cluster.wasm.as_mut() {
+        wasm.start_workload();
+    }
 
-    let mut injector = Injector::new(options.seed, options.kinds.clone(), history.clone());
+    let mut kinds = options.kinds.clone();
+    if !options.wasm {
+        kinds.retain(|k| !k.is_wasm());
+    }
+    let mut injector = Injector::new(options.seed, kinds, history.clone());
     let mut rng = Rng::new(options.seed ^ 0x5EED);
     let mut sidecar_exits = Vec::new();
     let mut nats_exits = Vec::new();
+    let mut wasm_exits = Vec::new();
     let start = Instant::now();
     while start.elapsed() < options.chaos {
         injector.step(&mut cluster, Instant::now());
@@ -292,20 +358,43 @@ pub fn run(options: &RunOptions) -> RunReport {
                 node.start_nats();
             }
         }
+        if let Some(wasm) = cluster.wasm.as_mut() {
+            if let Some(status) = wasm.exited() {
+                let what = format!(
+                    "wasm replica ({}) exited on its own ({status}); restarted",
+                    wasm.label()
+                );
+                history.fault(what.clone());
+                wasm_exits.push(what);
+                wasm.kill();
+                wasm.start();
+            }
+        }
         std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
     }
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
         writer.join().expect("a writer thread panicked");
     }
+    if let Some(wasm) = cluster.wasm.as_mut() {
+        wasm.stop_workload();
+    }
     injector.heal_all(&mut cluster);
     history.fault("heal everything".into());
 
-    let dbs: Vec<PathBuf> = cluster.nodes.iter().map(|n| n.db.clone()).collect();
-    let db_refs: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
-    let converge = checker::wait_converged(&db_refs, options.converge_timeout);
+    let converge = checker::wait_converged(&cluster.dbs(), options.converge_timeout);
+    if let Some(wasm) = cluster.wasm.as_mut() {
+        wasm.finish();
+    }
     let record = history.snapshot();
-    let (stream, verdict) = match checker::read_stream(&cluster.nodes[0].namespace, STREAM) {
+    let db_refs = cluster.dbs();
+    let mut origins: HashMap<u128, usize> =
+        (0..options.nodes).map(|i| (i as u128 + 1, i)).collect();
+    if let Some(wasm) = &cluster.wasm {
+        origins.extend(wasm.incarnations.iter().map(|(id, index, _)| (*id, *index)));
+    }
+    let (stream, verdict) = match checker::read_stream(&cluster.nodes[0].namespace, STREAM, origins)
+    {
         Ok(stream) => {
             let verdict = checker::check(&db_refs, &stream, &record);
             (stream, verdict)
@@ -320,9 +409,30 @@ pub fn run(options: &RunOptions) -> RunReport {
     };
     let parked = db_refs
         .iter()
-        .filter_map(|db| checker::pending(db).ok())
+        .filter_map(|db| db.pending().ok())
         .map(|(_, _, parked)| parked)
         .sum();
+    let wasm_figures = cluster.wasm.as_ref().map(|wasm| {
+        let first = options.nodes;
+        let of_wasm = |c: &&history::Commit| c.node >= first;
+        WasmFigures {
+            incarnations: wasm.incarnations.len(),
+            transactions: record
+                .commits
+                .iter()
+                .filter(of_wasm)
+                .filter(|c| c.outcome == Outcome::Acknowledged)
+                .count() as u64,
+            uncertain: record
+                .commits
+                .iter()
+                .filter(of_wasm)
+                .filter(|c| c.outcome == Outcome::Uncertain)
+                .count() as u64,
+            exits: wasm_exits,
+        }
+    });
+    drop(db_refs);
     let acked: Vec<_> = record
         .commits
         .iter()
@@ -336,6 +446,7 @@ pub fn run(options: &RunOptions) -> RunReport {
         faults: injector.counts.clone(),
         sidecar_exits,
         nats_exits,
+        wasm: wasm_figures,
         stream_messages: stream.messages,
         resent_parts: stream.resent_parts,
         parked,
@@ -343,7 +454,7 @@ pub fn run(options: &RunOptions) -> RunReport {
         verdict,
         kept: None,
     };
-    if report.passed() {
+    if report.passed() && std::env::var_os("HL_CHAOS_KEEP").is_none() {
         drop(cluster);
         let _ = std::fs::remove_dir_all(&root);
     } else {
@@ -352,8 +463,11 @@ pub fn run(options: &RunOptions) -> RunReport {
             record.to_json_lines(options.seed),
         )
         .unwrap();
-        std::fs::write(root.join("failures.txt"), report.failures()).unwrap();
+        if !report.passed() {
+            std::fs::write(root.join("failures.txt"), report.failures()).unwrap();
+        }
         cluster.keep_databases(&root);
+        cluster.keep_wasm_tables(&root);
         drop(cluster);
         report.kept = Some(root);
     }

@@ -1,5 +1,6 @@
-//! A private network for a chaos run: one Linux network namespace per node, each joined by a
-//! veth pair to a bridge that lives in a namespace of its own. Every address (10.213.X.0/24)
+//! A private network for a chaos run: one Linux network namespace per member (each node, and
+//! the wasm replica when the run has one), each joined by a veth pair to a bridge that lives in
+//! a namespace of its own. Every address (10.213.X.0/24)
 //! exists only inside these namespaces. A partition is a set of blackhole routes between the
 //! two sides; healing deletes them.
 //!
@@ -30,7 +31,8 @@ fn ip(args: &[&str]) {
 }
 
 impl Network {
-    /// Creates the bridge namespace and `nodes` node namespaces, addressed 10.213.`subnet`.(i+1).
+    /// Creates the bridge namespace and `nodes` member namespaces, addressed
+    /// 10.213.`subnet`.(i+1).
     /// `tag` keeps the names of concurrent runs apart (at most 6 characters).
     pub fn create(tag: &str, subnet: u8, nodes: usize) -> Network {
         assert!(
@@ -89,7 +91,7 @@ impl Network {
         format!("10.213.{}.{}", self.subnet, i + 1)
     }
 
-    /// Cuts every node of `side` off from every other node (both directions).
+    /// Cuts every member of `side` off from every other member (both directions).
     pub fn partition(&mut self, side: &[usize]) {
         for a in side.iter().copied() {
             for b in (0..self.nodes).filter(|b| !side.contains(b)) {
