@@ -729,7 +729,9 @@ mod tests {
         );
         let meta = store.store.info(&info.name).await.unwrap();
         assert_eq!(meta.metadata["covered_seq"], "9");
-        assert_eq!(meta.chunks, framed.len().div_ceil(OBJECT_CHUNK));
+        // async-nats cuts a chunk per read of the source, so the count is not fixed; at
+        // least as many as full chunks need.
+        assert!(meta.chunks >= framed.len().div_ceil(OBJECT_CHUNK));
 
         let old = SnapshotInfo::new("s-1", StreamSeq::new(8), 1, node);
         let meta = object_store::ObjectMetadata {
