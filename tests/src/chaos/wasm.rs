@@ -140,6 +140,16 @@ fn decode_write(w: &serde_json::Value) -> Result<RowWrite, String> {
     })
 }
 
+/// The `writes` array of an `intent` or `commit` event.
+fn decode_writes(event: &serde_json::Value) -> Result<Vec<RowWrite>, String> {
+    event["writes"]
+        .as_array()
+        .ok_or_else(|| "writes".to_string())?
+        .iter()
+        .map(decode_write)
+        .collect()
+}
+
 /// What the reader thread shares with the harness.
 #[derive(Default)]
 struct Shared {
@@ -196,11 +206,7 @@ fn read_events(
                     ));
                 }
                 Some("intent") => {
-                    let writes: Result<Vec<_>, _> = event["writes"]
-                        .as_array()
-                        .map(|ws| ws.iter().map(decode_write).collect())
-                        .unwrap_or_else(|| Err("writes".into()));
-                    let writes = writes
+                    let writes = decode_writes(&event)
                         .unwrap_or_else(|e| panic!("wasm replica {index}: bad intent {line}: {e}"));
                     let now = now_ms();
                     s.intent = Some(Commit {
@@ -213,11 +219,7 @@ fn read_events(
                 }
                 Some("commit") => {
                     s.intent = None;
-                    let writes: Result<Vec<_>, _> = event["writes"]
-                        .as_array()
-                        .map(|ws| ws.iter().map(decode_write).collect())
-                        .unwrap_or_else(|| Err("writes".into()));
-                    let writes = writes
+                    let writes = decode_writes(&event)
                         .unwrap_or_else(|e| panic!("wasm replica {index}: bad commit {line}: {e}"));
                     // Wall time as the harness sees it: the driver's clock may be skewed.
                     let end_ms = now_ms();
