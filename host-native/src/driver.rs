@@ -1173,14 +1173,31 @@ pub(crate) fn transport_config(
 /// Creates or updates the stream, retrying until it succeeds (in a cluster, the other nodes
 /// may not be up yet). A node that has applied messages up to `applied_cursor > 0` waits
 /// for the stream instead of creating it ([`transport::ensure_stream`]).
+///
+/// Each attempt has its own deadline, short at first: while a JetStream cluster is still
+/// electing its meta leader, requests are dropped unanswered, and waiting out the client's
+/// whole request timeout (10 s) after the leader is known delayed every cluster's start.
 pub(crate) async fn ensure_stream_until_ready(
     js: &jetstream::Context,
     config: &TransportConfig,
     applied_cursor: u64,
 ) -> jetstream::stream::Stream {
     let mut delay = Duration::from_millis(200);
+    let mut deadline = Duration::from_secs(1);
     loop {
-        match transport::ensure_stream(js, config, applied_cursor).await {
+        let attempt = tokio::time::timeout(
+            deadline,
+            transport::ensure_stream(js, config, applied_cursor),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer from JetStream within {} s (it may still be electing a leader)",
+                deadline.as_secs()
+            ))
+        });
+        deadline = (deadline * 2).min(Duration::from_secs(10));
+        match attempt {
             Ok(stream) => return stream,
             Err(e) if e.is::<transport::StreamMissing>() => {
                 tracing::error!(stream = %config.stream_name, retry_in_ms = delay.as_millis() as u64, "{e}");

@@ -30,6 +30,16 @@ pub fn sidecar_binary() -> PathBuf {
             let release = std::env::var("HL_SIDECAR_PROFILE").is_ok_and(|p| p == "release");
             let mut build = Command::new(cargo);
             build.args(["build", "-q", "-p", "harmonylite", "--bin", "harmonylite"]);
+            // Cargo runs tests and benches with the package's CARGO_MANIFEST_DIR, CARGO_PKG_*
+            // and so on set. Build scripts that watch one of those (ring watches
+            // CARGO_MANIFEST_DIR) would see it change between this build and the outer
+            // `cargo test`/`cargo bench`, and the two would rebuild each other's
+            // dependencies every time (2+ minutes per bench suite).
+            for (name, _) in std::env::vars_os() {
+                if name.to_str().is_some_and(set_by_cargo_for_the_target) {
+                    build.env_remove(name);
+                }
+            }
             if release {
                 build.arg("--release");
             }
@@ -52,6 +62,23 @@ pub fn sidecar_binary() -> PathBuf {
             binary
         })
         .clone()
+}
+
+/// Whether cargo sets `name` for the target it runs (not for itself): see
+/// <https://doc.rust-lang.org/cargo/reference/environment-variables.html>.
+fn set_by_cargo_for_the_target(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 /// The `nats-server` binary (PATH, or the repository's `.tools/`), or a panic saying how to
