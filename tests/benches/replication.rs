@@ -191,6 +191,38 @@ impl Figure {
     }
 }
 
+/// Wall time of the steps of one run, for its progress line.
+struct StepTimes {
+    last: Instant,
+    steps: Vec<(&'static str, f64)>,
+}
+
+impl StepTimes {
+    fn start() -> StepTimes {
+        StepTimes {
+            last: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// Ends the step `name`, started at the previous mark.
+    fn mark(&mut self, name: &'static str) {
+        self.steps.push((name, self.last.elapsed().as_secs_f64()));
+        self.last = Instant::now();
+    }
+}
+
+impl std::fmt::Display for StepTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(name, secs)| format!("{name} {secs:.1} s"))
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// Every figure of the run, in print order.
 #[derive(Default)]
 struct Figures {
@@ -668,7 +700,12 @@ fn main() {
     let dir_path = dir.path().to_path_buf();
     let _keep = std::env::var("HL_BENCH_KEEP").is_ok().then(|| dir.keep());
     let n = opts.nodes;
+    let started = Instant::now();
     let mut cluster = Cluster::start(&dir_path, n);
+    eprintln!(
+        "{n}-node cluster up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     if opts.dqlite {
         assert_eq!(n, 3, "--dqlite compares 3-node clusters: use --nodes 3");
     }
@@ -700,6 +737,8 @@ fn main() {
         // --throughput-only, which rules out --dqlite, the only reader besides the figures).
         let mut lat = Vec::new();
         let mut ours = 0.0;
+        // Wall time of each step of this run, printed with its progress line.
+        let mut steps = StepTimes::start();
         if !opts.throughput_only {
             lat = latency_run(&cluster, run, opts.samples);
             histogram.extend_from_slice(&lat);
@@ -724,6 +763,9 @@ fn main() {
             );
         }
 
+        if !opts.throughput_only {
+            steps.mark("latency");
+        }
         let mut peak = idle;
         let (written, converged) = throughput_run(
             &cluster,
@@ -757,6 +799,7 @@ fn main() {
             converged,
         );
 
+        steps.mark("throughput");
         if !opts.throughput_only {
             let (rows, converged) = autocommit_run(
                 &cluster,
@@ -785,6 +828,9 @@ fn main() {
             peak.1 as f64 / 1024.0,
         );
 
+        if !opts.throughput_only {
+            steps.mark("autocommit");
+        }
         if opts.dqlite {
             let d = dqlite_run(&dir_path.join(format!("dqlite-{run}")), opts.seconds);
             let mut l = d.latencies_ms.clone();
@@ -840,7 +886,10 @@ fn main() {
                 percentile(&lat, 0.99) / percentile(&l, 0.99),
             );
         }
-        eprintln!("run {} of {} done", run + 1, opts.runs);
+        if opts.dqlite {
+            steps.mark("dqlite");
+        }
+        eprintln!("run {} of {} done ({steps})", run + 1, opts.runs);
     }
     if let Some(changes) = opts.catchup {
         for run in 0..opts.runs {
@@ -863,7 +912,11 @@ fn main() {
                 "harmonylite",
                 written,
             );
-            eprintln!("catch-up run {} of {} done", run + 1, opts.runs);
+            eprintln!(
+                "catch-up run {} of {} done (writes {written:.1} s, restart -> caught up {caught_up:.1} s)",
+                run + 1,
+                opts.runs
+            );
         }
     }
 
