@@ -879,13 +879,12 @@ impl Driver {
         let stream_name = self.stream.cached_info().config.name.clone();
         let result = async {
             let (first, facts) = transport::stream_facts(&mut self.stream).await?;
-            let identity = crate::stream_identity::check(
+            if let Some(why) = crate::stream_identity::refusal(
                 self.engine.db().connection(),
                 &stream_name,
                 cursor.get(),
                 facts,
-            )?;
-            if let crate::stream_identity::Verdict::Mismatch(why) = identity {
+            )? {
                 return Ok(Err(ConsumerRefused::OtherStream(why)));
             }
             let last = facts.last_seq;

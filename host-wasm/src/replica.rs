@@ -8,6 +8,7 @@ use harmonylite_core::engine::{Engine, EngineConfig, Event, Input, Now, Output};
 use harmonylite_core::hlc::ntp64_from_unix;
 use harmonylite_core::report::Inbound;
 use harmonylite_core::sqlite::snapshot::{install_node_local, NodeLocal};
+use harmonylite_core::sqlite::stream_identity::{self, StreamFacts, Verdict};
 use harmonylite_core::sqlite::{DiscardError, PublishMigrationError, Store, StoreOptions};
 use harmonylite_core::wire;
 use js_sys::{Array, Object, Reflect, Uint8Array};
@@ -583,6 +584,63 @@ impl Replica {
             engine.retry_parked_soon();
         }
         Ok(discarded.affected() as f64)
+    }
+
+    /// Whether the change stream `stream` (created at `createdNs`, Unix nanoseconds, ending
+    /// at `lastSeq`) is the one this database's cursor counts in: `undefined` if it is (the
+    /// first stream seen is recorded), else why not and what to do. Consume nothing from a
+    /// stream it refuses: its sequence numbers are not the ones the cursor counts.
+    #[wasm_bindgen(js_name = checkStream)]
+    pub fn check_stream(
+        &mut self,
+        stream: &str,
+        created_ns: i64,
+        last_seq: f64,
+    ) -> Result<Option<String>, JsValue> {
+        let facts = StreamFacts {
+            created_ns,
+            last_seq: seq_arg(last_seq, "lastSeq")?,
+        };
+        let cursor = self.engine()?.cursor().get();
+        let verdict = stream_identity::check(self.conn()?, stream, cursor, facts)
+            .map_err(ReplicaError::from)?;
+        Ok(match verdict {
+            Verdict::Same | Verdict::Recorded => None,
+            Verdict::Mismatch(why) => Some(format!(
+                "{why}. Nothing more is applied here, so nothing is skipped. If the stream was \
+                 re-created on purpose, call adoptStream() to apply the new stream from its first \
+                 message (docs/js-api.md)"
+            )),
+        })
+    }
+
+    /// Makes the database apply the change stream from its first message, whatever stream
+    /// that is (one deleted and created again on purpose): the cursor goes back to 0 and the
+    /// recorded stream is forgotten. Returns the cursor given up. The engine is rebuilt: its
+    /// outbox is handed out again (message ids make a second publish harmless). Only while
+    /// no consumer delivers messages and no transaction is open.
+    #[wasm_bindgen(js_name = adoptStream)]
+    pub fn adopt_stream(&mut self) -> Result<f64, JsValue> {
+        if !self.conn()?.is_autocommit() {
+            return Err(ReplicaError::InvalidArgument(
+                "adoptStream() cannot run inside a transaction".into(),
+            )
+            .into());
+        }
+        let engine = self.engine.take().ok_or(ReplicaError::Closed)?;
+        let store = engine.into_db();
+        let given_up = store.cursor().get();
+        let options = store.options().clone();
+        let conn = store.into_connection();
+        let forgotten = stream_identity::forget_stream(&conn);
+        let store = Store::open(conn, options).map_err(|e| {
+            ReplicaError::Storage(format!(
+                "reopening the database after adoptStream(): {e} (reopen the replica)"
+            ))
+        })?;
+        self.engine = Some(Engine::new(store, self.engine_config.clone()));
+        forgotten.map_err(ReplicaError::from)?;
+        Ok(given_up as f64)
     }
 
     /// Counters: `{outboxFrames, outboxRows, parked, logPending, cursor, appliedCursor,

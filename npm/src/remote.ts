@@ -225,6 +225,11 @@ class WorkerReplica implements Replica {
     return (await this.call("discardParked", [table, options])) as number;
   }
 
+  async adoptStream(): Promise<number> {
+    await this.#idle();
+    return (await this.call("adoptStream", [])) as number;
+  }
+
   async sync(options?: WaitOptions): Promise<void> {
     await this.#idle();
     await this.call("sync", [options]);

@@ -56,6 +56,8 @@ export interface WasmReplica {
   migrationParked(id: string): string | undefined;
   schemaStatus(): SchemaStatus;
   discardParked(table: string, force: boolean): number;
+  checkStream(stream: string, createdNs: bigint, lastSeq: number): string | undefined;
+  adoptStream(): number;
   close(): void;
   free(): void;
 }
@@ -205,6 +207,9 @@ export class LocalReplica implements Replica {
   #online = false;
   #streamLastSeq = 0;
   #fellBehind = false;
+  /** Why nothing is consumed from the stream (see `TransportHooks.streamRefused`), or null. */
+  #streamRefused: string | null = null;
+  #streamName: string;
   #closed = false;
   #lastStatus = "";
   #statusScheduled = false;
@@ -216,6 +221,7 @@ export class LocalReplica implements Replica {
     this.#publish = options.publish ?? true;
     this.#replicate = options.replicate ?? true;
     const nodeId = core.nodeId();
+    this.#streamName = `${options.streamPrefix ?? "harmonylite-changes"}-1`;
     this.#transport =
       servers.length === 0
         ? null
@@ -226,7 +232,7 @@ export class LocalReplica implements Replica {
               pass: options.pass,
               token: options.token,
               name: options.clientName ?? `harmonylite-js-${nodeId}`,
-              stream: `${options.streamPrefix ?? "harmonylite-changes"}-1`,
+              stream: this.#streamName,
               subject: `${options.subjectPrefix ?? "harmonylite-change-log"}.1`,
               replicate: this.#replicate,
               reconnectMinMs: options.reconnectMinMs ?? 250,
@@ -273,6 +279,8 @@ export class LocalReplica implements Replica {
                   this.#statusChanged();
                 }
               },
+              checkStream: (createdNs, lastSeq) => this.#checkStream(createdNs, lastSeq),
+              streamRefused: (reason) => this.#setStreamRefused(reason),
               cursor: () => this.#core.cursor(),
               wantsSnapshot: () => !this.#closed && this.#core.isEmpty(),
               restore: (snapshot, name, last) => this.#restore(snapshot, name, last),
@@ -430,6 +438,40 @@ export class LocalReplica implements Replica {
     }, delay);
   }
 
+  /** Whether the stream is the one the cursor counts in (see `Replica.checkStream`). */
+  async #checkStream(createdNs: bigint, lastSeq: number): Promise<string | null> {
+    // The check may record the stream: never inside an application transaction. The loop
+    // exits with none open, and nothing below awaits.
+    while (this.#tx) {
+      await this.#tx;
+    }
+    if (this.#closed) {
+      return "the replica is closed";
+    }
+    try {
+      return this.#core.checkStream(this.#streamName, createdNs, lastSeq) ?? null;
+    } catch (e) {
+      throw toHarmonyliteError(e);
+    }
+  }
+
+  #setStreamRefused(reason: string | null): void {
+    if (reason === this.#streamRefused) {
+      return;
+    }
+    this.#streamRefused = reason;
+    if (reason !== null) {
+      this.#emitError(new ReplicationError(reason));
+      const error = new ReplicationError(`sync() cannot finish: ${reason}`);
+      for (const w of this.#syncWaiters) {
+        clearTimeout(w.timer);
+        w.reject(error);
+      }
+      this.#syncWaiters = [];
+    }
+    this.#statusChanged();
+  }
+
   /** Adopts a snapshot in place of the (empty) database; see `Replica.restoreSnapshot`. */
   async #restore(snapshot: Uint8Array, name: string, last: number): Promise<void> {
     do await this.#idle(); while (this.#tx);
@@ -519,6 +561,7 @@ export class LocalReplica implements Replica {
       lag: last - c.appliedCursor,
       parked: c.parked,
       fellBehind: this.#fellBehind,
+      streamRefused: this.#streamRefused,
       migrationVersion: c.migrationVersion,
       schemaFingerprint: c.schemaFingerprint,
     };
@@ -827,6 +870,9 @@ export class LocalReplica implements Replica {
     if (!this.#transport || !this.#replicate) {
       return;
     }
+    if (this.#streamRefused !== null) {
+      throw new ReplicationError(`sync() cannot finish: ${this.#streamRefused}`);
+    }
     const transport = this.#transport;
     const target = await this.#withTimeout(transport.streamLastSeq(), options, "sync");
     this.#check();
@@ -853,6 +899,34 @@ export class LocalReplica implements Replica {
         },
       );
     });
+  }
+
+  async adoptStream(): Promise<number> {
+    do await this.#idle(); while (this.#tx);
+    if (this.#transport?.consuming) {
+      throw new InvalidArgumentError(
+        "adoptStream() is for a replica that refuses its change stream or finds it missing (status().streamRefused); " +
+          "this one is consuming the stream",
+      );
+    }
+    // Inputs queued for the old engine (a last message, acks) are fed to it first.
+    this.#feed();
+    let cursor: number;
+    try {
+      cursor = this.#core.adoptStream();
+    } catch (e) {
+      throw toHarmonyliteError(e);
+    }
+    // The database has a fresh engine: tell it the transport is up.
+    if (this.#online) {
+      this.#push(Kind.Connected);
+    }
+    this.#fellBehind = false;
+    this.#streamLastSeq = 0;
+    this.#feed();
+    this.#statusChanged();
+    this.#transport?.recheck();
+    return cursor;
   }
 
   async close(options?: CloseOptions): Promise<void> {

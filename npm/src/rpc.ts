@@ -22,6 +22,7 @@ export interface Call {
     | "migrate"
     | "schemaStatus"
     | "discardParked"
+    | "adoptStream"
     | "close";
   args: unknown[];
 }

@@ -21,7 +21,7 @@ import {
 import type { ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import { Objm } from "@nats-io/obj";
 
-import { ConnectionError } from "./errors.js";
+import { ConnectionError, ReplicationError } from "./errors.js";
 
 /** Creates WebSocket connections (node passes one built on the `ws` package). */
 export type WsFactory = WsSocketFactory;
@@ -62,6 +62,17 @@ export interface TransportHooks {
   streamLastSeq(seq: number): void;
   /** The stream no longer holds messages after `cursor` that this replica has not applied. */
   fellBehind(first: number, last: number): void;
+  /**
+   * Checks that the stream (created at `createdNs`, Unix nanoseconds) is the one the
+   * replica's cursor counts in; resolves with why not, or null. Nothing is consumed while
+   * it refuses; the check is repeated every 30 s and after {@link Transport.recheck}.
+   */
+  checkStream(createdNs: bigint, lastSeq: number): Promise<string | null>;
+  /**
+   * Why nothing is consumed (the stream is not the one the cursor counts in, or it is
+   * missing and this replica will not create it), or null once a consumer runs.
+   */
+  streamRefused(reason: string | null): void;
   /** Where to consume from: the engine's cursor. */
   cursor(): number;
   /** Whether the database is empty, so it may start from a snapshot. */
@@ -70,6 +81,16 @@ export interface TransportHooks {
   restore(snapshot: Uint8Array, name: string, streamLastSeq: number): Promise<void>;
   /** A background failure worth reporting. */
   error(e: Error): void;
+}
+
+/** An RFC 3339 time as JetStream reports it (`2026-11-26T19:14:10.123456789Z`) in Unix nanoseconds. */
+export function unixNanos(rfc3339: string): bigint {
+  const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?\d*(Z|[+-]\d\d:\d\d)$/.exec(rfc3339);
+  const ms = m ? Date.parse(m[1] + m[3]) : NaN;
+  if (!m || Number.isNaN(ms)) {
+    throw new ReplicationError(`the stream's creation time ${JSON.stringify(rfc3339)} is not an RFC 3339 time`);
+  }
+  return BigInt(ms) * 1_000_000n + BigInt((m[2] ?? "").padEnd(9, "0"));
 }
 
 /** Sleeps that `close()` can cut short. */
@@ -247,6 +268,17 @@ export class Transport {
         throw e;
       }
     }
+    const cursor = this.#hooks.cursor();
+    if (cursor > 0) {
+      // A new, empty stream starts at sequence 1: every replica would skip its first
+      // `cursor` messages.
+      const reason =
+        `the change stream ${stream} does not exist, but this replica has applied its messages up to ${cursor}: ` +
+        "JetStream lost it or it was deleted. Not creating a new, empty one, whose first messages every replica " +
+        "would skip. If a new stream is intended, call adoptStream() (docs/js-api.md)";
+      this.#hooks.streamRefused(reason);
+      throw new ReplicationError(reason);
+    }
     try {
       await jsm.streams.add({
         name: stream,
@@ -292,8 +324,15 @@ export class Transport {
             await this.#hooks.restore(snapshot.bytes, snapshot.name, last);
           }
         }
+        const refused = await this.#hooks.checkStream(unixNanos(info.created), last);
+        if (generation !== this.#generation) {
+          return;
+        }
         const start = this.#hooks.cursor() + 1;
-        if (last >= first && first > start) {
+        if (refused !== null) {
+          this.#hooks.streamRefused(refused);
+          retryIn = 30_000;
+        } else if (last >= first && first > start) {
           this.#hooks.fellBehind(first, last);
           retryIn = 30_000;
         } else {
@@ -306,6 +345,7 @@ export class Transport {
           }
           const messages = await consumer.consume({ max_messages: 1024 });
           this.#messages = messages;
+          this.#hooks.streamRefused(null);
           let expected = start;
           let gap = false;
           for await (const m of messages) {
@@ -439,6 +479,16 @@ export class Transport {
         await this.#sleeper.sleep(this.#options.reconnectMinMs);
       }
     }
+  }
+
+  /** Whether a stream consumer is running (messages may be on their way). */
+  get consuming(): boolean {
+    return this.#messages !== null;
+  }
+
+  /** Sets the stream up and checks it again now, not at the next retry. */
+  recheck(): void {
+    this.#sleeper.wakeAll();
   }
 
   /** Closes the connection for good. */

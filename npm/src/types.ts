@@ -93,6 +93,12 @@ export interface Status {
   parked: number;
   /** The stream no longer holds messages this replica needs (see docs). */
   fellBehind: boolean;
+  /**
+   * Why this replica applies nothing from the change stream, or null: the stream was
+   * deleted and created again, ends before this replica's cursor, or is missing (this
+   * replica does not create a stream it has applied messages of). See {@link Replica.adoptStream}.
+   */
+  streamRefused: string | null;
   /** Version of the last replicated migration applied here (0: none). */
   migrationVersion: number;
   /** CRC-32 of the application's schema (8 hex digits); equal on two replicas = same schema. */
@@ -225,6 +231,15 @@ export interface Replica {
    * changes never come back, even if the table is created later.
    */
   discardParked(table: string, options?: DiscardParkedOptions): Promise<number>;
+  /**
+   * Applies the change stream from its first message from now on, whatever stream that is:
+   * for a stream deleted and created again on purpose, which this replica refuses
+   * (`status().streamRefused`). Resolves with the cursor given up. Local writes not yet
+   * acknowledged are kept and published to the new stream; changes already here are
+   * applied again, harmlessly (last-writer-wins). Refused (`InvalidArgumentError`) while
+   * the replica is consuming its stream.
+   */
+  adoptStream(): Promise<number>;
   /** Stops replicating and closes the database. */
   close(options?: CloseOptions): Promise<void>;
 }

@@ -105,6 +105,8 @@ async function handle(call: Call): Promise<unknown> {
       return current().schemaStatus();
     case "discardParked":
       return current().discardParked(a[0] as string, a[1] as DiscardParkedOptions | undefined);
+    case "adoptStream":
+      return current().adoptStream();
     case "sync":
       return current().sync(a[0] as WaitOptions | undefined);
     case "close": {

@@ -26,6 +26,9 @@ pub mod keys {
     /// This node's own messages up to this stream sequence are applied, not skipped (set
     /// after a restore from another node's snapshot).
     pub const REPLAY_OWN_UNTIL: &str = "replay_own_until";
+    /// Creation time (INTEGER, Unix nanoseconds) of the change stream the cursor counts in
+    /// ([`crate::sqlite::stream_identity`]).
+    pub const STREAM_CREATED: &str = "stream_created_ns";
 }
 
 /// Reads an integer meta value.

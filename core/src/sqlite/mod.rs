@@ -16,6 +16,7 @@ pub mod migrate;
 mod outbox;
 pub mod parked;
 pub mod snapshot;
+pub mod stream_identity;
 mod tables;
 
 use std::time::Duration;
