@@ -259,6 +259,11 @@ impl SnapshotStore {
     }
 }
 
+/// How long one object-store request or chunk ack may take. async-nats waits 5 s for a
+/// publish ack by default; one slow fsync on a busy disk outlasted that and failed a whole
+/// 1 GiB upload (a benchmark run did). A snapshot is background work: waiting is better.
+const OBJECT_STORE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl NatsStore {
     async fn open(
         js: &jetstream::Context,
@@ -266,6 +271,9 @@ impl NatsStore {
         replicas: usize,
         stream: &str,
     ) -> anyhow::Result<Self> {
+        // The bucket handle keeps the timeout of the context it came from.
+        let mut js = js.clone();
+        js.set_timeout(OBJECT_STORE_TIMEOUT);
         let store = match js.get_object_store(bucket).await {
             Ok(store) => store,
             Err(_) => js
@@ -281,7 +289,7 @@ impl NatsStore {
                 })?,
         };
         Ok(NatsStore {
-            js: js.clone(),
+            js,
             bucket: bucket.to_owned(),
             store,
             stream: stream.to_owned(),
