@@ -667,20 +667,42 @@ fn snapshots(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
         );
     }
     chart(out, charts, dir, "snapshot.svg");
+    // Met or missed in this run: the target is a time ratio to `cp` of 2 or less (at least
+    // half of cp's throughput).
+    let verdict = |step: &str| -> String {
+        let ratio = median(data.find(
+            "snapshot",
+            &format!("snapshot {step}: time ratio to cp"),
+            "",
+            "harmonylite vs cp",
+        ));
+        match ratio {
+            Some(r) if r <= 2.0 => format!("met ({}×)", num(r)),
+            Some(r) => format!("**missed** ({}×)", num(r)),
+            None => "not measured".into(),
+        }
+    };
+    let _ = writeln!(
+        out,
+        "Targets in this run (take and restore each at least half of `cp`'s throughput, a time ratio of 2 or \
+         less): file store take {}, restore {}; JetStream object store (the default store) take {}, restore {}.\n",
+        verdict("take -> file store"),
+        verdict("restore <- file store"),
+        verdict("take -> nats store"),
+        verdict("restore <- nats store"),
+    );
     let _ = writeln!(
         out,
         "Taking a snapshot costs more than `cp` because it is a consistent copy taken while the app may write \
          (the file is copied through SQLite's own file handle inside a read transaction; the backup API is only \
          a fallback), has node-local state stripped, is checksummed and framed, and is fsynced before it counts \
-         (compare `cp + fsync`); `cp` does none of that and is not safe on a live database. Restore verifies \
-         every chunk and fsyncs too. The targets (take and restore each at least half of `cp`'s throughput, a \
-         time ratio of 2 or less) are met by the file store's take and missed by its restore whenever `cp` reads \
-         from a warm page cache; they are missed by the JetStream object store (the default store) by a wide \
+         (compare `cp + fsync`, which alone is near the limit); `cp` does none of that and is not safe on a live \
+         database. Restore verifies every chunk and fsyncs too. The JetStream object store misses by a wide \
          margin, and the `object store put/get, raw` rows — async-nats' own `put` and `get` of the same file, \
-         nothing of ours — show why: the object store itself is the ceiling. Our upload alone (`take: nats upload only`) runs at \
-         about a raw put's speed; a take adds the copy, strip and checksum before it (not overlapped: the \
-         snapshot's header carries the whole file's checksum), and a restore adds verifying and writing the \
-         file to a raw get. For large databases the file or S3 store is faster.\n"
+         nothing of ours — show why: the object store itself is the ceiling. Our upload alone (`take: nats upload \
+         only`) runs at about a raw put's speed; a take adds the copy, strip and checksum before it (not \
+         overlapped: the snapshot's header carries the whole file's checksum), and a restore adds verifying and \
+         writing the file to a raw get. For large databases the file or S3 store is faster.\n"
     );
 }
 
