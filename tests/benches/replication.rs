@@ -694,11 +694,17 @@ fn main() {
         std::env::set_var("HL_SIDECAR_LOG", "warn");
     }
     let dir = tempfile::tempdir().unwrap();
-    if std::env::var("HL_BENCH_KEEP").is_ok() {
-        println!("keeping {}", dir.path().display());
-    }
     let dir_path = dir.path().to_path_buf();
-    let _keep = std::env::var("HL_BENCH_KEEP").is_ok().then(|| dir.keep());
+    // Removed at the end of main, after the cluster (declared later, dropped first) has
+    // stopped, unless HL_BENCH_KEEP is set. (A `.then(|| dir.keep())` here moved `dir` into
+    // the closure and dropped it at once, so every run left its cluster's files behind:
+    // over 1 GiB each with a 1M-change catch-up.)
+    let _dir = if std::env::var("HL_BENCH_KEEP").is_ok() {
+        println!("keeping {}", dir.keep().display());
+        None
+    } else {
+        Some(dir)
+    };
     let n = opts.nodes;
     let started = Instant::now();
     let mut cluster = Cluster::start(&dir_path, n);
