@@ -36,7 +36,8 @@ pub enum Verdict {
     Mismatch(String),
 }
 
-/// Compares the stream with the one recorded in `conn` and records it when none is.
+/// Compares the stream with the one recorded in `conn`, and records it when none is or when
+/// the replica applied nothing yet (`cursor == 0`).
 pub fn check(
     conn: &Connection,
     stream_name: &str,
@@ -44,6 +45,11 @@ pub fn check(
     facts: StreamFacts,
 ) -> Result<Verdict, StoreError> {
     let recorded = meta::get_i64(conn, keys::STREAM_CREATED)?;
+    if cursor == 0 && recorded != Some(facts.created_ns) {
+        // Nothing applied yet: consuming any stream from its first message skips nothing.
+        meta::set(conn, keys::STREAM_CREATED, facts.created_ns)?;
+        return Ok(Verdict::Recorded);
+    }
     if let Some(recorded) = recorded.filter(|&r| r != facts.created_ns) {
         return Ok(Verdict::Mismatch(format!(
             "the change stream {stream_name} was created at {} but this replica's cursor ({cursor}) counts in the \
@@ -163,6 +169,22 @@ mod tests {
         };
         assert!(why.contains("deleted and created again"), "{why}");
         assert!(why.contains("2026-11-26T15:21:10.000000001Z"), "{why}");
+    }
+
+    #[test]
+    fn a_replica_that_applied_nothing_takes_any_stream() {
+        let conn = db();
+        let old = StreamFacts {
+            created_ns: CREATED,
+            last_seq: 0,
+        };
+        assert_eq!(check(&conn, "s", 0, old).unwrap(), Verdict::Recorded);
+        let new = StreamFacts {
+            created_ns: CREATED + 1,
+            last_seq: 3,
+        };
+        assert_eq!(check(&conn, "s", 0, new).unwrap(), Verdict::Recorded);
+        assert_eq!(check(&conn, "s", 3, new).unwrap(), Verdict::Same);
     }
 
     #[test]
