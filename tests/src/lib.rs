@@ -95,13 +95,32 @@ pub fn nats_server_binary() -> PathBuf {
         .unwrap_or_else(|e| panic!("{e}\n(scripts/test installs it)"))
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1, for a server a test starts later.
+///
+/// Picked below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by
+/// default), never twice in one process. A port from `bind(0)` lies inside that range, where
+/// every outgoing connection takes its local port: one of the many connections parallel
+/// tests open could take it before the server binds it (a cluster test once waited 60 s for
+/// a route port that never listened).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&low| low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - LOWEST;
+    // Test binaries of one run start at different places, so they rarely meet.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1 between {LOWEST} and {ephemeral_low}");
 }
 
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
