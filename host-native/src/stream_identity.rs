@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use harmonylite_core::sqlite::meta;
+use harmonylite_core::sqlite::stream_identity;
 pub use harmonylite_core::sqlite::stream_identity::StreamFacts;
-use harmonylite_core::sqlite::stream_identity::{self, Verdict};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 /// Why this node must not consume the stream from `cursor`, with what to do; `None` when it
@@ -19,15 +19,15 @@ pub fn refusal(
     cursor: u64,
     facts: StreamFacts,
 ) -> anyhow::Result<Option<String>> {
-    Ok(match stream_identity::check(conn, stream_name, cursor, facts)? {
-        Verdict::Same | Verdict::Recorded => None,
-        Verdict::Mismatch(why) => Some(format!(
-            "{why}. Nothing more is applied here, so nothing is skipped. If the stream was re-created on \
-             purpose, stop the application and this node and run `harmonylite --config <file> --adopt-stream` \
-             to apply the new stream from its first message (docs/operations.md, \"The change stream was \
-             re-created\")"
-        )),
-    })
+    let how_to_adopt = "stop the application and this node and run `harmonylite --config <file> \
+                        --adopt-stream` (docs/operations.md, \"The change stream was re-created\")";
+    Ok(stream_identity::refusal(
+        conn,
+        stream_name,
+        cursor,
+        facts,
+        how_to_adopt,
+    )?)
 }
 
 /// `--adopt-stream`: makes this database apply the change stream from its first message at

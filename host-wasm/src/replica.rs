@@ -8,7 +8,7 @@ use harmonylite_core::engine::{Engine, EngineConfig, Event, Input, Now, Output};
 use harmonylite_core::hlc::ntp64_from_unix;
 use harmonylite_core::report::Inbound;
 use harmonylite_core::sqlite::snapshot::{install_node_local, NodeLocal};
-use harmonylite_core::sqlite::stream_identity::{self, StreamFacts, Verdict};
+use harmonylite_core::sqlite::stream_identity::{self, StreamFacts};
 use harmonylite_core::sqlite::{DiscardError, PublishMigrationError, Store, StoreOptions};
 use harmonylite_core::wire;
 use js_sys::{Array, Object, Reflect, Uint8Array};
@@ -602,16 +602,11 @@ impl Replica {
             last_seq: seq_arg(last_seq, "lastSeq")?,
         };
         let cursor = self.engine()?.cursor().get();
-        let verdict = stream_identity::check(self.conn()?, stream, cursor, facts)
-            .map_err(ReplicaError::from)?;
-        Ok(match verdict {
-            Verdict::Same | Verdict::Recorded => None,
-            Verdict::Mismatch(why) => Some(format!(
-                "{why}. Nothing more is applied here, so nothing is skipped. If the stream was \
-                 re-created on purpose, call adoptStream() to apply the new stream from its first \
-                 message (docs/js-api.md)"
-            )),
-        })
+        let how_to_adopt = "call adoptStream() (docs/js-api.md)";
+        Ok(
+            stream_identity::refusal(self.conn()?, stream, cursor, facts, how_to_adopt)
+                .map_err(ReplicaError::from)?,
+        )
     }
 
     /// Makes the database apply the change stream from its first message, whatever stream

@@ -248,7 +248,8 @@ export class Transport {
           }
           return;
         } catch (e) {
-          if (attempt === 0) {
+          // A refusal (ReplicationError) was reported through streamRefused already.
+          if (attempt === 0 && !(e instanceof ReplicationError)) {
             this.#hooks.error(new ConnectionError(`stream ${this.#options.stream} not ready: ${String(e)}; retrying`, { cause: e }));
           }
           attempt += 1;
@@ -317,7 +318,6 @@ export class Transport {
       try {
         const info = await jsm.streams.info(this.#options.stream);
         const { first_seq: first, last_seq: last } = info.state;
-        this.#hooks.streamLastSeq(last);
         if (last > 0 && this.#options.snapshotBucket !== null && this.#hooks.wantsSnapshot()) {
           const snapshot = await this.#newestSnapshot(jsm);
           if (snapshot && generation === this.#generation) {
@@ -327,6 +327,10 @@ export class Transport {
         const refused = await this.#hooks.checkStream(unixNanos(info.created), last);
         if (generation !== this.#generation) {
           return;
+        }
+        if (refused === null) {
+          // Another stream's sequence numbers mean nothing to this replica's status.
+          this.#hooks.streamLastSeq(last);
         }
         const start = this.#hooks.cursor() + 1;
         if (refused !== null) {

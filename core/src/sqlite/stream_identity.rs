@@ -72,6 +72,25 @@ pub fn check(
     Ok(Verdict::Recorded)
 }
 
+/// Why this replica must not consume the stream from `cursor`, ending with what to do
+/// (`how_to_adopt`: the host's way, e.g. "call adoptStream()"); `None` when it is the stream
+/// the cursor counts in ([`check`]).
+pub fn refusal(
+    conn: &Connection,
+    stream_name: &str,
+    cursor: u64,
+    facts: StreamFacts,
+    how_to_adopt: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(match check(conn, stream_name, cursor, facts)? {
+        Verdict::Same | Verdict::Recorded => None,
+        Verdict::Mismatch(why) => Some(format!(
+            "{why}. Nothing more is applied here, so nothing is skipped. If the stream was re-created on \
+             purpose, {how_to_adopt} to apply the new stream from its first message"
+        )),
+    })
+}
+
 /// Makes the database apply the change stream from its first message, whatever stream
 /// that is: the cursor goes back to 0 and the recorded stream is forgotten, so the next
 /// check records the stream it finds (last-writer-wins makes applying a change this
