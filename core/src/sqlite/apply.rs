@@ -96,15 +96,15 @@ pub fn apply_batch(
 }
 
 /// The four statements applying to one table needs, prepared once per batch.
-struct TableStatements<'c> {
+pub(super) struct TableStatements<'c> {
     select_version: CachedStatement<'c>,
-    upsert_version: CachedStatement<'c>,
-    delete_row: CachedStatement<'c>,
-    upsert_row: CachedStatement<'c>,
+    pub(super) upsert_version: CachedStatement<'c>,
+    pub(super) delete_row: CachedStatement<'c>,
+    pub(super) upsert_row: CachedStatement<'c>,
 }
 
 impl<'c> TableStatements<'c> {
-    fn prepare(
+    pub(super) fn prepare(
         conn: &'c Connection,
         table: &RegisteredTable,
         upsert_sql: &str,
@@ -125,7 +125,7 @@ impl<'c> TableStatements<'c> {
         })
     }
 
-    fn read_version(&mut self, key: &[Value]) -> Result<Option<Hlc>, StoreError> {
+    pub(super) fn read_version(&mut self, key: &[Value]) -> Result<Option<Hlc>, StoreError> {
         let bytes: Option<Vec<u8>> = self
             .select_version
             .query_row(params_from_iter(key), |r| r.get(0))
@@ -141,7 +141,7 @@ impl<'c> TableStatements<'c> {
 
 /// Classifies an SQLite error on a user table: environmental (retry the whole receive) or
 /// caused by the data (park the message).
-fn refusal(table: &RegisteredTable, source: rusqlite::Error) -> ApplyFailure {
+pub(super) fn refusal(table: &RegisteredTable, source: rusqlite::Error) -> ApplyFailure {
     if is_transient_sqlite(&source) {
         ApplyFailure::Store(StoreError::Sqlite {
             context: format!("applying a change to {:?}", table.info.name),

@@ -307,7 +307,7 @@ fn user_tables(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
         .context("listing tables")
 }
 
-fn table_columns(conn: &Connection, table: &str) -> Result<Vec<ColumnInfo>, StoreError> {
+pub(super) fn table_columns(conn: &Connection, table: &str) -> Result<Vec<ColumnInfo>, StoreError> {
     conn.prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1)")
         .and_then(|mut s| {
             s.query_map([table], |r| {

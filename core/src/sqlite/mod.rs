@@ -8,6 +8,7 @@
 
 mod apply;
 mod busy;
+pub mod catch_up;
 mod drain;
 mod inbox;
 mod install;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
+pub use catch_up::{CatchUp, CatchUpError, CatchUpReport};
 pub use inbox::ParkedMessage;
 pub use install::{uninstall, InstallReport};
 pub use migrate::{AppliedMigration, SchemaStatus};

@@ -1,0 +1,652 @@
+//! Catching up in place: merging a snapshot into the live database by the LWW rule.
+//!
+//! A replica that fell behind the stream's retention cannot replay the messages it missed.
+//! Replacing its database file is not an option while an application may hold it open (in
+//! any process or container: its connection would keep writing into the replaced file).
+//! Instead the replica merges a snapshot that covers the stream into the live database, in
+//! short write transactions that the application's own writes interleave with, then
+//! consumes the stream from the snapshot's covered sequence. [`Store::catch_up_step`] runs
+//! one transaction; call it until the report says `finished`:
+//!
+//! 1. Replicated migrations the snapshot applied and this database has not are applied
+//!    first, in version order, so the tables have the snapshot's columns.
+//! 2. Each replicated table's row versions (live rows and tombstones) are merged in key
+//!    order, `max_rows` per transaction. A snapshot row replaces the local row exactly when
+//!    its HLC wins ([`crate::merge::incoming_wins`]), as a stream message would; a
+//!    tombstone deletes the row. Every transaction first drains the local change log
+//!    (capture before apply), so a write the application made meanwhile, captured or not,
+//!    carries its own version and wins or loses by the same rule.
+//! 3. The last transaction copies the snapshot's parked messages and stored parts of
+//!    multi-part batches that this replica never received, and moves the cursor to the
+//!    covered sequence. A crash before it leaves the cursor where it was: the next attempt
+//!    merges again, which changes nothing that was merged (LWW is idempotent).
+//!
+//! Deleted rows never come back: deletes are kept as tombstones and tombstones are never
+//! removed, so the snapshot carries every delete it covers, and its tombstone beats the
+//! older local row. A local row the snapshot knows nothing of is kept: it is a write of this
+//! replica's own that the snapshot does not cover yet, and it reaches the other replicas
+//! through the stream. A live row version in the snapshot whose row is missing from the
+//! snapshot's table (the taker had deleted it and not captured the delete yet) is skipped;
+//! that delete arrives later through the stream.
+//!
+//! Rows of a table that does not exist here are not merged; they are counted in the report
+//! (`skipped_tables`) for the host to log.
+
+use std::path::Path;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+
+use super::apply::{refusal, ApplyFailure, TableStatements};
+use super::install::table_columns;
+use super::tables::same_identifier;
+use super::{drain_in, meta, run_migration, set_applying, Store};
+use crate::capture::names::{self, quote};
+use crate::change::StreamSeq;
+use crate::error::{ApplyError, Context, StoreError};
+use crate::hlc::{Hlc, NodeId, NTP64};
+use crate::merge::incoming_wins;
+use crate::value::Value;
+use crate::wire::MigrationV1;
+
+/// Why a catch-up step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    /// The database failed; retry the step later (see [`StoreError::is_transient`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The snapshot cannot be merged into this database (its schema differs in a way no
+    /// replicated migration explains, or one of its migrations fails here).
+    #[error("the snapshot cannot be merged into this database: {0}")]
+    Refused(String),
+}
+
+/// Progress of a catch-up, cumulative over its steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatchUpReport {
+    /// The stream sequence the snapshot covers (the cursor once finished).
+    pub covered: StreamSeq,
+    /// Row versions (live rows and tombstones) in the snapshot's tables that exist here.
+    pub rows_total: u64,
+    /// Row versions read so far.
+    pub rows_read: u64,
+    /// Rows the snapshot's version won (written or deleted here).
+    pub remote_won: u64,
+    /// Rows whose local version is newer (a local write or a later stream message).
+    pub local_won: u64,
+    /// Rows already at the snapshot's version.
+    pub unchanged: u64,
+    /// Live row versions whose row the snapshot lacks (skipped, see the module docs).
+    pub missing_rows: u64,
+    /// Replicated migrations applied from the snapshot.
+    pub migrations: u64,
+    /// Parked messages copied from the snapshot.
+    pub parked_copied: u64,
+    /// Stored multi-part batch parts copied from the snapshot.
+    pub parts_copied: u64,
+    /// Tables of the snapshot that do not exist here, with their row-version counts.
+    pub skipped_tables: Vec<(String, u64)>,
+    /// Local writes captured by the steps (drained before merging).
+    pub local_rows_captured: u64,
+    /// The cursor is at `covered`: consume the stream from the next sequence.
+    pub finished: bool,
+}
+
+/// A snapshot being merged into a live database (see the module docs).
+pub struct CatchUp {
+    source: Connection,
+    report: CatchUpReport,
+    stage: Stage,
+    tables: Vec<SourceTable>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Stage {
+    Migrations,
+    Rows {
+        table: usize,
+        after: Option<Vec<Value>>,
+    },
+    Finish,
+    Done,
+}
+
+/// A replicated table as the snapshot has it.
+#[derive(Debug, Clone)]
+struct SourceTable {
+    name: String,
+    version_table: String,
+    key_columns: Vec<String>,
+    value_columns: Vec<String>,
+}
+
+impl CatchUp {
+    /// Opens the snapshot file at `path` (read-only) and checks it covers `covered`, as its
+    /// header claims.
+    pub fn open(path: &Path, covered: StreamSeq) -> Result<Self, CatchUpError> {
+        let text = path
+            .to_str()
+            .ok_or_else(|| CatchUpError::Refused(format!("{} is not UTF-8", path.display())))?;
+        let source = super::snapshot::open_read_only(text)
+            .context(format!("opening the snapshot {text}"))?;
+        if !table_exists(&source, names::META)? {
+            return Err(CatchUpError::Refused(
+                "the snapshot has no harmonylite metadata".into(),
+            ));
+        }
+        let cursor = meta::get_i64(&source, meta::keys::CURSOR)?.unwrap_or(0) as u64;
+        if cursor != covered.get() {
+            return Err(CatchUpError::Refused(format!(
+                "the snapshot's header says it covers sequence {} but its cursor is {cursor}",
+                covered.get()
+            )));
+        }
+        Ok(CatchUp {
+            source,
+            report: CatchUpReport {
+                covered,
+                ..Default::default()
+            },
+            stage: Stage::Migrations,
+            tables: Vec::new(),
+        })
+    }
+
+    /// Progress so far.
+    pub fn report(&self) -> &CatchUpReport {
+        &self.report
+    }
+
+    /// Gives the snapshot's connection back (to close it before removing the file).
+    pub fn into_source(self) -> Connection {
+        self.source
+    }
+}
+
+impl Store {
+    /// Runs the next step of `catch_up` in one write transaction, merging at most
+    /// `max_rows` row versions, and returns the progress so far. Call it until the report
+    /// says `finished`; between calls the application's writes go ahead. A failed step
+    /// changes nothing and may be retried.
+    pub fn catch_up_step(
+        &mut self,
+        catch_up: &mut CatchUp,
+        now: NTP64,
+        max_rows: usize,
+    ) -> Result<CatchUpReport, CatchUpError> {
+        if catch_up.stage == Stage::Done {
+            return Ok(catch_up.report.clone());
+        }
+        let saved = (self.next_batch, self.cursor, self.clock.clone());
+        let mut report = catch_up.report.clone();
+        let mut stage = catch_up.stage.clone();
+        let mut tables = None;
+        let result = self.catch_up_tx(
+            catch_up,
+            &mut report,
+            &mut stage,
+            &mut tables,
+            now,
+            max_rows,
+        );
+        match result {
+            Ok(()) => {
+                catch_up.report = report;
+                catch_up.stage = stage;
+                if let Some(tables) = tables {
+                    catch_up.tables = tables;
+                }
+                Ok(catch_up.report.clone())
+            }
+            Err(e) => {
+                (self.next_batch, self.cursor, self.clock) = saved;
+                Err(e)
+            }
+        }
+    }
+
+    fn catch_up_tx(
+        &mut self,
+        catch_up: &CatchUp,
+        report: &mut CatchUpReport,
+        stage: &mut Stage,
+        new_tables: &mut Option<Vec<SourceTable>>,
+        now: NTP64,
+        max_rows: usize,
+    ) -> Result<(), CatchUpError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("starting a catch-up step")?;
+        self.schema.sync(&tx, &self.options, true)?;
+        let drained = drain_in(
+            &tx,
+            &self.schema,
+            &mut self.clock,
+            &self.options,
+            &mut self.next_batch,
+        )?;
+        report.local_rows_captured += drained.rows as u64;
+        if drained.outbox_grew || drained.batch_seq.is_some() {
+            self.outbox_grew = true;
+        }
+        set_applying(&tx, true)?;
+        let source = &catch_up.source;
+        match stage.clone() {
+            Stage::Migrations => {
+                report.migrations +=
+                    apply_missing_migrations(&tx, source, &mut self.schema, &self.options, now)?;
+                let (found, skipped) = source_tables(source, &self.schema.tables)?;
+                report.rows_total = found.iter().map(|(_, n)| n).sum();
+                report.skipped_tables = skipped;
+                *new_tables = Some(found.into_iter().map(|(t, _)| t).collect());
+                *stage = Stage::Rows {
+                    table: 0,
+                    after: None,
+                };
+            }
+            Stage::Rows { table, after } => {
+                let Some(source_table) = catch_up.tables.get(table) else {
+                    *stage = Stage::Finish;
+                    return finish_tx(tx, self.clock.last());
+                };
+                let merged = merge_page(
+                    &tx,
+                    source,
+                    source_table,
+                    &self.schema.tables,
+                    &mut self.clock,
+                    after.as_deref(),
+                    now,
+                    max_rows,
+                    report,
+                )?;
+                *stage = match merged {
+                    Some(last) => Stage::Rows {
+                        table,
+                        after: Some(last),
+                    },
+                    _ => Stage::Rows {
+                        table: table + 1,
+                        after: None,
+                    },
+                };
+            }
+            Stage::Finish => {
+                report.parked_copied += copy_parked(&tx, source, self.cursor)?;
+                report.parts_copied += copy_parts(&tx, source)?;
+                if report.covered > self.cursor {
+                    self.cursor = report.covered;
+                }
+                meta::set(&tx, meta::keys::CURSOR, self.cursor.get() as i64)?;
+                report.finished = true;
+                *stage = Stage::Done;
+            }
+            Stage::Done => {}
+        }
+        finish_tx(tx, self.clock.last())
+    }
+}
+
+fn finish_tx(tx: rusqlite::Transaction<'_>, clock: NTP64) -> Result<(), CatchUpError> {
+    set_applying(&tx, false)?;
+    meta::set(&tx, meta::keys::CLOCK, clock.as_u64() as i64)?;
+    tx.commit().context("committing a catch-up step")?;
+    Ok(())
+}
+
+/// Applies the snapshot's migrations this database lacks, in version order.
+fn apply_missing_migrations(
+    tx: &rusqlite::Transaction<'_>,
+    source: &Connection,
+    schema: &mut super::Schema,
+    options: &super::StoreOptions,
+    now: NTP64,
+) -> Result<u64, CatchUpError> {
+    if !table_exists(source, names::MIGRATIONS)? {
+        return Ok(0);
+    }
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>, i64, bool, String)> = source
+        .prepare(&format!(
+            "SELECT version, id, origin, stream_seq, destructive, sql FROM {} ORDER BY version",
+            quote(names::MIGRATIONS)
+        ))
+        .and_then(|mut s| {
+            s.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect()
+        })
+        .context("reading the snapshot's migrations")?;
+    let mut applied = 0;
+    for (version, id, origin, seq, destructive, sql) in rows {
+        let origin = <[u8; NodeId::LEN]>::try_from(origin.as_slice())
+            .ok()
+            .and_then(NodeId::from_bytes)
+            .ok_or_else(|| {
+                CatchUpError::Refused(format!("migration {version} has a malformed origin"))
+            })?;
+        let migration = MigrationV1 {
+            origin,
+            id,
+            base_version: (version - 1).max(0) as u64,
+            destructive,
+            sql,
+        };
+        match run_migration(
+            tx,
+            schema,
+            options,
+            StreamSeq::new(seq as u64),
+            &migration,
+            now,
+        )? {
+            Ok(true) => applied += 1,
+            Ok(false) => {}
+            Err(e) => {
+                return Err(CatchUpError::Refused(format!(
+                    "the snapshot's migration {version} fails here: {e}"
+                )))
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// The snapshot's replicated tables that exist here (with their row-version counts), and
+/// those that do not.
+#[allow(clippy::type_complexity)]
+fn source_tables(
+    source: &Connection,
+    local: &super::tables::Tables,
+) -> Result<(Vec<(SourceTable, u64)>, Vec<(String, u64)>), CatchUpError> {
+    let registry: Vec<(i64, String)> = source
+        .prepare(&format!(
+            "SELECT id, name FROM {} ORDER BY id",
+            quote(names::TABLES)
+        ))
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .context("reading the snapshot's table registry")?;
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    for (id, name) in registry {
+        let version_table = names::version_table(id);
+        if !table_exists(source, &version_table)? || !table_exists(source, &name)? {
+            continue;
+        }
+        let count: i64 = source
+            .query_row(
+                &format!("SELECT count(*) FROM {}", quote(&version_table)),
+                [],
+                |r| r.get(0),
+            )
+            .context(format!("counting the snapshot's row versions of {name:?}"))?;
+        let Some(here) = local.by_name(&name) else {
+            if count > 0 {
+                skipped.push((name, count as u64));
+            }
+            continue;
+        };
+        let columns = table_columns(source, &name)?;
+        let mut keys: Vec<(u32, String)> = columns
+            .iter()
+            .filter(|c| c.pk > 0)
+            .map(|c| (c.pk, c.name.clone()))
+            .collect();
+        keys.sort();
+        let key_columns: Vec<String> = keys.into_iter().map(|(_, n)| n).collect();
+        let value_columns: Vec<String> = columns
+            .iter()
+            .filter(|c| c.pk == 0 && c.hidden == 0)
+            .map(|c| c.name.clone())
+            .collect();
+        let ours = here.info.key_names();
+        let same_key = ours.len() == key_columns.len()
+            && ours
+                .iter()
+                .zip(&key_columns)
+                .all(|(a, b)| same_identifier(a, b));
+        if !same_key {
+            return Err(CatchUpError::Refused(format!(
+                "table {name:?} has the primary key {key_columns:?} in the snapshot and {ours:?} here"
+            )));
+        }
+        if let Some(missing) = value_columns.iter().find(|c| {
+            !here
+                .info
+                .value_columns
+                .iter()
+                .any(|l| same_identifier(&l.name, c))
+        }) {
+            return Err(CatchUpError::Refused(format!(
+                "table {name:?} has a column {missing:?} in the snapshot that it lacks here, and no \
+                 replicated migration in the snapshot adds it"
+            )));
+        }
+        found.push((
+            SourceTable {
+                name,
+                version_table,
+                key_columns,
+                value_columns,
+            },
+            count as u64,
+        ));
+    }
+    Ok((found, skipped))
+}
+
+/// Merges up to `max_rows` row versions of `table` after key `after`; returns the last key
+/// read (None: the table is done).
+#[allow(clippy::too_many_arguments)]
+fn merge_page(
+    tx: &Connection,
+    source: &Connection,
+    table: &SourceTable,
+    local: &super::tables::Tables,
+    clock: &mut crate::hlc::Clock,
+    after: Option<&[Value]>,
+    now: NTP64,
+    max_rows: usize,
+    report: &mut CatchUpReport,
+) -> Result<Option<Vec<Value>>, CatchUpError> {
+    let here = local
+        .by_name(&table.name)
+        .ok_or_else(|| CatchUpError::Refused(format!("table {:?} vanished", table.name)))?;
+    let n = table.key_columns.len();
+    let slots: Vec<String> = (0..n)
+        .map(|i| format!("v.{}", names::key_slot(i)))
+        .collect();
+    let join = table
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} IS v.{}", quote(c), names::key_slot(i)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let values: String = table
+        .value_columns
+        .iter()
+        .map(|c| format!(", t.{}", quote(c)))
+        .collect();
+    let filter = match after {
+        Some(_) => format!(
+            "WHERE ({}) > ({})",
+            slots.join(", "),
+            (1..=n)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {}, v.hlc, v.deleted, t.{} IS NOT NULL{values} FROM {} v LEFT JOIN {} t ON {join} \
+         {filter} ORDER BY {} LIMIT {}",
+        slots.join(", "),
+        quote(&table.key_columns[0]),
+        quote(&table.version_table),
+        quote(&table.name),
+        slots.join(", "),
+        max_rows.max(1)
+    );
+    let mut select = source
+        .prepare_cached(&sql)
+        .context(format!("reading the snapshot's rows of {:?}", table.name))?;
+    let mut rows = select
+        .query(params_from_iter(after.unwrap_or(&[]).iter()))
+        .context(format!("reading the snapshot's rows of {:?}", table.name))?;
+    let upsert_sql = here.upsert_row_sql(&table.value_columns);
+    let mut st = TableStatements::prepare(tx, here, &upsert_sql).map_err(failure)?;
+    let mut last = None;
+    let mut page_rows = 0;
+    while let Some(row) = rows
+        .next()
+        .context(format!("reading the snapshot's rows of {:?}", table.name))?
+    {
+        let read = |i: usize| -> Result<Value, CatchUpError> {
+            Ok(row.get::<_, Value>(i).context("reading a snapshot value")?)
+        };
+        let key: Vec<Value> = (0..n).map(read).collect::<Result<_, _>>()?;
+        let hlc_bytes: Vec<u8> = row.get(n).context("reading a snapshot row version")?;
+        let deleted: bool = row
+            .get(n + 1)
+            .context("reading a snapshot tombstone flag")?;
+        let present: bool = row.get(n + 2).context("reading a snapshot row")?;
+        report.rows_read += 1;
+        page_rows += 1;
+        let hlc = Hlc::from_bytes(&hlc_bytes)
+            .map_err(|e| StoreError::Corrupt(format!("snapshot row version: {e}")))?;
+        if !deleted && !present {
+            report.missing_rows += 1;
+            last = Some(key);
+            continue;
+        }
+        let stored = st.read_version(&key)?;
+        if !incoming_wins(hlc, stored) {
+            if stored == Some(hlc) {
+                report.unchanged += 1;
+            } else {
+                report.local_won += 1;
+            }
+            last = Some(key);
+            continue;
+        }
+        report.remote_won += 1;
+        let written = if deleted {
+            st.delete_row.execute(params_from_iter(&key))
+        } else {
+            let values: Vec<Value> = (n + 3..n + 3 + table.value_columns.len())
+                .map(read)
+                .collect::<Result<_, _>>()?;
+            st.upsert_row
+                .execute(params_from_iter(key.iter().chain(&values)))
+        };
+        written.map_err(|e| failure(refusal(here, e)))?;
+        let version = hlc.to_bytes();
+        let params = key.iter().map(|v| v as &dyn rusqlite::ToSql).chain([
+            &version as &dyn rusqlite::ToSql,
+            &deleted as &dyn rusqlite::ToSql,
+        ]);
+        st.upsert_version
+            .execute(params_from_iter(params))
+            .context("writing a row version")?;
+        // The snapshot's versions were accepted by the cluster: never refuse them here.
+        let _ = clock.observe(hlc, now);
+        last = Some(key);
+    }
+    Ok(last.filter(|_| page_rows >= max_rows.max(1)))
+}
+
+/// Copies the snapshot's parked messages after `cursor` (messages this replica never got).
+fn copy_parked(
+    tx: &Connection,
+    source: &Connection,
+    cursor: StreamSeq,
+) -> Result<u64, CatchUpError> {
+    if !table_exists(source, names::PARKED)? {
+        return Ok(0);
+    }
+    let columns = "stream_seq, frame, kind, reason, parked_at, attempts, tbl";
+    let mut select = source
+        .prepare(&format!(
+            "SELECT {columns} FROM {} WHERE stream_seq > ?1 ORDER BY stream_seq",
+            quote(names::PARKED)
+        ))
+        .context("reading the snapshot's parked messages")?;
+    let mut insert = tx
+        .prepare(&format!(
+            "INSERT OR IGNORE INTO {}({columns}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            quote(names::PARKED)
+        ))
+        .context("copying parked messages")?;
+    copy_rows(&mut select, &mut insert, &[cursor.get() as i64], 7)
+}
+
+/// Copies the snapshot's stored parts of multi-part batches.
+fn copy_parts(tx: &Connection, source: &Connection) -> Result<u64, CatchUpError> {
+    if !table_exists(source, names::PARTS)? {
+        return Ok(0);
+    }
+    let columns = "origin, batch_seq, part, parts, compression, body";
+    let mut select = source
+        .prepare(&format!("SELECT {columns} FROM {}", quote(names::PARTS)))
+        .context("reading the snapshot's stored batch parts")?;
+    let mut insert = tx
+        .prepare(&format!(
+            "INSERT OR IGNORE INTO {}({columns}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            quote(names::PARTS)
+        ))
+        .context("copying stored batch parts")?;
+    copy_rows(&mut select, &mut insert, &[], 6)
+}
+
+fn copy_rows(
+    select: &mut rusqlite::Statement<'_>,
+    insert: &mut rusqlite::Statement<'_>,
+    params: &[i64],
+    width: usize,
+) -> Result<u64, CatchUpError> {
+    let mut rows = select
+        .query(params_from_iter(params))
+        .context("reading snapshot rows")?;
+    let mut copied = 0;
+    while let Some(row) = rows.next().context("reading snapshot rows")? {
+        let values: Vec<SqlValue> = (0..width)
+            .map(|i| row.get::<_, SqlValue>(i))
+            .collect::<Result<_, _>>()
+            .context("reading snapshot rows")?;
+        copied += insert
+            .execute(params_from_iter(values))
+            .context("copying snapshot rows")? as u64;
+    }
+    Ok(copied)
+}
+
+fn failure(f: ApplyFailure) -> CatchUpError {
+    match f {
+        ApplyFailure::Store(e) => CatchUpError::Store(e),
+        ApplyFailure::Park(ApplyError::Rejected { table, source }) => CatchUpError::Refused(
+            format!("SQLite refused a snapshot row of {table:?}: {source}"),
+        ),
+        ApplyFailure::Park(e) => CatchUpError::Refused(e.to_string()),
+    }
+}
+
+fn table_exists(conn: &Connection, table: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [table],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .context(format!("looking for {table}"))
+}
