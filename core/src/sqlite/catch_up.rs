@@ -295,6 +295,9 @@ fn finish_tx(tx: rusqlite::Transaction<'_>, clock: NTP64) -> Result<(), CatchUpE
     Ok(())
 }
 
+/// `__hl_migrations` row: version, id, origin, stream_seq, destructive, sql.
+type MigrationRow = (i64, Vec<u8>, Vec<u8>, i64, bool, String);
+
 /// Applies the snapshot's migrations this database lacks, in version order.
 fn apply_missing_migrations(
     tx: &rusqlite::Transaction<'_>,
@@ -306,7 +309,7 @@ fn apply_missing_migrations(
     if !table_exists(source, names::MIGRATIONS)? {
         return Ok(0);
     }
-    let rows: Vec<(i64, Vec<u8>, Vec<u8>, i64, bool, String)> = source
+    let rows: Vec<MigrationRow> = source
         .prepare(&format!(
             "SELECT version, id, origin, stream_seq, destructive, sql FROM {} ORDER BY version",
             quote(names::MIGRATIONS)
