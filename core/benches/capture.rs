@@ -163,6 +163,20 @@ enum Target {
     AtLeast(f64),
 }
 
+impl Target {
+    /// The target as JSON (`{"at_most": v}` or `{"at_least": v}`) and its verdict on
+    /// `median` (`MET` / `MISSED`), or `None` without a target. The printed table and the
+    /// `--json` file both use this, so BENCHMARKS.md shows the same verdicts.
+    fn judge(self, median: f64) -> Option<(serde_json::Value, &'static str)> {
+        let (json, met) = match self {
+            Target::None => return None,
+            Target::AtMost(v) => (serde_json::json!({ "at_most": v }), median <= v),
+            Target::AtLeast(v) => (serde_json::json!({ "at_least": v }), median >= v),
+        };
+        Some((json, if met { "MET" } else { "MISSED" }))
+    }
+}
+
 struct Line {
     metric: String,
     stats: Stats,
@@ -226,7 +240,8 @@ impl Table {
 
     /// Writes every figure to `path` as `{"suite", "figures": [{"metric", "value", "unit",
     /// "peer", "runs", "min", "median", "max", "section"}]}` (value = median, from wall
-    /// time). An indented line is named after the line it belongs to (`"<parent> / <line>"`),
+    /// time), plus `"target"` and `"verdict"` for a figure with a target (see
+    /// [`Target::judge`]). An indented line is named after the line it belongs to (`"<parent> / <line>"`),
     /// except the `diag:` and `of which:` lines, which stand alone;
     /// ratios and the plain-table side count as figures of the peer `sqlite`.
     fn write_json(&self, path: &Path, cfg: &Config) {
@@ -253,7 +268,7 @@ impl Table {
                 } else {
                     "harmonylite"
                 };
-                figures.push(serde_json::json!({
+                let mut figure = serde_json::json!({
                     "metric": name,
                     "value": l.stats.median,
                     "unit": l.unit,
@@ -263,7 +278,12 @@ impl Table {
                     "median": l.stats.median,
                     "max": l.stats.max,
                     "section": title,
-                }));
+                });
+                if let Some((target, verdict)) = l.target.judge(l.stats.median) {
+                    figure["target"] = target;
+                    figure["verdict"] = verdict.into();
+                }
+                figures.push(figure);
             }
         }
         let doc = serde_json::json!({
@@ -302,17 +322,12 @@ impl Table {
         for (title, lines) in &self.sections {
             println!("[{title}]");
             for l in lines {
-                let target = match l.target {
-                    Target::None => String::new(),
-                    Target::AtMost(v) => format!(
-                        "<= {v} {}",
-                        if l.stats.median <= v { "MET" } else { "MISSED" }
-                    ),
-                    Target::AtLeast(v) => format!(
-                        ">= {} {}",
-                        fmt_num(v),
-                        if l.stats.median >= v { "MET" } else { "MISSED" }
-                    ),
+                let target = match (l.target, l.target.judge(l.stats.median)) {
+                    (Target::AtMost(v), Some((_, verdict))) => format!("<= {v} {verdict}"),
+                    (Target::AtLeast(v), Some((_, verdict))) => {
+                        format!(">= {} {verdict}", fmt_num(v))
+                    }
+                    _ => String::new(),
                 };
                 println!(
                     "{:<width$}  {:>12}  {:>12}  {:>12}  {:<7}  {:>12}  {:>9}  {}",

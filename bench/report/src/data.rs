@@ -1,7 +1,8 @@
 //! The suites' JSON output (`bench/out/*.json`), loaded into one list of figures.
 //!
 //! Each suite file is `{"suite": ..., "figures": [{"metric", "value", "unit", "peer",
-//! "runs", "min", "median", "max"}], ...}`; `meta.json` (written by `scripts/bench`) holds
+//! "runs", "min", "median", "max"}], ...}`, a figure with a target adding `"target":
+//! {"at_most" | "at_least": n}` and the suite's `"verdict": "MET" | "MISSED"`; `meta.json` (written by `scripts/bench`) holds
 //! the machine, the date, the load averages and the exact commands.
 
 use std::path::Path;
@@ -27,6 +28,70 @@ pub struct Figure {
     pub median: f64,
     /// Largest run.
     pub max: f64,
+    /// The target the suite judged this figure against, and its verdict, when it has one.
+    pub target: Option<Verdict>,
+}
+
+/// A target a suite set for one of its figures and what the suite concluded on the median
+/// (`"target": {"at_most": v} | {"at_least": v}, "verdict": "MET" | "MISSED"` in its JSON).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// `true`: the median must be at most `bound`; `false`: at least.
+    pub at_most: bool,
+    /// The target's value, in the figure's unit.
+    pub bound: f64,
+    /// What the suite concluded: met or missed.
+    pub met: bool,
+}
+
+impl Verdict {
+    /// Reads `"target"` and `"verdict"` of one figure; `None` without a target. A verdict
+    /// that contradicts the median and the target is refused (the page prints the suite's
+    /// verdict, so it must be the one the figures give).
+    fn parse(v: &Value, median: f64, file: &Path) -> Result<Option<Verdict>, String> {
+        let Some(target) = v.get("target") else {
+            return Ok(None);
+        };
+        let (at_most, bound) = match (
+            target.get("at_most").and_then(Value::as_f64),
+            target.get("at_least").and_then(Value::as_f64),
+        ) {
+            (Some(b), None) => (true, b),
+            (None, Some(b)) => (false, b),
+            _ => {
+                return Err(format!(
+                    "{}: a target is neither {{\"at_most\": n}} nor {{\"at_least\": n}}: {v}",
+                    file.display()
+                ))
+            }
+        };
+        let met = match v.get("verdict").and_then(Value::as_str) {
+            Some("MET") => true,
+            Some("MISSED") => false,
+            _ => {
+                return Err(format!(
+                    "{}: a figure with a target lacks \"verdict\": \"MET\" or \"MISSED\": {v}",
+                    file.display()
+                ))
+            }
+        };
+        let computed = if at_most {
+            median <= bound
+        } else {
+            median >= bound
+        };
+        if computed != met {
+            return Err(format!(
+                "{}: the verdict contradicts the median and the target: {v}",
+                file.display()
+            ));
+        }
+        Ok(Some(Verdict {
+            at_most,
+            bound,
+            met,
+        }))
+    }
 }
 
 impl Figure {
@@ -40,8 +105,17 @@ impl Figure {
     pub fn to_json_text(&self) -> String {
         let s = |v: &str| Value::from(v).to_string();
         let n = |v: f64| Value::from(v).to_string();
+        let target = match &self.target {
+            Some(t) => format!(
+                ", \"target\": {{\"{}\": {}}}, \"verdict\": {}",
+                if t.at_most { "at_most" } else { "at_least" },
+                n(t.bound),
+                s(if t.met { "MET" } else { "MISSED" })
+            ),
+            None => String::new(),
+        };
         format!(
-            "{{\"metric\": {}, \"value\": {}, \"unit\": {}, \"peer\": {}, \"runs\": {}, \"min\": {}, \"median\": {}, \"max\": {}}}",
+            "{{\"metric\": {}, \"value\": {}, \"unit\": {}, \"peer\": {}, \"runs\": {}, \"min\": {}, \"median\": {}, \"max\": {}{target}}}",
             s(&self.full_name()),
             n(self.median),
             s(&self.unit),
@@ -56,7 +130,7 @@ impl Figure {
     /// The `bench/results.json` record as a JSON value (what the text must parse to).
     #[cfg(test)]
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "metric": self.full_name(),
             "value": self.median,
             "unit": self.unit,
@@ -65,7 +139,13 @@ impl Figure {
             "min": self.min,
             "median": self.median,
             "max": self.max,
-        })
+        });
+        if let Some(t) = &self.target {
+            let key = if t.at_most { "at_most" } else { "at_least" };
+            v["target"] = serde_json::json!({ key: t.bound });
+            v["verdict"] = (if t.met { "MET" } else { "MISSED" }).into();
+        }
+        v
     }
 }
 
@@ -154,6 +234,7 @@ impl Data {
                 .and_then(Value::as_array)
                 .ok_or_else(|| format!("{}: no \"figures\" array", path.display()))?;
             for f in list {
+                let median = number(f, "median", &path)?;
                 figures.push(Figure {
                     suite: name.to_string(),
                     metric: text(f, "metric", &path)?,
@@ -161,8 +242,9 @@ impl Data {
                     peer: text(f, "peer", &path)?,
                     runs: number(f, "runs", &path)? as u64,
                     min: number(f, "min", &path)?,
-                    median: number(f, "median", &path)?,
+                    median,
                     max: number(f, "max", &path)?,
+                    target: Verdict::parse(f, median, &path)?,
                 });
             }
             suites.push(Suite {

@@ -135,6 +135,40 @@ mod tests {
         assert!(text.contains("](charts/latency-histogram.svg)"));
     }
 
+    /// A suite's target and verdict are read, kept in bench/results.json, and a verdict that
+    /// contradicts its figure is refused.
+    #[test]
+    fn verdicts_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("meta.json"), r#"{"mode": "full"}"#).unwrap();
+        let capture = |verdict: &str| {
+            format!(
+                r#"{{"suite": "capture", "figures": [
+                    {{"metric": "insert, autocommit (20000 rows): ratio", "value": 1.49, "unit": "x", "peer": "harmonylite vs sqlite", "runs": 5, "min": 1.35, "median": 1.49, "max": 1.66, "target": {{"at_most": 1.05}}, "verdict": "{verdict}"}}
+                ]}}"#
+            )
+        };
+        std::fs::write(dir.path().join("capture.json"), capture("MISSED")).unwrap();
+        let data = data::Data::load(dir.path()).unwrap();
+        let f = &data.figures[0];
+        assert_eq!(
+            f.target,
+            Some(data::Verdict {
+                at_most: true,
+                bound: 1.05,
+                met: false
+            })
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&f.to_json_text()).unwrap();
+        assert_eq!(parsed, f.to_json());
+        assert_eq!(parsed["target"]["at_most"], 1.05);
+        assert_eq!(parsed["verdict"], "MISSED");
+
+        std::fs::write(dir.path().join("capture.json"), capture("MET")).unwrap();
+        let err = data::Data::load(dir.path()).err().unwrap();
+        assert!(err.contains("contradicts"), "{err}");
+    }
+
     #[test]
     fn numbers_are_readable() {
         assert_eq!(markdown::num(1234567.4), "1,234,567");
