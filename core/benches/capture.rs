@@ -241,8 +241,8 @@ impl Table {
     /// Writes every figure to `path` as `{"suite", "figures": [{"metric", "value", "unit",
     /// "peer", "runs", "min", "median", "max", "section"}]}` (value = median, from wall
     /// time), plus `"target"` and `"verdict"` for a figure with a target (see
-    /// [`Target::judge`]). An indented line is named after the line it belongs to (`"<parent> / <line>"`),
-    /// except the `diag:` and `of which:` lines, which stand alone;
+    /// [`Target::judge`]). An indented line is named after the line it belongs to
+    /// (`"<parent> / <line>"`), except the `diag:` and `of which:` lines, which stand alone;
     /// ratios and the plain-table side count as figures of the peer `sqlite`.
     fn write_json(&self, path: &Path, cfg: &Config) {
         let mut figures = Vec::new();

@@ -2,8 +2,9 @@
 //!
 //! Each suite file is `{"suite": ..., "figures": [{"metric", "value", "unit", "peer",
 //! "runs", "min", "median", "max"}], ...}`, a figure with a target adding `"target":
-//! {"at_most" | "at_least": n}` and the suite's `"verdict": "MET" | "MISSED"`; `meta.json` (written by `scripts/bench`) holds
-//! the machine, the date, the load averages and the exact commands.
+//! {"at_most" | "at_least": n}` and the suite's `"verdict": "MET" | "MISSED"`; `meta.json`
+//! (written by `scripts/bench`) holds the machine, the date, the load averages and the exact
+//! commands.
 
 use std::path::Path;
 
