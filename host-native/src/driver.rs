@@ -20,15 +20,17 @@ use harmonylite_core::engine::{Engine, Event, Input, Now, Output};
 use harmonylite_core::hlc::{ntp64_from_unix, NodeId};
 use harmonylite_core::report::Inbound;
 use harmonylite_core::sqlite::snapshot::Salvage;
-use harmonylite_core::sqlite::Store;
+use harmonylite_core::sqlite::{CatchUp, CatchUpError, CatchUpReport, Store};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::catch_up::{CatchUpJob, FetchContext, Fetched};
 use crate::config::Config;
-use crate::health::{SharedStatus, SnapshotStatus};
+use crate::health::{CatchUpStatus, SharedStatus, SnapshotStatus};
 use crate::metrics::Metrics;
 use crate::nats_server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
+use crate::peer_snapshot::{PeerAsk, SnapshotAnswer, SnapshotRequest};
 use crate::restore::{self, LocalDb, RestoreReason};
 use crate::snapshot::{JobContext, JobOutcome, SnapshotSchedule};
 use crate::snapshot_store::SnapshotStore;
@@ -146,22 +148,24 @@ pub async fn run_until(
     let (events_tx, events) = mpsc::unbounded_channel();
     let client = transport::connect(&transport_config, events_tx.clone()).await?;
     let js = jetstream::new(client.clone());
+    let ask = PeerAsk {
+        client: client.clone(),
+        subject: crate::peer_snapshot::request_subject(&config.nats.subject_prefix),
+        node: node_id.to_string(),
+    };
     let startup = async {
         let applied = salvage.cursor.map(StreamSeq::get).unwrap_or(0);
         let mut stream = ensure_stream_until_ready(&js, &transport_config, applied).await;
-        let store = prepare_database(
-            &config,
+        let ctx = Startup {
+            config: &config,
             node_id,
-            local,
-            early_store,
-            &salvage,
-            &js,
-            &mut stream,
-            &transport_config.subject,
-            &metrics,
-            &status,
-        )
-        .await?;
+            js: &js,
+            subject: &transport_config.subject,
+            metrics: &metrics,
+            status: &status,
+            ask: &ask,
+        };
+        let store = prepare_database(&ctx, local, early_store, &salvage, &mut stream).await?;
         anyhow::Ok((stream, store))
     };
     let (stream, mut store) = tokio::select! {
@@ -198,6 +202,30 @@ pub async fn run_until(
         })
         .ok();
 
+    let full_replica = config.snapshot.enable && config.publish && config.replicate;
+    let responder = match full_replica {
+        true => Some(
+            Responder::subscribe(
+                &client,
+                &ask.subject,
+                JobContext {
+                    config: Arc::new(config.clone()),
+                    js: js.clone(),
+                    node_id,
+                    stream: transport_config.stream_name.clone(),
+                    schedule: SnapshotSchedule::on_request(),
+                },
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let fetch = (config.snapshot.enable && config.replicate).then(|| FetchContext {
+        config: Arc::new(config.clone()),
+        js: js.clone(),
+        stream: transport_config.stream_name.clone(),
+        ask: ask.clone(),
+    });
     let snapshots = SnapshotSchedule::from_config(&config).map(|schedule| Snapshots {
         ctx: JobContext {
             config: Arc::new(config.clone()),
@@ -236,8 +264,10 @@ pub async fn run_until(
         consumer_retry_at: Some(Instant::now()),
         consumer_error: None,
         replicate: config.replicate,
-        restore_on_restart: config.snapshot.enable,
         batch_limit: config.scan_max_changes.max(1),
+        fetch,
+        catch_up: None,
+        responder,
         connected: false,
         fell_behind: false,
         captured: false,
@@ -260,72 +290,55 @@ pub async fn run_until(
     outcome
 }
 
-/// Opens the database, restoring it from a snapshot first when it is missing, damaged or
-/// behind the stream's retention (see [`crate::restore`]).
-#[allow(clippy::too_many_arguments)]
-async fn prepare_database(
-    config: &Config,
+/// What start-up needs besides the database's state.
+struct Startup<'a> {
+    config: &'a Config,
     node_id: NodeId,
+    js: &'a jetstream::Context,
+    subject: &'a str,
+    metrics: &'a Metrics,
+    status: &'a SharedStatus,
+    ask: &'a PeerAsk,
+}
+
+impl Startup<'_> {
+    /// Records why start-up waits (None: it no longer does) for the health endpoint.
+    fn waiting(&self, why: Option<String>) {
+        self.status.lock().expect("status lock").waiting = why;
+    }
+}
+
+/// Opens the database, restoring it from a snapshot first when it is missing or damaged
+/// (see [`crate::restore`]). A sound database is always opened as it is, also when it fell
+/// behind the stream's retention: the run loop catches it up in place
+/// ([`crate::catch_up`]), with the application running.
+async fn prepare_database(
+    ctx: &Startup<'_>,
     local: LocalDb,
     opened: Option<Store>,
     salvage: &Salvage,
-    js: &jetstream::Context,
     stream: &mut jetstream::stream::Stream,
-    subject: &str,
-    metrics: &Metrics,
-    status: &SharedStatus,
 ) -> anyhow::Result<Store> {
-    let snapshots = config.snapshot.enable && config.replicate;
+    let config = ctx.config;
+    if let Some(store) = opened {
+        return Ok(store);
+    }
     let (reason, kept) = match local {
-        _ if opened.is_some() && !snapshots => return Ok(opened.expect("checked")),
-        LocalDb::Sound => {
-            let mut store = match opened {
-                Some(store) => store,
-                None => open_store(config, node_id)?,
-            };
-            let (first, _) = transport::stream_bounds(stream).await?;
-            let cursor = store.cursor().get();
-            if first <= cursor + 1 {
-                return Ok(store);
-            }
-            tracing::warn!(
-                cursor,
-                stream_first = first,
-                "this node fell behind the stream's retention: messages {}..{} are gone; restoring from a snapshot",
-                cursor + 1,
-                first - 1
-            );
-            restore::wait_for_exclusive_use(&config.db_path).await?;
-            let published = restore::publish_outbox(&mut store, js, subject).await?;
-            if published > 0 {
-                tracing::info!(
-                    frames = published,
-                    "published this node's pending writes before the restore"
-                );
-            }
-            let kept = harmonylite_core::sqlite::snapshot::salvage(store.connection());
-            drop(store);
-            (RestoreReason::Behind, kept)
-        }
+        LocalDb::Sound => return open_store(config, ctx.node_id),
         LocalDb::Missing => {
+            restore::wait_until_unopened(&config.db_path, |why| ctx.waiting(why)).await?;
             restore::remove_stale_companions(&config.db_path)?;
-            if !snapshots {
-                return match opened {
-                    Some(store) => Ok(store),
-                    None => open_store(config, node_id),
-                };
-            }
-            let (_, last) = transport::stream_bounds(stream).await?;
+            let last = stream_last_until_ready(ctx, stream).await;
             if last == 0 {
                 tracing::info!(
                     "no database yet and the change stream is empty (a new cluster): starting with an empty database"
                 );
-                return open_store(config, node_id);
+                return open_store(config, ctx.node_id);
             }
             (RestoreReason::Missing, Salvage::default())
         }
         LocalDb::Damaged { problems } => {
-            if !snapshots {
+            if !(config.snapshot.enable && config.replicate) {
                 anyhow::bail!(
                     "the database {} is damaged ({}). harmonylite rebuilds a damaged database from a snapshot only with \
                      [snapshot] enable = true and replicate = true; restore the file from a backup instead",
@@ -333,9 +346,9 @@ async fn prepare_database(
                     problems.first().map(String::as_str).unwrap_or("PRAGMA quick_check failed")
                 );
             }
-            restore::wait_for_exclusive_use(&config.db_path).await?;
+            restore::wait_until_unopened(&config.db_path, |why| ctx.waiting(why)).await?;
             let (published, skipped) =
-                restore::publish_salvaged(js, subject, &salvage.outbox).await;
+                restore::publish_salvaged(ctx.js, ctx.subject, &salvage.outbox).await;
             if published > 0 || skipped > 0 {
                 tracing::warn!(
                     published,
@@ -352,25 +365,83 @@ async fn prepare_database(
             (RestoreReason::Damaged, salvage.clone())
         }
     };
-    status.lock().expect("status lock").restoring = true;
-    let store =
-        open_snapshot_store_until_ready(config, js, &stream.cached_info().config.name).await;
-    let result = restore::restore(config, node_id, stream, &store, reason, &kept).await;
-    status.lock().expect("status lock").restoring = false;
-    let restored = match result {
-        Ok(restored) => restored,
-        Err(e) => {
-            metrics.snapshot_failed("restore");
-            return Err(e);
+    restore_until_done(ctx, stream, reason, &kept).await;
+    open_store(config, ctx.node_id)
+}
+
+/// The stream's last sequence, retrying every error with backoff (JetStream 503s, "no
+/// responders", leader elections and timeouts pass) and saying why in the log and the
+/// health endpoint meanwhile.
+async fn stream_last_until_ready(ctx: &Startup<'_>, stream: &mut jetstream::stream::Stream) -> u64 {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match transport::stream_bounds(stream).await {
+            Ok((_, last)) => {
+                ctx.waiting(None);
+                return last;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "reading the change stream: {e:#}"
+                );
+                ctx.waiting(Some(format!("reading the change stream: {e:#}")));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Restores the database from a snapshot, retrying until it succeeds: every step (the
+/// store, the stream, a peer's snapshot, the download) may fail for a while in a cluster
+/// that is starting or electing leaders, and none of that is a reason to exit.
+async fn restore_until_done(
+    ctx: &Startup<'_>,
+    stream: &mut jetstream::stream::Stream,
+    reason: RestoreReason,
+    kept: &Salvage,
+) {
+    ctx.status.lock().expect("status lock").restoring = true;
+    let stream_name = stream.cached_info().config.name.clone();
+    let mut delay = Duration::from_secs(1);
+    let restored = loop {
+        let store = open_snapshot_store_until_ready(ctx.config, ctx.js, &stream_name).await;
+        let result = restore::restore(
+            ctx.config,
+            ctx.node_id,
+            stream,
+            &store,
+            reason,
+            kept,
+            ctx.ask,
+            |why| ctx.waiting(why),
+        )
+        .await;
+        match result {
+            Ok(restored) => break restored,
+            Err(e) => {
+                ctx.metrics.snapshot_failed("restore");
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "restoring the database failed; retrying: {e:#}"
+                );
+                ctx.waiting(Some(format!("restoring the database: {e:#}")));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
         }
     };
-    metrics.restored(
+    ctx.waiting(None);
+    ctx.metrics.restored(
         reason.as_str(),
         restored.downloaded,
         restored.took,
         restored.snapshot.covered_seq.get(),
     );
-    status.lock().expect("status lock").last_restore = Some(SnapshotStatus {
+    let mut s = ctx.status.lock().expect("status lock");
+    s.restoring = false;
+    s.last_restore = Some(SnapshotStatus {
         name: restored.snapshot.name.clone(),
         covered_seq: restored.snapshot.covered_seq.get(),
         bytes: restored.downloaded,
@@ -378,7 +449,6 @@ async fn prepare_database(
         at_unix_ms: crate::snapshot::unix_ms(),
         reason: Some(reason.as_str().to_owned()),
     });
-    open_store(config, node_id)
 }
 
 /// Opens the snapshot store, retrying while it cannot be created yet (a cluster that is
@@ -447,9 +517,14 @@ struct Driver {
     /// Why the last attempt to start the stream consumer failed, until one succeeds.
     consumer_error: Option<String>,
     replicate: bool,
-    /// Whether a restart restores from a snapshot when this node fell behind.
-    restore_on_restart: bool,
     batch_limit: usize,
+    /// How to fetch a snapshot to catch up from (None: `[snapshot] enable` is off, so a node
+    /// that fell behind waits for an operator).
+    fetch: Option<FetchContext>,
+    /// A catch-up in place in progress.
+    catch_up: Option<CatchUpJob>,
+    /// Answers other nodes' snapshot requests (None: this node takes no snapshots).
+    responder: Option<Responder>,
     connected: bool,
     fell_behind: bool,
     /// Whether the last `feed` captured local writes.
@@ -477,6 +552,36 @@ struct Snapshots {
     job: Option<JoinHandle<anyhow::Result<JobOutcome>>>,
 }
 
+/// Answers snapshot requests from nodes that need one ([`crate::peer_snapshot`]).
+struct Responder {
+    requests: async_nats::Subscriber,
+    client: async_nats::Client,
+    ctx: JobContext,
+    job: Option<JoinHandle<anyhow::Result<JobOutcome>>>,
+}
+
+impl Responder {
+    async fn subscribe(
+        client: &async_nats::Client,
+        subject: &str,
+        ctx: JobContext,
+    ) -> anyhow::Result<Self> {
+        let requests = client
+            .queue_subscribe(
+                subject.to_owned(),
+                crate::peer_snapshot::QUEUE_GROUP.to_owned(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing to snapshot requests on {subject}: {e}"))?;
+        Ok(Responder {
+            requests,
+            client: client.clone(),
+            ctx,
+            job: None,
+        })
+    }
+}
+
 impl Driver {
     async fn run(
         &mut self,
@@ -491,6 +596,7 @@ impl Driver {
         loop {
             self.start_consumer_if_due().await;
             let deadline = self.deadline();
+            let catch_up_at = self.catch_up_due();
             let pulling = self.messages.is_some() && self.engine.inbox_len() < MAX_INBOX;
             let inputs = tokio::select! {
                 biased;
@@ -515,6 +621,21 @@ impl Driver {
                     self.snapshot_finished(outcome);
                     Vec::new()
                 }
+                event = responder_event(&mut self.responder) => {
+                    match event {
+                        ResponderEvent::Request(request) => self.answer_snapshot_request(request).await,
+                        ResponderEvent::JobDone(outcome) => self.requested_snapshot_finished(outcome),
+                    }
+                    Vec::new()
+                }
+                outcome = fetch_job(&mut self.catch_up) => {
+                    self.snapshot_fetched(outcome);
+                    Vec::new()
+                }
+                _ = sleep_until_opt(catch_up_at) => {
+                    self.catch_up_step();
+                    Vec::new()
+                }
                 _ = sleep_until_opt(self.sleep.as_ref().map(|s| s.timer.deadline().into())) => {
                     if self.ready_to_sleep().await {
                         return Ok(());
@@ -537,9 +658,7 @@ impl Driver {
     /// Local writes are drained right before, so the copy holds them with their versions.
     fn start_snapshot_if_due(&mut self) {
         let cursor = self.engine.applied_cursor();
-        let lag = self.status.lock().expect("status lock").lag;
-        let caught_up =
-            self.messages.is_some() && !self.fell_behind && lag <= self.batch_limit as u64;
+        let caught_up = self.is_caught_up();
         let Some(s) = self.snapshots.as_mut() else {
             return;
         };
@@ -909,33 +1028,7 @@ impl Driver {
                 self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(30));
             }
             Ok(Err(ConsumerRefused::FellBehind { first, last })) => {
-                if !self.fell_behind && self.restore_on_restart {
-                    tracing::error!(
-                        cursor = cursor.get(),
-                        stream_first = first,
-                        stream_last = last,
-                        "this node fell behind: the stream no longer holds messages {}..{} it has not applied. \
-                         It keeps serving and publishing (health: unhealthy) but applies nothing more. Stop the \
-                         application, then restart harmonylite: at start it publishes this node's pending writes \
-                         and restores the database from the newest snapshot (docs/snapshots.md)",
-                        cursor.get() + 1,
-                        first - 1
-                    );
-                } else if !self.fell_behind {
-                    tracing::error!(
-                        cursor = cursor.get(),
-                        stream_first = first,
-                        stream_last = last,
-                        "this node fell behind: the stream no longer holds messages {}..{} it has not applied. \
-                         It keeps serving and publishing but applies nothing more until it is rebuilt: with \
-                         [snapshot] enable = true a restart restores it from the newest snapshot; otherwise stop \
-                         it, replace its database file with a copy from a healthy node, and restart",
-                        cursor.get() + 1,
-                        first - 1
-                    );
-                }
-                self.fell_behind = true;
-                self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(30));
+                self.fell_behind(cursor, first, last);
             }
             Err(e) => {
                 tracing::warn!("cannot start the stream consumer yet: {e:#}");
@@ -944,6 +1037,287 @@ impl Driver {
             }
         }
         self.refresh_status();
+    }
+
+    /// The stream no longer holds messages this node has not applied: catch up in place from
+    /// a snapshot (when snapshots are on), else wait for an operator.
+    fn fell_behind(&mut self, cursor: StreamSeq, first: u64, last: u64) {
+        let Some(fetch) = self.fetch.clone() else {
+            if !self.fell_behind {
+                tracing::error!(
+                    cursor = cursor.get(),
+                    stream_first = first,
+                    stream_last = last,
+                    "this node fell behind: the stream no longer holds messages {}..{} it has not applied. \
+                     It keeps serving and publishing but applies nothing more until it is rebuilt: turn on \
+                     [snapshot] enable (it then catches up in place from a snapshot), or stop it and the \
+                     application, replace its database file with a copy from a healthy node, and restart",
+                    cursor.get() + 1,
+                    first - 1
+                );
+            }
+            self.fell_behind = true;
+            self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(30));
+            return;
+        };
+        if self.catch_up.is_none() {
+            tracing::warn!(
+                cursor = cursor.get(),
+                stream_first = first,
+                stream_last = last,
+                "this node fell behind: the stream no longer holds messages {}..{} it has not applied; \
+                 catching up in place from a snapshot while the application keeps running",
+                cursor.get() + 1,
+                first - 1
+            );
+            self.catch_up = Some(CatchUpJob::Fetching(tokio::spawn(crate::catch_up::fetch(
+                fetch, first,
+            ))));
+        }
+        self.fell_behind = true;
+        self.consumer_retry_at = None;
+    }
+
+    /// A snapshot for the catch-up was downloaded (or could not be had).
+    fn snapshot_fetched(
+        &mut self,
+        outcome: Result<anyhow::Result<Fetched>, tokio::task::JoinError>,
+    ) {
+        let retry = || CatchUpJob::Waiting {
+            retry_at: tokio::time::Instant::now() + crate::catch_up::RETRY_AFTER,
+        };
+        self.catch_up = Some(match outcome {
+            Ok(Ok(fetched)) => match CatchUp::open(&fetched.path, fetched.header.covered_seq) {
+                Ok(merge) => {
+                    tracing::info!(
+                        snapshot = %fetched.info.name,
+                        covered_seq = fetched.header.covered_seq.get(),
+                        bytes = fetched.header.total_size,
+                        "merging the snapshot into the live database"
+                    );
+                    self.status.lock().expect("status lock").waiting = None;
+                    CatchUpJob::Merging {
+                        merge: Box::new(merge),
+                        fetched,
+                        next_step_at: tokio::time::Instant::now(),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("snapshot {} cannot be merged: {e}", fetched.info.name);
+                    crate::catch_up::remove_download(&fetched.path);
+                    self.status.lock().expect("status lock").waiting = Some(e.to_string());
+                    retry()
+                }
+            },
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    retry_in_s = crate::catch_up::RETRY_AFTER.as_secs(),
+                    "catching up: {e:#}"
+                );
+                self.metrics.snapshot_failed("restore");
+                self.status.lock().expect("status lock").waiting =
+                    Some(format!("catching up: {e:#}"));
+                retry()
+            }
+            Err(e) => {
+                tracing::warn!("the snapshot download task ended: {e}");
+                retry()
+            }
+        });
+        self.refresh_status();
+    }
+
+    /// When the catch-up's next step is due, if one is.
+    fn catch_up_due(&self) -> Option<tokio::time::Instant> {
+        match self.catch_up.as_ref()? {
+            CatchUpJob::Merging { next_step_at, .. } => Some(*next_step_at),
+            CatchUpJob::Waiting { retry_at } => Some(*retry_at),
+            CatchUpJob::Fetching(_) => None,
+        }
+    }
+
+    /// Runs one merge step (a short transaction), or after a failure starts over.
+    fn catch_up_step(&mut self) {
+        let (mut merge, fetched) = match self.catch_up.take() {
+            Some(CatchUpJob::Merging { merge, fetched, .. }) => (merge, fetched),
+            Some(CatchUpJob::Waiting { .. }) => {
+                // Look at the stream again: it decides the snapshot needed now.
+                self.consumer_retry_at = Some(Instant::now());
+                return;
+            }
+            other => {
+                self.catch_up = other;
+                return;
+            }
+        };
+        let captured_before = merge.report().local_rows_captured;
+        let started = Instant::now();
+        let result = self.engine.db_mut().catch_up_step(
+            &mut merge,
+            self.clock.now().wall,
+            crate::catch_up::ROWS_PER_STEP,
+        );
+        let took = started.elapsed();
+        let now = tokio::time::Instant::now();
+        match result {
+            Ok(report) if report.finished => {
+                self.caught_up(merge, fetched, report);
+            }
+            Ok(report) => {
+                if report.local_rows_captured > captured_before {
+                    // Local writes captured by the step: publish them as usual.
+                    self.feed(vec![Input::LocalWrite]);
+                }
+                self.catch_up = Some(CatchUpJob::Merging {
+                    merge,
+                    fetched,
+                    next_step_at: now + took.max(crate::catch_up::MIN_PAUSE),
+                });
+            }
+            Err(CatchUpError::Store(e)) if e.is_transient() => {
+                tracing::debug!("a catch-up step must wait: {e}");
+                self.catch_up = Some(CatchUpJob::Merging {
+                    merge,
+                    fetched,
+                    next_step_at: now + crate::catch_up::BUSY_RETRY,
+                });
+            }
+            Err(e) => {
+                tracing::error!(snapshot = %fetched.info.name, "catching up: {e}");
+                self.metrics.snapshot_failed("restore");
+                drop(merge);
+                crate::catch_up::remove_download(&fetched.path);
+                self.status.lock().expect("status lock").waiting = Some(e.to_string());
+                self.catch_up = Some(CatchUpJob::Waiting {
+                    retry_at: now + crate::catch_up::RETRY_AFTER,
+                });
+            }
+        }
+        self.refresh_status();
+    }
+
+    /// The merge finished: the cursor is at the snapshot's covered sequence.
+    fn caught_up(&mut self, merge: Box<CatchUp>, fetched: Fetched, report: CatchUpReport) {
+        drop(merge.into_source());
+        crate::catch_up::remove_download(&fetched.path);
+        let took = fetched.started.elapsed();
+        for (table, rows) in &report.skipped_tables {
+            tracing::warn!(
+                table,
+                rows,
+                "the snapshot's rows of a table this database does not have were not merged"
+            );
+        }
+        tracing::info!(
+            snapshot = %fetched.info.name,
+            covered_seq = report.covered.get(),
+            rows = report.rows_read,
+            remote_won = report.remote_won,
+            local_won = report.local_won,
+            unchanged = report.unchanged,
+            migrations = report.migrations,
+            took_ms = took.as_millis() as u64,
+            "caught up in place; consuming the stream from sequence {}",
+            report.covered.get() + 1
+        );
+        self.metrics.restored(
+            RestoreReason::Behind.as_str(),
+            fetched.downloaded,
+            took,
+            report.covered.get(),
+        );
+        {
+            let mut s = self.status.lock().expect("status lock");
+            s.waiting = None;
+            s.last_restore = Some(SnapshotStatus {
+                name: fetched.info.name.clone(),
+                covered_seq: report.covered.get(),
+                bytes: fetched.downloaded,
+                duration_ms: took.as_millis() as u64,
+                at_unix_ms: crate::snapshot::unix_ms(),
+                reason: Some(RestoreReason::Behind.as_str().to_owned()),
+            });
+        }
+        self.fell_behind = false;
+        self.consumer_retry_at = Some(Instant::now());
+    }
+
+    /// Another node needs a snapshot: take one (under the lease) when this node is caught
+    /// up, and say whether it will.
+    async fn answer_snapshot_request(&mut self, request: async_nats::Message) {
+        let caught_up = self.is_caught_up();
+        let node_id = self.engine.db().node_id().to_string();
+        let Some(responder) = self.responder.as_mut() else {
+            return;
+        };
+        let asked: Option<SnapshotRequest> = serde_json::from_slice(&request.payload).ok();
+        let answer = if !caught_up {
+            SnapshotAnswer {
+                node: node_id,
+                accepted: false,
+                reason: Some("this node is not caught up with the stream".into()),
+            }
+        } else {
+            if responder.job.is_none() {
+                let ctx = responder.ctx.clone();
+                let cursor = self.engine.applied_cursor();
+                responder.job = Some(tokio::spawn(crate::snapshot::run_job(ctx, cursor)));
+            }
+            SnapshotAnswer {
+                node: node_id,
+                accepted: true,
+                reason: None,
+            }
+        };
+        tracing::info!(
+            asker = asked.as_ref().map(|r| r.node.as_str()).unwrap_or("?"),
+            first_needed = asked.as_ref().map(|r| r.first_needed),
+            accepted = answer.accepted,
+            "a node asked for a snapshot"
+        );
+        if let Some(reply) = request.reply {
+            let payload = serde_json::to_vec(&answer).unwrap_or_default();
+            if let Err(e) = responder.client.publish(reply, payload.into()).await {
+                tracing::warn!("answering a snapshot request: {e}");
+            }
+        }
+    }
+
+    fn requested_snapshot_finished(
+        &mut self,
+        outcome: Result<anyhow::Result<JobOutcome>, tokio::task::JoinError>,
+    ) {
+        if let Some(responder) = self.responder.as_mut() {
+            responder.job = None;
+        }
+        match outcome {
+            Ok(Ok(JobOutcome::Taken(taken))) => {
+                let info = &taken.info;
+                tracing::info!(
+                    covered_seq = info.covered_seq.get(),
+                    bytes = taken.bytes,
+                    "took snapshot {} another node asked for",
+                    info.name
+                );
+                self.metrics
+                    .snapshot_taken(taken.bytes, taken.took, info.covered_seq.get());
+                if let Some(s) = self.snapshots.as_mut() {
+                    s.newest = Some(Some((info.covered_seq, info.taken_at_ms)));
+                }
+            }
+            Ok(Ok(other)) => tracing::info!("no snapshot taken for another node: {other:?}"),
+            Ok(Err(e)) => {
+                self.metrics.snapshot_failed("take");
+                tracing::warn!("taking the snapshot another node asked for failed: {e:#}");
+            }
+            Err(e) => tracing::warn!("the requested snapshot task ended: {e}"),
+        }
+    }
+
+    /// Consuming the stream, not behind it, and within one batch of its end.
+    fn is_caught_up(&self) -> bool {
+        let lag = self.status.lock().expect("status lock").lag;
+        self.messages.is_some() && !self.fell_behind && lag <= self.batch_limit as u64
     }
 
     fn deadline(&self) -> tokio::time::Instant {
@@ -989,6 +1363,23 @@ impl Driver {
         s.parked = parked;
         s.nats_connected = self.connected;
         s.fell_behind = self.fell_behind;
+        s.catching_up = self.catch_up.as_ref().map(|job| match job {
+            CatchUpJob::Fetching(_) => CatchUpStatus {
+                stage: "fetching".into(),
+                ..Default::default()
+            },
+            CatchUpJob::Merging { merge, fetched, .. } => CatchUpStatus {
+                stage: "merging".into(),
+                snapshot: Some(fetched.info.name.clone()),
+                covered_seq: Some(fetched.header.covered_seq.get()),
+                rows_read: merge.report().rows_read,
+                rows_total: merge.report().rows_total,
+            },
+            CatchUpJob::Waiting { .. } => CatchUpStatus {
+                stage: "waiting".into(),
+                ..Default::default()
+            },
+        });
         s.consumer_error = self.consumer_error.clone();
         s.healthy =
             self.connected && !self.fell_behind && !s.restoring && s.consumer_error.is_none();
@@ -1039,6 +1430,41 @@ async fn snapshot_job(
     match snapshots.as_mut().and_then(|s| s.job.as_mut()) {
         Some(job) => job.await,
         None => std::future::pending().await,
+    }
+}
+
+/// What the snapshot-request responder has for the driver.
+enum ResponderEvent {
+    /// Another node asks for a snapshot.
+    Request(async_nats::Message),
+    /// The snapshot taken for such a request is done.
+    JobDone(Result<anyhow::Result<JobOutcome>, tokio::task::JoinError>),
+}
+
+/// The responder's next event (never while this node answers no requests).
+async fn responder_event(responder: &mut Option<Responder>) -> ResponderEvent {
+    let Some(r) = responder.as_mut() else {
+        return std::future::pending().await;
+    };
+    let job = async {
+        match r.job.as_mut() {
+            Some(job) => job.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        Some(request) = r.requests.next() => ResponderEvent::Request(request),
+        outcome = job => ResponderEvent::JobDone(outcome),
+    }
+}
+
+/// Resolves when the catch-up's snapshot download ends (never while none runs).
+async fn fetch_job(
+    catch_up: &mut Option<CatchUpJob>,
+) -> Result<anyhow::Result<Fetched>, tokio::task::JoinError> {
+    match catch_up {
+        Some(CatchUpJob::Fetching(task)) => task.await,
+        _ => std::future::pending().await,
     }
 }
 

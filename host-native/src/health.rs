@@ -47,8 +47,13 @@ pub struct Status {
     pub publish: bool,
     /// Whether remote changes are applied.
     pub replicate: bool,
-    /// A restore from a snapshot is in progress (start-up).
+    /// A restore from a snapshot is in progress (start-up, missing or damaged database).
     pub restoring: bool,
+    /// Why a restore or catch-up cannot go on right now (e.g. another connection holds the
+    /// database that must be replaced, or no snapshot covers the stream yet).
+    pub waiting: Option<String>,
+    /// A catch-up in place in progress (this node fell behind the stream's retention).
+    pub catching_up: Option<CatchUpStatus>,
     /// The last snapshot this node took, since it started.
     pub last_snapshot: Option<SnapshotStatus>,
     /// The restore this node did at start, if any.
@@ -74,6 +79,21 @@ pub struct SnapshotStatus {
     /// Why (restores only: `missing`, `damaged`, `behind`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// A catch-up in place, as the health endpoint reports it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CatchUpStatus {
+    /// `fetching` (finding and downloading a snapshot), `merging` or `waiting` (to retry).
+    pub stage: String,
+    /// The snapshot being merged.
+    pub snapshot: Option<String>,
+    /// The stream sequence it covers.
+    pub covered_seq: Option<u64>,
+    /// Row versions merged so far.
+    pub rows_read: u64,
+    /// Row versions to merge.
+    pub rows_total: u64,
 }
 
 /// Shared, updated by the driver, read by the endpoint.

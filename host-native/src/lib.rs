@@ -5,14 +5,17 @@
 //! `harmonylite-core`; this crate supplies configuration, the supervised `nats-server`, the
 //! JetStream transport, change detection, snapshots (taking, storing, restoring), metrics
 //! and health.
+pub mod catch_up;
 pub mod cli;
 pub mod config;
+pub mod db_lock;
 pub mod driver;
 pub mod failpoint;
 pub mod health;
 pub mod lease;
 pub mod metrics;
 pub mod nats_server;
+pub mod peer_snapshot;
 pub mod progress;
 pub mod restore;
 pub mod route_peers;

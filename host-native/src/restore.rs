@@ -1,8 +1,8 @@
 //! Restoring a replica's database from a snapshot, at start.
 //!
-//! When: the database file is missing (or empty), `PRAGMA quick_check` finds it damaged,
-//! or its cursor is older than the stream's first retained message (the node was away
-//! longer than `replication_log.max_entries` lasts). How, in order:
+//! When: the database file is missing (or empty), or `PRAGMA quick_check` finds it damaged.
+//! A sound database that fell behind the stream's retention is never replaced: it catches
+//! up in place ([`crate::catch_up`]). How, in order:
 //!
 //! 1. Keep this node's unpublished writes: when the old file is sound, capture pending
 //!    writes and publish the outbox, waiting for JetStream's acks; when it is damaged,
@@ -10,7 +10,8 @@
 //!    skipped and counted). These messages land in the stream before the restore looks at
 //!    it, so the replay below applies them.
 //! 2. Pick the newest snapshot that reaches the stream (its covered sequence + 1 ≥ the
-//!    stream's first sequence); none ⇒ an error that says what to do.
+//!    stream's first sequence); none ⇒ ask a healthy peer to take one
+//!    ([`crate::peer_snapshot`]) and wait for it; still none ⇒ an error the caller retries.
 //! 3. Download it to `<db_path>.hl-restore` beside the database, verifying every chunk and
 //!    the whole file (a damaged download falls back to the next older snapshot), fsync.
 //! 4. Install node-local state in it (core's `install_node_local`): this node's id, its
@@ -29,9 +30,12 @@
 //! next start completes the swap (or, if the rename already happened, only removes the
 //! journal). `kill -9` at any point therefore ends in the old state or the restored one.
 //!
-//! The application must not have the database open during a restore (its connection would
-//! keep the replaced file). On Linux the sidecar checks `/proc` for other processes that
-//! have the file open, waits up to 30 s for them to close it, and refuses otherwise.
+//! Nothing replaces the database file while another connection may have it open (its
+//! writes would go into the replaced file): the sidecar reads SQLite's own locks on the
+//! `-shm` file and the database ([`crate::db_lock`]), which every process, container and PID
+//! namespace on the volume shares, and waits — as long as it takes, saying why in its log
+//! and health — until none is held, right before downloading and again right before the
+//! swap.
 
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
@@ -56,11 +60,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::config::Config;
+use crate::peer_snapshot::{usable_snapshots, PeerAsk};
 use crate::progress::Progress;
 use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
 
-/// How long a restore waits for other processes to close the database.
-const OPENERS_WAIT: Duration = Duration::from_secs(30);
+/// How often a restore waiting for other connections to close the database says so.
+const OPENERS_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// The state of the database file at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,63 +335,33 @@ pub fn sync_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
-/// Other processes that have the database (or its WAL) open, as `pid (command)` (Linux;
-/// elsewhere always empty).
-pub fn other_openers(db_path: &Path) -> Vec<String> {
-    let Ok(db) = std::fs::canonicalize(db_path) else {
-        return Vec::new();
-    };
-    let wal = with_suffix(&db, "-wal");
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in procs.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let open = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|target| target == db || target == wal)
-        });
-        if open {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            found.push(format!("{pid} ({})", comm.trim()));
-        }
-    }
-    found
-}
-
-/// Waits until no other process has the database open; errors after 30 s.
-pub async fn wait_for_exclusive_use(db_path: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + OPENERS_WAIT;
-    let mut logged = false;
+/// Waits until no other connection has the database open (read from SQLite's own locks,
+/// [`crate::db_lock`], so a connection in another container counts), calling `waiting` with
+/// the reason while it waits and with `None` when it is done. Waits as long as it takes:
+/// replacing a file an application holds would send its writes into the replaced file.
+/// This process must have no connection to the database meanwhile.
+pub async fn wait_until_unopened(
+    db_path: &Path,
+    mut waiting: impl FnMut(Option<String>),
+) -> anyhow::Result<()> {
+    let mut logged = Instant::now() - OPENERS_LOG_EVERY;
     loop {
-        let openers = other_openers(db_path);
-        if openers.is_empty() {
+        let holder = crate::db_lock::other_connection(db_path)
+            .with_context(|| format!("reading the locks on {}", db_path.display()))?;
+        let Some(holder) = holder else {
+            waiting(None);
             return Ok(());
+        };
+        let why = format!(
+            "waiting for every other connection to close {} before replacing it ({holder}); stop the application \
+             (harmonylite never replaces a database file an application has open)",
+            db_path.display()
+        );
+        if logged.elapsed() >= OPENERS_LOG_EVERY {
+            tracing::warn!("{why}");
+            logged = Instant::now();
         }
-        if Instant::now() >= deadline {
-            anyhow::bail!(
-                "{} is open in process {}: stop the application before harmonylite restores its database (docs/snapshots.md), then start harmonylite again",
-                db_path.display(),
-                openers.join(", ")
-            );
-        }
-        if !logged {
-            tracing::warn!(
-                processes = %openers.join(", "),
-                "waiting for other processes to close {} before restoring it (the application must be stopped during a restore)",
-                db_path.display()
-            );
-            logged = true;
-        }
+        waiting(Some(why));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -466,6 +441,7 @@ async fn publish_frames(js: &jetstream::Context, subject: &str, frames: &[Outbox
 /// Restores the database from the newest usable snapshot in `store` (steps 2 to 5 of the
 /// module docs). `kept` is the old file's node-local state (see [`salvage_local`]); the
 /// caller has published its outbox and closed its connections.
+#[allow(clippy::too_many_arguments)]
 pub async fn restore(
     config: &Config,
     node_id: NodeId,
@@ -473,38 +449,20 @@ pub async fn restore(
     store: &SnapshotStore,
     reason: RestoreReason,
     kept: &Salvage,
+    ask: &PeerAsk,
+    mut waiting: impl FnMut(Option<String>),
 ) -> anyhow::Result<Restored> {
-    wait_for_exclusive_use(&config.db_path).await?;
+    wait_until_unopened(&config.db_path, &mut waiting).await?;
     let info = stream.info().await.context("reading the change stream")?;
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    let snapshots = store.list().await?;
-    let Some(newest) = snapshots.last() else {
-        anyhow::bail!(
-            "cannot restore {} ({}): the {} holds no snapshot of stream {}. Take one on a healthy node with \
-             `harmonylite --config <its config> --save-snapshot` (or wait for its periodic snapshot), then start this node again",
+    let usable = usable_snapshots(store, first, ask).await.with_context(|| {
+        format!(
+            "cannot restore {} ({}) yet: no snapshot of stream {} covers its first retained message {first}",
             config.db_path.display(),
             describe_reason(reason),
-            store.describe(),
             info.config.name
-        );
-    };
-    let usable: Vec<&SnapshotInfo> = snapshots
-        .iter()
-        .rev()
-        .filter(|s| s.covered_seq.get() + 1 >= first)
-        .collect();
-    if usable.is_empty() {
-        anyhow::bail!(
-            "cannot restore {} ({}): the newest snapshot ({}) covers the stream up to sequence {}, but the stream \
-             now starts at {}, so the messages in between are gone. Take a new snapshot on a healthy node with \
-             `harmonylite --config <its config> --save-snapshot`, then start this node again",
-            config.db_path.display(),
-            describe_reason(reason),
-            newest.name,
-            newest.covered_seq.get(),
-            first
-        );
-    }
+        )
+    })?;
     tracing::warn!(
         reason = reason.as_str(),
         stream_first = first,
@@ -516,7 +474,7 @@ pub async fn restore(
     let target = restore_path(&config.db_path);
     let started = Instant::now();
     let mut chosen = None;
-    for candidate in usable {
+    for candidate in &usable {
         match download(store, candidate, &target).await {
             Ok((header, downloaded)) => {
                 chosen = Some((candidate.clone(), header, downloaded));
@@ -553,7 +511,7 @@ pub async fn restore(
     let replay_own_until = StreamSeq::new(last);
     let size = prepare_restored_file(&target, local, header.covered_seq, replay_own_until).await?;
 
-    wait_for_exclusive_use(&config.db_path).await?;
+    wait_until_unopened(&config.db_path, &mut waiting).await?;
     let entry = SwapJournal {
         db: config.db_path.clone(),
         restored: target,
@@ -811,22 +769,41 @@ mod tests {
         assert_eq!(std::fs::read(&db).unwrap(), b"new file");
     }
 
-    #[test]
-    fn this_process_is_not_another_opener() {
+    #[tokio::test]
+    async fn waiting_for_exclusive_use_ends_when_the_other_connection_closes() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("app.db");
         let conn = Connection::open(&db).unwrap();
-        conn.execute_batch("CREATE TABLE t(x)").unwrap();
-        assert!(other_openers(&db).is_empty());
-        let child = std::process::Command::new("sleep")
-            .arg("30")
-            .stdin(std::fs::File::open(&db).unwrap())
-            .spawn();
-        let mut child = child.expect("running sleep");
-        let seen = other_openers(&db);
-        let _ = child.kill();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t(x)")
+            .unwrap();
+        drop(conn);
+        let script = format!(
+            "import sqlite3, time\nc = sqlite3.connect({:?})\nc.execute('SELECT * FROM t').fetchall()\nprint('open', flush=True)\ntime.sleep(1.5)\n",
+            db.display().to_string()
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut buf = [0u8; 5];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut buf).unwrap();
+        let mut reasons = Vec::new();
+        let started = Instant::now();
+        wait_until_unopened(&db, |why| reasons.push(why))
+            .await
+            .unwrap();
         let _ = child.wait();
-        assert_eq!(seen.len(), 1, "{seen:?}");
-        assert!(seen[0].contains("sleep"), "{seen:?}");
+        assert!(started.elapsed() >= Duration::from_millis(500), "it waited");
+        assert!(
+            reasons
+                .first()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .contains("holds a lock"),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons.last().unwrap(), &None);
     }
 }

@@ -624,6 +624,15 @@ impl SnapshotSchedule {
         on.then_some(schedule)
     }
 
+    /// The schedule of a snapshot another node asked for: due whenever it would cover
+    /// something the newest stored one does not.
+    pub fn on_request() -> Self {
+        SnapshotSchedule {
+            interval: Some(Duration::ZERO),
+            every_messages: None,
+        }
+    }
+
     /// Whether a node whose cursor is `cursor` should take a snapshot now (`now_ms`), given
     /// the newest stored one (`newest`: covered sequence and time taken). Never when it
     /// would cover nothing new.

@@ -40,13 +40,14 @@ pub fn adopt_stream(db_path: &Path) -> anyhow::Result<u64> {
         "--adopt-stream: the database {} does not exist",
         db_path.display()
     );
-    let openers = crate::restore::other_openers(db_path);
-    anyhow::ensure!(
-        openers.is_empty(),
-        "--adopt-stream: {} is open in process {}: stop the application and harmonylite first",
-        db_path.display(),
-        openers.join(", ")
-    );
+    if let Some(holder) = crate::db_lock::other_connection(db_path)
+        .with_context(|| format!("reading the locks on {}", db_path.display()))?
+    {
+        anyhow::bail!(
+            "--adopt-stream: {} is open in another connection ({holder}): stop the application and harmonylite first",
+            db_path.display()
+        );
+    }
     let mut conn = Connection::open_with_flags(
         db_path,
         OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE),
