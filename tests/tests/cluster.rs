@@ -145,9 +145,14 @@ fn the_later_write_wins_even_when_made_while_its_sidecar_was_down() {
     b.app()
         .execute("UPDATE items SET name = 'b-older' WHERE id = 'y'", [])
         .unwrap();
-    wait_until(Duration::from_secs(10), || {
-        b.health().is_some_and(|(_, h)| h["outbox_depth"] == 0)
-    });
+    // B's write must be published (and so older than A's offline write) before A writes.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            b.health().is_some_and(|(_, h)| h["outbox_depth"] == 0)
+        }),
+        "B did not publish its write within 10 s (outbox not empty):\n{}",
+        b.log_tail()
+    );
     std::thread::sleep(Duration::from_millis(50));
     a.app()
         .execute("UPDATE items SET name = 'a-older' WHERE id = 'x'", [])

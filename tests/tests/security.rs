@@ -328,9 +328,23 @@ fn mutual_tls_replicates() {
             .connect(nats.tls_url())
             .await
     });
+    // Refused for the missing certificate, not timed out or unreachable: the client's error
+    // is no timeout and the server says why it ended the handshake.
+    let error = match without_cert {
+        Ok(_) => panic!("a client without a certificate was accepted"),
+        Err(e) => e,
+    };
+    assert_ne!(
+        error.kind(),
+        async_nats::ConnectErrorKind::TimedOut,
+        "the client without a certificate timed out instead of being refused: {error}"
+    );
     assert!(
-        without_cert.is_err(),
-        "a client without a certificate was accepted"
+        wait_until(Duration::from_secs(10), || nats
+            .log()
+            .contains("client didn't provide a certificate")),
+        "the server did not refuse the client for its missing certificate ({error}):\n{}",
+        nats.log()
     );
 }
 
@@ -414,25 +428,61 @@ fn read_only_replica_replicates_with_consume_only_permissions() {
         reader.log_tail()
     );
 
-    // The permissions are real: the reader's user cannot publish a change.
+    // The permissions are real: the reader's user cannot publish a change. A failed publish
+    // alone proves nothing (a timeout fails it too): the server must tell this client that
+    // publishing to the subject violates its permissions, and the stream must not grow.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let refused = runtime.block_on(async {
+    let (published, server_errors, before, after) = runtime.block_on(async {
+        let (errors_tx, mut errors_rx) = tokio::sync::mpsc::unbounded_channel();
         let client =
             async_nats::ConnectOptions::with_user_and_password("reader".into(), "r".into())
+                .event_callback(move |event| {
+                    let errors_tx = errors_tx.clone();
+                    async move {
+                        if let async_nats::Event::ServerError(e) = event {
+                            let _ = errors_tx.send(e.to_string());
+                        }
+                    }
+                })
                 .connect(nats.url())
                 .await
                 .unwrap();
         let mut js = async_nats::jetstream::new(client);
         js.set_timeout(Duration::from_secs(1));
-        match js
+        let messages = |js: async_nats::jetstream::Context| async move {
+            let mut stream = js.get_stream("harmonylite-changes-1").await.unwrap();
+            stream.info().await.unwrap().state.messages
+        };
+        let before = messages(js.clone()).await;
+        let published = match js
             .publish("harmonylite-change-log.1", "forged".into())
             .await
         {
-            Ok(ack) => ack.await.is_err(),
-            Err(_) => true,
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut server_errors = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, errors_rx.recv()).await {
+            let permission = e.contains("Permissions Violation for Publish");
+            server_errors.push(e);
+            if permission {
+                break;
+            }
         }
+        let after = messages(js.clone()).await;
+        (published, server_errors, before, after)
     });
-    assert!(refused, "the reader's user could publish a change");
+    assert!(
+        published.is_err(),
+        "the reader's user could publish a change"
+    );
+    assert!(
+        server_errors.iter().any(|e| e
+            .contains("Permissions Violation for Publish to \"harmonylite-change-log.1\"")),
+        "the reader's publish failed ({published:?}) but the server sent no permissions violation for it: {server_errors:?}"
+    );
+    assert_eq!(before, after, "the stream grew after the refused publish");
     assert!(
         wait_until(Duration::from_secs(10), || nats
             .log()
