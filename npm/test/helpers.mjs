@@ -59,17 +59,52 @@ export async function waitFor(check, { timeoutMs = 60_000, message = () => "cond
   }
 }
 
-/** A TCP port that was free a moment ago. */
-export async function freePort() {
-  return new Promise((resolve, reject) => {
+const LOWEST_PORT = 10_000;
+let portsTaken = 0;
+
+/** The lowest port of the kernel's ephemeral range (`ip_local_port_range`), 32768 by default. */
+function ephemeralLow() {
+  try {
+    const low = Number.parseInt(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0], 10);
+    if (Number.isInteger(low) && low > LOWEST_PORT + 1_000) {
+      return low;
+    }
+  } catch {
+    // Not Linux, or no /proc: the usual default.
+  }
+  return 32_768;
+}
+
+/** Whether a server can listen on 127.0.0.1:`port` right now. */
+function canListen(port) {
+  return new Promise((resolve) => {
     const s = createServer();
     s.unref();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+    s.once("error", () => resolve(false));
+    s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
   });
+}
+
+/**
+ * A TCP port that was free a moment ago on 127.0.0.1, for a server a test starts later.
+ *
+ * Picked below the kernel's ephemeral range, never twice in one process (as `free_port` in
+ * tests/src/lib.rs). A port from `listen(0)` lies inside that range, where every outgoing
+ * connection takes its local port: one of the connections the test opens meanwhile could
+ * take it before the server binds it.
+ */
+export async function freePort() {
+  const high = ephemeralLow();
+  const span = high - LOWEST_PORT;
+  // Test files run in processes of their own: each starts at a different place.
+  const start = (process.pid * 7_919) % span;
+  for (let i = 0; i < span; i++) {
+    const port = LOWEST_PORT + ((start + portsTaken++) % span);
+    if (await canListen(port)) {
+      return port;
+    }
+  }
+  throw new Error(`no free TCP port on 127.0.0.1 between ${LOWEST_PORT} and ${high}`);
 }
 
 /** The nats-server binary as an absolute path (for `[nats] server_binary`). */
