@@ -144,6 +144,132 @@ impl Metrics {
     }
 }
 
+/// The kind of a metric, for its description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric (name after the namespace), its kind and its `# HELP` text: the exporter
+/// writes a HELP line only for a described metric.
+const DESCRIPTIONS: [(&str, Kind, &str); 21] = [
+    (
+        "drained_rows_total",
+        Kind::Counter,
+        "Local row changes captured.",
+    ),
+    (
+        "published_frames_total",
+        Kind::Counter,
+        "Frames JetStream acknowledged.",
+    ),
+    (
+        "applied_batches_total",
+        Kind::Counter,
+        "Remote batches applied.",
+    ),
+    (
+        "applied_rows_total",
+        Kind::Counter,
+        "Rows changed by remote batches.",
+    ),
+    (
+        "conflicts_total",
+        Kind::Counter,
+        "Row conflicts, by the side whose write won.",
+    ),
+    (
+        "parked_total",
+        Kind::Counter,
+        "Messages parked, by reason kind.",
+    ),
+    ("parked_messages", Kind::Gauge, "Messages currently parked."),
+    (
+        "parked_table_messages",
+        Kind::Gauge,
+        "Messages currently parked, by the table they are about (empty: none).",
+    ),
+    (
+        "migration_version",
+        Kind::Gauge,
+        "Version of the last replicated migration applied here.",
+    ),
+    (
+        "parked_migrations",
+        Kind::Gauge,
+        "Replicated migrations parked here.",
+    ),
+    (
+        "outbox_frames",
+        Kind::Gauge,
+        "Frames waiting for a JetStream ack.",
+    ),
+    (
+        "lag_messages",
+        Kind::Gauge,
+        "Stream messages not applied here yet.",
+    ),
+    (
+        "nats_connected",
+        Kind::Gauge,
+        "1 while connected to NATS, else 0.",
+    ),
+    (
+        "apply_seconds",
+        Kind::Histogram,
+        "Duration of one apply transaction.",
+    ),
+    (
+        "database_errors_total",
+        Kind::Counter,
+        "Failed database operations (retried), by operation.",
+    ),
+    (
+        "snapshots_total",
+        Kind::Counter,
+        "Snapshots this node took and stored.",
+    ),
+    (
+        "restores_total",
+        Kind::Counter,
+        "Restores from a snapshot, by reason.",
+    ),
+    (
+        "snapshot_bytes_total",
+        Kind::Counter,
+        "Framed snapshot bytes uploaded and downloaded, by direction.",
+    ),
+    (
+        "snapshot_seconds",
+        Kind::Histogram,
+        "Duration of taking and storing a snapshot, of a restore, by operation.",
+    ),
+    (
+        "snapshot_failures_total",
+        Kind::Counter,
+        "Snapshots that could not be taken, restores that failed, by operation.",
+    ),
+    (
+        "snapshot_covered_seq",
+        Kind::Gauge,
+        "Stream sequence the last snapshot taken or restored here covers.",
+    ),
+];
+
+/// Describes every metric to the installed recorder, so each has a `# HELP` line.
+fn describe(namespace: &str) {
+    for (suffix, kind, help) in DESCRIPTIONS {
+        let name = format!("{namespace}_{suffix}");
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
 /// Installs the Prometheus recorder (once per process) for metrics under `namespace` and
 /// returns its handle.
 pub fn install_recorder(namespace: &str) -> anyhow::Result<PrometheusHandle> {
@@ -160,6 +286,7 @@ pub fn install_recorder(namespace: &str) -> anyhow::Result<PrometheusHandle> {
             &snapshot_buckets,
         )?
         .install_recorder()?;
+    describe(namespace);
     Ok(handle)
 }
 
@@ -179,4 +306,51 @@ pub async fn serve(bind: SocketAddr, handle: PrometheusHandle) -> anyhow::Result
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names recorded in this file (`self.name("…")`) with the macro's kind, and the
+    /// names in the module documentation's table: both equal the described ones.
+    #[test]
+    fn every_metric_is_described_and_documented() {
+        let source = include_str!("metrics.rs");
+        let code = source.split("\n#[cfg(test)]").next().unwrap();
+        let mut recorded = BTreeSet::new();
+        for (kind, macro_name) in [
+            (Kind::Counter, "counter!("),
+            (Kind::Gauge, "gauge!("),
+            (Kind::Histogram, "histogram!("),
+        ] {
+            for rest in code.split(macro_name).skip(1) {
+                if let Some(rest) = rest.trim_start().strip_prefix("self.name(\"") {
+                    let name = rest.split('"').next().unwrap();
+                    recorded.insert((name.to_owned(), kind));
+                }
+            }
+        }
+        let described: BTreeSet<(String, Kind)> = DESCRIPTIONS
+            .iter()
+            .map(|(name, kind, _)| ((*name).to_owned(), *kind))
+            .collect();
+        assert_eq!(recorded, described, "recorded vs described metrics");
+        let documented: BTreeSet<String> = code
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `<ns>_"))
+            .map(|l| l.split(['`', '{']).next().unwrap().to_owned())
+            .collect();
+        let names: BTreeSet<String> = described.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            documented, names,
+            "module documentation vs described metrics"
+        );
+        for (name, _, help) in DESCRIPTIONS {
+            assert!(
+                help.ends_with('.') && !help.contains('\n'),
+                "{name}: {help:?}"
+            );
+        }
+    }
 }
