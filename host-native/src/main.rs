@@ -128,10 +128,7 @@ fn cleanup(config: &Config) -> Result<()> {
 
 /// `--save-snapshot`: takes, stores and prunes snapshots once, then returns.
 fn save_snapshot(config: Config, span: Span) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let runtime = runtime(&span)?;
     runtime.block_on(
         async move {
             let taken = harmonylite::snapshot::save_snapshot(&config).await?;
@@ -150,9 +147,21 @@ fn save_snapshot(config: Config, span: Span) -> Result<()> {
 
 /// Runs the sidecar on a multi-threaded tokio runtime until it stops.
 fn serve(config: Config, span: Span) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let runtime = runtime(&span)?;
     runtime.block_on(harmonylite::driver::run(config).instrument(span))
+}
+
+/// A multi-threaded tokio runtime whose threads are all inside `span` (the `node` span), so
+/// that tasks spawned without a span of their own (async-nats's connection task, the
+/// embedded nats-server's output forwarders, ...) log with the node id too.
+fn runtime(span: &Span) -> Result<tokio::runtime::Runtime> {
+    let span = span.clone();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(move || {
+            // Entered for the thread's whole life: never exited, so the guard is forgotten.
+            std::mem::forget(span.clone().entered());
+        })
+        .build()
+        .context("starting the tokio runtime")
 }

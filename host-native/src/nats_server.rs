@@ -867,6 +867,10 @@ async fn forward_output(stream: impl AsyncRead + Unpin, shared: Arc<Shared>, pid
             continue;
         }
         let (level, message) = parse_log_line(line);
+        if message.trim().is_empty() {
+            // The banner's bare `[INF]` separator lines: nothing to log.
+            continue;
+        }
         let name = shared.server_name.as_str();
         match level {
             LogLevel::Error => {
