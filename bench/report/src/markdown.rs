@@ -794,7 +794,9 @@ fn apply(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
          same engine in node's wasm runtime. The wasm end-to-end figure runs from the first `BEGIN` of a \
          sidecar's application (a separate process writing 1000-row transactions) until the replica in node, \
          connected over NATS WebSocket, shows the last of those rows (checked on every remote-change \
-         notification); the bench fails unless the replica then holds every row. Catch-up is end to end: a node is stopped (its sidecar and its \
+         notification); the bench fails unless the replica then holds every row. The app is Python's `sqlite3` \
+         (its own write rate is shown beside the figure: it bounds the end-to-end rate) and the sidecar is the \
+         debug build `npm/test/helpers.mjs` builds. Catch-up is end to end: a node is stopped (its sidecar and its \
          nats-server), node 0 writes the changes in 1000-row transactions, the node starts again; the time runs \
          from its start until it holds every change, so it includes its nats-server rejoining the cluster and \
          catching up the stream, then the sidecar reading and applying it.\n"
