@@ -295,6 +295,37 @@ fn check_conventions(families: &BTreeMap<String, Family>, namespace: &str) {
     }
 }
 
+/// The metrics a workload does not record (snapshots, restores, errors) do not appear in a
+/// scrape: check every name metrics.rs documents (`//! | `<ns>_name{labels}` | type |`) by
+/// the same rules, with the type the table gives.
+fn check_documented_names() {
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../host-native/src/metrics.rs"),
+    )
+    .unwrap();
+    let mut families = BTreeMap::new();
+    for row in source
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! | `<ns>_"))
+    {
+        let name = format!("harmonylite_{}", row.split(['`', '{']).next().unwrap());
+        let kind = row.split(" | ").nth(1).unwrap().trim().to_string();
+        families.insert(
+            name.clone(),
+            Family {
+                help: Some("documented".into()),
+                kind: Some(kind),
+                samples: BTreeMap::from([(name, 0.0)]),
+            },
+        );
+    }
+    assert!(
+        families.len() >= 20,
+        "metrics.rs's table was not parsed: {families:?}"
+    );
+    check_conventions(&families, "harmonylite");
+}
+
 /// Sum of a family's samples (all label sets); 0 when absent.
 fn total(families: &BTreeMap<String, Family>, name: &str) -> f64 {
     families
@@ -376,6 +407,7 @@ fn prometheus_counters_move_during_a_workload_and_names_follow_the_conventions()
         eprintln!("checking the conventions on {node}'s metrics");
         check_conventions(scrape, "harmonylite");
     }
+    check_documented_names();
     let grew = |name: &str, first: &BTreeMap<String, Family>, second: &BTreeMap<String, Family>| {
         let (x, y) = (total(first, name), total(second, name));
         assert!(
@@ -453,8 +485,8 @@ fn cleanup_on_a_live_database_removes_every_harmonylite_object_and_a_restart_rei
     let (items_before, notes_before, schema_before) =
         (dump(&a.db, "items"), dump(&a.db, "notes"), app_schema(&app));
 
-    // The application's connection stays open (inside a read transaction, even) while the
-    // sidecar is stopped and `--cleanup` runs.
+    // The application's connection stays open while the sidecar is stopped and
+    // `--cleanup` runs, and reads and writes through it afterwards.
     a.stop();
     let count: i64 = app
         .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
@@ -497,6 +529,11 @@ fn cleanup_on_a_live_database_removes_every_harmonylite_object_and_a_restart_rei
     // A second cleanup finds nothing and still succeeds.
     assert!(a.run_command(&["--cleanup"], &[], Duration::from_secs(30)));
     a.wait_for_log("nothing removed", Duration::from_secs(1));
+
+    // NOTE: writes the application makes between `--cleanup` and the next start are not
+    // captured (no triggers) and the reinstall does not publish them: they never reach the
+    // other nodes. Not asserted here (reported with this test); the application does not
+    // write in that window.
 
     // Meanwhile B keeps writing.
     b.app()
@@ -593,6 +630,29 @@ fn an_excluded_table_never_reaches_the_other_node_and_the_others_do() {
         "writes to an excluded table reached the other node"
     );
     assert_eq!(health_field(&b, "parked"), Some(0.into()));
+
+    // The other way: B does not exclude the table and publishes its writes to it; A, which
+    // excludes it, never applies them to its table.
+    b.app()
+        .execute("INSERT INTO local_only VALUES ('from-b', 'x')", [])
+        .unwrap();
+    b.app()
+        .execute("INSERT INTO items VALUES ('marker', 'x')", [])
+        .unwrap();
+    wait_converged(&[&a, &b], "items", CONVERGE, |rows| rows.len() == 16);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let (ha, hb) = (a.health().unwrap().1, b.health().unwrap().1);
+        hb["outbox_depth"] == 0 && ha["lag"] == 0 && ha["cursor"] == hb["stream_last_seq"]
+    }));
+    assert!(
+        !has_row(&a.db, "local_only", "from-b"),
+        "a remote write was applied to a table this node excludes"
+    );
+    // NOTE: today A parks that message (kind `unknown_table`, `parked_by_table` names
+    // `local_only`) and retries it every cleanup_interval for ever, although the table
+    // exists here; docs/operations.md's advice for that kind ("create it here") does not
+    // fit an excluded table. Not asserted: whether such a message should rather be skipped
+    // is the engine's call (core's apply path), reported with this test.
 }
 
 // ---------------------------------------------------------------------------------------
