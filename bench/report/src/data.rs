@@ -157,6 +157,7 @@ pub fn suite_label(suite: &str) -> String {
         "peers" => "wasm peers".into(),
         "npm" => "wasm replica".into(),
         "snapshot" => "snapshot".into(),
+        "s3-snapshot" => "snapshot, S3 store on moto".into(),
         other => match (
             other.strip_prefix("replication-"),
             other.strip_prefix("rowsize-"),
@@ -187,7 +188,7 @@ pub struct Data {
 }
 
 /// The suite files read, in report order.
-pub const SUITES: [&str; 9] = [
+pub const SUITES: [&str; 10] = [
     "capture",
     "peers",
     "npm",
@@ -197,6 +198,7 @@ pub const SUITES: [&str; 9] = [
     "replication-5",
     "replication-7",
     "snapshot",
+    "s3-snapshot",
 ];
 
 fn number(v: &Value, key: &str, file: &Path) -> Result<f64, String> {
