@@ -162,14 +162,15 @@ function whenReplicaHolds(db, count, rows, timeoutMs) {
       }
     };
     const unsubscribe = db.subscribe((e) => e.origin === "remote" && check(), { tables: ["items"] });
-    const poll = setInterval(check, 200);
+    // Neither timer keeps node alive if the app's writes fail first.
+    const poll = setInterval(check, 200).unref();
     const deadline = setTimeout(async () => {
       let c = "?";
       try {
         c = await count();
       } catch {}
       finish(reject, new Error(`end-to-end: after ${timeoutMs} ms the replica holds ${c} of the app's ${rows} rows`));
-    }, timeoutMs);
+    }, timeoutMs).unref();
   });
 }
 
@@ -224,6 +225,7 @@ async function endToEnd() {
   const ids = Array.from({ length: ROWS }, (_, i) => 1_000_000 + i);
   const countRemote = async () => (await db.query("SELECT count(*) AS c FROM items WHERE id >= 1000000"))[0].c;
   const visible = whenReplicaHolds(db, countRemote, ROWS, 300_000);
+  visible.catch(() => {}); // awaited below; not an unhandled rejection if the app fails first
   const app = await appWrite(node.db, ids, 1000);
   const visibleAt = await visible;
   const held = await countRemote();
