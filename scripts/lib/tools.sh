@@ -104,6 +104,13 @@ ensure_moto() {
   moto_server --help >/dev/null
 }
 
+# Debian's `sqlite3` shell at /usr/bin/sqlite3 (3.40 on bookworm), which core/tests/capture.rs
+# runs as an unchanged application writing under `PRAGMA trusted_schema=OFF`. Checked by its
+# path: the test runs that file, not whichever sqlite3 comes first on PATH.
+ensure_sqlite3_shell() {
+  ensure_apt /usr/bin/sqlite3 sqlite3
+}
+
 # Benchmark peer: a 3-node dqlite cluster is run by Debian's `dqlite-benchmark` (package
 # go-dqlite, which pulls libdqlite0). Used by scripts/bench only.
 ensure_dqlite() {
