@@ -206,4 +206,38 @@ fn an_application_on_sqlite_3_35_with_untrusted_schema_writes_and_reads_replicat
     wait_converged(&[&one, &two], "items", CONVERGE, |rows| {
         rows.iter().any(|r| r == &row("d", "DELTA", 4))
     });
+
+    // A table the 3.35 application creates while the sidecar runs gets capture triggers
+    // that work in 3.35 too (node 2 creates it as well: changes to a table it lacks would
+    // wait, parked).
+    two.app()
+        .execute_batch("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);")
+        .unwrap();
+    floor(
+        &one.db,
+        &["CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"],
+    );
+    let count_triggers =
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'notes'";
+    let mut triggers = Vec::new();
+    let installed = wait_until(CONVERGE, || {
+        triggers = floor(&one.db, &[count_triggers]);
+        triggers[0].parse::<u32>().unwrap() >= 3
+    });
+    assert!(
+        installed,
+        "no capture triggers on the new table: {triggers:?}\n{}",
+        one.log_tail()
+    );
+    floor(
+        &one.db,
+        &[
+            "INSERT INTO notes(id, body) VALUES (1, 'one'), (2, 'two')",
+            "UPDATE notes SET body = 'ONE' WHERE id = 1",
+            "DELETE FROM notes WHERE id = 2",
+        ],
+    );
+    wait_converged(&[&one, &two], "notes", CONVERGE, |rows| {
+        rows == [vec![Value::Integer(1), Value::Text("ONE".into())]]
+    });
 }
