@@ -8,9 +8,11 @@
 //! ```
 //!
 //! The first form repeats chaos runs (seed, seed+1, ...) until the duration is spent and
-//! prints figures: runs, operations, faults of each kind, divergences, lost writes and the
-//! time to converge after the heal (p50/p99). Each run has a wasm replica (the built npm
-//! package in node) unless `--no-wasm`. It exits with status 1 if any run failed; each
+//! prints figures: runs, operations, faults of each kind, divergences, lost writes, exits no
+//! fault explains, panics in a log, messages parked at the end, and the time to converge
+//! after the heal (p50/p99). Each run has a wasm replica (the built npm package in node)
+//! unless `--no-wasm`. Each run injects every kind of fault in its first faults (see
+//! `chaos::faults`). It exits with status 1 if any run failed; each
 //! failed run's directory (seed, history, logs, databases) is printed. The second form
 //! measures the sidecar's peak memory while a backlog of rows waits for NATS and while it is
 //! published. Needs root, `ip` and libfaketime (scripts/lib/tools.sh installs them), and for
@@ -143,6 +145,10 @@ fn main() -> ExitCode {
     let mut duplicates = 0usize;
     let mut not_converged = 0u64;
     let mut exits = 0usize;
+    let mut unexpected_exits = 0usize;
+    let mut panics = 0usize;
+    let mut parked_findings = 0usize;
+    let mut failed_runs = 0u64;
     let mut resent = 0u64;
     let mut parked = 0i64;
     let mut converge = Vec::new();
@@ -172,6 +178,9 @@ fn main() -> ExitCode {
         lost += report.verdict.lost_writes.len();
         duplicates += report.verdict.duplicates.len();
         exits += report.sidecar_exits.len();
+        unexpected_exits += report.incidents.unexpected_exits.len();
+        panics += report.incidents.panics.len();
+        parked_findings += report.incidents.parked.len();
         resent += report.resent_parts;
         parked += report.parked;
         match report.converge {
@@ -191,11 +200,13 @@ fn main() -> ExitCode {
         for exit in report
             .sidecar_exits
             .iter()
+            .chain(&report.nats_exits)
             .chain(report.wasm.iter().flat_map(|w| &w.exits))
         {
             println!("  {exit}");
         }
         if !report.passed() {
+            failed_runs += 1;
             print!("{}", report.failures());
             kept.extend(report.kept.clone());
         }
@@ -234,13 +245,16 @@ fn main() -> ExitCode {
             faults.get(&kind).unwrap_or(&0)
         );
     }
-    println!("  sidecar exits:         {exits} (restarted)");
+    println!("  sidecar exits:         {exits} (restarted; each a failure)");
+    println!("  unexplained exits:     {unexpected_exits} (any process; a full disk explains a nats-server's)");
+    println!("  panics in logs:        {panics}");
     println!("  divergences:           {divergences}");
     println!("  lost writes:           {lost}");
     println!(
         "  duplicate writes:      {duplicates} ({resent} parts re-sent after the duplicate window)"
     );
-    println!("  parked at end:         {parked}");
+    println!("  parked at end:         {parked} ({parked_findings} replicas)");
+    println!("  failed runs:           {failed_runs}");
     println!("  not converged:         {not_converged}");
     println!(
         "  converge after heal:   p50 {:.1} s, p99 {:.1} s, max {:.1} s",
@@ -251,7 +265,7 @@ fn main() -> ExitCode {
     for dir in &kept {
         println!("  kept: {}", dir.display());
     }
-    if divergences + lost + duplicates == 0 && not_converged == 0 {
+    if failed_runs == 0 && divergences + lost + duplicates == 0 && not_converged == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -104,6 +104,50 @@ impl Db<'_> {
         }
     }
 
+    /// Messages parked here: how many, and the first few as `stream_seq N, kind K, table T:
+    /// reason`.
+    pub fn parked(&self) -> Result<(i64, Vec<String>), String> {
+        const FIRST: &str = "SELECT stream_seq, kind, coalesce(tbl, '?'), reason FROM __hl_parked ORDER BY stream_seq LIMIT 5";
+        let rows: Vec<Vec<Value>> = match self {
+            Db::File(db) => {
+                let conn = Connection::open(db).map_err(|e| e.to_string())?;
+                conn.busy_timeout(Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+                let mut stmt = conn.prepare(FIRST).map_err(|e| e.to_string())?;
+                let rows = stmt
+                    .query_map([], |r| (0..4).map(|i| r.get::<_, Value>(i)).collect())
+                    .map_err(|e| e.to_string())?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?;
+                rows
+            }
+            Db::Wasm(w) => w
+                .query(FIRST, &[])?
+                .into_iter()
+                .map(|row| row.into_iter().map(|(_, v)| v).collect())
+                .collect(),
+        };
+        let (_, _, count) = self.pending()?;
+        let text = |v: &Value| match v {
+            Value::Text(t) => t.clone(),
+            other => format!("{other:?}"),
+        };
+        let shown = rows
+            .iter()
+            .map(|r| match r.as_slice() {
+                [seq, kind, table, reason] => format!(
+                    "stream_seq {}, kind {}, table {}: {}",
+                    text(seq),
+                    text(kind),
+                    text(table),
+                    text(reason)
+                ),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        Ok((count, shown))
+    }
+
     /// How failures name it.
     pub fn label(&self, i: usize) -> String {
         match self {

@@ -5,6 +5,7 @@
 //! also listens for WebSocket clients on port [`WS_PORT`], for the run's wasm replica
 //! ([`super::wasm`]), which has a namespace of its own.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use nix::unistd::Pid;
 use rusqlite::Connection;
 
 use super::checker::Db;
+use super::incidents::{explain_exit, tail, ExitRecord, ProcessKind};
 use super::netns::Network;
 use super::wasm::{WasmReplica, WS_PORT};
 use super::workload::{SCHEMA, TABLES};
@@ -88,6 +90,11 @@ pub struct ChaosNode {
     pub paused: bool,
     /// Whether the tmpfs is shrunk to full.
     pub disk_full: bool,
+    /// Every exit of its sidecar or nats-server on its own, recorded when first seen
+    /// ([`ChaosNode::sidecar_exited`], [`ChaosNode::nats_exited`]).
+    pub exits: Vec<ExitRecord>,
+    sidecar_exit_seen: bool,
+    nats_exit_seen: bool,
     tmpfs_mb: u64,
     disk_full_log_offset: usize,
     routes: String,
@@ -145,6 +152,7 @@ impl ChaosNode {
             .spawn()
             .expect("starting nats-server in its namespace");
         self.nats = Some(child);
+        self.nats_exit_seen = false;
     }
 
     /// Kills the nats-server with SIGKILL.
@@ -163,7 +171,13 @@ impl ChaosNode {
         );
         let log = append(&self.sidecar_log);
         let mut command = Command::new("ip");
+        // A process group of its own: when the harness's group is orphaned (its launching
+        // shell exited) the kernel sends SIGHUP and SIGCONT to every group holding a stopped
+        // process, so a paused sidecar in the harness's group died of SIGHUP at the next exit
+        // of any process in it (seen as an unexplained exit). Alone in its group, whose parent
+        // (the harness) is in another group of the same session, it is never orphaned.
         command
+            .process_group(0)
             .args(["netns", "exec", &self.namespace])
             .arg(chaos_sidecar_binary())
             .arg("--config")
@@ -187,6 +201,7 @@ impl ChaosNode {
                 .expect("starting the sidecar in its namespace"),
         );
         self.paused = false;
+        self.sidecar_exit_seen = false;
     }
 
     /// Kills the sidecar with SIGKILL (continuing it first if paused).
@@ -220,20 +235,48 @@ impl ChaosNode {
         self.sidecar.as_ref().map(|c| c.id())
     }
 
-    /// Whether the sidecar process exited on its own; returns its status text.
+    /// Whether the sidecar process exited on its own; returns its status text. The first time
+    /// it sees an exit it records it in [`ChaosNode::exits`], with the end of the log.
     pub fn sidecar_exited(&mut self) -> Option<String> {
-        match self.sidecar.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            _ => None,
+        let status = match self.sidecar.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => status.to_string(),
+            _ => return None,
+        };
+        if !self.sidecar_exit_seen {
+            self.sidecar_exit_seen = true;
+            let log = std::fs::read_to_string(&self.sidecar_log).unwrap_or_default();
+            self.exits.push(ExitRecord {
+                process: format!("sidecar {}", self.index),
+                status: status.clone(),
+                at_ms: super::history::now_ms(),
+                explained_by: explain_exit(ProcessKind::Sidecar, self.disk_full, &log),
+                log_tail: tail(&log),
+            });
         }
+        Some(status)
     }
 
-    /// Whether the nats-server exited on its own; returns its status text.
+    /// Whether the nats-server exited on its own; returns its status text. The first time it
+    /// sees an exit it records it in [`ChaosNode::exits`], with the end of the log and whether
+    /// the disk-full fault explains it.
     pub fn nats_exited(&mut self) -> Option<String> {
-        match self.nats.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            _ => None,
+        let status = match self.nats.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => status.to_string(),
+            _ => return None,
+        };
+        if !self.nats_exit_seen {
+            self.nats_exit_seen = true;
+            let log = self.nats_log_text();
+            let since_fault = log.get(self.disk_full_log_offset..).unwrap_or_default();
+            self.exits.push(ExitRecord {
+                process: format!("nats-server {}", self.index),
+                status: status.clone(),
+                at_ms: super::history::now_ms(),
+                explained_by: explain_exit(ProcessKind::Nats, self.disk_full, since_fault),
+                log_tail: tail(&log),
+            });
         }
+        Some(status)
     }
 
     /// Whether a nats-server process was started and not killed by the harness.
@@ -267,6 +310,8 @@ impl ChaosNode {
     /// stalls); in each case only a restart brings it back, an operator's (or supervisor's)
     /// step the harness takes here. Returns whether it restarted the server.
     pub fn free_disk(&mut self) -> bool {
+        // Seen (and recorded) while the fault is still in place: the full disk explains it.
+        let exited = self.nats_exited().is_some();
         let _ = std::fs::remove_file(self.mount.join("filler"));
         let size = format!("remount,size={}m", self.tmpfs_mb);
         run(
@@ -279,7 +324,7 @@ impl ChaosNode {
         let disabled = since.contains("jetstream out of resources")
             || since.contains("can't start jetstream")
             || since.contains("critical write error");
-        if disabled || self.nats_exited().is_some() {
+        if disabled || exited {
             self.kill_nats();
             self.start_nats();
             return true;
@@ -382,6 +427,9 @@ impl Cluster {
                 skew_secs: None,
                 paused: false,
                 disk_full: false,
+                exits: Vec::new(),
+                sidecar_exit_seen: false,
+                nats_exit_seen: false,
                 tmpfs_mb,
                 disk_full_log_offset: 0,
                 routes: routes.join(","),
@@ -416,6 +464,42 @@ impl Cluster {
             }
         }
         cluster
+    }
+
+    /// Looks at every process once more (recording an exit since the last look), then returns
+    /// every exit on its own so far, oldest first, and every log as (process, file name,
+    /// text): what [`super::incidents::assess`] judges.
+    pub fn exits_and_logs(&mut self) -> (Vec<ExitRecord>, Vec<(String, String, String)>) {
+        for node in &mut self.nodes {
+            node.sidecar_exited();
+            node.nats_exited();
+        }
+        if let Some(wasm) = self.wasm.as_mut() {
+            wasm.exited();
+        }
+        let mut exits: Vec<ExitRecord> = self.nodes.iter().flat_map(|n| n.exits.clone()).collect();
+        exits.extend(self.wasm.iter().flat_map(|w| w.exits.clone()));
+        exits.sort_by_key(|e| e.at_ms);
+        let read = |process: String, path: &Path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (
+                process,
+                name,
+                std::fs::read_to_string(path).unwrap_or_default(),
+            )
+        };
+        let mut logs = Vec::new();
+        for node in &self.nodes {
+            logs.push(read(format!("sidecar {}", node.index), &node.sidecar_log));
+            logs.push(read(format!("nats-server {}", node.index), &node.nats_log));
+        }
+        if let Some(wasm) = &self.wasm {
+            logs.push(read("the wasm replica".into(), &wasm.log));
+        }
+        (exits, logs)
     }
 
     /// Every replica the checker compares: the nodes' database files, then the wasm replica.

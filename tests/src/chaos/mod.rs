@@ -11,7 +11,9 @@
 //! - [`wasm`]: the wasm replica and its driver;
 //! - [`faults`]: the fault injector;
 //! - [`history`]: what happened;
-//! - [`checker`]: the verdict.
+//! - [`checker`]: the verdict on the data;
+//! - [`incidents`]: the verdict on the processes: exits no fault explains, panics in any log,
+//!   messages parked at the end.
 //!
 //! [`run`] performs one run; `tests/tests/chaos.rs` runs a few seeds in CI, and
 //! `cargo run -p harmonylite-tests --bin chaos -- --seed N --duration 30m` repeats runs for a
@@ -22,6 +24,7 @@ pub mod checker;
 pub mod cluster;
 pub mod faults;
 pub mod history;
+pub mod incidents;
 pub mod netns;
 pub mod wasm;
 pub mod workload;
@@ -130,9 +133,11 @@ pub struct RunReport {
     pub failed_transactions: u64,
     /// Faults injected, by kind.
     pub faults: BTreeMap<FaultKind, u64>,
-    /// Sidecars that exited on their own during the run (restarted by the harness).
+    /// Sidecars that exited on their own during the run (restarted by the harness); any is a
+    /// failure ([`RunReport::incidents`]).
     pub sidecar_exits: Vec<String>,
-    /// nats-servers that exited on their own (restarted by the harness).
+    /// nats-servers that exited on their own (restarted by the harness), each with the fault
+    /// that explains it or "unexplained" (a failure).
     pub nats_exits: Vec<String>,
     /// The wasm replica's part, when it took part.
     pub wasm: Option<WasmFigures>,
@@ -146,15 +151,18 @@ pub struct RunReport {
     pub converge: Option<Duration>,
     /// The checker's findings.
     pub verdict: checker::Verdict,
+    /// Unexpected exits, panics and parked messages.
+    pub incidents: incidents::Incidents,
     /// Where the seed, history, logs and databases were kept (when the run failed, or always
     /// with `HL_CHAOS_KEEP` set).
     pub kept: Option<PathBuf>,
 }
 
 impl RunReport {
-    /// Whether the run converged and the checker found nothing.
+    /// Whether the run converged, the checker found nothing, no process exited without a fault
+    /// to explain it, no log holds a panic and nothing is parked at the end.
     pub fn passed(&self) -> bool {
-        self.converge.is_some() && self.verdict.is_clean()
+        self.converge.is_some() && self.verdict.is_clean() && self.incidents.is_clean()
     }
 
     /// A multi-line account of the failures (empty when it passed).
@@ -167,6 +175,9 @@ impl RunReport {
             ("divergence", &self.verdict.divergences),
             ("lost write", &self.verdict.lost_writes),
             ("duplicate", &self.verdict.duplicates),
+            ("unexpected exit", &self.incidents.unexpected_exits),
+            ("panic", &self.incidents.panics),
+            ("parked at the end", &self.incidents.parked),
         ] {
             for item in list.iter().take(20) {
                 out.push_str(&format!("{title}: {item}\n"));
@@ -328,9 +339,6 @@ pub fn run(options: &RunOptions) -> RunReport {
     }
     let mut injector = Injector::new(options.seed, kinds, history.clone());
     let mut rng = Rng::new(options.seed ^ 0x5EED);
-    let mut sidecar_exits = Vec::new();
-    let mut nats_exits = Vec::new();
-    let mut wasm_exits = Vec::new();
     let start = Instant::now();
     while start.elapsed() < options.chaos {
         injector.step(&mut cluster, Instant::now());
@@ -340,20 +348,19 @@ pub fn run(options: &RunOptions) -> RunReport {
                     "sidecar {} exited on its own ({status}); restarted",
                     node.index
                 );
-                history.fault(what.clone());
-                sidecar_exits.push(what);
+                history.fault(what);
                 node.kill_sidecar();
                 node.start_sidecar();
             }
             // nats-server exits when it cannot write its store (a full disk): a supervisor
-            // would start it again, so the harness does.
+            // would start it again, so the harness does. Every exit is recorded by the node
+            // when first seen (wherever that is) and judged at the end.
             if let Some(status) = node.nats_exited() {
                 let what = format!(
                     "nats-server {} exited on its own ({status}); restarted",
                     node.index
                 );
-                history.fault(what.clone());
-                nats_exits.push(what);
+                history.fault(what);
                 node.kill_nats();
                 node.start_nats();
             }
@@ -364,8 +371,7 @@ pub fn run(options: &RunOptions) -> RunReport {
                     "wasm replica ({}) exited on its own ({status}); restarted",
                     wasm.label()
                 );
-                history.fault(what.clone());
-                wasm_exits.push(what);
+                history.fault(what);
                 wasm.kill();
                 wasm.start();
             }
@@ -407,10 +413,18 @@ pub fn run(options: &RunOptions) -> RunReport {
             (checker::StreamContent::default(), verdict)
         }
     };
-    let parked = db_refs
+    let parked_at: Vec<incidents::ParkedAt> = db_refs
         .iter()
-        .filter_map(|db| db.pending().ok())
-        .map(|(_, _, parked)| parked)
+        .enumerate()
+        .map(|(i, db)| incidents::ParkedAt {
+            replica: db.label(i),
+            parked: db.parked(),
+        })
+        .collect();
+    let parked = parked_at
+        .iter()
+        .filter_map(|p| p.parked.as_ref().ok())
+        .map(|(n, _)| n)
         .sum();
     let wasm_figures = cluster.wasm.as_ref().map(|wasm| {
         let first = options.nodes;
@@ -429,10 +443,20 @@ pub fn run(options: &RunOptions) -> RunReport {
                 .filter(of_wasm)
                 .filter(|c| c.outcome == Outcome::Uncertain)
                 .count() as u64,
-            exits: wasm_exits,
+            exits: wasm.exits.iter().map(describe_exit).collect(),
         }
     });
     drop(db_refs);
+    // Every process must still run after the heal: this last look records any exit since.
+    let (exits, logs) = cluster.exits_and_logs();
+    let incidents = incidents::assess(&exits, &logs, &parked_at);
+    let of = |prefix: &str| -> Vec<String> {
+        exits
+            .iter()
+            .filter(|e| e.process.starts_with(prefix))
+            .map(describe_exit)
+            .collect()
+    };
     let acked: Vec<_> = record
         .commits
         .iter()
@@ -444,14 +468,15 @@ pub fn run(options: &RunOptions) -> RunReport {
         row_writes: acked.iter().map(|c| c.writes.len() as u64).sum(),
         failed_transactions: record.failed + (record.commits.len() - acked.len()) as u64,
         faults: injector.counts.clone(),
-        sidecar_exits,
-        nats_exits,
+        sidecar_exits: of("sidecar"),
+        nats_exits: of("nats-server"),
         wasm: wasm_figures,
         stream_messages: stream.messages,
         resent_parts: stream.resent_parts,
         parked,
         converge,
         verdict,
+        incidents,
         kept: None,
     };
     if report.passed() && std::env::var_os("HL_CHAOS_KEEP").is_none() {
@@ -472,4 +497,16 @@ pub fn run(options: &RunOptions) -> RunReport {
         report.kept = Some(root);
     }
     report
+}
+
+/// One line for an exit: the process, its status and what explains it.
+fn describe_exit(exit: &incidents::ExitRecord) -> String {
+    format!(
+        "{} exited on its own ({}): {}",
+        exit.process,
+        exit.status,
+        exit.explained_by
+            .as_deref()
+            .unwrap_or("unexplained (a crash)")
+    )
 }

@@ -24,6 +24,7 @@ use harmonylite_core::value::Value;
 use serde_json::json;
 
 use super::history::{now_ms, Commit, History, Outcome, RowWrite};
+use super::incidents::{explain_exit, tail, ExitRecord, ProcessKind};
 use super::workload::SCHEMA;
 use crate::stop_child;
 
@@ -275,6 +276,10 @@ pub struct WasmReplica {
     pub skew_secs: Option<i64>,
     /// Every incarnation so far: (node id, history node index, skew).
     pub incarnations: Vec<(u128, usize, Option<i64>)>,
+    /// Every exit of a node process on its own, recorded when first seen
+    /// ([`WasmReplica::exited`]).
+    pub exits: Vec<ExitRecord>,
+    exit_seen: bool,
     next_index: usize,
     seed: u64,
     replicas: usize,
@@ -308,6 +313,8 @@ impl WasmReplica {
             log,
             skew_secs: None,
             incarnations: Vec::new(),
+            exits: Vec::new(),
+            exit_seen: false,
             next_index: first_index,
             seed,
             replicas,
@@ -428,6 +435,7 @@ impl WasmReplica {
             self.skew_secs.unwrap_or(0)
         ));
         self.current = Some(incarnation);
+        self.exit_seen = false;
         if self.workload {
             self.request(json!({ "op": "start" }), Duration::from_secs(30))
                 .expect("starting the wasm replica's workload");
@@ -510,12 +518,25 @@ impl WasmReplica {
         }
     }
 
-    /// Whether the node process exited on its own; returns its status text.
+    /// Whether the node process exited on its own; returns its status text. The first time it
+    /// sees an exit it records it in [`WasmReplica::exits`], with the end of the log.
     pub fn exited(&mut self) -> Option<String> {
-        match self.current.as_mut().map(|c| c.child.try_wait()) {
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            _ => None,
+        let status = match self.current.as_mut().map(|c| c.child.try_wait()) {
+            Some(Ok(Some(status))) => status.to_string(),
+            _ => return None,
+        };
+        if !self.exit_seen {
+            self.exit_seen = true;
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            self.exits.push(ExitRecord {
+                process: format!("wasm replica ({})", self.label()),
+                status: status.clone(),
+                at_ms: now_ms(),
+                explained_by: explain_exit(ProcessKind::Wasm, false, &log),
+                log_tail: tail(&log),
+            });
         }
+        Some(status)
     }
 
     /// Kills the node process with SIGKILL: its commits no flush covered become uncertain
