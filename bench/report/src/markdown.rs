@@ -120,9 +120,9 @@ fn all_verdicts(data: &Data) -> Vec<(String, bool)> {
 
 /// The suites that set targets, for saying which were not judged.
 const SUITES_WITH_TARGETS: [(&str, &str); 3] = [
-    ("capture", "`core/benches/capture.rs`"),
-    ("npm", "`npm/bench/bench.mjs`"),
-    ("snapshot", "this page's snapshot target"),
+    ("capture", "the targets of `core/benches/capture.rs`"),
+    ("npm", "the targets of `npm/bench/bench.mjs`"),
+    ("snapshot", "this page's targets (time ratio to `cp` ≤ 2)"),
 ];
 
 fn verdicts(out: &mut String, data: &Data) {
@@ -149,7 +149,7 @@ fn verdicts(out: &mut String, data: &Data) {
         if !judged {
             let _ = writeln!(
                 out,
-                "- {}: the targets of {source}: not measured in this run.",
+                "- {}: {source}: not measured in this run.",
                 suite_label(suite)
             );
         }
@@ -1304,7 +1304,7 @@ mod tests {
             "- wasm replica: the targets of `npm/bench/bench.mjs`: not measured in this run."
         ));
         assert!(text.contains(
-            "- snapshot: the targets of this page's snapshot target: not measured in this run."
+            "- snapshot: this page's targets (time ratio to `cp` ≤ 2): not measured in this run."
         ));
     }
 
