@@ -155,8 +155,9 @@ impl ChaosNode {
         self.nats_exit_seen = false;
     }
 
-    /// Kills the nats-server with SIGKILL.
+    /// Kills the nats-server with SIGKILL (recording first whether it had exited on its own).
     pub fn kill_nats(&mut self) {
+        self.nats_exited();
         if let Some(mut child) = self.nats.take() {
             stop_child(&mut child, true);
         }
@@ -204,8 +205,10 @@ impl ChaosNode {
         self.sidecar_exit_seen = false;
     }
 
-    /// Kills the sidecar with SIGKILL (continuing it first if paused).
+    /// Kills the sidecar with SIGKILL (continuing it first if paused), recording first whether
+    /// it had exited on its own (a heal that restarts it must not hide a crash).
     pub fn kill_sidecar(&mut self) {
+        self.sidecar_exited();
         self.resume_sidecar();
         if let Some(mut child) = self.sidecar.take() {
             stop_child(&mut child, true);

@@ -542,6 +542,8 @@ impl WasmReplica {
     /// Kills the node process with SIGKILL: its commits no flush covered become uncertain
     /// (a memory replica loses what JetStream had not acknowledged). Returns how many.
     pub fn kill(&mut self) -> usize {
+        // A heal that restarts it must not hide an exit on its own: look first.
+        self.exited();
         match self.current.take() {
             Some(current) => self.end(current),
             None => 0,
