@@ -129,6 +129,7 @@ impl SnapshotStore {
         js: &jetstream::Context,
         stream: &str,
     ) -> anyhow::Result<Self> {
+        crate::failpoint::inject("snapshot-store")?;
         match config.snapshot.store {
             SnapshotStoreKind::Nats => Ok(SnapshotStore::Nats(Box::new(
                 NatsStore::open(
@@ -165,6 +166,7 @@ impl SnapshotStore {
 
     /// Every complete snapshot of this stream, oldest first.
     pub async fn list(&self) -> anyhow::Result<Vec<SnapshotInfo>> {
+        crate::failpoint::inject("snapshot-list")?;
         let mut list = match self {
             SnapshotStore::Nats(s) => s.list().await?,
             SnapshotStore::File(s) => s.list().await?,

@@ -252,6 +252,7 @@ pub async fn ensure_stream(
 pub async fn stream_facts(
     stream: &mut stream::Stream,
 ) -> anyhow::Result<(u64, crate::stream_identity::StreamFacts)> {
+    crate::failpoint::inject("stream-info")?;
     let info = stream.info().await?;
     let created_ns = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
     Ok((
@@ -265,6 +266,7 @@ pub async fn stream_facts(
 
 /// First and last sequence currently in the stream.
 pub async fn stream_bounds(stream: &mut stream::Stream) -> anyhow::Result<(u64, u64)> {
+    crate::failpoint::inject("stream-info")?;
     let info = stream.info().await?;
     Ok((info.state.first_sequence, info.state.last_sequence))
 }

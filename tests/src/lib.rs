@@ -281,6 +281,8 @@ pub struct Node {
     pub health_port: u16,
     log: PathBuf,
     child: Option<Child>,
+    /// The sidecar runs under `unshare` in a PID namespace of its own.
+    namespaced: bool,
 }
 
 impl Node {
@@ -311,6 +313,7 @@ impl Node {
             health_port,
             log: dir.join(format!("{name}.log")),
             child: None,
+            namespaced: false,
         }
     }
 
@@ -353,6 +356,64 @@ impl Node {
             .spawn()
             .expect("starting the sidecar");
         self.child = Some(child);
+    }
+
+    /// Starts the sidecar in a PID namespace of its own (`unshare --pid --fork
+    /// --mount-proc`), as in a container beside the application's: it cannot see the
+    /// application's processes. SIGTERM to the `unshare` process reaches the sidecar.
+    pub fn start_in_own_pid_namespace(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc"])
+            .arg(sidecar_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .env("PATH", path_with_nats_server())
+            .env(
+                "RUST_LOG",
+                std::env::var("HL_SIDECAR_LOG").unwrap_or_else(|_| "info,harmonylite=debug".into()),
+            )
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect(
+                "unshare (util-linux) must be installed to run a sidecar in its own PID namespace",
+            );
+        self.child = Some(child);
+        self.namespaced = true;
+    }
+
+    /// The sidecar's own process id (inside a PID namespace: its id as this namespace
+    /// sees it), while it runs.
+    pub fn sidecar_pid(&self) -> Option<u32> {
+        let pid = self.child.as_ref()?.id();
+        if !self.namespaced {
+            return Some(pid);
+        }
+        let mut found = None;
+        wait_until(Duration::from_secs(10), || {
+            found = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse().ok());
+            found.is_some()
+        });
+        found
+    }
+
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the sidecar process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.sidecar_pid().expect("the sidecar runs");
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
     }
 
     /// Runs the sidecar binary once with this node's config and `args` (e.g.
@@ -497,6 +558,89 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// An application as its own process: a Python `sqlite3` program that holds one connection
+/// open on a database and inserts a row into `items(id, origin, body)` every `interval`,
+/// printing each id after its commit returned (an acknowledged write).
+pub struct App {
+    child: Child,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+const APP_SCRIPT: &str = r#"
+import signal, sqlite3, sys, time
+db, first, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+stop = False
+def on_term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, on_term)
+i = first
+while not stop:
+    try:
+        conn.execute("INSERT INTO items(id, origin, body) VALUES (?, 'app', x'00')", (i,))
+        print(i, flush=True)
+        i += 1
+    except sqlite3.Error as e:
+        print(f"app write {i} failed: {e}", file=sys.stderr, flush=True)
+    time.sleep(interval)
+conn.close()
+"#;
+
+impl App {
+    /// Starts the application writing to `db` with ids from `first_id`.
+    pub fn start(db: &Path, first_id: i64, interval: Duration) -> Self {
+        let mut child = Command::new("python3")
+            .args(["-c", APP_SCRIPT])
+            .arg(db)
+            .arg(first_id.to_string())
+            .arg(interval.as_secs_f64().to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed for the application process");
+        let stdout = child.stdout.take().unwrap();
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = acked.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(id) = line.trim().parse() {
+                    sink.lock().unwrap().push(id);
+                }
+            }
+        });
+        App {
+            child,
+            acked,
+            reader: Some(reader),
+        }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops the application (SIGTERM: it closes its connection) and returns the ids of
+    /// every write it got success for.
+    pub fn stop(mut self) -> Vec<i64> {
+        stop_child(&mut self.child, false);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
