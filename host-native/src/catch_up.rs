@@ -25,7 +25,7 @@ use crate::peer_snapshot::{usable_snapshots, PeerAsk};
 use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
 
 /// Row versions merged per transaction.
-pub const ROWS_PER_STEP: usize = 500;
+pub const ROWS_PER_STEP: usize = 100;
 /// Shortest pause after a merge step.
 pub const MIN_PAUSE: Duration = Duration::from_millis(1);
 /// Pause before retrying a failed fetch or a refused merge.

@@ -700,7 +700,7 @@ impl Driver {
         }
         let (frames, _) = self.engine.db().outbox_depth().unwrap_or((0, 0));
         let snapshotting = self.snapshots.as_ref().is_some_and(|s| s.job.is_some());
-        if frames > 0 || snapshotting {
+        if frames > 0 || snapshotting || self.catch_up.is_some() {
             sleep.timer.postpone(now + crate::serverless::RECHECK);
             return false;
         }

@@ -22,7 +22,8 @@
 //!    merges again, which changes nothing that was merged (LWW is idempotent).
 //!
 //! Deleted rows never come back: deletes are kept as tombstones and tombstones are never
-//! removed, so the snapshot carries every delete it covers, and its tombstone beats the
+//! removed (only dropping a table, changing its primary key or `--cleanup` forgets a
+//! table's versions), so the snapshot carries every delete it covers, and its tombstone beats the
 //! older local row. A local row the snapshot knows nothing of is kept: it is a write of this
 //! replica's own that the snapshot does not cover yet, and it reaches the other replicas
 //! through the stream. A live row version in the snapshot whose row is missing from the

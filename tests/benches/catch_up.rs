@@ -1,0 +1,230 @@
+//! Catch-up in place: a replica 1M changes behind merges a snapshot of ≥ 500 MB into its
+//! live database while its application keeps writing. Prints the time to merge everything,
+//! the merge rate, and the application's write latency (p50/p99) during the catch-up against
+//! the same writes without it (goal: p99 ≤ 2×).
+//!
+//! The merge is paced exactly as the sidecar paces it (`harmonylite::catch_up`:
+//! `ROWS_PER_STEP` row versions per transaction, then a pause as long as the step took);
+//! the snapshot's download is the restore download measured by the snapshot bench. The
+//! application is a thread with its own connection (5 s busy timeout) inserting one row
+//! every 2 ms; without catch-up a drainer captures its writes every 2 ms, as the sidecar
+//! does after each file notification.
+//!
+//! `cargo bench -p harmonylite-tests --bench catch_up` (1,000,000 rows of 400 bytes);
+//! `-- --quick` (100,000 rows). `HL_BENCH_CATCH_UP_ROWS` overrides; `-- --json FILE` writes
+//! the figures there (what `scripts/bench` reads). To explore the pacing trade-off,
+//! `HL_STEP_ROWS` (row versions per step) and `HL_PAUSE` (pause as a multiple of the step's
+//! duration) replace the sidecar's values.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use harmonylite::catch_up::{MIN_PAUSE, ROWS_PER_STEP};
+use harmonylite_core::change::StreamSeq;
+use harmonylite_core::hlc::{ntp64_from_unix, NodeId, NTP64};
+use harmonylite_core::sqlite::{meta, CatchUp, CatchUpError, Store, StoreOptions};
+use rusqlite::Connection;
+
+const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, body BLOB);";
+const APP_EVERY: Duration = Duration::from_millis(2);
+const COVERED: u64 = 1_000_000_000;
+
+fn now() -> NTP64 {
+    ntp64_from_unix(SystemTime::now().duration_since(UNIX_EPOCH).unwrap())
+}
+
+fn store(path: &Path, node: u128) -> Store {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    Store::open(conn, StoreOptions::new(NodeId::from_u128(node).unwrap())).unwrap()
+}
+
+/// The snapshot: `rows` rows with their versions (node 1, increasing times), cursor
+/// `COVERED`, as a stripped copy would be.
+fn build_snapshot(path: &Path, rows: usize, body: usize) {
+    let s = store(path, 1);
+    let conn = s.connection();
+    conn.execute_batch("PRAGMA synchronous = OFF").unwrap();
+    let node = NodeId::from_u128(1).unwrap().to_bytes();
+    let base = now().as_u64();
+    let chunk = 100_000;
+    let mut done = 0;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        let tx = conn.unchecked_transaction().unwrap();
+        // Rows written with capture off (the marker set), then their versions directly.
+        tx.execute("INSERT INTO __hl_applying VALUES (1)", [])
+            .unwrap();
+        tx.execute(
+            "WITH RECURSIVE r(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM r WHERE i < ?2)
+             INSERT INTO items SELECT i, hex(randomblob(8)), randomblob(?3) FROM r",
+            rusqlite::params![done as i64 + 1, (done + n) as i64, body as i64],
+        )
+        .unwrap();
+        let mut version = tx
+            .prepare("INSERT INTO __hl_v1(k0, hlc, deleted) VALUES (?1, ?2, 0)")
+            .unwrap();
+        for i in done + 1..=done + n {
+            let mut hlc = Vec::with_capacity(24);
+            hlc.extend_from_slice(&(base + i as u64).to_be_bytes());
+            hlc.extend_from_slice(&node);
+            version.execute(rusqlite::params![i as i64, hlc]).unwrap();
+        }
+        drop(version);
+        tx.execute("DELETE FROM __hl_applying", []).unwrap();
+        tx.commit().unwrap();
+        done += n;
+    }
+    meta::set(conn, meta::keys::CURSOR, COVERED as i64).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    drop(s);
+    let copy = Connection::open(path).unwrap();
+    copy.execute_batch("PRAGMA journal_mode = DELETE").unwrap();
+}
+
+/// Latency percentiles of the application's inserts, in milliseconds.
+struct Latency {
+    writes: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// The application: inserts a row every `APP_EVERY` until `stop`, timing each commit.
+fn app(path: &Path, first_id: i64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Latency> {
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let conn = Connection::open(&path).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let mut times = Vec::new();
+        let mut id = first_id;
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            conn.execute("INSERT INTO items VALUES (?1, 'app', x'00')", [id])
+                .unwrap();
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            id += 1;
+            std::thread::sleep(APP_EVERY);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+        Latency {
+            writes: times.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: times[times.len() - 1],
+        }
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json = args
+        .iter()
+        .position(|a| a == "--json")
+        .map(|i| args.get(i + 1).expect("--json needs a file name").clone());
+    let rows: usize = std::env::var("HL_BENCH_CATCH_UP_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 100_000 } else { 1_000_000 });
+    let body = 400;
+    let step_rows: usize = std::env::var("HL_STEP_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROWS_PER_STEP);
+    let pause_factor: f64 = std::env::var("HL_PAUSE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("snapshot.db");
+    let live = dir.path().join("live.db");
+
+    let built = Instant::now();
+    build_snapshot(&snapshot, rows, body);
+    let snapshot_bytes = std::fs::metadata(&snapshot).unwrap().len();
+    println!(
+        "snapshot: {rows} rows, {:.0} MB, built in {:.1} s",
+        snapshot_bytes as f64 / 1e6,
+        built.elapsed().as_secs_f64()
+    );
+
+    // The application's writes without a catch-up (the sidecar capturing them).
+    let mut live_store = store(&live, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = app(&live, 10_000_000, stop.clone());
+    let baseline_for = Duration::from_secs(if quick { 5 } else { 15 });
+    let started = Instant::now();
+    while started.elapsed() < baseline_for {
+        live_store.drain().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let baseline = writer.join().unwrap();
+
+    // The same writes during the catch-up, paced as the sidecar paces it.
+    let mut merge = CatchUp::open(&snapshot, StreamSeq::new(COVERED)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = app(&live, 20_000_000, stop.clone());
+    let started = Instant::now();
+    let mut steps = 0u64;
+    let mut busy = 0u64;
+    let report = loop {
+        let step = Instant::now();
+        match live_store.catch_up_step(&mut merge, now(), step_rows) {
+            Ok(report) if report.finished => break report,
+            Ok(_) => {
+                steps += 1;
+                std::thread::sleep(step.elapsed().mul_f64(pause_factor).max(MIN_PAUSE));
+            }
+            Err(CatchUpError::Store(e)) if e.is_transient() => {
+                busy += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("catch-up failed: {e}"),
+        }
+    };
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let during = writer.join().unwrap();
+    assert_eq!(report.rows_read, rows as u64);
+    assert_eq!(report.remote_won, rows as u64);
+
+    let ratio = during.p99 / baseline.p99;
+    let verdict = if ratio <= 2.0 { "MET" } else { "MISSED" };
+    println!(
+        "catch-up: {rows} row versions merged in {:.1} s ({:.0} rows/s), {steps} steps of {ROWS_PER_STEP}, {busy} busy retries",
+        took.as_secs_f64(),
+        rows as f64 / took.as_secs_f64()
+    );
+    println!(
+        "app writes without catch-up: {} writes, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        baseline.writes, baseline.p50, baseline.p99, baseline.max
+    );
+    println!(
+        "app writes during catch-up:  {} writes, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        during.writes, during.p50, during.p99, during.max
+    );
+    println!("target: app write p99 during catch-up <= 2x without: {ratio:.2}x {verdict}");
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "suite": "catch-up",
+            "quick": quick,
+            "rows": rows,
+            "snapshot_bytes": snapshot_bytes,
+            "catch_up_seconds": took.as_secs_f64(),
+            "rows_per_second": rows as f64 / took.as_secs_f64(),
+            "rows_per_step": ROWS_PER_STEP,
+            "busy_retries": busy,
+            "app_baseline_ms": { "writes": baseline.writes, "p50": baseline.p50, "p99": baseline.p99, "max": baseline.max },
+            "app_during_ms": { "writes": during.writes, "p50": during.p50, "p99": during.p99, "max": during.max },
+            "p99_ratio": ratio,
+            "targets": [{ "name": "app write p99 during catch-up / without", "target": "<= 2.0x", "value": ratio, "verdict": verdict }],
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    }
+}
