@@ -5,6 +5,12 @@
 //! {"at_most" | "at_least": n}` and the suite's `"verdict": "MET" | "MISSED"`; `meta.json`
 //! (written by `scripts/bench`) holds the machine, the date, the load averages and the exact
 //! commands.
+//!
+//! `catch-up.json` (`tests/benches/catch_up.rs`) has no `"figures"` array: it is one run's
+//! named fields (`rows`, `snapshot_bytes`, `catch_up_seconds`, `rows_per_second`,
+//! `app_baseline_ms`, `app_during_ms`, `p99_ratio`, ...) and a `"targets"` list of `{"name",
+//! "target": "<= 2.0x", "value", "verdict"}`; [`catch_up_figures`] turns it into figures (one
+//! run each) so it is kept in `bench/results.json` like every other suite.
 
 use std::path::Path;
 
@@ -66,6 +72,18 @@ impl Verdict {
                 ))
             }
         };
+        Verdict::checked(at_most, bound, v, median, file).map(Some)
+    }
+
+    /// The verdict of `v` (`"verdict": "MET" | "MISSED"`), refused when it contradicts
+    /// `median` and the target.
+    fn checked(
+        at_most: bool,
+        bound: f64,
+        v: &Value,
+        median: f64,
+        file: &Path,
+    ) -> Result<Verdict, String> {
         let met = match v.get("verdict").and_then(Value::as_str) {
             Some("MET") => true,
             Some("MISSED") => false,
@@ -87,11 +105,11 @@ impl Verdict {
                 file.display()
             ));
         }
-        Ok(Some(Verdict {
+        Ok(Verdict {
             at_most,
             bound,
             met,
-        }))
+        })
     }
 }
 
@@ -158,6 +176,7 @@ pub fn suite_label(suite: &str) -> String {
         "npm" => "wasm replica".into(),
         "snapshot" => "snapshot".into(),
         "s3-snapshot" => "snapshot, S3 store on moto".into(),
+        "catch-up" => "catch-up in place".into(),
         other => match (
             other.strip_prefix("replication-"),
             other.strip_prefix("rowsize-"),
@@ -188,7 +207,7 @@ pub struct Data {
 }
 
 /// The suite files read, in report order.
-pub const SUITES: [&str; 10] = [
+pub const SUITES: [&str; 11] = [
     "capture",
     "peers",
     "npm",
@@ -199,6 +218,7 @@ pub const SUITES: [&str; 10] = [
     "replication-7",
     "snapshot",
     "s3-snapshot",
+    "catch-up",
 ];
 
 fn number(v: &Value, key: &str, file: &Path) -> Result<f64, String> {
@@ -220,6 +240,136 @@ fn read_json(path: &Path) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))
 }
 
+/// The metric names of `catch-up.json`'s fields, as kept in `bench/results.json`.
+pub mod catch_up {
+    /// `rows`.
+    pub const ROWS: &str = "row versions merged";
+    /// `snapshot_bytes`.
+    pub const SNAPSHOT: &str = "snapshot size";
+    /// `catch_up_seconds`.
+    pub const SECONDS: &str = "time to merge every row";
+    /// `rows_per_second`.
+    pub const RATE: &str = "merge rate";
+    /// `rows_per_step`.
+    pub const STEP: &str = "rows per merge step";
+    /// `busy_retries`.
+    pub const BUSY: &str = "busy retries";
+    /// `p99_ratio`, the name of its entry in `targets`.
+    pub const RATIO: &str = "app write p99 during catch-up / without";
+    /// `app_baseline_ms` and `app_during_ms`, as `"{prefix} {without|during} catch-up"` with
+    /// `writes`, `p50`, `p99`, `max`.
+    pub const APP: &str = "app writes";
+    /// The two sides of the application's latency: the JSON key and the metric's words.
+    pub const SIDES: [(&str, &str); 2] = [
+        ("app_baseline_ms", "without catch-up"),
+        ("app_during_ms", "during catch-up"),
+    ];
+    /// The application's figures: the JSON key, the metric's words and the unit.
+    pub const APP_FIGURES: [(&str, &str, &str); 4] = [
+        ("writes", "count", "writes"),
+        ("p50", "latency p50", "ms"),
+        ("p99", "latency p99", "ms"),
+        ("max", "latency max", "ms"),
+    ];
+
+    /// The metric of one application figure: `app writes during catch-up: latency p99`.
+    pub fn app_metric(side: &str, what: &str) -> String {
+        format!("{APP} {side}: {what}")
+    }
+}
+
+/// A target written as text (`"<= 2.0x"`, `">= 150000 rows/s"`): `(at_most, bound, unit)`.
+fn text_target(t: &str) -> Option<(bool, f64, String)> {
+    let t = t.trim();
+    let (at_most, rest) = if let Some(r) = t.strip_prefix("<=") {
+        (true, r)
+    } else if let Some(r) = t.strip_prefix(">=") {
+        (false, r)
+    } else {
+        return None;
+    };
+    let rest = rest.trim();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e' || c == '+'))
+        .unwrap_or(rest.len());
+    let bound = rest[..end].parse().ok()?;
+    Some((at_most, bound, rest[end..].trim().to_string()))
+}
+
+/// The figures of `catch-up.json` (one run: min = median = max); its targets become the
+/// verdicts of the figures they name, or figures of their own.
+pub fn catch_up_figures(doc: &Value, file: &Path) -> Result<Vec<Figure>, String> {
+    let one = |metric: &str, unit: &str, value: f64| Figure {
+        suite: "catch-up".into(),
+        metric: metric.into(),
+        unit: unit.into(),
+        peer: "harmonylite".into(),
+        runs: 1,
+        min: value,
+        median: value,
+        max: value,
+        target: None,
+    };
+    let mut figures = Vec::new();
+    for (key, metric, unit) in [
+        ("rows", catch_up::ROWS, "rows"),
+        ("snapshot_bytes", catch_up::SNAPSHOT, "bytes"),
+        ("catch_up_seconds", catch_up::SECONDS, "s"),
+        ("rows_per_second", catch_up::RATE, "rows/s"),
+        ("rows_per_step", catch_up::STEP, "rows"),
+        ("busy_retries", catch_up::BUSY, "count"),
+    ] {
+        figures.push(one(metric, unit, number(doc, key, file)?));
+    }
+    for (key, side) in catch_up::SIDES {
+        let app = doc
+            .get(key)
+            .ok_or_else(|| format!("{}: no {key:?}", file.display()))?;
+        for (field, what, unit) in catch_up::APP_FIGURES {
+            figures.push(one(
+                &catch_up::app_metric(side, what),
+                unit,
+                number(app, field, file)?,
+            ));
+        }
+    }
+    let mut ratio = one(catch_up::RATIO, "x", number(doc, "p99_ratio", file)?);
+    ratio.peer = "during vs without catch-up".into();
+    figures.push(ratio);
+    let targets = doc
+        .get("targets")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("{}: no \"targets\" array", file.display()))?;
+    for t in targets {
+        let name = text(t, "name", file)?;
+        let value = number(t, "value", file)?;
+        let target = text(t, "target", file)?;
+        let (at_most, bound, unit) = text_target(&target).ok_or_else(|| {
+            format!(
+                "{}: a target is neither \"<= n\" nor \">= n\": {t}",
+                file.display()
+            )
+        })?;
+        let verdict = Verdict::checked(at_most, bound, t, value, file)?;
+        match figures.iter_mut().find(|f| f.metric == name) {
+            Some(f) if f.median == value => f.target = Some(verdict),
+            Some(f) => {
+                return Err(format!(
+                    "{}: the target {name:?} judges {value}, the figure is {}",
+                    file.display(),
+                    f.median
+                ))
+            }
+            None => {
+                let mut f = one(&name, &unit, value);
+                f.target = Some(verdict);
+                figures.push(f);
+            }
+        }
+    }
+    Ok(figures)
+}
+
 impl Data {
     /// Reads `dir/meta.json` (required) and every suite file present.
     pub fn load(dir: &Path) -> Result<Data, String> {
@@ -232,6 +382,14 @@ impl Data {
                 continue;
             }
             let doc = read_json(&path)?;
+            if name == "catch-up" {
+                figures.extend(catch_up_figures(&doc, &path)?);
+                suites.push(Suite {
+                    name: name.to_string(),
+                    doc,
+                });
+                continue;
+            }
             let list = doc
                 .get("figures")
                 .and_then(Value::as_array)
@@ -278,6 +436,17 @@ impl Data {
     pub fn find(&self, suite: &str, prefix: &str, suffix: &str, peer: &str) -> Option<&Figure> {
         self.of(suite)
             .find(|f| f.metric.starts_with(prefix) && f.metric.ends_with(suffix) && f.peer == peer)
+    }
+
+    /// Where a suite's figures come from when not from the run `meta.json` describes
+    /// (`"separate_runs": {"<suite>": "<text>"}` in `meta.json`, written by hand when one
+    /// suite is measured again on its own).
+    pub fn separate_run(&self, suite: &str) -> Option<String> {
+        self.meta
+            .get("separate_runs")
+            .and_then(|r| r.get(suite))
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 
     /// A string field of `meta.json`, or `"?"`.

@@ -169,6 +169,59 @@ mod tests {
         assert!(err.contains("contradicts"), "{err}");
     }
 
+    /// `catch-up.json` (no "figures" array) becomes one-run figures in bench/results.json,
+    /// its target the verdict of its ratio; a verdict that contradicts the value is refused.
+    #[test]
+    fn catch_up_is_read_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("meta.json"), r#"{"mode": "full"}"#).unwrap();
+        let doc = |verdict: &str| {
+            format!(
+                r#"{{"suite": "catch-up", "quick": false, "rows": 1000000, "snapshot_bytes": 495321088,
+                    "catch_up_seconds": 19.74, "rows_per_second": 50654.6, "rows_per_step": 100, "busy_retries": 0,
+                    "app_baseline_ms": {{"writes": 6528, "p50": 0.19, "p99": 0.48, "max": 3.36}},
+                    "app_during_ms": {{"writes": 7168, "p50": 0.28, "p99": 2.87, "max": 56.2}},
+                    "p99_ratio": 5.98,
+                    "targets": [{{"name": "app write p99 during catch-up / without", "target": "<= 2.0x", "value": 5.98, "verdict": "{verdict}"}}]}}"#
+            )
+        };
+        std::fs::write(dir.path().join("catch-up.json"), doc("MISSED")).unwrap();
+        let data = data::Data::load(dir.path()).unwrap();
+        assert_eq!(data.figures.len(), 15);
+        assert!(data.figures.iter().all(|f| f.runs == 1 && f.min == f.max));
+        let records: Vec<serde_json::Value> = data
+            .figures
+            .iter()
+            .map(|f| serde_json::from_str(&f.to_json_text()).unwrap())
+            .collect();
+        let find = |m: &str| records.iter().find(|r| r["metric"] == m).unwrap();
+        assert_eq!(
+            find("catch-up in place: row versions merged")["value"],
+            1000000.0
+        );
+        assert_eq!(find("catch-up in place: snapshot size")["unit"], "bytes");
+        assert_eq!(
+            find("catch-up in place: app writes during catch-up: latency p99")["value"],
+            2.87
+        );
+        let ratio = find("catch-up in place: app write p99 during catch-up / without");
+        assert_eq!(ratio["value"], 5.98);
+        assert_eq!(ratio["unit"], "x");
+        assert_eq!(ratio["target"]["at_most"], 2.0);
+        assert_eq!(ratio["verdict"], "MISSED");
+        assert_eq!(
+            records
+                .iter()
+                .filter(|r| r.get("verdict").is_some())
+                .count(),
+            1
+        );
+
+        std::fs::write(dir.path().join("catch-up.json"), doc("MET")).unwrap();
+        let err = data::Data::load(dir.path()).err().unwrap();
+        assert!(err.contains("contradicts"), "{err}");
+    }
+
     #[test]
     fn numbers_are_readable() {
         assert_eq!(markdown::num(1234567.4), "1,234,567");

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::data::{suite_label, Data, Figure};
+use crate::data::{catch_up, suite_label, Data, Figure};
 use crate::plots::{native_ratio, wasm, Chart, NATIVE_WORKLOADS, WASM_PEERS};
 
 /// A number for a table: thousands separated, at most three decimals.
@@ -31,6 +31,15 @@ pub fn num(v: f64) -> String {
         format!("{v:.2}")
     } else {
         format!("{v:.3}")
+    }
+}
+
+/// A whole number (a count): thousands separated, no decimals.
+fn count(v: f64) -> String {
+    if v.abs() >= 1000.0 || !v.is_finite() {
+        num(v)
+    } else {
+        format!("{v:.0}")
     }
 }
 
@@ -90,12 +99,17 @@ fn all_verdicts(data: &Data) -> Vec<(String, bool)> {
         if let Some(t) = &f.target {
             list.push((
                 format!(
-                    "{}: {} against a target of {} {}: **{}**",
+                    "{}: {} against a target of {} {}: **{}**{}",
                     f.full_name(),
                     with_unit(f.median, &f.unit),
                     if t.at_most { "≤" } else { "≥" },
                     with_unit(t.bound, &f.unit),
-                    if t.met { "MET" } else { "MISSED" }
+                    if t.met { "MET" } else { "MISSED" },
+                    if data.separate_run(&f.suite).is_some() {
+                        " (from a separate run, see *Catch-up in place*)"
+                    } else {
+                        ""
+                    }
                 ),
                 t.met,
             ));
@@ -119,10 +133,14 @@ fn all_verdicts(data: &Data) -> Vec<(String, bool)> {
 }
 
 /// The suites that set targets, for saying which were not judged.
-const SUITES_WITH_TARGETS: [(&str, &str); 3] = [
+const SUITES_WITH_TARGETS: [(&str, &str); 4] = [
     ("capture", "the targets of `core/benches/capture.rs`"),
     ("npm", "the targets of `npm/bench/bench.mjs`"),
     ("snapshot", "this page's targets (time ratio to `cp` ≤ 2)"),
+    (
+        "catch-up",
+        "the target of `tests/benches/catch_up.rs` (app write p99 during a catch-up in place against without)",
+    ),
 ];
 
 fn verdicts(out: &mut String, data: &Data) {
@@ -364,6 +382,38 @@ fn headlines(out: &mut String, data: &Data) {
             "{}: **{} s**.",
             f.metric.trim_start_matches("catch-up: "),
             num(f.median)
+        ));
+    }
+    let c = |metric: &str| data.find("catch-up", metric, "", "harmonylite");
+    if let (Some(rows), Some(bytes), Some(secs), Some(rate), Some(ratio)) = (
+        c(catch_up::ROWS),
+        c(catch_up::SNAPSHOT),
+        c(catch_up::SECONDS),
+        c(catch_up::RATE),
+        data.of("catch-up").find(|f| f.metric == catch_up::RATIO),
+    ) {
+        lines.push(format!(
+            "Catch-up in place of {} row versions from a {} MB snapshot while the app writes: **{} s** ({} rows/s); \
+             the app's write p99 during it is **{}×** its p99 without{}{}.",
+            count(rows.median),
+            num(bytes.median / 1e6),
+            num(secs.median),
+            num(rate.median),
+            num(ratio.median),
+            match &ratio.target {
+                Some(t) => format!(
+                    " (target {} {}: {})",
+                    if t.at_most { "≤" } else { "≥" },
+                    with_unit(t.bound, "x"),
+                    if t.met { "MET" } else { "MISSED" }
+                ),
+                None => String::new(),
+            },
+            if data.separate_run("catch-up").is_some() {
+                "; one run, separate from the rest of this page"
+            } else {
+                "; one run"
+            }
         ));
     }
     if let Some(f) = data.find(
@@ -800,6 +850,95 @@ fn apply(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
          nats-server), node 0 writes the changes in 1000-row transactions, the node starts again; the time runs \
          from its start until it holds every change, so it includes its nats-server rejoining the cluster and \
          catching up the stream, then the sidecar reading and applying it.\n"
+    );
+    catch_up_in_place(out, data);
+}
+
+/// `tests/benches/catch_up.rs`: one run's figures, as the bench wrote them.
+fn catch_up_in_place(out: &mut String, data: &Data) {
+    let _ = writeln!(out, "### Catch-up in place\n");
+    let c = |metric: &str| data.find("catch-up", metric, "", "harmonylite");
+    let (Some(rows), Some(bytes), Some(secs), Some(rate), Some(ratio)) = (
+        c(catch_up::ROWS),
+        c(catch_up::SNAPSHOT),
+        c(catch_up::SECONDS),
+        c(catch_up::RATE),
+        data.of("catch-up").find(|f| f.metric == catch_up::RATIO),
+    ) else {
+        let _ = writeln!(
+            out,
+            "Not measured in this run (`tests/benches/catch_up.rs`, the `catch-up` suite of `scripts/bench`).\n"
+        );
+        return;
+    };
+    let quick = data
+        .suite("catch-up")
+        .and_then(|s| s.doc.get("quick"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let _ = writeln!(
+        out,
+        "`tests/benches/catch_up.rs`{}: a replica {} row versions behind merges a snapshot into its live database \
+         while an application thread keeps inserting rows through its own connection; the merge is paced as the \
+         sidecar paces it ({} row versions per transaction, then a pause as long as the step took). The \
+         application's write latency is measured first without the catch-up (the sidecar's drain capturing its \
+         writes), then during it. **One run**: each figure is that run's value, not a median.",
+        if quick { " (`--quick`)" } else { "" },
+        count(rows.median),
+        c(catch_up::STEP)
+            .map(|f| count(f.median))
+            .unwrap_or_else(|| "?".into())
+    );
+    if let Some(from) = data.separate_run("catch-up") {
+        let _ = writeln!(out, "\n**These figures come from a separate run**: {from}.");
+    }
+    let _ = writeln!(out, "\n| | |\n| --- | --- |");
+    let _ = writeln!(out, "| row versions merged | {} |", count(rows.median));
+    let _ = writeln!(
+        out,
+        "| snapshot size | {} MB ({} bytes) |",
+        num(bytes.median / 1e6),
+        num(bytes.median)
+    );
+    let _ = writeln!(out, "| time to merge every row | {} s |", num(secs.median));
+    let _ = writeln!(out, "| merge rate | {} rows/s |", num(rate.median));
+    if let Some(busy) = c(catch_up::BUSY) {
+        let _ = writeln!(
+            out,
+            "| merge steps that found the database busy (retried) | {} |",
+            count(busy.median)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| application writes | writes | p50 (ms) | p99 (ms) | max (ms) |\n| --- | --- | --- | --- | --- |"
+    );
+    for (_, side) in catch_up::SIDES {
+        let _ = write!(out, "| {side} |");
+        for (_, what, unit) in catch_up::APP_FIGURES {
+            let _ = write!(
+                out,
+                " {} |",
+                median(c(&catch_up::app_metric(side, what)))
+                    .map(|v| if unit == "ms" { num(v) } else { count(v) })
+                    .unwrap_or_else(|| "—".into())
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "\nThe application's write p99 during the catch-up is **{}×** its p99 without it{}.\n",
+        num(ratio.median),
+        match &ratio.target {
+            Some(t) => format!(
+                ", against a target of {} {}: **{}**",
+                if t.at_most { "≤" } else { "≥" },
+                with_unit(t.bound, "x"),
+                if t.met { "MET" } else { "MISSED" }
+            ),
+            None => String::new(),
+        }
     );
 }
 
@@ -1306,6 +1445,105 @@ mod tests {
         assert!(text.contains(
             "- snapshot: this page's targets (time ratio to `cp` ≤ 2): not measured in this run."
         ));
+    }
+
+    /// A `catch-up.json` as `tests/benches/catch_up.rs` writes it.
+    fn catch_up_doc(p99_during: f64, verdict: &str) -> serde_json::Value {
+        serde_json::json!({
+            "suite": "catch-up", "quick": false, "rows": 1000000, "snapshot_bytes": 512000000,
+            "catch_up_seconds": 20.0, "rows_per_second": 50000.0, "rows_per_step": 100,
+            "busy_retries": 3,
+            "app_baseline_ms": {"writes": 6500, "p50": 0.2, "p99": 0.5, "max": 3.25},
+            "app_during_ms": {"writes": 7100, "p50": 0.3, "p99": p99_during, "max": 56.0},
+            "p99_ratio": p99_during / 0.5,
+            "targets": [{"name": "app write p99 during catch-up / without", "target": "<= 2.0x",
+                         "value": p99_during / 0.5, "verdict": verdict}]
+        })
+    }
+
+    fn with_catch_up(mut d: Data, doc: serde_json::Value) -> Data {
+        let path = std::path::Path::new("catch-up.json");
+        d.figures
+            .extend(crate::data::catch_up_figures(&doc, path).unwrap());
+        d.suites.push(Suite {
+            name: "catch-up".into(),
+            doc,
+        });
+        d
+    }
+
+    /// The section between `### Catch-up in place` and the next heading.
+    fn catch_up_section(text: &str) -> &str {
+        let start = text
+            .find("### Catch-up in place")
+            .expect("no catch-up section");
+        let rest = &text[start + 4..];
+        &text[start..start + 4 + rest.find("\n## ").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn catch_up_in_place_from_the_run() {
+        let d = with_catch_up(data(vec![]), catch_up_doc(2.75, "MISSED"));
+        let text = render(&d, &[], "charts");
+        let section = catch_up_section(&text);
+        assert!(
+            section.contains("a replica 1,000,000 row versions behind"),
+            "{section}"
+        );
+        assert!(section.contains("(100 row versions per transaction"));
+        assert!(section.contains("**One run**"));
+        assert!(section.contains("| row versions merged | 1,000,000 |"));
+        assert!(section.contains("| snapshot size | 512 MB (512,000,000 bytes) |"));
+        assert!(section.contains("| time to merge every row | 20.0 s |"));
+        assert!(section.contains("| merge rate | 50,000 rows/s |"));
+        assert!(section.contains("| merge steps that found the database busy (retried) | 3 |"));
+        assert!(!text.contains("0.000"), "counts have no decimals");
+        assert!(section.contains("| without catch-up | 6,500 | 0.200 | 0.500 | 3.25 |"));
+        assert!(section.contains("| during catch-up | 7,100 | 0.300 | 2.75 | 56.0 |"));
+        assert!(section.contains(
+            "The application's write p99 during the catch-up is **5.50×** its p99 without it, \
+             against a target of ≤ 2.00×: **MISSED**."
+        ));
+        assert!(!section.contains("separate run"));
+        assert!(!section.contains("not measured"));
+        // Its target is among the verdicts and in the headline count.
+        assert!(text.contains(
+            "- catch-up in place: app write p99 during catch-up / without: 5.50× against a target of ≤ 2.00×: **MISSED**\n"
+        ));
+        assert!(text.contains("Targets: **0 met, 1 missed** of 1 judged in this run"));
+        assert!(!text.contains("the target of `tests/benches/catch_up.rs`"));
+        assert!(text.contains("the app's write p99 during it is **5.50×** its p99 without (target ≤ 2.00×: MISSED); one run."));
+
+        // Met, and measured apart from the rest of the page.
+        let mut d = with_catch_up(data(vec![]), catch_up_doc(0.75, "MET"));
+        d.meta = serde_json::json!({"mode": "full", "separate_runs": {"catch-up": "at abc1234, not at def5678"}});
+        let text = render(&d, &[], "charts");
+        let section = catch_up_section(&text);
+        assert!(section
+            .contains("**These figures come from a separate run**: at abc1234, not at def5678."));
+        assert!(
+            section.contains("**1.50×** its p99 without it, against a target of ≤ 2.00×: **MET**.")
+        );
+        assert!(text.contains("**MET** (from a separate run, see *Catch-up in place*)"));
+        assert!(text.contains("Targets: **1 met, 0 missed** of 1 judged in this run"));
+    }
+
+    #[test]
+    fn catch_up_in_place_not_measured() {
+        let text = render(&data(vec![]), &[], "charts");
+        let section = catch_up_section(&text);
+        assert!(
+            section.starts_with("### Catch-up in place\n\nNot measured in this run"),
+            "{section}"
+        );
+        assert!(
+            !section.contains('|'),
+            "no table without figures: {section}"
+        );
+        assert!(text.contains(
+            "- catch-up in place: the target of `tests/benches/catch_up.rs` (app write p99 during a catch-up in place against without): not measured in this run."
+        ));
+        assert!(!text.contains("Catch-up in place of"));
     }
 
     #[test]
