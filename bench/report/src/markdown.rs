@@ -43,6 +43,15 @@ fn count(v: f64) -> String {
     }
 }
 
+/// A value of the appendix: counts (units `count`, `writes`, `rows`) without decimals.
+fn appendix_value(v: f64, unit: &str) -> String {
+    if matches!(unit, "count" | "writes" | "rows") {
+        count(v)
+    } else {
+        num(v)
+    }
+}
+
 /// `median (min–max)`, or `—` when not measured.
 fn cell(f: Option<&Figure>) -> String {
     match f {
@@ -442,10 +451,22 @@ fn headlines(out: &mut String, data: &Data) {
     let verdicts = all_verdicts(data);
     if !verdicts.is_empty() {
         let missed = verdicts.iter().filter(|(_, met)| !met).count();
+        let apart = data
+            .figures
+            .iter()
+            .filter(|f| f.target.is_some() && data.separate_run(&f.suite).is_some())
+            .count();
         lines.push(format!(
-            "Targets: **{} met, {missed} missed** of {} judged in this run (each listed under *Targets and verdicts*).",
+            "Targets: **{} met, {missed} missed** of {} judged {} (each listed under *Targets and verdicts*).",
             verdicts.len() - missed,
-            verdicts.len()
+            verdicts.len(),
+            if apart == 0 {
+                "in this run".to_string()
+            } else {
+                format!(
+                    "on this page, {apart} of them in a separate run"
+                )
+            }
         ));
     }
     for l in lines {
@@ -1343,9 +1364,9 @@ fn appendix(out: &mut String, data: &Data) {
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} |",
                 f.metric.replace('|', "\\|"),
-                num(f.median),
-                num(f.min),
-                num(f.max),
+                appendix_value(f.median, &f.unit),
+                appendix_value(f.min, &f.unit),
+                appendix_value(f.max, &f.unit),
                 f.unit,
                 f.runs,
                 f.peer
@@ -1498,6 +1519,10 @@ mod tests {
         assert!(section.contains("| merge rate | 50,000 rows/s |"));
         assert!(section.contains("| merge steps that found the database busy (retried) | 3 |"));
         assert!(!text.contains("0.000"), "counts have no decimals");
+        assert!(text.contains("| busy retries | 3 | 3 | 3 | count | 1 | harmonylite |"));
+        assert!(text.contains(
+            "| app writes during catch-up: latency p99 | 2.75 | 2.75 | 2.75 | ms | 1 | harmonylite |"
+        ));
         assert!(section.contains("| without catch-up | 6,500 | 0.200 | 0.500 | 3.25 |"));
         assert!(section.contains("| during catch-up | 7,100 | 0.300 | 2.75 | 56.0 |"));
         assert!(section.contains(
@@ -1525,7 +1550,9 @@ mod tests {
             section.contains("**1.50×** its p99 without it, against a target of ≤ 2.00×: **MET**.")
         );
         assert!(text.contains("**MET** (from a separate run, see *Catch-up in place*)"));
-        assert!(text.contains("Targets: **1 met, 0 missed** of 1 judged in this run"));
+        assert!(text.contains(
+            "Targets: **1 met, 0 missed** of 1 judged on this page, 1 of them in a separate run"
+        ));
     }
 
     #[test]
