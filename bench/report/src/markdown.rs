@@ -419,7 +419,7 @@ fn headlines(out: &mut String, data: &Data) {
                 None => String::new(),
             },
             if data.separate_run("catch-up").is_some() {
-                "; one run, separate from the rest of this page"
+                "; a run separate from the rest of this page"
             } else {
                 "; one run"
             }
@@ -897,13 +897,25 @@ fn catch_up_in_place(out: &mut String, data: &Data) {
         .and_then(|s| s.doc.get("quick"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let rounds = data
+        .suite("catch-up")
+        .and_then(|s| s.doc.get("rounds"))
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let runs = if rounds > 1 {
+        format!(
+            "**Median of {rounds} rounds**, each on a fresh live database (the ratio is the median of the rounds' ratios)"
+        )
+    } else {
+        "**One run**: each figure is that run's value, not a median".to_string()
+    };
     let _ = writeln!(
         out,
         "`tests/benches/catch_up.rs`{}: a replica {} row versions behind merges a snapshot into its live database \
          while an application thread keeps inserting rows through its own connection; the merge is paced as the \
          sidecar paces it ({} row versions per transaction, then a pause as long as the step took). The \
          application's write latency is measured first without the catch-up (the sidecar's drain capturing its \
-         writes), then during it. **One run**: each figure is that run's value, not a median.",
+         writes), then during it. {runs}.",
         if quick { " (`--quick`)" } else { "" },
         count(rows.median),
         c(catch_up::STEP)
