@@ -74,6 +74,8 @@ pub struct Applied {
     pub local_won: u64,
     /// Changes already applied before (same HLC), ignored.
     pub duplicates: u64,
+    /// Changes to tables this replica excludes from replication (`exclude_tables`), skipped.
+    pub excluded: u64,
     /// Tables whose rows changed.
     pub tables: BTreeSet<String>,
 }
@@ -85,6 +87,7 @@ impl Applied {
         self.remote_won += other.remote_won;
         self.local_won += other.local_won;
         self.duplicates += other.duplicates;
+        self.excluded += other.excluded;
         self.tables.extend(other.tables);
     }
 

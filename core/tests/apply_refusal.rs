@@ -108,3 +108,80 @@ fn a_row_refused_by_a_constraint_parks_its_message_only() {
         .unwrap();
     assert_eq!(count, 5);
 }
+
+/// A transaction that touched a table this replica excludes (`exclude_tables`) applies its
+/// other rows here and skips the excluded table's: nothing is parked, nothing is written to
+/// the local table of that name.
+#[test]
+fn rows_of_an_excluded_table_are_skipped_and_the_rest_of_the_batch_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    let app = Connection::open(&path).unwrap();
+    app.execute_batch(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT);
+         CREATE TABLE local_only(id INTEGER PRIMARY KEY, secret TEXT);",
+    )
+    .unwrap();
+    let mut options = StoreOptions::new(node(1));
+    options.exclude_tables = vec!["LOCAL_ONLY".into()];
+    let mut store = Store::open(Connection::open(&path).unwrap(), options).unwrap();
+    let batch = Batch {
+        tables: vec![
+            TableSchema {
+                name: "users".into(),
+                fingerprint: 0,
+                key_columns: vec!["id".into()],
+                value_columns: vec!["email".into()],
+            },
+            TableSchema {
+                name: "local_only".into(),
+                fingerprint: 0,
+                key_columns: vec!["id".into()],
+                value_columns: vec!["secret".into()],
+            },
+        ],
+        rows: vec![
+            RowChange {
+                table: 0,
+                time: 10,
+                key: vec![Value::Integer(1)],
+                values: Some(vec![Value::Text("a@example.com".into())]),
+            },
+            RowChange {
+                table: 1,
+                time: 10,
+                key: vec![Value::Integer(1)],
+                values: Some(vec![Value::Text("theirs".into())]),
+            },
+        ],
+    };
+    let frame = encode_batch(
+        node(2),
+        BatchSeq::new(1),
+        &batch,
+        Compression::None,
+        1 << 20,
+    )
+    .unwrap()
+    .remove(0);
+    let report = store
+        .receive(
+            NTP64(0),
+            &[Inbound {
+                seq: StreamSeq::new(1),
+                frame,
+            }],
+        )
+        .unwrap();
+    assert!(report.parked.is_empty(), "{:?}", report.parked);
+    assert_eq!(report.applied.new_rows, 1);
+    assert_eq!(report.applied.excluded, 1);
+    assert_eq!(store.parked_count().unwrap(), 0);
+    let users: i64 = app
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    let secrets: i64 = app
+        .query_row("SELECT count(*) FROM local_only", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((users, secrets), (1, 0));
+}

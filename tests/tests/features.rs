@@ -648,11 +648,13 @@ fn an_excluded_table_never_reaches_the_other_node_and_the_others_do() {
         !has_row(&a.db, "local_only", "from-b"),
         "a remote write was applied to a table this node excludes"
     );
-    // NOTE: today A parks that message (kind `unknown_table`, `parked_by_table` names
-    // `local_only`) and retries it every cleanup_interval for ever, although the table
-    // exists here; docs/operations.md's advice for that kind ("create it here") does not
-    // fit an excluded table. Not asserted: whether such a message should rather be skipped
-    // is the engine's call (core's apply path), reported with this test.
+    // A skips those rows (the rest of their transaction applies): nothing is parked.
+    assert_eq!(
+        health_field(&a, "parked"),
+        Some(0.into()),
+        "{}",
+        a.log_tail()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -50,7 +50,11 @@ pub fn apply_batch(
     let mut statements: Vec<Option<TableStatements>> = plans.iter().map(|_| None).collect();
     let mut applied = Applied::default();
     for row in &batch.rows {
-        let (table, upsert_sql) = &plans[row.table as usize];
+        let Some((table, upsert_sql)) = &plans[row.table as usize] else {
+            // A table this replica excludes from replication: its rows stay local here.
+            applied.excluded += 1;
+            continue;
+        };
         let st = match &mut statements[row.table as usize] {
             Some(st) => st,
             slot => slot.insert(TableStatements::prepare(conn, table, upsert_sql)?),
@@ -155,16 +159,20 @@ pub(super) fn refusal(table: &RegisteredTable, source: rusqlite::Error) -> Apply
     }
 }
 
-/// Resolves each table of the batch to a local table and an upsert statement, refusing the
-/// whole batch when a table, key or column does not match.
+/// Resolves each table of the batch to a local table and an upsert statement (`None`: a
+/// table this replica excludes, whose rows are skipped), refusing the whole batch when a
+/// table, key or column does not match.
 fn plan<'t>(
     tables: &'t Tables,
     batch: &Batch,
-) -> Result<Vec<(&'t RegisteredTable, String)>, ApplyError> {
+) -> Result<Vec<Option<(&'t RegisteredTable, String)>>, ApplyError> {
     batch
         .tables
         .iter()
         .map(|schema| {
+            if tables.is_excluded(&schema.name) {
+                return Ok(None);
+            }
             let table = tables
                 .by_name(&schema.name)
                 .ok_or_else(|| ApplyError::UnknownTable {
@@ -196,7 +204,7 @@ fn plan<'t>(
                     });
                 }
             }
-            Ok((table, table.upsert_row_sql(&schema.value_columns)))
+            Ok(Some((table, table.upsert_row_sql(&schema.value_columns))))
         })
         .collect()
 }

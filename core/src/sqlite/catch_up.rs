@@ -393,7 +393,7 @@ fn source_tables(
             )
             .context(format!("counting the snapshot's row versions of {name:?}"))?;
         let Some(here) = local.by_name(&name) else {
-            if count > 0 {
+            if count > 0 && !local.is_excluded(&name) {
                 skipped.push((name, count as u64));
             }
             continue;

@@ -140,6 +140,7 @@ pub fn install(
         }
     }
     report.replicated.sort();
+    tables.set_excluded(exclude);
     Ok((tables, report))
 }
 

@@ -112,6 +112,8 @@ impl RegisteredTable {
 pub struct Tables {
     by_id: HashMap<i64, RegisteredTable>,
     by_name: HashMap<String, i64>,
+    /// Names in `exclude_tables` (folded): their remote changes are skipped, not parked.
+    excluded: Vec<String>,
 }
 
 impl Tables {
@@ -131,6 +133,16 @@ impl Tables {
         self.by_name
             .get(&fold(name))
             .and_then(|id| self.by_id.get(id))
+    }
+
+    /// Records the tables this replica excludes from replication.
+    pub fn set_excluded(&mut self, names: &[String]) {
+        self.excluded = names.iter().map(|n| fold(n)).collect();
+    }
+
+    /// Whether `name` is excluded from replication here (ASCII case ignored, as SQLite does).
+    pub fn is_excluded(&self, name: &str) -> bool {
+        self.excluded.contains(&fold(name))
     }
 
     /// All tables, in no particular order.
