@@ -96,6 +96,8 @@ pub async fn run_until(
     }
     let data_dir = config.effective_data_dir();
     crate::snapshot::remove_stale_copies(&data_dir);
+    // A catch-up's download left by a process that was killed: the next one starts over.
+    crate::catch_up::remove_download(&crate::catch_up::download_path(&config));
     // A sound database (or one that can never be restored) is opened right away, so capture
     // is installed even while NATS is still unreachable; the others wait for the stream.
     let restorable = config.snapshot.enable && config.replicate;
