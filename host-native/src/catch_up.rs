@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use harmonylite_core::hlc::NTP64;
 use harmonylite_core::snapshot::SnapshotHeader;
-use harmonylite_core::sqlite::CatchUp;
+use harmonylite_core::sqlite::{CatchUp, CatchUpError, CatchUpReport, Store};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::health::CatchUpStatus;
 use crate::peer_snapshot::{usable_snapshots, PeerAsk};
 use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
 
@@ -65,6 +67,173 @@ pub enum CatchUpJob {
         /// When.
         retry_at: tokio::time::Instant,
     },
+}
+
+/// What one turn of a catch-up did, for the driver to act on and report.
+pub enum Turn {
+    /// A merge step committed, or the database was busy (tried again shortly);
+    /// `captured`: the step captured local writes, which are now in the outbox.
+    Merged {
+        /// Local writes went into the outbox.
+        captured: bool,
+    },
+    /// Done: the cursor is at the snapshot's covered sequence.
+    Finished {
+        /// The merge's totals.
+        report: Box<CatchUpReport>,
+        /// The snapshot merged (its download is removed).
+        fetched: Box<Fetched>,
+    },
+    /// The snapshot could not be had or merged; tried again after [`RETRY_AFTER`].
+    Failed(String),
+    /// The wait after a failure is over: look at the stream again, it decides what
+    /// snapshot is needed now.
+    Restart,
+}
+
+impl CatchUpJob {
+    /// Starts fetching a snapshot that reaches `first_needed`.
+    pub fn start(ctx: FetchContext, first_needed: u64) -> Self {
+        CatchUpJob::Fetching(tokio::spawn(fetch(ctx, first_needed)))
+    }
+
+    /// When [`CatchUpJob::turn`] is due (None: while fetching; [`fetch_done`] says when
+    /// the download ends).
+    pub fn due(&self) -> Option<tokio::time::Instant> {
+        match self {
+            CatchUpJob::Merging { next_step_at, .. } => Some(*next_step_at),
+            CatchUpJob::Waiting { retry_at } => Some(*retry_at),
+            CatchUpJob::Fetching(_) => None,
+        }
+    }
+
+    /// The job after its download ended: merging, or waiting to retry (with the reason).
+    pub fn fetched(
+        outcome: Result<anyhow::Result<Fetched>, tokio::task::JoinError>,
+    ) -> (Self, Result<(), String>) {
+        let retry = CatchUpJob::Waiting {
+            retry_at: tokio::time::Instant::now() + RETRY_AFTER,
+        };
+        let fetched = match outcome {
+            Ok(Ok(fetched)) => fetched,
+            Ok(Err(e)) => return (retry, Err(format!("catching up: {e:#}"))),
+            Err(e) => return (retry, Err(format!("the snapshot download task ended: {e}"))),
+        };
+        match CatchUp::open(&fetched.path, fetched.header.covered_seq) {
+            Ok(merge) => {
+                tracing::info!(
+                    snapshot = %fetched.info.name,
+                    covered_seq = fetched.header.covered_seq.get(),
+                    bytes = fetched.header.total_size,
+                    "merging the snapshot into the live database"
+                );
+                let merging = CatchUpJob::Merging {
+                    merge: Box::new(merge),
+                    fetched,
+                    next_step_at: tokio::time::Instant::now(),
+                };
+                (merging, Ok(()))
+            }
+            Err(e) => {
+                remove_download(&fetched.path);
+                (
+                    retry,
+                    Err(format!(
+                        "snapshot {} cannot be merged: {e}",
+                        fetched.info.name
+                    )),
+                )
+            }
+        }
+    }
+
+    /// Runs one merge step on `store` (a short transaction) and schedules the next one a
+    /// pause as long as the step later; returns the job that goes on (None: finished).
+    pub fn turn(self, store: &mut Store, now: NTP64) -> (Option<Self>, Turn) {
+        let (mut merge, fetched) = match self {
+            CatchUpJob::Merging { merge, fetched, .. } => (merge, fetched),
+            CatchUpJob::Waiting { .. } => return (None, Turn::Restart),
+            fetching => return (Some(fetching), Turn::Merged { captured: false }),
+        };
+        let captured_before = merge.report().local_rows_captured;
+        let started = Instant::now();
+        let result = store.catch_up_step(&mut merge, now, ROWS_PER_STEP);
+        let pause = started.elapsed().max(MIN_PAUSE);
+        let at = tokio::time::Instant::now();
+        match result {
+            Ok(report) if report.finished => {
+                drop(merge.into_source());
+                remove_download(&fetched.path);
+                (
+                    None,
+                    Turn::Finished {
+                        report: Box::new(report),
+                        fetched: Box::new(fetched),
+                    },
+                )
+            }
+            Ok(report) => {
+                let captured = report.local_rows_captured > captured_before;
+                let next = CatchUpJob::Merging {
+                    merge,
+                    fetched,
+                    next_step_at: at + pause,
+                };
+                (Some(next), Turn::Merged { captured })
+            }
+            Err(CatchUpError::Store(e)) if e.is_transient() => {
+                tracing::debug!("a catch-up step must wait: {e}");
+                let next = CatchUpJob::Merging {
+                    merge,
+                    fetched,
+                    next_step_at: at + BUSY_RETRY,
+                };
+                (Some(next), Turn::Merged { captured: false })
+            }
+            Err(e) => {
+                drop(merge);
+                remove_download(&fetched.path);
+                let next = CatchUpJob::Waiting {
+                    retry_at: at + RETRY_AFTER,
+                };
+                (
+                    Some(next),
+                    Turn::Failed(format!("merging snapshot {}: {e}", fetched.info.name)),
+                )
+            }
+        }
+    }
+
+    /// The job as the health endpoint reports it.
+    pub fn status(&self) -> CatchUpStatus {
+        match self {
+            CatchUpJob::Fetching(_) => CatchUpStatus {
+                stage: "fetching".into(),
+                ..Default::default()
+            },
+            CatchUpJob::Merging { merge, fetched, .. } => CatchUpStatus {
+                stage: "merging".into(),
+                snapshot: Some(fetched.info.name.clone()),
+                covered_seq: Some(fetched.header.covered_seq.get()),
+                rows_read: merge.report().rows_read,
+                rows_total: merge.report().rows_total,
+            },
+            CatchUpJob::Waiting { .. } => CatchUpStatus {
+                stage: "waiting".into(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Resolves when the job's snapshot download ends (never while none runs).
+pub async fn fetch_done(
+    job: &mut Option<CatchUpJob>,
+) -> Result<anyhow::Result<Fetched>, tokio::task::JoinError> {
+    match job {
+        Some(CatchUpJob::Fetching(task)) => task.await,
+        _ => std::future::pending().await,
+    }
 }
 
 /// Everything [`fetch`] needs (cheap to clone into a task).

@@ -20,19 +20,20 @@ use harmonylite_core::engine::{Engine, Event, Input, Now, Output};
 use harmonylite_core::hlc::{ntp64_from_unix, NodeId};
 use harmonylite_core::report::Inbound;
 use harmonylite_core::sqlite::snapshot::Salvage;
-use harmonylite_core::sqlite::{CatchUp, CatchUpError, CatchUpReport, Store};
+use harmonylite_core::sqlite::{CatchUpReport, Store};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::catch_up::{CatchUpJob, FetchContext, Fetched};
+use crate::catch_up::{CatchUpJob, FetchContext, Fetched, Turn};
 use crate::config::Config;
-use crate::health::{CatchUpStatus, SharedStatus, SnapshotStatus};
+use crate::health::{SharedStatus, SnapshotStatus};
 use crate::metrics::Metrics;
 use crate::nats_server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
-use crate::peer_snapshot::{PeerAsk, SnapshotAnswer, SnapshotRequest};
+use crate::peer_snapshot::PeerAsk;
 use crate::restore::{self, LocalDb, RestoreReason};
 use crate::snapshot::{JobContext, JobOutcome, SnapshotSchedule};
+use crate::snapshot_responder::{Responder, ResponderEvent};
 use crate::snapshot_store::SnapshotStore;
 use crate::transport::{self, Auth, TransportConfig, TransportEvent};
 use crate::watcher::DbWatcher;
@@ -554,36 +555,6 @@ struct Snapshots {
     job: Option<JoinHandle<anyhow::Result<JobOutcome>>>,
 }
 
-/// Answers snapshot requests from nodes that need one ([`crate::peer_snapshot`]).
-struct Responder {
-    requests: async_nats::Subscriber,
-    client: async_nats::Client,
-    ctx: JobContext,
-    job: Option<JoinHandle<anyhow::Result<JobOutcome>>>,
-}
-
-impl Responder {
-    async fn subscribe(
-        client: &async_nats::Client,
-        subject: &str,
-        ctx: JobContext,
-    ) -> anyhow::Result<Self> {
-        let requests = client
-            .queue_subscribe(
-                subject.to_owned(),
-                crate::peer_snapshot::QUEUE_GROUP.to_owned(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("subscribing to snapshot requests on {subject}: {e}"))?;
-        Ok(Responder {
-            requests,
-            client: client.clone(),
-            ctx,
-            job: None,
-        })
-    }
-}
-
 impl Driver {
     async fn run(
         &mut self,
@@ -598,7 +569,7 @@ impl Driver {
         loop {
             self.start_consumer_if_due().await;
             let deadline = self.deadline();
-            let catch_up_at = self.catch_up_due();
+            let catch_up_at = self.catch_up.as_ref().and_then(CatchUpJob::due);
             let pulling = self.messages.is_some() && self.engine.inbox_len() < MAX_INBOX;
             let inputs = tokio::select! {
                 biased;
@@ -623,19 +594,16 @@ impl Driver {
                     self.snapshot_finished(outcome);
                     Vec::new()
                 }
-                event = responder_event(&mut self.responder) => {
-                    match event {
-                        ResponderEvent::Request(request) => self.answer_snapshot_request(request).await,
-                        ResponderEvent::JobDone(outcome) => self.requested_snapshot_finished(outcome),
-                    }
+                event = crate::snapshot_responder::next_event(&mut self.responder) => {
+                    self.responder_event(event).await;
                     Vec::new()
                 }
-                outcome = fetch_job(&mut self.catch_up) => {
+                outcome = crate::catch_up::fetch_done(&mut self.catch_up) => {
                     self.snapshot_fetched(outcome);
                     Vec::new()
                 }
                 _ = sleep_until_opt(catch_up_at) => {
-                    self.catch_up_step();
+                    self.catch_up_turn();
                     Vec::new()
                 }
                 _ = sleep_until_opt(self.sleep.as_ref().map(|s| s.timer.deadline().into())) => {
@@ -1072,9 +1040,7 @@ impl Driver {
                 cursor.get() + 1,
                 first - 1
             );
-            self.catch_up = Some(CatchUpJob::Fetching(tokio::spawn(crate::catch_up::fetch(
-                fetch, first,
-            ))));
+            self.catch_up = Some(CatchUpJob::start(fetch, first));
         }
         self.fell_behind = true;
         self.consumer_retry_at = None;
@@ -1085,123 +1051,41 @@ impl Driver {
         &mut self,
         outcome: Result<anyhow::Result<Fetched>, tokio::task::JoinError>,
     ) {
-        let retry = || CatchUpJob::Waiting {
-            retry_at: tokio::time::Instant::now() + crate::catch_up::RETRY_AFTER,
-        };
-        self.catch_up = Some(match outcome {
-            Ok(Ok(fetched)) => match CatchUp::open(&fetched.path, fetched.header.covered_seq) {
-                Ok(merge) => {
-                    tracing::info!(
-                        snapshot = %fetched.info.name,
-                        covered_seq = fetched.header.covered_seq.get(),
-                        bytes = fetched.header.total_size,
-                        "merging the snapshot into the live database"
-                    );
-                    self.status.lock().expect("status lock").waiting = None;
-                    CatchUpJob::Merging {
-                        merge: Box::new(merge),
-                        fetched,
-                        next_step_at: tokio::time::Instant::now(),
-                    }
-                }
-                Err(e) => {
-                    tracing::error!("snapshot {} cannot be merged: {e}", fetched.info.name);
-                    crate::catch_up::remove_download(&fetched.path);
-                    self.status.lock().expect("status lock").waiting = Some(e.to_string());
-                    retry()
-                }
-            },
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    retry_in_s = crate::catch_up::RETRY_AFTER.as_secs(),
-                    "catching up: {e:#}"
-                );
-                self.metrics.snapshot_failed("restore");
-                self.status.lock().expect("status lock").waiting =
-                    Some(format!("catching up: {e:#}"));
-                retry()
-            }
-            Err(e) => {
-                tracing::warn!("the snapshot download task ended: {e}");
-                retry()
-            }
-        });
+        let (job, result) = CatchUpJob::fetched(outcome);
+        self.catch_up = Some(job);
+        if let Err(why) = &result {
+            tracing::warn!(retry_in_s = crate::catch_up::RETRY_AFTER.as_secs(), "{why}");
+            self.metrics.snapshot_failed("restore");
+        }
+        self.status.lock().expect("status lock").waiting = result.err();
         self.refresh_status();
     }
 
-    /// When the catch-up's next step is due, if one is.
-    fn catch_up_due(&self) -> Option<tokio::time::Instant> {
-        match self.catch_up.as_ref()? {
-            CatchUpJob::Merging { next_step_at, .. } => Some(*next_step_at),
-            CatchUpJob::Waiting { retry_at } => Some(*retry_at),
-            CatchUpJob::Fetching(_) => None,
-        }
-    }
-
-    /// Runs one merge step (a short transaction), or after a failure starts over.
-    fn catch_up_step(&mut self) {
-        let (mut merge, fetched) = match self.catch_up.take() {
-            Some(CatchUpJob::Merging { merge, fetched, .. }) => (merge, fetched),
-            Some(CatchUpJob::Waiting { .. }) => {
-                // Look at the stream again: it decides the snapshot needed now.
-                self.consumer_retry_at = Some(Instant::now());
-                return;
-            }
-            other => {
-                self.catch_up = other;
-                return;
-            }
+    /// One turn of the catch-up: a merge step, or after a failure a fresh look at the
+    /// stream.
+    fn catch_up_turn(&mut self) {
+        let Some(job) = self.catch_up.take() else {
+            return;
         };
-        let captured_before = merge.report().local_rows_captured;
-        let started = Instant::now();
-        let result = self.engine.db_mut().catch_up_step(
-            &mut merge,
-            self.clock.now().wall,
-            crate::catch_up::ROWS_PER_STEP,
-        );
-        let took = started.elapsed();
-        let now = tokio::time::Instant::now();
-        match result {
-            Ok(report) if report.finished => {
-                self.caught_up(merge, fetched, report);
-            }
-            Ok(report) => {
-                if report.local_rows_captured > captured_before {
-                    // Local writes captured by the step: publish them as usual.
-                    self.feed(vec![Input::LocalWrite]);
-                }
-                self.catch_up = Some(CatchUpJob::Merging {
-                    merge,
-                    fetched,
-                    next_step_at: now + took.max(crate::catch_up::MIN_PAUSE),
-                });
-            }
-            Err(CatchUpError::Store(e)) if e.is_transient() => {
-                tracing::debug!("a catch-up step must wait: {e}");
-                self.catch_up = Some(CatchUpJob::Merging {
-                    merge,
-                    fetched,
-                    next_step_at: now + crate::catch_up::BUSY_RETRY,
-                });
-            }
-            Err(e) => {
-                tracing::error!(snapshot = %fetched.info.name, "catching up: {e}");
+        let (next, turn) = job.turn(self.engine.db_mut(), self.clock.now().wall);
+        self.catch_up = next;
+        match turn {
+            // Local writes the step captured are in the outbox: publish them as usual.
+            Turn::Merged { captured: true } => self.feed(vec![Input::LocalWrite]),
+            Turn::Merged { captured: false } => {}
+            Turn::Finished { report, fetched } => self.caught_up(*fetched, *report),
+            Turn::Failed(why) => {
+                tracing::error!("catching up: {why}");
                 self.metrics.snapshot_failed("restore");
-                drop(merge);
-                crate::catch_up::remove_download(&fetched.path);
-                self.status.lock().expect("status lock").waiting = Some(e.to_string());
-                self.catch_up = Some(CatchUpJob::Waiting {
-                    retry_at: now + crate::catch_up::RETRY_AFTER,
-                });
+                self.status.lock().expect("status lock").waiting = Some(why);
             }
+            Turn::Restart => self.consumer_retry_at = Some(Instant::now()),
         }
         self.refresh_status();
     }
 
     /// The merge finished: the cursor is at the snapshot's covered sequence.
-    fn caught_up(&mut self, merge: Box<CatchUp>, fetched: Fetched, report: CatchUpReport) {
-        drop(merge.into_source());
-        crate::catch_up::remove_download(&fetched.path);
+    fn caught_up(&mut self, fetched: Fetched, report: CatchUpReport) {
         let took = fetched.started.elapsed();
         for (table, rows) in &report.skipped_tables {
             tracing::warn!(
@@ -1244,54 +1128,20 @@ impl Driver {
         self.consumer_retry_at = Some(Instant::now());
     }
 
-    /// Another node needs a snapshot: take one (under the lease) when this node is caught
-    /// up, and say whether it will.
-    async fn answer_snapshot_request(&mut self, request: async_nats::Message) {
+    /// Another node asks for a snapshot, or the one taken for it is done.
+    async fn responder_event(&mut self, event: ResponderEvent) {
         let caught_up = self.is_caught_up();
-        let node_id = self.engine.db().node_id().to_string();
+        let cursor = self.engine.applied_cursor();
         let Some(responder) = self.responder.as_mut() else {
             return;
         };
-        let asked: Option<SnapshotRequest> = serde_json::from_slice(&request.payload).ok();
-        let answer = if !caught_up {
-            SnapshotAnswer {
-                node: node_id,
-                accepted: false,
-                reason: Some("this node is not caught up with the stream".into()),
+        let outcome = match event {
+            ResponderEvent::Request(request) => {
+                return responder.answer(request, caught_up, cursor).await
             }
-        } else {
-            if responder.job.is_none() {
-                let ctx = responder.ctx.clone();
-                let cursor = self.engine.applied_cursor();
-                responder.job = Some(tokio::spawn(crate::snapshot::run_job(ctx, cursor)));
-            }
-            SnapshotAnswer {
-                node: node_id,
-                accepted: true,
-                reason: None,
-            }
+            ResponderEvent::JobDone(outcome) => outcome,
         };
-        tracing::info!(
-            asker = asked.as_ref().map(|r| r.node.as_str()).unwrap_or("?"),
-            first_needed = asked.as_ref().map(|r| r.first_needed),
-            accepted = answer.accepted,
-            "a node asked for a snapshot"
-        );
-        if let Some(reply) = request.reply {
-            let payload = serde_json::to_vec(&answer).unwrap_or_default();
-            if let Err(e) = responder.client.publish(reply, payload.into()).await {
-                tracing::warn!("answering a snapshot request: {e}");
-            }
-        }
-    }
-
-    fn requested_snapshot_finished(
-        &mut self,
-        outcome: Result<anyhow::Result<JobOutcome>, tokio::task::JoinError>,
-    ) {
-        if let Some(responder) = self.responder.as_mut() {
-            responder.job = None;
-        }
+        responder.job_done();
         match outcome {
             Ok(Ok(JobOutcome::Taken(taken))) => {
                 let info = &taken.info;
@@ -1365,23 +1215,7 @@ impl Driver {
         s.parked = parked;
         s.nats_connected = self.connected;
         s.fell_behind = self.fell_behind;
-        s.catching_up = self.catch_up.as_ref().map(|job| match job {
-            CatchUpJob::Fetching(_) => CatchUpStatus {
-                stage: "fetching".into(),
-                ..Default::default()
-            },
-            CatchUpJob::Merging { merge, fetched, .. } => CatchUpStatus {
-                stage: "merging".into(),
-                snapshot: Some(fetched.info.name.clone()),
-                covered_seq: Some(fetched.header.covered_seq.get()),
-                rows_read: merge.report().rows_read,
-                rows_total: merge.report().rows_total,
-            },
-            CatchUpJob::Waiting { .. } => CatchUpStatus {
-                stage: "waiting".into(),
-                ..Default::default()
-            },
-        });
+        s.catching_up = self.catch_up.as_ref().map(CatchUpJob::status);
         s.consumer_error = self.consumer_error.clone();
         s.healthy =
             self.connected && !self.fell_behind && !s.restoring && s.consumer_error.is_none();
@@ -1432,41 +1266,6 @@ async fn snapshot_job(
     match snapshots.as_mut().and_then(|s| s.job.as_mut()) {
         Some(job) => job.await,
         None => std::future::pending().await,
-    }
-}
-
-/// What the snapshot-request responder has for the driver.
-enum ResponderEvent {
-    /// Another node asks for a snapshot.
-    Request(async_nats::Message),
-    /// The snapshot taken for such a request is done.
-    JobDone(Result<anyhow::Result<JobOutcome>, tokio::task::JoinError>),
-}
-
-/// The responder's next event (never while this node answers no requests).
-async fn responder_event(responder: &mut Option<Responder>) -> ResponderEvent {
-    let Some(r) = responder.as_mut() else {
-        return std::future::pending().await;
-    };
-    let job = async {
-        match r.job.as_mut() {
-            Some(job) => job.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        Some(request) = r.requests.next() => ResponderEvent::Request(request),
-        outcome = job => ResponderEvent::JobDone(outcome),
-    }
-}
-
-/// Resolves when the catch-up's snapshot download ends (never while none runs).
-async fn fetch_job(
-    catch_up: &mut Option<CatchUpJob>,
-) -> Result<anyhow::Result<Fetched>, tokio::task::JoinError> {
-    match catch_up {
-        Some(CatchUpJob::Fetching(task)) => task.await,
-        _ => std::future::pending().await,
     }
 }
 

@@ -23,6 +23,7 @@ pub mod s3_store;
 pub mod schema;
 pub mod serverless;
 pub mod snapshot;
+pub mod snapshot_responder;
 pub mod snapshot_store;
 pub mod stream_identity;
 pub mod transport;
