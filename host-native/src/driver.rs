@@ -29,13 +29,13 @@ use crate::catch_up::{CatchUpJob, FetchContext, Fetched, Turn};
 use crate::config::Config;
 use crate::health::{SharedStatus, SnapshotStatus};
 use crate::metrics::Metrics;
-use crate::nats_server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
+use crate::nats_setup::{ensure_stream_until_ready, start_embedded_server, transport_config};
 use crate::peer_snapshot::PeerAsk;
 use crate::restore::{self, LocalDb, RestoreReason};
 use crate::snapshot::{JobContext, JobOutcome, SnapshotSchedule};
 use crate::snapshot_responder::{Responder, ResponderEvent};
 use crate::snapshot_store::SnapshotStore;
-use crate::transport::{self, Auth, TransportConfig, TransportEvent};
+use crate::transport::{self, TransportEvent};
 use crate::watcher::DbWatcher;
 
 /// Stop pulling from the stream while this many messages wait to be applied.
@@ -449,7 +449,7 @@ async fn restore_until_done(
         covered_seq: restored.snapshot.covered_seq.get(),
         bytes: restored.downloaded,
         duration_ms: restored.took.as_millis() as u64,
-        at_unix_ms: crate::snapshot::unix_ms(),
+        at_unix_ms: crate::util::unix_ms(),
         reason: Some(reason.as_str().to_owned()),
     });
 }
@@ -640,11 +640,7 @@ impl Driver {
             return;
         }
         if let Some(newest) = s.newest {
-            if !s
-                .ctx
-                .schedule
-                .due(newest, cursor, crate::snapshot::unix_ms())
-            {
+            if !s.ctx.schedule.due(newest, cursor, crate::util::unix_ms()) {
                 return;
             }
         }
@@ -717,7 +713,7 @@ impl Driver {
                     covered_seq: info.covered_seq.get(),
                     bytes: taken.bytes,
                     duration_ms: taken.took.as_millis() as u64,
-                    at_unix_ms: crate::snapshot::unix_ms(),
+                    at_unix_ms: crate::util::unix_ms(),
                     reason: None,
                 });
             }
@@ -1120,7 +1116,7 @@ impl Driver {
                 covered_seq: report.covered.get(),
                 bytes: fetched.downloaded,
                 duration_ms: took.as_millis() as u64,
-                at_unix_ms: crate::snapshot::unix_ms(),
+                at_unix_ms: crate::util::unix_ms(),
                 reason: Some(RestoreReason::Behind.as_str().to_owned()),
             });
         }
@@ -1293,31 +1289,15 @@ fn resolve_node_id(config: &Config, stored: Option<NodeId>) -> anyhow::Result<No
         }
         (Some(configured), _) => configured,
         (None, Some(stored)) => stored,
-        (None, None) => random_node_id()?,
+        (None, None) => crate::util::random_node_id()?,
     })
 }
 
-fn random_node_id() -> anyhow::Result<NodeId> {
-    loop {
-        let mut bytes = [0u8; 16];
-        getrandom::getrandom(&mut bytes)
-            .map_err(|e| anyhow::anyhow!("no randomness for a node id: {e}"))?;
-        if let Some(id) = NodeId::from_u128(u128::from_le_bytes(bytes)) {
-            return Ok(id);
-        }
-    }
-}
-
-fn random_u64() -> anyhow::Result<u64> {
-    let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    Ok(u64::from_le_bytes(bytes))
-}
 fn open_store(config: &Config, node_id: NodeId) -> anyhow::Result<Store> {
     let conn = Connection::open(&config.db_path)
         .with_context(|| format!("opening db_path {}", config.db_path.display()))?;
     let mut options = config.store_options(node_id);
-    options.incarnation = random_u64()?;
+    options.incarnation = crate::util::random_u64()?;
     let store = Store::open(conn, options)
         .with_context(|| format!("installing change capture in {}", config.db_path.display()))?;
     Ok(store)
@@ -1331,111 +1311,6 @@ fn report_install(store: &Store) {
     }
     if !report.triggers_rebuilt.is_empty() {
         tracing::info!(tables = ?report.triggers_rebuilt, "installed capture triggers");
-    }
-}
-
-pub(crate) async fn start_embedded_server(
-    config: &Config,
-    node_id: NodeId,
-) -> anyhow::Result<NatsServer> {
-    let store_dir = config.effective_data_dir().join("nats");
-    let mut embedded = EmbeddedServerConfig::new(store_dir, format!("harmonylite-{node_id}"));
-    embedded.binary = config.nats.server_binary.clone();
-    embedded.client_listen = config.nats.bind_address;
-    embedded.cluster = config.nats.cluster_addr.map(|listen| ClusterConfig {
-        name: "harmonylite".into(),
-        listen,
-        routes: config.nats.cluster_peers.clone(),
-    });
-    embedded.leaf_remotes = config.nats.leaf_servers.clone();
-    embedded.websocket_listen = config.nats.websocket_bind;
-    embedded.include_config = config.nats.server_config.clone();
-    let server = NatsServer::start(embedded).await?;
-    tracing::info!(url = %server.client_url(), websocket = ?server.websocket_url(), "embedded nats-server ready");
-    Ok(server)
-}
-
-pub(crate) fn transport_config(
-    config: &Config,
-    node_id: NodeId,
-    server: Option<&NatsServer>,
-) -> TransportConfig {
-    let nats = &config.nats;
-    let auth = if let (Some(user), Some(password)) = (&nats.user_name, &nats.user_password) {
-        Auth::UserPassword {
-            user: user.clone(),
-            password: password.expose().to_string(),
-        }
-    } else if let Some(token) = &nats.token {
-        Auth::Token(token.expose().to_string())
-    } else if let Some(seed) = &nats.seed_file {
-        Auth::NkeySeedFile(seed.clone())
-    } else if let Some(creds) = &nats.creds_file {
-        Auth::CredsFile(creds.clone())
-    } else {
-        Auth::None
-    };
-    TransportConfig {
-        urls: match server {
-            Some(server) => vec![server.client_url()],
-            None => nats.urls.clone(),
-        },
-        auth: if server.is_some() { Auth::None } else { auth },
-        ca_file: nats.ca_file.clone().filter(|_| server.is_none()),
-        client_cert: match (&nats.cert_file, &nats.key_file) {
-            (Some(cert), Some(key)) if server.is_none() => Some((cert.clone(), key.clone())),
-            _ => None,
-        },
-        reconnect_wait: nats.reconnect_wait,
-        connect_timeout: nats.connect_timeout,
-        client_name: format!("harmonylite-{node_id}"),
-        stream_name: format!("{}-1", nats.stream_prefix),
-        subject: format!("{}.1", nats.subject_prefix),
-        max_entries: config.replication_log.max_entries as i64,
-        replicas: config.replication_log.replicas as usize,
-    }
-}
-
-/// Creates or updates the stream, retrying until it succeeds (in a cluster, the other nodes
-/// may not be up yet). A node that has applied messages up to `applied_cursor > 0` waits
-/// for the stream instead of creating it ([`transport::ensure_stream`]).
-///
-/// Each attempt has its own deadline, short at first: while a JetStream cluster is still
-/// electing its meta leader, requests are dropped unanswered, and waiting out the client's
-/// whole request timeout (10 s) after the leader is known delayed every cluster's start.
-pub(crate) async fn ensure_stream_until_ready(
-    js: &jetstream::Context,
-    config: &TransportConfig,
-    applied_cursor: u64,
-) -> jetstream::stream::Stream {
-    let mut delay = Duration::from_millis(200);
-    let mut deadline = Duration::from_secs(1);
-    loop {
-        let attempt = tokio::time::timeout(
-            deadline,
-            transport::ensure_stream(js, config, applied_cursor),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(anyhow::anyhow!(
-                "no answer from JetStream within {} s (it may still be electing a leader)",
-                deadline.as_secs()
-            ))
-        });
-        deadline = (deadline * 2).min(Duration::from_secs(10));
-        match attempt {
-            Ok(stream) => return stream,
-            Err(e) if e.is::<transport::StreamMissing>() => {
-                tracing::error!(stream = %config.stream_name, retry_in_ms = delay.as_millis() as u64, "{e}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => {
-                tracing::warn!(stream = %config.stream_name, retry_in_ms = delay.as_millis() as u64, "stream not ready: {e}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
     }
 }
 

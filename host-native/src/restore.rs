@@ -292,7 +292,7 @@ fn swap(entry: &SwapJournal, journal: &Path, write_journal: bool) -> anyhow::Res
         drop(file);
         std::fs::rename(&tmp, journal)
             .with_context(|| format!("writing the restore journal {}", journal.display()))?;
-        sync_dir(journal)?;
+        crate::util::sync_dir(journal)?;
     }
     for suffix in ["-wal", "-shm", "-journal"] {
         let stale = with_suffix(&entry.db, suffix);
@@ -311,7 +311,7 @@ fn swap(entry: &SwapJournal, journal: &Path, write_journal: bool) -> anyhow::Res
             entry.db.display()
         )
     })?;
-    sync_dir(&entry.db)?;
+    crate::util::sync_dir(&entry.db)?;
     remove_journal(journal)
 }
 
@@ -320,19 +320,8 @@ fn remove_journal(journal: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", journal.display()))
         }
-        _ => sync_dir(journal),
+        _ => crate::util::sync_dir(journal),
     }
-}
-
-/// Fsyncs the directory that holds `path` (so a rename or removal in it is durable).
-pub fn sync_dir(path: &Path) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Waits until no other connection has the database open (read from SQLite's own locks,
@@ -502,7 +491,7 @@ pub async fn restore(
         node_id,
         incarnation: match kept.incarnation {
             Some(old) if kept.counters_known() => old,
-            _ => random_u64()?,
+            _ => crate::util::random_u64()?,
         },
         next_batch: kept.next_batch.filter(|_| kept.counters_known()),
         next_outbox_id: kept.next_outbox_id.filter(|_| kept.counters_known()),
@@ -690,12 +679,6 @@ impl Download {
             Download::Reader(reader) => Ok(reader.read_buf(buffer).await?),
         }
     }
-}
-
-fn random_u64() -> anyhow::Result<u64> {
-    let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    Ok(u64::from_le_bytes(bytes))
 }
 
 #[cfg(test)]

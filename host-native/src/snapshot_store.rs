@@ -30,71 +30,20 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, object_store};
 use bytes::Bytes;
 use futures::StreamExt;
-use harmonylite_core::change::StreamSeq;
-use harmonylite_core::hlc::NodeId;
 use harmonylite_core::snapshot::{SnapshotHeader, HEADER_LEN};
 use tokio::io::AsyncRead;
 
 use crate::config::{Config, SnapshotStoreKind};
 use crate::progress::{Progress, ProgressReader};
 use crate::s3_store::S3Store;
-use crate::snapshot::FramedSource;
+use crate::snapshot_frame::FramedSource;
+pub use crate::snapshot_info::{SnapshotInfo, EXTENSION};
 
-/// File name extension of a stored snapshot.
-pub const EXTENSION: &str = "hlsnap";
 /// Leftovers of interrupted uploads older than this are removed by a prune.
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 /// Object store chunk size: large chunks keep the per-message overhead low; well under the
 /// default 1 MiB NATS payload limit.
 const OBJECT_CHUNK: usize = 512 * 1024;
-
-/// One stored snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotInfo {
-    /// Its name in the store (see the module docs).
-    pub name: String,
-    /// The last stream sequence it covers.
-    pub covered_seq: StreamSeq,
-    /// When it was taken (Unix ms, the taker's clock).
-    pub taken_at_ms: u64,
-    /// The node that took it.
-    pub taken_by: NodeId,
-    /// Framed size in bytes (0 when the store does not say).
-    pub size: u64,
-}
-
-impl SnapshotInfo {
-    /// A new snapshot of `stream`'s replica state.
-    pub fn new(stream: &str, covered_seq: StreamSeq, taken_at_ms: u64, taken_by: NodeId) -> Self {
-        SnapshotInfo {
-            name: format!(
-                "{stream}/{:020}-{taken_at_ms:013}-{taken_by}.{EXTENSION}",
-                covered_seq.get()
-            ),
-            covered_seq,
-            taken_at_ms,
-            taken_by,
-            size: 0,
-        }
-    }
-
-    /// Parses a name of `stream` (None: another stream's, or not a snapshot).
-    pub fn parse(stream: &str, name: &str) -> Option<Self> {
-        let rest = name.strip_prefix(stream)?.strip_prefix('/')?;
-        let rest = rest.strip_suffix(EXTENSION)?.strip_suffix('.')?;
-        let mut parts = rest.splitn(3, '-');
-        let covered: u64 = parts.next()?.parse().ok()?;
-        let at: u64 = parts.next()?.parse().ok()?;
-        let node: NodeId = parts.next()?.parse().ok()?;
-        let info = SnapshotInfo::new(stream, StreamSeq::new(covered), at, node);
-        (info.name == name).then_some(info)
-    }
-
-    /// Sort key: covered sequence, then time taken.
-    fn key(&self) -> (u64, u64) {
-        (self.covered_seq.get(), self.taken_at_ms)
-    }
-}
 
 /// A snapshot store.
 pub enum SnapshotStore {
@@ -188,7 +137,7 @@ impl SnapshotStore {
             SnapshotStore::Nats(_) | SnapshotStore::S3(_) => work_dir.join(format!(
                 "snapshot-{}-{}.tmp.db",
                 std::process::id(),
-                crate::snapshot::unix_ms()
+                crate::util::unix_ms()
             )),
             SnapshotStore::File(s) => s.new_copy_path(),
         }
@@ -491,7 +440,7 @@ impl FileStore {
         self.stream_dir().join(format!(
             ".snapshot-{}-{}.db.partial",
             std::process::id(),
-            crate::snapshot::unix_ms()
+            crate::util::unix_ms()
         ))
     }
 
@@ -547,7 +496,7 @@ impl FileStore {
         let mut buffer = vec![0u8; header.chunk_size as usize];
         let mut whole = crc32fast::Hasher::new();
         for (index, expected) in source.chunk_crcs().iter().enumerate() {
-            let n = crate::snapshot::read_full(&mut input, &mut buffer)?;
+            let n = crate::snapshot_frame::read_full(&mut input, &mut buffer)?;
             let want = (header.total_size - index as u64 * header.chunk_size as u64)
                 .min(header.chunk_size as u64) as usize;
             let mut chunk = crc32fast::Hasher::new();
@@ -567,7 +516,7 @@ impl FileStore {
             }
         }
         anyhow::ensure!(
-            crate::snapshot::read_full(&mut input, &mut buffer[..1])? == 0
+            crate::snapshot_frame::read_full(&mut input, &mut buffer[..1])? == 0
                 && whole.finalize() == header.file_crc,
             "snapshot {} is damaged: the file does not match its checksum",
             info.name
@@ -611,7 +560,7 @@ impl FileStore {
                 std::fs::rename(&partial, &data)
                     .with_context(|| format!("renaming {} into place", partial.display()))?;
             }
-            crate::restore::sync_dir(&data)?;
+            crate::util::sync_dir(&data)?;
             // Data in place, index not yet: the snapshot does not exist yet.
             crate::failpoint::pause_blocking("snapshot-upload");
             let mut file = std::fs::File::create(&index_partial)
@@ -621,7 +570,7 @@ impl FileStore {
             drop(file);
             std::fs::rename(&index_partial, &index)
                 .with_context(|| format!("renaming {} into place", index_partial.display()))?;
-            crate::restore::sync_dir(&index)?;
+            crate::util::sync_dir(&index)?;
             Ok(source.framed_size())
         })
         .await?
@@ -701,6 +650,8 @@ fn read_index(path: &Path) -> anyhow::Result<(SnapshotHeader, Vec<u32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use harmonylite_core::change::StreamSeq;
+    use harmonylite_core::hlc::NodeId;
 
     /// Restores read an object's chunks as they arrive ([`NatsStore::chunks`]) instead of
     /// through async-nats' `get`: both read the same bytes, whatever the chunk size.

@@ -122,17 +122,6 @@ pub fn parked_by_table(conn: &Connection) -> Result<Vec<(String, u64)>, StoreErr
     .context("counting parked messages by table")
 }
 
-/// Stream sequence of the oldest parked migration, if any.
-pub fn first_parked_migration(conn: &Connection) -> Result<Option<StreamSeq>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT min(stream_seq) FROM {} WHERE kind = ?1",
-        quote(names::PARKED)
-    ))
-    .and_then(|mut s| s.query_row([super::migrate::KIND], |r| r.get::<_, Option<i64>>(0)))
-    .map(|seq| seq.map(|s| StreamSeq::new(s as u64)))
-    .context("looking for parked migrations")
-}
-
 /// A parked message as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParkedMessage {

@@ -806,7 +806,7 @@ fn run_migration(
     if migrate::is_applied(tx, &migration.id)? {
         return Ok(Ok(false));
     }
-    if let Some(first) = inbox::first_parked_migration(tx)? {
+    if let Some(first) = migrate::first_parked_migration(tx)? {
         if first < seq {
             return Ok(Err(ApplyError::Migration(format!(
                 "waiting for the migration parked at stream sequence {first}, which must \
