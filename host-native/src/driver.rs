@@ -29,13 +29,15 @@ use crate::catch_up::{CatchUpJob, FetchContext, Fetched, Turn};
 use crate::config::Config;
 use crate::health::{SharedStatus, SnapshotStatus};
 use crate::metrics::Metrics;
+use crate::nats_server::NatsServer;
 use crate::nats_setup::{ensure_stream_until_ready, start_embedded_server, transport_config};
 use crate::peer_snapshot::PeerAsk;
 use crate::restore::{self, LocalDb, RestoreReason};
 use crate::snapshot::{JobContext, JobOutcome, SnapshotSchedule};
 use crate::snapshot_responder::{Responder, ResponderEvent};
 use crate::snapshot_store::SnapshotStore;
-use crate::transport::{self, TransportEvent};
+use crate::startup::{self, Plan};
+use crate::transport::{self, TransportConfig, TransportEvent};
 use crate::watcher::DbWatcher;
 
 /// Stop pulling from the stream while this many messages wait to be applied.
@@ -72,10 +74,37 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    restore::finish_interrupted_swap(&config)?;
+    let start = inspect_database(&config)?;
+    let server = match config.nats.embedded() {
+        true => Some(start_embedded_server(&config, start.node_id).await?),
+        false => None,
+    };
+    // The one teardown path: whatever `serve` returns, the embedded server stops after it.
+    let outcome = serve(&config, start, server.as_ref(), shutdown.as_mut()).await;
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
+    tracing::info!("stopped");
+    outcome
+}
+
+/// What the database looked like at start, read before anything connects.
+struct LocalStart {
+    local: LocalDb,
+    salvage: Salvage,
+    node_id: NodeId,
+    /// The database, opened right away when start-up needs nothing from NATS to decide
+    /// (capture is then installed even while NATS is unreachable).
+    early_store: Option<Store>,
+}
+
+/// Completes an interrupted swap, assesses the database, settles the node id and logs the
+/// node's mode; opens the database at once when the start-up plan allows.
+fn inspect_database(config: &Config) -> anyhow::Result<LocalStart> {
+    restore::finish_interrupted_swap(config)?;
     let local = restore::assess(&config.db_path)?;
     let salvage = restore::salvage_local(&config.db_path, &local);
-    let node_id = resolve_node_id(&config, salvage.node_id)?;
+    let node_id = resolve_node_id(config, salvage.node_id)?;
     if config.node_id.is_none() {
         tracing::Span::current().record("node_id", tracing::field::display(node_id));
     }
@@ -95,18 +124,14 @@ pub async fn run_until(
             "replicate = false: this node publishes its writes but never applies remote changes"
         );
     }
-    let data_dir = config.effective_data_dir();
-    crate::snapshot::remove_stale_copies(&data_dir);
+    crate::snapshot::remove_stale_copies(&config.effective_data_dir());
     // A catch-up's download left by a process that was killed: the next one starts over.
-    crate::catch_up::remove_download(&crate::catch_up::download_path(&config));
-    // A sound database (or one that can never be restored) is opened right away, so capture
-    // is installed even while NATS is still unreachable; the others wait for the stream.
-    let restorable = config.snapshot.enable && config.replicate;
-    let early_store = match &local {
-        LocalDb::Sound => Some(open_store(&config, node_id)?),
-        LocalDb::Missing if !restorable => {
+    crate::catch_up::remove_download(&crate::catch_up::download_path(config));
+    let early_store = match startup::plan(&local, restorable(config), None) {
+        Plan::Open => Some(open_store(config, node_id)?),
+        Plan::OpenNew => {
             restore::remove_stale_companions(&config.db_path)?;
-            Some(open_store(&config, node_id)?)
+            Some(open_store(config, node_id)?)
         }
         _ => None,
     };
@@ -116,15 +141,37 @@ pub async fn run_until(
             every_messages = snap.every_messages,
             max_entries = config.replication_log.max_entries,
             "[snapshot] every_messages is not below [replication_log] max_entries: the stream may drop messages \
-             before the next snapshot covers them, and a node that falls behind then cannot restore until a \
-             newer snapshot exists"
+             before the next snapshot covers them, and a node that falls behind then waits for a healthy node to \
+             take a newer snapshot"
         );
     }
+    Ok(LocalStart {
+        local,
+        salvage,
+        node_id,
+        early_store,
+    })
+}
 
-    let server = match config.nats.embedded() {
-        true => Some(start_embedded_server(&config, node_id).await?),
-        false => None,
-    };
+/// Whether snapshots can restore or catch up this node.
+fn restorable(config: &Config) -> bool {
+    config.snapshot.enable && config.replicate
+}
+
+/// Everything after the embedded server: endpoints, the NATS connection, the database
+/// (restored first when it must be), then the driver's loop until `shutdown`.
+async fn serve(
+    config: &Config,
+    start: LocalStart,
+    server: Option<&NatsServer>,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<()> {
+    let LocalStart {
+        local,
+        salvage,
+        node_id,
+        early_store,
+    } = start;
     let metrics = Metrics::new(&config.prometheus.namespace);
     if config.prometheus.enable {
         let handle = crate::metrics::install_recorder(&config.prometheus.namespace)?;
@@ -146,8 +193,7 @@ pub async fn run_until(
         )
         .await?;
     }
-
-    let transport_config = transport_config(&config, node_id, server.as_ref());
+    let transport_config = transport_config(config, node_id, server);
     let (events_tx, events) = mpsc::unbounded_channel();
     let client = transport::connect(&transport_config, events_tx.clone()).await?;
     let js = jetstream::new(client.clone());
@@ -160,7 +206,7 @@ pub async fn run_until(
         let applied = salvage.cursor.map(StreamSeq::get).unwrap_or(0);
         let mut stream = ensure_stream_until_ready(&js, &transport_config, applied).await;
         let ctx = Startup {
-            config: &config,
+            config,
             node_id,
             js: &js,
             subject: &transport_config.subject,
@@ -171,126 +217,39 @@ pub async fn run_until(
         let store = prepare_database(&ctx, local, early_store, &salvage, &mut stream).await?;
         anyhow::Ok((stream, store))
     };
-    let (stream, mut store) = tokio::select! {
-        result = startup => match result {
-            Ok(ready) => ready,
-            Err(e) => {
-                if let Some(server) = server {
-                    server.shutdown().await;
-                }
-                return Err(e);
-            }
-        },
-        _ = &mut shutdown => {
+    let (stream, store) = tokio::select! {
+        result = startup => result?,
+        _ = shutdown.as_mut() => {
             tracing::info!("shutting down during start-up");
-            if let Some(server) = server {
-                server.shutdown().await;
-            }
             return Ok(());
         }
     };
-    report_install(&store);
-    let max_payload = client.server_info().max_payload;
-    if max_payload > HEADER_ROOM * 2 {
-        store.set_max_frame(max_payload - HEADER_ROOM);
-    }
-    let publisher = transport::spawn_publisher(
-        js.clone(),
-        transport_config.subject.clone(),
-        events_tx.clone(),
-    );
-    let watcher = DbWatcher::new(&config.db_path)
-        .map_err(|e| {
-            tracing::warn!("file notifications unavailable ({e}); relying on polling_interval")
-        })
-        .ok();
-
-    let full_replica = config.snapshot.enable && config.publish && config.replicate;
-    let responder = match full_replica {
-        true => Some(
-            Responder::subscribe(
-                &client,
-                &ask.subject,
-                JobContext {
-                    config: Arc::new(config.clone()),
-                    js: js.clone(),
-                    node_id,
-                    stream: transport_config.stream_name.clone(),
-                    schedule: SnapshotSchedule::on_request(),
-                },
-            )
-            .await?,
-        ),
-        false => None,
+    let net = Net {
+        client: client.clone(),
+        js,
+        transport: transport_config,
+        ask,
+        events: events_tx,
     };
-    let fetch = (config.snapshot.enable && config.replicate).then(|| FetchContext {
-        config: Arc::new(config.clone()),
-        js: js.clone(),
-        stream: transport_config.stream_name.clone(),
-        ask: ask.clone(),
-    });
-    let snapshots = SnapshotSchedule::from_config(&config).map(|schedule| Snapshots {
-        ctx: JobContext {
-            config: Arc::new(config.clone()),
-            js: js.clone(),
-            node_id,
-            stream: transport_config.stream_name.clone(),
-            schedule,
-        },
-        newest: None,
-        check_at: Instant::now(),
-        job: None,
-    });
-    // Serverless mode: the snapshot before sleeping needs a full replica, like periodic ones.
-    let sleep =
-        crate::serverless::IdleTimer::new(config.sleep_timeout, Instant::now()).map(|timer| {
-            let snapshots = config.snapshot.enable && config.publish && config.replicate;
-            Sleep {
-                timer,
-                snapshot: snapshots.then(|| JobContext {
-                    config: Arc::new(config.clone()),
-                    js: js.clone(),
-                    node_id,
-                    stream: transport_config.stream_name.clone(),
-                    schedule: crate::serverless::schedule(),
-                }),
-            }
-        });
-    let mut driver = Driver {
-        engine: Engine::new(store, config.engine_config()),
-        clock: Clock::new(),
-        publisher,
-        metrics,
-        status,
-        stream,
-        messages: None,
-        consumer_retry_at: Some(Instant::now()),
-        consumer_error: None,
-        replicate: config.replicate,
-        batch_limit: config.scan_max_changes.max(1),
-        fetch,
-        catch_up: None,
-        responder,
-        connected: false,
-        fell_behind: false,
-        captured: false,
-        snapshots,
-        sleep,
-    };
-    driver.feed(vec![Input::Connected]);
-    driver.connected = true;
-    let outcome = driver.run(events, watcher, shutdown.as_mut()).await;
+    let (mut driver, watcher) =
+        Driver::start(config, node_id, store, stream, &net, metrics, status).await?;
+    let outcome = driver.run(events, watcher, shutdown).await;
     if let Some(job) = driver.snapshots.as_mut().and_then(|s| s.job.take()) {
         job.abort();
     }
     driver.finish(SHUTDOWN_FLUSH).await;
     drop(driver);
     client.flush().await.ok();
-    if let Some(server) = server {
-        server.shutdown().await;
-    }
-    tracing::info!("stopped");
     outcome
+}
+
+/// The NATS side of a running node.
+struct Net {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    transport: TransportConfig,
+    ask: PeerAsk,
+    events: mpsc::UnboundedSender<TransportEvent>,
 }
 
 /// What start-up needs besides the database's state.
@@ -312,9 +271,9 @@ impl Startup<'_> {
 }
 
 /// Opens the database, restoring it from a snapshot first when it is missing or damaged
-/// (see [`crate::restore`]). A sound database is always opened as it is, also when it fell
-/// behind the stream's retention: the run loop catches it up in place
-/// ([`crate::catch_up`]), with the application running.
+/// (see [`crate::restore`]), as [`startup::plan`] decides. A sound database is always
+/// opened as it is, also when it fell behind the stream's retention: the run loop catches
+/// it up in place ([`crate::catch_up`]), with the application running.
 async fn prepare_database(
     ctx: &Startup<'_>,
     local: LocalDb,
@@ -326,29 +285,35 @@ async fn prepare_database(
     if let Some(store) = opened {
         return Ok(store);
     }
-    let (reason, kept) = match local {
-        LocalDb::Sound => return open_store(config, ctx.node_id),
-        LocalDb::Missing => {
+    let restorable = restorable(config);
+    let stream_last = match startup::plan(&local, restorable, None) {
+        Plan::ReadStream => {
+            // A missing file: nothing may be created at its path while an application still
+            // holds the old one (its `-shm` lock says so).
             restore::wait_until_unopened(&config.db_path, |why| ctx.waiting(why)).await?;
-            restore::remove_stale_companions(&config.db_path)?;
-            let last = stream_last_until_ready(ctx, stream).await;
-            if last == 0 {
+            Some(stream_last_until_ready(ctx, stream).await)
+        }
+        _ => None,
+    };
+    let reason = match startup::plan(&local, restorable, stream_last) {
+        Plan::Open => return open_store(config, ctx.node_id),
+        Plan::OpenNew => {
+            if stream_last == Some(0) {
                 tracing::info!(
                     "no database yet and the change stream is empty (a new cluster): starting with an empty database"
                 );
-                return open_store(config, ctx.node_id);
             }
-            (RestoreReason::Missing, Salvage::default())
+            restore::remove_stale_companions(&config.db_path)?;
+            return open_store(config, ctx.node_id);
         }
-        LocalDb::Damaged { problems } => {
-            if !(config.snapshot.enable && config.replicate) {
-                anyhow::bail!(
-                    "the database {} is damaged ({}). harmonylite rebuilds a damaged database from a snapshot only with \
-                     [snapshot] enable = true and replicate = true; restore the file from a backup instead",
-                    config.db_path.display(),
-                    problems.first().map(String::as_str).unwrap_or("PRAGMA quick_check failed")
-                );
-            }
+        Plan::Refuse(why) => anyhow::bail!("{}: {why}", config.db_path.display()),
+        Plan::ReadStream => {
+            anyhow::bail!("start-up read the change stream and still could not decide")
+        }
+        Plan::Restore(reason) => reason,
+    };
+    let kept = match reason {
+        RestoreReason::Damaged => {
             restore::wait_until_unopened(&config.db_path, |why| ctx.waiting(why)).await?;
             let (published, skipped) =
                 restore::publish_salvaged(ctx.js, ctx.subject, &salvage.outbox).await;
@@ -365,7 +330,11 @@ async fn prepare_database(
                     "local writes the sidecar had not captured yet are lost with the damaged database"
                 );
             }
-            (RestoreReason::Damaged, salvage.clone())
+            salvage.clone()
+        }
+        _ => {
+            restore::remove_stale_companions(&config.db_path)?;
+            Salvage::default()
         }
     };
     restore_until_done(ctx, stream, reason, &kept).await;
@@ -556,6 +525,99 @@ struct Snapshots {
 }
 
 impl Driver {
+    /// The driver of an opened database and stream: publisher, file watcher, snapshot
+    /// schedule, snapshot-request responder, catch-up context and serverless timer; the
+    /// engine is told it is connected.
+    async fn start(
+        config: &Config,
+        node_id: NodeId,
+        mut store: Store,
+        stream: jetstream::stream::Stream,
+        net: &Net,
+        metrics: Metrics,
+        status: SharedStatus,
+    ) -> anyhow::Result<(Driver, Option<DbWatcher>)> {
+        report_install(&store);
+        let max_payload = net.client.server_info().max_payload;
+        if max_payload > HEADER_ROOM * 2 {
+            store.set_max_frame(max_payload - HEADER_ROOM);
+        }
+        let publisher = transport::spawn_publisher(
+            net.js.clone(),
+            net.transport.subject.clone(),
+            net.events.clone(),
+        );
+        let watcher = DbWatcher::new(&config.db_path)
+            .map_err(|e| {
+                tracing::warn!("file notifications unavailable ({e}); relying on polling_interval")
+            })
+            .ok();
+        let job_context = |schedule| JobContext {
+            config: Arc::new(config.clone()),
+            js: net.js.clone(),
+            node_id,
+            stream: net.transport.stream_name.clone(),
+            schedule,
+        };
+        // Periodic snapshots, answers to other nodes' requests and the snapshot before a
+        // serverless sleep all need a full replica.
+        let full_replica = config.snapshot.enable && config.publish && config.replicate;
+        let responder = match full_replica {
+            true => Some(
+                Responder::subscribe(
+                    &net.client,
+                    &net.ask.subject,
+                    job_context(SnapshotSchedule::on_request()),
+                )
+                .await?,
+            ),
+            false => None,
+        };
+        let fetch = restorable(config).then(|| FetchContext {
+            config: Arc::new(config.clone()),
+            js: net.js.clone(),
+            stream: net.transport.stream_name.clone(),
+            ask: net.ask.clone(),
+        });
+        let snapshots = SnapshotSchedule::from_config(config).map(|schedule| Snapshots {
+            ctx: job_context(schedule),
+            newest: None,
+            check_at: Instant::now(),
+            job: None,
+        });
+        let sleep =
+            crate::serverless::IdleTimer::new(config.sleep_timeout, Instant::now()).map(|timer| {
+                Sleep {
+                    timer,
+                    snapshot: full_replica.then(|| job_context(crate::serverless::schedule())),
+                }
+            });
+        let mut driver = Driver {
+            engine: Engine::new(store, config.engine_config()),
+            clock: Clock::new(),
+            publisher,
+            metrics,
+            status,
+            stream,
+            messages: None,
+            consumer_retry_at: Some(Instant::now()),
+            consumer_error: None,
+            replicate: config.replicate,
+            batch_limit: config.scan_max_changes.max(1),
+            fetch,
+            catch_up: None,
+            responder,
+            connected: false,
+            fell_behind: false,
+            captured: false,
+            snapshots,
+            sleep,
+        };
+        driver.feed(vec![Input::Connected]);
+        driver.connected = true;
+        Ok((driver, watcher))
+    }
+
     async fn run(
         &mut self,
         mut events: mpsc::UnboundedReceiver<TransportEvent>,

@@ -28,6 +28,7 @@ pub mod snapshot_frame;
 pub mod snapshot_info;
 pub mod snapshot_responder;
 pub mod snapshot_store;
+pub mod startup;
 pub mod stream_identity;
 pub mod transport;
 pub mod util;

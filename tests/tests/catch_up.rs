@@ -19,6 +19,17 @@ const START: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(90);
 const APP_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The tests of this file run one at a time: each runs up to three nodes with their
+/// nats-servers, an application process and thousands of messages, and on two busy cores
+/// a parallel run starves the leader elections they wait for.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The cursor `node`'s health endpoint reports.
 fn cursor(node: &Node) -> u64 {
     node.health()
@@ -41,8 +52,9 @@ fn write_messages(node: &Node, first_id: i64, messages: i64, per_message: i64) {
             .unwrap();
         }
         tx.commit().unwrap();
+        // Long enough for a JetStream leader election after a node stopped.
         assert!(
-            wait_until(Duration::from_secs(20), || cursor(node) > before),
+            wait_until(Duration::from_secs(60), || cursor(node) > before),
             "{} never applied its own message:\n{}",
             node.name,
             node.log_tail()
@@ -119,6 +131,7 @@ fn inode(db: &Path) -> u64 {
 
 #[test]
 fn a_node_behind_at_start_catches_up_in_place_while_the_app_writes() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path(), "[snapshot]\nevery_messages = 50\n");
     start_all(&mut nodes);
@@ -161,6 +174,7 @@ fn a_node_behind_at_start_catches_up_in_place_while_the_app_writes() {
 
 #[test]
 fn a_node_paused_past_the_retention_catches_up_at_run_time_while_the_app_writes() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path(), "[snapshot]\nevery_messages = 50\n");
     for node in nodes.iter_mut().take(1) {
@@ -217,6 +231,7 @@ fn a_node_paused_past_the_retention_catches_up_at_run_time_while_the_app_writes(
 
 #[test]
 fn a_damaged_database_is_not_replaced_while_an_app_connection_holds_it() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let nats = ExternalNats::start(&dir.path().join("nats"));
     let extra = |id| {
@@ -291,6 +306,7 @@ fn a_damaged_database_is_not_replaced_while_an_app_connection_holds_it() {
 
 #[test]
 fn with_defaults_a_node_away_for_ten_times_the_retention_rebuilds_from_a_peer_snapshot() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let ports = cluster_ports(3);
     let mut nodes: Vec<Node> = (0..3)
@@ -326,6 +342,7 @@ fn with_defaults_a_node_away_for_ten_times_the_retention_rebuilds_from_a_peer_sn
 
 #[test]
 fn transient_jetstream_errors_in_each_start_up_step_are_retried() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let nats = ExternalNats::start(&dir.path().join("nats"));
     let extra = |id| {
