@@ -6,9 +6,11 @@
 //! sequence. Nothing restarts and nothing replaces the file, at start or at run time.
 //!
 //! The driver owns a [`CatchUpJob`]: [`CatchUpJob::Fetching`] runs [`fetch`] as a task;
-//! [`CatchUpJob::Merging`] runs one merge step per turn of the driver's loop, each followed
-//! by a pause as long as the step took, so the application's writers get the write lock at
-//! least half of the time; [`CatchUpJob::Waiting`] retries after a failure.
+//! [`CatchUpJob::Merging`] runs one merge step per turn of the driver's loop. While the
+//! application writes, a step runs right after each of its writes is captured, so it falls
+//! into the application's pause between writes instead of making it wait for the lock; when
+//! it is quiet ([`APP_QUIET`]), steps run back to back, each followed by a pause as long as
+//! the step took. [`CatchUpJob::Waiting`] retries after a failure.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +34,9 @@ pub const ROWS_PER_STEP: usize = 100;
 pub const MIN_PAUSE: Duration = Duration::from_millis(1);
 /// Pause before retrying a failed fetch or a refused merge.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// While the application wrote within this long, merge steps follow its writes (the driver
+/// runs one right after it captured each) instead of the timer.
+pub const APP_QUIET: Duration = Duration::from_millis(50);
 /// Pause before retrying a merge step the database refused for now (busy, locked).
 pub const BUSY_RETRY: Duration = Duration::from_millis(50);
 

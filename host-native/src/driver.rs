@@ -501,6 +501,8 @@ struct Driver {
     fell_behind: bool,
     /// Whether the last `feed` captured local writes.
     captured: bool,
+    /// When a write of the application's was last captured.
+    app_wrote_at: Option<tokio::time::Instant>,
     /// Periodic snapshots (None: off for this node).
     snapshots: Option<Snapshots>,
     /// Serverless mode (None: `sleep_timeout = 0`).
@@ -610,6 +612,7 @@ impl Driver {
             connected: false,
             fell_behind: false,
             captured: false,
+            app_wrote_at: None,
             snapshots,
             sleep,
         };
@@ -631,7 +634,7 @@ impl Driver {
         loop {
             self.start_consumer_if_due().await;
             let deadline = self.deadline();
-            let catch_up_at = self.catch_up.as_ref().and_then(CatchUpJob::due);
+            let catch_up_at = self.catch_up_at();
             let pulling = self.messages.is_some() && self.engine.inbox_len() < MAX_INBOX;
             let inputs = tokio::select! {
                 biased;
@@ -680,6 +683,15 @@ impl Driver {
             self.feed(inputs);
             if self.captured {
                 recheck = None;
+            }
+            if self.captured {
+                // The application wrote (only its writes reach the change log), and that
+                // write was just captured: it is likely between writes now, the moment a
+                // catch-up step least gets in its way.
+                self.app_wrote_at = Some(tokio::time::Instant::now());
+                if matches!(self.catch_up, Some(CatchUpJob::Merging { .. })) {
+                    self.catch_up_turn();
+                }
             }
             self.start_snapshot_if_due();
         }
@@ -1117,6 +1129,20 @@ impl Driver {
         }
         self.status.lock().expect("status lock").waiting = result.err();
         self.refresh_status();
+    }
+
+    /// When the catch-up's next turn is due. While the application writes, merge steps run
+    /// right after its writes are captured (see `run`), not on the timer: a step then falls
+    /// between its writes instead of at a random moment, where the application would wait
+    /// for the write lock (and SQLite's busy handler sleeps at least 1 ms). Once it has been
+    /// quiet for [`crate::catch_up::APP_QUIET`], steps run on the timer again.
+    fn catch_up_at(&self) -> Option<tokio::time::Instant> {
+        let due = self.catch_up.as_ref()?.due()?;
+        let merging = matches!(self.catch_up, Some(CatchUpJob::Merging { .. }));
+        match self.app_wrote_at.map(|at| at + crate::catch_up::APP_QUIET) {
+            Some(quiet_at) if merging && quiet_at > due => Some(quiet_at),
+            _ => Some(due),
+        }
     }
 
     /// One turn of the catch-up: a merge step, or after a failure a fresh look at the

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use harmonylite::catch_up::{MIN_PAUSE, ROWS_PER_STEP};
+use harmonylite::catch_up::{APP_QUIET, MIN_PAUSE, ROWS_PER_STEP};
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::{ntp64_from_unix, NodeId, NTP64};
 use harmonylite_core::sqlite::{meta, CatchUp, CatchUpError, Store, StoreOptions};
@@ -94,8 +94,14 @@ struct Latency {
     max: f64,
 }
 
-/// The application: inserts a row every `APP_EVERY` until `stop`, timing each commit.
-fn app(path: &Path, first_id: i64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Latency> {
+/// The application: inserts a row every `APP_EVERY` until `stop`, timing each commit, and
+/// signals `notify` after each (the file notification the sidecar gets).
+fn app(
+    path: &Path,
+    first_id: i64,
+    stop: Arc<AtomicBool>,
+    notify: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<Latency> {
     let path = path.to_owned();
     std::thread::spawn(move || {
         let conn = Connection::open(&path).unwrap();
@@ -107,6 +113,7 @@ fn app(path: &Path, first_id: i64, stop: Arc<AtomicBool>) -> std::thread::JoinHa
             conn.execute("INSERT INTO items VALUES (?1, 'app', x'00')", [id])
                 .unwrap();
             times.push(started.elapsed().as_secs_f64() * 1000.0);
+            let _ = notify.send(());
             id += 1;
             std::thread::sleep(APP_EVERY);
         }
@@ -130,8 +137,11 @@ struct Round {
     during: Latency,
 }
 
-/// One round on a fresh live database: the application's writes alone (with a drainer),
-/// then the same writes during a whole catch-up from `snapshot`.
+/// One round on a fresh live database: the application's writes alone (the sidecar
+/// draining after each notification), then the same writes during a whole catch-up from
+/// `snapshot`, paced as the sidecar paces it: while the application wrote within
+/// `APP_QUIET`, a step runs right after each of its writes is noticed (and drained);
+/// otherwise steps run on the timer (a pause as long as the step took).
 fn round(
     dir: &Path,
     n: usize,
@@ -143,32 +153,51 @@ fn round(
     let live = dir.join(format!("live-{n}.db"));
     let mut live_store = store(&live, 2);
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = app(&live, 10_000_000, stop.clone());
+    let (notify, noticed) = std::sync::mpsc::channel();
+    let writer = app(&live, 10_000_000, stop.clone(), notify);
     let started = Instant::now();
     while started.elapsed() < baseline_for {
-        live_store.drain().unwrap();
-        std::thread::sleep(Duration::from_millis(2));
+        if noticed.recv_timeout(Duration::from_millis(100)).is_ok() {
+            live_store.drain().unwrap();
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let baseline = writer.join().unwrap();
 
     let (step_rows, pause_factor) = pacing;
+    let aligned = std::env::var("HL_TIMER_ONLY").is_err();
     let mut merge = CatchUp::open(snapshot, StreamSeq::new(COVERED)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = app(&live, 20_000_000, stop.clone());
+    let (notify, noticed) = std::sync::mpsc::channel();
+    let writer = app(&live, 20_000_000, stop.clone(), notify);
     let started = Instant::now();
     let (mut steps, mut busy) = (0u64, 0u64);
+    let mut next_step_at = Instant::now();
+    let mut app_wrote_at: Option<Instant> = None;
     let report = loop {
+        let mut due = next_step_at;
+        if let Some(quiet_at) = app_wrote_at.map(|at| at + APP_QUIET).filter(|_| aligned) {
+            due = due.max(quiet_at);
+        }
+        let wait = due.saturating_duration_since(Instant::now());
+        if noticed.recv_timeout(wait).is_ok() {
+            // The application wrote: capture it, as the sidecar does on the notification.
+            live_store.drain().unwrap();
+            app_wrote_at = Some(Instant::now());
+            if !aligned && Instant::now() < next_step_at {
+                continue;
+            }
+        }
         let step = Instant::now();
         match live_store.catch_up_step(&mut merge, now(), step_rows) {
             Ok(report) if report.finished => break report,
             Ok(_) => {
                 steps += 1;
-                std::thread::sleep(step.elapsed().mul_f64(pause_factor).max(MIN_PAUSE));
+                next_step_at = Instant::now() + step.elapsed().mul_f64(pause_factor).max(MIN_PAUSE);
             }
             Err(CatchUpError::Store(e)) if e.is_transient() => {
                 busy += 1;
-                std::thread::sleep(Duration::from_millis(50));
+                next_step_at = Instant::now() + Duration::from_millis(50);
             }
             Err(e) => panic!("catch-up failed: {e}"),
         }

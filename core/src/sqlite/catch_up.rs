@@ -192,6 +192,12 @@ impl Store {
         );
         match result {
             Ok(()) => {
+                // Checkpoint what the step wrote now, on this connection, so the WAL never
+                // grows to the automatic checkpoint and an application commit never pays
+                // for copying merged pages. Passive: it never waits for, or blocks, a writer.
+                let _ = self
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                 catch_up.report = report;
                 catch_up.stage = stage;
                 if let Some(tables) = tables {
