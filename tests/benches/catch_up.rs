@@ -3,19 +3,22 @@
 //! the merge rate, and the application's write latency (p50/p99) during the catch-up against
 //! the same writes without it (goal: p99 ≤ 2×).
 //!
-//! The merge is paced exactly as the sidecar paces it (`harmonylite::catch_up`:
-//! `ROWS_PER_STEP` row versions per transaction, then a pause as long as the step took);
-//! the snapshot's download is the restore download measured by the snapshot bench. The
+//! The merge is paced exactly as the sidecar paces it (`harmonylite::catch_up`):
+//! `ROWS_PER_STEP` row versions per transaction; while the application wrote within
+//! `APP_QUIET`, a step runs right after each of its writes is captured (the file
+//! notification is a channel from the application thread here), otherwise steps run back to
+//! back with a pause as long as the step took; each step checkpoints its own pages. The
+//! snapshot's download is the restore download measured by the snapshot bench. The
 //! application is a thread with its own connection (5 s busy timeout) inserting one row
-//! every 2 ms; without catch-up a drainer captures its writes every 2 ms, as the sidecar
-//! does after each file notification.
+//! every 2 ms; without catch-up the sidecar drains after each of its writes.
 //!
 //! `cargo bench -p harmonylite-tests --bench catch_up` (1,000,000 rows of 450 bytes: over 500 MB);
 //! `-- --quick` (100,000 rows). Three rounds (`HL_BENCH_ROUNDS`), each on a fresh live
 //! database; the figures are the rounds' medians. `HL_BENCH_CATCH_UP_ROWS` overrides; `-- --json FILE` writes
 //! the figures there (what `scripts/bench` reads). To explore the pacing trade-off,
-//! `HL_STEP_ROWS` (row versions per step) and `HL_PAUSE` (pause as a multiple of the step's
-//! duration) replace the sidecar's values.
+//! `HL_STEP_ROWS` (row versions per step), `HL_PAUSE` (pause as a multiple of the step's
+//! duration) and `HL_TIMER_ONLY=1` (steps on the timer only, ignoring the application's writes)
+//! replace the sidecar's pacing.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -913,7 +913,9 @@ fn catch_up_in_place(out: &mut String, data: &Data) {
         out,
         "`tests/benches/catch_up.rs`{}: a replica {} row versions behind merges a snapshot into its live database \
          while an application thread keeps inserting rows through its own connection; the merge is paced as the \
-         sidecar paces it ({} row versions per transaction, then a pause as long as the step took). The \
+         sidecar paces it ({} row versions per transaction; while the application writes, a step right after each \
+         of its writes is captured, otherwise steps back to back with a pause as long as the step took; each step \
+         checkpoints its own pages). The \
          application's write latency is measured first without the catch-up (the sidecar's drain capturing its \
          writes), then during it. {runs}.",
         if quick { " (`--quick`)" } else { "" },
