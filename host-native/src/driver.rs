@@ -268,6 +268,15 @@ impl Startup<'_> {
     fn waiting(&self, why: Option<String>) {
         self.status.lock().expect("status lock").waiting = why;
     }
+
+    /// A start-up step failed: says so in the log and the health endpoint (`waiting`),
+    /// sleeps `delay`, and doubles it for the next failure (at most 30 s).
+    async fn retry_after(&self, delay: &mut Duration, what: &str, error: &anyhow::Error) {
+        tracing::warn!(retry_in_ms = delay.as_millis() as u64, "{what}: {error:#}");
+        self.waiting(Some(format!("{what}: {error:#}")));
+        tokio::time::sleep(*delay).await;
+        *delay = (*delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// Opens the database, restoring it from a snapshot first when it is missing or damaged
@@ -353,13 +362,8 @@ async fn stream_last_until_ready(ctx: &Startup<'_>, stream: &mut jetstream::stre
                 return last;
             }
             Err(e) => {
-                tracing::warn!(
-                    retry_in_ms = delay.as_millis() as u64,
-                    "reading the change stream: {e:#}"
-                );
-                ctx.waiting(Some(format!("reading the change stream: {e:#}")));
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                ctx.retry_after(&mut delay, "reading the change stream", &e)
+                    .await
             }
         }
     }
@@ -394,13 +398,8 @@ async fn restore_until_done(
             Ok(restored) => break restored,
             Err(e) => {
                 ctx.metrics.snapshot_failed("restore");
-                tracing::warn!(
-                    retry_in_ms = delay.as_millis() as u64,
-                    "restoring the database failed; retrying: {e:#}"
-                );
-                ctx.waiting(Some(format!("restoring the database: {e:#}")));
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                ctx.retry_after(&mut delay, "restoring the database", &e)
+                    .await;
             }
         }
     };

@@ -26,20 +26,9 @@ pub fn sidecar_binary() -> PathBuf {
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .parent()
                 .expect("workspace root");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = std::env::var("HL_SIDECAR_PROFILE").is_ok_and(|p| p == "release");
-            let mut build = Command::new(cargo);
+            let mut build = nested_cargo();
             build.args(["build", "-q", "-p", "harmonylite", "--bin", "harmonylite"]);
-            // Cargo runs tests and benches with the package's CARGO_MANIFEST_DIR, CARGO_PKG_*
-            // and so on set. Build scripts that watch one of those (ring watches
-            // CARGO_MANIFEST_DIR) would see it change between this build and the outer
-            // `cargo test`/`cargo bench`, and the two would rebuild each other's
-            // dependencies every time (2+ minutes per bench suite).
-            for (name, _) in std::env::vars_os() {
-                if name.to_str().is_some_and(set_by_cargo_for_the_target) {
-                    build.env_remove(name);
-                }
-            }
             if release {
                 build.arg("--release");
             }
@@ -62,6 +51,23 @@ pub fn sidecar_binary() -> PathBuf {
             binary
         })
         .clone()
+}
+
+/// A `cargo` command for a build nested in a test or bench run. Cargo runs tests and
+/// benches with the package's `CARGO_MANIFEST_DIR`, `CARGO_PKG_*` and so on set; build
+/// scripts that watch one of those (ring watches `CARGO_MANIFEST_DIR`) would see it change
+/// between the nested build and the outer `cargo test`/`cargo bench`, and the two would
+/// rebuild each other's dependencies every time (2+ minutes per bench suite). The command
+/// runs without them.
+pub fn nested_cargo() -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_the_target) {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 /// Whether cargo sets `name` for the target it runs (not for itself): see

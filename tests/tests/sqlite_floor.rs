@@ -35,20 +35,12 @@ fn floor_app() -> PathBuf {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace.join("target"))
                 .join("sqlite-floor");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
+            let mut build = nested_cargo();
             build
                 .args(["build", "-q", "--locked", "--manifest-path"])
                 .arg(tests_dir.join("sqlite-floor/Cargo.toml"))
                 .arg("--target-dir")
                 .arg(&target);
-            // As for the sidecar build in the harness: variables cargo sets for this test
-            // target would leak into the nested build's build scripts.
-            for (name, _) in std::env::vars_os() {
-                if name.to_str().is_some_and(set_by_cargo_for_the_target) {
-                    build.env_remove(name);
-                }
-            }
             let status = build
                 .current_dir(workspace)
                 .status()
@@ -63,23 +55,6 @@ fn floor_app() -> PathBuf {
             binary
         })
         .clone()
-}
-
-/// Whether cargo sets `name` for the target it runs (not for itself); the same list as the
-/// harness's sidecar build.
-fn set_by_cargo_for_the_target(name: &str) -> bool {
-    name.starts_with("CARGO_PKG_")
-        || matches!(
-            name,
-            "CARGO_MANIFEST_DIR"
-                | "CARGO_MANIFEST_PATH"
-                | "CARGO_MANIFEST_LINKS"
-                | "CARGO_CRATE_NAME"
-                | "CARGO_BIN_NAME"
-                | "CARGO_PRIMARY_PACKAGE"
-                | "CARGO_TARGET_TMPDIR"
-                | "OUT_DIR"
-        )
 }
 
 /// Runs the floor application on `db` with `sql` statements; returns its output lines after

@@ -36,10 +36,11 @@
 use std::path::Path;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params_from_iter, Connection, TransactionBehavior};
 
 use super::apply::{refusal, ApplyFailure, TableStatements};
 use super::install::table_columns;
+use super::snapshot::table_exists;
 use super::tables::same_identifier;
 use super::{drain_in, meta, run_migration, set_applying, Store};
 use crate::capture::names::{self, quote};
@@ -648,15 +649,4 @@ fn failure(f: ApplyFailure) -> CatchUpError {
         ),
         ApplyFailure::Park(e) => CatchUpError::Refused(e.to_string()),
     }
-}
-
-fn table_exists(conn: &Connection, table: &str) -> Result<bool, StoreError> {
-    conn.query_row(
-        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-        [table],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|found| found.is_some())
-    .context(format!("looking for {table}"))
 }

@@ -284,7 +284,8 @@ fn has_meta_table(conn: &Connection) -> Result<bool, StoreError> {
     table_exists(conn, names::META)
 }
 
-fn table_exists(conn: &Connection, table: &str) -> Result<bool, StoreError> {
+/// Whether `table` exists in `conn`'s main database.
+pub(super) fn table_exists(conn: &Connection, table: &str) -> Result<bool, StoreError> {
     conn.query_row(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
         [table],
