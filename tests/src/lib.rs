@@ -343,22 +343,9 @@ impl Node {
     /// Starts the sidecar process with extra environment variables (e.g. a failpoint).
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "{} already running", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(sidecar_binary())
-            .arg("--config")
-            .arg(&self.config)
-            .env("PATH", path_with_nats_server())
-            .env(
-                "RUST_LOG",
-                std::env::var("HL_SIDECAR_LOG").unwrap_or_else(|_| "info,harmonylite=debug".into()),
-            )
+        let child = self
+            .sidecar_command(Command::new(sidecar_binary()))
             .envs(env.iter().copied())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
             .spawn()
             .expect("starting the sidecar");
         self.child = Some(child);
@@ -369,14 +356,26 @@ impl Node {
     /// application's processes. SIGTERM to the `unshare` process reaches the sidecar.
     pub fn start_in_own_pid_namespace(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
+        let mut unshare = Command::new("unshare");
+        unshare
+            .args(["--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc"])
+            .arg(sidecar_binary());
+        let child = self.sidecar_command(unshare).spawn().expect(
+            "unshare (util-linux) must be installed to run a sidecar in its own PID namespace",
+        );
+        self.child = Some(child);
+        self.namespaced = true;
+    }
+
+    /// `command` (the sidecar binary, or a wrapper that runs it) with this node's config,
+    /// nats-server on `PATH`, `RUST_LOG`, and its output appended to the node's log.
+    fn sidecar_command(&self, mut command: Command) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new("unshare")
-            .args(["--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc"])
-            .arg(sidecar_binary())
+        command
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path_with_nats_server())
@@ -385,13 +384,8 @@ impl Node {
                 std::env::var("HL_SIDECAR_LOG").unwrap_or_else(|_| "info,harmonylite=debug".into()),
             )
             .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect(
-                "unshare (util-linux) must be installed to run a sidecar in its own PID namespace",
-            );
-        self.child = Some(child);
-        self.namespaced = true;
+            .stderr(Stdio::from(log));
+        command
     }
 
     /// The sidecar's own process id (inside a PID namespace: its id as this namespace
@@ -443,23 +437,9 @@ impl Node {
     /// Starts the sidecar binary with this node's config and `args`, logging to the node's
     /// log; the caller waits for or kills it.
     pub fn spawn_command(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        Command::new(sidecar_binary())
-            .arg("--config")
-            .arg(&self.config)
+        self.sidecar_command(Command::new(sidecar_binary()))
             .args(args)
-            .env("PATH", path_with_nats_server())
-            .env(
-                "RUST_LOG",
-                std::env::var("HL_SIDECAR_LOG").unwrap_or_else(|_| "info,harmonylite=debug".into()),
-            )
             .envs(env.iter().copied())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
             .spawn()
             .expect("starting the sidecar binary")
     }
