@@ -23,6 +23,7 @@ use std::time::Duration;
 use crate::change::StreamSeq;
 use crate::hlc::{NodeId, NTP64};
 use crate::report::{DrainReport, Inbound, OutboxFrame, ReceiveReport};
+use crate::session::{StreamFacts, StreamVerdict};
 
 /// The host's reading of time, passed to every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,16 @@ pub trait Database {
     fn cursor(&self) -> StreamSeq;
     /// This replica's id.
     fn node_id(&self) -> NodeId;
+    /// Whether `facts` describe the stream the cursor counts in; records the stream when
+    /// none is recorded or nothing was applied yet (see `sqlite::stream_identity`).
+    fn check_stream(
+        &mut self,
+        stream_name: &str,
+        cursor: u64,
+        facts: StreamFacts,
+    ) -> Result<StreamVerdict, Self::Error>;
+    /// Largest frame to publish, in bytes (the server's payload limit minus header room).
+    fn set_max_frame(&mut self, bytes: usize);
 }
 
 /// Engine tuning. Every field has a documented default ([`EngineConfig::default`]).

@@ -13,6 +13,8 @@
 //! - [`migration`]: which SQL a replicated schema migration may contain.
 //! - [`snapshot`]: snapshot header and chunk framing with an incremental decoder.
 //! - [`engine`]: [`engine::Engine`] with `handle_input` / `poll_output` / `poll_timeout`.
+//! - [`session`]: [`session::Session`], the engine plus the change-stream consumer's rules
+//!   (stream identity, falling behind, gaps, flow control, lag and health) both hosts share.
 //! - `sqlite` (feature `sqlite`): [`sqlite::Store`], which installs capture and executes
 //!   drain and apply on a `rusqlite::Connection`; [`sqlite::snapshot`]: what a snapshot copy
 //!   keeps and what a restored file gets.
@@ -72,6 +74,7 @@ pub mod hlc;
 pub mod merge;
 pub mod migration;
 pub mod report;
+pub mod session;
 pub mod snapshot;
 pub mod value;
 pub mod wire;

@@ -1031,4 +1031,17 @@ impl crate::engine::Database for Store {
     fn node_id(&self) -> NodeId {
         Store::node_id(self)
     }
+
+    fn check_stream(
+        &mut self,
+        stream_name: &str,
+        cursor: u64,
+        facts: crate::session::StreamFacts,
+    ) -> Result<crate::session::StreamVerdict, StoreError> {
+        stream_identity::check(self.connection(), stream_name, cursor, facts)
+    }
+
+    fn set_max_frame(&mut self, bytes: usize) {
+        Store::set_max_frame(self, bytes)
+    }
 }

@@ -14,27 +14,7 @@ use crate::capture::names::{self, quote};
 use crate::error::{Context, StoreError};
 use crate::sqlite::meta::{self, keys};
 
-/// What a replica knows about the stream it is about to consume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamFacts {
-    /// The stream's creation time, Unix nanoseconds.
-    pub created_ns: i64,
-    /// Its last sequence.
-    pub last_seq: u64,
-}
-
-/// Whether a replica may consume the stream from its cursor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// The stream is the one the cursor counts in.
-    Same,
-    /// No stream was recorded yet (a new replica, or a database from before this check):
-    /// the stream is recorded now.
-    Recorded,
-    /// The stream is not the one the cursor counts in. The text says why, as a sentence
-    /// without its final period; the host adds what to do (its way to adopt the stream).
-    Mismatch(String),
-}
+pub use crate::session::{StreamFacts, StreamVerdict as Verdict};
 
 /// Compares the stream with the one recorded in `conn`, and records it when none is or when
 /// the replica applied nothing yet (`cursor == 0`).
@@ -84,10 +64,7 @@ pub fn refusal(
 ) -> Result<Option<String>, StoreError> {
     Ok(match check(conn, stream_name, cursor, facts)? {
         Verdict::Same | Verdict::Recorded => None,
-        Verdict::Mismatch(why) => Some(format!(
-            "{why}. Nothing more is applied here, so nothing is skipped. If the stream was re-created on \
-             purpose, {how_to_adopt} to apply the new stream from its first message"
-        )),
+        Verdict::Mismatch(why) => Some(crate::session::mismatch_refusal(&why, how_to_adopt)),
     })
 }
 
