@@ -342,6 +342,12 @@ impl<D: Database> Session<D> {
         &self.engine
     }
 
+    /// The engine, mutably, for this crate's database-specific methods (`sqlite::session`).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn engine_mut(&mut self) -> &mut Engine<D> {
+        &mut self.engine
+    }
+
     /// Gives the database back.
     pub fn into_db(self) -> D {
         self.engine.into_db()

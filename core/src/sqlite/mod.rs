@@ -16,6 +16,7 @@ pub mod meta;
 pub mod migrate;
 mod outbox;
 pub mod parked;
+mod session;
 pub mod snapshot;
 pub mod stream_identity;
 mod tables;
