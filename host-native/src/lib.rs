@@ -5,33 +5,32 @@
 //! `harmonylite-core`; this crate supplies configuration, the supervised `nats-server`, the
 //! JetStream transport, change detection, snapshots (taking, storing, restoring), metrics
 //! and health.
-pub mod catch_up;
-pub mod cli;
-pub mod config;
-pub mod db_lock;
-pub mod driver;
-pub mod failpoint;
-pub mod health;
-pub mod lease;
-pub mod metrics;
-pub mod nats_server;
-pub mod nats_setup;
-pub mod peer_snapshot;
-pub mod progress;
-pub mod restore;
-pub mod route_peers;
-pub mod s3_store;
-pub mod schema;
-pub mod serverless;
-pub mod snapshot;
-pub mod snapshot_frame;
-pub mod snapshot_info;
-pub mod snapshot_responder;
-pub mod snapshot_store;
-pub mod startup;
-pub mod stream_identity;
-pub mod transport;
+//!
+//! The modules form layers, lowest first; a module imports only from its own layer and the
+//! ones before it (`host-native/layers.txt`, checked by `scripts/lib/check_layers.py`):
+//!
+//! 1. [`util`]: randomness, Unix ms, directory fsync, SQLite lock inspection, failpoints.
+//! 2. [`config`]: the configuration file and the command-line flags.
+//! 3. [`ops`]: health, metrics, file notifications, progress bars.
+//! 4. [`nats`]: the supervised nats-server, its cluster peers, the JetStream transport.
+//! 5. [`snapshot`]: taking, storing, restoring snapshots; catching up from one.
+//! 6. [`startup`]: what start-up does with the database, and doing it.
+//! 7. [`run`](mod@run): the run loop and serverless mode.
+//! 8. [`commands`]: the one-shot commands (`--save-snapshot`, `--cleanup`, schema, ...).
 pub mod util;
-pub mod watcher;
 
-pub use driver::run;
+pub mod config;
+
+pub mod ops;
+
+pub mod nats;
+
+pub mod snapshot;
+
+pub mod startup;
+
+pub mod run;
+
+pub mod commands;
+
+pub use run::driver::run;

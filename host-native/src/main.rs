@@ -6,18 +6,15 @@
 //!
 //! Every log line is inside the `node` span, whose `node_id` field is set here when the
 //! configuration or `--node-id` names the id. Otherwise the code that resolves the id (from
-//! the database, or a new one: `harmonylite::driver`) records it with
+//! the database, or a new one: `harmonylite::startup`) records it with
 //! `tracing::Span::current().record("node_id", tracing::field::display(id))`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use harmonylite::cli::Cli;
+use harmonylite::config::cli::Cli;
 use harmonylite::config::{Config, LogFormat, LoggingConfig};
-use harmonylite_core::sqlite::{uninstall, Store};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tracing::field::{display, Empty};
 use tracing::{info, Instrument, Span};
 use tracing_subscriber::EnvFilter;
@@ -40,18 +37,25 @@ fn main() -> ExitCode {
         span.record("node_id", display(id));
     }
     let result = if cli.cleanup {
-        span.in_scope(|| cleanup(&config))
+        span.in_scope(|| harmonylite::commands::cleanup::cleanup(&config))
     } else if cli.save_snapshot {
         save_snapshot(config, span.clone())
     } else if let Some(file) = &cli.migrate {
-        span.in_scope(|| harmonylite::schema::migrate(&config, file, cli.allow_destructive))
+        span.in_scope(|| {
+            harmonylite::commands::schema::migrate(&config, file, cli.allow_destructive)
+        })
     } else if cli.schema_status {
-        span.in_scope(|| harmonylite::schema::print_status(&config))
+        span.in_scope(|| harmonylite::commands::schema::print_status(&config))
     } else if cli.adopt_stream {
         span.in_scope(|| adopt_stream(&config))
     } else if cli.parked {
         span.in_scope(|| {
-            harmonylite::schema::parked(&config, cli.discard.as_deref(), cli.force, cli.json)
+            harmonylite::commands::schema::parked(
+                &config,
+                cli.discard.as_deref(),
+                cli.force,
+                cli.json,
+            )
         })
     } else {
         serve(config, span.clone())
@@ -67,7 +71,7 @@ fn main() -> ExitCode {
 
 /// `--adopt-stream`: resets the cursor so the next start applies the stream from its start.
 fn adopt_stream(config: &Config) -> Result<()> {
-    let cursor = harmonylite::stream_identity::adopt_stream(&config.db_path)?;
+    let cursor = harmonylite::commands::adopt_stream::adopt_stream(&config.db_path)?;
     info!(
         db = %config.db_path.display(),
         previous_cursor = cursor,
@@ -97,41 +101,12 @@ fn init_tracing(logging: &LoggingConfig) -> Result<()> {
     .context("setting up logging")
 }
 
-/// `--cleanup`: drops every internal object from the database in one transaction.
-fn cleanup(config: &Config) -> Result<()> {
-    let path = &config.db_path;
-    anyhow::ensure!(
-        path.is_file(),
-        "--cleanup: the database {} does not exist",
-        path.display()
-    );
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE),
-    )
-    .with_context(|| format!("opening {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    if let Some(id) = Store::stored_node_id(&conn)? {
-        Span::current().record("node_id", display(id));
-    }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let removed = uninstall(&tx)?;
-    tx.commit()
-        .with_context(|| format!("committing the cleanup of {}", path.display()))?;
-    if removed.is_empty() {
-        info!(db = %path.display(), "no harmonylite objects found; nothing removed");
-    } else {
-        info!(db = %path.display(), count = removed.len(), ?removed, "removed harmonylite objects");
-    }
-    Ok(())
-}
-
 /// `--save-snapshot`: takes, stores and prunes snapshots once, then returns.
 fn save_snapshot(config: Config, span: Span) -> Result<()> {
     let runtime = runtime(&span)?;
     runtime.block_on(
         async move {
-            let taken = harmonylite::snapshot::save_snapshot(&config).await?;
+            let taken = harmonylite::commands::save_snapshot::save_snapshot(&config).await?;
             info!(
                 covered_seq = taken.info.covered_seq.get(),
                 bytes = taken.bytes,
@@ -148,7 +123,7 @@ fn save_snapshot(config: Config, span: Span) -> Result<()> {
 /// Runs the sidecar on a multi-threaded tokio runtime until it stops.
 fn serve(config: Config, span: Span) -> Result<()> {
     let runtime = runtime(&span)?;
-    runtime.block_on(harmonylite::driver::run(config).instrument(span))
+    runtime.block_on(harmonylite::run::driver::run(config).instrument(span))
 }
 
 /// A multi-threaded tokio runtime whose threads are all inside `span` (the `node` span), so

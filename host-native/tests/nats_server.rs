@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use harmonylite::nats_server::{
+use harmonylite::nats::server::{
     find_binary, find_binary_with_path, ClusterConfig, EmbeddedServerConfig, NatsServer,
     NatsServerError,
 };

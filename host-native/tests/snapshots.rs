@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use harmonylite::config::Config;
-use harmonylite::lease::LeaseBucket;
-use harmonylite::nats_server::{EmbeddedServerConfig, NatsServer};
-use harmonylite::restore::download;
+use harmonylite::nats::server::{EmbeddedServerConfig, NatsServer};
+use harmonylite::snapshot::lease::LeaseBucket;
+use harmonylite::snapshot::restore::download;
+use harmonylite::snapshot::store::{FileStore, SnapshotInfo, SnapshotStore};
 use harmonylite::snapshot::{make_copy, FramedSource};
-use harmonylite::snapshot_store::{FileStore, SnapshotInfo, SnapshotStore};
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::snapshot::DEFAULT_CHUNK_SIZE;

@@ -3,7 +3,7 @@
 //! the merge rate, and the application's write latency (p50/p99) during the catch-up against
 //! the same writes without it (goal: p99 ≤ 2×).
 //!
-//! The merge is paced exactly as the sidecar paces it (`harmonylite::catch_up`):
+//! The merge is paced exactly as the sidecar paces it (`harmonylite::snapshot::catch_up`):
 //! `ROWS_PER_STEP` row versions per transaction; while the application wrote within
 //! `APP_QUIET`, a step runs right after each of its writes is captured (the file
 //! notification is a channel from the application thread here), otherwise steps run back to
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use harmonylite::catch_up::{APP_QUIET, MIN_PAUSE, ROWS_PER_STEP};
+use harmonylite::snapshot::catch_up::{APP_QUIET, MIN_PAUSE, ROWS_PER_STEP};
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::{ntp64_from_unix, NodeId, NTP64};
 use harmonylite_core::sqlite::{meta, CatchUp, CatchUpError, Store, StoreOptions};

@@ -4,7 +4,7 @@
 //!
 //! - take: `harmonylite::snapshot::take` into the S3 store (copy, strip node-local state,
 //!   checksum, frame, multipart upload of 16 MiB parts).
-//! - restore: `harmonylite::restore::download` (verify every chunk and the whole, write
+//! - restore: `harmonylite::snapshot::restore::download` (verify every chunk and the whole, write
 //!   beside the database, fsync) then `prepare_restored_file` (node-local state, fsync):
 //!   everything a restore does except the rename.
 //!
@@ -24,10 +24,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harmonylite::config::Config;
-use harmonylite::restore::{download, prepare_restored_file};
-use harmonylite::s3_store::S3Store;
+use harmonylite::snapshot::restore::{download, prepare_restored_file};
+use harmonylite::snapshot::store::s3::S3Store;
+use harmonylite::snapshot::store::SnapshotStore;
 use harmonylite::snapshot::take;
-use harmonylite::snapshot_store::SnapshotStore;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::sqlite::snapshot::NodeLocal;

@@ -7,7 +7,7 @@
 //!   strip node-local state, checksum, frame, store. Into the `file` store
 //!   (framed file written, fsynced, renamed) and into the `nats` store (a real nats-server's
 //!   object store, its JetStream directory on the same disk).
-//! - restore: `harmonylite::restore::download` (verify every chunk and the whole, write
+//! - restore: `harmonylite::snapshot::restore::download` (verify every chunk and the whole, write
 //!   beside the database, fsync) then `prepare_restored_file` (node-local state, fsync):
 //!   everything a restore does except the rename.
 //! - references: `cp` of the database file, and `cp` followed by an fsync of the copy; the
@@ -27,9 +27,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harmonylite::restore::{download, prepare_restored_file};
+use harmonylite::snapshot::restore::{download, prepare_restored_file};
+use harmonylite::snapshot::store::{FileStore, SnapshotInfo, SnapshotStore};
 use harmonylite::snapshot::{make_copy, take, FramedSource};
-use harmonylite::snapshot_store::{FileStore, SnapshotInfo, SnapshotStore};
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::snapshot::DEFAULT_CHUNK_SIZE;

@@ -97,7 +97,7 @@ pub fn nats_server_binary() -> PathBuf {
     if local.is_file() {
         return local;
     }
-    harmonylite::nats_server::find_binary(None)
+    harmonylite::nats::server::find_binary(None)
         .unwrap_or_else(|e| panic!("{e}\n(scripts/test installs it)"))
 }
 

@@ -300,7 +300,7 @@ fn check_conventions(families: &BTreeMap<String, Family>, namespace: &str) {
 /// the same rules, with the type the table gives.
 fn check_documented_names() {
     let source = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../host-native/src/metrics.rs"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../host-native/src/ops/metrics.rs"),
     )
     .unwrap();
     let mut families = BTreeMap::new();

@@ -1,6 +1,6 @@
 //! The Grafana dashboard (`deploy/grafana/harmonylite.json`) and the operator's guide stay in
 //! step with the metrics the sidecar exports: every metric a dashboard query uses is one the
-//! sidecar records (`host-native/src/metrics.rs`, histograms with their `_bucket`, `_sum`,
+//! sidecar records (`host-native/src/ops/metrics.rs`, histograms with their `_bucket`, `_sum`,
 //! `_count` series), and the guide's monitoring table names every exported metric.
 
 use std::collections::BTreeSet;
@@ -16,7 +16,8 @@ fn workspace() -> &'static Path {
 /// namespace: the `self.name("…")` arguments of its `counter!`, `gauge!` and `histogram!`
 /// calls.
 fn exported() -> (BTreeSet<String>, BTreeSet<String>) {
-    let source = std::fs::read_to_string(workspace().join("host-native/src/metrics.rs")).unwrap();
+    let source =
+        std::fs::read_to_string(workspace().join("host-native/src/ops/metrics.rs")).unwrap();
     let (mut all, mut histograms) = (BTreeSet::new(), BTreeSet::new());
     for (kind, rest) in ["counter!", "gauge!", "histogram!"]
         .iter()

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use harmonylite::config::Config;
-use harmonylite::restore::download;
-use harmonylite::s3_store::{S3Store, PART_SIZE};
+use harmonylite::snapshot::restore::download;
+use harmonylite::snapshot::store::s3::{S3Store, PART_SIZE};
+use harmonylite::snapshot::store::{SnapshotInfo, SnapshotStore};
 use harmonylite::snapshot::{make_copy, FramedSource};
-use harmonylite::snapshot_store::{SnapshotInfo, SnapshotStore};
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::snapshot::DEFAULT_CHUNK_SIZE;

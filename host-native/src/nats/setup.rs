@@ -8,8 +8,8 @@ use async_nats::jetstream;
 use harmonylite_core::hlc::NodeId;
 
 use crate::config::Config;
-use crate::nats_server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
-use crate::transport::{self, Auth, TransportConfig};
+use crate::nats::server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
+use crate::nats::transport::{self, Auth, TransportConfig};
 
 /// Starts the embedded nats-server `config` describes (store under the data directory,
 /// cluster routes, leaf remotes, WebSocket) and waits until it is ready.

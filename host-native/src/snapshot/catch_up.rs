@@ -1,6 +1,6 @@
 //! Catching up in place, the sidecar's side: a node whose database is sound but whose
 //! cursor fell behind the stream's retention fetches a covering snapshot (from the store,
-//! else from a healthy peer, [`crate::peer_snapshot`]) and merges it into the live database
+//! else from a healthy peer, [`crate::snapshot::peer`]) and merges it into the live database
 //! in short transactions (core's `sqlite::catch_up`), while the application keeps its
 //! connection and keeps writing. Then it consumes the stream from the snapshot's covered
 //! sequence. Nothing restarts and nothing replaces the file, at start or at run time.
@@ -24,9 +24,9 @@ use harmonylite_core::sqlite::{CatchUp, CatchUpError, CatchUpReport, Store};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::health::CatchUpStatus;
-use crate::peer_snapshot::{usable_snapshots, PeerAsk};
-use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
+use crate::ops::health::CatchUpStatus;
+use crate::snapshot::peer::{usable_snapshots, PeerAsk};
+use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
 
 /// Row versions merged per transaction.
 pub const ROWS_PER_STEP: usize = 100;
@@ -276,7 +276,7 @@ pub async fn fetch(ctx: FetchContext, first_needed: u64) -> anyhow::Result<Fetch
     let mut last_error = None;
     for candidate in usable {
         let _ = tokio::fs::remove_file(&path).await;
-        match crate::restore::download(&store, &candidate, &path).await {
+        match crate::snapshot::restore::download(&store, &candidate, &path).await {
             Ok((header, downloaded)) => {
                 return Ok(Fetched {
                     path,

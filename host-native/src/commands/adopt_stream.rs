@@ -1,6 +1,4 @@
-//! The sidecar's side of the change-stream identity check
-//! ([`harmonylite_core::sqlite::stream_identity`]): its advice on a mismatch, and
-//! `--adopt-stream`.
+//! `--adopt-stream`: the next start applies the change stream from its first message.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,27 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use harmonylite_core::sqlite::meta;
 use harmonylite_core::sqlite::stream_identity;
-pub use harmonylite_core::sqlite::stream_identity::StreamFacts;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-
-/// Why this node must not consume the stream from `cursor`, with what to do; `None` when it
-/// is the stream the cursor counts in (the first stream seen is recorded).
-pub fn refusal(
-    conn: &Connection,
-    stream_name: &str,
-    cursor: u64,
-    facts: StreamFacts,
-) -> anyhow::Result<Option<String>> {
-    let how_to_adopt = "stop the application and this node and run `harmonylite --config <file> \
-                        --adopt-stream` (docs/operations.md, \"The change stream was re-created\")";
-    Ok(stream_identity::refusal(
-        conn,
-        stream_name,
-        cursor,
-        facts,
-        how_to_adopt,
-    )?)
-}
 
 /// `--adopt-stream`: makes this database apply the change stream from its first message at
 /// the next start, whatever stream that is ([`stream_identity::forget_stream`]). Returns the
@@ -40,7 +18,7 @@ pub fn adopt_stream(db_path: &Path) -> anyhow::Result<u64> {
         "--adopt-stream: the database {} does not exist",
         db_path.display()
     );
-    if let Some(holder) = crate::db_lock::other_connection(db_path)
+    if let Some(holder) = crate::util::db_lock::other_connection(db_path)
         .with_context(|| format!("reading the locks on {}", db_path.display()))?
     {
         anyhow::bail!(
@@ -73,27 +51,9 @@ pub fn adopt_stream(db_path: &Path) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nats::stream_identity::{refusal, StreamFacts};
 
     const CREATED: i64 = 1_795_706_470_000_000_000;
-
-    #[test]
-    fn a_refusal_says_how_to_adopt() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE __hl_meta(key TEXT PRIMARY KEY, value)")
-            .unwrap();
-        let old = StreamFacts {
-            created_ns: CREATED,
-            last_seq: 10,
-        };
-        assert_eq!(refusal(&conn, "s", 10, old).unwrap(), None);
-        let new = StreamFacts {
-            created_ns: CREATED + 1,
-            last_seq: 50,
-        };
-        let why = refusal(&conn, "s", 10, new).unwrap().expect("refused");
-        assert!(why.contains("deleted and created again"), "{why}");
-        assert!(why.contains("--adopt-stream"), "{why}");
-    }
 
     #[test]
     fn adopting_resets_the_cursor_and_records_the_next_stream() {

@@ -783,9 +783,9 @@ fn write_config(launch: &Launch) -> Result<(), NatsServerError> {
     let mut config = launch.config.clone();
     if let Some(cluster) = &mut config.cluster {
         // `dns://` peers are looked up again on every (re)start.
-        cluster.routes = crate::route_peers::expand_routes(
+        cluster.routes = crate::nats::route_peers::expand_routes(
             &cluster.routes,
-            crate::route_peers::resolve_with_system,
+            crate::nats::route_peers::resolve_with_system,
         );
     }
     let text = config.render(&launch.store_dir)?;

@@ -14,7 +14,7 @@ use harmonylite_core::snapshot::SnapshotHeader;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::progress::Progress;
+use crate::ops::progress::Progress;
 
 /// A snapshot copy on disk with its checksums, ready to be framed and sent.
 #[derive(Clone)]
@@ -244,7 +244,7 @@ impl AsyncRead for FramedReader {
                 copied = true;
                 continue;
             }
-            if self.frames == 2 && crate::failpoint::is_armed("snapshot-upload") {
+            if self.frames == 2 && crate::util::failpoint::is_armed("snapshot-upload") {
                 // The header and the first chunk went out: stall mid-upload (crash test).
                 if !copied {
                     tracing::warn!("paused at failpoint snapshot-upload");

@@ -1,11 +1,11 @@
-//! Answering other nodes' snapshot requests ([`crate::peer_snapshot`]): a full replica
+//! Answering other nodes' snapshot requests ([`crate::snapshot::peer`]): a full replica
 //! that is caught up takes a snapshot under the usual lease (one job at a time) and says so;
 //! otherwise it declines, and the asker asks again.
 
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::peer_snapshot::{SnapshotAnswer, SnapshotRequest, QUEUE_GROUP};
+use crate::snapshot::peer::{SnapshotAnswer, SnapshotRequest, QUEUE_GROUP};
 use crate::snapshot::{JobContext, JobOutcome};
 
 /// A finished snapshot job's result.

@@ -6,25 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-/// URL scheme of peers found through DNS.
-pub const DNS_SCHEME: &str = "dns://";
-
-/// Splits `dns://name:port` into its name and port; `None` when `peer` is not a `dns://`
-/// peer, `Some(Err(why))` when it is one but malformed.
-pub fn parse_dns_peer(peer: &str) -> Option<Result<(&str, u16), String>> {
-    let scheme = peer.get(..DNS_SCHEME.len())?;
-    if !scheme.eq_ignore_ascii_case(DNS_SCHEME) {
-        return None;
-    }
-    let rest = &peer[DNS_SCHEME.len()..];
-    let parsed = rest
-        .rsplit_once(':')
-        .filter(|(name, _)| !name.is_empty() && !name.contains(['/', '@', '[', ']']))
-        .and_then(|(name, port)| Some((name, port.parse::<u16>().ok().filter(|p| *p != 0)?)));
-    Some(parsed.ok_or_else(|| {
-        format!("{peer:?} must look like dns://name:port (e.g. dns://harmonylite-headless:6222)")
-    }))
-}
+use crate::config::parse_dns_peer;
 
 /// Route URLs for `peers`: `dns://` peers replaced by one `nats://ip:port` route per address
 /// `resolve` returns for them (sorted, without duplicates); other peers kept as they are. A

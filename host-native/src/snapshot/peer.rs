@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
+use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
 
 /// Queue group of the nodes that answer snapshot requests.
 pub const QUEUE_GROUP: &str = "harmonylite-snapshotters";

@@ -19,6 +19,8 @@ use harmonylite_core::sqlite::StoreOptions;
 use harmonylite_core::wire::Compression;
 use serde::{Deserialize, Serialize};
 
+pub mod cli;
+
 /// URL schemes accepted by `nats.urls` and `nats.leaf_servers`.
 pub const CLIENT_URL_SCHEMES: &[&str] = &["nats://", "tls://", "ws://", "wss://"];
 
@@ -566,7 +568,7 @@ impl Config {
 
     /// Checks every value (including that named files exist); `origin` names the
     /// configuration in the error. Call it again after changing a loaded configuration
-    /// (e.g. after [`crate::cli::Cli::apply_overrides`]).
+    /// (e.g. after [`crate::config::cli::Cli::apply_overrides`]).
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let mut problems = self.value_problems();
         problems.extend(self.file_problems());
@@ -634,7 +636,7 @@ impl Config {
             ROUTE_URL_SCHEMES,
         );
         for peer in &nats.cluster_peers {
-            if let Some(Err(why)) = crate::route_peers::parse_dns_peer(peer) {
+            if let Some(Err(why)) = parse_dns_peer(peer) {
                 out.add("nats.cluster_peers", why);
             }
         }
@@ -879,6 +881,26 @@ fn check_urls(out: &mut Problems, key: &str, urls: &[String], schemes: &[&str]) 
     }
 }
 
+/// URL scheme of peers found through DNS.
+pub const DNS_SCHEME: &str = "dns://";
+
+/// Splits `dns://name:port` into its name and port; `None` when `peer` is not a `dns://`
+/// peer, `Some(Err(why))` when it is one but malformed.
+pub fn parse_dns_peer(peer: &str) -> Option<Result<(&str, u16), String>> {
+    let scheme = peer.get(..DNS_SCHEME.len())?;
+    if !scheme.eq_ignore_ascii_case(DNS_SCHEME) {
+        return None;
+    }
+    let rest = &peer[DNS_SCHEME.len()..];
+    let parsed = rest
+        .rsplit_once(':')
+        .filter(|(name, _)| !name.is_empty() && !name.contains(['/', '@', '[', ']']))
+        .and_then(|(name, port)| Some((name, port.parse::<u16>().ok().filter(|p| *p != 0)?)));
+    Some(parsed.ok_or_else(|| {
+        format!("{peer:?} must look like dns://name:port (e.g. dns://harmonylite-headless:6222)")
+    }))
+}
+
 /// A subject prefix: dot-separated non-empty tokens without wildcards or whitespace.
 fn check_subject_prefix(prefix: &str) -> Result<(), &'static str> {
     if prefix.is_empty() {
@@ -1121,8 +1143,8 @@ pub(crate) mod tests {
 
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../examples/node.toml");
-    const DOCS: &str = include_str!("../../docs/configuration.md");
+    const EXAMPLE: &str = include_str!("../../../examples/node.toml");
+    const DOCS: &str = include_str!("../../../docs/configuration.md");
 
     /// A directory that exists, for `db_path`'s parent.
     fn tmp() -> tempfile::TempDir {

@@ -1,7 +1,9 @@
 //! What start-up does with the database, decided from what it found: a pure function,
-//! tested by a table of cases (the driver carries the decision out).
+//! tested by a table of cases (`prepare.rs` carries the decision out for the driver).
 
-use crate::restore::{LocalDb, RestoreReason};
+use crate::snapshot::restore::{LocalDb, RestoreReason};
+
+pub(crate) mod prepare;
 
 /// The start-up decision.
 #[derive(Debug, Clone, PartialEq, Eq)]

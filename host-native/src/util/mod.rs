@@ -6,6 +6,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use harmonylite_core::hlc::NodeId;
 
+pub mod db_lock;
+pub mod failpoint;
+
 /// A random non-zero node id.
 pub fn random_node_id() -> anyhow::Result<NodeId> {
     loop {

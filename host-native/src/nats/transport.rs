@@ -180,7 +180,7 @@ pub struct StreamMissing(String);
 /// A node that has applied messages already (`applied_cursor > 0`) never creates the
 /// stream: if it is gone, JetStream lost it or someone deleted it, and a new, empty stream
 /// would restart its sequence numbers under every node's cursor (see
-/// [`crate::stream_identity`]). That is an error naming the way out.
+/// [`crate::nats::stream_identity`]). That is an error naming the way out.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     config: &TransportConfig,
@@ -251,13 +251,13 @@ pub async fn ensure_stream(
 /// First sequence currently in the stream, and what identifies it.
 pub async fn stream_facts(
     stream: &mut stream::Stream,
-) -> anyhow::Result<(u64, crate::stream_identity::StreamFacts)> {
-    crate::failpoint::inject("stream-info")?;
+) -> anyhow::Result<(u64, crate::nats::stream_identity::StreamFacts)> {
+    crate::util::failpoint::inject("stream-info")?;
     let info = stream.info().await?;
     let created_ns = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
     Ok((
         info.state.first_sequence,
-        crate::stream_identity::StreamFacts {
+        crate::nats::stream_identity::StreamFacts {
             created_ns,
             last_seq: info.state.last_sequence,
         },
@@ -266,7 +266,7 @@ pub async fn stream_facts(
 
 /// First and last sequence currently in the stream.
 pub async fn stream_bounds(stream: &mut stream::Stream) -> anyhow::Result<(u64, u64)> {
-    crate::failpoint::inject("stream-info")?;
+    crate::util::failpoint::inject("stream-info")?;
     let info = stream.info().await?;
     Ok((info.state.first_sequence, info.state.last_sequence))
 }

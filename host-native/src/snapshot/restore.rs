@@ -2,7 +2,7 @@
 //!
 //! When: the database file is missing (or empty), or `PRAGMA quick_check` finds it damaged.
 //! A sound database that fell behind the stream's retention is never replaced: it catches
-//! up in place ([`crate::catch_up`]). How, in order:
+//! up in place ([`crate::snapshot::catch_up`]). How, in order:
 //!
 //! 1. Keep this node's unpublished writes: when the old file is sound, capture pending
 //!    writes and publish the outbox, waiting for JetStream's acks; when it is damaged,
@@ -11,7 +11,7 @@
 //!    it, so the replay below applies them.
 //! 2. Pick the newest snapshot that reaches the stream (its covered sequence + 1 ≥ the
 //!    stream's first sequence); none ⇒ ask a healthy peer to take one
-//!    ([`crate::peer_snapshot`]) and wait for it; still none ⇒ an error the caller retries.
+//!    ([`crate::snapshot::peer`]) and wait for it; still none ⇒ an error the caller retries.
 //! 3. Download it to `<db_path>.hl-restore` beside the database, verifying every chunk and
 //!    the whole file (a damaged download falls back to the next older snapshot), fsync.
 //! 4. Install node-local state in it (core's `install_node_local`): this node's id, its
@@ -32,7 +32,7 @@
 //!
 //! Nothing replaces the database file while another connection may have it open (its
 //! writes would go into the replaced file): the sidecar reads SQLite's own locks on the
-//! `-shm` file and the database ([`crate::db_lock`]), which every process, container and PID
+//! `-shm` file and the database ([`crate::util::db_lock`]), which every process, container and PID
 //! namespace on the volume shares, and waits — as long as it takes, saying why in its log
 //! and health — until none is held, right before downloading and again right before the
 //! swap.
@@ -60,9 +60,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::config::Config;
-use crate::peer_snapshot::{usable_snapshots, PeerAsk};
-use crate::progress::Progress;
-use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
+use crate::ops::progress::Progress;
+use crate::snapshot::peer::{usable_snapshots, PeerAsk};
+use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
 
 /// How often a restore waiting for other connections to close the database says so.
 const OPENERS_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -303,7 +303,7 @@ fn swap(entry: &SwapJournal, journal: &Path, write_journal: bool) -> anyhow::Res
             _ => {}
         }
     }
-    crate::failpoint::pause_blocking("restore-swap");
+    crate::util::failpoint::pause_blocking("restore-swap");
     std::fs::rename(&entry.restored, &entry.db).with_context(|| {
         format!(
             "renaming {} to {}",
@@ -325,7 +325,7 @@ fn remove_journal(journal: &Path) -> anyhow::Result<()> {
 }
 
 /// Waits until no other connection has the database open (read from SQLite's own locks,
-/// [`crate::db_lock`], so a connection in another container counts), calling `waiting` with
+/// [`crate::util::db_lock`], so a connection in another container counts), calling `waiting` with
 /// the reason while it waits and with `None` when it is done. Waits as long as it takes:
 /// replacing a file an application holds would send its writes into the replaced file.
 /// This process must have no connection to the database meanwhile.
@@ -335,7 +335,7 @@ pub async fn wait_until_unopened(
 ) -> anyhow::Result<()> {
     let mut logged = Instant::now() - OPENERS_LOG_EVERY;
     loop {
-        let holder = crate::db_lock::other_connection(db_path)
+        let holder = crate::util::db_lock::other_connection(db_path)
             .with_context(|| format!("reading the locks on {}", db_path.display()))?;
         let Some(holder) = holder else {
             waiting(None);
@@ -587,9 +587,9 @@ pub async fn download(
         while let Some(chunk) = rx.blocking_recv() {
             std::io::Write::write_all(&mut file, &chunk)
                 .with_context(|| format!("writing {}", path.display()))?;
-            if written == 0 && crate::failpoint::is_armed("restore-download") {
+            if written == 0 && crate::util::failpoint::is_armed("restore-download") {
                 file.sync_all()?;
-                crate::failpoint::pause_blocking("restore-download");
+                crate::util::failpoint::pause_blocking("restore-download");
             }
             written += chunk.len() as u64;
         }

@@ -1,5 +1,5 @@
-//! Taking snapshots: the consistent copy, its framing, the upload, when to take one, and the
-//! `--save-snapshot` command.
+//! Taking snapshots: the consistent copy, its framing, the upload, when to take one (the
+//! `--save-snapshot` command is [`crate::commands::save_snapshot`]).
 //!
 //! A snapshot is taken on a connection of its own: `VACUUM INTO` a temporary file in the data
 //! directory (one read transaction: in WAL mode the application and the driver keep writing
@@ -11,7 +11,7 @@
 //! Periodic snapshots ([`SnapshotSchedule`]): a full replica (`publish` and `replicate`)
 //! that has caught up takes one when the newest stored snapshot is older than
 //! `snapshot.interval`, or covers `snapshot.every_messages` fewer messages than this node
-//! has applied (no snapshot at all: right away). The lease ([`crate::lease`]) lets one
+//! has applied (no snapshot at all: right away). The lease ([`crate::snapshot::lease`]) lets one
 //! node at a time do it; the others see the new snapshot and stand down.
 
 use std::io::Write;
@@ -26,12 +26,20 @@ use harmonylite_core::hlc::NodeId;
 use harmonylite_core::snapshot::DEFAULT_CHUNK_SIZE;
 use harmonylite_core::sqlite::snapshot::strip_node_local;
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::lease::{self, LeaseBucket};
-pub use crate::snapshot_frame::{read_full, FramedReader, FramedSource};
-use crate::snapshot_store::{SnapshotInfo, SnapshotStore};
+pub use crate::snapshot::frame::{read_full, FramedReader, FramedSource};
+use crate::snapshot::lease::LeaseBucket;
+use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
+
+pub mod catch_up;
+pub mod frame;
+pub mod info;
+pub mod lease;
+pub mod peer;
+pub mod responder;
+pub mod restore;
+pub mod store;
 
 /// Makes the consistent, stripped copy of the database at `db_path` in `dest` (blocking)
 /// and returns the stream sequence it covers.
@@ -453,104 +461,6 @@ pub async fn run_job(ctx: JobContext, cursor: StreamSeq) -> anyhow::Result<JobOu
     result.map(JobOutcome::Taken)
 }
 
-/// `--save-snapshot`: takes a snapshot of `db_path`, stores it, prunes old ones. Reads the
-/// database only, so a running sidecar on the same database is fine. With the embedded
-/// server it connects to the one listening on `nats.bind_address` (the running sidecar's),
-/// or starts it when none listens.
-pub async fn save_snapshot(config: &Config) -> anyhow::Result<Taken> {
-    let journal = config.effective_data_dir().join("restore.json");
-    anyhow::ensure!(
-        !journal.exists(),
-        "a restore of {} is unfinished ({} exists): start the sidecar to complete it first",
-        config.db_path.display(),
-        journal.display()
-    );
-    match crate::restore::assess(&config.db_path)? {
-        crate::restore::LocalDb::Missing => anyhow::bail!(
-            "--save-snapshot: there is no database at {}",
-            config.db_path.display()
-        ),
-        crate::restore::LocalDb::Damaged { problems } => anyhow::bail!(
-            "--save-snapshot: {} is damaged ({})",
-            config.db_path.display(),
-            problems.join("; ")
-        ),
-        crate::restore::LocalDb::Sound => {}
-    }
-    let stored = crate::restore::salvage_local(&config.db_path, &crate::restore::LocalDb::Sound);
-    let node_id = config.node_id.or(stored.node_id).with_context(|| {
-        format!(
-            "--save-snapshot: {} has no harmonylite metadata; run the sidecar on it first",
-            config.db_path.display()
-        )
-    })?;
-    let listening = config.nats.embedded()
-        && std::net::TcpStream::connect_timeout(
-            &loopback_if_unspecified(config.nats.bind_address),
-            Duration::from_secs(1),
-        )
-        .is_ok();
-    let server = if config.nats.embedded() && !listening {
-        Some(crate::nats_setup::start_embedded_server(config, node_id).await?)
-    } else {
-        None
-    };
-    let result = async {
-        let mut transport = crate::nats_setup::transport_config(config, node_id, server.as_ref());
-        if listening {
-            transport.urls = vec![format!(
-                "nats://{}",
-                loopback_if_unspecified(config.nats.bind_address)
-            )];
-        }
-        let (events, _events_rx) = mpsc::unbounded_channel();
-        let client = tokio::time::timeout(
-            Duration::from_secs(60),
-            crate::transport::connect(&transport, events),
-        )
-        .await
-        .with_context(|| format!("connecting to NATS at {}", transport.urls.join(", ")))??;
-        let js = jetstream::new(client.clone());
-        let stream = tokio::time::timeout(
-            Duration::from_secs(60),
-            crate::nats_setup::ensure_stream_until_ready(&js, &transport, 0),
-        )
-        .await
-        .context("the change stream is not available")?;
-        let stream_name = stream.cached_info().config.name.clone();
-        let store = SnapshotStore::open(config, &js, &stream_name).await?;
-        let taken = take(
-            &config.db_path,
-            &config.effective_data_dir(),
-            node_id,
-            &stream_name,
-            &store,
-        )
-        .await?;
-        prune(&store, config.snapshot.keep).await;
-        client.flush().await.ok();
-        anyhow::Ok(taken)
-    }
-    .await;
-    if let Some(server) = server {
-        server.shutdown().await;
-    }
-    result
-}
-
-fn loopback_if_unspecified(addr: std::net::SocketAddr) -> std::net::SocketAddr {
-    if addr.ip().is_unspecified() {
-        let ip: std::net::IpAddr = if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        };
-        std::net::SocketAddr::new(ip, addr.port())
-    } else {
-        addr
-    }
-}
-
 /// Deletes snapshots beyond `keep`, logging the outcome.
 pub async fn prune(store: &SnapshotStore, keep: usize) {
     match store.prune(keep).await {
@@ -571,7 +481,7 @@ pub fn lease_bucket_name(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::Progress;
+    use crate::ops::progress::Progress;
     use harmonylite_core::snapshot::{encode_chunk, unframe_bytes};
     use tokio::io::AsyncReadExt;
 

@@ -220,7 +220,7 @@ mod tests {
     use super::*;
     use crate::config::tests::doc_table_rows;
 
-    const DOCS: &str = include_str!("../../docs/configuration.md");
+    const DOCS: &str = include_str!("../../../docs/configuration.md");
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_from_args(std::iter::once("harmonylite").chain(args.iter().copied()))

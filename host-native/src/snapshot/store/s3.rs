@@ -24,9 +24,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::S3Config;
-use crate::progress::{Progress, ProgressReader};
-use crate::snapshot_frame::FramedSource;
-use crate::snapshot_info::SnapshotInfo;
+use crate::ops::progress::{Progress, ProgressReader};
+use crate::snapshot::frame::FramedSource;
+use crate::snapshot::info::SnapshotInfo;
 
 /// Multipart part size, and the largest snapshot sent with a single `PUT`. S3 wants parts of
 /// at least 5 MiB; 16 MiB keeps the request count low (10,000 parts = 160 GiB).

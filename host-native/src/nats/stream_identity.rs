@@ -1,0 +1,52 @@
+//! The sidecar's side of the change-stream identity check
+//! ([`harmonylite_core::sqlite::stream_identity`]): its advice on a mismatch
+//! (`--adopt-stream` is [`crate::commands::adopt_stream`]).
+
+use harmonylite_core::sqlite::stream_identity;
+pub use harmonylite_core::sqlite::stream_identity::StreamFacts;
+use rusqlite::Connection;
+
+/// Why this node must not consume the stream from `cursor`, with what to do; `None` when it
+/// is the stream the cursor counts in (the first stream seen is recorded).
+pub fn refusal(
+    conn: &Connection,
+    stream_name: &str,
+    cursor: u64,
+    facts: StreamFacts,
+) -> anyhow::Result<Option<String>> {
+    let how_to_adopt = "stop the application and this node and run `harmonylite --config <file> \
+                        --adopt-stream` (docs/operations.md, \"The change stream was re-created\")";
+    Ok(stream_identity::refusal(
+        conn,
+        stream_name,
+        cursor,
+        facts,
+        how_to_adopt,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CREATED: i64 = 1_795_706_470_000_000_000;
+
+    #[test]
+    fn a_refusal_says_how_to_adopt() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE __hl_meta(key TEXT PRIMARY KEY, value)")
+            .unwrap();
+        let old = StreamFacts {
+            created_ns: CREATED,
+            last_seq: 10,
+        };
+        assert_eq!(refusal(&conn, "s", 10, old).unwrap(), None);
+        let new = StreamFacts {
+            created_ns: CREATED + 1,
+            last_seq: 50,
+        };
+        let why = refusal(&conn, "s", 10, new).unwrap().expect("refused");
+        assert!(why.contains("deleted and created again"), "{why}");
+        assert!(why.contains("--adopt-stream"), "{why}");
+    }
+}

@@ -1,0 +1,297 @@
+//! Snapshots in a JetStream object store bucket (`store = "nats"`, the default).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, object_store};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{SnapshotInfo, ORPHAN_AGE};
+use crate::ops::progress::{Progress, ProgressReader};
+use crate::snapshot::frame::FramedSource;
+
+/// Object store chunk size: large chunks keep the per-message overhead low; well under the
+/// default 1 MiB NATS payload limit.
+const OBJECT_CHUNK: usize = 512 * 1024;
+
+/// Snapshots in a JetStream object store bucket.
+pub struct NatsStore {
+    js: jetstream::Context,
+    pub(super) bucket: String,
+    pub(super) store: object_store::ObjectStore,
+    stream: String,
+}
+
+/// How long one object-store request or chunk ack may take. async-nats waits 5 s for a
+/// publish ack by default; one slow fsync on a busy disk outlasted that and failed a whole
+/// 1 GiB upload (a benchmark run did). A snapshot is background work: waiting is better.
+const OBJECT_STORE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl NatsStore {
+    pub(super) async fn open(
+        js: &jetstream::Context,
+        bucket: &str,
+        replicas: usize,
+        stream: &str,
+    ) -> anyhow::Result<Self> {
+        // The bucket handle keeps the timeout of the context it came from.
+        let mut js = js.clone();
+        js.set_timeout(OBJECT_STORE_TIMEOUT);
+        let store = match js.get_object_store(bucket).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.to_owned(),
+                    description: Some("harmonylite snapshots".into()),
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| {
+                    format!("creating the snapshot bucket {bucket:?} with {replicas} replicas")
+                })?,
+        };
+        Ok(NatsStore {
+            js,
+            bucket: bucket.to_owned(),
+            store,
+            stream: stream.to_owned(),
+        })
+    }
+
+    pub(super) async fn list(&self) -> anyhow::Result<Vec<SnapshotInfo>> {
+        let mut out = Vec::new();
+        let mut objects = self
+            .store
+            .list()
+            .await
+            .with_context(|| format!("listing snapshot bucket {:?}", self.bucket))?;
+        while let Some(object) = objects.next().await {
+            let object =
+                object.with_context(|| format!("listing snapshot bucket {:?}", self.bucket))?;
+            if let Some(mut info) = SnapshotInfo::parse(&self.stream, &object.name) {
+                info.size = object.size as u64;
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn upload(
+        &self,
+        info: &SnapshotInfo,
+        source: &FramedSource,
+    ) -> anyhow::Result<u64> {
+        let meta = object_store::ObjectMetadata {
+            name: info.name.clone(),
+            description: Some(format!(
+                "harmonylite snapshot covering stream sequence {} taken by node {}",
+                info.covered_seq.get(),
+                info.taken_by
+            )),
+            chunk_size: Some(OBJECT_CHUNK),
+            metadata: [
+                ("covered_seq".to_owned(), info.covered_seq.get().to_string()),
+                ("taken_by".to_owned(), info.taken_by.to_string()),
+                ("taken_at_ms".to_owned(), info.taken_at_ms.to_string()),
+            ]
+            .into(),
+            headers: None,
+        };
+        let progress = Progress::new("uploading snapshot", source.framed_size());
+        let mut reader = ProgressReader::new(source.reader(), progress);
+        let stored = self
+            .store
+            .put(meta, &mut reader)
+            .await
+            .with_context(|| format!("uploading snapshot {}", info.name))?;
+        anyhow::ensure!(
+            stored.size as u64 == source.framed_size(),
+            "snapshot {} stored {} bytes, expected {}",
+            info.name,
+            stored.size,
+            source.framed_size()
+        );
+        Ok(stored.size as u64)
+    }
+
+    /// The chunks of the stored snapshot `info`, in order, as the server sends them (an
+    /// ordered push consumer on the object's chunk subject, like `ObjectStore::get`, but
+    /// handing over each chunk as it arrives instead of copying it through a reader and
+    /// hashing it: the snapshot's own checksums verify every byte).
+    pub async fn chunks(
+        &self,
+        info: &SnapshotInfo,
+    ) -> anyhow::Result<futures::stream::BoxStream<'static, anyhow::Result<Bytes>>> {
+        let object = self
+            .store
+            .info(&info.name)
+            .await
+            .with_context(|| format!("opening snapshot {}", info.name))?;
+        anyhow::ensure!(
+            !object.deleted && object.options.as_ref().is_none_or(|o| o.link.is_none()),
+            "snapshot {} is deleted or a link",
+            info.name
+        );
+        if object.chunks == 0 {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let stream = self.js.get_stream(format!("OBJ_{}", self.bucket)).await?;
+        let messages = stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                filter_subject: format!("$O.{}.C.{}", self.bucket, object.nuid),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("reading snapshot {}", info.name))?
+            .messages()
+            .await
+            .with_context(|| format!("reading snapshot {}", info.name))?;
+        let (expected_size, expected_chunks) = (object.size as u64, object.chunks);
+        let name = info.name.clone();
+        let state = (messages, 0u64, 0usize, false);
+        Ok(futures::stream::unfold(state, move |(mut messages, size, chunks, done)| {
+            let name = name.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let result = async {
+                    let message = messages
+                        .next()
+                        .await
+                        .context("the chunk subscription ended")?
+                        .context("reading a chunk")?;
+                    let pending = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
+                    Ok::<_, anyhow::Error>((message.payload.clone(), pending))
+                }
+                .await;
+                match result {
+                    Err(e) => Some((
+                        Err(e.context(format!("reading snapshot {name}"))),
+                        (messages, size, chunks, true),
+                    )),
+                    Ok((payload, pending)) => {
+                        let (size, chunks) = (size + payload.len() as u64, chunks + 1);
+                        let last = pending == 0;
+                        let item = if last && (size, chunks) != (expected_size, expected_chunks) {
+                            Err(anyhow::anyhow!(
+                                "snapshot {name}: read {size} bytes in {chunks} chunks, its metadata says {expected_size} in {expected_chunks}"
+                            ))
+                        } else {
+                            Ok(payload)
+                        };
+                        Some((item, (messages, size, chunks, last)))
+                    }
+                }
+            }
+        })
+        .boxed())
+    }
+
+    /// Purges chunks that no object refers to (interrupted uploads) once they are old enough
+    /// not to belong to an upload in progress.
+    pub(super) async fn purge_orphans(&self) -> anyhow::Result<usize> {
+        let mut live = std::collections::HashSet::new();
+        let mut objects = self.store.list().await?;
+        while let Some(object) = objects.next().await {
+            live.insert(object?.nuid);
+        }
+        let stream = self.js.get_stream(format!("OBJ_{}", self.bucket)).await?;
+        let prefix = format!("$O.{}.C.", self.bucket);
+        let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await?;
+        let mut orphans = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _count) = entry?;
+            if let Some(nuid) = subject.strip_prefix(&prefix) {
+                if !live.contains(nuid) {
+                    orphans.push(subject.clone());
+                }
+            }
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let mut purged = 0;
+        for subject in orphans {
+            let last = stream.direct_get_last_for_subject(subject.as_str()).await?;
+            if now - last.time.unix_timestamp() >= ORPHAN_AGE.as_secs() as i64 {
+                stream.purge().filter(&subject).await?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harmonylite_core::change::StreamSeq;
+    use harmonylite_core::hlc::NodeId;
+
+    /// Restores read an object's chunks as they arrive ([`NatsStore::chunks`]) instead of
+    /// through async-nats' `get`: both read the same bytes, whatever the chunk size.
+    #[tokio::test]
+    async fn chunks_read_what_async_nats_get_reads() {
+        use crate::nats::server::{EmbeddedServerConfig, NatsServer};
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let server = NatsServer::start(EmbeddedServerConfig::new(dir.path().join("nats"), "t"))
+            .await
+            .unwrap();
+        let client = async_nats::connect(server.client_url()).await.unwrap();
+        let js = jetstream::new(client);
+        let store = NatsStore::open(&js, "snaps", 1, "s-1").await.unwrap();
+        let path = dir.path().join("copy.db");
+        let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let node = NodeId::from_u128(5).unwrap();
+        let source = FramedSource::prepare(&path, StreamSeq::new(9), node, 1 << 20).unwrap();
+        let mut framed = Vec::new();
+        source
+            .write_to(&mut framed, &mut Progress::silent(), None)
+            .unwrap();
+
+        let info = SnapshotInfo::new("s-1", StreamSeq::new(9), 1, node);
+        assert_eq!(
+            store.upload(&info, &source).await.unwrap(),
+            framed.len() as u64
+        );
+        let mut object = store.store.get(&info.name).await.unwrap();
+        let mut read = Vec::new();
+        object.read_to_end(&mut read).await.unwrap();
+        assert!(
+            read == framed,
+            "async-nats reads our object, digest checked"
+        );
+        let meta = store.store.info(&info.name).await.unwrap();
+        assert_eq!(meta.metadata["covered_seq"], "9");
+        // async-nats cuts a chunk per read of the source, so the count is not fixed; at
+        // least as many as full chunks need.
+        assert!(meta.chunks >= framed.len().div_ceil(OBJECT_CHUNK));
+
+        let old = SnapshotInfo::new("s-1", StreamSeq::new(8), 1, node);
+        let meta = object_store::ObjectMetadata {
+            name: old.name.clone(),
+            chunk_size: Some(512 * 1024),
+            ..Default::default()
+        };
+        store.store.put(meta, &mut &framed[..]).await.unwrap();
+        let mut chunks = store.chunks(&old).await.unwrap();
+        let mut back = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            back.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(
+            back == framed,
+            "an object stored by async-nats' put reads back"
+        );
+        assert_eq!(store.list().await.unwrap().len(), 2);
+        drop(chunks);
+        server.shutdown().await;
+    }
+}
