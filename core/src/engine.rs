@@ -23,7 +23,6 @@ use std::time::Duration;
 use crate::change::StreamSeq;
 use crate::hlc::{NodeId, NTP64};
 use crate::report::{DrainReport, Inbound, OutboxFrame, ReceiveReport};
-use crate::session::{StreamFacts, StreamVerdict};
 
 /// The host's reading of time, passed to every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +31,30 @@ pub struct Now {
     pub monotonic: Duration,
     /// Wall-clock time (clock-skew checks on remote timestamps).
     pub wall: NTP64,
+}
+
+/// What a replica knows about the stream it is about to consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamFacts {
+    /// The stream's creation time, Unix nanoseconds.
+    pub created_ns: i64,
+    /// Its last sequence.
+    pub last_seq: u64,
+}
+
+/// Whether a replica may consume the stream from its cursor (decided by the database, which
+/// records the stream it consumes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamVerdict {
+    /// The stream is the one the cursor counts in.
+    Same,
+    /// No stream was recorded yet (a new replica, or a database from before this check):
+    /// the stream is recorded now.
+    Recorded,
+    /// The stream is not the one the cursor counts in. The text says why, as a sentence
+    /// without its final period; the session adds what to do
+    /// (`session::mismatch_refusal`).
+    Mismatch(String),
 }
 
 /// What the engine needs from a database; implemented by `sqlite::Store`.

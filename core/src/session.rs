@@ -29,28 +29,7 @@ use crate::change::StreamSeq;
 use crate::engine::{Database, Engine, EngineConfig, Event, Input, Now, Output, Publish};
 use crate::report::Inbound;
 
-/// What a replica knows about the stream it is about to consume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamFacts {
-    /// The stream's creation time, Unix nanoseconds.
-    pub created_ns: i64,
-    /// Its last sequence.
-    pub last_seq: u64,
-}
-
-/// Whether a replica may consume the stream from its cursor (decided by the database, which
-/// records the stream it consumes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamVerdict {
-    /// The stream is the one the cursor counts in.
-    Same,
-    /// No stream was recorded yet (a new replica, or a database from before this check):
-    /// the stream is recorded now.
-    Recorded,
-    /// The stream is not the one the cursor counts in. The text says why, as a sentence
-    /// without its final period; the session adds what to do.
-    Mismatch(String),
-}
+pub use crate::engine::{StreamFacts, StreamVerdict};
 
 /// The stream's bounds and identity, as the host's transport read them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::capture::names::{self, quote};
 use crate::error::{Context, StoreError};
 use crate::sqlite::meta::{self, keys};
 
-pub use crate::session::{StreamFacts, StreamVerdict as Verdict};
+pub use crate::engine::{StreamFacts, StreamVerdict as Verdict};
 
 /// Compares the stream with the one recorded in `conn`, and records it when none is or when
 /// the replica applied nothing yet (`cursor == 0`).
