@@ -599,6 +599,47 @@ impl<D: Database> Session<D> {
     }
 }
 
+/// What a host does to the session beside its inputs: a database changed under it, a stream
+/// found missing. Generic over the database: the store-specific methods live in the `sqlite`
+/// module, so this module does not import it.
+impl<D: Database> Session<D> {
+    /// Rebuilds the engine over the database `reopen` makes of this one, after the database
+    /// changed under the session (replaced by a snapshot, its stream adopted): frames in
+    /// flight are handed out again (their message ids make a second publish harmless), the
+    /// connection and any refusal are kept, and the stream's end is learned again. Feed
+    /// [`SessionInput::Reopened`] next. On an error the session is gone with the database.
+    pub fn reopen<E>(self, now: Now, reopen: impl FnOnce(D) -> Result<D, E>) -> Result<Self, E> {
+        let db = reopen(self.engine.into_db())?;
+        let mut engine = Engine::new(db, self.config.engine.clone());
+        if self.connected {
+            engine.handle_input(now, Input::Connected);
+        }
+        Ok(Session {
+            engine,
+            stream_last_seq: 0,
+            ..self
+        })
+    }
+
+    /// The change stream is missing: `None` when this replica may create it (it applied
+    /// nothing), else why not ([`missing_stream_refusal`]), kept as the status's refusal
+    /// until the stream is read again, and emitted as [`SessionOutput::Refused`] when new.
+    pub fn refuse_missing_stream(&mut self) -> Option<String> {
+        let why = missing_stream_refusal(
+            &self.config.stream_name,
+            self.engine.cursor().get(),
+            &self.config.how_to_adopt,
+        )?;
+        if self.refused.as_deref() != Some(why.as_str()) {
+            self.outputs
+                .push_back(SessionOutput::Refused { why: why.clone() });
+        }
+        self.refused = Some(why.clone());
+        self.consumer_error = Some(why.clone());
+        Some(why)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -964,5 +1005,63 @@ mod tests {
             why.contains("whose first 42 messages every replica would skip"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_reopened_database_keeps_the_connection_and_consumes_from_its_cursor() {
+        let mut s = session(FakeDb::default());
+        consuming(&mut s, 10);
+        feed(&mut s, 1, vec![message(1, 9)]);
+        assert_eq!(s.status().stream_last_seq, 10);
+        // A snapshot covering 30 replaced the database under a running consumer.
+        let mut s = s
+            .reopen(at(2), |db| Ok::<_, FakeError>(FakeDb { cursor: 30, ..db }))
+            .unwrap();
+        assert_eq!(
+            s.status().stream_last_seq,
+            30,
+            "learned again, never below the cursor"
+        );
+        assert_eq!(
+            feed(&mut s, 2, vec![SessionInput::Reopened]),
+            vec![SessionOutput::StopConsumer, SessionOutput::ReadStreamInfo]
+        );
+        assert_eq!(
+            feed(&mut s, 2, vec![info(1, 40, 7)]),
+            vec![SessionOutput::StartConsumer {
+                from: StreamSeq::new(31)
+            }]
+        );
+        assert!(s.status().connected && s.engine.is_connected());
+    }
+
+    #[test]
+    fn a_missing_stream_is_refused_in_the_status_until_the_stream_is_read() {
+        let mut s = session(FakeDb::default());
+        assert_eq!(
+            s.refuse_missing_stream(),
+            None,
+            "nothing applied: create it"
+        );
+        let mut s = session(FakeDb {
+            cursor: 5,
+            stream_created: Some(7),
+            ..FakeDb::default()
+        });
+        let why = s.refuse_missing_stream().unwrap();
+        assert!(why.ends_with("adopt it to apply the new stream from its first message"));
+        assert_eq!(s.refuse_missing_stream().as_ref(), Some(&why));
+        let out: Vec<_> = std::iter::from_fn(|| s.poll_output()).collect();
+        assert_eq!(
+            out,
+            vec![SessionOutput::Refused { why: why.clone() }],
+            "said once"
+        );
+        assert_eq!(s.status().refused.as_ref(), Some(&why));
+        // The stream is back (another replica created it, or the right one returned).
+        feed(&mut s, 0, vec![connected()]);
+        feed(&mut s, 0, vec![info(1, 20, 7)]);
+        assert_eq!(s.status().refused, None);
+        assert!(s.status().consumer_error.is_none());
     }
 }
