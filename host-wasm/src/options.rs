@@ -41,6 +41,10 @@ pub struct ReplicaOptions {
     pub max_clock_ahead: Duration,
     /// Engine tuning.
     pub engine: EngineConfig,
+    /// The change stream's name (in refusals).
+    pub stream: String,
+    /// Whether the stream is consumed at all (`false`: publish only).
+    pub replicate: bool,
 }
 
 fn get(options: &JsValue, key: &str) -> JsValue {
@@ -156,6 +160,9 @@ impl ReplicaOptions {
             }
         };
         let publish = opt_bool(options, "publish")?.unwrap_or(true);
+        let replicate = opt_bool(options, "replicate")?.unwrap_or(true);
+        let stream =
+            opt_string(options, "stream")?.unwrap_or_else(|| "harmonylite-changes-1".into());
         let defaults = EngineConfig::default();
         let engine = EngineConfig {
             polling_interval: opt_positive(options, "pollingIntervalMs")?
@@ -184,6 +191,8 @@ impl ReplicaOptions {
                 .map(millis)
                 .unwrap_or(Clock::DEFAULT_MAX_AHEAD),
             engine,
+            stream,
+            replicate,
         })
     }
 

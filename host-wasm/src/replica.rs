@@ -1,17 +1,19 @@
-//! [`Replica`]: the engine and its store, driven from JavaScript.
+//! [`Replica`]: the replication session and its store, driven from JavaScript.
 
 use std::time::Duration;
 
-use harmonylite_core::capture::names::{self, quote};
+use harmonylite_core::capture::names::quote;
 use harmonylite_core::change::StreamSeq;
-use harmonylite_core::engine::{Engine, EngineConfig, Event, Input, Now, Output};
+use harmonylite_core::engine::{Event, Now, Publish};
 use harmonylite_core::hlc::ntp64_from_unix;
-use harmonylite_core::report::Inbound;
+use harmonylite_core::session::{
+    Session, SessionConfig, SessionInput, SessionOutput, SessionStatus, StreamInfo,
+};
 use harmonylite_core::sqlite::snapshot::{install_node_local, NodeLocal};
-use harmonylite_core::sqlite::stream_identity::{self, StreamFacts};
+use harmonylite_core::sqlite::stream_identity;
 use harmonylite_core::sqlite::{DiscardError, PublishMigrationError, Store, StoreOptions};
 use harmonylite_core::wire;
-use js_sys::{Array, Object, Reflect, Uint8Array};
+use js_sys::{Array, BigInt, Object, Reflect, Uint8Array};
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{Connection, OpenFlags};
 use sqlite_wasm_rs::vfs::memvfs::MemVfsUtil;
@@ -22,7 +24,7 @@ use crate::convert;
 use crate::error::ReplicaError;
 use crate::options::{ReplicaOptions, Storage};
 
-/// Input kinds of [`Replica::handle_inputs`], one byte each.
+/// Input kinds of [`Replica::handle_inputs`], one byte each (see there for their payloads).
 mod kind {
     pub const LOCAL_WRITE: u8 = 0;
     pub const MESSAGE: u8 = 1;
@@ -31,21 +33,32 @@ mod kind {
     pub const CONNECTED: u8 = 4;
     pub const DISCONNECTED: u8 = 5;
     pub const TIMEOUT: u8 = 6;
+    pub const STREAM_INFO: u8 = 7;
+    pub const STREAM_INFO_FAILED: u8 = 8;
+    pub const CONSUMER_STARTED: u8 = 9;
+    pub const CONSUMER_FAILED: u8 = 10;
+    pub const CONSUMER_ENDED: u8 = 11;
+    pub const RECHECK: u8 = 12;
+    pub const REOPENED: u8 = 13;
 }
 
 /// VFS name of the OPFS pool.
 const OPFS_VFS: &str = "harmonylite-opfs";
 
-/// A replicated SQLite database and its replication engine.
+/// What ends a refusal in this host: how a JavaScript application adopts a re-created or
+/// missing change stream.
+const HOW_TO_ADOPT: &str = "call adoptStream() (docs/js-api.md)";
+
+/// A replicated SQLite database and its replication session.
 ///
-/// Drive it like every harmonylite host: feed inputs with `handleInputs`, then carry out
-/// everything `pollOutputs` returns, then call `handleInputs` with a timeout input once the
-/// monotonic time passes `pollTimeout()`. All SQL runs synchronously on the calling thread.
+/// Drive it like every harmonylite host: feed what the transport did with `handleInputs`,
+/// then carry out everything `pollOutputs` returns, then feed a timeout input once the
+/// monotonic time passes `pollTimeout()`. The session decides everything about the change
+/// stream (which stream may be consumed, from where, when to look again, when to pause); the
+/// host only moves bytes. All SQL runs synchronously on the calling thread.
 #[wasm_bindgen]
 pub struct Replica {
-    engine: Option<Engine<Store>>,
-    /// The engine's settings (a restore builds a new engine with them).
-    engine_config: EngineConfig,
+    session: Option<Session<Store>>,
     /// Name of the memory database to remove at close (memory storage only).
     memory_name: Option<String>,
     /// Schema version capture was last brought up to date for.
@@ -55,10 +68,12 @@ pub struct Replica {
 /// Opens (creating if needed) the database named in `options` and installs change capture.
 ///
 /// `options`: `{ name, storage?: "memory" | "opfs", opfsDirectory?, nodeId?, random,
-/// publish?, excludeTables?, compression?: "lz4" | "none", pollingIntervalMs?,
-/// publishWindow?, applyBatch?, parkedRetryIntervalMs?, maxClockAheadMs? }` where `random`
-/// is a `Uint8Array` of at least 24 bytes from a cryptographic source (a new node id and
-/// the incarnation of this database's node-local state).
+/// stream?, replicate?, publish?, excludeTables?, compression?: "lz4" | "none",
+/// pollingIntervalMs?, publishWindow?, applyBatch?, parkedRetryIntervalMs?,
+/// maxClockAheadMs? }` where `random` is a `Uint8Array` of at least 24 bytes from a
+/// cryptographic source (a new node id and the incarnation of this database's node-local
+/// state), `stream` the change stream's name (in refusals; default
+/// `harmonylite-changes-1`) and `replicate: false` a publish-only replica.
 #[wasm_bindgen(js_name = openReplica)]
 pub async fn open_replica(options: JsValue) -> Result<Replica, JsValue> {
     let options = ReplicaOptions::from_js(&options)?;
@@ -76,9 +91,12 @@ pub async fn open_replica(options: JsValue) -> Result<Replica, JsValue> {
     store_options.incarnation = options.random_incarnation();
     let store = Store::open(conn, store_options).map_err(ReplicaError::from)?;
     let schema_seen = Replica::schema_version(store.connection())?;
+    let config = SessionConfig {
+        replicate: options.replicate,
+        ..SessionConfig::new(options.engine.clone(), &options.stream, HOW_TO_ADOPT)
+    };
     Ok(Replica {
-        engine: Some(Engine::new(store, options.engine.clone())),
-        engine_config: options.engine.clone(),
+        session: Some(Session::new(store, config)),
         memory_name: (options.storage == Storage::Memory).then(|| options.name.clone()),
         schema_seen,
     })
@@ -186,23 +204,28 @@ fn seq_arg(n: f64, what: &str) -> Result<u64, ReplicaError> {
     }
 }
 
-fn output_to_js(output: Output) -> JsValue {
+fn output_to_js(output: SessionOutput) -> JsValue {
     match output {
-        Output::Publish(p) => object(&[
+        SessionOutput::Publish(Publish {
+            id,
+            msg_id,
+            frame,
+            rows,
+        }) => object(&[
             ("type", "publish".into()),
-            ("id", num(p.id as f64)),
-            ("msgId", p.msg_id.into()),
-            ("frame", Uint8Array::from(p.frame.as_slice()).into()),
-            ("rows", num(p.rows as f64)),
+            ("id", num(id as f64)),
+            ("msgId", msg_id.into()),
+            ("frame", Uint8Array::from(frame.as_slice()).into()),
+            ("rows", num(rows as f64)),
         ]),
-        Output::Event(Event::Drained(r)) => object(&[
+        SessionOutput::Event(Event::Drained(r)) => object(&[
             ("type", "drained".into()),
             ("rows", num(r.rows as f64)),
             ("frames", num(r.frames as f64)),
             ("nullKeys", num(r.null_keys as f64)),
             ("tables", convert::string_array(&r.tables).into()),
         ]),
-        Output::Event(Event::Received(s)) => {
+        SessionOutput::Event(Event::Received(s)) => {
             let parked: Array = s
                 .parked
                 .iter()
@@ -233,10 +256,10 @@ fn output_to_js(output: Output) -> JsValue {
                 ("cursor", num(s.cursor.get() as f64)),
             ])
         }
-        Output::Event(Event::Acked { frames }) => {
+        SessionOutput::Event(Event::Acked { frames }) => {
             object(&[("type", "acked".into()), ("frames", num(frames as f64))])
         }
-        Output::Event(Event::DatabaseError {
+        SessionOutput::Event(Event::DatabaseError {
             operation,
             error,
             retry_in,
@@ -246,7 +269,106 @@ fn output_to_js(output: Output) -> JsValue {
             ("error", error.into()),
             ("retryInMs", num(retry_in.as_secs_f64() * 1000.0)),
         ]),
+        SessionOutput::ReadStreamInfo => object(&[("type", "readStreamInfo".into())]),
+        SessionOutput::StartConsumer { from } => object(&[
+            ("type", "startConsumer".into()),
+            ("from", num(from.get() as f64)),
+        ]),
+        SessionOutput::StopConsumer => object(&[("type", "stopConsumer".into())]),
+        SessionOutput::Gap { expected, got } => object(&[
+            ("type", "gap".into()),
+            ("expected", num(expected.get() as f64)),
+            ("got", num(got.get() as f64)),
+        ]),
+        SessionOutput::Refused { why } => {
+            object(&[("type", "refused".into()), ("why", why.into())])
+        }
+        SessionOutput::FellBehind {
+            cursor,
+            first,
+            last,
+            first_time,
+        } => object(&[
+            ("type", "fellBehind".into()),
+            ("cursor", num(cursor.get() as f64)),
+            ("first", num(first as f64)),
+            ("last", num(last as f64)),
+            ("firstTime", first_time.into()),
+        ]),
+        SessionOutput::Consuming { from } => object(&[
+            ("type", "consuming".into()),
+            ("from", num(from.get() as f64)),
+        ]),
     }
+}
+
+fn opt_string(s: Option<String>) -> JsValue {
+    s.map_or(JsValue::NULL, JsValue::from)
+}
+
+fn status_to_js(status: &SessionStatus) -> JsValue {
+    let reasons: Array = status.reasons().into_iter().map(JsValue::from).collect();
+    object(&[
+        ("connected", status.connected.into()),
+        ("consuming", status.consuming.into()),
+        ("cursor", num(status.cursor as f64)),
+        ("streamLastSeq", num(status.stream_last_seq as f64)),
+        ("lag", num(status.lag as f64)),
+        ("fellBehind", status.fell_behind.into()),
+        ("refused", opt_string(status.refused.clone())),
+        ("consumerError", opt_string(status.consumer_error.clone())),
+        ("inbox", num(status.inbox as f64)),
+        ("inFlight", num(status.in_flight as f64)),
+        ("healthy", status.healthy().into()),
+        ("reasons", reasons.into()),
+    ])
+}
+
+/// The next entry of `values` for input `i`, as `T`.
+fn value_arg<T: JsCast>(values: &Array, next: &mut u32, what: &str) -> Result<T, ReplicaError> {
+    let value = values
+        .get(*next)
+        .dyn_into::<T>()
+        .map_err(|_| ReplicaError::InvalidArgument(format!("values[{}] must be {what}", *next)));
+    *next += 1;
+    value
+}
+
+/// The next entry of `values`, a string (a transport's error, rendered).
+fn string_arg(values: &Array, next: &mut u32) -> Result<String, ReplicaError> {
+    let value = values.get(*next).as_string().ok_or_else(|| {
+        ReplicaError::InvalidArgument(format!("values[{}] must be a string", *next))
+    });
+    *next += 1;
+    value
+}
+
+/// `{firstSeq, lastSeq, createdNs}` (`createdNs` a bigint: Unix nanoseconds exceed 2^53).
+fn stream_info_arg(value: &Object) -> Result<StreamInfo, ReplicaError> {
+    let get =
+        |key: &str| Reflect::get(value, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED);
+    let seq = |key: &str| {
+        get(key)
+            .as_f64()
+            .ok_or_else(|| {
+                ReplicaError::InvalidArgument(format!("stream info: {key} must be a number"))
+            })
+            .and_then(|n| seq_arg(n, key))
+    };
+    let created = get("createdNs");
+    let created_ns = created
+        .dyn_ref::<BigInt>()
+        .and_then(|b| i64::try_from(b.clone()).ok())
+        .ok_or_else(|| {
+            ReplicaError::InvalidArgument(
+                "stream info: createdNs must be a bigint of 64 bits".into(),
+            )
+        })?;
+    Ok(StreamInfo {
+        first_seq: seq("firstSeq")?,
+        last_seq: seq("lastSeq")?,
+        created_ns,
+    })
 }
 
 /// Runs a prepared statement to completion; returns the rows it changed directly (not
@@ -305,22 +427,29 @@ impl Replica {
         if version == self.schema_seen {
             return Ok(());
         }
-        let engine = self.engine_mut()?;
-        engine.handle_input(now(monotonic_ms, wall_ms), Input::LocalWrite);
+        self.session_mut()?
+            .handle_input(now(monotonic_ms, wall_ms), SessionInput::LocalWrite);
         self.schema_seen = Self::schema_version(self.conn()?)?;
         Ok(())
     }
 
-    fn engine(&self) -> Result<&Engine<Store>, ReplicaError> {
-        self.engine.as_ref().ok_or(ReplicaError::Closed)
+    fn session(&self) -> Result<&Session<Store>, ReplicaError> {
+        self.session.as_ref().ok_or(ReplicaError::Closed)
     }
 
-    fn engine_mut(&mut self) -> Result<&mut Engine<Store>, ReplicaError> {
-        self.engine.as_mut().ok_or(ReplicaError::Closed)
+    fn session_mut(&mut self) -> Result<&mut Session<Store>, ReplicaError> {
+        self.session.as_mut().ok_or(ReplicaError::Closed)
     }
 
+    /// The store, read only (its node-local state, change log and migrations; every change
+    /// goes through the session).
+    fn store(&self) -> Result<&Store, ReplicaError> {
+        Ok(self.session()?.engine().db())
+    }
+
+    /// The application's connection: its SQL fires the capture triggers like any write.
     fn conn(&self) -> Result<&Connection, ReplicaError> {
-        Ok(self.engine()?.db().connection())
+        Ok(self.store()?.connection())
     }
 
     fn schema_version(conn: &Connection) -> Result<i64, ReplicaError> {
@@ -329,25 +458,62 @@ impl Replica {
             .query_row([], |r| r.get(0))?)
     }
 
-    fn outbox_bound(&self, aggregate: &str) -> Result<f64, ReplicaError> {
-        let id: i64 = self.conn()?.query_row(
-            &format!(
-                "SELECT coalesce({aggregate}(id), 0) FROM {}",
-                quote(names::OUTBOX)
-            ),
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(id as f64)
+    fn outbox_id_range(&self) -> Result<(i64, i64), ReplicaError> {
+        Ok(self.session()?.outbox_id_range()?)
+    }
+
+    /// The one place the database is changed under the session (a snapshot restored, a
+    /// stream adopted): `change` gets the connection and the store's options, the store is
+    /// opened again and the session rebuilt over it ([`Session::reopen`]); the host feeds
+    /// `Reopened` next. When `change` or the reopening fails the replica is closed (reopen it).
+    fn reopen_store(
+        &mut self,
+        monotonic_ms: f64,
+        wall_ms: f64,
+        change: impl FnOnce(Connection, &mut StoreOptions) -> Result<Connection, ReplicaError>,
+    ) -> Result<(), ReplicaError> {
+        let session = self.session.take().ok_or(ReplicaError::Closed)?;
+        let session = session.reopen(now(monotonic_ms, wall_ms), |store| {
+            let mut options = store.options().clone();
+            let conn = change(store.into_connection(), &mut options)?;
+            Store::open(conn, options).map_err(|e| {
+                ReplicaError::Storage(format!("reopening the database: {e} (reopen the replica)"))
+            })
+        });
+        let session = match session {
+            Ok(session) => session,
+            Err(e) => {
+                self.close();
+                return Err(e);
+            }
+        };
+        self.schema_seen = Self::schema_version(session.engine().db().connection())?;
+        self.session = Some(session);
+        Ok(())
     }
 }
 
 #[wasm_bindgen]
 impl Replica {
-    /// Feeds inputs in order, then does the work that is due. `kinds[i]` is 0 local write,
-    /// 1 stream message (`nums[i]` = stream sequence, payload = next entry of `frames`),
-    /// 2 acked (`nums[i]` = outbox id), 3 publish failed (`nums[i]` = outbox id),
-    /// 4 connected, 5 disconnected, 6 timeout.
+    /// Feeds what the transport did, in order, then does the work that is due. `kinds[i]`
+    /// says what happened; `nums[i]`, `pending[i]` and the next entry of `values` carry it:
+    ///
+    /// | kind | input | payload |
+    /// | --- | --- | --- |
+    /// | 0 | local write | — |
+    /// | 1 | stream message | `nums` sequence, `pending` messages after it, `values` its `Uint8Array` |
+    /// | 2 | acked | `nums` outbox id |
+    /// | 3 | publish failed | `nums` outbox id |
+    /// | 4 | connected with the stream ready | `nums` the server's max payload |
+    /// | 5 | disconnected | — |
+    /// | 6 | timeout | — |
+    /// | 7 | stream info | `values` `{firstSeq, lastSeq, createdNs}` (`createdNs` a bigint) |
+    /// | 8 | reading stream info failed | `values` the error (string) |
+    /// | 9 | consumer started | — |
+    /// | 10 | consumer failed | `values` the error (string) |
+    /// | 11 | consumer ended | — |
+    /// | 12 | recheck the stream now | — |
+    /// | 13 | reopened (after `restoreSnapshot` / `adoptStream`) | — |
     #[wasm_bindgen(js_name = handleInputs)]
     pub fn handle_inputs(
         &mut self,
@@ -355,43 +521,53 @@ impl Replica {
         wall_ms: f64,
         kinds: &[u8],
         nums: &[f64],
-        frames: Array,
+        pending: &[f64],
+        values: Array,
     ) -> Result<(), JsValue> {
-        if nums.len() != kinds.len() {
+        if nums.len() != kinds.len() || pending.len() != kinds.len() {
             return Err(ReplicaError::InvalidArgument(
-                "kinds and nums must have the same length".into(),
+                "kinds, nums and pending must have the same length".into(),
             )
             .into());
         }
         let mut inputs = Vec::with_capacity(kinds.len());
-        let mut next_frame = 0u32;
-        for (&k, &n) in kinds.iter().zip(nums) {
+        let mut next = 0u32;
+        for ((&k, &n), &p) in kinds.iter().zip(nums).zip(pending) {
             let input = match k {
-                kind::LOCAL_WRITE => Input::LocalWrite,
-                kind::MESSAGE => {
-                    let frame = frames
-                        .get(next_frame)
-                        .dyn_into::<Uint8Array>()
-                        .map_err(|_| {
-                            ReplicaError::InvalidArgument(format!(
-                                "frames[{next_frame}] must be a Uint8Array"
-                            ))
-                        })?;
-                    next_frame += 1;
-                    Input::Message(Inbound {
-                        seq: StreamSeq::new(seq_arg(n, "a stream sequence")?),
-                        frame: frame.to_vec(),
-                    })
+                kind::LOCAL_WRITE => SessionInput::LocalWrite,
+                kind::MESSAGE => SessionInput::Message {
+                    seq: StreamSeq::new(seq_arg(n, "a stream sequence")?),
+                    pending: seq_arg(p, "a pending count")?,
+                    frame: value_arg::<Uint8Array>(&values, &mut next, "a Uint8Array")?.to_vec(),
+                },
+                kind::ACKED => SessionInput::Acked {
+                    id: seq_arg(n, "an outbox id")? as i64,
+                },
+                kind::PUBLISH_FAILED => SessionInput::PublishFailed {
+                    id: seq_arg(n, "an outbox id")? as i64,
+                },
+                kind::CONNECTED => SessionInput::Connected {
+                    max_payload: seq_arg(n, "maxPayload")? as usize,
+                },
+                kind::DISCONNECTED => SessionInput::Disconnected,
+                kind::TIMEOUT => SessionInput::Timeout,
+                kind::STREAM_INFO => {
+                    SessionInput::StreamInfo(stream_info_arg(&value_arg::<Object>(
+                        &values,
+                        &mut next,
+                        "an object",
+                    )?)?)
                 }
-                kind::ACKED => Input::Acked {
-                    id: seq_arg(n, "an outbox id")? as i64,
+                kind::STREAM_INFO_FAILED => SessionInput::StreamInfoFailed {
+                    error: string_arg(&values, &mut next)?,
                 },
-                kind::PUBLISH_FAILED => Input::PublishFailed {
-                    id: seq_arg(n, "an outbox id")? as i64,
+                kind::CONSUMER_STARTED => SessionInput::ConsumerStarted,
+                kind::CONSUMER_FAILED => SessionInput::ConsumerFailed {
+                    error: string_arg(&values, &mut next)?,
                 },
-                kind::CONNECTED => Input::Connected,
-                kind::DISCONNECTED => Input::Disconnected,
-                kind::TIMEOUT => Input::Timeout,
+                kind::CONSUMER_ENDED => SessionInput::ConsumerEnded,
+                kind::RECHECK => SessionInput::Recheck,
+                kind::REOPENED => SessionInput::Reopened,
                 other => {
                     return Err(ReplicaError::InvalidArgument(format!(
                         "unknown input kind {other}"
@@ -401,72 +577,82 @@ impl Replica {
             };
             inputs.push(input);
         }
-        self.engine_mut()?
+        self.session_mut()?
             .handle_inputs(now(monotonic_ms, wall_ms), inputs);
         Ok(())
     }
 
-    /// Every pending output as plain objects, oldest first: `{type: "publish", id, msgId,
-    /// frame, rows}`, `{type: "drained", rows, frames, nullKeys, tables}`, `{type:
-    /// "received", messages, batches, rowsChanged, remoteWon, localWon, own, parked,
+    /// Every pending output as plain objects, oldest first. To carry out: `{type:
+    /// "publish", id, msgId, frame, rows}`, `{type: "readStreamInfo"}`, `{type:
+    /// "startConsumer", from}` (an ordered consumer delivering from sequence `from`), `{type:
+    /// "stopConsumer"}`. To report: `{type: "drained", rows, frames, nullKeys, tables}`,
+    /// `{type: "received", messages, batches, rowsChanged, remoteWon, localWon, own, parked,
     /// unparked, tables, drainedRows, drainedTables, cursor}`, `{type: "acked", frames}`,
-    /// `{type: "databaseError", operation, error, retryInMs}`.
+    /// `{type: "databaseError", operation, error, retryInMs}`, `{type: "gap", expected, got}`
+    /// (the consumer is restarted), `{type: "refused", why}` (once per reason), `{type:
+    /// "fellBehind", cursor, first, last, firstTime}`, `{type: "consuming", from}`.
     #[wasm_bindgen(js_name = pollOutputs)]
     pub fn poll_outputs(&mut self) -> Result<Array, JsValue> {
-        let engine = self.engine_mut()?;
+        let session = self.session_mut()?;
         let out = Array::new();
-        while let Some(output) = engine.poll_output() {
+        while let Some(output) = session.poll_output() {
             out.push(&output_to_js(output));
         }
         Ok(out)
     }
 
-    /// Monotonic time (ms) at which the engine wants a timeout input, if ever.
+    /// Monotonic time (ms) at which the session wants a timeout input, if ever.
     #[wasm_bindgen(js_name = pollTimeout)]
     pub fn poll_timeout(&self) -> Result<Option<f64>, JsValue> {
         Ok(self
-            .engine()?
+            .session()?
             .poll_timeout()
             .map(|t| t.as_secs_f64() * 1000.0))
     }
 
-    /// Last stream sequence applied or queued: consume from the one after it.
+    /// Whether the host should hand over more stream messages now; otherwise it pauses
+    /// delivery until a later call says so (a consumer runs and the inbox has room).
+    #[wasm_bindgen(js_name = wantsMessages)]
+    pub fn wants_messages(&self) -> Result<bool, JsValue> {
+        Ok(self.session()?.wants_messages())
+    }
+
+    /// The replication status: `{connected, consuming, cursor, streamLastSeq, lag,
+    /// fellBehind, refused, consumerError, inbox, inFlight, healthy, reasons}` (`refused`
+    /// and `consumerError`: a sentence or `null`; `reasons`: why not healthy).
+    pub fn status(&self) -> Result<JsValue, JsValue> {
+        Ok(status_to_js(&self.session()?.status()))
+    }
+
+    /// The change stream is missing: `undefined` when this replica may create it (it applied
+    /// nothing from a stream yet), else why not, which the status keeps as its refusal (and
+    /// `pollOutputs` reports once).
+    #[wasm_bindgen(js_name = missingStreamRefusal)]
+    pub fn missing_stream_refusal(&mut self) -> Result<Option<String>, JsValue> {
+        Ok(self.session_mut()?.refuse_missing_stream())
+    }
+
+    /// Last stream sequence applied or queued.
     pub fn cursor(&self) -> Result<f64, JsValue> {
-        Ok(self.engine()?.cursor().get() as f64)
+        Ok(self.session()?.cursor().get() as f64)
     }
 
     /// Last stream sequence durably applied.
     #[wasm_bindgen(js_name = appliedCursor)]
     pub fn applied_cursor(&self) -> Result<f64, JsValue> {
-        Ok(self.engine()?.applied_cursor().get() as f64)
-    }
-
-    /// Messages received but not applied yet.
-    #[wasm_bindgen(js_name = inboxLen)]
-    pub fn inbox_len(&self) -> Result<u32, JsValue> {
-        Ok(self.engine()?.inbox_len() as u32)
+        Ok(self.session()?.applied_cursor().get() as f64)
     }
 
     /// This replica's node id (hex).
     #[wasm_bindgen(js_name = nodeId)]
     pub fn node_id(&self) -> Result<String, JsValue> {
-        Ok(self.engine()?.db().node_id().to_string())
+        Ok(self.session()?.node_id().to_string())
     }
 
     /// Names of the replicated tables.
     #[wasm_bindgen(js_name = replicatedTables)]
     pub fn replicated_tables(&self) -> Result<Array, JsValue> {
-        Ok(convert::string_array(
-            &self.engine()?.db().replicated_tables(),
-        ))
-    }
-
-    /// Largest frame to write to the outbox from now on (the server's payload limit minus
-    /// header room).
-    #[wasm_bindgen(js_name = setMaxFrame)]
-    pub fn set_max_frame(&mut self, bytes: u32) -> Result<(), JsValue> {
-        self.engine_mut()?.db_mut().set_max_frame(bytes as usize);
-        Ok(())
+        Ok(convert::string_array(&self.session()?.replicated_tables()))
     }
 
     /// Publishes `sql` as a replicated schema migration (checked, tried on this database
@@ -487,16 +673,15 @@ impl Replica {
             )
             .into());
         }
-        let wall = ntp64_from_unix(Duration::from_secs_f64(wall_ms.max(0.0) / 1000.0));
-        let engine = self.engine_mut()?;
-        let published = engine
-            .db_mut()
-            .publish_migration(sql, allow_destructive, wall)
+        let now = now(monotonic_ms, wall_ms);
+        let session = self.session_mut()?;
+        let published = session
+            .publish_migration(sql, allow_destructive, now.wall)
             .map_err(|e| match e {
                 PublishMigrationError::Refused(e) => ReplicaError::Migration(e.to_string()),
                 PublishMigrationError::Store(e) => ReplicaError::from(e),
             })?;
-        engine.handle_input(now(monotonic_ms, wall_ms), Input::LocalWrite);
+        session.handle_input(now, SessionInput::LocalWrite);
         Ok(object(&[
             ("id", JsValue::from_str(&published.id)),
             ("baseVersion", num(published.base_version as f64)),
@@ -509,11 +694,7 @@ impl Replica {
     /// applied here; 0 when it was not (yet).
     #[wasm_bindgen(js_name = migrationVersion)]
     pub fn migration_version(&self, id: &str) -> Result<f64, JsValue> {
-        let migrations = self
-            .engine()?
-            .db()
-            .migrations()
-            .map_err(ReplicaError::from)?;
+        let migrations = self.store()?.migrations().map_err(ReplicaError::from)?;
         Ok(migrations
             .iter()
             .find(|m| hex(&m.id) == id)
@@ -523,7 +704,7 @@ impl Replica {
     /// Why the migration with this id is parked here, if it is.
     #[wasm_bindgen(js_name = migrationParked)]
     pub fn migration_parked(&self, id: &str) -> Result<Option<String>, JsValue> {
-        let parked = self.engine()?.db().parked().map_err(ReplicaError::from)?;
+        let parked = self.session()?.parked().map_err(ReplicaError::from)?;
         Ok(parked
             .into_iter()
             .find_map(|p| match wire::decode_message(&p.frame) {
@@ -536,10 +717,10 @@ impl Replica {
     /// where `parkedByTable` maps a table name (`""`: none) to its parked messages.
     #[wasm_bindgen(js_name = schemaStatus)]
     pub fn schema_status(&self) -> Result<JsValue, JsValue> {
-        let store = self.engine()?.db();
-        let status = store.schema_status().map_err(ReplicaError::from)?;
+        let session = self.session()?;
+        let status = session.schema_status().map_err(ReplicaError::from)?;
         let by_table = Object::new();
-        for (table, count) in store.parked_by_table().map_err(ReplicaError::from)? {
+        for (table, count) in session.parked_by_table().map_err(ReplicaError::from)? {
             Reflect::set(&by_table, &JsValue::from_str(&table), &num(count as f64))?;
         }
         Ok(object(&[
@@ -564,9 +745,8 @@ impl Replica {
             )
             .into());
         }
-        let engine = self.engine_mut()?;
-        let discarded = engine
-            .db_mut()
+        let discarded = self
+            .session_mut()?
             .discard_parked(table, force)
             .map_err(|e| match e {
                 DiscardError::Store(e) => ReplicaError::from(e),
@@ -579,61 +759,38 @@ impl Replica {
                 }
                 e => ReplicaError::InvalidArgument(e.to_string()),
             })?;
-        if discarded.trimmed > 0 {
-            // What is left of those messages may apply now.
-            engine.retry_parked_soon();
-        }
         Ok(discarded.affected() as f64)
     }
 
-    /// Whether the change stream `stream` (created at `createdNs`, Unix nanoseconds, ending
-    /// at `lastSeq`) is the one this database's cursor counts in: `undefined` if it is (the
-    /// first stream seen is recorded), else why not and what to do. Consume nothing from a
-    /// stream it refuses: its sequence numbers are not the ones the cursor counts.
-    #[wasm_bindgen(js_name = checkStream)]
-    pub fn check_stream(
-        &mut self,
-        stream: &str,
-        created_ns: i64,
-        last_seq: f64,
-    ) -> Result<Option<String>, JsValue> {
-        let facts = StreamFacts {
-            created_ns,
-            last_seq: seq_arg(last_seq, "lastSeq")?,
-        };
-        let cursor = self.engine()?.cursor().get();
-        let how_to_adopt = "call adoptStream() (docs/js-api.md)";
-        Ok(
-            stream_identity::refusal(self.conn()?, stream, cursor, facts, how_to_adopt)
-                .map_err(ReplicaError::from)?,
-        )
-    }
-
     /// Makes the database apply the change stream from its first message, whatever stream
-    /// that is (one deleted and created again on purpose): the cursor goes back to 0 and the
-    /// recorded stream is forgotten. Returns the cursor given up. The engine is rebuilt: its
-    /// outbox is handed out again (message ids make a second publish harmless). Only while
-    /// no consumer delivers messages and no transaction is open.
+    /// that is (one deleted and created again on purpose, or a missing one this replica may
+    /// then create): the cursor goes back to 0 and the recorded stream is forgotten. Returns
+    /// the cursor given up. The session is rebuilt over the database: its outbox is handed
+    /// out again (message ids make a second publish harmless); feed `Reopened` next. Refused
+    /// while a consumer delivers the stream (the replica refuses nothing) and inside a
+    /// transaction.
     #[wasm_bindgen(js_name = adoptStream)]
-    pub fn adopt_stream(&mut self) -> Result<f64, JsValue> {
+    pub fn adopt_stream(&mut self, monotonic_ms: f64, wall_ms: f64) -> Result<f64, JsValue> {
         if !self.conn()?.is_autocommit() {
             return Err(ReplicaError::InvalidArgument(
                 "adoptStream() cannot run inside a transaction".into(),
             )
             .into());
         }
-        let engine = self.engine.take().ok_or(ReplicaError::Closed)?;
-        let store = engine.into_db();
-        let given_up = store.cursor().get();
-        let options = store.options().clone();
-        let conn = store.into_connection();
-        let forgotten = stream_identity::forget_stream(&conn);
-        let store = Store::open(conn, options).map_err(|e| {
-            ReplicaError::Storage(format!(
-                "reopening the database after adoptStream(): {e} (reopen the replica)"
-            ))
+        if self.session()?.status().consuming {
+            return Err(ReplicaError::InvalidArgument(
+                "adoptStream() is for a replica that refuses its change stream or finds it missing \
+                 (status().streamRefused); this one is consuming the stream"
+                    .into(),
+            )
+            .into());
+        }
+        let given_up = self.session()?.applied_cursor().get();
+        let mut forgotten = Ok(());
+        self.reopen_store(monotonic_ms, wall_ms, |conn, _| {
+            forgotten = stream_identity::forget_stream(&conn);
+            Ok(conn)
         })?;
-        self.engine = Some(Engine::new(store, self.engine_config.clone()));
         forgotten.map_err(ReplicaError::from)?;
         Ok(given_up as f64)
     }
@@ -641,12 +798,12 @@ impl Replica {
     /// Counters: `{outboxFrames, outboxRows, parked, logPending, cursor, appliedCursor,
     /// inbox, inFlight, migrationVersion, schemaFingerprint}`.
     pub fn counters(&self) -> Result<JsValue, JsValue> {
-        let engine = self.engine()?;
-        let store = engine.db();
-        let (frames, rows) = store.outbox_depth().map_err(ReplicaError::from)?;
-        let parked = store.parked_count().map_err(ReplicaError::from)?;
-        let log = store.log_depth().map_err(ReplicaError::from)?;
-        let schema = store.schema_status().map_err(ReplicaError::from)?;
+        let session = self.session()?;
+        let (frames, rows) = session.outbox_depth().map_err(ReplicaError::from)?;
+        let parked = session.parked_count().map_err(ReplicaError::from)?;
+        let log = self.store()?.log_depth().map_err(ReplicaError::from)?;
+        let schema = session.schema_status().map_err(ReplicaError::from)?;
+        let status = session.status();
         Ok(object(&[
             ("migrationVersion", num(schema.migration_version as f64)),
             ("schemaFingerprint", JsValue::from_str(&schema.fingerprint)),
@@ -654,23 +811,23 @@ impl Replica {
             ("outboxRows", num(rows as f64)),
             ("parked", num(parked as f64)),
             ("logPending", num(log as f64)),
-            ("cursor", num(engine.cursor().get() as f64)),
-            ("appliedCursor", num(engine.applied_cursor().get() as f64)),
-            ("inbox", num(engine.inbox_len() as f64)),
-            ("inFlight", num(engine.in_flight() as f64)),
+            ("cursor", num(session.cursor().get() as f64)),
+            ("appliedCursor", num(status.cursor as f64)),
+            ("inbox", num(status.inbox as f64)),
+            ("inFlight", num(status.in_flight as f64)),
         ]))
     }
 
     /// Highest outbox id waiting for an ack (0 when the outbox is empty).
     #[wasm_bindgen(js_name = outboxLastId)]
     pub fn outbox_last_id(&self) -> Result<f64, JsValue> {
-        Ok(self.outbox_bound("max")?)
+        Ok(self.outbox_id_range()?.1 as f64)
     }
 
     /// Lowest outbox id waiting for an ack (0 when the outbox is empty).
     #[wasm_bindgen(js_name = outboxFirstId)]
     pub fn outbox_first_id(&self) -> Result<f64, JsValue> {
-        Ok(self.outbox_bound("min")?)
+        Ok(self.outbox_id_range()?.0 as f64)
     }
 
     /// Rows changed through this connection since it opened, triggers included (a host
@@ -690,7 +847,7 @@ impl Replica {
     /// may hold several. Returns `{changes, lastInsertRowid}`.
     ///
     /// When a statement changes the schema outside a transaction (or a transaction that
-    /// did commits), the engine is fed a local write before the next statement runs, so new
+    /// did commits), the session is fed a local write before the next statement runs, so new
     /// tables get their capture triggers before they are written to: call `pollOutputs`
     /// afterwards. Rows written in the same transaction that creates their table are not
     /// captured.
@@ -701,7 +858,7 @@ impl Replica {
         monotonic_ms: f64,
         wall_ms: f64,
     ) -> Result<JsValue, JsValue> {
-        self.engine()?;
+        self.session()?;
         let mut changes = 0u64;
         if params.is_undefined() || params.is_null() {
             for statement in split_statements(sql) {
@@ -750,17 +907,16 @@ impl Replica {
     /// replicated table (tables without rows may exist).
     #[wasm_bindgen(js_name = isEmpty)]
     pub fn is_empty(&self) -> Result<bool, JsValue> {
-        let engine = self.engine()?;
-        let store = engine.db();
-        if engine.cursor() != StreamSeq::ZERO {
+        let session = self.session()?;
+        if session.cursor() != StreamSeq::ZERO {
             return Ok(false);
         }
-        let (frames, _) = store.outbox_depth().map_err(ReplicaError::from)?;
-        if frames > 0 || store.log_depth().map_err(ReplicaError::from)? > 0 {
+        let (frames, _) = session.outbox_depth().map_err(ReplicaError::from)?;
+        if frames > 0 || self.store()?.log_depth().map_err(ReplicaError::from)? > 0 {
             return Ok(false);
         }
-        let conn = store.connection();
-        for table in store.replicated_tables() {
+        let conn = self.conn()?;
+        for table in session.replicated_tables() {
             let any: bool = conn
                 .query_row(
                     &format!("SELECT EXISTS (SELECT 1 FROM {})", quote(&table)),
@@ -776,16 +932,20 @@ impl Replica {
     }
 
     /// Replaces the database with a snapshot (`framed`: the bytes of a `.hlsnap` object, as
-    /// the sidecar uploads them) and returns the stream sequence it covers: consume from the
-    /// one after it. The node id stays; the incarnation is new (`random`: 8 random bytes);
-    /// this node's own messages up to `replayOwnUntil` are applied, not skipped. Only for an
-    /// empty database ([`Replica::is_empty`]); on failure the database is unchanged.
+    /// the sidecar uploads them) and returns the stream sequence it covers. The node id
+    /// stays; the incarnation is new (`random`: 8 random bytes); this node's own messages up
+    /// to `replayOwnUntil` are applied, not skipped. Only for an empty database
+    /// ([`Replica::is_empty`]); when the snapshot is unusable the database is unchanged. The
+    /// session is rebuilt over the restored database: feed `Reopened` next, and it consumes
+    /// from the sequence after the covered one.
     #[wasm_bindgen(js_name = restoreSnapshot)]
     pub fn restore_snapshot(
         &mut self,
         framed: &[u8],
         replay_own_until: f64,
         random: &[u8],
+        monotonic_ms: f64,
+        wall_ms: f64,
     ) -> Result<f64, JsValue> {
         if !self.is_empty()? {
             return Err(
@@ -799,8 +959,7 @@ impl Replica {
         let replay_own_until = StreamSeq::new(seq_arg(replay_own_until, "replayOwnUntil")?);
         let (header, bytes) = harmonylite_core::snapshot::unframe_bytes(framed)
             .map_err(|e| ReplicaError::Storage(format!("the snapshot is damaged: {e}")))?;
-        let engine = self.engine()?;
-        let store = engine.db();
+        let store = self.store()?;
         let local = NodeLocal {
             node_id: store.node_id(),
             incarnation: u64::from_le_bytes(random),
@@ -808,8 +967,6 @@ impl Replica {
             next_outbox_id: None,
             clock: Some(store.clock().last().as_u64()),
         };
-        let mut options = store.options().clone();
-        options.incarnation = local.incarnation;
         // Prepare the copy in memory, then copy it page by page into the replica's own file
         // (any VFS): the database is only touched once the copy is known to be good.
         let mut copy = Connection::open_in_memory()
@@ -819,43 +976,36 @@ impl Replica {
             .map_err(|e| ReplicaError::Storage(format!("loading the snapshot: {e}")))?;
         install_node_local(&mut copy, &local, header.covered_seq, replay_own_until)
             .map_err(ReplicaError::from)?;
-        let engine = self.engine.take().ok_or(ReplicaError::Closed)?;
-        let mut conn = engine.into_db().into_connection();
-        let copied = rusqlite::backup::Backup::new(&copy, &mut conn).and_then(|b| {
+        self.reopen_store(monotonic_ms, wall_ms, |mut conn, options| {
+            options.incarnation = local.incarnation;
             // One step copies every page; no pauses (a pause would sleep, which wasm cannot).
-            b.step(-1).map(|_| ())
-        });
-        let reopened = Store::open(conn, options.clone());
-        let store = match (copied, reopened) {
-            (Ok(()), Ok(store)) => store,
-            (Err(e), _) => {
-                return Err(ReplicaError::Storage(format!(
-                    "copying the snapshot into the database: {e} (reopen the replica)"
-                ))
-                .into())
-            }
-            (Ok(()), Err(e)) => return Err(ReplicaError::from(e).into()),
-        };
-        self.schema_seen = Self::schema_version(store.connection())?;
-        self.engine = Some(Engine::new(store, self.engine_config.clone()));
+            rusqlite::backup::Backup::new(&copy, &mut conn)
+                .and_then(|b| b.step(-1).map(|_| ()))
+                .map_err(|e| {
+                    ReplicaError::Storage(format!(
+                        "copying the snapshot into the database: {e} (reopen the replica)"
+                    ))
+                })?;
+            Ok(conn)
+        })?;
         Ok(header.covered_seq.get() as f64)
     }
 
     /// Closes the database (a memory database is gone afterwards). Every later call fails
     /// with `ReplicaClosedError`.
     pub fn close(&mut self) {
-        if let Some(engine) = self.engine.take() {
-            let _ = engine.into_db().into_connection().close();
-            if let Some(name) = self.memory_name.take() {
-                remove_memory_database(&name);
-            }
+        if let Some(session) = self.session.take() {
+            let _ = session.into_db().into_connection().close();
+        }
+        if let Some(name) = self.memory_name.take() {
+            remove_memory_database(&name);
         }
     }
 
     /// Whether [`Replica::close`] was called.
     #[wasm_bindgen(js_name = isClosed)]
     pub fn is_closed(&self) -> bool {
-        self.engine.is_none()
+        self.session.is_none()
     }
 }
 

@@ -72,19 +72,21 @@ async function applyRate() {
   wasm.initSync({ module: readFileSync(join(npmDir, "dist", "wasm", "harmonylite_wasm_bg.wasm")) });
   const random = () => globalThis.crypto.getRandomValues(new Uint8Array(24));
   const now = () => [performance.now(), Date.now()];
-  const writer = await wasm.openReplica({ name: `bench-writer-${run}.db`, random: random() });
+  const writer = await wasm.openReplica({ name: `bench-writer-${run}.db`, random: random(), replicate: false });
   const reader = await wasm.openReplica({ name: `bench-reader-${run}.db`, random: random() });
   for (const r of [writer, reader]) {
     r.exec(SCHEMA, undefined, ...now());
     r.pollOutputs();
   }
-  writer.handleInputs(...now(), Uint8Array.of(4), Float64Array.of(0), []);
+  // Inputs as host-wasm's handleInputs takes them: kinds, nums, pending counts, payloads.
+  const none = Float64Array.of(0);
+  writer.handleInputs(...now(), Uint8Array.of(4), Float64Array.of(1 << 20), none, []);
   const frames = [];
   const take = () => {
     for (const o of writer.pollOutputs()) {
       if (o.type === "publish") {
         frames.push(o.frame);
-        writer.handleInputs(...now(), Uint8Array.of(2), Float64Array.of(o.id), []);
+        writer.handleInputs(...now(), Uint8Array.of(2), Float64Array.of(o.id), none, []);
       }
     }
   };
@@ -95,19 +97,27 @@ async function applyRate() {
       writer.exec("INSERT INTO items(id, val, n) VALUES (?, ?, ?)", [j, `value-${j}`, j * 7], ...now());
     }
     writer.exec("COMMIT", undefined, ...now());
-    writer.handleInputs(...now(), Uint8Array.of(0), Float64Array.of(0), []);
+    writer.handleInputs(...now(), Uint8Array.of(0), none, none, []);
     take();
   }
   const captureMs = performance.now() - captureStart;
   line(`local writes + capture in wasm (${ROWS} rows, 1k/tx)`, `${Math.round(ROWS / (captureMs / 1000))} rows/s`);
   record(`wasm replica: local writes + capture + drain (${ROWS} rows, 1000-row tx)`, "rows/s", ROWS / (captureMs / 1000));
 
+  // The reader's session consumes once connected (it asks for the stream's state), told the
+  // stream's state (it asks for a consumer) and the consumer runs.
+  const stream = { firstSeq: 1, lastSeq: frames.length, createdNs: BigInt(Date.now()) * 1_000_000n };
+  reader.handleInputs(...now(), Uint8Array.of(4), Float64Array.of(1 << 20), none, []);
+  reader.handleInputs(...now(), Uint8Array.of(7, 9), new Float64Array(2), new Float64Array(2), [stream]);
+  if (!reader.wantsMessages()) throw new Error(`the reader does not consume: ${JSON.stringify(reader.status())}`);
+  reader.pollOutputs();
   const applyStart = performance.now();
   const kinds = new Uint8Array(frames.length).fill(1);
   const seqs = Float64Array.from(frames, (_, i) => i + 1);
+  const pending = Float64Array.from(frames, (_, i) => frames.length - i - 1);
   // Feed as the host does: up to 1,024 messages per call.
   for (let i = 0; i < frames.length; i += 1024) {
-    reader.handleInputs(...now(), kinds.subarray(i, i + 1024), seqs.subarray(i, i + 1024), frames.slice(i, i + 1024));
+    reader.handleInputs(...now(), kinds.subarray(i, i + 1024), seqs.subarray(i, i + 1024), pending.subarray(i, i + 1024), frames.slice(i, i + 1024));
     reader.pollOutputs();
   }
   const applyMs = performance.now() - applyStart;

@@ -1,11 +1,16 @@
 /**
- * NATS over WebSocket: the connection (kept forever, with exponential backoff), the
- * change-log stream, ordered consumption from the replica's cursor and publishing with
- * `Nats-Msg-Id`. Stream and subject names are the sidecar's: `${streamPrefix}-1` and
- * `${subjectPrefix}.1`.
+ * NATS over WebSocket, and nothing else: the connection (kept forever, with exponential
+ * backoff), making sure the change-log stream exists, reading the stream's state when
+ * asked, one ordered consumer from the sequence asked, publishing with `Nats-Msg-Id`, and
+ * downloading a snapshot from the object store. Stream and subject names are the sidecar's:
+ * `${streamPrefix}-1` and `${subjectPrefix}.1`.
  *
- * The transport decides nothing about replication; it reports to its {@link TransportHooks}
- * and the replica feeds those reports to the engine.
+ * The transport decides nothing about replication. Which stream may be consumed, from which
+ * sequence, whether a missing stream may be created, gaps, falling behind, when to look at
+ * the stream again and when to pause delivery are the replication session's (the wasm
+ * module, `core/src/session.rs`): the transport reports what happened to its
+ * {@link TransportHooks}, the replica feeds those reports to the session and calls the
+ * transport to carry out what the session asks.
  */
 
 import { wsconnect, nanos } from "@nats-io/nats-core";
@@ -35,7 +40,6 @@ export interface TransportOptions {
   name: string;
   stream: string;
   subject: string;
-  replicate: boolean;
   reconnectMinMs: number;
   reconnectMaxMs: number;
   publishTimeoutMs: number;
@@ -50,37 +54,47 @@ export interface TransportOptions {
 export interface TransportHooks {
   /** Connected with the stream ready; `maxPayload` is the server's payload limit. */
   connected(maxPayload: number): void;
-  /** The connection is gone (the transport keeps reconnecting). */
+  /** The connection is gone (the transport keeps reconnecting); any consumer is stopped. */
   disconnected(): void;
-  /** The next stream message; the returned promise (if any) pauses consumption. */
-  message(seq: number, frame: Uint8Array, streamLastSeq: number): void | Promise<void>;
+  /**
+   * The stream does not exist: why this replica must not create it, or null to create it
+   * (the session decides). While refused, the connection's set-up is retried with backoff
+   * and asks again; {@link Transport.retryNow} asks at once.
+   */
+  refuseToCreateStream(): string | null;
+  /** The consumer asked for by {@link Transport.startConsumer} runs. */
+  consumerStarted(): void;
+  /** Starting the consumer failed, or the running one failed. */
+  consumerFailed(error: unknown): void;
+  /** The running consumer ended without an error. */
+  consumerEnded(): void;
+  /**
+   * The running consumer's next message; `pending` is how many the stream holds after it.
+   * A returned promise pauses delivery until it settles.
+   */
+  message(seq: number, pending: number, frame: Uint8Array): void | Promise<void>;
   /** JetStream stored outbox frame `id`. */
   acked(id: number): void;
   /** Publishing outbox frame `id` failed. */
   publishFailed(id: number, error: unknown): void;
-  /** The last stream sequence learned from the server. */
-  streamLastSeq(seq: number): void;
-  /** The stream no longer holds messages after `cursor` that this replica has not applied. */
-  fellBehind(first: number, last: number): void;
-  /**
-   * Checks that the stream (created at `createdNs`, Unix nanoseconds) is the one the
-   * replica's cursor counts in; resolves with why not, or null. Nothing is consumed while
-   * it refuses; the check is repeated every 30 s and after {@link Transport.recheck}.
-   */
-  checkStream(createdNs: bigint, lastSeq: number): Promise<string | null>;
-  /**
-   * Why nothing is consumed (the stream is not the one the cursor counts in, or it is
-   * missing and this replica will not create it), or null once a consumer runs.
-   */
-  streamRefused(reason: string | null): void;
-  /** Where to consume from: the engine's cursor. */
-  cursor(): number;
-  /** Whether the database is empty, so it may start from a snapshot. */
-  wantsSnapshot(): boolean;
-  /** Adopts a snapshot (a `.hlsnap` object); `streamLastSeq` is the stream's last sequence. */
-  restore(snapshot: Uint8Array, name: string, streamLastSeq: number): Promise<void>;
   /** A background failure worth reporting. */
   error(e: Error): void;
+}
+
+/** The stream's bounds and identity, as read from the server. */
+export interface StreamState {
+  /** First sequence the stream still holds. */
+  firstSeq: number;
+  /** Last sequence stored. */
+  lastSeq: number;
+  /** Creation time, Unix nanoseconds (beyond 2^53: a bigint). */
+  createdNs: bigint;
+}
+
+/** A snapshot object from the snapshot bucket. */
+export interface SnapshotObject {
+  name: string;
+  bytes: Uint8Array;
 }
 
 /** An RFC 3339 time as JetStream reports it (`2026-11-26T19:14:10.123456789Z`) in Unix nanoseconds. */
@@ -127,6 +141,9 @@ export class Transport {
   #closing = false;
   #failures = 0;
   #generation = 0;
+  /** Id of the consumer whose reports count (0: none); a stopped one's are dropped. */
+  #consumer = 0;
+  #consumers = 0;
   #messages: ConsumerMessages | null = null;
   #onlineWaiters: Array<() => void> = [];
   #sleeper = new Sleeper();
@@ -215,7 +232,7 @@ export class Transport {
 
   #goOffline(): void {
     this.#generation += 1;
-    this.#stopConsumer();
+    this.stopConsumer();
     this.#js = null;
     this.#jsm = null;
     if (this.#online) {
@@ -224,7 +241,7 @@ export class Transport {
     }
   }
 
-  /** Makes the stream ready and starts consuming; retried while the connection is up. */
+  /** Makes the stream ready; retried while the connection is up. */
   #setUp(nc: NatsConnection): void {
     const generation = ++this.#generation;
     void (async () => {
@@ -243,12 +260,9 @@ export class Transport {
           for (const wake of this.#onlineWaiters.splice(0)) {
             wake();
           }
-          if (this.#options.replicate) {
-            void this.#consumeLoop(generation);
-          }
           return;
         } catch (e) {
-          // A refusal (ReplicationError) was reported through streamRefused already.
+          // A refusal to create the stream (ReplicationError) is the session's to report.
           if (attempt === 0 && !(e instanceof ReplicationError)) {
             this.#hooks.error(new ConnectionError(`stream ${this.#options.stream} not ready: ${String(e)}; retrying`, { cause: e }));
           }
@@ -269,16 +283,9 @@ export class Transport {
         throw e;
       }
     }
-    const cursor = this.#hooks.cursor();
-    if (cursor > 0) {
-      // A new, empty stream starts at sequence 1: every replica would skip its first
-      // `cursor` messages.
-      const reason =
-        `the change stream ${stream} does not exist, but this replica has applied its messages up to ${cursor}: ` +
-        "JetStream lost it or it was deleted. Not creating a new, empty one, whose first messages every replica " +
-        "would skip. If a new stream is intended, call adoptStream() (docs/js-api.md)";
-      this.#hooks.streamRefused(reason);
-      throw new ReplicationError(reason);
+    const refused = this.#hooks.refuseToCreateStream();
+    if (refused !== null) {
+      throw new ReplicationError(refused);
     }
     try {
       await jsm.streams.add({
@@ -298,7 +305,71 @@ export class Transport {
     }
   }
 
-  #stopConsumer(): void {
+  /** Reads the stream's bounds and creation time (rejects while offline). */
+  async readStreamInfo(): Promise<StreamState> {
+    const jsm = this.#jsm;
+    if (!jsm || !this.#online) {
+      throw new ConnectionError("offline");
+    }
+    const info = await jsm.streams.info(this.#options.stream);
+    return { firstSeq: info.state.first_seq, lastSeq: info.state.last_seq, createdNs: unixNanos(info.created) };
+  }
+
+  /**
+   * Starts an ordered consumer delivering from stream sequence `from` (stopping any other);
+   * reports `consumerStarted`, then each message, then `consumerEnded` or `consumerFailed`.
+   */
+  startConsumer(from: number): void {
+    this.stopConsumer();
+    const id = ++this.#consumers;
+    this.#consumer = id;
+    void this.#consume(id, from);
+  }
+
+  async #consume(id: number, from: number): Promise<void> {
+    try {
+      const js = this.#js;
+      if (!js || !this.#online) {
+        throw new ConnectionError("offline");
+      }
+      const consumer = await js.consumers.get(this.#options.stream, {
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: from,
+      });
+      if (id !== this.#consumer) {
+        return;
+      }
+      const messages = await consumer.consume({ max_messages: 1024 });
+      if (id !== this.#consumer) {
+        void Promise.resolve(messages.close()).catch(() => {});
+        return;
+      }
+      this.#messages = messages;
+      this.#hooks.consumerStarted();
+      for await (const m of messages) {
+        if (id !== this.#consumer || this.#closing) {
+          break;
+        }
+        const wait = this.#hooks.message(m.seq, m.info.pending, m.data);
+        if (wait) {
+          await wait;
+        }
+      }
+      if (id === this.#consumer && !this.#closing) {
+        this.stopConsumer();
+        this.#hooks.consumerEnded();
+      }
+    } catch (e) {
+      if (id === this.#consumer && !this.#closing) {
+        this.stopConsumer();
+        this.#hooks.consumerFailed(e);
+      }
+    }
+  }
+
+  /** Stops the running consumer; what it still delivers is dropped. */
+  stopConsumer(): void {
+    this.#consumer = 0;
     const messages = this.#messages;
     this.#messages = null;
     if (messages) {
@@ -306,95 +377,19 @@ export class Transport {
     }
   }
 
-  /** Consumes from the cursor; recreated after gaps, failures and reconnects. */
-  async #consumeLoop(generation: number): Promise<void> {
-    while (generation === this.#generation && !this.#closing) {
-      const js = this.#js;
-      const jsm = this.#jsm;
-      if (!js || !jsm) {
-        return;
-      }
-      let retryIn = 0;
-      try {
-        const info = await jsm.streams.info(this.#options.stream);
-        const { first_seq: first, last_seq: last } = info.state;
-        if (last > 0 && this.#options.snapshotBucket !== null && this.#hooks.wantsSnapshot()) {
-          const snapshot = await this.#newestSnapshot(jsm);
-          if (snapshot && generation === this.#generation) {
-            await this.#hooks.restore(snapshot.bytes, snapshot.name, last);
-          }
-        }
-        const refused = await this.#hooks.checkStream(unixNanos(info.created), last);
-        if (generation !== this.#generation) {
-          return;
-        }
-        if (refused === null) {
-          // Another stream's sequence numbers mean nothing to this replica's status.
-          this.#hooks.streamLastSeq(last);
-        }
-        const start = this.#hooks.cursor() + 1;
-        if (refused !== null) {
-          this.#hooks.streamRefused(refused);
-          retryIn = 30_000;
-        } else if (last >= first && first > start) {
-          this.#hooks.fellBehind(first, last);
-          retryIn = 30_000;
-        } else {
-          const consumer = await js.consumers.get(this.#options.stream, {
-            deliver_policy: DeliverPolicy.StartSequence,
-            opt_start_seq: start,
-          });
-          if (generation !== this.#generation) {
-            return;
-          }
-          const messages = await consumer.consume({ max_messages: 1024 });
-          this.#messages = messages;
-          this.#hooks.streamRefused(null);
-          let expected = start;
-          let gap = false;
-          for await (const m of messages) {
-            if (generation !== this.#generation || this.#closing) {
-              break;
-            }
-            const seq = m.seq;
-            if (seq < expected) {
-              continue;
-            }
-            if (seq > expected) {
-              gap = true;
-              break;
-            }
-            expected = seq + 1;
-            const pending = m.info.pending;
-            const wait = this.#hooks.message(seq, m.data, seq + pending);
-            if (wait) {
-              await wait;
-            }
-          }
-          if (this.#messages === messages) {
-            this.#stopConsumer();
-          }
-          retryIn = gap ? 0 : 1000;
-        }
-      } catch (e) {
-        if (generation !== this.#generation || this.#closing) {
-          return;
-        }
-        this.#hooks.error(new ConnectionError(`stream consumer failed: ${String(e)}; recreating it`, { cause: e }));
-        retryIn = 1000;
-      }
-      if (retryIn > 0) {
-        await this.#sleeper.sleep(retryIn);
-      }
-    }
-  }
-
-  /** The newest complete snapshot of this stream in the snapshot bucket, if any. */
-  async #newestSnapshot(jsm: JetStreamManager): Promise<{ name: string; bytes: Uint8Array } | null> {
-    const bucket = this.#options.snapshotBucket!;
-    const nc = this.#nc;
-    if (!nc) {
+  /**
+   * The newest complete snapshot of this stream in the snapshot bucket, if any (null also
+   * without a bucket); rejects while offline.
+   */
+  async newestSnapshot(): Promise<SnapshotObject | null> {
+    const bucket = this.#options.snapshotBucket;
+    if (bucket === null) {
       return null;
+    }
+    const nc = this.#nc;
+    const jsm = this.#jsm;
+    if (!nc || !jsm || !this.#online) {
+      throw new ConnectionError("offline");
     }
     try {
       await jsm.streams.info(`OBJ_${bucket}`);
@@ -474,7 +469,6 @@ export class Transport {
       }
       try {
         const info = await jsm.streams.info(this.#options.stream);
-        this.#hooks.streamLastSeq(info.state.last_seq);
         return info.state.last_seq;
       } catch (e) {
         if (this.#closing) {
@@ -485,13 +479,8 @@ export class Transport {
     }
   }
 
-  /** Whether a stream consumer is running (messages may be on their way). */
-  get consuming(): boolean {
-    return this.#messages !== null;
-  }
-
-  /** Sets the stream up and checks it again now, not at the next retry. */
-  recheck(): void {
+  /** Retries a waiting connection set-up (a stream it was refused to create) now. */
+  retryNow(): void {
     this.#sleeper.wakeAll();
   }
 
