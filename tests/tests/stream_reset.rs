@@ -54,7 +54,7 @@ fn a_re_created_stream_is_refused_until_adopted() {
     b.stop();
     let before_restart = b.log().len();
     b.start();
-    b.wait_for_log("does not exist, but this node has applied", CONVERGE);
+    b.wait_for_log("does not exist, but this replica has applied", CONVERGE);
     assert!(!b.log()[before_restart..].contains("consuming the change stream"));
 
     // A node with a new database (cursor 0) may create the stream, and writes to it.

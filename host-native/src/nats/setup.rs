@@ -9,7 +9,7 @@ use harmonylite_core::hlc::NodeId;
 
 use crate::config::Config;
 use crate::nats::server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
-use crate::nats::transport::{self, Auth, TransportConfig};
+use crate::nats::transport::{self, Auth, StreamError, TransportConfig};
 
 /// Starts the embedded nats-server `config` describes (store under the data directory,
 /// cluster routes, leaf remotes, WebSocket) and waits until it is ready.
@@ -94,16 +94,11 @@ pub async fn ensure_stream_until_ready(
             transport::ensure_stream(js, config, applied_cursor),
         )
         .await
-        .unwrap_or_else(|_| {
-            Err(anyhow::anyhow!(
-                "no answer from JetStream within {} s (it may still be electing a leader)",
-                deadline.as_secs()
-            ))
-        });
+        .unwrap_or_else(|_| Err(StreamError::NoAnswer(deadline.as_secs())));
         deadline = (deadline * 2).min(Duration::from_secs(10));
         match attempt {
             Ok(stream) => return stream,
-            Err(e) if e.is::<transport::StreamMissing>() => {
+            Err(e @ StreamError::Missing(_)) => {
                 tracing::error!(stream = %config.stream_name, retry_in_ms = delay.as_millis() as u64, "{e}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));

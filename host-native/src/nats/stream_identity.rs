@@ -6,6 +6,10 @@ use harmonylite_core::sqlite::stream_identity;
 pub use harmonylite_core::sqlite::stream_identity::StreamFacts;
 use rusqlite::Connection;
 
+/// What an operator does to adopt a re-created stream (ends the session's refusals).
+pub const HOW_TO_ADOPT: &str = "stop the application and this node and run `harmonylite --config <file> \
+                                --adopt-stream` (docs/operations.md, \"The change stream was re-created\")";
+
 /// Why this node must not consume the stream from `cursor`, with what to do; `None` when it
 /// is the stream the cursor counts in (the first stream seen is recorded).
 pub fn refusal(
@@ -14,14 +18,12 @@ pub fn refusal(
     cursor: u64,
     facts: StreamFacts,
 ) -> anyhow::Result<Option<String>> {
-    let how_to_adopt = "stop the application and this node and run `harmonylite --config <file> \
-                        --adopt-stream` (docs/operations.md, \"The change stream was re-created\")";
     Ok(stream_identity::refusal(
         conn,
         stream_name,
         cursor,
         facts,
-        how_to_adopt,
+        HOW_TO_ADOPT,
     )?)
 }
 

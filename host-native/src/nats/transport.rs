@@ -14,6 +14,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::engine::Publish;
+use harmonylite_core::session::{missing_stream_refusal, StreamInfo};
 use tokio::sync::mpsc;
 
 /// How a client authenticates to NATS.
@@ -170,10 +171,37 @@ fn log_client_event(event: &Event) {
     }
 }
 
-/// The change stream does not exist although this node has applied messages from it.
+/// Why the change stream is not ready.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StreamMissing(String);
+pub enum StreamError {
+    /// The stream does not exist although this node has applied messages from it; the
+    /// text says what to do ([`harmonylite_core::session::missing_stream_refusal`]).
+    #[error("{0}")]
+    Missing(String),
+    /// JetStream did not answer within the attempt's deadline.
+    #[error("no answer from JetStream within {0} s (it may still be electing a leader)")]
+    NoAnswer(u64),
+    /// A JetStream request about the stream failed.
+    #[error("{doing} stream {stream}: {error}")]
+    Request {
+        /// What was asked ("reading", "creating", "updating").
+        doing: &'static str,
+        /// The stream's name.
+        stream: String,
+        /// The client's error, rendered.
+        error: String,
+    },
+}
+
+impl StreamError {
+    fn request(doing: &'static str, stream: &str, error: impl std::fmt::Display) -> Self {
+        StreamError::Request {
+            doing,
+            stream: stream.to_owned(),
+            error: error.to_string(),
+        }
+    }
+}
 
 /// Creates the change-log stream, or updates its retention and replicas if they differ.
 ///
@@ -185,7 +213,7 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     config: &TransportConfig,
     applied_cursor: u64,
-) -> anyhow::Result<stream::Stream> {
+) -> Result<stream::Stream, StreamError> {
     let wanted = stream::Config {
         name: config.stream_name.clone(),
         subjects: vec![config.subject.clone()],
@@ -205,28 +233,29 @@ pub async fn ensure_stream(
                 jetstream::context::GetStreamErrorKind::JetStream(ref j)
                     if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
             );
-            if missing {
-                anyhow::Error::new(StreamMissing(format!(
-                    "the change stream {} does not exist, but this node has applied its messages up to \
-                     {applied_cursor}: JetStream lost it or it was deleted. Not creating a new, empty one, \
-                     whose first {applied_cursor} messages every node would skip. If starting a new stream is \
-                     intended, stop the application and this node and run `harmonylite --config <file> \
-                     --adopt-stream` (docs/operations.md, \"The change stream was re-created\")",
-                    config.stream_name
-                )))
-            } else {
-                anyhow::anyhow!("reading stream {}: {e}", config.stream_name)
+            match missing
+                .then(|| {
+                    missing_stream_refusal(
+                        &config.stream_name,
+                        applied_cursor,
+                        crate::nats::stream_identity::HOW_TO_ADOPT,
+                    )
+                })
+                .flatten()
+            {
+                Some(why) => StreamError::Missing(why),
+                None => StreamError::request("reading", &config.stream_name, e),
             }
         })?
     } else {
         js.get_or_create_stream(wanted.clone())
             .await
-            .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", config.stream_name))?
+            .map_err(|e| StreamError::request("creating", &config.stream_name, e))?
     };
     let current = stream
         .info()
         .await
-        .map_err(|e| anyhow::anyhow!("reading stream {}: {e}", config.stream_name))?
+        .map_err(|e| StreamError::request("reading", &config.stream_name, e))?
         .config
         .clone();
     if current.max_messages != wanted.max_messages
@@ -241,27 +270,25 @@ pub async fn ensure_stream(
         };
         js.update_stream(updated)
             .await
-            .map_err(|e| anyhow::anyhow!("updating stream {}: {e}", config.stream_name))?;
+            .map_err(|e| StreamError::request("updating", &config.stream_name, e))?;
         tracing::info!(stream = %config.stream_name, max_entries = config.max_entries, replicas = config.replicas, "updated stream settings");
-        stream = js.get_stream(&config.stream_name).await?;
+        stream = js
+            .get_stream(&config.stream_name)
+            .await
+            .map_err(|e| StreamError::request("reading", &config.stream_name, e))?;
     }
     Ok(stream)
 }
 
-/// First sequence currently in the stream, and what identifies it.
-pub async fn stream_facts(
-    stream: &mut stream::Stream,
-) -> anyhow::Result<(u64, crate::nats::stream_identity::StreamFacts)> {
+/// The stream's bounds and creation time, for the session's consumer rules.
+pub async fn stream_info(stream: &mut stream::Stream) -> anyhow::Result<StreamInfo> {
     crate::util::failpoint::inject("stream-info")?;
     let info = stream.info().await?;
-    let created_ns = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
-    Ok((
-        info.state.first_sequence,
-        crate::nats::stream_identity::StreamFacts {
-            created_ns,
-            last_seq: info.state.last_sequence,
-        },
-    ))
+    Ok(StreamInfo {
+        first_seq: info.state.first_sequence,
+        last_seq: info.state.last_sequence,
+        created_ns: i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+    })
 }
 
 /// First and last sequence currently in the stream.
@@ -271,25 +298,20 @@ pub async fn stream_bounds(stream: &mut stream::Stream) -> anyhow::Result<(u64, 
     Ok((info.state.first_sequence, info.state.last_sequence))
 }
 
-/// An ordered, ephemeral consumer delivering every message after `cursor`.
-pub async fn consume_after(
+/// An ordered, ephemeral consumer delivering every message from sequence `from` on.
+pub async fn consume_from(
     stream: &stream::Stream,
-    cursor: StreamSeq,
+    from: StreamSeq,
 ) -> anyhow::Result<consumer::pull::Ordered> {
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: cursor.get() + 1,
+                start_sequence: from.get(),
             },
             ..Default::default()
         })
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "creating a consumer from sequence {}: {e}",
-                cursor.get() + 1
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("creating a consumer from sequence {from}: {e}"))?;
     Ok(consumer.messages().await?)
 }
 

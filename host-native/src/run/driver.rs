@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream;
 use futures::{FutureExt, StreamExt};
 use harmonylite_core::change::StreamSeq;
-use harmonylite_core::engine::{Engine, Event, Input, Now, Output};
+use harmonylite_core::engine::{Event, Now};
 use harmonylite_core::hlc::{ntp64_from_unix, NodeId};
-use harmonylite_core::report::Inbound;
+use harmonylite_core::session::{Session, SessionConfig, SessionInput, SessionOutput};
 use harmonylite_core::sqlite::{CatchUpReport, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -38,8 +38,6 @@ use crate::startup::prepare::{
     inspect_database, prepare_database, restorable, LocalStart, Startup,
 };
 
-/// Stop pulling from the stream while this many messages wait to be applied.
-const MAX_INBOX: usize = 4096;
 /// How long shutdown waits for the outbox to be acknowledged.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 /// Delays of the follow-up looks for a commit after a file notification (see
@@ -52,8 +50,6 @@ const RECHECKS_AFTER_CHANGE: [Duration; 6] = [
     Duration::from_millis(16),
     Duration::from_millis(32),
 ];
-/// Room left in each frame for NATS headers (`Nats-Msg-Id`).
-const HEADER_ROOM: usize = 4096;
 /// How often the driver looks whether a periodic snapshot is due (a local check; the store
 /// is only asked when one may be).
 const SNAPSHOT_CHECK: Duration = Duration::from_secs(5);
@@ -203,26 +199,20 @@ impl Clock {
     }
 }
 
-/// Why the stream consumer was not started.
-enum ConsumerRefused {
-    /// The stream is not the one this node's cursor counts in.
-    OtherStream(String),
-    /// The stream no longer holds messages this node has not applied.
-    FellBehind { first: u64, last: u64 },
-}
-
 struct Driver {
-    engine: Engine<Store>,
+    /// The replication session (core): every replication decision is its.
+    session: Session<Store>,
+    /// Stream reads and consumer starts the session asked for, carried out at the top of
+    /// the next turn (they await the server).
+    stream_requests: Vec<SessionOutput>,
+    /// For the server's payload limit at every (re)connect.
+    client: async_nats::Client,
     clock: Clock,
     publisher: mpsc::UnboundedSender<harmonylite_core::engine::Publish>,
     metrics: Metrics,
     status: SharedStatus,
     stream: jetstream::stream::Stream,
     messages: Option<jetstream::consumer::pull::Ordered>,
-    consumer_retry_at: Option<Instant>,
-    /// Why the last attempt to start the stream consumer failed, until one succeeds.
-    consumer_error: Option<String>,
-    replicate: bool,
     batch_limit: usize,
     /// How to fetch a snapshot to catch up from (None: `[snapshot] enable` is off, so a node
     /// that fell behind waits for an operator).
@@ -231,8 +221,6 @@ struct Driver {
     catch_up: Option<CatchUpJob>,
     /// Answers other nodes' snapshot requests (None: this node takes no snapshots).
     responder: Option<Responder>,
-    connected: bool,
-    fell_behind: bool,
     /// Whether the last `feed` captured local writes.
     captured: bool,
     /// When a write of the application's was last captured.
@@ -267,17 +255,13 @@ impl Driver {
     async fn start(
         config: &Config,
         node_id: NodeId,
-        mut store: Store,
+        store: Store,
         stream: jetstream::stream::Stream,
         net: &Net,
         metrics: Metrics,
         status: SharedStatus,
     ) -> anyhow::Result<(Driver, Option<DbWatcher>)> {
         report_install(&store);
-        let max_payload = net.client.server_info().max_payload;
-        if max_payload > HEADER_ROOM * 2 {
-            store.set_max_frame(max_payload - HEADER_ROOM);
-        }
         let publisher = transport::spawn_publisher(
             net.js.clone(),
             net.transport.subject.clone(),
@@ -326,30 +310,35 @@ impl Driver {
                 timer,
                 snapshot: full_replica.then(|| job_context(crate::run::serverless::schedule())),
             });
+        let session_config = SessionConfig {
+            replicate: config.replicate,
+            ..SessionConfig::new(
+                config.engine_config(),
+                &net.transport.stream_name,
+                crate::nats::stream_identity::HOW_TO_ADOPT,
+            )
+        };
         let mut driver = Driver {
-            engine: Engine::new(store, config.engine_config()),
+            session: Session::new(store, session_config),
+            stream_requests: Vec::new(),
+            client: net.client.clone(),
             clock: Clock::new(),
             publisher,
             metrics,
             status,
             stream,
             messages: None,
-            consumer_retry_at: Some(Instant::now()),
-            consumer_error: None,
-            replicate: config.replicate,
             batch_limit: config.scan_max_changes.max(1),
             fetch,
             catch_up: None,
             responder,
-            connected: false,
-            fell_behind: false,
             captured: false,
             app_wrote_at: None,
             snapshots,
             sleep,
         };
-        driver.feed(vec![Input::Connected]);
-        driver.connected = true;
+        let connected = driver.connected_input();
+        driver.feed(vec![connected]);
         Ok((driver, watcher))
     }
 
@@ -364,10 +353,10 @@ impl Driver {
         // notification the log is looked at again on a short ladder of delays.
         let mut recheck: Option<(tokio::time::Instant, usize)> = None;
         loop {
-            self.start_consumer_if_due().await;
+            self.carry_out_stream_requests().await;
             let deadline = self.deadline();
             let catch_up_at = self.catch_up_at();
-            let pulling = self.messages.is_some() && self.engine.inbox_len() < MAX_INBOX;
+            let pulling = self.messages.is_some() && self.session.wants_messages();
             let inputs = tokio::select! {
                 biased;
                 _ = shutdown.as_mut() => {
@@ -378,14 +367,14 @@ impl Driver {
                 next = next_message(&mut self.messages), if pulling => self.message_inputs(next),
                 _ = changed(&watcher) => {
                     recheck = Some((tokio::time::Instant::now() + RECHECKS_AFTER_CHANGE[0], 0));
-                    vec![Input::LocalWrite]
+                    vec![SessionInput::LocalWrite]
                 }
                 _ = sleep_until_opt(recheck.map(|(at, _)| at)), if recheck.is_some() => {
                     let step = recheck.map(|(_, step)| step + 1).unwrap_or(0);
                     recheck = RECHECKS_AFTER_CHANGE
                         .get(step)
                         .map(|delay| (tokio::time::Instant::now() + *delay, step));
-                    vec![Input::LocalWrite]
+                    vec![SessionInput::LocalWrite]
                 }
                 outcome = snapshot_job(&mut self.snapshots) => {
                     self.snapshot_finished(outcome);
@@ -409,7 +398,7 @@ impl Driver {
                     }
                     Vec::new()
                 }
-                _ = tokio::time::sleep_until(deadline) => vec![Input::Timeout],
+                _ = tokio::time::sleep_until(deadline) => vec![SessionInput::Timeout],
             };
             self.captured = false;
             self.feed(inputs);
@@ -433,7 +422,7 @@ impl Driver {
     /// has caught up, and (as far as it knows) the newest stored snapshot is old enough.
     /// Local writes are drained right before, so the copy holds them with their versions.
     fn start_snapshot_if_due(&mut self) {
-        let cursor = self.engine.applied_cursor();
+        let cursor = self.session.applied_cursor();
         let caught_up = self.is_caught_up();
         let Some(s) = self.snapshots.as_mut() else {
             return;
@@ -451,8 +440,8 @@ impl Driver {
             }
         }
         let ctx = s.ctx.clone();
-        self.feed(vec![Input::LocalWrite]);
-        let cursor = self.engine.applied_cursor();
+        self.feed(vec![SessionInput::LocalWrite]);
+        let cursor = self.session.applied_cursor();
         if let Some(s) = self.snapshots.as_mut() {
             s.job = Some(tokio::spawn(crate::snapshot::run_job(ctx, cursor)));
         }
@@ -462,7 +451,7 @@ impl Driver {
     /// the node is still idle, every frame is acknowledged and no periodic snapshot is being
     /// taken, takes the snapshot before sleeping and returns true (the caller stops).
     async fn ready_to_sleep(&mut self) -> bool {
-        self.feed(vec![Input::LocalWrite]);
+        self.feed(vec![SessionInput::LocalWrite]);
         let Some(sleep) = self.sleep.as_mut() else {
             return false;
         };
@@ -470,7 +459,7 @@ impl Driver {
         if !sleep.timer.expired(now) {
             return false;
         }
-        let (frames, _) = self.engine.db().outbox_depth().unwrap_or((0, 0));
+        let (frames, _) = self.session.outbox_depth().unwrap_or((0, 0));
         let snapshotting = self.snapshots.as_ref().is_some_and(|s| s.job.is_some());
         if frames > 0 || snapshotting || self.catch_up.is_some() {
             sleep.timer.postpone(now + crate::run::serverless::RECHECK);
@@ -483,7 +472,7 @@ impl Driver {
             "idle for sleep_timeout: sleeping (serverless mode)"
         );
         if let Some(ctx) = snapshot {
-            let cursor = self.engine.applied_cursor();
+            let cursor = self.session.applied_cursor();
             if let Some(taken) = crate::run::serverless::snapshot_before_sleep(ctx, cursor).await {
                 let info = &taken.info;
                 self.metrics
@@ -549,23 +538,92 @@ impl Driver {
         }
     }
 
-    /// Feeds inputs to the engine and carries out everything it asks for.
-    fn feed(&mut self, inputs: Vec<Input>) {
+    /// Feeds inputs to the session and carries out everything it asks for (stream reads and
+    /// consumer starts wait for the top of the next turn: they await the server).
+    fn feed(&mut self, inputs: Vec<SessionInput>) {
         let now = self.clock.now();
         let started = Instant::now();
-        self.engine.handle_inputs(now, inputs);
+        self.session.handle_inputs(now, inputs);
         let took = started.elapsed();
-        while let Some(output) = self.engine.poll_output() {
+        while let Some(output) = self.session.poll_output() {
             match output {
-                Output::Publish(p) => {
+                SessionOutput::Publish(p) => {
                     if self.publisher.send(p).is_err() {
                         tracing::error!("publisher stopped");
                     }
                 }
-                Output::Event(event) => self.record(event, took),
+                SessionOutput::Event(event) => self.record(event, took),
+                request @ (SessionOutput::ReadStreamInfo | SessionOutput::StartConsumer { .. }) => {
+                    self.stream_requests.push(request)
+                }
+                SessionOutput::StopConsumer => self.messages = None,
+                SessionOutput::Gap { expected, got } => tracing::warn!(
+                    expected = expected.get(),
+                    got = got.get(),
+                    "gap in the stream; consuming again from the cursor"
+                ),
+                SessionOutput::Refused { why } => {
+                    tracing::error!(cursor = self.session.applied_cursor().get(), "{why}")
+                }
+                SessionOutput::FellBehind {
+                    cursor,
+                    first,
+                    last,
+                    first_time,
+                } => self.fell_behind(cursor, first, last, first_time),
+                SessionOutput::Consuming { from } => {
+                    tracing::info!(from = from.get(), "the change stream is consumed again")
+                }
             }
         }
         self.refresh_status();
+    }
+
+    /// The session's input for a (re)connect, with the server's payload limit.
+    fn connected_input(&self) -> SessionInput {
+        SessionInput::Connected {
+            max_payload: self.client.server_info().max_payload,
+        }
+    }
+
+    /// Reads the stream and starts consumers as the session asked, feeding back each outcome
+    /// (which may ask for the next: a read is followed by a start).
+    async fn carry_out_stream_requests(&mut self) {
+        while !self.stream_requests.is_empty() {
+            let requests = std::mem::take(&mut self.stream_requests);
+            for request in requests {
+                let outcome = match request {
+                    SessionOutput::ReadStreamInfo => {
+                        match crate::nats::transport::stream_info(&mut self.stream).await {
+                            Ok(info) => SessionInput::StreamInfo(info),
+                            Err(e) => {
+                                tracing::warn!("cannot read the change stream yet: {e:#}");
+                                SessionInput::StreamInfoFailed {
+                                    error: format!("{e:#}"),
+                                }
+                            }
+                        }
+                    }
+                    SessionOutput::StartConsumer { from } => {
+                        match crate::nats::transport::consume_from(&self.stream, from).await {
+                            Ok(messages) => {
+                                self.messages = Some(messages);
+                                tracing::info!(from = from.get(), "consuming the change stream");
+                                SessionInput::ConsumerStarted
+                            }
+                            Err(e) => {
+                                tracing::warn!("cannot start the stream consumer yet: {e:#}");
+                                SessionInput::ConsumerFailed {
+                                    error: format!("{e:#}"),
+                                }
+                            }
+                        }
+                    }
+                    _ => continue,
+                };
+                self.feed(vec![outcome]);
+            }
+        }
     }
 
     fn record(&mut self, event: Event, took: Duration) {
@@ -654,33 +712,25 @@ impl Driver {
         &mut self,
         first: TransportEvent,
         events: &mut mpsc::UnboundedReceiver<TransportEvent>,
-    ) -> Vec<Input> {
+    ) -> Vec<SessionInput> {
         let mut inputs = Vec::new();
         let mut next = Some(first);
         while let Some(event) = next {
             match event {
                 TransportEvent::Connected => {
-                    if !self.connected {
+                    if !self.session.status().connected {
                         tracing::info!("connected to NATS");
-                        // After an outage the old consumer may be gone with its server; its
-                        // heartbeat check would notice only after several seconds. Start a
-                        // new one from the cursor now (nothing applied is fetched again).
-                        if self.messages.take().is_some() {
-                            self.consumer_retry_at = Some(Instant::now());
-                        }
                     }
-                    self.connected = true;
-                    inputs.push(Input::Connected);
+                    inputs.push(self.connected_input());
                 }
                 TransportEvent::Disconnected => {
                     tracing::warn!("disconnected from NATS; reconnecting");
-                    self.connected = false;
-                    inputs.push(Input::Disconnected);
+                    inputs.push(SessionInput::Disconnected);
                 }
-                TransportEvent::Acked(id) => inputs.push(Input::Acked { id }),
+                TransportEvent::Acked(id) => inputs.push(SessionInput::Acked { id }),
                 TransportEvent::PublishFailed(id, error) => {
                     tracing::warn!(frame = id, "publish failed, will retry: {error}");
-                    inputs.push(Input::PublishFailed { id });
+                    inputs.push(SessionInput::PublishFailed { id });
                 }
             }
             next = events.try_recv().ok();
@@ -691,52 +741,41 @@ impl Driver {
         inputs
     }
 
-    fn message_inputs(&mut self, first: Option<Result<jetstream::Message, String>>) -> Vec<Input> {
+    /// The consumer's deliveries (up to one batch) as session inputs; a failed or ended
+    /// consumer is dropped and reported.
+    fn message_inputs(
+        &mut self,
+        first: Option<Result<jetstream::Message, String>>,
+    ) -> Vec<SessionInput> {
         let mut inputs = Vec::new();
         let mut next = Some(first);
-        let mut expected = self.engine.cursor().next();
         while let Some(item) = next {
             match item {
                 Some(Ok(message)) => {
-                    let info = match message.info() {
+                    let (seq, pending) = match message.info() {
                         Ok(info) => (info.stream_sequence, info.pending),
                         Err(e) => {
                             tracing::warn!("stream message without JetStream metadata: {e}");
                             break;
                         }
                     };
-                    let (seq, pending) = info;
-                    if seq > expected.get() {
-                        tracing::warn!(
-                            expected = expected.get(),
-                            got = seq,
-                            "gap in the stream; checking retention"
-                        );
-                        self.messages = None;
-                        self.consumer_retry_at = Some(Instant::now());
-                        break;
-                    }
                     tracing::trace!(seq, pending, "stream message received");
-                    expected = StreamSeq::new(seq).next();
-                    {
-                        let mut s = self.status.lock().expect("status lock");
-                        s.stream_last_seq = seq + pending;
-                    }
-                    inputs.push(Input::Message(Inbound {
+                    inputs.push(SessionInput::Message {
                         seq: StreamSeq::new(seq),
+                        pending,
                         frame: message.payload.to_vec(),
-                    }));
+                    });
                 }
                 Some(Err(e)) => {
                     tracing::warn!("stream consumer failed ({e}); recreating it");
                     self.messages = None;
-                    self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    inputs.push(SessionInput::ConsumerFailed { error: e });
                     break;
                 }
                 None => {
                     tracing::warn!("stream consumer ended; recreating it");
                     self.messages = None;
-                    self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    inputs.push(SessionInput::ConsumerEnded);
                     break;
                 }
             }
@@ -754,68 +793,11 @@ impl Driver {
         inputs
     }
 
-    /// (Re)creates the ordered consumer from the engine's cursor, unless this node fell
-    /// behind the stream's retention.
-    async fn start_consumer_if_due(&mut self) {
-        if !self.replicate || self.messages.is_some() {
-            return;
-        }
-        let Some(at) = self.consumer_retry_at else {
-            return;
-        };
-        if Instant::now() < at {
-            return;
-        }
-        let cursor = self.engine.cursor();
-        let stream_name = self.stream.cached_info().config.name.clone();
-        let result = async {
-            let (first, facts) = transport::stream_facts(&mut self.stream).await?;
-            if let Some(why) = crate::nats::stream_identity::refusal(
-                self.engine.db().connection(),
-                &stream_name,
-                cursor.get(),
-                facts,
-            )? {
-                return Ok(Err(ConsumerRefused::OtherStream(why)));
-            }
-            let last = facts.last_seq;
-            if last >= first && first > cursor.get() + 1 {
-                return Ok(Err(ConsumerRefused::FellBehind { first, last }));
-            }
-            transport::consume_after(&self.stream, cursor).await.map(Ok)
-        }
-        .await;
-        match result {
-            Ok(Ok(messages)) => {
-                self.messages = Some(messages);
-                self.consumer_retry_at = None;
-                self.consumer_error = None;
-                tracing::info!(from = cursor.get() + 1, "consuming the change stream");
-            }
-            Ok(Err(ConsumerRefused::OtherStream(why))) => {
-                if self.consumer_error.as_deref() != Some(why.as_str()) {
-                    tracing::error!(cursor = cursor.get(), "{why}");
-                }
-                self.consumer_error = Some(why);
-                self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(30));
-            }
-            Ok(Err(ConsumerRefused::FellBehind { first, last })) => {
-                self.fell_behind(cursor, first, last);
-            }
-            Err(e) => {
-                tracing::warn!("cannot start the stream consumer yet: {e:#}");
-                self.consumer_error = Some(format!("{e:#}"));
-                self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(2));
-            }
-        }
-        self.refresh_status();
-    }
-
-    /// The stream no longer holds messages this node has not applied: catch up in place from
-    /// a snapshot (when snapshots are on), else wait for an operator.
-    fn fell_behind(&mut self, cursor: StreamSeq, first: u64, last: u64) {
+    /// The session found the stream no longer holds messages this node has not applied:
+    /// catch up in place from a snapshot (when snapshots are on), else wait for an operator.
+    fn fell_behind(&mut self, cursor: StreamSeq, first: u64, last: u64, first_time: bool) {
         let Some(fetch) = self.fetch.clone() else {
-            if !self.fell_behind {
+            if first_time {
                 tracing::error!(
                     cursor = cursor.get(),
                     stream_first = first,
@@ -828,8 +810,6 @@ impl Driver {
                     first - 1
                 );
             }
-            self.fell_behind = true;
-            self.consumer_retry_at = Some(Instant::now() + Duration::from_secs(30));
             return;
         };
         if self.catch_up.is_none() {
@@ -844,8 +824,6 @@ impl Driver {
             );
             self.catch_up = Some(CatchUpJob::start(fetch, first));
         }
-        self.fell_behind = true;
-        self.consumer_retry_at = None;
     }
 
     /// A snapshot for the catch-up was downloaded (or could not be had).
@@ -889,11 +867,11 @@ impl Driver {
         let Some(job) = self.catch_up.take() else {
             return;
         };
-        let (next, turn) = job.turn(self.engine.db_mut(), self.clock.now().wall);
+        let (next, turn) = job.turn(&mut self.session, self.clock.now().wall);
         self.catch_up = next;
         match turn {
             // Local writes the step captured are in the outbox: publish them as usual.
-            Turn::Merged { captured: true } => self.feed(vec![Input::LocalWrite]),
+            Turn::Merged { captured: true } => self.feed(vec![SessionInput::LocalWrite]),
             Turn::Merged { captured: false } => {}
             Turn::Finished { report, fetched } => self.caught_up(*fetched, *report),
             Turn::Failed(why) => {
@@ -901,7 +879,7 @@ impl Driver {
                 self.metrics.snapshot_failed("restore");
                 self.status.lock().expect("status lock").waiting = Some(why);
             }
-            Turn::Restart => self.consumer_retry_at = Some(Instant::now()),
+            Turn::Restart => self.feed(vec![SessionInput::Recheck]),
         }
         self.refresh_status();
     }
@@ -946,14 +924,13 @@ impl Driver {
                 reason: Some(RestoreReason::Behind.as_str().to_owned()),
             });
         }
-        self.fell_behind = false;
-        self.consumer_retry_at = Some(Instant::now());
+        self.feed(vec![SessionInput::Reopened]);
     }
 
     /// Another node asks for a snapshot, or the one taken for it is done.
     async fn responder_event(&mut self, event: ResponderEvent) {
         let caught_up = self.is_caught_up();
-        let cursor = self.engine.applied_cursor();
+        let cursor = self.session.applied_cursor();
         let Some(responder) = self.responder.as_mut() else {
             return;
         };
@@ -990,19 +967,15 @@ impl Driver {
 
     /// Consuming the stream, not behind it, and within one batch of its end.
     fn is_caught_up(&self) -> bool {
-        let lag = self.status.lock().expect("status lock").lag;
-        self.messages.is_some() && !self.fell_behind && lag <= self.batch_limit as u64
+        self.session.status().caught_up(self.batch_limit as u64)
     }
 
     fn deadline(&self) -> tokio::time::Instant {
         let now = self.clock.now().monotonic;
-        let mut wait = match self.engine.poll_timeout() {
+        let mut wait = match self.session.poll_timeout() {
             Some(t) => t.saturating_sub(now),
             None => Duration::from_secs(3600),
         };
-        if let Some(at) = self.consumer_retry_at {
-            wait = wait.min(at.saturating_duration_since(Instant::now()));
-        }
         if let Some(s) = self.snapshots.as_ref().filter(|s| s.job.is_none()) {
             wait = wait.min(s.check_at.saturating_duration_since(Instant::now()));
         }
@@ -1010,13 +983,13 @@ impl Driver {
     }
 
     fn refresh_status(&mut self) {
-        let store = self.engine.db();
-        let (outbox_frames, outbox_rows) = store.outbox_depth().unwrap_or((0, 0));
-        let parked = store.parked_count().unwrap_or(0);
-        let cursor = store.cursor().get();
-        let schema = store.schema_status().ok();
+        let session = &self.session;
+        let replication = session.status();
+        let (outbox_frames, outbox_rows) = session.outbox_depth().unwrap_or((0, 0));
+        let parked = session.parked_count().unwrap_or(0);
+        let schema = session.schema_status().ok();
         let parked_by_table = if parked > 0 {
-            store.parked_by_table().unwrap_or_default()
+            session.parked_by_table().unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -1029,30 +1002,30 @@ impl Driver {
         s.parked_by_table = parked_by_table.iter().cloned().collect();
         self.metrics
             .schema(&parked_by_table, s.migration_version, s.parked_migrations);
-        s.cursor = cursor;
-        s.stream_last_seq = s.stream_last_seq.max(cursor);
-        s.lag = s.stream_last_seq - cursor;
+        s.cursor = replication.cursor;
+        s.stream_last_seq = replication.stream_last_seq;
+        s.lag = replication.lag;
         s.outbox_depth = outbox_frames;
         s.outbox_rows = outbox_rows;
         s.parked = parked;
-        s.nats_connected = self.connected;
-        s.fell_behind = self.fell_behind;
+        s.nats_connected = replication.connected;
+        s.fell_behind = replication.fell_behind;
         s.catching_up = self.catch_up.as_ref().map(CatchUpJob::status);
-        s.consumer_error = self.consumer_error.clone();
-        s.healthy =
-            self.connected && !self.fell_behind && !s.restoring && s.consumer_error.is_none();
+        s.healthy = replication.healthy() && !s.restoring;
+        s.consumer_error = replication.consumer_error;
         self.metrics
-            .gauges(outbox_frames, s.lag, parked, self.connected);
+            .gauges(outbox_frames, s.lag, parked, replication.connected);
     }
 
     /// Captures the last local writes and waits (bounded) until the outbox is acknowledged.
     async fn finish(&mut self, limit: Duration) {
         self.messages = None;
-        self.feed(vec![Input::LocalWrite]);
+        self.feed(vec![SessionInput::LocalWrite]);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let (frames, _) = self.engine.db().outbox_depth().unwrap_or((0, 0));
-            if frames == 0 || !self.connected && self.engine.in_flight() == 0 {
+            let (frames, _) = self.session.outbox_depth().unwrap_or((0, 0));
+            let replication = self.session.status();
+            if frames == 0 || !replication.connected && replication.in_flight == 0 {
                 if frames > 0 {
                     tracing::warn!(
                         frames,
@@ -1066,7 +1039,7 @@ impl Driver {
                     tracing::warn!(frames, "stopping before JetStream acknowledged every frame; they are sent at the next start");
                     return;
                 }
-                _ = tokio::time::sleep(Duration::from_millis(20)) => self.feed(vec![Input::Timeout]),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => self.feed(vec![SessionInput::Timeout]),
             }
         }
     }

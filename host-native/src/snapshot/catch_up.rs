@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use harmonylite_core::hlc::NTP64;
+use harmonylite_core::session::Session;
 use harmonylite_core::snapshot::SnapshotHeader;
 use harmonylite_core::sqlite::{CatchUp, CatchUpError, CatchUpReport, Store};
 use tokio::task::JoinHandle;
@@ -152,9 +153,10 @@ impl CatchUpJob {
         }
     }
 
-    /// Runs one merge step on `store` (a short transaction) and schedules the next one a
-    /// pause as long as the step later; returns the job that goes on (None: finished).
-    pub fn turn(self, store: &mut Store, now: NTP64) -> (Option<Self>, Turn) {
+    /// Runs one merge step on the session's database (a short transaction) and schedules
+    /// the next one a pause as long as the step later; returns the job that goes on (None:
+    /// finished).
+    pub fn turn(self, session: &mut Session<Store>, now: NTP64) -> (Option<Self>, Turn) {
         let (mut merge, fetched) = match self {
             CatchUpJob::Merging { merge, fetched, .. } => (merge, fetched),
             CatchUpJob::Waiting { .. } => return (None, Turn::Restart),
@@ -162,7 +164,7 @@ impl CatchUpJob {
         };
         let captured_before = merge.report().local_rows_captured;
         let started = Instant::now();
-        let result = store.catch_up_step(&mut merge, now, ROWS_PER_STEP);
+        let result = session.catch_up_step(&mut merge, now, ROWS_PER_STEP);
         let pause = started.elapsed().max(MIN_PAUSE);
         let at = tokio::time::Instant::now();
         match result {
