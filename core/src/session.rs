@@ -298,6 +298,8 @@ pub struct Session<D: Database> {
     fell_behind: bool,
     refused: Option<String>,
     consumer_error: Option<String>,
+    /// The sequence the last gap skipped, until it is delivered.
+    last_gap: Option<StreamSeq>,
 }
 
 impl<D: Database> Session<D> {
@@ -313,6 +315,7 @@ impl<D: Database> Session<D> {
             fell_behind: false,
             refused: None,
             consumer_error: None,
+            last_gap: None,
         }
     }
 
@@ -500,8 +503,26 @@ impl<D: Database> Session<D> {
                     self.outputs
                         .push_back(SessionOutput::Gap { expected, got: seq });
                     self.stop_consumer();
-                    self.consumer = soon(Duration::ZERO);
+                    if self.last_gap == Some(expected) {
+                        // A new consumer from the same sequence skipped it again: the stream
+                        // no longer holds it (deleted from the middle), so only a snapshot
+                        // gets this replica past it. Restarting at once would loop forever.
+                        self.outputs.push_back(SessionOutput::FellBehind {
+                            cursor: self.engine.cursor(),
+                            first: seq.get(),
+                            last: self.stream_last_seq.max(seq.get() + pending),
+                            first_time: !self.fell_behind,
+                        });
+                        self.fell_behind = true;
+                        self.consumer = soon(self.config.recheck_interval);
+                    } else {
+                        self.last_gap = Some(expected);
+                        self.consumer = soon(Duration::ZERO);
+                    }
                     return None;
+                }
+                if self.last_gap == Some(seq) {
+                    self.last_gap = None;
                 }
                 self.consumer = Consumer::Running {
                     expected: seq.next(),
@@ -524,6 +545,7 @@ impl<D: Database> Session<D> {
             SessionInput::Reopened => {
                 self.stop_consumer();
                 self.fell_behind = false;
+                self.last_gap = None;
                 self.consumer = Consumer::Idle {
                     at: Some(now.monotonic),
                 };
@@ -582,7 +604,10 @@ impl<D: Database> Session<D> {
         // Another stream's sequence numbers mean nothing to this replica: only now is the
         // stream's end this replica's.
         self.stream_last_seq = self.stream_last_seq.max(info.last_seq);
-        if info.last_seq >= info.first_seq && info.first_seq > cursor.get() + 1 {
+        // Messages cursor + 1 ..= min(first - 1, last) are gone; that includes a stream
+        // that dropped everything it held (JetStream reports first = last + 1), where no
+        // message would ever arrive to show a gap.
+        if info.first_seq > cursor.get() + 1 && info.last_seq > cursor.get() {
             self.outputs.push_back(SessionOutput::FellBehind {
                 cursor,
                 first: info.first_seq,
@@ -617,6 +642,7 @@ impl<D: Database> Session<D> {
         Ok(Session {
             engine,
             stream_last_seq: 0,
+            last_gap: None,
             ..self
         })
     }
@@ -862,6 +888,73 @@ mod tests {
                 from: StreamSeq::new(13)
             }]
         );
+    }
+
+    #[test]
+    fn a_stream_that_dropped_everything_the_replica_lacks_is_behind() {
+        let mut s = session(FakeDb {
+            cursor: 3,
+            stream_created: Some(7),
+            ..FakeDb::default()
+        });
+        feed(&mut s, 0, vec![connected()]);
+        // 4..=10 were stored and all dropped (an idle stream past its max age): nothing
+        // will be delivered to show a gap, so this read must say so.
+        assert_eq!(
+            feed(&mut s, 0, vec![info(11, 10, 7)]),
+            vec![SessionOutput::FellBehind {
+                cursor: StreamSeq::new(3),
+                first: 11,
+                last: 10,
+                first_time: true,
+            }]
+        );
+        assert!(!s.status().healthy());
+        // A replica that applied everything the emptied stream held consumes on.
+        s.engine.db_mut().cursor = 10;
+        assert_eq!(
+            feed(&mut s, 1, vec![SessionInput::Reopened]),
+            vec![SessionOutput::ReadStreamInfo]
+        );
+        assert_eq!(
+            feed(&mut s, 1, vec![info(11, 10, 7)]),
+            vec![SessionOutput::StartConsumer {
+                from: StreamSeq::new(11)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_message_deleted_from_the_middle_is_falling_behind_not_a_restart_loop() {
+        let mut s = session(FakeDb::default());
+        consuming(&mut s, 10);
+        feed(&mut s, 1, vec![message(1, 9), message(3, 7)]);
+        feed(
+            &mut s,
+            1,
+            vec![info(1, 10, 7), SessionInput::ConsumerStarted],
+        );
+        // The new consumer from 2 skips it again: 2 is gone for good.
+        let out = feed(&mut s, 2, vec![message(3, 7)]);
+        assert_eq!(
+            out,
+            vec![
+                SessionOutput::Gap {
+                    expected: StreamSeq::new(2),
+                    got: StreamSeq::new(3)
+                },
+                SessionOutput::StopConsumer,
+                SessionOutput::FellBehind {
+                    cursor: StreamSeq::new(1),
+                    first: 3,
+                    last: 10,
+                    first_time: true
+                },
+            ]
+        );
+        assert!(!s.status().healthy());
+        // No restart before the re-check.
+        assert!(feed(&mut s, 29_000, vec![SessionInput::Timeout]).is_empty());
     }
 
     #[test]
