@@ -1,31 +1,75 @@
 //! Seeded multi-replica simulation on real SQLite files.
 //!
-//! Each scenario runs 3–5 replicas (an application connection writing through the capture
-//! triggers, and an [`Engine`] over a [`Store`]) against an in-memory stand-in for the
-//! JetStream stream, with random application writes (inserts, updates, deletes, key-changing
-//! updates, multi-row transactions, the same rows on several replicas), delayed drains,
-//! random delivery batching, duplicate deliveries and publishes, lost acks, partitions that
-//! heal, crashes and restarts, and per-replica clock skew up to ±30 s (the triggers read a
-//! simulated clock). At the end every replica's tables must be identical row for row and
-//! equal a pure [`LwwModel`] of everything published, and every application write must have
-//! reached the stream.
+//! Each scenario runs 3–5 replicas — an application connection writing through the capture
+//! triggers, and a [`Session`] over a [`Store`] — against an in-memory stand-in for the
+//! JetStream change stream that answers the sessions' outputs the way the hosts'
+//! transports do: stream info (first and last sequence, creation time), one ordered
+//! consumer per replica delivering from the requested sequence in order (random batch
+//! sizes, stopped on `StopConsumer`), and publishes stored (or de-duplicated) and
+//! acknowledged. The application makes random writes (inserts, updates, deletes,
+//! key-changing updates, multi-row transactions, the same rows on several replicas) with
+//! delayed drains.
+//!
+//! Faults, each chosen (on or off, and how often) by the seed:
+//! - partitions that heal, crashes and restarts (a fresh session over the file), clock
+//!   skew up to ±30 s per replica and wall-clock jumps (the triggers read a simulated
+//!   clock);
+//! - duplicate deliveries, duplicate publishes (the de-duplication window missed), lost
+//!   acks, failed publishes while partitioned;
+//! - gaps: the consumer skips a sequence once (delivers n + 2 after n); the session must
+//!   stop it and restart from its cursor (never twice in a row at the same sequence, which
+//!   the session takes for a deleted message);
+//! - consumers that fail or end mid-stream, consumers that fail to start, and failed stream
+//!   info reads;
+//! - reconnects mid-batch: the connection drops while a delivery is handed over (part of
+//!   the batch fed, the rest lost), then comes back (at once or later);
+//! - stray messages: a stopped consumer's buffered messages still reach the session, which
+//!   must drop them;
+//! - lost retention: the stream drops its oldest messages (never more than some replica
+//!   applied), so a replica that was partitioned, stopped or slow falls behind; its session
+//!   must say `FellBehind` and consume nothing, then the replica catches up in place from a
+//!   snapshot of a replica that is far enough ahead (`vacuum_into` + `strip_node_local`,
+//!   merged by `Session::catch_up_step` in small steps while its application keeps writing,
+//!   then `Reopened`), and must consume from the snapshot's covered sequence + 1;
+//! - deleted messages: the stream loses a message from the middle (one some replica
+//!   applied); consumers skip it, and a replica that needs it must say `FellBehind` when a
+//!   fresh consumer skips it again, then catches up in place as above from a snapshot that
+//!   covers it;
+//! - a re-created stream: at a quiescent point the stream is deleted and created again
+//!   (new creation time, sequences from 1, its consumers fail). Every replica that applied
+//!   something must be refused and apply nothing from it while writes keep being published
+//!   to it, until it is adopted (restarted after `stream_identity::forget_stream`).
+//!
+//! Checked throughout: a consumer is only ever started from the applied-or-queued
+//! cursor + 1, on a stream the cursor counts in; the cursor only moves over sequences that
+//! were delivered (nothing skipped), or to a catch-up's covered sequence; a refused or
+//! fallen-behind replica applies nothing, and neither does a session without a running
+//! consumer; every stream-info answer gets the decision the stream's state calls for
+//! (refuse, fell behind, or consume); `FellBehind` only when the stream no longer holds
+//! cursor + 1; `Reopened` reads the stream at once; every published frame fits the
+//! server's payload limit minus the header room. At the end every replica is healthy and
+//! caught up, its tables are identical row for row to the others' and equal a pure
+//! [`LwwModel`] of everything published (on both streams when re-created), and every
+//! application write reached a stream.
 //!
 //! `HL_SIM_SEED=<n>` replays one scenario; `HL_SIM_SCENARIOS=<n>` sets how many run
 //! (default 500); `HL_SIM_FIRST_SEED=<n>` shifts the seed range.
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use common::sim_clock::SimClock;
 use harmonylite_core::change::StreamSeq;
-use harmonylite_core::engine::{Engine, EngineConfig, Input, Now, Output, Publish};
+use harmonylite_core::engine::{EngineConfig, Event, Now, Publish};
 use harmonylite_core::hlc::{ntp64_from_unix, Hlc, NodeId};
 use harmonylite_core::merge::{LwwModel, VersionedRow};
-use harmonylite_core::report::Inbound;
-use harmonylite_core::sqlite::{Store, StoreOptions};
+use harmonylite_core::session::{Session, SessionConfig, SessionInput, SessionOutput, StreamInfo};
+use harmonylite_core::sqlite::snapshot::{strip_node_local, vacuum_into};
+use harmonylite_core::sqlite::stream_identity::forget_stream;
+use harmonylite_core::sqlite::{CatchUp, Store, StoreOptions};
 use harmonylite_core::value::Value;
 use harmonylite_core::wire::{self, Compression};
 use rusqlite::{Connection, OpenFlags};
@@ -38,6 +82,111 @@ const SCHEMA: &str = "
     CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB);
     CREATE TABLE pairs(a TEXT NOT NULL, b INTEGER NOT NULL, v TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID;
 ";
+const STREAM: &str = "hl-sim";
+
+/// How often each fault strikes in one scenario (percent of the chances it gets), chosen
+/// by the seed; 0 turns it off.
+#[derive(Debug)]
+struct Faults {
+    /// A delivered batch skips a sequence.
+    gap: u8,
+    /// A delivery ends with the consumer failing or ending instead.
+    consumer_fail: u8,
+    /// Starting a consumer fails.
+    start_fail: u8,
+    /// Reading the stream's info fails.
+    info_fail: u8,
+    /// The connection drops in the middle of a delivered batch.
+    reconnect: u8,
+    /// A stopped consumer's buffered messages still reach the session.
+    stray: u8,
+    /// Redelivery of a sequence already delivered.
+    duplicate: u8,
+    /// The stream drops its oldest messages (when a step offers it).
+    retention: u8,
+    /// The stream loses a message from the middle (when a step offers it).
+    delete: u8,
+    /// The stream is deleted and created again halfway.
+    recreate: bool,
+}
+
+impl Faults {
+    fn random(rng: &mut fastrand::Rng) -> Self {
+        let mut rate = |max: u8| {
+            if rng.u8(..4) == 0 {
+                0
+            } else {
+                rng.u8(1..=max)
+            }
+        };
+        Faults {
+            gap: rate(15),
+            consumer_fail: rate(10),
+            start_fail: rate(20),
+            info_fail: rate(20),
+            reconnect: rate(10),
+            stray: rate(30),
+            duplicate: rate(15),
+            retention: rate(60),
+            delete: rate(60),
+            recreate: rng.u8(..4) == 0,
+        }
+    }
+}
+
+/// What each fault did, summed over the scenarios run (to show they fire).
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    gaps: usize,
+    consumer_failures: usize,
+    start_failures: usize,
+    info_failures: usize,
+    mid_batch_reconnects: usize,
+    strays: usize,
+    retention_drops: usize,
+    deletions: usize,
+    fell_behind: usize,
+    gap_fell_behind: usize,
+    catch_ups: usize,
+    recreations: usize,
+    refusals: usize,
+    adoptions: usize,
+    restarts: usize,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.gaps += o.gaps;
+        self.consumer_failures += o.consumer_failures;
+        self.start_failures += o.start_failures;
+        self.info_failures += o.info_failures;
+        self.mid_batch_reconnects += o.mid_batch_reconnects;
+        self.strays += o.strays;
+        self.retention_drops += o.retention_drops;
+        self.deletions += o.deletions;
+        self.fell_behind += o.fell_behind;
+        self.gap_fell_behind += o.gap_fell_behind;
+        self.catch_ups += o.catch_ups;
+        self.recreations += o.recreations;
+        self.refusals += o.refusals;
+        self.adoptions += o.adoptions;
+        self.restarts += o.restarts;
+    }
+}
+
+/// A request from a session that the simulated transport has not answered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Info,
+    Start(u64),
+}
+
+/// A catch-up in place in progress.
+struct CatchUpJob {
+    job: CatchUp,
+    covered: u64,
+    path: PathBuf,
+}
 
 struct Replica {
     node: NodeId,
@@ -45,27 +194,119 @@ struct Replica {
     clock: SimClock,
     skew_ms: i64,
     app: Connection,
-    engine: Option<Engine<Store>>,
+    session: Option<Session<Store>>,
     options: StoreOptions,
-    engine_config: EngineConfig,
+    config: SessionConfig,
+    /// The server's payload limit as this replica's connection reports it.
+    max_payload: usize,
     connected: bool,
     publishes: VecDeque<Publish>,
+    /// ReadStreamInfo / StartConsumer outputs not answered yet, in order.
+    requests: VecDeque<Request>,
+    /// The running simulated consumer: the next sequence it delivers.
+    consumer: Option<u64>,
     /// (table, key) of every committed application write, for the no-lost-write check.
     written: Vec<(String, Vec<Value>)>,
+    /// The stream generation the database's cursor counts in (the one its session last
+    /// recorded); `None` before any, and after adopting a new stream.
+    counts_in: Option<u32>,
+    /// The replica had applied something when the stream was re-created: it must be
+    /// refused until adopted.
+    must_adopt: bool,
+    /// A session of this replica said `Refused` since the stream was re-created.
+    refused_since_recreate: bool,
+    /// The current session said `Refused` (it says it once per reason).
+    session_refused: bool,
+    /// The current session said `FellBehind` and has not consumed since.
+    behind: bool,
+    /// The cursor while refused or behind: nothing may be applied.
+    blocked_at: Option<u64>,
+    /// The sequence the session's last gap skipped, until delivered: the session takes a
+    /// second gap there for a deleted message, so a transient skip never repeats it.
+    last_gap: Option<u64>,
+    catch_up: Option<CatchUpJob>,
 }
 
-#[derive(Default)]
+/// The simulated JetStream stream.
 struct Stream {
+    /// Bumped when the stream is deleted and created again.
+    generation: u32,
+    created_ns: i64,
+    /// Message `seq` is `frames[seq - 1]`; those before `first_seq` were dropped, those in
+    /// `deleted` were deleted from the middle.
     frames: Vec<Vec<u8>>,
+    first_seq: u64,
+    deleted: BTreeSet<u64>,
     msg_ids: HashSet<String>,
+    /// Every frame ever stored, on every generation of the stream, in order (the model).
+    published: Vec<Vec<u8>>,
+}
+
+impl Stream {
+    fn new(generation: u32, created_ns: i64) -> Self {
+        Stream {
+            generation,
+            created_ns,
+            frames: Vec::new(),
+            first_seq: 1,
+            deleted: BTreeSet::new(),
+            msg_ids: HashSet::new(),
+            published: Vec::new(),
+        }
+    }
+
+    fn last(&self) -> u64 {
+        self.frames.len() as u64
+    }
+
+    /// What JetStream reports: an empty stream that never held anything has first = 0;
+    /// one whose messages were all dropped has first = last + 1.
+    fn info(&self) -> StreamInfo {
+        StreamInfo {
+            first_seq: if self.frames.is_empty() {
+                0
+            } else {
+                self.first_seq
+            },
+            last_seq: self.last(),
+            created_ns: self.created_ns,
+        }
+    }
+
+    fn holds(&self, seq: u64) -> bool {
+        seq >= self.first_seq && seq <= self.last() && !self.deleted.contains(&seq)
+    }
+
+    /// The first message held at or after `seq` (what a consumer delivers next).
+    fn next_held(&self, seq: u64) -> Option<u64> {
+        (seq.max(self.first_seq)..=self.last()).find(|&s| !self.deleted.contains(&s))
+    }
+
+    fn message(&self, seq: u64) -> SessionInput {
+        assert!(self.holds(seq));
+        SessionInput::Message {
+            seq: StreamSeq::new(seq),
+            pending: self.last() - seq,
+            frame: self.frames[seq as usize - 1].clone(),
+        }
+    }
+
+    fn store(&mut self, frame: Vec<u8>, msg_id: String) {
+        self.published.push(frame.clone());
+        self.frames.push(frame);
+        self.msg_ids.insert(msg_id);
+    }
 }
 
 struct Sim {
     rng: fastrand::Rng,
+    faults: Faults,
+    stats: Stats,
     replicas: Vec<Replica>,
     stream: Stream,
     time_ms: u64,
-    _dir: tempfile::TempDir,
+    snapshots: usize,
+    dir: tempfile::TempDir,
 }
 
 impl Replica {
@@ -78,53 +319,26 @@ impl Replica {
         }
     }
 
-    fn engine(&mut self) -> &mut Engine<Store> {
-        self.engine.as_mut().expect("replica is running")
+    fn session(&self) -> &Session<Store> {
+        self.session.as_ref().expect("replica is running")
     }
 
-    fn start(&mut self, time_ms: u64) {
-        let conn = Connection::open(&self.path).unwrap();
-        let store = Store::open(conn, self.options.clone()).unwrap();
-        self.engine = Some(Engine::new(store, self.engine_config.clone()));
-        if self.connected {
-            self.input(time_ms, Input::Connected);
-        }
+    fn store(&self) -> &Store {
+        self.session().engine().db()
     }
 
-    fn input(&mut self, time_ms: u64, input: Input) {
-        let now = self.now(time_ms);
-        let engine = self.engine.as_mut().expect("replica is running");
-        engine.handle_input(now, input);
-        while let Some(output) = engine.poll_output() {
-            match output {
-                Output::Publish(p) => self.publishes.push_back(p),
-                Output::Event(harmonylite_core::engine::Event::DatabaseError {
-                    operation,
-                    error,
-                    ..
-                }) => {
-                    panic!("database error while {operation}: {error}")
-                }
-                Output::Event(_) => {}
-            }
-        }
-    }
-
-    fn tick(&mut self, time_ms: u64) {
-        self.clock.set(BASE_MILLIS + time_ms as i64 + self.skew_ms);
-        let due = self
-            .engine()
-            .poll_timeout()
-            .is_some_and(|t| t <= Duration::from_millis(time_ms));
-        if due {
-            self.input(time_ms, Input::Timeout);
-        }
+    /// Forgets what the transport was doing for the session (it is gone or stopped).
+    fn drop_transport(&mut self) {
+        self.publishes.clear();
+        self.requests.clear();
+        self.consumer = None;
     }
 }
 
 impl Sim {
     fn new(seed: u64) -> Self {
         let mut rng = fastrand::Rng::with_seed(seed);
+        let faults = Faults::random(&mut rng);
         let dir = tempfile::tempdir().unwrap();
         let count = rng.usize(3..=5);
         let max_frame = if rng.bool() { 700 } else { 1 << 20 };
@@ -150,7 +364,7 @@ impl Sim {
                 let mut options = StoreOptions::new(node);
                 options.max_frame = max_frame;
                 options.compression = compression;
-                let engine_config = EngineConfig {
+                let engine = EngineConfig {
                     polling_interval: Duration::from_millis(rng.u64(50..500)),
                     publish_window: rng.usize(1..6),
                     apply_batch: rng.usize(1..8),
@@ -159,45 +373,266 @@ impl Sim {
                     parked_retry_interval: Duration::from_millis(500),
                     publish: true,
                 };
+                let mut config = SessionConfig::new(engine, STREAM, "adopt it");
+                config.max_inbox = if rng.bool() { rng.usize(1..8) } else { 4096 };
+                config.header_room = rng.usize(16..200);
+                config.recheck_interval = Duration::from_millis(rng.u64(100..3000));
+                config.consumer_retry = Duration::from_millis(rng.u64(1..300));
+                config.stream_info_retry = Duration::from_millis(rng.u64(1..300));
                 Replica {
                     node,
                     path,
                     clock,
                     skew_ms,
                     app,
-                    engine: None,
+                    session: None,
                     options,
-                    engine_config,
+                    max_payload: max_frame + config.header_room,
+                    config,
                     connected: true,
                     publishes: VecDeque::new(),
+                    requests: VecDeque::new(),
+                    consumer: None,
                     written: Vec::new(),
+                    counts_in: None,
+                    must_adopt: false,
+                    refused_since_recreate: false,
+                    session_refused: false,
+                    behind: false,
+                    blocked_at: None,
+                    last_gap: None,
+                    catch_up: None,
                 }
             })
             .collect();
         let mut sim = Sim {
             rng,
+            faults,
+            stats: Stats::default(),
             replicas,
-            stream: Stream::default(),
+            stream: Stream::new(0, BASE_MILLIS * 1_000_000),
             time_ms: 0,
-            _dir: dir,
+            snapshots: 0,
+            dir,
         };
-        for r in &mut sim.replicas {
-            r.start(0);
+        for r in 0..sim.replicas.len() {
+            sim.start(r);
         }
         sim
+    }
+
+    fn hit(&mut self, percent: u8) -> bool {
+        percent > 0 && self.rng.u8(..100) < percent
+    }
+
+    /// Opens the replica's file with a fresh session (a start or a restart).
+    fn start(&mut self, r: usize) {
+        let replica = &mut self.replicas[r];
+        assert!(replica.session.is_none());
+        let conn = Connection::open(&replica.path).unwrap();
+        let store = Store::open(conn, replica.options.clone()).unwrap();
+        replica.session = Some(Session::new(store, replica.config.clone()));
+        replica.session_refused = false;
+        replica.behind = false;
+        replica.last_gap = None;
+        if replica.connected {
+            let max_payload = replica.max_payload;
+            self.feed(r, vec![SessionInput::Connected { max_payload }]);
+        }
+    }
+
+    /// Crashes the replica: its session, transport and catch-up are gone.
+    fn stop(&mut self, r: usize) -> Store {
+        let replica = &mut self.replicas[r];
+        replica.drop_transport();
+        if let Some(job) = replica.catch_up.take() {
+            job.job.into_source().close().unwrap();
+            std::fs::remove_file(&job.path).unwrap();
+        }
+        replica
+            .session
+            .take()
+            .expect("replica is running")
+            .into_db()
+    }
+
+    /// Feeds inputs to a replica's session and carries out its outputs; returns the
+    /// outputs other than publishes and engine events. Checks that the cursor moved only
+    /// over sequences fed now, that a consumer starts only from the cursor + 1 on a stream
+    /// the cursor counts in, and that nothing is applied while refused or behind.
+    fn feed(&mut self, r: usize, inputs: Vec<SessionInput>) -> Vec<SessionOutput> {
+        let t = self.time_ms;
+        let generation = self.stream.generation;
+        let replica = &mut self.replicas[r];
+        let now = replica.now(t);
+        let fed: HashSet<u64> = inputs
+            .iter()
+            .filter_map(|i| match i {
+                SessionInput::Message { seq, .. } => Some(seq.get()),
+                _ => None,
+            })
+            .collect();
+        if inputs.contains(&SessionInput::Reopened) {
+            replica.last_gap = None;
+        }
+        let session = replica.session.as_mut().expect("replica is running");
+        let before = session.cursor().get();
+        session.handle_inputs(now, inputs);
+        let cursor = session.cursor().get();
+        let mut said = Vec::new();
+        while let Some(output) = session.poll_output() {
+            match &output {
+                SessionOutput::Publish(p) => {
+                    replica.publishes.push_back(p.clone());
+                    continue;
+                }
+                SessionOutput::Event(Event::DatabaseError {
+                    operation, error, ..
+                }) => panic!("replica {r}: database error while {operation}: {error}"),
+                SessionOutput::Event(_) => continue,
+                SessionOutput::ReadStreamInfo => {
+                    // A read still unanswered answers this one too (after Reopened while
+                    // reading, the session asks again).
+                    if !replica.requests.contains(&Request::Info) {
+                        replica.requests.push_back(Request::Info);
+                    }
+                }
+                SessionOutput::StartConsumer { from } => {
+                    assert_eq!(
+                        from.get(),
+                        cursor + 1,
+                        "replica {r} started a consumer from {from}, not from its cursor {cursor} + 1"
+                    );
+                    if cursor > 0 {
+                        assert_eq!(
+                            replica.counts_in,
+                            Some(generation),
+                            "replica {r} started a consumer on a stream its cursor {cursor} does not count in"
+                        );
+                    }
+                    replica.behind = false;
+                    replica.blocked_at = None;
+                    replica.requests.push_back(Request::Start(from.get()));
+                }
+                SessionOutput::StopConsumer => {
+                    replica.consumer = None;
+                    replica.requests.retain(|q| !matches!(q, Request::Start(_)));
+                }
+                SessionOutput::Gap { expected, got } => {
+                    assert!(got > expected, "replica {r}: {output:?}");
+                    assert_eq!(
+                        expected.get(),
+                        cursor + 1,
+                        "replica {r}: a gap after {expected} but the cursor is {cursor}"
+                    );
+                    replica.last_gap = Some(expected.get());
+                }
+                SessionOutput::Refused { why } => {
+                    assert!(
+                        cursor > 0 && replica.counts_in != Some(generation),
+                        "replica {r} (cursor {cursor}) refused the stream its cursor counts in: {why}"
+                    );
+                    replica.session_refused = true;
+                    replica.refused_since_recreate = true;
+                    replica.blocked_at = Some(cursor);
+                    self.stats.refusals += 1;
+                }
+                SessionOutput::FellBehind {
+                    cursor: at, first, ..
+                } => {
+                    assert_eq!(at.get(), cursor, "replica {r}: {output:?}");
+                    assert!(*first > cursor + 1, "replica {r}: {output:?}");
+                    assert!(
+                        !self.stream.holds(cursor + 1),
+                        "replica {r} said it fell behind but the stream holds {} ({output:?})",
+                        cursor + 1
+                    );
+                    if said.iter().any(|o| matches!(o, SessionOutput::Gap { .. })) {
+                        self.stats.gap_fell_behind += 1;
+                    }
+                    replica.behind = true;
+                    replica.blocked_at = Some(cursor);
+                    self.stats.fell_behind += 1;
+                }
+                SessionOutput::Consuming { from } => {
+                    assert_eq!(from.get(), cursor + 1, "replica {r}: {output:?}");
+                }
+            }
+            said.push(output);
+        }
+        assert!(
+            cursor >= before,
+            "replica {r}'s cursor went back from {before} to {cursor}"
+        );
+        if replica.last_gap.is_some_and(|g| cursor >= g) {
+            replica.last_gap = None;
+        }
+        if let Some(skipped) = (before + 1..=cursor).find(|s| !fed.contains(s)) {
+            panic!(
+                "replica {r}'s cursor moved from {before} to {cursor} but {skipped} was not delivered"
+            );
+        }
+        if let Some(at) = replica.blocked_at {
+            assert_eq!(
+                cursor, at,
+                "replica {r} applied messages while refused or behind"
+            );
+            assert_eq!(session.applied_cursor().get(), at);
+        }
+        let status = session.status();
+        if replica.behind {
+            assert!(status.fell_behind && !status.healthy(), "{status:?}");
+        }
+        if replica.session_refused && replica.blocked_at.is_some() {
+            assert!(status.refused.is_some() && !status.healthy(), "{status:?}");
+        }
+        said
     }
 
     fn step(&mut self) {
         let r = self.rng.usize(..self.replicas.len());
         match self.rng.u8(..100) {
-            0..=39 => self.app_write(r),
-            40..=59 => self.deliver(r),
-            60..=79 => self.pump_publishes(r, false),
-            80..=84 => self.toggle_partition(r),
-            85..=87 => self.restart(r),
-            88 => {
+            0..=33 => self.app_write(r),
+            34..=51 => self.deliver(r),
+            52..=65 => self.pump_publishes(r, false),
+            66..=70 => {
+                let n = self.rng.usize(1..=3);
+                self.transport(r, n, false);
+            }
+            71..=74 => {
+                let connected = !self.replicas[r].connected;
+                self.set_connected(r, connected);
+            }
+            75..=77 => {
+                self.stop(r);
+                self.start(r);
+                self.stats.restarts += 1;
+            }
+            78 => {
                 // A wall-clock jump (backwards or forwards) on one replica.
                 self.replicas[r].skew_ms = self.rng.i64(-30_000..=30_000);
+            }
+            79 => {
+                if self.hit(self.faults.retention) {
+                    self.drop_oldest();
+                }
+            }
+            80 => {
+                if self.hit(self.faults.delete) {
+                    self.delete_one();
+                }
+            }
+            81..=84 => self.catch_up_step(false),
+            85 => {
+                // The operator asks for a look at the stream now.
+                if self.replicas[r].blocked_at.is_some() {
+                    self.feed(r, vec![SessionInput::Recheck]);
+                }
+            }
+            86 => {
+                if self.replicas[r].must_adopt && self.replicas[r].refused_since_recreate {
+                    self.adopt(r);
+                }
             }
             _ => {
                 let ms = self.rng.u64(1..400);
@@ -208,68 +643,232 @@ impl Sim {
 
     fn advance(&mut self, ms: u64) {
         self.time_ms += ms;
-        for r in &mut self.replicas {
-            r.tick(self.time_ms);
+        let t = self.time_ms;
+        for r in 0..self.replicas.len() {
+            let replica = &self.replicas[r];
+            replica.clock.set(BASE_MILLIS + t as i64 + replica.skew_ms);
+            let due = replica
+                .session()
+                .poll_timeout()
+                .is_some_and(|at| at <= Duration::from_millis(t));
+            if due {
+                self.feed(r, vec![SessionInput::Timeout]);
+            }
         }
     }
 
-    fn toggle_partition(&mut self, r: usize) {
-        let t = self.time_ms;
+    fn set_connected(&mut self, r: usize, connected: bool) {
         let replica = &mut self.replicas[r];
-        replica.connected = !replica.connected;
-        replica.publishes.clear();
-        let input = if replica.connected {
-            Input::Connected
+        if replica.connected == connected {
+            return;
+        }
+        replica.connected = connected;
+        replica.drop_transport();
+        let input = if connected {
+            SessionInput::Connected {
+                max_payload: replica.max_payload,
+            }
         } else {
-            Input::Disconnected
+            SessionInput::Disconnected
         };
-        replica.input(t, input);
+        self.feed(r, vec![input]);
     }
 
-    fn restart(&mut self, r: usize) {
-        let t = self.time_ms;
-        let replica = &mut self.replicas[r];
-        replica.engine = None;
-        replica.publishes.clear();
-        replica.start(t);
+    /// Answers up to `n` of the replica's requests in order (those they lead to included),
+    /// with failures unless `reliable`.
+    fn transport(&mut self, r: usize, n: usize, reliable: bool) {
+        for _ in 0..n {
+            if !self.replicas[r].connected {
+                return;
+            }
+            let Some(request) = self.replicas[r].requests.pop_front() else {
+                return;
+            };
+            match request {
+                Request::Info if !reliable && self.hit(self.faults.info_fail) => {
+                    self.stats.info_failures += 1;
+                    let error = "stream info timed out".to_owned();
+                    self.feed(r, vec![SessionInput::StreamInfoFailed { error }]);
+                }
+                Request::Info => self.answer_info(r),
+                Request::Start(_) if !reliable && self.hit(self.faults.start_fail) => {
+                    self.stats.start_failures += 1;
+                    let error = "creating the consumer timed out".to_owned();
+                    self.feed(r, vec![SessionInput::ConsumerFailed { error }]);
+                }
+                Request::Start(from) => {
+                    self.replicas[r].consumer = Some(from);
+                    self.feed(r, vec![SessionInput::ConsumerStarted]);
+                }
+            }
+        }
+    }
+
+    /// Answers a stream info read, and checks the session decides what the stream's state
+    /// calls for.
+    fn answer_info(&mut self, r: usize) {
+        let info = self.stream.info();
+        let generation = self.stream.generation;
+        let replica = &self.replicas[r];
+        let cursor = replica.session().cursor().get();
+        let refused = cursor > 0 && replica.counts_in != Some(generation);
+        let said_refused = replica.session_refused;
+        let behind = !refused && info.first_seq > cursor + 1 && info.last_seq > cursor;
+        let said = self.feed(r, vec![SessionInput::StreamInfo(info)]);
+        let started = said
+            .iter()
+            .any(|o| matches!(o, SessionOutput::StartConsumer { .. }));
+        let fell_behind = said
+            .iter()
+            .any(|o| matches!(o, SessionOutput::FellBehind { .. }));
+        let refusal = said
+            .iter()
+            .any(|o| matches!(o, SessionOutput::Refused { .. }));
+        let what = format!(
+            "replica {r} (cursor {cursor}, counts in {:?}) read {info:?} of generation {generation} and said {said:?}",
+            self.replicas[r].counts_in
+        );
+        if refused {
+            assert!(!started && !fell_behind, "{what}");
+            assert_eq!(refusal, !said_refused, "{what}");
+        } else if behind {
+            assert!(fell_behind && !started && !refusal, "{what}");
+        } else {
+            assert!(started && !fell_behind && !refusal, "{what}");
+        }
+        if !refused && cursor == 0 {
+            // A replica that applied nothing records whatever stream it reads.
+            self.replicas[r].counts_in = Some(generation);
+        }
     }
 
     fn deliver(&mut self, r: usize) {
-        let t = self.time_ms;
-        let count = self.rng.usize(1..8);
-        let duplicate = self.rng.u8(..10) == 0;
-        let replica = &mut self.replicas[r];
-        if !replica.connected {
+        if !self.replicas[r].connected {
             return;
         }
-        let cursor = replica.engine().cursor().get() as usize;
-        if duplicate && cursor > 0 {
-            let seq = self.rng.usize(1..=cursor);
-            let frame = self.stream.frames[seq - 1].clone();
-            replica.input(
-                t,
-                Input::Message(Inbound {
-                    seq: StreamSeq::new(seq as u64),
-                    frame,
-                }),
-            );
+        if self.rng.u8(..10) < 8 {
+            self.transport(r, usize::MAX, false);
         }
-        for seq in cursor + 1..=(cursor + count).min(self.stream.frames.len()) {
-            let frame = self.stream.frames[seq - 1].clone();
-            replica.input(
-                t,
-                Input::Message(Inbound {
-                    seq: StreamSeq::new(seq as u64),
-                    frame,
-                }),
-            );
+        let Some(next) = self.replicas[r].consumer else {
+            if self.hit(self.faults.stray) {
+                self.stray(r);
+            }
+            return;
+        };
+        let session = self.replicas[r].session();
+        assert!(
+            session.status().consuming,
+            "replica {r}: a consumer runs but the session does not consume"
+        );
+        if !session.wants_messages() {
+            return;
         }
+        let room = self.replicas[r].config.max_inbox - session.engine().inbox_len();
+        if self.hit(self.faults.consumer_fail) {
+            self.stats.consumer_failures += 1;
+            self.replicas[r].consumer = None;
+            let input = if self.rng.bool() {
+                SessionInput::ConsumerFailed {
+                    error: "consumer heartbeats missed".into(),
+                }
+            } else {
+                SessionInput::ConsumerEnded
+            };
+            self.feed(r, vec![input]);
+            return;
+        }
+        let first = self.stream.first_seq;
+        let mut next = next;
+        let mut batch = Vec::new();
+        if next > first && self.hit(self.faults.duplicate) {
+            let seq = self.rng.u64(first..next);
+            if self.stream.holds(seq) {
+                batch.push(self.stream.message(seq));
+            }
+        }
+        let count = self.rng.usize(1..8).min(room);
+        for _ in 0..count {
+            // The server skips what retention dropped and what was deleted.
+            let Some(mut seq) = self.stream.next_held(next) else {
+                break;
+            };
+            if Some(seq) != self.replicas[r].last_gap && self.hit(self.faults.gap) {
+                if let Some(after) = self.stream.next_held(seq + 1) {
+                    self.stats.gaps += 1;
+                    seq = after;
+                }
+            }
+            batch.push(self.stream.message(seq));
+            next = seq + 1;
+        }
+        self.replicas[r].consumer = Some(next);
+        if batch.is_empty() {
+            return;
+        }
+        if self.hit(self.faults.reconnect) {
+            // The connection drops while the batch is handed over: the rest is lost.
+            self.stats.mid_batch_reconnects += 1;
+            let k = self.rng.usize(..batch.len());
+            batch.truncate(k);
+            if !batch.is_empty() {
+                self.feed(r, batch);
+            }
+            self.set_connected(r, false);
+            if self.rng.bool() {
+                self.set_connected(r, true);
+            }
+            return;
+        }
+        if self.rng.bool() {
+            self.feed(r, batch);
+            return;
+        }
+        for message in batch {
+            // Once the session stopped the consumer, the rest of its batch is dropped, or
+            // (stray) still handed over.
+            if self.replicas[r].consumer.is_none() {
+                if !self.hit(self.faults.stray) {
+                    break;
+                }
+                let before = self.replicas[r].session().cursor();
+                self.stats.strays += 1;
+                self.feed(r, vec![message]);
+                assert_eq!(
+                    self.replicas[r].session().cursor(),
+                    before,
+                    "replica {r} applied a message of a stopped consumer"
+                );
+            } else {
+                self.feed(r, vec![message]);
+            }
+        }
+    }
+
+    /// A consumer that is no longer running still hands over a few buffered messages: the
+    /// session must drop them (it consumes nothing without a running consumer).
+    fn stray(&mut self, r: usize) {
+        let before = self.replicas[r].session().cursor().get();
+        let from = (before + 1).max(self.stream.first_seq);
+        let to = self.stream.last().min(from + self.rng.u64(0..3));
+        let messages: Vec<SessionInput> = (from..=to)
+            .filter(|&s| self.stream.holds(s))
+            .map(|s| self.stream.message(s))
+            .collect();
+        if messages.is_empty() {
+            return;
+        }
+        self.stats.strays += 1;
+        self.feed(r, messages);
+        assert_eq!(
+            self.replicas[r].session().cursor().get(),
+            before,
+            "replica {r} applied messages without a running consumer"
+        );
     }
 
     /// Carries out pending publishes: stored (or de-duplicated) and acknowledged, with lost
     /// acks and failures unless `reliable`.
     fn pump_publishes(&mut self, r: usize, reliable: bool) {
-        let t = self.time_ms;
         let n = if reliable {
             usize::MAX
         } else {
@@ -279,23 +878,31 @@ impl Sim {
             let Some(p) = self.replicas[r].publishes.pop_front() else {
                 break;
             };
-            if !self.replicas[r].connected {
-                self.replicas[r].input(t, Input::PublishFailed { id: p.id });
+            let replica = &self.replicas[r];
+            let limit = replica.max_payload - replica.config.header_room;
+            assert!(
+                p.frame.len() <= limit,
+                "replica {r} published a {}-byte frame over a {}-byte payload limit with {} bytes of header room",
+                p.frame.len(),
+                replica.max_payload,
+                replica.config.header_room
+            );
+            if !replica.connected {
+                self.feed(r, vec![SessionInput::PublishFailed { id: p.id }]);
                 continue;
             }
             let dedup =
                 self.stream.msg_ids.contains(&p.msg_id) && (reliable || self.rng.u8(..10) < 7);
             if !dedup {
-                self.stream.frames.push(p.frame);
-                self.stream.msg_ids.insert(p.msg_id);
+                self.stream.store(p.frame, p.msg_id);
             }
             let ack_lost = !reliable && self.rng.u8(..10) == 0;
             let input = if ack_lost {
-                Input::PublishFailed { id: p.id }
+                SessionInput::PublishFailed { id: p.id }
             } else {
-                Input::Acked { id: p.id }
+                SessionInput::Acked { id: p.id }
             };
-            self.replicas[r].input(t, input);
+            self.feed(r, vec![input]);
         }
     }
 
@@ -318,44 +925,234 @@ impl Sim {
         tx.commit().unwrap();
         replica.written.extend(written);
         if notify {
-            replica.input(t, Input::LocalWrite);
+            self.feed(r, vec![SessionInput::LocalWrite]);
         }
     }
 
-    /// Heals everything and runs until every replica has published and applied it all.
+    /// Retention drops the stream's oldest messages, never past what some replica consuming
+    /// this stream applied (so that one can serve the snapshot the others catch up from).
+    fn drop_oldest(&mut self) {
+        let Some(furthest) = self.furthest_applied() else {
+            return;
+        };
+        let bound = furthest.min(self.stream.last()) + 1;
+        if bound <= self.stream.first_seq {
+            return;
+        }
+        self.stream.first_seq = self.rng.u64(self.stream.first_seq + 1..=bound);
+        self.stats.retention_drops += 1;
+    }
+
+    /// The stream loses one message from the middle (neither its first nor its last, and
+    /// one some replica consuming this stream applied).
+    fn delete_one(&mut self) {
+        let Some(furthest) = self.furthest_applied() else {
+            return;
+        };
+        let (low, high) = (
+            self.stream.first_seq + 1,
+            furthest.min(self.stream.last().saturating_sub(1)),
+        );
+        if low > high {
+            return;
+        }
+        if self.stream.deleted.insert(self.rng.u64(low..=high)) {
+            self.stats.deletions += 1;
+        }
+    }
+
+    /// The furthest any replica consuming the current stream applied.
+    fn furthest_applied(&self) -> Option<u64> {
+        let generation = self.stream.generation;
+        self.replicas
+            .iter()
+            .filter(|r| r.counts_in == Some(generation))
+            .map(|r| r.session().applied_cursor().get())
+            .max()
+    }
+
+    /// A replica that its session said fell behind takes a snapshot of one far enough ahead
+    /// (as the sidecar does) and runs one step of merging it in place; once finished it
+    /// feeds `Reopened`. With `to_the_end`, every replica behind runs its catch-up to the
+    /// end.
+    fn catch_up_step(&mut self, to_the_end: bool) {
+        let behind: Vec<usize> = (0..self.replicas.len())
+            .filter(|&r| self.replicas[r].behind)
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        let targets = if to_the_end {
+            behind
+        } else {
+            vec![behind[self.rng.usize(..behind.len())]]
+        };
+        for r in targets {
+            if self.replicas[r].catch_up.is_none() && !self.take_snapshot_for(r) {
+                continue;
+            }
+            loop {
+                let rows = self.rng.usize(1..30);
+                let now = self.replicas[r].now(self.time_ms).wall;
+                let replica = &mut self.replicas[r];
+                let job = replica.catch_up.as_mut().unwrap();
+                let report = replica
+                    .session
+                    .as_mut()
+                    .unwrap()
+                    .catch_up_step(&mut job.job, now, rows)
+                    .unwrap_or_else(|e| panic!("replica {r}: catch-up step failed: {e}"));
+                if report.finished {
+                    let job = replica.catch_up.take().unwrap();
+                    assert_eq!(
+                        replica.session().applied_cursor().get(),
+                        job.covered,
+                        "replica {r}: the catch-up did not move the cursor to the covered sequence"
+                    );
+                    assert_eq!(replica.session().cursor().get(), job.covered);
+                    job.job.into_source().close().unwrap();
+                    std::fs::remove_file(&job.path).unwrap();
+                    replica.behind = false;
+                    replica.blocked_at = Some(job.covered);
+                    self.stats.catch_ups += 1;
+                    let connected = replica.connected;
+                    let said = self.feed(r, vec![SessionInput::Reopened]);
+                    // Consuming again from the new cursor starts with a look at the stream
+                    // now, not at the next re-check.
+                    assert!(
+                        !connected
+                            || said.contains(&SessionOutput::ReadStreamInfo)
+                            || self.replicas[r].requests.contains(&Request::Info),
+                        "replica {r} reopened but did not read the stream: {said:?}"
+                    );
+                    break;
+                }
+                if !to_the_end {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Starts replica `r`'s catch-up from a snapshot of a replica consuming the same stream
+    /// that applied everything the stream no longer holds (up to its first sequence − 1
+    /// and every deleted message after `r`'s cursor); false if none has.
+    fn take_snapshot_for(&mut self, r: usize) -> bool {
+        let generation = self.stream.generation;
+        let cursor = self.replicas[r].session().cursor().get();
+        let deleted = self.stream.deleted.range(cursor + 1..).next_back();
+        let needed = (self.stream.first_seq - 1).max(deleted.copied().unwrap_or(0));
+        let donors: Vec<usize> = (0..self.replicas.len())
+            .filter(|&d| {
+                d != r
+                    && self.replicas[d].counts_in == Some(generation)
+                    && self.replicas[d].session().applied_cursor().get() >= needed
+            })
+            .collect();
+        if donors.is_empty() {
+            return false;
+        }
+        let donor = donors[self.rng.usize(..donors.len())];
+        self.snapshots += 1;
+        let path = self
+            .dir
+            .path()
+            .join(format!("snapshot{}.db", self.snapshots));
+        let donor_cursor = self.replicas[donor].session().applied_cursor().get();
+        vacuum_into(
+            self.replicas[donor].store().connection(),
+            path.to_str().unwrap(),
+        )
+        .unwrap();
+        let covered = strip_node_local(&mut Connection::open(&path).unwrap())
+            .unwrap()
+            .get();
+        assert_eq!(covered, donor_cursor);
+        assert!(covered > self.replicas[r].session().cursor().get());
+        let job = CatchUp::open(&path, StreamSeq::new(covered)).unwrap();
+        self.replicas[r].catch_up = Some(CatchUpJob { job, covered, path });
+        true
+    }
+
+    /// Deletes the stream and creates it again: new creation time, sequences from 1, an
+    /// empty de-duplication window; running consumers fail or end.
+    fn recreate_stream(&mut self) {
+        let published = std::mem::take(&mut self.stream.published);
+        let generation = self.stream.generation + 1;
+        self.stream = Stream::new(
+            generation,
+            (BASE_MILLIS + self.time_ms as i64) * 1_000_000 + i64::from(generation),
+        );
+        self.stream.published = published;
+        self.stats.recreations += 1;
+        for r in 0..self.replicas.len() {
+            let replica = &mut self.replicas[r];
+            replica.must_adopt = replica.session().cursor().get() > 0;
+            replica.refused_since_recreate = false;
+            let running = replica.consumer.take().is_some();
+            let starting = replica
+                .requests
+                .iter()
+                .any(|q| matches!(q, Request::Start(_)));
+            replica.requests.retain(|q| !matches!(q, Request::Start(_)));
+            let input = if running && self.rng.bool() {
+                SessionInput::ConsumerEnded
+            } else if running || starting {
+                SessionInput::ConsumerFailed {
+                    error: "stream not found".into(),
+                }
+            } else {
+                continue;
+            };
+            self.feed(r, vec![input]);
+        }
+    }
+
+    /// Adopts the re-created stream on a refused replica the way an operator does: the
+    /// replica stops, forgets the stream it consumed (cursor back to 0) and starts again.
+    fn adopt(&mut self, r: usize) {
+        let conn = self.stop(r).into_connection();
+        forget_stream(&conn).unwrap();
+        conn.close().unwrap();
+        let replica = &mut self.replicas[r];
+        replica.counts_in = None;
+        replica.must_adopt = false;
+        replica.blocked_at = None;
+        self.stats.adoptions += 1;
+        self.start(r);
+    }
+
+    /// Heals everything and runs until every replica has published and applied it all
+    /// (adopting a re-created stream and catching up replicas that fell behind).
     fn quiesce(&mut self) -> Result<(), String> {
         for r in 0..self.replicas.len() {
-            if !self.replicas[r].connected {
-                self.toggle_partition(r);
-            }
+            self.set_connected(r, true);
         }
         for round in 0..500 {
             for r in 0..self.replicas.len() {
-                let t = self.time_ms;
-                self.replicas[r].input(t, Input::LocalWrite);
-                self.pump_publishes(r, true);
-                let len = self.stream.frames.len();
-                let replica = &mut self.replicas[r];
-                let cursor = replica.engine().cursor().get() as usize;
-                for seq in cursor + 1..=len {
-                    let frame = self.stream.frames[seq - 1].clone();
-                    replica.input(
-                        t,
-                        Input::Message(Inbound {
-                            seq: StreamSeq::new(seq as u64),
-                            frame,
-                        }),
-                    );
+                if self.replicas[r].must_adopt && self.replicas[r].refused_since_recreate {
+                    self.adopt(r);
                 }
+                self.feed(r, vec![SessionInput::LocalWrite]);
+                self.pump_publishes(r, true);
+                self.transport(r, usize::MAX, true);
+                self.deliver_all(r);
             }
+            self.catch_up_step(true);
             self.advance(1000);
-            let len = self.stream.frames.len() as u64;
-            let settled = self.replicas.iter_mut().all(|r| {
-                let store = r.engine.as_ref().unwrap().db();
+            let last = self.stream.last();
+            let settled = self.replicas.iter().all(|r| {
+                let session = r.session();
+                let status = session.status();
                 r.publishes.is_empty()
-                    && store.outbox_depth().unwrap().0 == 0
-                    && !store.has_pending_log().unwrap()
-                    && store.cursor().get() == len
+                    && r.requests.is_empty()
+                    && r.consumer.is_some()
+                    && !r.must_adopt
+                    && session.outbox_depth().unwrap().0 == 0
+                    && !r.store().has_pending_log().unwrap()
+                    && session.applied_cursor().get() == last
+                    && status.healthy()
+                    && status.caught_up(0)
             });
             if settled && round > 0 {
                 return Ok(());
@@ -365,23 +1162,49 @@ impl Sim {
             .replicas
             .iter()
             .map(|r| {
-                let engine = r.engine.as_ref().unwrap();
-                let store = engine.db();
+                let session = r.session();
                 format!(
-                    "publishes={} outbox={:?} log={} cursor={} in_flight={} inbox={}",
+                    "publishes={} requests={:?} consumer={:?} must_adopt={} outbox={:?} log={} status={:?}",
                     r.publishes.len(),
-                    store.outbox_depth().unwrap(),
-                    store.has_pending_log().unwrap(),
-                    store.cursor(),
-                    engine.in_flight(),
-                    engine.inbox_len()
+                    r.requests,
+                    r.consumer,
+                    r.must_adopt,
+                    session.outbox_depth().unwrap(),
+                    r.store().has_pending_log().unwrap(),
+                    session.status(),
                 )
             })
             .collect();
         Err(format!(
-            "replicas did not settle after 500 rounds (stream has {} frames): {state:#?}",
-            self.stream.frames.len()
+            "replicas did not settle after 500 rounds (stream holds {}..={}): {state:#?}",
+            self.stream.first_seq,
+            self.stream.last()
         ))
+    }
+
+    /// Delivers everything the replica's consumer has left, in order, without faults.
+    fn deliver_all(&mut self, r: usize) {
+        while let Some(next) = self.replicas[r].consumer {
+            let session = self.replicas[r].session();
+            if !session.wants_messages() || next > self.stream.last() {
+                return;
+            }
+            let room = self.replicas[r].config.max_inbox - session.engine().inbox_len();
+            let mut batch = Vec::new();
+            let mut next = next;
+            while batch.len() < room {
+                let Some(seq) = self.stream.next_held(next) else {
+                    break;
+                };
+                batch.push(self.stream.message(seq));
+                next = seq + 1;
+            }
+            self.replicas[r].consumer = Some(next);
+            if batch.is_empty() {
+                return;
+            }
+            self.feed(r, batch);
+        }
     }
 }
 
@@ -591,12 +1414,12 @@ fn dump(conn: &Connection, table: &str) -> Rows {
     .collect()
 }
 
-/// The LWW state of everything in the stream, and the (origin, table, key) of every change.
-fn model_of(stream: &Stream) -> (LwwModel, HashSet<(NodeId, String, Vec<Value>)>) {
+/// The LWW state of every frame published, and the (origin, table, key) of every change.
+fn model_of(frames: &[Vec<u8>]) -> (LwwModel, HashSet<(NodeId, String, Vec<Value>)>) {
     let mut model = LwwModel::new();
     let mut seen = HashSet::new();
     let mut parts: HashMap<(NodeId, u64), BTreeMap<u32, Vec<u8>>> = HashMap::new();
-    for frame in &stream.frames {
+    for frame in frames {
         let m = wire::decode_frame(frame).expect("every published frame decodes");
         let body = if m.parts == 1 {
             m.body
@@ -640,19 +1463,31 @@ fn model_of(stream: &Stream) -> (LwwModel, HashSet<(NodeId, String, Vec<Value>)>
 struct Outcome {
     frames: usize,
     writes: usize,
+    stats: Stats,
 }
 
 fn run_scenario(seed: u64) -> Result<Outcome, String> {
     let mut sim = Sim::new(seed);
     let steps = sim.rng.usize(60..160);
-    for _ in 0..steps {
-        sim.step();
+    if sim.faults.recreate {
+        for _ in 0..steps / 2 {
+            sim.step();
+        }
+        sim.quiesce()?;
+        sim.recreate_stream();
+        for _ in steps / 2..steps {
+            sim.step();
+        }
+    } else {
+        for _ in 0..steps {
+            sim.step();
+        }
     }
     sim.quiesce()?;
-    let (model, published) = model_of(&sim.stream);
+    let (model, published) = model_of(&sim.stream.published);
     let mut writes = 0;
     for (i, r) in sim.replicas.iter().enumerate() {
-        let conn = r.engine.as_ref().unwrap().db().connection();
+        let conn = r.store().connection();
         for table in TABLES {
             let actual = dump(conn, table);
             let expected = model.live_rows(table);
@@ -662,7 +1497,7 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
                 ));
             }
         }
-        let parked = r.engine.as_ref().unwrap().db().parked_count().unwrap();
+        let parked = r.session().parked_count().unwrap();
         if parked > 0 {
             return Err(format!("replica {i} parked {parked} messages"));
         }
@@ -675,9 +1510,9 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
             }
         }
     }
-    let first = sim.replicas[0].engine.as_ref().unwrap().db().connection();
+    let first = sim.replicas[0].store().connection();
     for (i, r) in sim.replicas.iter().enumerate().skip(1) {
-        let conn = r.engine.as_ref().unwrap().db().connection();
+        let conn = r.store().connection();
         for table in TABLES {
             if dump(conn, table) != dump(first, table) {
                 return Err(format!("replica {i} and replica 0 differ in {table}"));
@@ -685,8 +1520,9 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
         }
     }
     Ok(Outcome {
-        frames: sim.stream.frames.len(),
+        frames: sim.stream.published.len(),
         writes,
+        stats: sim.stats,
     })
 }
 
@@ -707,12 +1543,13 @@ fn replicas_converge_to_the_lww_model() {
             (first..first + count).collect()
         }
     };
-    let (mut frames, mut writes) = (0, 0);
+    let (mut frames, mut writes, mut stats) = (0, 0, Stats::default());
     for seed in &seeds {
         match std::panic::catch_unwind(|| run_scenario(*seed)) {
             Ok(Ok(outcome)) => {
                 frames += outcome.frames;
                 writes += outcome.writes;
+                stats += outcome.stats;
             }
             Ok(Err(message)) => {
                 panic!("simulation seed {seed} failed: {message}\nreplay with HL_SIM_SEED={seed}")
@@ -727,9 +1564,48 @@ fn replicas_converge_to_the_lww_model() {
         "scenarios made too few writes to mean anything"
     );
     println!(
-        "{} scenarios, {writes} application writes, {frames} frames published",
+        "{} scenarios, {writes} application writes, {frames} frames published; faults: {stats:?}",
         seeds.len()
     );
+    if seeds.len() >= 100 {
+        let Stats {
+            gaps,
+            consumer_failures,
+            start_failures,
+            info_failures,
+            mid_batch_reconnects,
+            strays,
+            retention_drops,
+            deletions,
+            fell_behind,
+            gap_fell_behind,
+            catch_ups,
+            recreations,
+            refusals,
+            adoptions,
+            restarts,
+        } = stats;
+        let fired = [
+            ("gaps", gaps),
+            ("consumer failures", consumer_failures),
+            ("start failures", start_failures),
+            ("stream info failures", info_failures),
+            ("mid-batch reconnects", mid_batch_reconnects),
+            ("stray messages", strays),
+            ("retention drops", retention_drops),
+            ("deleted messages", deletions),
+            ("falls behind", fell_behind),
+            ("falls behind at a repeated gap", gap_fell_behind),
+            ("catch-ups", catch_ups),
+            ("re-created streams", recreations),
+            ("refusals", refusals),
+            ("adoptions", adoptions),
+            ("restarts", restarts),
+        ];
+        for (fault, count) in fired {
+            assert!(count > 0, "no {fault} in {} scenarios", seeds.len());
+        }
+    }
 }
 
 #[test]
