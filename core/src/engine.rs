@@ -21,8 +21,9 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::change::StreamSeq;
+use crate::error::DatabaseErrorKind;
 use crate::hlc::{NodeId, NTP64};
-use crate::report::{DrainReport, Inbound, OutboxFrame, ReceiveReport};
+use crate::report::{DrainReport, Inbound, OutboxFrame, Parked, ReceiveReport};
 
 /// The host's reading of time, passed to every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,8 @@ pub trait Database {
     ) -> Result<StreamVerdict, Self::Error>;
     /// Largest frame to publish, in bytes (the server's payload limit minus header room).
     fn set_max_frame(&mut self, bytes: usize);
+    /// The kind of one of this database's errors.
+    fn error_kind(error: &Self::Error) -> DatabaseErrorKind;
 }
 
 /// Engine tuning. Every field has a documented default ([`EngineConfig::default`]).
@@ -185,6 +188,8 @@ pub enum Event {
     DatabaseError {
         /// What was attempted.
         operation: &'static str,
+        /// The kind of failure.
+        kind: DatabaseErrorKind,
         /// The error, rendered.
         error: String,
         /// Delay before the retry.
@@ -207,8 +212,8 @@ pub struct ReceiveSummary {
     pub local_won: u64,
     /// Own messages skipped.
     pub own: u64,
-    /// Parked messages: (stream sequence, kind, reason).
-    pub parked: Vec<(StreamSeq, &'static str, String)>,
+    /// Parked messages.
+    pub parked: Vec<Parked>,
     /// Previously parked messages that applied now.
     pub unparked: u64,
     /// Replicated migrations applied.
@@ -230,11 +235,7 @@ impl ReceiveSummary {
             remote_won: r.applied.remote_won,
             local_won: r.applied.local_won,
             own: r.own,
-            parked: r
-                .parked
-                .into_iter()
-                .map(|p| (p.seq, p.kind, p.reason))
-                .collect(),
+            parked: r.parked,
             unparked: r.unparked,
             migrations: r.migrations,
             tables: r.applied.tables,
@@ -612,6 +613,7 @@ impl<D: Database> Engine<D> {
     fn report_error(&mut self, operation: &'static str, error: &D::Error, retry_in: Duration) {
         self.outputs.push_back(Output::Event(Event::DatabaseError {
             operation,
+            kind: D::error_kind(error),
             error: error.to_string(),
             retry_in,
         }));

@@ -1,11 +1,51 @@
 //! Error types shared across the crate.
 
+/// The kind of a database failure, as the engine reports it
+/// ([`crate::engine::Event::DatabaseError`]); the engine retries every kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DatabaseErrorKind {
+    /// Another connection holds a lock (`SQLITE_BUSY`, `SQLITE_LOCKED`).
+    Busy,
+    /// The disk or the database's size limit is full.
+    DiskFull,
+    /// Reading or writing the file failed, or it cannot be opened.
+    Io,
+    /// The database is read-only here.
+    ReadOnly,
+    /// The file or harmonylite's own tables are damaged.
+    Corrupt,
+    /// Anything else.
+    Other,
+}
+
+impl DatabaseErrorKind {
+    /// A stable short name (metrics labels, JS events).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseErrorKind::Busy => "busy",
+            DatabaseErrorKind::DiskFull => "disk_full",
+            DatabaseErrorKind::Io => "io",
+            DatabaseErrorKind::ReadOnly => "read_only",
+            DatabaseErrorKind::Corrupt => "corrupt",
+            DatabaseErrorKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(feature = "sqlite")]
 pub use store_errors::*;
 
 #[cfg(feature = "sqlite")]
 mod store_errors {
+    use super::DatabaseErrorKind;
     use crate::hlc::ClockError;
+    use crate::report::ParkReason;
     use crate::wire::WireError;
 
     /// A failure of the database itself: the operation did nothing and may be retried.
@@ -32,6 +72,28 @@ mod store_errors {
             match self {
                 StoreError::Sqlite { source, .. } => is_transient_sqlite(source),
                 StoreError::Corrupt(_) => false,
+            }
+        }
+
+        /// The kind of failure, kept as a type for hosts to report and count.
+        pub fn kind(&self) -> DatabaseErrorKind {
+            use rusqlite::ErrorCode::*;
+            match self {
+                StoreError::Corrupt(_) => DatabaseErrorKind::Corrupt,
+                StoreError::Sqlite {
+                    source: rusqlite::Error::SqliteFailure(e, _),
+                    ..
+                } => match e.code {
+                    DatabaseBusy | DatabaseLocked => DatabaseErrorKind::Busy,
+                    DiskFull => DatabaseErrorKind::DiskFull,
+                    SystemIoFailure | CannotOpen | FileLockingProtocolFailed => {
+                        DatabaseErrorKind::Io
+                    }
+                    ReadOnly => DatabaseErrorKind::ReadOnly,
+                    DatabaseCorrupt | NotADatabase => DatabaseErrorKind::Corrupt,
+                    _ => DatabaseErrorKind::Other,
+                },
+                StoreError::Sqlite { .. } => DatabaseErrorKind::Other,
             }
         }
 
@@ -128,17 +190,17 @@ mod store_errors {
     }
 
     impl ApplyError {
-        /// A stable short name of the kind, for metrics and the parked table.
-        pub fn kind(&self) -> &'static str {
+        /// The kind of refusal, for metrics and the parked table.
+        pub fn kind(&self) -> ParkReason {
             match self {
-                ApplyError::Wire(WireError::UnsupportedVersion(_)) => "version",
-                ApplyError::Wire(_) => "decode",
-                ApplyError::UnknownTable { .. } => "unknown_table",
-                ApplyError::UnknownColumn { .. } => "unknown_column",
-                ApplyError::KeyMismatch { .. } => "key_mismatch",
-                ApplyError::Clock(_) => "clock",
-                ApplyError::Rejected { .. } => "rejected",
-                ApplyError::Migration(_) => "migration",
+                ApplyError::Wire(WireError::UnsupportedVersion(_)) => ParkReason::Version,
+                ApplyError::Wire(_) => ParkReason::Decode,
+                ApplyError::UnknownTable { .. } => ParkReason::UnknownTable,
+                ApplyError::UnknownColumn { .. } => ParkReason::UnknownColumn,
+                ApplyError::KeyMismatch { .. } => ParkReason::KeyMismatch,
+                ApplyError::Clock(_) => ParkReason::Clock,
+                ApplyError::Rejected { .. } => ParkReason::Rejected,
+                ApplyError::Migration(_) => ParkReason::Migration,
             }
         }
 

@@ -117,13 +117,80 @@ pub struct OutboxFrame {
     pub msg_id: String,
 }
 
+/// Why a message was parked: the kind of `ApplyError`, stored in the parked table by its
+/// stable name ([`ParkReason::as_str`]) and counted by it in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParkReason {
+    /// The frame uses a wire version this build does not know.
+    Version,
+    /// The frame or batch does not decode.
+    Decode,
+    /// A table this replica does not have or does not replicate.
+    UnknownTable,
+    /// A column the local table lacks.
+    UnknownColumn,
+    /// The sender's primary key differs from this replica's.
+    KeyMismatch,
+    /// A timestamp too far in the future.
+    Clock,
+    /// SQLite refused the change because of the data (constraint, type).
+    Rejected,
+    /// A replicated migration failed here or waits behind one that did.
+    Migration,
+    /// A name this build does not know (written by a newer build).
+    Unknown,
+}
+
+impl ParkReason {
+    /// Every reason this build writes.
+    pub const ALL: [ParkReason; 8] = [
+        ParkReason::Version,
+        ParkReason::Decode,
+        ParkReason::UnknownTable,
+        ParkReason::UnknownColumn,
+        ParkReason::KeyMismatch,
+        ParkReason::Clock,
+        ParkReason::Rejected,
+        ParkReason::Migration,
+    ];
+
+    /// The stable short name (parked table, metrics labels, JS events).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ParkReason::Version => "version",
+            ParkReason::Decode => "decode",
+            ParkReason::UnknownTable => "unknown_table",
+            ParkReason::UnknownColumn => "unknown_column",
+            ParkReason::KeyMismatch => "key_mismatch",
+            ParkReason::Clock => "clock",
+            ParkReason::Rejected => "rejected",
+            ParkReason::Migration => "migration",
+            ParkReason::Unknown => "unknown",
+        }
+    }
+
+    /// The reason named `name` ([`ParkReason::Unknown`] for a name this build does not write).
+    pub fn from_name(name: &str) -> ParkReason {
+        ParkReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == name)
+            .unwrap_or(ParkReason::Unknown)
+    }
+}
+
+impl std::fmt::Display for ParkReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A message that was parked instead of applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parked {
     /// Its stream position.
     pub seq: StreamSeq,
-    /// `ApplyError::kind`.
-    pub kind: &'static str,
+    /// Why, by kind.
+    pub kind: ParkReason,
     /// The full error message.
     pub reason: String,
 }

@@ -743,6 +743,9 @@ mod tests {
         fn set_max_frame(&mut self, bytes: usize) {
             self.max_frame = bytes;
         }
+        fn error_kind(_: &FakeError) -> crate::error::DatabaseErrorKind {
+            crate::error::DatabaseErrorKind::Io
+        }
     }
 
     fn at(ms: u64) -> Now {

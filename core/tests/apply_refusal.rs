@@ -74,7 +74,7 @@ fn a_row_refused_by_a_constraint_parks_its_message_only() {
     assert_eq!(report.batches, 2);
     assert_eq!(report.parked.len(), 1);
     assert_eq!(report.parked[0].seq, StreamSeq::new(2));
-    assert_eq!(report.parked[0].kind, "rejected");
+    assert_eq!(report.parked[0].kind.as_str(), "rejected");
     assert_eq!(report.cursor, StreamSeq::new(3));
     let ids: Vec<i64> = app
         .prepare("SELECT id FROM users ORDER BY id")

@@ -1143,7 +1143,7 @@ fn batch_for_a_missing_table_is_parked_whole_then_retried() {
         .unwrap();
     let received = ship(&mut stream, &mut a, &mut b);
     assert_eq!(received.parked.len(), 1);
-    assert_eq!(received.parked[0].kind, "unknown_table");
+    assert_eq!(received.parked[0].kind.as_str(), "unknown_table");
     assert!(received.parked[0].reason.contains("\"extra\""));
     assert_eq!(received.applied.rows_changed(), 0);
     assert_eq!(
@@ -1209,7 +1209,7 @@ fn batch_with_a_missing_column_is_parked_whole_then_retried() {
         .unwrap();
     let received = ship(&mut stream, &mut a, &mut b);
     assert_eq!(received.parked.len(), 1);
-    assert_eq!(received.parked[0].kind, "unknown_column");
+    assert_eq!(received.parked[0].kind.as_str(), "unknown_column");
     assert!(received.parked[0].reason.contains("\"added\""));
     assert!(
         b.dump("s").is_empty(),
@@ -1395,7 +1395,7 @@ fn rows_with_a_null_key_stay_local_and_do_not_block_replication() {
     stream.publish(&mut a.store);
     let received = stream.deliver(&mut b.store);
     assert_eq!(received.parked.len(), 1);
-    assert_eq!(received.parked[0].kind, "decode");
+    assert_eq!(received.parked[0].kind.as_str(), "decode");
     assert_eq!(received.applied.new_rows, 1);
     assert_same_rows(&b.dump("s"), &a.dump("s"), "s");
 }

@@ -244,7 +244,7 @@ fn a_change_without_a_column_the_receiver_has_leaves_that_column_alone() {
     // Stream: [new's row 1 (parks at old), old's row 2].
     let at_old = stream.deliver(&mut old);
     assert_eq!(at_old.parked.len(), 1);
-    assert_eq!(at_old.parked[0].kind, "unknown_column");
+    assert_eq!(at_old.parked[0].kind.as_str(), "unknown_column");
     let at_new = stream.deliver(&mut new);
     assert!(at_new.parked.is_empty());
     old.sql("UPDATE t SET v = 'a2' WHERE id = 1");
@@ -402,7 +402,7 @@ fn migrations_apply_once_in_stream_order_before_the_data_that_needs_them() {
     publish_migration(&mut b, "CREATE INDEX tags_n ON tags(n)", false);
     stream.publish(&mut b);
     let at_c = stream.deliver(&mut c);
-    let kinds: Vec<&str> = at_c.parked.iter().map(|p| p.kind).collect();
+    let kinds: Vec<&str> = at_c.parked.iter().map(|p| p.kind.as_str()).collect();
     // Stream: [migration 1, data, migration 1 again, migration 2].
     assert_eq!(
         kinds,

@@ -229,11 +229,11 @@ fn output_to_js(output: SessionOutput) -> JsValue {
             let parked: Array = s
                 .parked
                 .iter()
-                .map(|(seq, kind, reason)| {
+                .map(|p| {
                     object(&[
-                        ("seq", num(seq.get() as f64)),
-                        ("kind", (*kind).into()),
-                        ("reason", reason.as_str().into()),
+                        ("seq", num(p.seq.get() as f64)),
+                        ("kind", p.kind.as_str().into()),
+                        ("reason", p.reason.as_str().into()),
                     ])
                 })
                 .collect();
@@ -261,11 +261,13 @@ fn output_to_js(output: SessionOutput) -> JsValue {
         }
         SessionOutput::Event(Event::DatabaseError {
             operation,
+            kind,
             error,
             retry_in,
         }) => object(&[
             ("type", "databaseError".into()),
             ("operation", operation.into()),
+            ("kind", kind.as_str().into()),
             ("error", error.into()),
             ("retryInMs", num(retry_in.as_secs_f64() * 1000.0)),
         ]),

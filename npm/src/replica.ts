@@ -109,7 +109,7 @@ type Output =
       cursor: number;
     }
   | { type: "acked"; frames: number }
-  | { type: "databaseError"; operation: string; error: string; retryInMs: number }
+  | { type: "databaseError"; operation: string; kind: string; error: string; retryInMs: number }
   | { type: "readStreamInfo" }
   | { type: "startConsumer"; from: number }
   | { type: "stopConsumer" }
@@ -447,7 +447,7 @@ export class LocalReplica implements Replica {
           acked = true;
           break;
         case "databaseError":
-          this.#emitError(new ReplicationError(`${output.operation} failed: ${output.error}; retrying in ${Math.round(output.retryInMs)} ms`));
+          this.#emitError(new ReplicationError(`${output.operation} failed (${output.kind}): ${output.error}; retrying in ${Math.round(output.retryInMs)} ms`));
           break;
         case "readStreamInfo":
           void this.#readStreamInfo();

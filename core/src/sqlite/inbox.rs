@@ -5,6 +5,7 @@ use rusqlite::{params, Connection};
 use crate::capture::names::{self, quote};
 use crate::change::StreamSeq;
 use crate::error::{Context, StoreError};
+use crate::report::ParkReason;
 use crate::wire::{Compression, MessageV1};
 
 /// Stores one part of a multi-part batch; returns the whole body once every part is here
@@ -83,7 +84,7 @@ pub fn park(
     conn: &Connection,
     seq: StreamSeq,
     frame: &[u8],
-    kind: &str,
+    kind: ParkReason,
     reason: &str,
     table: Option<&str>,
     now_millis: i64,
@@ -98,7 +99,7 @@ pub fn park(
         s.execute(params![
             seq.get() as i64,
             frame,
-            kind,
+            kind.as_str(),
             reason,
             table,
             now_millis
@@ -130,7 +131,7 @@ pub struct ParkedMessage {
     /// The frame (for multi-part batches, the reassembled single-part frame).
     pub frame: Vec<u8>,
     /// Kind of failure.
-    pub kind: String,
+    pub kind: ParkReason,
     /// Why it was parked.
     pub reason: String,
     /// When it was first parked (Unix ms).
@@ -150,7 +151,7 @@ pub fn parked(conn: &Connection) -> Result<Vec<ParkedMessage>, StoreError> {
             Ok(ParkedMessage {
                 seq: StreamSeq::new(r.get::<_, i64>(0)? as u64),
                 frame: r.get(1)?,
-                kind: r.get(2)?,
+                kind: ParkReason::from_name(&r.get::<_, String>(2)?),
                 reason: r.get(3)?,
                 parked_at: r.get(4)?,
                 attempts: r.get(5)?,

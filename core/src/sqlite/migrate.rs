@@ -162,7 +162,7 @@ pub fn parked_count(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// `kind` of parked migrations in `__hl_parked`.
-pub const KIND: &str = "migration";
+pub const KIND: &str = crate::report::ParkReason::Migration.as_str();
 
 /// The schema status of a database read without opening a `Store` (no install, no writes):
 /// a database harmonylite never ran on reports version 0 and no parked migrations.

@@ -1045,4 +1045,8 @@ impl crate::engine::Database for Store {
     fn set_max_frame(&mut self, bytes: usize) {
         Store::set_max_frame(self, bytes)
     }
+
+    fn error_kind(error: &StoreError) -> crate::error::DatabaseErrorKind {
+        error.kind()
+    }
 }

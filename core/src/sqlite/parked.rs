@@ -487,7 +487,10 @@ mod tests {
             .unwrap();
         b.drain().unwrap();
         let retry = b.retry_parked(now()).unwrap();
-        assert_eq!(retry.parked[0].kind, "unknown_column");
+        assert_eq!(
+            retry.parked[0].kind,
+            crate::report::ParkReason::UnknownColumn
+        );
         assert!(matches!(
             b.discard_parked("other", false),
             Err(DiscardError::TableExists { messages: 1, .. })

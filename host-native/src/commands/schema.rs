@@ -82,7 +82,7 @@ pub fn migrate(config: &Config, file: &Path, allow_destructive: bool) -> Result<
             return Ok(());
         }
         if let Some(p) = store.parked()?.into_iter().find(|p| {
-            p.kind == migrate::KIND && {
+            p.kind == harmonylite_core::report::ParkReason::Migration && {
                 matches!(
                     harmonylite_core::wire::decode_message(&p.frame),
                     Ok(harmonylite_core::wire::Message::Migration(m)) if hex(&m.id) == published.id

@@ -18,7 +18,7 @@
 //! | `<ns>_lag_messages` | gauge | stream messages not applied yet |
 //! | `<ns>_nats_connected` | gauge | 1 when connected |
 //! | `<ns>_apply_seconds` | histogram | duration of one apply transaction |
-//! | `<ns>_database_errors_total{operation}` | counter | failed database operations (retried) |
+//! | `<ns>_database_errors_total{operation,kind}` | counter | failed database operations (retried), by kind (`busy`, `disk_full`, `io`, `read_only`, `corrupt`, `other`) |
 //! | `<ns>_snapshots_total` | counter | snapshots this node took and stored |
 //! | `<ns>_restores_total{reason="missing"\|"damaged"\|"behind"}` | counter | restores from a snapshot |
 //! | `<ns>_snapshot_bytes_total{direction="upload"\|"download"}` | counter | framed snapshot bytes sent and received |
@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harmonylite_core::engine::ReceiveSummary;
+use harmonylite_core::error::DatabaseErrorKind;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Records the sidecar's metrics under a namespace.
@@ -74,8 +75,9 @@ impl Metrics {
             .increment(summary.remote_won);
         metrics::counter!(self.name("conflicts_total"), "winner" => "local")
             .increment(summary.local_won);
-        for (_, kind, _) in &summary.parked {
-            metrics::counter!(self.name("parked_total"), "kind" => *kind).increment(1);
+        for parked in &summary.parked {
+            metrics::counter!(self.name("parked_total"), "kind" => parked.kind.as_str())
+                .increment(1);
         }
         metrics::histogram!(self.name("apply_seconds")).record(took.as_secs_f64());
     }
@@ -138,8 +140,8 @@ impl Metrics {
     }
 
     /// A failed database operation.
-    pub fn database_error(&self, operation: &'static str) {
-        metrics::counter!(self.name("database_errors_total"), "operation" => operation)
+    pub fn database_error(&self, operation: &'static str, kind: DatabaseErrorKind) {
+        metrics::counter!(self.name("database_errors_total"), "operation" => operation, "kind" => kind.as_str())
             .increment(1);
     }
 }

@@ -653,11 +653,12 @@ impl Driver {
             }
             Event::Received(summary) => {
                 self.metrics.received(&summary, took);
-                for (seq, kind, reason) in &summary.parked {
+                for parked in &summary.parked {
                     tracing::warn!(
-                        seq = seq.get(),
-                        kind,
-                        "parked a message that cannot be applied here: {reason}"
+                        seq = parked.seq.get(),
+                        kind = parked.kind.as_str(),
+                        "parked a message that cannot be applied here: {}",
+                        parked.reason
                     );
                 }
                 if summary.unparked > 0 {
@@ -696,12 +697,14 @@ impl Driver {
             Event::Acked { frames } => self.metrics.published(frames),
             Event::DatabaseError {
                 operation,
+                kind,
                 error,
                 retry_in,
             } => {
-                self.metrics.database_error(operation);
+                self.metrics.database_error(operation, kind);
                 tracing::error!(
                     retry_in_ms = retry_in.as_millis() as u64,
+                    kind = kind.as_str(),
                     "{operation} failed: {error}"
                 );
             }
