@@ -36,6 +36,9 @@ pub struct DrainReport {
     /// Frames reached the outbox outside this drain (a migration published through
     /// `Store::publish_migration`, possibly by another process): publish them.
     pub outbox_grew: bool,
+    /// When the oldest captured write was made (Unix ms, the capture trigger's wall clock):
+    /// hosts measure commit -> captured from it.
+    pub oldest_write_unix_ms: Option<i64>,
 }
 
 /// What a receive did.

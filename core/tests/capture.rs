@@ -932,7 +932,14 @@ fn hlc_is_the_write_time_even_when_drained_later() {
 
     let mut store = open_store(&path, StoreOptions::new(node(1)));
     let drained_at = unix_millis_now();
-    assert_eq!(store.drain().unwrap().rows, 1);
+    let report = store.drain().unwrap();
+    assert_eq!(report.rows, 1);
+    // The report dates the oldest captured write (hosts time commit -> captured with it).
+    let oldest = report.oldest_write_unix_ms.expect("a write was captured");
+    assert!(
+        oldest >= before - 2 && oldest <= after + 2,
+        "oldest write {oldest} ms is not the write time [{before}, {after}]"
+    );
     let batches = outbox_batches(&store);
     let written = ntp_to_millis(batches[0].2.rows[0].time);
     assert!(

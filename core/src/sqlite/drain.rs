@@ -29,6 +29,8 @@ pub struct Drained {
     pub log_entries: usize,
     /// Consumed entries of rows whose key contains NULL, not replicated.
     pub null_keys: usize,
+    /// Wall-clock time (Unix ms, from the capture trigger) of the oldest entry consumed.
+    pub oldest_write_unix_ms: Option<i64>,
 }
 
 /// Reads all pending log entries, coalesces them per row, reads each row's current image,
@@ -50,6 +52,7 @@ pub fn drain(
     let mut max_seq = None;
     let mut log_entries = 0;
     let mut null_keys = 0;
+    let mut oldest_write_unix_ms: Option<i64> = None;
     {
         let mut stmt = conn
             .prepare_cached(&format!(
@@ -65,6 +68,8 @@ pub fn drain(
             let wall_millis: i64 = row.get(2).context("reading the change log")?;
             max_seq = Some(seq);
             log_entries += 1;
+            oldest_write_unix_ms =
+                Some(oldest_write_unix_ms.map_or(wall_millis, |t| t.min(wall_millis)));
             // Entries of a table no longer replicated are discarded with the rest.
             let Some(table) = tables.by_id(table_id) else {
                 continue;
@@ -139,6 +144,7 @@ pub fn drain(
         batch,
         log_entries,
         null_keys,
+        oldest_write_unix_ms,
     })
 }
 

@@ -882,6 +882,7 @@ fn drain_in(
         rows: drained.batch.len(),
         log_entries: drained.log_entries,
         null_keys: drained.null_keys,
+        oldest_write_unix_ms: drained.oldest_write_unix_ms,
         tables: drained
             .batch
             .tables
