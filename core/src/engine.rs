@@ -314,12 +314,13 @@ impl<D: Database> Engine<D> {
     }
 
     /// The database.
-    pub fn db(&self) -> &D {
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn db(&self) -> &D {
         &self.db
     }
 
     /// The database, mutably (hosts use it for reads between inputs).
-    pub fn db_mut(&mut self) -> &mut D {
+    pub(crate) fn db_mut(&mut self) -> &mut D {
         &mut self.db
     }
 

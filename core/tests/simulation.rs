@@ -323,10 +323,6 @@ impl Replica {
         self.session.as_ref().expect("replica is running")
     }
 
-    fn store(&self) -> &Store {
-        self.session().engine().db()
-    }
-
     /// Forgets what the transport was doing for the session (it is gone or stopped).
     fn drop_transport(&mut self) {
         self.publishes.clear();
@@ -1060,7 +1056,7 @@ impl Sim {
             .join(format!("snapshot{}.db", self.snapshots));
         let donor_cursor = self.replicas[donor].session().applied_cursor().get();
         vacuum_into(
-            self.replicas[donor].store().connection(),
+            self.replicas[donor].session().app_connection(),
             path.to_str().unwrap(),
         )
         .unwrap();
@@ -1149,7 +1145,7 @@ impl Sim {
                     && r.consumer.is_some()
                     && !r.must_adopt
                     && session.outbox_depth().unwrap().0 == 0
-                    && !r.store().has_pending_log().unwrap()
+                    && session.log_depth().unwrap() == 0
                     && session.applied_cursor().get() == last
                     && status.healthy()
                     && status.caught_up(0)
@@ -1170,7 +1166,7 @@ impl Sim {
                     r.consumer,
                     r.must_adopt,
                     session.outbox_depth().unwrap(),
-                    r.store().has_pending_log().unwrap(),
+                    session.log_depth().unwrap(),
                     session.status(),
                 )
             })
@@ -1487,7 +1483,7 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
     let (model, published) = model_of(&sim.stream.published);
     let mut writes = 0;
     for (i, r) in sim.replicas.iter().enumerate() {
-        let conn = r.store().connection();
+        let conn = r.session().app_connection();
         for table in TABLES {
             let actual = dump(conn, table);
             let expected = model.live_rows(table);
@@ -1510,9 +1506,9 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
             }
         }
     }
-    let first = sim.replicas[0].store().connection();
+    let first = sim.replicas[0].session().app_connection();
     for (i, r) in sim.replicas.iter().enumerate().skip(1) {
-        let conn = r.store().connection();
+        let conn = r.session().app_connection();
         for table in TABLES {
             if dump(conn, table) != dump(first, table) {
                 return Err(format!("replica {i} and replica 0 differ in {table}"));

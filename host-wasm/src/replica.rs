@@ -9,7 +9,7 @@ use harmonylite_core::hlc::ntp64_from_unix;
 use harmonylite_core::session::{
     Session, SessionConfig, SessionInput, SessionOutput, SessionStatus, StreamInfo,
 };
-use harmonylite_core::sqlite::snapshot::{install_node_local, NodeLocal};
+use harmonylite_core::sqlite::snapshot::install_node_local;
 use harmonylite_core::sqlite::stream_identity;
 use harmonylite_core::sqlite::{DiscardError, PublishMigrationError, Store, StoreOptions};
 use harmonylite_core::wire;
@@ -443,15 +443,9 @@ impl Replica {
         self.session.as_mut().ok_or(ReplicaError::Closed)
     }
 
-    /// The store, read only (its node-local state, change log and migrations; every change
-    /// goes through the session).
-    fn store(&self) -> Result<&Store, ReplicaError> {
-        Ok(self.session()?.engine().db())
-    }
-
     /// The application's connection: its SQL fires the capture triggers like any write.
     fn conn(&self) -> Result<&Connection, ReplicaError> {
-        Ok(self.store()?.connection())
+        Ok(self.session()?.app_connection())
     }
 
     fn schema_version(conn: &Connection) -> Result<i64, ReplicaError> {
@@ -489,7 +483,7 @@ impl Replica {
                 return Err(e);
             }
         };
-        self.schema_seen = Self::schema_version(session.engine().db().connection())?;
+        self.schema_seen = Self::schema_version(session.app_connection())?;
         self.session = Some(session);
         Ok(())
     }
@@ -696,7 +690,7 @@ impl Replica {
     /// applied here; 0 when it was not (yet).
     #[wasm_bindgen(js_name = migrationVersion)]
     pub fn migration_version(&self, id: &str) -> Result<f64, JsValue> {
-        let migrations = self.store()?.migrations().map_err(ReplicaError::from)?;
+        let migrations = self.session()?.migrations().map_err(ReplicaError::from)?;
         Ok(migrations
             .iter()
             .find(|m| hex(&m.id) == id)
@@ -803,7 +797,7 @@ impl Replica {
         let session = self.session()?;
         let (frames, rows) = session.outbox_depth().map_err(ReplicaError::from)?;
         let parked = session.parked_count().map_err(ReplicaError::from)?;
-        let log = self.store()?.log_depth().map_err(ReplicaError::from)?;
+        let log = session.log_depth().map_err(ReplicaError::from)?;
         let schema = session.schema_status().map_err(ReplicaError::from)?;
         let status = session.status();
         Ok(object(&[
@@ -914,7 +908,7 @@ impl Replica {
             return Ok(false);
         }
         let (frames, _) = session.outbox_depth().map_err(ReplicaError::from)?;
-        if frames > 0 || self.store()?.log_depth().map_err(ReplicaError::from)? > 0 {
+        if frames > 0 || session.log_depth().map_err(ReplicaError::from)? > 0 {
             return Ok(false);
         }
         let conn = self.conn()?;
@@ -961,14 +955,9 @@ impl Replica {
         let replay_own_until = StreamSeq::new(seq_arg(replay_own_until, "replayOwnUntil")?);
         let (header, bytes) = harmonylite_core::snapshot::unframe_bytes(framed)
             .map_err(|e| ReplicaError::Storage(format!("the snapshot is damaged: {e}")))?;
-        let store = self.store()?;
-        let local = NodeLocal {
-            node_id: store.node_id(),
-            incarnation: u64::from_le_bytes(random),
-            next_batch: None,
-            next_outbox_id: None,
-            clock: Some(store.clock().last().as_u64()),
-        };
+        let local = self
+            .session()?
+            .node_local_for_restore(u64::from_le_bytes(random));
         // Prepare the copy in memory, then copy it page by page into the replica's own file
         // (any VFS): the database is only touched once the copy is known to be good.
         let mut copy = Connection::open_in_memory()

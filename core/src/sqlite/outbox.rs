@@ -2,13 +2,11 @@
 
 use rusqlite::{params, Connection};
 
-use super::{meta, DiscardError, Discarded, PublishMigrationError, PublishedMigration, Store};
+use super::{meta, Store};
 use crate::capture::names::{self, quote};
 use crate::change::BatchSeq;
 use crate::error::{Context, StoreError};
-use crate::hlc::NTP64;
 use crate::report::OutboxFrame;
-use crate::session::Session;
 
 /// Appends a batch's frames, with ids never used before (see
 /// [`meta::keys::NEXT_OUTBOX_ID`]).
@@ -129,37 +127,5 @@ impl Store {
     /// is empty (a host waiting for its writes to reach the stream compares them).
     pub fn outbox_id_range(&self) -> Result<(i64, i64), StoreError> {
         id_range(self.connection())
-    }
-}
-
-/// What an in-process host (the wasm replica) changes in the store beside the replication
-/// protocol, through its session rather than past it.
-impl Session<Store> {
-    /// Lowest and highest outbox id waiting for an acknowledgement ([`Store::outbox_id_range`]).
-    pub fn outbox_id_range(&self) -> Result<(i64, i64), StoreError> {
-        self.engine().db().outbox_id_range()
-    }
-
-    /// Writes `sql` to the outbox as a replicated migration ([`Store::publish_migration`]);
-    /// feed [`crate::session::SessionInput::LocalWrite`] next to hand it out.
-    pub fn publish_migration(
-        &mut self,
-        sql: &str,
-        allow_destructive: bool,
-        now: NTP64,
-    ) -> Result<PublishedMigration, PublishMigrationError> {
-        self.engine_mut()
-            .db_mut()
-            .publish_migration(sql, allow_destructive, now)
-    }
-
-    /// Discards the parked changes for `table` ([`Store::discard_parked`]); what is left of
-    /// messages that also held other tables' changes is retried at the next input.
-    pub fn discard_parked(&mut self, table: &str, force: bool) -> Result<Discarded, DiscardError> {
-        let discarded = self.engine_mut().db_mut().discard_parked(table, force)?;
-        if discarded.trimmed > 0 {
-            self.engine_mut().retry_parked_soon();
-        }
-        Ok(discarded)
     }
 }
