@@ -320,7 +320,7 @@ fn remove_journal(journal: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", journal.display()))
         }
-        _ => crate::util::sync_dir(journal),
+        _ => Ok(crate::util::sync_dir(journal)?),
     }
 }
 

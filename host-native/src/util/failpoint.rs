@@ -31,7 +31,7 @@ static INJECTED: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
 
 /// Fails while the failure point `name` has failures left (see the module docs); `Ok`
 /// otherwise.
-pub fn inject(name: &str) -> anyhow::Result<()> {
+pub fn inject(name: &str) -> Result<(), crate::util::UtilError> {
     let Ok(armed) = std::env::var(FAIL_ENV) else {
         return Ok(());
     };
@@ -50,7 +50,11 @@ pub fn inject(name: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     *done += 1;
-    anyhow::bail!("injected failure {done}/{count} at {name} ({FAIL_ENV}): JetStream error 503, no responders available")
+    Err(crate::util::UtilError::Injected {
+        name: name.to_owned(),
+        done: *done,
+        count,
+    })
 }
 
 /// Whether the failpoint `name` is armed.

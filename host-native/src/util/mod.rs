@@ -1,20 +1,24 @@
 //! Small helpers with no replication rule in them: randomness, wall-clock milliseconds,
-//! directory fsync.
+//! directory fsync, and how the library's errors print ([`error`]).
 
 use std::path::Path;
 
-use anyhow::Context as _;
 use harmonylite_core::hlc::NodeId;
 
 pub mod db_lock;
+pub mod error;
 pub mod failpoint;
 
+pub use error::UtilError;
+
 /// A random non-zero node id.
-pub fn random_node_id() -> anyhow::Result<NodeId> {
+pub fn random_node_id() -> Result<NodeId, UtilError> {
     loop {
         let mut bytes = [0u8; 16];
-        getrandom::getrandom(&mut bytes)
-            .map_err(|e| anyhow::anyhow!("no randomness for a node id: {e}"))?;
+        getrandom::getrandom(&mut bytes).map_err(|source| UtilError::NoRandomness {
+            purpose: "a node id",
+            source,
+        })?;
         if let Some(id) = NodeId::from_u128(u128::from_le_bytes(bytes)) {
             return Ok(id);
         }
@@ -22,9 +26,12 @@ pub fn random_node_id() -> anyhow::Result<NodeId> {
 }
 
 /// A random `u64` (incarnations).
-pub fn random_u64() -> anyhow::Result<u64> {
+pub fn random_u64() -> Result<u64, UtilError> {
     let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    getrandom::getrandom(&mut bytes).map_err(|source| UtilError::NoRandomness {
+        purpose: "an incarnation",
+        source,
+    })?;
     Ok(u64::from_le_bytes(bytes))
 }
 
@@ -37,12 +44,15 @@ pub fn unix_ms() -> u64 {
 }
 
 /// Fsyncs the directory that holds `path` (so a rename or removal in it is durable).
-pub fn sync_dir(path: &Path) -> anyhow::Result<()> {
+pub fn sync_dir(path: &Path) -> Result<(), UtilError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
+        .map_err(|source| UtilError::SyncDir {
+            dir: dir.to_owned(),
+            source,
+        })
 }
