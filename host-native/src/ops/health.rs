@@ -100,7 +100,11 @@ pub struct CatchUpStatus {
 pub type SharedStatus = Arc<Mutex<Status>>;
 
 /// Serves `GET <path>` on `bind` with the current status.
-pub async fn serve(bind: SocketAddr, path: &str, status: SharedStatus) -> anyhow::Result<()> {
+pub async fn serve(
+    bind: SocketAddr,
+    path: &str,
+    status: SharedStatus,
+) -> Result<(), crate::ops::OpsError> {
     let app = axum::Router::new().route(
         path,
         axum::routing::get(move || {
@@ -117,7 +121,11 @@ pub async fn serve(bind: SocketAddr, path: &str, status: SharedStatus) -> anyhow
     );
     let listener = tokio::net::TcpListener::bind(bind)
         .await
-        .map_err(|e| anyhow::anyhow!("[health_check] bind {bind}: {e}"))?;
+        .map_err(|source| crate::ops::OpsError::Bind {
+            section: "[health_check]",
+            bind,
+            source,
+        })?;
     tracing::info!(%bind, path, "serving health checks");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
