@@ -10,10 +10,14 @@ use harmonylite_core::hlc::NodeId;
 use crate::config::Config;
 use crate::nats::server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
 use crate::nats::transport::{self, Auth, StreamError, TransportConfig};
+use crate::nats::NatsError;
 
 /// Starts the embedded nats-server `config` describes (store under the data directory,
 /// cluster routes, leaf remotes, WebSocket) and waits until it is ready.
-pub async fn start_embedded_server(config: &Config, node_id: NodeId) -> anyhow::Result<NatsServer> {
+pub async fn start_embedded_server(
+    config: &Config,
+    node_id: NodeId,
+) -> Result<NatsServer, NatsError> {
     let store_dir = config.effective_data_dir().join("nats");
     let mut embedded = EmbeddedServerConfig::new(store_dir, format!("harmonylite-{node_id}"));
     embedded.binary = config.nats.server_binary.clone();

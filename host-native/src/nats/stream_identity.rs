@@ -2,6 +2,7 @@
 //! ([`harmonylite_core::sqlite::stream_identity`]): its advice on a mismatch
 //! (`--adopt-stream` is [`crate::commands::adopt_stream`]).
 
+use harmonylite_core::error::StoreError;
 use harmonylite_core::sqlite::stream_identity;
 pub use harmonylite_core::sqlite::stream_identity::StreamFacts;
 use rusqlite::Connection;
@@ -17,14 +18,8 @@ pub fn refusal(
     stream_name: &str,
     cursor: u64,
     facts: StreamFacts,
-) -> anyhow::Result<Option<String>> {
-    Ok(stream_identity::refusal(
-        conn,
-        stream_name,
-        cursor,
-        facts,
-        HOW_TO_ADOPT,
-    )?)
+) -> Result<Option<String>, StoreError> {
+    stream_identity::refusal(conn, stream_name, cursor, facts, HOW_TO_ADOPT)
 }
 
 #[cfg(test)]

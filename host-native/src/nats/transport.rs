@@ -17,6 +17,8 @@ use harmonylite_core::engine::Publish;
 use harmonylite_core::session::{missing_stream_refusal, StreamInfo};
 use tokio::sync::mpsc;
 
+use crate::nats::NatsError;
+
 /// How a client authenticates to NATS.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Auth {
@@ -82,7 +84,7 @@ pub enum TransportEvent {
 pub async fn connect(
     config: &TransportConfig,
     events: mpsc::UnboundedSender<TransportEvent>,
-) -> anyhow::Result<async_nats::Client> {
+) -> Result<async_nats::Client, NatsError> {
     let mut options = match &config.auth {
         Auth::None => ConnectOptions::new(),
         Auth::UserPassword { user, password } => {
@@ -90,14 +92,23 @@ pub async fn connect(
         }
         Auth::Token(token) => ConnectOptions::with_token(token.clone()),
         Auth::NkeySeedFile(path) => {
-            let seed = tokio::fs::read_to_string(path)
-                .await
-                .map_err(|e| anyhow::anyhow!("reading [nats] seed_file {}: {e}", path.display()))?;
+            let seed =
+                tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|source| NatsError::SeedFile {
+                        path: path.clone(),
+                        source,
+                    })?;
             ConnectOptions::with_nkey(seed.trim().to_string())
         }
-        Auth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading [nats] creds_file {}: {e}", path.display()))?,
+        Auth::CredsFile(path) => {
+            ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|source| NatsError::CredsFile {
+                    path: path.clone(),
+                    source,
+                })?
+        }
     };
     if let Some(ca) = &config.ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
@@ -133,7 +144,10 @@ pub async fn connect(
     let client = options
         .connect(config.urls.clone())
         .await
-        .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", config.urls.join(", ")))?;
+        .map_err(|source| NatsError::Connect {
+            urls: config.urls.clone(),
+            source,
+        })?;
     Ok(client)
 }
 
@@ -281,9 +295,9 @@ pub async fn ensure_stream(
 }
 
 /// The stream's bounds and creation time, for the session's consumer rules.
-pub async fn stream_info(stream: &mut stream::Stream) -> anyhow::Result<StreamInfo> {
+pub async fn stream_info(stream: &mut stream::Stream) -> Result<StreamInfo, NatsError> {
     crate::util::failpoint::inject("stream-info")?;
-    let info = stream.info().await?;
+    let info = stream.info().await.map_err(NatsError::StreamInfo)?;
     Ok(StreamInfo {
         first_seq: info.state.first_sequence,
         last_seq: info.state.last_sequence,
@@ -292,9 +306,9 @@ pub async fn stream_info(stream: &mut stream::Stream) -> anyhow::Result<StreamIn
 }
 
 /// First and last sequence currently in the stream.
-pub async fn stream_bounds(stream: &mut stream::Stream) -> anyhow::Result<(u64, u64)> {
+pub async fn stream_bounds(stream: &mut stream::Stream) -> Result<(u64, u64), NatsError> {
     crate::util::failpoint::inject("stream-info")?;
-    let info = stream.info().await?;
+    let info = stream.info().await.map_err(NatsError::StreamInfo)?;
     Ok((info.state.first_sequence, info.state.last_sequence))
 }
 
@@ -302,7 +316,7 @@ pub async fn stream_bounds(stream: &mut stream::Stream) -> anyhow::Result<(u64, 
 pub async fn consume_from(
     stream: &stream::Stream,
     from: StreamSeq,
-) -> anyhow::Result<consumer::pull::Ordered> {
+) -> Result<consumer::pull::Ordered, NatsError> {
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -311,8 +325,11 @@ pub async fn consume_from(
             ..Default::default()
         })
         .await
-        .map_err(|e| anyhow::anyhow!("creating a consumer from sequence {from}: {e}"))?;
-    Ok(consumer.messages().await?)
+        .map_err(|source| NatsError::CreateConsumer { from, source })?;
+    consumer
+        .messages()
+        .await
+        .map_err(NatsError::ConsumerMessages)
 }
 
 /// Publishes frames in the order given, keeping the acks in flight concurrently, and reports

@@ -2,6 +2,7 @@
 //! anything connects, then opened, or restored from a snapshot first, retrying every step
 //! until it succeeds. The run loop ([`crate::run::driver`]) calls these, then takes over.
 
+use std::fmt;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -109,7 +110,7 @@ impl Startup<'_> {
 
     /// A start-up step failed: says so in the log and the health endpoint (`waiting`),
     /// sleeps `delay`, and doubles it for the next failure (at most 30 s).
-    async fn retry_after(&self, delay: &mut Duration, what: &str, error: &anyhow::Error) {
+    async fn retry_after(&self, delay: &mut Duration, what: &str, error: &dyn fmt::Display) {
         tracing::warn!(retry_in_ms = delay.as_millis() as u64, "{what}: {error:#}");
         self.waiting(Some(format!("{what}: {error:#}")));
         tokio::time::sleep(*delay).await;
