@@ -9,7 +9,7 @@ use std::time::Duration;
 use harmonylite::config::Config;
 use harmonylite::snapshot::restore::download;
 use harmonylite::snapshot::store::s3::{S3Store, PART_SIZE};
-use harmonylite::snapshot::store::{SnapshotInfo, SnapshotStore};
+use harmonylite::snapshot::store::{SnapshotInfo, SnapshotStore, SnapshotStoreError};
 use harmonylite::snapshot::{make_copy, FramedSource};
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
@@ -165,6 +165,10 @@ fn the_s3_store_uploads_lists_prunes_and_downloads_verified_snapshots() {
         let info = SnapshotInfo::new(STREAM, StreamSeq::new(50), 3_000, node(3));
         let error = store.upload(&info, &broken).await.unwrap_err();
         assert!(
+            matches!(error, SnapshotStoreError::Upload { .. }),
+            "{error:#}"
+        );
+        assert!(
             format!("{error:#}").contains("damaged or changed"),
             "{error:#}"
         );
@@ -187,6 +191,10 @@ fn a_missing_bucket_is_a_clear_error() {
     let moto = Moto::start(dir.path());
     let store = s3_store(&moto, dir.path(), "", STREAM);
     let error = runtime().block_on(store.list()).unwrap_err();
+    assert!(
+        matches!(error, SnapshotStoreError::List { .. }),
+        "{error:#}"
+    );
     let message = format!("{error:#}");
     assert!(message.contains(BUCKET), "{message}");
 }

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use harmonylite_core::hlc::NTP64;
 use harmonylite_core::session::Session;
@@ -28,6 +27,8 @@ use crate::config::Config;
 use crate::ops::health::CatchUpStatus;
 use crate::snapshot::peer::{usable_snapshots, PeerAsk};
 use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
+use crate::snapshot::{file_error, SnapshotError};
+use crate::util::error::BoxError;
 
 /// Row versions merged per transaction.
 pub const ROWS_PER_STEP: usize = 100;
@@ -58,7 +59,7 @@ pub struct Fetched {
 /// Where a catch-up stands.
 pub enum CatchUpJob {
     /// Finding and downloading a covering snapshot.
-    Fetching(JoinHandle<anyhow::Result<Fetched>>),
+    Fetching(JoinHandle<Result<Fetched, SnapshotError>>),
     /// Merging it, one step per turn.
     Merging {
         /// The merge.
@@ -114,15 +115,19 @@ impl CatchUpJob {
     }
 
     /// The job after its download ended: merging, or waiting to retry (with the reason).
-    pub fn fetched(
-        outcome: Result<anyhow::Result<Fetched>, tokio::task::JoinError>,
+    /// `outcome` is [`fetch_done`]'s, whatever error type it was converted into.
+    pub fn fetched<E: Into<BoxError>>(
+        outcome: Result<Result<Fetched, E>, tokio::task::JoinError>,
     ) -> (Self, Result<(), String>) {
         let retry = CatchUpJob::Waiting {
             retry_at: tokio::time::Instant::now() + RETRY_AFTER,
         };
         let fetched = match outcome {
             Ok(Ok(fetched)) => fetched,
-            Ok(Err(e)) => return (retry, Err(format!("catching up: {e:#}"))),
+            Ok(Err(e)) => {
+                let why = crate::util::error::report(&*e.into());
+                return (retry, Err(format!("catching up: {why}")));
+            }
             Err(e) => return (retry, Err(format!("the snapshot download task ended: {e}"))),
         };
         match CatchUp::open(&fetched.path, fetched.header.covered_seq) {
@@ -233,12 +238,14 @@ impl CatchUpJob {
     }
 }
 
-/// Resolves when the job's snapshot download ends (never while none runs).
-pub async fn fetch_done(
+/// Resolves when the job's snapshot download ends (never while none runs). Its
+/// [`SnapshotError`] is converted into the error type the caller wants (the run loop keeps
+/// `anyhow` errors).
+pub async fn fetch_done<E: From<SnapshotError>>(
     job: &mut Option<CatchUpJob>,
-) -> Result<anyhow::Result<Fetched>, tokio::task::JoinError> {
+) -> Result<Result<Fetched, E>, tokio::task::JoinError> {
     match job {
-        Some(CatchUpJob::Fetching(task)) => task.await,
+        Some(CatchUpJob::Fetching(task)) => task.await.map(|fetched| fetched.map_err(E::from)),
         _ => std::future::pending().await,
     }
 }
@@ -263,17 +270,17 @@ pub fn download_path(config: &Config) -> PathBuf {
 
 /// Finds the newest snapshot that reaches `first_needed` (asking a peer when none does),
 /// downloads and verifies it, and opens nothing: the driver opens the merge.
-pub async fn fetch(ctx: FetchContext, first_needed: u64) -> anyhow::Result<Fetched> {
+pub async fn fetch(ctx: FetchContext, first_needed: u64) -> Result<Fetched, SnapshotError> {
     let started = Instant::now();
     let store = SnapshotStore::open(&ctx.config, &ctx.js, &ctx.stream)
         .await
-        .context("opening the snapshot store")?;
+        .map_err(SnapshotError::OpenStore)?;
     let usable = usable_snapshots(&store, first_needed, &ctx.ask).await?;
     let path = download_path(&ctx.config);
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir)
             .await
-            .with_context(|| format!("creating {}", dir.display()))?;
+            .map_err(file_error("creating", dir))?;
     }
     let mut last_error = None;
     for candidate in usable {
@@ -298,7 +305,7 @@ pub async fn fetch(ctx: FetchContext, first_needed: u64) -> anyhow::Result<Fetch
         }
     }
     let _ = tokio::fs::remove_file(&path).await;
-    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no snapshot downloaded intact")))
+    Err(last_error.unwrap_or(SnapshotError::NothingDownloaded))
 }
 
 /// Removes a downloaded copy (and its journal files, if SQLite left any).

@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use harmonylite_core::hlc::NodeId;
+
+use crate::snapshot::LeaseError;
 
 /// How long a lease lives without renewal.
 pub const TTL: Duration = Duration::from_secs(60);
@@ -40,7 +41,7 @@ impl LeaseBucket {
         name: &str,
         replicas: usize,
         ttl: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, LeaseError> {
         let kv = match js.get_key_value(name).await {
             Ok(kv) => kv,
             Err(_) => js
@@ -53,7 +54,10 @@ impl LeaseBucket {
                     ..Default::default()
                 })
                 .await
-                .with_context(|| format!("creating the lease bucket {name:?}"))?,
+                .map_err(|source| LeaseError::CreateBucket {
+                    bucket: name.to_owned(),
+                    source,
+                })?,
         };
         Ok(LeaseBucket {
             kv,
@@ -62,7 +66,11 @@ impl LeaseBucket {
     }
 
     /// Takes the lease `key` for `holder`, unless someone holds it (`Ok(None)`).
-    pub async fn try_acquire(&self, key: &str, holder: NodeId) -> anyhow::Result<Option<Lease>> {
+    pub async fn try_acquire(
+        &self,
+        key: &str,
+        holder: NodeId,
+    ) -> Result<Option<Lease>, LeaseError> {
         match self.kv.create(key, holder.to_string().into()).await {
             Ok(revision) => Ok(Some(Lease {
                 kv: self.kv.clone(),
@@ -70,35 +78,45 @@ impl LeaseBucket {
                 revision,
             })),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => {
-                Err(e).with_context(|| format!("taking lease {key:?} in bucket {:?}", self.name))
-            }
+            Err(source) => Err(LeaseError::Take {
+                key: key.to_owned(),
+                bucket: self.name.clone(),
+                source,
+            }),
         }
     }
 
     /// The node holding lease `key`, if any.
-    pub async fn holder(&self, key: &str) -> anyhow::Result<Option<String>> {
+    pub async fn holder(&self, key: &str) -> Result<Option<String>, LeaseError> {
         Ok(self
             .kv
             .get(key)
-            .await?
+            .await
+            .map_err(|source| LeaseError::Read {
+                key: key.to_owned(),
+                source,
+            })?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 }
 
 impl Lease {
     /// Extends the lease by another TTL; fails when it was lost (expired and taken over).
-    pub async fn renew(&mut self) -> anyhow::Result<()> {
+    pub async fn renew(&mut self) -> Result<(), LeaseError> {
         let value = self
             .kv
             .get(&self.key)
-            .await?
-            .context("the snapshot lease expired")?;
+            .await
+            .map_err(|source| LeaseError::Read {
+                key: self.key.clone(),
+                source,
+            })?
+            .ok_or(LeaseError::Expired)?;
         self.revision = self
             .kv
             .update(&self.key, value, self.revision)
             .await
-            .context("the snapshot lease was taken over")?;
+            .map_err(LeaseError::TakenOver)?;
         Ok(())
     }
 

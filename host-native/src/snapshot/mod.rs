@@ -19,7 +19,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
@@ -28,11 +27,13 @@ use harmonylite_core::sqlite::snapshot::strip_node_local;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::config::Config;
+pub use crate::snapshot::error::{LeaseError, PeerError, SnapshotError, SnapshotStoreError};
 pub use crate::snapshot::frame::{read_full, FramedReader, FramedSource};
 use crate::snapshot::lease::LeaseBucket;
 use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
 
 pub mod catch_up;
+pub mod error;
 pub mod frame;
 pub mod info;
 pub mod lease;
@@ -52,13 +53,13 @@ pub mod store;
 /// still several times slower than a file copy. Either way the application keeps writing
 /// (WAL mode), and the copy ends in rollback-journal mode (one self-contained file),
 /// stripped of node-local state.
-pub fn make_copy(db_path: &Path, dest: &Path) -> anyhow::Result<StreamSeq> {
+pub fn make_copy(db_path: &Path, dest: &Path) -> Result<StreamSeq, SnapshotError> {
     remove_if_exists(dest)?;
     let source = Connection::open_with_flags(
         db_path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .with_context(|| format!("opening {}", db_path.display()))?;
+    .map_err(database("opening", db_path))?;
     source.busy_timeout(Duration::from_secs(30))?;
     source.execute_batch("PRAGMA mmap_size = 1099511627776")?;
     let t0 = Instant::now();
@@ -69,13 +70,16 @@ pub fn make_copy(db_path: &Path, dest: &Path) -> anyhow::Result<StreamSeq> {
         backup_into(&source, db_path, dest)?;
     }
     drop(source);
-    let mut copy =
-        Connection::open(dest).with_context(|| format!("opening the copy {}", dest.display()))?;
+    let mut copy = Connection::open(dest).map_err(database("opening the copy", dest))?;
     let mode: String = copy.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
-    anyhow::ensure!(mode == "delete", "the snapshot copy stayed in {mode} mode");
+    if mode != "delete" {
+        return Err(SnapshotError::CopyMode { mode });
+    }
     let t0 = Instant::now();
-    let covered = strip_node_local(&mut copy)
-        .with_context(|| format!("preparing the snapshot copy of {}", db_path.display()))?;
+    let covered = strip_node_local(&mut copy).map_err(|source| SnapshotError::Strip {
+        db: db_path.to_owned(),
+        source,
+    })?;
     copy.close().map_err(|(_, e)| e)?;
     tracing::debug!(took = ?t0.elapsed(), "node-local state stripped from the copy");
     Ok(covered)
@@ -97,7 +101,7 @@ fn copy_file_in_read_transaction(
     source: &Connection,
     db_path: &Path,
     dest: &Path,
-) -> anyhow::Result<bool> {
+) -> Result<bool, SnapshotError> {
     let mode: String = source.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
     if mode != "wal" {
         return Ok(false);
@@ -115,7 +119,7 @@ fn copy_file_in_read_transaction(
             continue;
         }
         source.execute_batch("BEGIN")?;
-        let result = (|| -> anyhow::Result<bool> {
+        let result = (|| -> Result<bool, SnapshotError> {
             let (page_size, page_count): (i64, i64) = source.query_row(
                 "SELECT page_size, page_count FROM pragma_page_size, pragma_page_count",
                 [],
@@ -145,21 +149,25 @@ fn copy_file_in_read_transaction(
 /// second descriptor: closing any descriptor of a file drops every POSIX lock this process
 /// holds on it, and losing the sidecar's shared lock lets an application connection that
 /// closes believe it is the last one and delete the WAL under the sidecar.
-fn copy_prefix(source: &Connection, from: &Path, to: &Path, len: u64) -> anyhow::Result<()> {
-    let mut output =
-        std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
+fn copy_prefix(source: &Connection, from: &Path, to: &Path, len: u64) -> Result<(), SnapshotError> {
+    let mut output = std::fs::File::create(to).map_err(file_error("creating", to))?;
     let mut buffer = vec![0u8; 1 << 20];
     let mut offset = 0u64;
     while offset < len {
         let want = (len - offset).min(buffer.len() as u64) as usize;
-        read_main_db_file(source, &mut buffer[..want], offset)
-            .with_context(|| format!("reading {} at byte {offset}", from.display()))?;
+        read_main_db_file(source, &mut buffer[..want], offset).map_err(|e| {
+            SnapshotError::ReadDatabase {
+                path: from.to_owned(),
+                offset,
+                source: Box::new(e),
+            }
+        })?;
         if offset == 0 {
-            anyhow::ensure!(
-                want >= 100 && buffer.starts_with(b"SQLite format 3\0"),
-                "{} does not start with an SQLite header",
-                from.display()
-            );
+            if want < 100 || !buffer.starts_with(b"SQLite format 3\0") {
+                return Err(SnapshotError::NotSqlite {
+                    path: from.to_owned(),
+                });
+            }
             buffer[18] = 1;
             buffer[19] = 1;
         }
@@ -175,10 +183,11 @@ fn read_main_db_file(
     connection: &Connection,
     buffer: &mut [u8],
     offset: u64,
-) -> anyhow::Result<()> {
+) -> Result<(), SnapshotError> {
     use rusqlite::ffi;
-    let amount = i32::try_from(buffer.len()).context("read too large")?;
-    let offset = i64::try_from(offset).context("offset too large")?;
+    let raw = |why: &str| SnapshotError::RawRead(why.to_owned());
+    let amount = i32::try_from(buffer.len()).map_err(|_| raw("read too large"))?;
+    let offset = i64::try_from(offset).map_err(|_| raw("offset too large"))?;
     let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
     // SAFETY: `handle()` is the live connection this borrow keeps open; the file control
     // writes one `sqlite3_file*` into `file`. The file stays open while the connection
@@ -190,47 +199,70 @@ fn read_main_db_file(
             ffi::SQLITE_FCNTL_FILE_POINTER,
             (&mut file as *mut *mut ffi::sqlite3_file).cast(),
         );
-        anyhow::ensure!(
-            rc == ffi::SQLITE_OK,
-            "SQLite returned no file handle (code {rc})"
-        );
-        anyhow::ensure!(
-            !file.is_null() && !(*file).pMethods.is_null(),
-            "the database file is not open"
-        );
+        if rc != ffi::SQLITE_OK {
+            return Err(raw(&format!("SQLite returned no file handle (code {rc})")));
+        }
+        if file.is_null() || (*file).pMethods.is_null() {
+            return Err(raw("the database file is not open"));
+        }
         let read = (*(*file).pMethods)
             .xRead
-            .context("the SQLite VFS cannot read")?;
+            .ok_or_else(|| raw("the SQLite VFS cannot read"))?;
         let rc = read(file, buffer.as_mut_ptr().cast(), amount, offset);
-        anyhow::ensure!(
-            rc == ffi::SQLITE_OK,
-            "the file is shorter than its page count says or unreadable (SQLite code {rc})"
-        );
+        if rc != ffi::SQLITE_OK {
+            return Err(raw(&format!(
+                "the file is shorter than its page count says or unreadable (SQLite code {rc})"
+            )));
+        }
     }
     Ok(())
 }
 
 /// Copies the database with SQLite's online backup API, in one step.
-fn backup_into(source: &Connection, db_path: &Path, dest: &Path) -> anyhow::Result<()> {
+fn backup_into(source: &Connection, db_path: &Path, dest: &Path) -> Result<(), SnapshotError> {
     remove_if_exists(dest)?;
-    let mut copy =
-        Connection::open(dest).with_context(|| format!("creating the copy {}", dest.display()))?;
+    let mut copy = Connection::open(dest).map_err(database("creating the copy", dest))?;
     // A temporary file until it is complete: no journal, no fsync.
     copy.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
     let backup = rusqlite::backup::Backup::new(source, &mut copy)?;
     let mut waited = Duration::ZERO;
     loop {
-        match backup
-            .step(-1)
-            .with_context(|| format!("copying {}", db_path.display()))?
-        {
+        match backup.step(-1).map_err(database("copying", db_path))? {
             rusqlite::backup::StepResult::Done => return Ok(()),
             _ if waited < Duration::from_secs(60) => {
                 std::thread::sleep(Duration::from_millis(50));
                 waited += Duration::from_millis(50);
             }
-            _ => anyhow::bail!("copying {}: the database stayed locked", db_path.display()),
+            _ => {
+                return Err(SnapshotError::Locked {
+                    db: db_path.to_owned(),
+                })
+            }
         }
+    }
+}
+
+/// The error of a database operation: `doing` (e.g. "opening") on `path`.
+fn database<'a>(
+    doing: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(rusqlite::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Database {
+        doing,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The error of a file operation: `doing` (e.g. "creating") on `path`.
+pub(crate) fn file_error<'a>(
+    doing: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::File {
+        doing,
+        path: path.to_owned(),
+        source,
     }
 }
 
@@ -261,21 +293,21 @@ pub async fn take(
     node_id: NodeId,
     stream: &str,
     store: &SnapshotStore,
-) -> anyhow::Result<Taken> {
+) -> Result<Taken, SnapshotError> {
     let started = Instant::now();
     tokio::fs::create_dir_all(work_dir)
         .await
-        .with_context(|| format!("creating {}", work_dir.display()))?;
+        .map_err(file_error("creating", work_dir))?;
     let copy = store.new_copy_path(work_dir);
     if let Some(dir) = copy.parent() {
         tokio::fs::create_dir_all(dir)
             .await
-            .with_context(|| format!("creating {}", dir.display()))?;
+            .map_err(file_error("creating", dir))?;
     }
     let result = async {
         let (db, dest) = (db_path.to_owned(), copy.clone());
         let stored_as_is = matches!(store, SnapshotStore::File(_));
-        let source = tokio::task::spawn_blocking(move || -> anyhow::Result<FramedSource> {
+        let source = tokio::task::spawn_blocking(move || -> Result<FramedSource, SnapshotError> {
             let t0 = Instant::now();
             let covered = make_copy(&db, &dest)?;
             tracing::debug!(took = ?t0.elapsed(), "snapshot copy");
@@ -420,7 +452,17 @@ pub struct JobContext {
 /// One periodic snapshot attempt: re-reads the newest stored snapshot, and if one is still
 /// due for `cursor`, takes the lease, takes and stores a snapshot, prunes old ones and gives
 /// the lease back.
-pub async fn run_job(ctx: JobContext, cursor: StreamSeq) -> anyhow::Result<JobOutcome> {
+///
+/// The error is a [`SnapshotError`], converted into whatever error type the caller's task
+/// handle holds (the run loop's holds `anyhow` errors; it spawns this as it is).
+pub async fn run_job<E: From<SnapshotError>>(
+    ctx: JobContext,
+    cursor: StreamSeq,
+) -> Result<JobOutcome, E> {
+    job(ctx, cursor).await.map_err(E::from)
+}
+
+async fn job(ctx: JobContext, cursor: StreamSeq) -> Result<JobOutcome, SnapshotError> {
     let config = &ctx.config;
     let store = SnapshotStore::open(config, &ctx.js, &ctx.stream).await?;
     let newest = store.newest().await?;
@@ -539,6 +581,7 @@ mod tests {
         let error = source
             .write_to(&mut Vec::new(), &mut Progress::silent(), None)
             .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{error}");
         assert!(error.to_string().contains("damaged or changed"), "{error}");
         let mut reader = source.reader();
         assert!(reader.read_to_end(&mut Vec::new()).await.is_err());

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
+use crate::snapshot::PeerError;
 
 /// Queue group of the nodes that answer snapshot requests.
 pub const QUEUE_GROUP: &str = "harmonylite-snapshotters";
@@ -62,25 +63,25 @@ pub struct PeerAsk {
 
 impl PeerAsk {
     /// Sends one request and returns the answer.
-    pub async fn request(&self, first_needed: u64) -> anyhow::Result<SnapshotAnswer> {
+    pub async fn request(&self, first_needed: u64) -> Result<SnapshotAnswer, PeerError> {
         let payload = serde_json::to_vec(&SnapshotRequest {
             node: self.node.clone(),
             first_needed,
-        })?;
+        })
+        .map_err(PeerError::Encode)?;
         let reply = tokio::time::timeout(
             ANSWER_WAIT,
             self.client.request(self.subject.clone(), payload.into()),
         )
         .await
-        .map_err(|_| anyhow::anyhow!("no answer to the snapshot request within {ANSWER_WAIT:?}"))?
+        .map_err(|_| PeerError::NoAnswer {
+            waited: ANSWER_WAIT,
+        })?
         .map_err(|e| match e.kind() {
-            async_nats::client::RequestErrorKind::NoResponders => anyhow::anyhow!(
-                "no node answers snapshot requests (none runs with [snapshot] enable, publish and replicate on, or none is connected)"
-            ),
-            _ => anyhow::anyhow!("asking the cluster for a snapshot: {e}"),
+            async_nats::client::RequestErrorKind::NoResponders => PeerError::NoResponders,
+            _ => PeerError::Ask(e),
         })?;
-        serde_json::from_slice(&reply.payload)
-            .map_err(|e| anyhow::anyhow!("a malformed answer to the snapshot request: {e}"))
+        serde_json::from_slice(&reply.payload).map_err(PeerError::MalformedAnswer)
     }
 }
 
@@ -91,7 +92,7 @@ pub async fn usable_snapshots(
     store: &SnapshotStore,
     first_needed: u64,
     ask: &PeerAsk,
-) -> anyhow::Result<Vec<SnapshotInfo>> {
+) -> Result<Vec<SnapshotInfo>, PeerError> {
     let usable = |all: Vec<SnapshotInfo>| -> Vec<SnapshotInfo> {
         all.into_iter()
             .rev()
@@ -109,11 +110,10 @@ pub async fn usable_snapshots(
     );
     let answer = ask.request(first_needed).await?;
     if !answer.accepted {
-        anyhow::bail!(
-            "node {} declined to take a snapshot: {}",
-            answer.node,
-            answer.reason.as_deref().unwrap_or("no reason given")
-        );
+        return Err(PeerError::Declined {
+            node: answer.node,
+            reason: answer.reason,
+        });
     }
     tracing::info!(peer = %answer.node, "a healthy node is taking a snapshot for this one");
     let deadline = Instant::now() + WATCH_FOR;
@@ -124,11 +124,11 @@ pub async fn usable_snapshots(
             return Ok(found);
         }
     }
-    anyhow::bail!(
-        "node {} accepted the snapshot request, but no covering snapshot appeared in the {} within {WATCH_FOR:?}",
-        answer.node,
-        store.describe()
-    )
+    Err(PeerError::NotAppeared {
+        node: answer.node,
+        store: store.describe(),
+        waited: WATCH_FOR,
+    })
 }
 
 #[cfg(test)]

@@ -6,17 +6,17 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::snapshot::peer::{SnapshotAnswer, SnapshotRequest, QUEUE_GROUP};
-use crate::snapshot::{JobContext, JobOutcome};
+use crate::snapshot::{JobContext, JobOutcome, PeerError, SnapshotError};
 
 /// A finished snapshot job's result.
-pub type JobResult = Result<anyhow::Result<JobOutcome>, tokio::task::JoinError>;
+pub type JobResult = Result<Result<JobOutcome, SnapshotError>, tokio::task::JoinError>;
 
 /// Subscribed to snapshot requests (in the queue group), with the job it runs, if any.
 pub struct Responder {
     requests: async_nats::Subscriber,
     client: async_nats::Client,
     ctx: JobContext,
-    job: Option<JoinHandle<anyhow::Result<JobOutcome>>>,
+    job: Option<JoinHandle<Result<JobOutcome, SnapshotError>>>,
 }
 
 /// What the responder has for the driver.
@@ -34,11 +34,14 @@ impl Responder {
         client: &async_nats::Client,
         subject: &str,
         ctx: JobContext,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, PeerError> {
         let requests = client
             .queue_subscribe(subject.to_owned(), QUEUE_GROUP.to_owned())
             .await
-            .map_err(|e| anyhow::anyhow!("subscribing to snapshot requests on {subject}: {e}"))?;
+            .map_err(|source| PeerError::Subscribe {
+                subject: subject.to_owned(),
+                source,
+            })?;
         Ok(Responder {
             requests,
             client: client.clone(),

@@ -41,7 +41,6 @@ use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use bytes::BytesMut;
 use futures::future::try_join_all;
@@ -61,8 +60,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::Config;
 use crate::ops::progress::Progress;
+use crate::snapshot::file_error;
 use crate::snapshot::peer::{usable_snapshots, PeerAsk};
 use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
+use crate::snapshot::SnapshotError;
 
 /// How often a restore waiting for other connections to close the database says so.
 const OPENERS_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -99,6 +100,15 @@ impl RestoreReason {
             RestoreReason::Missing => "missing",
             RestoreReason::Damaged => "damaged",
             RestoreReason::Behind => "behind",
+        }
+    }
+
+    /// What is wrong with the database, for messages.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            RestoreReason::Missing => "the database file is missing",
+            RestoreReason::Damaged => "the database is damaged",
+            RestoreReason::Behind => "this node fell behind the stream's retention",
         }
     }
 }
@@ -147,10 +157,10 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 /// Checks the database file: missing, damaged or sound. Errors that say nothing about the
 /// file's content (permissions, busy) are errors, never "damaged".
-pub fn assess(db_path: &Path) -> anyhow::Result<LocalDb> {
+pub fn assess(db_path: &Path) -> Result<LocalDb, SnapshotError> {
     match std::fs::metadata(db_path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LocalDb::Missing),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", db_path.display())),
+        Err(e) => return Err(file_error("reading", db_path)(e)),
         Ok(m) if m.len() == 0 && !with_suffix(db_path, "-wal").exists() => {
             return Ok(LocalDb::Missing)
         }
@@ -166,11 +176,19 @@ pub fn assess(db_path: &Path) -> anyhow::Result<LocalDb> {
                 problems: vec![e.to_string()],
             })
         }
-        Err(e) => return Err(e).with_context(|| format!("opening {}", db_path.display())),
+        Err(source) => {
+            return Err(SnapshotError::Database {
+                doing: "opening",
+                path: db_path.to_owned(),
+                source,
+            })
+        }
     };
     conn.busy_timeout(Duration::from_secs(10))?;
-    let problems = quick_check(&conn)
-        .with_context(|| format!("checking {} (PRAGMA quick_check)", db_path.display()))?;
+    let problems = quick_check(&conn).map_err(|source| SnapshotError::QuickCheck {
+        db: db_path.to_owned(),
+        source,
+    })?;
     Ok(if problems.is_empty() {
         LocalDb::Sound
     } else {
@@ -180,7 +198,7 @@ pub fn assess(db_path: &Path) -> anyhow::Result<LocalDb> {
 
 /// Removes the `-wal`, `-shm` and `-journal` files of a database file that is missing: a
 /// stale WAL or hot journal would be replayed into the new file SQLite creates there.
-pub fn remove_stale_companions(db_path: &Path) -> anyhow::Result<()> {
+pub fn remove_stale_companions(db_path: &Path) -> Result<(), SnapshotError> {
     if db_path.exists() {
         return Ok(());
     }
@@ -192,7 +210,7 @@ pub fn remove_stale_companions(db_path: &Path) -> anyhow::Result<()> {
                 stale.display()
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", stale.display())),
+            Err(e) => return Err(file_error("removing", &stale)(e)),
         }
     }
     Ok(())
@@ -226,7 +244,7 @@ pub fn salvage_local(db_path: &Path, local: &LocalDb) -> Salvage {
 
 /// Completes a swap that a crash interrupted (see the module docs), and removes a partial
 /// download left by one. Runs at every start, before the database is looked at.
-pub fn finish_interrupted_swap(config: &Config) -> anyhow::Result<()> {
+pub fn finish_interrupted_swap(config: &Config) -> Result<(), SnapshotError> {
     let journal = journal_path(config);
     let _ = std::fs::remove_file(with_suffix(&journal, ".tmp"));
     let restored = restore_path(&config.db_path);
@@ -238,31 +256,33 @@ pub fn finish_interrupted_swap(config: &Config) -> anyhow::Result<()> {
                     "removing {} left by an interrupted restore",
                     restored.display()
                 );
-                std::fs::remove_file(&restored)
-                    .with_context(|| format!("removing {}", restored.display()))?;
+                std::fs::remove_file(&restored).map_err(file_error("removing", &restored))?;
             }
             return Ok(());
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", journal.display())),
+        Err(e) => return Err(file_error("reading", &journal)(e)),
     };
-    let entry: SwapJournal = serde_json::from_str(&text)
-        .with_context(|| format!("reading the restore journal {}", journal.display()))?;
-    anyhow::ensure!(
-        entry.db == config.db_path,
-        "the restore journal {} is about {}, not db_path {}; remove it if that restore no longer matters",
-        journal.display(),
-        entry.db.display(),
-        config.db_path.display()
-    );
+    let entry: SwapJournal =
+        serde_json::from_str(&text).map_err(|source| SnapshotError::Journal {
+            path: journal.clone(),
+            source,
+        })?;
+    if entry.db != config.db_path {
+        return Err(SnapshotError::JournalElsewhere {
+            journal,
+            db: entry.db,
+            db_path: config.db_path.clone(),
+        });
+    }
     match std::fs::metadata(&entry.restored) {
         Ok(m) => {
-            anyhow::ensure!(
-                m.len() == entry.size,
-                "{} has {} bytes, the restore journal expects {}",
-                entry.restored.display(),
-                m.len(),
-                entry.size
-            );
+            if m.len() != entry.size {
+                return Err(SnapshotError::RestoredSize {
+                    path: entry.restored,
+                    len: m.len(),
+                    expected: entry.size,
+                });
+            }
             tracing::warn!(
                 snapshot = %entry.snapshot,
                 covered_seq = entry.covered_seq,
@@ -274,51 +294,52 @@ pub fn finish_interrupted_swap(config: &Config) -> anyhow::Result<()> {
             // The rename happened; only the journal is left.
             remove_journal(&journal)?;
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", entry.restored.display())),
+        Err(e) => return Err(file_error("reading", &entry.restored)(e)),
     }
     Ok(())
 }
 
 /// The swap itself (blocking): journal, old WAL/SHM/journal gone, rename, fsyncs.
-fn swap(entry: &SwapJournal, journal: &Path, write_journal: bool) -> anyhow::Result<()> {
+fn swap(entry: &SwapJournal, journal: &Path, write_journal: bool) -> Result<(), SnapshotError> {
     if write_journal {
-        let dir = journal.parent().context("journal directory")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = journal
+            .parent()
+            .ok_or_else(|| SnapshotError::NoJournalDir {
+                journal: journal.to_owned(),
+            })?;
+        std::fs::create_dir_all(dir).map_err(file_error("creating", dir))?;
         let tmp = with_suffix(journal, ".tmp");
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut file = std::fs::File::create(&tmp).map_err(file_error("creating", &tmp))?;
         std::io::Write::write_all(&mut file, serde_json::to_string_pretty(entry)?.as_bytes())?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, journal)
-            .with_context(|| format!("writing the restore journal {}", journal.display()))?;
+            .map_err(file_error("writing the restore journal", journal))?;
         crate::util::sync_dir(journal)?;
     }
     for suffix in ["-wal", "-shm", "-journal"] {
         let stale = with_suffix(&entry.db, suffix);
         match std::fs::remove_file(&stale) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing {}", stale.display()))
+                return Err(file_error("removing", &stale)(e))
             }
             _ => {}
         }
     }
     crate::util::failpoint::pause_blocking("restore-swap");
-    std::fs::rename(&entry.restored, &entry.db).with_context(|| {
-        format!(
-            "renaming {} to {}",
-            entry.restored.display(),
-            entry.db.display()
-        )
+    std::fs::rename(&entry.restored, &entry.db).map_err(|source| SnapshotError::Rename {
+        from: entry.restored.clone(),
+        to: entry.db.clone(),
+        source,
     })?;
     crate::util::sync_dir(&entry.db)?;
     remove_journal(journal)
 }
 
-fn remove_journal(journal: &Path) -> anyhow::Result<()> {
+fn remove_journal(journal: &Path) -> Result<(), SnapshotError> {
     match std::fs::remove_file(journal) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", journal.display()))
+            Err(file_error("removing", journal)(e))
         }
         _ => Ok(crate::util::sync_dir(journal)?),
     }
@@ -332,11 +353,11 @@ fn remove_journal(journal: &Path) -> anyhow::Result<()> {
 pub async fn wait_until_unopened(
     db_path: &Path,
     mut waiting: impl FnMut(Option<String>),
-) -> anyhow::Result<()> {
+) -> Result<(), SnapshotError> {
     let mut logged = Instant::now() - OPENERS_LOG_EVERY;
     loop {
         let holder = crate::util::db_lock::other_connection(db_path)
-            .with_context(|| format!("reading the locks on {}", db_path.display()))?;
+            .map_err(file_error("reading the locks on", db_path))?;
         let Some(holder) = holder else {
             waiting(None);
             return Ok(());
@@ -361,10 +382,10 @@ pub async fn publish_outbox(
     store: &mut Store,
     js: &jetstream::Context,
     subject: &str,
-) -> anyhow::Result<u64> {
+) -> Result<u64, SnapshotError> {
     let mut total = 0;
     loop {
-        store.drain().context("capturing local writes")?;
+        store.drain().map_err(SnapshotError::Capture)?;
         let frames = store.outbox_after(0, 512)?;
         if frames.is_empty() {
             return Ok(total);
@@ -440,18 +461,20 @@ pub async fn restore(
     kept: &Salvage,
     ask: &PeerAsk,
     mut waiting: impl FnMut(Option<String>),
-) -> anyhow::Result<Restored> {
+) -> Result<Restored, SnapshotError> {
     wait_until_unopened(&config.db_path, &mut waiting).await?;
-    let info = stream.info().await.context("reading the change stream")?;
+    let info = stream.info().await.map_err(SnapshotError::ReadStream)?;
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    let usable = usable_snapshots(store, first, ask).await.with_context(|| {
-        format!(
-            "cannot restore {} ({}) yet: no snapshot of stream {} covers its first retained message {first}",
-            config.db_path.display(),
-            describe_reason(reason),
-            info.config.name
-        )
-    })?;
+    let stream_name = info.config.name.clone();
+    let usable = usable_snapshots(store, first, ask)
+        .await
+        .map_err(|source| SnapshotError::NoCoveringSnapshot {
+            db: config.db_path.clone(),
+            reason: reason.describe(),
+            stream: stream_name,
+            first,
+            source: Box::new(source),
+        })?;
     tracing::warn!(
         reason = reason.as_str(),
         stream_first = first,
@@ -479,12 +502,10 @@ pub async fn restore(
         }
     }
     let Some((snapshot, header, downloaded)) = chosen else {
-        anyhow::bail!(
-            "cannot restore {}: no snapshot in the {} downloaded intact (see the errors above). Take a new one on a \
-             healthy node with `harmonylite --config <its config> --save-snapshot`",
-            config.db_path.display(),
-            store.describe()
-        );
+        return Err(SnapshotError::NoIntactSnapshot {
+            db: config.db_path.clone(),
+            store: store.describe(),
+        });
     };
 
     let local = NodeLocal {
@@ -538,27 +559,26 @@ pub async fn prepare_restored_file(
     local: NodeLocal,
     covered: StreamSeq,
     replay_own_until: StreamSeq,
-) -> anyhow::Result<u64> {
+) -> Result<u64, SnapshotError> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let mut conn =
-            Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        install_node_local(&mut conn, &local, covered, replay_own_until)
-            .with_context(|| format!("installing node-local state in {}", path.display()))?;
+    tokio::task::spawn_blocking(move || -> Result<u64, SnapshotError> {
+        let mut conn = Connection::open(&path).map_err(|source| SnapshotError::Database {
+            doing: "opening",
+            path: path.clone(),
+            source,
+        })?;
+        install_node_local(&mut conn, &local, covered, replay_own_until).map_err(|source| {
+            SnapshotError::InstallNodeLocal {
+                path: path.clone(),
+                source,
+            }
+        })?;
         conn.close().map_err(|(_, e)| e)?;
         let file = std::fs::File::open(&path)?;
         file.sync_all()?;
         Ok(file.metadata()?.len())
     })
     .await?
-}
-
-fn describe_reason(reason: RestoreReason) -> &'static str {
-    match reason {
-        RestoreReason::Missing => "the database file is missing",
-        RestoreReason::Damaged => "the database is damaged",
-        RestoreReason::Behind => "this node fell behind the stream's retention",
-    }
 }
 
 /// Downloads `info` into `target`, verifying every chunk and the whole file, and fsyncs
@@ -568,10 +588,12 @@ pub async fn download(
     store: &SnapshotStore,
     info: &SnapshotInfo,
     target: &Path,
-) -> anyhow::Result<(SnapshotHeader, u64)> {
+) -> Result<(SnapshotHeader, u64), SnapshotError> {
     if let SnapshotStore::File(files) = store {
         let (files, info, target) = (files.clone(), info.clone(), target.to_owned());
-        return tokio::task::spawn_blocking(move || files.copy_verified(&info, &target)).await?;
+        return Ok(
+            tokio::task::spawn_blocking(move || files.copy_verified(&info, &target)).await??,
+        );
     }
     let mut source = match store {
         SnapshotStore::Nats(nats) => Download::Chunks(nats.chunks(info).await?),
@@ -580,21 +602,18 @@ pub async fn download(
     let mut progress = Progress::new("downloading snapshot", info.size);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
     let path = target.to_owned();
-    let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let mut file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let writer = tokio::task::spawn_blocking(move || -> Result<u64, SnapshotError> {
+        let mut file = std::fs::File::create(&path).map_err(file_error("creating", &path))?;
         let mut written = 0u64;
         while let Some(chunk) = rx.blocking_recv() {
-            std::io::Write::write_all(&mut file, &chunk)
-                .with_context(|| format!("writing {}", path.display()))?;
+            std::io::Write::write_all(&mut file, &chunk).map_err(file_error("writing", &path))?;
             if written == 0 && crate::util::failpoint::is_armed("restore-download") {
                 file.sync_all()?;
                 crate::util::failpoint::pause_blocking("restore-download");
             }
             written += chunk.len() as u64;
         }
-        file.sync_all()
-            .with_context(|| format!("syncing {}", path.display()))?;
+        file.sync_all().map_err(file_error("syncing", &path))?;
         Ok(written)
     });
     let decoded = async {
@@ -608,36 +627,49 @@ pub async fn download(
             let read = source
                 .read(&mut buffer)
                 .await
-                .with_context(|| format!("downloading snapshot {}", info.name))?;
+                .map_err(|e| SnapshotError::Download {
+                    name: info.name.clone(),
+                    source: Box::new(e),
+                })?;
             progress.advance(read as u64);
-            while let Some(frame) = decoder
-                .decode(&mut buffer)
-                .with_context(|| format!("snapshot {} is damaged", info.name))?
+            let no_header = || SnapshotError::NoHeader {
+                name: info.name.clone(),
+            };
+            while let Some(frame) =
+                decoder
+                    .decode(&mut buffer)
+                    .map_err(|source| SnapshotError::Damaged {
+                        name: info.name.clone(),
+                        source,
+                    })?
             {
                 match frame {
                     SnapshotFrame::Header(h) => {
-                        anyhow::ensure!(
-                            h.covered_seq == info.covered_seq,
-                            "snapshot {} says it covers sequence {}, its name says {}",
-                            info.name,
-                            h.covered_seq.get(),
-                            info.covered_seq.get()
-                        );
+                        if h.covered_seq != info.covered_seq {
+                            return Err(SnapshotError::CoveredMismatch {
+                                name: info.name.clone(),
+                                header: h.covered_seq.get(),
+                                named: info.covered_seq.get(),
+                            });
+                        }
                         header = Some(h);
                     }
                     SnapshotFrame::Chunk(data) => {
                         if tx.send(data).await.is_err() {
                             // The writer failed; its error is reported below.
-                            return header.context("snapshot without a header");
+                            return header.ok_or_else(no_header);
                         }
                     }
-                    SnapshotFrame::End => return header.context("snapshot without a header"),
+                    SnapshotFrame::End => return header.ok_or_else(no_header),
                 }
             }
             if read == 0 {
                 decoder
                     .finish()
-                    .with_context(|| format!("snapshot {} is incomplete", info.name))?;
+                    .map_err(|source| SnapshotError::Incomplete {
+                        name: info.name.clone(),
+                        source,
+                    })?;
             }
         }
     }
@@ -645,12 +677,13 @@ pub async fn download(
     drop(tx);
     let written = writer.await??;
     let header = decoded?;
-    anyhow::ensure!(
-        written == header.total_size,
-        "wrote {written} bytes of snapshot {}, expected {}",
-        info.name,
-        header.total_size
-    );
+    if written != header.total_size {
+        return Err(SnapshotError::WrittenSize {
+            name: info.name.clone(),
+            written,
+            expected: header.total_size,
+        });
+    }
     let downloaded = progress.done();
     progress.finish();
     Ok((header, downloaded))
@@ -659,14 +692,19 @@ pub async fn download(
 /// Where a download's framed bytes come from.
 enum Download {
     /// The object store's chunks, as they arrive.
-    Chunks(futures::stream::BoxStream<'static, anyhow::Result<bytes::Bytes>>),
+    Chunks(
+        futures::stream::BoxStream<
+            'static,
+            Result<bytes::Bytes, crate::snapshot::store::SnapshotStoreError>,
+        >,
+    ),
     /// Any other store.
     Reader(Box<dyn tokio::io::AsyncRead + Send + Unpin>),
 }
 
 impl Download {
     /// Appends the next bytes to `buffer`; 0 at the end.
-    async fn read(&mut self, buffer: &mut BytesMut) -> anyhow::Result<usize> {
+    async fn read(&mut self, buffer: &mut BytesMut) -> Result<usize, SnapshotError> {
         match self {
             Download::Chunks(chunks) => match chunks.next().await {
                 Some(chunk) => {

@@ -2,10 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use harmonylite_core::snapshot::{SnapshotHeader, HEADER_LEN};
 
-use super::{SnapshotInfo, EXTENSION, ORPHAN_AGE};
+use super::{SnapshotInfo, SnapshotStoreError, EXTENSION, ORPHAN_AGE};
 use crate::ops::progress::Progress;
 use crate::snapshot::frame::FramedSource;
 
@@ -50,13 +49,18 @@ impl FileStore {
         ))
     }
 
-    pub(super) async fn list(&self) -> anyhow::Result<Vec<SnapshotInfo>> {
+    pub(super) async fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotStoreError> {
         let dir = self.stream_dir();
         let mut out = Vec::new();
         let mut entries = match tokio::fs::read_dir(&dir).await {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+            Err(e) => {
+                return Err(SnapshotStoreError::List {
+                    place: dir.display().to_string(),
+                    source: e.into(),
+                })
+            }
         };
         while let Some(entry) = entries.next_entry().await? {
             let file_name = entry.file_name().to_string_lossy().into_owned();
@@ -76,10 +80,12 @@ impl FileStore {
     }
 
     /// The framed snapshot, produced from the stored copy and its index.
-    pub(super) fn source(&self, info: &SnapshotInfo) -> anyhow::Result<FramedSource> {
+    pub(super) fn source(&self, info: &SnapshotInfo) -> Result<FramedSource, SnapshotStoreError> {
         let index = self.index_path(info);
-        let (header, crcs) =
-            read_index(&index).with_context(|| format!("reading {}", index.display()))?;
+        let (header, crcs) = read_index(&index).map_err(|e| SnapshotStoreError::ReadIndex {
+            path: index.clone(),
+            source: Box::new(e),
+        })?;
         Ok(FramedSource::from_parts(self.data_path(info), header, crcs))
     }
 
@@ -90,14 +96,12 @@ impl FileStore {
         &self,
         info: &SnapshotInfo,
         target: &Path,
-    ) -> anyhow::Result<(SnapshotHeader, u64)> {
+    ) -> Result<(SnapshotHeader, u64), SnapshotStoreError> {
         let source = self.source(info)?;
         let header = *source.header();
         let data = source.path();
-        let mut input = std::fs::File::open(data)
-            .with_context(|| format!("opening snapshot data {}", data.display()))?;
-        let mut output = std::fs::File::create(target)
-            .with_context(|| format!("creating {}", target.display()))?;
+        let mut input = std::fs::File::open(data).map_err(file("opening snapshot data", data))?;
+        let mut output = std::fs::File::create(target).map_err(file("creating", target))?;
         let mut progress = Progress::new("restoring snapshot", header.framed_size());
         let mut buffer = vec![0u8; header.chunk_size as usize];
         let mut whole = crc32fast::Hasher::new();
@@ -107,29 +111,30 @@ impl FileStore {
                 .min(header.chunk_size as u64) as usize;
             let mut chunk = crc32fast::Hasher::new();
             chunk.update(&buffer[..n]);
-            anyhow::ensure!(
-                n == want && chunk.clone().finalize() == *expected,
-                "snapshot {} is damaged: chunk {index} does not match its checksum",
-                info.name
-            );
+            if n != want || chunk.clone().finalize() != *expected {
+                return Err(SnapshotStoreError::Damaged {
+                    name: info.name.clone(),
+                    chunk: Some(index),
+                });
+            }
             whole.combine(&chunk);
             std::io::Write::write_all(&mut output, &buffer[..n])
-                .with_context(|| format!("writing {}", target.display()))?;
+                .map_err(file("writing", target))?;
             progress.advance(n as u64 + 8);
             if index == 0 && crate::util::failpoint::is_armed("restore-download") {
                 output.sync_all()?;
                 crate::util::failpoint::pause_blocking("restore-download");
             }
         }
-        anyhow::ensure!(
-            crate::snapshot::frame::read_full(&mut input, &mut buffer[..1])? == 0
-                && whole.finalize() == header.file_crc,
-            "snapshot {} is damaged: the file does not match its checksum",
-            info.name
-        );
-        output
-            .sync_all()
-            .with_context(|| format!("syncing {}", target.display()))?;
+        if crate::snapshot::frame::read_full(&mut input, &mut buffer[..1])? != 0
+            || whole.finalize() != header.file_crc
+        {
+            return Err(SnapshotStoreError::Damaged {
+                name: info.name.clone(),
+                chunk: None,
+            });
+        }
+        output.sync_all().map_err(file("syncing", target))?;
         progress.finish();
         Ok((header, header.framed_size()))
     }
@@ -138,63 +143,61 @@ impl FileStore {
         &self,
         info: &SnapshotInfo,
         source: &FramedSource,
-    ) -> anyhow::Result<u64> {
+    ) -> Result<u64, SnapshotStoreError> {
         let dir = self.stream_dir();
         tokio::fs::create_dir_all(&dir)
             .await
-            .with_context(|| format!("creating {}", dir.display()))?;
+            .map_err(file("creating", &dir))?;
         let data = self.data_path(info);
         let index = self.index_path(info);
         let index_name = index
             .file_name()
-            .context("snapshot name")?
+            .ok_or_else(|| SnapshotStoreError::NoFileName {
+                path: index.clone(),
+            })?
             .to_string_lossy()
             .into_owned();
         let index_partial = dir.join(format!(".{index_name}.partial"));
         let source = source.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        tokio::task::spawn_blocking(move || -> Result<u64, SnapshotStoreError> {
             let copy = source.path();
             if copy.parent() == Some(dir.as_path()) {
                 std::fs::File::open(copy)
                     .and_then(|f| f.sync_all())
-                    .with_context(|| format!("syncing {}", copy.display()))?;
-                std::fs::rename(copy, &data)
-                    .with_context(|| format!("renaming {} into place", copy.display()))?;
+                    .map_err(file("syncing", copy))?;
+                std::fs::rename(copy, &data).map_err(rename(copy))?;
             } else {
                 let partial = dir.join(format!(".{index_name}.db.partial"));
-                std::fs::copy(copy, &partial)
-                    .with_context(|| format!("copying {}", copy.display()))?;
+                std::fs::copy(copy, &partial).map_err(file("copying", copy))?;
                 std::fs::File::open(&partial)
                     .and_then(|f| f.sync_all())
-                    .with_context(|| format!("syncing {}", partial.display()))?;
-                std::fs::rename(&partial, &data)
-                    .with_context(|| format!("renaming {} into place", partial.display()))?;
+                    .map_err(file("syncing", &partial))?;
+                std::fs::rename(&partial, &data).map_err(rename(&partial))?;
             }
             crate::util::sync_dir(&data)?;
             // Data in place, index not yet: the snapshot does not exist yet.
             crate::util::failpoint::pause_blocking("snapshot-upload");
-            let mut file = std::fs::File::create(&index_partial)
-                .with_context(|| format!("creating {}", index_partial.display()))?;
-            std::io::Write::write_all(&mut file, &source.index_bytes())?;
-            file.sync_all()?;
-            drop(file);
-            std::fs::rename(&index_partial, &index)
-                .with_context(|| format!("renaming {} into place", index_partial.display()))?;
+            let mut written =
+                std::fs::File::create(&index_partial).map_err(file("creating", &index_partial))?;
+            std::io::Write::write_all(&mut written, &source.index_bytes())?;
+            written.sync_all()?;
+            drop(written);
+            std::fs::rename(&index_partial, &index).map_err(rename(&index_partial))?;
             crate::util::sync_dir(&index)?;
             Ok(source.framed_size())
         })
         .await?
     }
 
-    pub(super) async fn delete(&self, info: &SnapshotInfo) -> anyhow::Result<()> {
+    pub(super) async fn delete(&self, info: &SnapshotInfo) -> Result<(), SnapshotStoreError> {
         let index = self.index_path(info);
         tokio::fs::remove_file(&index)
             .await
-            .with_context(|| format!("deleting snapshot {}", index.display()))?;
+            .map_err(file("deleting snapshot", &index))?;
         let data = self.data_path(info);
         match tokio::fs::remove_file(&data).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("deleting snapshot data {}", data.display()))
+                Err(file("deleting snapshot data", &data)(e))
             }
             _ => Ok(()),
         }
@@ -202,7 +205,7 @@ impl FileStore {
 
     /// Removes leftovers of interrupted uploads: partial files, and copies without an index,
     /// once they are an hour old.
-    pub(super) async fn remove_partials(&self) -> anyhow::Result<usize> {
+    pub(super) async fn remove_partials(&self) -> Result<usize, SnapshotStoreError> {
         let dir = self.stream_dir();
         let mut removed = 0;
         let mut entries = match tokio::fs::read_dir(&dir).await {
@@ -240,19 +243,41 @@ impl FileStore {
 }
 
 /// Reads a file store index: the snapshot header, then one CRC-32 per chunk.
-fn read_index(path: &Path) -> anyhow::Result<(SnapshotHeader, Vec<u32>)> {
+fn read_index(path: &Path) -> Result<(SnapshotHeader, Vec<u32>), SnapshotStoreError> {
     let bytes = std::fs::read(path)?;
-    anyhow::ensure!(bytes.len() >= HEADER_LEN, "index too short");
+    if bytes.len() < HEADER_LEN {
+        return Err(SnapshotStoreError::IndexTooShort);
+    }
     let header = SnapshotHeader::decode(bytes[..HEADER_LEN].try_into().expect("length checked"))?;
     let crcs: Vec<u32> = bytes[HEADER_LEN..]
         .chunks(4)
         .map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])))
         .collect();
-    anyhow::ensure!(
-        crcs.len() as u64 == header.chunk_count() && (bytes.len() - HEADER_LEN) % 4 == 0,
-        "index lists {} chunk checksums, the header says {} chunks",
-        crcs.len(),
-        header.chunk_count()
-    );
+    if crcs.len() as u64 != header.chunk_count() || (bytes.len() - HEADER_LEN) % 4 != 0 {
+        return Err(SnapshotStoreError::IndexChunks {
+            listed: crcs.len(),
+            expected: header.chunk_count(),
+        });
+    }
     Ok((header, crcs))
+}
+
+/// The error of a file operation: `doing` (e.g. "creating") on `path`.
+fn file<'a>(
+    doing: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SnapshotStoreError + 'a {
+    move |source| SnapshotStoreError::File {
+        doing,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The error of renaming `path` into place.
+fn rename(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotStoreError + '_ {
+    move |source| SnapshotStoreError::Rename {
+        path: path.to_owned(),
+        source,
+    }
 }

@@ -26,7 +26,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use tokio::io::AsyncRead;
 
@@ -35,10 +34,12 @@ use crate::snapshot::frame::FramedSource;
 pub use crate::snapshot::info::{SnapshotInfo, EXTENSION};
 use crate::snapshot::store::s3::S3Store;
 
+pub mod error;
 mod file;
 mod nats;
 pub mod s3;
 
+pub use error::SnapshotStoreError;
 pub use file::FileStore;
 pub use nats::NatsStore;
 
@@ -62,7 +63,7 @@ impl SnapshotStore {
         config: &Config,
         js: &jetstream::Context,
         stream: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SnapshotStoreError> {
         crate::util::failpoint::inject("snapshot-store")?;
         match config.snapshot.store {
             SnapshotStoreKind::Nats => Ok(SnapshotStore::Nats(Box::new(
@@ -75,11 +76,15 @@ impl SnapshotStore {
                 .await?,
             ))),
             SnapshotStoreKind::File => {
-                let dir = config
-                    .snapshot
-                    .file_dir
-                    .clone()
-                    .context("snapshot.file_dir is required with store = \"file\"")?;
+                let dir =
+                    config
+                        .snapshot
+                        .file_dir
+                        .clone()
+                        .ok_or(SnapshotStoreError::NotConfigured {
+                            key: "snapshot.file_dir",
+                            store: "file",
+                        })?;
                 Ok(SnapshotStore::File(FileStore::new(dir, stream)))
             }
             SnapshotStoreKind::S3 => Ok(SnapshotStore::S3(Box::new(S3Store::open(
@@ -92,14 +97,14 @@ impl SnapshotStore {
     /// Where the snapshots are, for messages.
     pub fn describe(&self) -> String {
         match self {
-            SnapshotStore::Nats(s) => format!("JetStream object store bucket {:?}", s.bucket),
+            SnapshotStore::Nats(s) => s.describe(),
             SnapshotStore::File(s) => format!("directory {}", s.dir.join(&s.stream).display()),
             SnapshotStore::S3(s) => s.describe(),
         }
     }
 
     /// Every complete snapshot of this stream, oldest first.
-    pub async fn list(&self) -> anyhow::Result<Vec<SnapshotInfo>> {
+    pub async fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotStoreError> {
         crate::util::failpoint::inject("snapshot-list")?;
         let mut list = match self {
             SnapshotStore::Nats(s) => s.list().await?,
@@ -111,7 +116,7 @@ impl SnapshotStore {
     }
 
     /// The snapshot covering the most, if any.
-    pub async fn newest(&self) -> anyhow::Result<Option<SnapshotInfo>> {
+    pub async fn newest(&self) -> Result<Option<SnapshotInfo>, SnapshotStoreError> {
         Ok(self.list().await?.pop())
     }
 
@@ -130,7 +135,11 @@ impl SnapshotStore {
 
     /// Stores `source` under `info.name`; visible only once complete. Returns the bytes
     /// stored.
-    pub async fn upload(&self, info: &SnapshotInfo, source: &FramedSource) -> anyhow::Result<u64> {
+    pub async fn upload(
+        &self,
+        info: &SnapshotInfo,
+        source: &FramedSource,
+    ) -> Result<u64, SnapshotStoreError> {
         match self {
             SnapshotStore::Nats(s) => s.upload(info, source).await,
             SnapshotStore::File(s) => s.upload(info, source).await,
@@ -142,26 +151,34 @@ impl SnapshotStore {
     pub async fn open_reader(
         &self,
         info: &SnapshotInfo,
-    ) -> anyhow::Result<Box<dyn AsyncRead + Send + Unpin>> {
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, SnapshotStoreError> {
         match self {
-            SnapshotStore::Nats(s) => {
-                Ok(Box::new(s.store.get(&info.name).await.with_context(
-                    || format!("opening snapshot {}", info.name),
-                )?))
-            }
+            SnapshotStore::Nats(s) => match s.store.get(&info.name).await {
+                Ok(object) => Ok(Box::new(object)),
+                Err(e) => Err(SnapshotStoreError::Open {
+                    name: info.name.clone(),
+                    store: self.describe(),
+                    source: e.into(),
+                }),
+            },
             SnapshotStore::File(s) => Ok(Box::new(s.source(info)?.reader())),
             SnapshotStore::S3(s) => s.open_reader(info).await,
         }
     }
 
     /// Deletes one snapshot.
-    pub async fn delete(&self, info: &SnapshotInfo) -> anyhow::Result<()> {
+    pub async fn delete(&self, info: &SnapshotInfo) -> Result<(), SnapshotStoreError> {
         match self {
-            SnapshotStore::Nats(s) => s
-                .store
-                .delete(&info.name)
-                .await
-                .with_context(|| format!("deleting snapshot {}", info.name)),
+            SnapshotStore::Nats(s) => {
+                s.store
+                    .delete(&info.name)
+                    .await
+                    .map_err(|e| SnapshotStoreError::Delete {
+                        name: info.name.clone(),
+                        store: self.describe(),
+                        source: e.into(),
+                    })
+            }
             SnapshotStore::File(s) => s.delete(info).await,
             SnapshotStore::S3(s) => s.delete(info).await,
         }
@@ -169,7 +186,7 @@ impl SnapshotStore {
 
     /// Deletes all but the newest `keep` snapshots, and leftovers of interrupted uploads;
     /// returns the snapshots deleted.
-    pub async fn prune(&self, keep: usize) -> anyhow::Result<Vec<SnapshotInfo>> {
+    pub async fn prune(&self, keep: usize) -> Result<Vec<SnapshotInfo>, SnapshotStoreError> {
         let list = self.list().await?;
         let excess = list.len().saturating_sub(keep.max(1));
         let mut deleted = Vec::new();

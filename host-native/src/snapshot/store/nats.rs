@@ -2,12 +2,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, object_store};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{SnapshotInfo, ORPHAN_AGE};
+use super::{SnapshotInfo, SnapshotStoreError, ORPHAN_AGE};
 use crate::ops::progress::{Progress, ProgressReader};
 use crate::snapshot::frame::FramedSource;
 
@@ -34,7 +33,7 @@ impl NatsStore {
         bucket: &str,
         replicas: usize,
         stream: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SnapshotStoreError> {
         // The bucket handle keeps the timeout of the context it came from.
         let mut js = js.clone();
         js.set_timeout(OBJECT_STORE_TIMEOUT);
@@ -48,8 +47,10 @@ impl NatsStore {
                     ..Default::default()
                 })
                 .await
-                .with_context(|| {
-                    format!("creating the snapshot bucket {bucket:?} with {replicas} replicas")
+                .map_err(|e| SnapshotStoreError::CreateBucket {
+                    bucket: bucket.to_owned(),
+                    replicas,
+                    source: e.into(),
                 })?,
         };
         Ok(NatsStore {
@@ -60,16 +61,20 @@ impl NatsStore {
         })
     }
 
-    pub(super) async fn list(&self) -> anyhow::Result<Vec<SnapshotInfo>> {
+    /// Where the snapshots are, for messages.
+    pub(super) fn describe(&self) -> String {
+        format!("JetStream object store bucket {:?}", self.bucket)
+    }
+
+    pub(super) async fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotStoreError> {
+        let listing = |e: Box<dyn std::error::Error + Send + Sync>| SnapshotStoreError::List {
+            place: format!("snapshot bucket {:?}", self.bucket),
+            source: e,
+        };
         let mut out = Vec::new();
-        let mut objects = self
-            .store
-            .list()
-            .await
-            .with_context(|| format!("listing snapshot bucket {:?}", self.bucket))?;
+        let mut objects = self.store.list().await.map_err(|e| listing(e.into()))?;
         while let Some(object) = objects.next().await {
-            let object =
-                object.with_context(|| format!("listing snapshot bucket {:?}", self.bucket))?;
+            let object = object.map_err(|e| listing(e.into()))?;
             if let Some(mut info) = SnapshotInfo::parse(&self.stream, &object.name) {
                 info.size = object.size as u64;
                 out.push(info);
@@ -82,7 +87,7 @@ impl NatsStore {
         &self,
         info: &SnapshotInfo,
         source: &FramedSource,
-    ) -> anyhow::Result<u64> {
+    ) -> Result<u64, SnapshotStoreError> {
         let meta = object_store::ObjectMetadata {
             name: info.name.clone(),
             description: Some(format!(
@@ -101,18 +106,22 @@ impl NatsStore {
         };
         let progress = Progress::new("uploading snapshot", source.framed_size());
         let mut reader = ProgressReader::new(source.reader(), progress);
-        let stored = self
-            .store
-            .put(meta, &mut reader)
-            .await
-            .with_context(|| format!("uploading snapshot {}", info.name))?;
-        anyhow::ensure!(
-            stored.size as u64 == source.framed_size(),
-            "snapshot {} stored {} bytes, expected {}",
-            info.name,
-            stored.size,
-            source.framed_size()
-        );
+        let stored =
+            self.store
+                .put(meta, &mut reader)
+                .await
+                .map_err(|e| SnapshotStoreError::Upload {
+                    name: info.name.clone(),
+                    store: self.describe(),
+                    source: e.into(),
+                })?;
+        if stored.size as u64 != source.framed_size() {
+            return Err(SnapshotStoreError::StoredSize {
+                name: info.name.clone(),
+                stored: stored.size as u64,
+                expected: source.framed_size(),
+            });
+        }
         Ok(stored.size as u64)
     }
 
@@ -123,21 +132,36 @@ impl NatsStore {
     pub async fn chunks(
         &self,
         info: &SnapshotInfo,
-    ) -> anyhow::Result<futures::stream::BoxStream<'static, anyhow::Result<Bytes>>> {
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<Bytes, SnapshotStoreError>>,
+        SnapshotStoreError,
+    > {
         let object = self
             .store
             .info(&info.name)
             .await
-            .with_context(|| format!("opening snapshot {}", info.name))?;
-        anyhow::ensure!(
-            !object.deleted && object.options.as_ref().is_none_or(|o| o.link.is_none()),
-            "snapshot {} is deleted or a link",
-            info.name
-        );
+            .map_err(|e| SnapshotStoreError::Open {
+                name: info.name.clone(),
+                store: self.describe(),
+                source: e.into(),
+            })?;
+        if object.deleted || object.options.as_ref().is_some_and(|o| o.link.is_some()) {
+            return Err(SnapshotStoreError::NotAnObject {
+                name: info.name.clone(),
+            });
+        }
         if object.chunks == 0 {
             return Ok(futures::stream::empty().boxed());
         }
-        let stream = self.js.get_stream(format!("OBJ_{}", self.bucket)).await?;
+        let stream = self
+            .js
+            .get_stream(format!("OBJ_{}", self.bucket))
+            .await
+            .map_err(SnapshotStoreError::request)?;
+        let reading = |e: Box<dyn std::error::Error + Send + Sync>| SnapshotStoreError::Read {
+            name: info.name.clone(),
+            source: e,
+        };
         let messages = stream
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 deliver_subject: self.js.client().new_inbox(),
@@ -145,66 +169,84 @@ impl NatsStore {
                 ..Default::default()
             })
             .await
-            .with_context(|| format!("reading snapshot {}", info.name))?
+            .map_err(|e| reading(e.into()))?
             .messages()
             .await
-            .with_context(|| format!("reading snapshot {}", info.name))?;
+            .map_err(|e| reading(e.into()))?;
         let (expected_size, expected_chunks) = (object.size as u64, object.chunks);
         let name = info.name.clone();
         let state = (messages, 0u64, 0usize, false);
-        Ok(futures::stream::unfold(state, move |(mut messages, size, chunks, done)| {
-            let name = name.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                let result = async {
-                    let message = messages
-                        .next()
-                        .await
-                        .context("the chunk subscription ended")?
-                        .context("reading a chunk")?;
-                    let pending = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
-                    Ok::<_, anyhow::Error>((message.payload.clone(), pending))
-                }
-                .await;
-                match result {
-                    Err(e) => Some((
-                        Err(e.context(format!("reading snapshot {name}"))),
-                        (messages, size, chunks, true),
-                    )),
-                    Ok((payload, pending)) => {
-                        let (size, chunks) = (size + payload.len() as u64, chunks + 1);
-                        let last = pending == 0;
-                        let item = if last && (size, chunks) != (expected_size, expected_chunks) {
-                            Err(anyhow::anyhow!(
-                                "snapshot {name}: read {size} bytes in {chunks} chunks, its metadata says {expected_size} in {expected_chunks}"
-                            ))
-                        } else {
-                            Ok(payload)
-                        };
-                        Some((item, (messages, size, chunks, last)))
+        Ok(
+            futures::stream::unfold(state, move |(mut messages, size, chunks, done)| {
+                let name = name.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let result = async {
+                        let message = messages
+                            .next()
+                            .await
+                            .ok_or(SnapshotStoreError::ChunksEnded)?
+                            .map_err(|e| SnapshotStoreError::Chunk { source: e.into() })?;
+                        let pending = message.info().map_err(SnapshotStoreError::Request)?.pending;
+                        Ok::<_, SnapshotStoreError>((message.payload.clone(), pending))
+                    }
+                    .await;
+                    match result {
+                        Err(e) => Some((
+                            Err(SnapshotStoreError::Read {
+                                name: name.clone(),
+                                source: Box::new(e),
+                            }),
+                            (messages, size, chunks, true),
+                        )),
+                        Ok((payload, pending)) => {
+                            let (size, chunks) = (size + payload.len() as u64, chunks + 1);
+                            let last = pending == 0;
+                            let item = if last && (size, chunks) != (expected_size, expected_chunks)
+                            {
+                                Err(SnapshotStoreError::ChunkCount {
+                                    name: name.clone(),
+                                    size,
+                                    chunks,
+                                    expected_size,
+                                    expected_chunks,
+                                })
+                            } else {
+                                Ok(payload)
+                            };
+                            Some((item, (messages, size, chunks, last)))
+                        }
                     }
                 }
-            }
-        })
-        .boxed())
+            })
+            .boxed(),
+        )
     }
 
     /// Purges chunks that no object refers to (interrupted uploads) once they are old enough
     /// not to belong to an upload in progress.
-    pub(super) async fn purge_orphans(&self) -> anyhow::Result<usize> {
+    pub(super) async fn purge_orphans(&self) -> Result<usize, SnapshotStoreError> {
+        use SnapshotStoreError as E;
         let mut live = std::collections::HashSet::new();
-        let mut objects = self.store.list().await?;
+        let mut objects = self.store.list().await.map_err(E::request)?;
         while let Some(object) = objects.next().await {
-            live.insert(object?.nuid);
+            live.insert(object.map_err(E::request)?.nuid);
         }
-        let stream = self.js.get_stream(format!("OBJ_{}", self.bucket)).await?;
+        let stream = self
+            .js
+            .get_stream(format!("OBJ_{}", self.bucket))
+            .await
+            .map_err(E::request)?;
         let prefix = format!("$O.{}.C.", self.bucket);
-        let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await?;
+        let mut subjects = stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(E::request)?;
         let mut orphans = Vec::new();
         while let Some(entry) = subjects.next().await {
-            let (subject, _count) = entry?;
+            let (subject, _count) = entry.map_err(E::request)?;
             if let Some(nuid) = subject.strip_prefix(&prefix) {
                 if !live.contains(nuid) {
                     orphans.push(subject.clone());
@@ -217,9 +259,12 @@ impl NatsStore {
             .as_secs() as i64;
         let mut purged = 0;
         for subject in orphans {
-            let last = stream.direct_get_last_for_subject(subject.as_str()).await?;
+            let last = stream
+                .direct_get_last_for_subject(subject.as_str())
+                .await
+                .map_err(E::request)?;
             if now - last.time.unix_timestamp() >= ORPHAN_AGE.as_secs() as i64 {
-                stream.purge().filter(&subject).await?;
+                stream.purge().filter(&subject).await.map_err(E::request)?;
                 purged += 1;
             }
         }

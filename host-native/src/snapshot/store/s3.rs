@@ -15,7 +15,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -27,6 +26,7 @@ use crate::config::S3Config;
 use crate::ops::progress::{Progress, ProgressReader};
 use crate::snapshot::frame::FramedSource;
 use crate::snapshot::info::SnapshotInfo;
+use crate::snapshot::store::SnapshotStoreError;
 
 /// Multipart part size, and the largest snapshot sent with a single `PUT`. S3 wants parts of
 /// at least 5 MiB; 16 MiB keeps the request count low (10,000 parts = 160 GiB).
@@ -48,11 +48,14 @@ impl S3Store {
     /// The store `config` describes, for the change stream `stream`. Static keys from the
     /// configuration win over the AWS environment (`AWS_ACCESS_KEY_ID`, web identity,
     /// container and instance credentials); nothing is contacted yet.
-    pub fn open(config: &S3Config, stream: &str) -> anyhow::Result<Self> {
+    pub fn open(config: &S3Config, stream: &str) -> Result<Self, SnapshotStoreError> {
         let bucket = config
             .bucket
             .clone()
-            .context("snapshot.s3.bucket is required with store = \"s3\"")?;
+            .ok_or(SnapshotStoreError::NotConfigured {
+                key: "snapshot.s3.bucket",
+                store: "s3",
+            })?;
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
             .with_virtual_hosted_style_request(!config.path_style);
@@ -84,9 +87,10 @@ impl S3Store {
                 builder = builder.with_token(token.expose());
             }
         }
-        let store = builder
-            .build()
-            .with_context(|| format!("configuring the S3 snapshot store (bucket {bucket:?})"))?;
+        let store = match builder.build() {
+            Ok(store) => store,
+            Err(source) => return Err(SnapshotStoreError::ConfigureS3 { bucket, source }),
+        };
         Ok(S3Store {
             store: Arc::new(store),
             bucket,
@@ -119,12 +123,15 @@ impl S3Store {
     }
 
     /// Every complete snapshot of this stream (unsorted).
-    pub async fn list(&self) -> anyhow::Result<Vec<SnapshotInfo>> {
+    pub async fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotStoreError> {
         let dir = self.location(&self.stream);
         let mut objects = self.store.list(Some(&dir));
         let mut out = Vec::new();
         while let Some(object) = objects.next().await {
-            let object = object.with_context(|| format!("listing the {}", self.describe()))?;
+            let object = object.map_err(|e| SnapshotStoreError::List {
+                place: format!("the {}", self.describe()),
+                source: e.into(),
+            })?;
             let key = object.location.as_ref();
             let name = match self.prefix.is_empty() {
                 true => Some(key),
@@ -142,45 +149,59 @@ impl S3Store {
 
     /// Uploads the framed snapshot as one object (see the module docs); returns the bytes
     /// stored, checked against the object's size as S3 reports it.
-    pub async fn upload(&self, info: &SnapshotInfo, source: &FramedSource) -> anyhow::Result<u64> {
+    pub async fn upload(
+        &self,
+        info: &SnapshotInfo,
+        source: &FramedSource,
+    ) -> Result<u64, SnapshotStoreError> {
         let location = self.location(&info.name);
         let size = source.framed_size();
         let progress = Progress::new("uploading snapshot", size);
         let mut reader = ProgressReader::new(source.reader(), progress);
+        let uploading = |e: Box<dyn std::error::Error + Send + Sync>| SnapshotStoreError::Upload {
+            name: info.name.clone(),
+            store: self.describe(),
+            source: e,
+        };
         if size <= PART_SIZE as u64 {
             let mut body = Vec::with_capacity(size as usize);
             reader
                 .read_to_end(&mut body)
                 .await
-                .with_context(|| format!("reading snapshot {}", info.name))?;
-            anyhow::ensure!(
-                body.len() as u64 == size,
-                "snapshot {} produced {} bytes, expected {size}",
-                info.name,
-                body.len()
-            );
+                .map_err(|e| SnapshotStoreError::Read {
+                    name: info.name.clone(),
+                    source: e.into(),
+                })?;
+            if body.len() as u64 != size {
+                return Err(SnapshotStoreError::ProducedSize {
+                    name: Some(info.name.clone()),
+                    produced: body.len() as u64,
+                    expected: size,
+                });
+            }
             self.store
                 .put(&location, PutPayload::from(body))
                 .await
-                .with_context(|| {
-                    format!(
-                        "uploading snapshot {} to the {}",
-                        info.name,
-                        self.describe()
-                    )
-                })?;
+                .map_err(|e| uploading(e.into()))?;
         } else {
             let upload = self
                 .store
                 .put_multipart(&location)
                 .await
-                .with_context(|| format!("starting the upload of snapshot {}", info.name))?;
+                .map_err(|source| SnapshotStoreError::StartUpload {
+                    name: info.name.clone(),
+                    source,
+                })?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             match send_parts(&mut reader, &mut writer, size).await {
                 Ok(()) => {
-                    writer.finish().await.with_context(|| {
-                        format!("completing the upload of snapshot {}", info.name)
-                    })?;
+                    writer
+                        .finish()
+                        .await
+                        .map_err(|source| SnapshotStoreError::CompleteUpload {
+                            name: info.name.clone(),
+                            source,
+                        })?;
                 }
                 Err(e) => {
                     if let Err(abort) = writer.abort().await {
@@ -189,26 +210,26 @@ impl S3Store {
                             info.name
                         );
                     }
-                    return Err(e.context(format!(
-                        "uploading snapshot {} to the {}",
-                        info.name,
-                        self.describe()
-                    )));
+                    return Err(uploading(Box::new(e)));
                 }
             }
         }
         reader.into_progress().finish();
-        let stored = self
-            .store
-            .head(&location)
-            .await
-            .with_context(|| format!("checking the uploaded snapshot {}", info.name))?;
-        anyhow::ensure!(
-            stored.size == size,
-            "snapshot {} stored {} bytes, expected {size}",
-            info.name,
-            stored.size
-        );
+        let stored =
+            self.store
+                .head(&location)
+                .await
+                .map_err(|source| SnapshotStoreError::CheckUpload {
+                    name: info.name.clone(),
+                    source,
+                })?;
+        if stored.size != size {
+            return Err(SnapshotStoreError::StoredSize {
+                name: info.name.clone(),
+                stored: stored.size,
+                expected: size,
+            });
+        }
         Ok(stored.size)
     }
 
@@ -216,29 +237,29 @@ impl S3Store {
     pub async fn open_reader(
         &self,
         info: &SnapshotInfo,
-    ) -> anyhow::Result<Box<dyn AsyncRead + Send + Unpin>> {
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, SnapshotStoreError> {
         let result = self
             .store
             .get(&self.location(&info.name))
             .await
-            .with_context(|| {
-                format!("opening snapshot {} in the {}", info.name, self.describe())
+            .map_err(|e| SnapshotStoreError::Open {
+                name: info.name.clone(),
+                store: self.describe(),
+                source: e.into(),
             })?;
         let stream = result.into_stream().map_err(std::io::Error::other);
         Ok(Box::new(tokio_util::io::StreamReader::new(stream)))
     }
 
     /// Deletes one snapshot.
-    pub async fn delete(&self, info: &SnapshotInfo) -> anyhow::Result<()> {
+    pub async fn delete(&self, info: &SnapshotInfo) -> Result<(), SnapshotStoreError> {
         self.store
             .delete(&self.location(&info.name))
             .await
-            .with_context(|| {
-                format!(
-                    "deleting snapshot {} from the {}",
-                    info.name,
-                    self.describe()
-                )
+            .map_err(|e| SnapshotStoreError::Delete {
+                name: info.name.clone(),
+                store: self.describe(),
+                source: e.into(),
             })
     }
 }
@@ -248,7 +269,7 @@ async fn send_parts(
     reader: &mut (impl AsyncRead + Unpin),
     writer: &mut WriteMultipart,
     expected: u64,
-) -> anyhow::Result<()> {
+) -> Result<(), SnapshotStoreError> {
     let mut sent = 0u64;
     loop {
         let mut part = BytesMut::with_capacity(PART_SIZE);
@@ -261,13 +282,19 @@ async fn send_parts(
             break;
         }
         sent += part.len() as u64;
-        writer.wait_for_capacity(UPLOAD_CONCURRENCY).await?;
+        writer
+            .wait_for_capacity(UPLOAD_CONCURRENCY)
+            .await
+            .map_err(SnapshotStoreError::request)?;
         writer.put(part.freeze());
     }
-    anyhow::ensure!(
-        sent == expected,
-        "the snapshot produced {sent} bytes, expected {expected}"
-    );
+    if sent != expected {
+        return Err(SnapshotStoreError::ProducedSize {
+            name: None,
+            produced: sent,
+            expected,
+        });
+    }
     Ok(())
 }
 
