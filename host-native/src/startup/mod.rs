@@ -3,7 +3,10 @@
 
 use crate::snapshot::restore::{LocalDb, RestoreReason};
 
+pub mod error;
 pub(crate) mod prepare;
+
+pub use error::StartupError;
 
 /// The start-up decision.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::sqlite::snapshot::Salvage;
@@ -19,7 +18,7 @@ use crate::ops::metrics::Metrics;
 use crate::snapshot::peer::PeerAsk;
 use crate::snapshot::restore::{self, LocalDb, RestoreReason};
 use crate::snapshot::store::SnapshotStore;
-use crate::startup::{self, Plan};
+use crate::startup::{self, Plan, StartupError};
 
 /// What the database looked like at start, read before anything connects.
 pub(crate) struct LocalStart {
@@ -33,7 +32,7 @@ pub(crate) struct LocalStart {
 
 /// Completes an interrupted swap, assesses the database, settles the node id and logs the
 /// node's mode; opens the database at once when the start-up plan allows.
-pub(crate) fn inspect_database(config: &Config) -> anyhow::Result<LocalStart> {
+pub(crate) fn inspect_database(config: &Config) -> Result<LocalStart, StartupError> {
     restore::finish_interrupted_swap(config)?;
     let local = restore::assess(&config.db_path)?;
     let salvage = restore::salvage_local(&config.db_path, &local);
@@ -128,7 +127,7 @@ pub(crate) async fn prepare_database(
     opened: Option<Store>,
     salvage: &Salvage,
     stream: &mut jetstream::stream::Stream,
-) -> anyhow::Result<Store> {
+) -> Result<Store, StartupError> {
     let config = ctx.config;
     if let Some(store) = opened {
         return Ok(store);
@@ -154,10 +153,13 @@ pub(crate) async fn prepare_database(
             restore::remove_stale_companions(&config.db_path)?;
             return open_store(config, ctx.node_id);
         }
-        Plan::Refuse(why) => anyhow::bail!("{}: {why}", config.db_path.display()),
-        Plan::ReadStream => {
-            anyhow::bail!("start-up read the change stream and still could not decide")
+        Plan::Refuse(why) => {
+            return Err(StartupError::Refused {
+                db: config.db_path.clone(),
+                why,
+            })
         }
+        Plan::ReadStream => return Err(StartupError::Undecided),
         Plan::Restore(reason) => reason,
     };
     let kept = match reason {
@@ -286,7 +288,7 @@ async fn open_snapshot_store_until_ready(
 
 /// The configured node id, else the one stored in the database (`stored`), else a new
 /// random one.
-fn resolve_node_id(config: &Config, stored: Option<NodeId>) -> anyhow::Result<NodeId> {
+fn resolve_node_id(config: &Config, stored: Option<NodeId>) -> Result<NodeId, StartupError> {
     Ok(match (config.node_id, stored) {
         (Some(configured), Some(stored)) if configured != stored => {
             tracing::warn!(%configured, %stored, "node_id differs from the id stored in the database; using the configured one");
@@ -298,12 +300,16 @@ fn resolve_node_id(config: &Config, stored: Option<NodeId>) -> anyhow::Result<No
     })
 }
 
-fn open_store(config: &Config, node_id: NodeId) -> anyhow::Result<Store> {
-    let conn = Connection::open(&config.db_path)
-        .with_context(|| format!("opening db_path {}", config.db_path.display()))?;
+fn open_store(config: &Config, node_id: NodeId) -> Result<Store, StartupError> {
+    let conn = Connection::open(&config.db_path).map_err(|source| StartupError::OpenDatabase {
+        db: config.db_path.clone(),
+        source,
+    })?;
     let mut options = config.store_options(node_id);
     options.incarnation = crate::util::random_u64()?;
-    let store = Store::open(conn, options)
-        .with_context(|| format!("installing change capture in {}", config.db_path.display()))?;
+    let store = Store::open(conn, options).map_err(|source| StartupError::InstallCapture {
+        db: config.db_path.clone(),
+        source,
+    })?;
     Ok(store)
 }
