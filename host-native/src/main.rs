@@ -63,7 +63,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            span.in_scope(|| tracing::error!("{error:#}"));
+            // The error and its causes, each once (some causes repeat their own cause).
+            let message = harmonylite::util::error::report(&*error);
+            span.in_scope(|| tracing::error!("{message}"));
             ExitCode::FAILURE
         }
     }
