@@ -17,6 +17,13 @@
 //! 6. [`startup`]: what start-up does with the database, and doing it.
 //! 7. [`run`](mod@run): the run loop and serverless mode.
 //! 8. [`commands`]: the one-shot commands (`--save-snapshot`, `--cleanup`, schema, ...).
+//!
+//! Errors are typed per layer ([`util::UtilError`], [`ops::OpsError`], [`nats::NatsError`],
+//! [`snapshot::SnapshotError`] and the store's, lease's and peer's, [`startup::StartupError`];
+//! [`config::ConfigError`]), each variant naming what failed and keeping its cause as
+//! `source()`, so callers match on variants. They print like `anyhow` errors (`{:#}` adds the
+//! causes, [`util::error`]). `anyhow` is only the binary's: `main.rs`, the one-shot
+//! [`commands`] and the run loop's entry ([`run::driver::run`]).
 pub mod util;
 
 pub mod config;
