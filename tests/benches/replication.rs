@@ -8,7 +8,11 @@
 //! - Latency: an app commits one row on a node; the time until the row is readable on every
 //!   other node (polled every 250 µs). p50 / p99 / max of each run's `HL_BENCH_SAMPLES`
 //!   commits (default 200 per run, writers rotating over the nodes); every sample goes to
-//!   the histogram in the JSON output.
+//!   the histogram in the JSON output. Below it, the hops of that path from the sidecars'
+//!   `harmonylite_hop_seconds{hop}` histograms over the same samples (p50 / p99,
+//!   interpolated within buckets): commit -> notice (file notification) -> captured
+//!   (drain committed) -> acknowledged by JetStream on the writer; stored -> delivered ->
+//!   applied on the receivers.
 //! - Throughput: every node's app inserts `HL_BENCH_ROWS` rows (default 20,000) in 100-row
 //!   transactions at full speed; rows/s = all rows / time until every node holds every row
 //!   (converged, not just written).
@@ -279,18 +283,122 @@ impl Figures {
 struct Cluster {
     nodes: Vec<Node>,
     apps: Vec<Connection>,
+    /// Each node's Prometheus port (the per-hop histograms).
+    metrics_ports: Vec<u16>,
+}
+
+/// The hops of commit -> visible, in order, as the sidecar labels them
+/// (`harmonylite_hop_seconds{hop}`).
+const HOPS: [&str; 5] = [
+    "commit_to_notice",
+    "notice_to_captured",
+    "captured_to_acked",
+    "stored_to_delivered",
+    "delivered_to_applied",
+];
+
+/// Cumulative bucket counts of one hop's histogram, summed over the nodes: (upper bound in
+/// seconds, count of observations at or below it), ascending, `+Inf` last.
+type Buckets = Vec<(f64, f64)>;
+
+/// Every hop's buckets, scraped from every node's `/metrics`.
+fn scrape_hops(cluster: &Cluster) -> Vec<Buckets> {
+    let mut hops: Vec<Buckets> = vec![Vec::new(); HOPS.len()];
+    for &port in &cluster.metrics_ports {
+        let (_, body) = http_get(port, "/metrics").expect("a sidecar's /metrics answers");
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("harmonylite_hop_seconds_bucket{") else {
+                continue;
+            };
+            let (labels, value) = rest.split_once("} ").expect("a sample line");
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+            };
+            let (Some(hop), Some(le)) = (label("hop"), label("le")) else {
+                continue;
+            };
+            let Some(h) = HOPS.iter().position(|&name| name == hop) else {
+                continue;
+            };
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            let count: f64 = value.trim().parse().unwrap();
+            match hops[h].iter_mut().find(|(b, _)| *b == le) {
+                Some((_, c)) => *c += count,
+                None => hops[h].push((le, count)),
+            }
+        }
+    }
+    for buckets in &mut hops {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    hops
+}
+
+/// The observations between two scrapes of the same hop.
+fn bucket_difference(after: &Buckets, before: &Buckets) -> Buckets {
+    after
+        .iter()
+        .map(|&(le, count)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| *b == le)
+                .map_or(0.0, |(_, c)| *c);
+            (le, count - earlier)
+        })
+        .collect()
+}
+
+/// The `q` quantile of a histogram in milliseconds, interpolated linearly inside the
+/// bucket it falls in (as Prometheus' `histogram_quantile`); `None` without observations.
+fn bucket_quantile(buckets: &Buckets, q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower.0 * 1000.0);
+            }
+            let within = if count > lower.1 {
+                (rank - lower.1) / (count - lower.1)
+            } else {
+                1.0
+            };
+            return Some((lower.0 + (le - lower.0) * within) * 1000.0);
+        }
+        lower = (le, count);
+    }
+    None
 }
 
 impl Cluster {
     fn start(dir: &Path, n: usize) -> Cluster {
         let ports = cluster_ports(n);
+        let metrics_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes: Vec<Node> = (0..n)
             .map(|i| {
+                let prometheus = format!(
+                    "\n[prometheus]\nenable = true\nbind = \"127.0.0.1:{}\"\n",
+                    metrics_ports[i]
+                );
                 Node::new(
                     dir,
                     &format!("node{i}"),
                     SCHEMA,
-                    &embedded_cluster_toml(&ports, i, i as u64 + 1),
+                    &format!(
+                        "{}{prometheus}",
+                        embedded_cluster_toml(&ports, i, i as u64 + 1)
+                    ),
                 )
             })
             .collect();
@@ -302,7 +410,11 @@ impl Cluster {
         }
         std::thread::sleep(Duration::from_secs(2));
         let apps = nodes.iter().map(|n| reader(&n.db)).collect();
-        Cluster { nodes, apps }
+        Cluster {
+            nodes,
+            apps,
+            metrics_ports,
+        }
     }
 
     /// (sidecar, nats-server) RSS in KiB, the largest over the running nodes.
@@ -746,7 +858,9 @@ fn main() {
         // Wall time of each step of this run, printed with its progress line.
         let mut steps = StepTimes::start();
         if !opts.throughput_only {
+            let hops_before = scrape_hops(&cluster);
             lat = latency_run(&cluster, run, opts.samples);
+            let hops_after = scrape_hops(&cluster);
             histogram.extend_from_slice(&lat);
             lat.sort_by(f64::total_cmp);
             figures.push(
@@ -767,6 +881,16 @@ fn main() {
                 "harmonylite",
                 *lat.last().unwrap(),
             );
+            // Where the time goes: each hop's share, from the sidecars' own histograms of
+            // these samples (bucket-interpolated, so read them to about a quarter ms).
+            for (h, name) in HOPS.iter().enumerate() {
+                let hop = bucket_difference(&hops_after[h], &hops_before[h]);
+                for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+                    if let Some(ms) = bucket_quantile(&hop, q) {
+                        figures.push(&format!("  hop {name} {label}"), "ms", "harmonylite", ms);
+                    }
+                }
+            }
         }
 
         if !opts.throughput_only {

@@ -696,6 +696,22 @@ pub fn cluster_ports(n: usize) -> Vec<(u16, u16)> {
     (0..n).map(|_| (free_port(), free_port())).collect()
 }
 
+/// `GET path` on 127.0.0.1:`port`: status code and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
+
 /// The TOML that makes node `i` of an embedded cluster route to the others.
 pub fn embedded_cluster_toml(ports: &[(u16, u16)], i: usize, node_id: u64) -> String {
     let peers: Vec<String> = ports

@@ -5,8 +5,6 @@
 //! `leaf_servers`, and `max_clock_ahead` with its documented recovery.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,22 +18,6 @@ use rusqlite::Connection;
 const SCHEMA: &str = "CREATE TABLE items(id TEXT PRIMARY KEY, name TEXT);";
 const CONVERGE: Duration = Duration::from_secs(30);
 const START: Duration = Duration::from_secs(30);
-
-/// `GET path` on 127.0.0.1:`port`: status code and body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
 
 /// Every harmonylite object in the database: `(type, name)` of each schema entry named
 /// `__hl_…` (or `sqlite_autoindex___hl_…`) or whose SQL mentions one (the capture triggers

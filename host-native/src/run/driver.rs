@@ -9,6 +9,7 @@
 //! directly: one engine call is one short transaction, and the NATS client and the HTTP
 //! endpoints keep running on the runtime's other worker thread meanwhile.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +28,7 @@ use crate::nats::server::NatsServer;
 use crate::nats::setup::{ensure_stream_until_ready, start_embedded_server, transport_config};
 use crate::nats::transport::{self, TransportConfig, TransportEvent};
 use crate::ops::health::{SharedStatus, SnapshotStatus};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Hop, Metrics};
 use crate::ops::watcher::DbWatcher;
 use crate::snapshot::catch_up::{CatchUpJob, FetchContext, Fetched, Turn};
 use crate::snapshot::peer::PeerAsk;
@@ -38,6 +39,8 @@ use crate::startup::prepare::{
     inspect_database, prepare_database, restorable, LocalStart, Startup,
 };
 
+/// File notifications remembered between captures (for the commit -> notice hop).
+const NOTICES_KEPT: usize = 64;
 /// How long shutdown waits for the outbox to be acknowledged.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 /// Delays of the follow-up looks for a commit after a file notification (see
@@ -223,6 +226,13 @@ struct Driver {
     responder: Option<Responder>,
     /// Whether the last `feed` captured local writes.
     captured: bool,
+    /// When the file notifications since the last capture arrived (Unix ms, the latest
+    /// [`NOTICES_KEPT`]): the `notice` of a commit is the first one at or after its write.
+    notices: VecDeque<f64>,
+    /// When each unacknowledged frame was first handed to the publisher.
+    handed_out: HashMap<i64, Instant>,
+    /// When the oldest stream message not applied yet was delivered.
+    delivered_at: Option<Instant>,
     /// When a write of the application's was last captured.
     app_wrote_at: Option<tokio::time::Instant>,
     /// Periodic snapshots (None: off for this node).
@@ -332,6 +342,9 @@ impl Driver {
             fetch,
             catch_up: None,
             responder,
+            notices: VecDeque::new(),
+            handed_out: HashMap::new(),
+            delivered_at: None,
             captured: false,
             app_wrote_at: None,
             snapshots,
@@ -366,6 +379,10 @@ impl Driver {
                 Some(event) = events.recv() => self.transport_inputs(event, &mut events),
                 next = next_message(&mut self.messages), if pulling => self.message_inputs(next),
                 _ = changed(&watcher) => {
+                    if self.notices.len() == NOTICES_KEPT {
+                        self.notices.pop_front();
+                    }
+                    self.notices.push_back(unix_ms_f64());
                     recheck = Some((tokio::time::Instant::now() + RECHECKS_AFTER_CHANGE[0], 0));
                     vec![SessionInput::LocalWrite]
                 }
@@ -548,6 +565,7 @@ impl Driver {
         while let Some(output) = self.session.poll_output() {
             match output {
                 SessionOutput::Publish(p) => {
+                    self.handed_out.entry(p.id).or_insert_with(Instant::now);
                     if self.publisher.send(p).is_err() {
                         tracing::error!("publisher stopped");
                     }
@@ -577,6 +595,28 @@ impl Driver {
             }
         }
         self.refresh_status();
+    }
+
+    /// Records commit -> notice and notice -> captured for a capture whose oldest write was
+    /// made at `oldest_write_unix_ms`. Its notice is the first file notification at or after
+    /// that write (earlier ones were this node's own applies or earlier commits); a capture
+    /// no notification announced (the polling timer) counts from the start of its feed.
+    fn record_capture_hops(&mut self, oldest_write_unix_ms: Option<i64>, took: Duration) {
+        let now = unix_ms_f64();
+        let notices = std::mem::take(&mut self.notices);
+        let Some(written) = oldest_write_unix_ms.map(|ms| ms as f64) else {
+            return;
+        };
+        // The trigger's clock has millisecond steps: a notification in the same
+        // millisecond as the write counts.
+        let noticed = notices
+            .into_iter()
+            .find(|&t| t >= written - 1.0)
+            .unwrap_or(now - took.as_secs_f64() * 1000.0);
+        self.metrics
+            .hop(Hop::CommitToNotice, (noticed - written).max(0.0) / 1000.0);
+        self.metrics
+            .hop(Hop::NoticeToCaptured, (now - noticed).max(0.0) / 1000.0);
     }
 
     /// The session's input for a (re)connect, with the server's payload limit.
@@ -630,6 +670,7 @@ impl Driver {
         match event {
             Event::Drained(report) => {
                 self.captured = true;
+                self.record_capture_hops(report.oldest_write_unix_ms, took);
                 if report.rows > 0 {
                     if let Some(sleep) = self.sleep.as_mut() {
                         sleep.timer.touch(Instant::now());
@@ -653,6 +694,12 @@ impl Driver {
             }
             Event::Received(summary) => {
                 self.metrics.received(&summary, took);
+                if summary.messages > 0 {
+                    if let Some(delivered) = self.delivered_at.take() {
+                        self.metrics
+                            .hop(Hop::DeliveredToApplied, delivered.elapsed().as_secs_f64());
+                    }
+                }
                 for parked in &summary.parked {
                     tracing::warn!(
                         seq = parked.seq.get(),
@@ -730,7 +777,13 @@ impl Driver {
                     tracing::warn!("disconnected from NATS; reconnecting");
                     inputs.push(SessionInput::Disconnected);
                 }
-                TransportEvent::Acked(id) => inputs.push(SessionInput::Acked { id }),
+                TransportEvent::Acked(id) => {
+                    if let Some(at) = self.handed_out.remove(&id) {
+                        self.metrics
+                            .hop(Hop::CapturedToAcked, at.elapsed().as_secs_f64());
+                    }
+                    inputs.push(SessionInput::Acked { id })
+                }
                 TransportEvent::PublishFailed(id, error) => {
                     tracing::warn!(frame = id, "publish failed, will retry: {error}");
                     inputs.push(SessionInput::PublishFailed { id });
@@ -756,13 +809,21 @@ impl Driver {
             match item {
                 Some(Ok(message)) => {
                     let (seq, pending) = match message.info() {
-                        Ok(info) => (info.stream_sequence, info.pending),
+                        Ok(info) => {
+                            let stored_ms = info.published.unix_timestamp_nanos() as f64 / 1e6;
+                            self.metrics.hop(
+                                Hop::StoredToDelivered,
+                                ((unix_ms_f64() - stored_ms) / 1000.0).max(0.0),
+                            );
+                            (info.stream_sequence, info.pending)
+                        }
                         Err(e) => {
                             tracing::warn!("stream message without JetStream metadata: {e}");
                             break;
                         }
                     };
                     tracing::trace!(seq, pending, "stream message received");
+                    self.delivered_at.get_or_insert_with(Instant::now);
                     inputs.push(SessionInput::Message {
                         seq: StreamSeq::new(seq),
                         pending,
@@ -1099,4 +1160,13 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Wall-clock time now, Unix milliseconds with a fraction.
+fn unix_ms_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0
 }
