@@ -17,12 +17,16 @@ pub enum OpsError {
         #[source]
         source: std::io::Error,
     },
+    /// The Prometheus recorder could not be installed (another one already is, or a
+    /// bucket list is invalid).
+    Recorder(String),
 }
 
 impl fmt::Display for OpsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let head = match self {
             OpsError::Bind { section, bind, .. } => format!("{section} bind {bind}"),
+            OpsError::Recorder(why) => format!("[prometheus] cannot install the recorder: {why}"),
         };
         crate::util::error::write_error(f, &head, self)
     }

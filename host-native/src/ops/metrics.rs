@@ -36,6 +36,8 @@ use harmonylite_core::engine::ReceiveSummary;
 use harmonylite_core::error::DatabaseErrorKind;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::ops::error::OpsError;
+
 /// Records the sidecar's metrics under a namespace.
 #[derive(Clone)]
 pub struct Metrics {
@@ -286,7 +288,16 @@ fn describe(namespace: &str) {
 
 /// Installs the Prometheus recorder (once per process) for metrics under `namespace` and
 /// returns its handle.
-pub fn install_recorder(namespace: &str) -> anyhow::Result<PrometheusHandle> {
+pub fn install_recorder(namespace: &str) -> Result<PrometheusHandle, OpsError> {
+    let handle = builder(namespace)
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| OpsError::Recorder(e.to_string()))?;
+    describe(namespace);
+    Ok(handle)
+}
+
+/// The exporter with this crate's histogram buckets.
+fn builder(namespace: &str) -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
     let buckets = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     ];
@@ -298,19 +309,16 @@ pub fn install_recorder(namespace: &str) -> anyhow::Result<PrometheusHandle> {
         0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
         0.015, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
     ];
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(format!("{namespace}_hop_seconds")),
-            &hop_buckets,
-        )?
+    PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("seconds".into()), &buckets)?
         .set_buckets_for_metric(
             Matcher::Full(format!("{namespace}_snapshot_seconds")),
             &snapshot_buckets,
         )?
-        .install_recorder()?;
-    describe(namespace);
-    Ok(handle)
+        .set_buckets_for_metric(
+            Matcher::Full(format!("{namespace}_hop_seconds")),
+            &hop_buckets,
+        )
 }
 
 /// The hops of a change from a commit on one node to its apply on another. Each is timed
@@ -345,14 +353,18 @@ impl Hop {
 }
 
 /// Serves `GET /metrics` on `bind` until the process ends.
-pub async fn serve(bind: SocketAddr, handle: PrometheusHandle) -> anyhow::Result<()> {
+pub async fn serve(bind: SocketAddr, handle: PrometheusHandle) -> Result<(), OpsError> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || async move { handle.render() }),
     );
     let listener = tokio::net::TcpListener::bind(bind)
         .await
-        .map_err(|e| anyhow::anyhow!("[prometheus] bind {bind}: {e}"))?;
+        .map_err(|source| OpsError::Bind {
+            section: "[prometheus]",
+            bind,
+            source,
+        })?;
     tracing::info!(%bind, "serving Prometheus metrics at /metrics");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -365,6 +377,28 @@ pub async fn serve(bind: SocketAddr, handle: PrometheusHandle) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A histogram named in full gets its own buckets, not the `seconds` suffix's.
+    #[test]
+    fn hops_and_snapshots_have_their_own_buckets() {
+        let recorder = builder("hl").unwrap().build_recorder();
+        let handle = recorder.handle();
+        let metrics = Metrics::new("hl");
+        metrics::with_local_recorder(&recorder, || {
+            metrics.hop(Hop::NoticeToCaptured, 0.0006);
+            metrics::histogram!("hl_snapshot_seconds").record(3.0);
+            metrics::histogram!("hl_apply_seconds").record(0.002);
+        });
+        let text = handle.render();
+        for bucket in [
+            "hl_hop_seconds_bucket{hop=\"notice_to_captured\",le=\"0.00075\"} 1",
+            "hl_snapshot_seconds_bucket{le=\"1800\"} 1",
+            "hl_apply_seconds_bucket{le=\"0.0025\"} 1",
+        ] {
+            assert!(text.contains(bucket), "no {bucket} in:\n{text}");
+        }
+        assert!(!text.contains("hl_apply_seconds_bucket{le=\"0.00075\"}"));
+    }
 
     /// The names recorded in this file (`self.name("…")`) with the macro's kind, and the
     /// names in the module documentation's table: both equal the described ones.
