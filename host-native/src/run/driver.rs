@@ -8,18 +8,25 @@
 //! SQLite is synchronous. The engine and its connection live in this task and are called
 //! directly: one engine call is one short transaction, and the NATS client and the HTTP
 //! endpoints keep running on the runtime's other worker thread meanwhile.
+//!
+//! This file holds the loop itself: start-up, the `Driver`'s state, the wait for the next
+//! input, and `feed`/`record` (handing inputs to the session and carrying out its outputs).
+//! The driver's other work is in `impl Driver` blocks of its sibling modules, one job
+//! each: `stream` (the stream consumer's IO), `snapshots` (periodic snapshots and the
+//! responder), `catching_up` (catching up in place), `status` (health, deadline, shutdown
+//! flush), `hops` (per-hop timing) and `sleep` (serverless mode's stop).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::engine::{Event, Now};
 use harmonylite_core::hlc::{ntp64_from_unix, NodeId};
 use harmonylite_core::session::{Session, SessionConfig, SessionInput, SessionOutput};
-use harmonylite_core::sqlite::{CatchUpReport, Store};
+use harmonylite_core::sqlite::Store;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -27,20 +34,17 @@ use crate::config::Config;
 use crate::nats::server::NatsServer;
 use crate::nats::setup::{ensure_stream_until_ready, start_embedded_server, transport_config};
 use crate::nats::transport::{self, TransportConfig, TransportEvent};
-use crate::ops::health::{SharedStatus, SnapshotStatus};
+use crate::ops::health::SharedStatus;
 use crate::ops::metrics::{Hop, Metrics};
 use crate::ops::watcher::DbWatcher;
-use crate::snapshot::catch_up::{CatchUpJob, FetchContext, Fetched, Turn};
+use crate::snapshot::catch_up::{CatchUpJob, FetchContext};
 use crate::snapshot::peer::PeerAsk;
-use crate::snapshot::responder::{Responder, ResponderEvent};
-use crate::snapshot::restore::RestoreReason;
-use crate::snapshot::{JobContext, JobOutcome, SnapshotSchedule};
+use crate::snapshot::responder::Responder;
+use crate::snapshot::{JobContext, JobOutcome, SnapshotError, SnapshotSchedule};
 use crate::startup::prepare::{
     inspect_database, prepare_database, restorable, LocalStart, Startup,
 };
 
-/// File notifications remembered between captures (for the commit -> notice hop).
-const NOTICES_KEPT: usize = 64;
 /// How long shutdown waits for the outbox to be acknowledged.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 /// Delays of the follow-up looks for a commit after a file notification (see
@@ -53,11 +57,6 @@ const RECHECKS_AFTER_CHANGE: [Duration; 6] = [
     Duration::from_millis(16),
     Duration::from_millis(32),
 ];
-/// How often the driver looks whether a periodic snapshot is due (a local check; the store
-/// is only asked when one may be).
-const SNAPSHOT_CHECK: Duration = Duration::from_secs(5);
-/// Pause after a snapshot attempt failed, or found another node taking one.
-const SNAPSHOT_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs the sidecar until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -180,7 +179,7 @@ struct Net {
 }
 
 /// Monotonic and wall time, as the engine wants them.
-struct Clock {
+pub(super) struct Clock {
     start: Instant,
 }
 
@@ -191,7 +190,7 @@ impl Clock {
         }
     }
 
-    fn now(&self) -> Now {
+    pub(super) fn now(&self) -> Now {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -202,60 +201,62 @@ impl Clock {
     }
 }
 
-struct Driver {
+/// The run loop's state: the session, and what the loop moves between it and NATS.
+pub(super) struct Driver {
     /// The replication session (core): every replication decision is its.
-    session: Session<Store>,
+    pub(super) session: Session<Store>,
     /// Stream reads and consumer starts the session asked for, carried out at the top of
     /// the next turn (they await the server).
-    stream_requests: Vec<SessionOutput>,
+    pub(super) stream_requests: Vec<SessionOutput>,
     /// For the server's payload limit at every (re)connect.
-    client: async_nats::Client,
-    clock: Clock,
-    publisher: mpsc::UnboundedSender<harmonylite_core::engine::Publish>,
-    metrics: Metrics,
-    status: SharedStatus,
-    stream: jetstream::stream::Stream,
-    messages: Option<jetstream::consumer::pull::Ordered>,
-    batch_limit: usize,
+    pub(super) client: async_nats::Client,
+    pub(super) clock: Clock,
+    pub(super) publisher: mpsc::UnboundedSender<harmonylite_core::engine::Publish>,
+    pub(super) metrics: Metrics,
+    pub(super) status: SharedStatus,
+    pub(super) stream: jetstream::stream::Stream,
+    pub(super) messages: Option<jetstream::consumer::pull::Ordered>,
+    pub(super) batch_limit: usize,
     /// How to fetch a snapshot to catch up from (None: `[snapshot] enable` is off, so a node
     /// that fell behind waits for an operator).
-    fetch: Option<FetchContext>,
+    pub(super) fetch: Option<FetchContext>,
     /// A catch-up in place in progress.
-    catch_up: Option<CatchUpJob>,
+    pub(super) catch_up: Option<CatchUpJob>,
     /// Answers other nodes' snapshot requests (None: this node takes no snapshots).
-    responder: Option<Responder>,
+    pub(super) responder: Option<Responder>,
     /// Whether the last `feed` captured local writes.
-    captured: bool,
+    pub(super) captured: bool,
     /// When the file notifications since the last capture arrived (Unix ms, the latest
-    /// [`NOTICES_KEPT`]): the `notice` of a commit is the first one at or after its write.
-    notices: VecDeque<f64>,
+    /// [`NOTICES_KEPT`](crate::run::hops::NOTICES_KEPT)): the `notice` of a commit is the
+    /// first one at or after its write.
+    pub(super) notices: VecDeque<f64>,
     /// When each unacknowledged frame was first handed to the publisher.
-    handed_out: HashMap<i64, Instant>,
+    pub(super) handed_out: HashMap<i64, Instant>,
     /// When the oldest stream message not applied yet was delivered.
-    delivered_at: Option<Instant>,
+    pub(super) delivered_at: Option<Instant>,
     /// When a write of the application's was last captured.
-    app_wrote_at: Option<tokio::time::Instant>,
+    pub(super) app_wrote_at: Option<tokio::time::Instant>,
     /// Periodic snapshots (None: off for this node).
-    snapshots: Option<Snapshots>,
+    pub(super) snapshots: Option<Snapshots>,
     /// Serverless mode (None: `sleep_timeout = 0`).
-    sleep: Option<Sleep>,
+    pub(super) sleep: Option<Sleep>,
 }
 
 /// Serverless mode: when to sleep, and the snapshot to take first (None: this node does
 /// not take snapshots).
-struct Sleep {
-    timer: crate::run::serverless::IdleTimer,
-    snapshot: Option<JobContext>,
+pub(super) struct Sleep {
+    pub(super) timer: crate::run::serverless::IdleTimer,
+    pub(super) snapshot: Option<JobContext>,
 }
 
 /// State of periodic snapshots.
-struct Snapshots {
-    ctx: JobContext,
+pub(super) struct Snapshots {
+    pub(super) ctx: JobContext,
     /// The newest stored snapshot as last seen: `None` = not known yet, `Some(None)` = none.
-    newest: Option<Option<(StreamSeq, u64)>>,
+    pub(super) newest: Option<Option<(StreamSeq, u64)>>,
     /// When to look again whether one is due.
-    check_at: Instant,
-    job: Option<JoinHandle<anyhow::Result<JobOutcome>>>,
+    pub(super) check_at: Instant,
+    pub(super) job: Option<JoinHandle<Result<JobOutcome, SnapshotError>>>,
 }
 
 impl Driver {
@@ -379,10 +380,7 @@ impl Driver {
                 Some(event) = events.recv() => self.transport_inputs(event, &mut events),
                 next = next_message(&mut self.messages), if pulling => self.message_inputs(next),
                 _ = changed(&watcher) => {
-                    if self.notices.len() == NOTICES_KEPT {
-                        self.notices.pop_front();
-                    }
-                    self.notices.push_back(unix_ms_f64());
+                    self.notice_arrived();
                     recheck = Some((tokio::time::Instant::now() + RECHECKS_AFTER_CHANGE[0], 0));
                     vec![SessionInput::LocalWrite]
                 }
@@ -435,129 +433,9 @@ impl Driver {
         }
     }
 
-    /// Starts a periodic snapshot job when one may be due: this node consumes the stream,
-    /// has caught up, and (as far as it knows) the newest stored snapshot is old enough.
-    /// Local writes are drained right before, so the copy holds them with their versions.
-    fn start_snapshot_if_due(&mut self) {
-        let cursor = self.session.applied_cursor();
-        let caught_up = self.is_caught_up();
-        let Some(s) = self.snapshots.as_mut() else {
-            return;
-        };
-        if s.job.is_some() || Instant::now() < s.check_at {
-            return;
-        }
-        s.check_at = Instant::now() + SNAPSHOT_CHECK;
-        if !caught_up {
-            return;
-        }
-        if let Some(newest) = s.newest {
-            if !s.ctx.schedule.due(newest, cursor, crate::util::unix_ms()) {
-                return;
-            }
-        }
-        let ctx = s.ctx.clone();
-        self.feed(vec![SessionInput::LocalWrite]);
-        let cursor = self.session.applied_cursor();
-        if let Some(s) = self.snapshots.as_mut() {
-            s.job = Some(tokio::spawn(crate::snapshot::run_job(ctx, cursor)));
-        }
-    }
-
-    /// Serverless mode, when the idle timer fires: captures the last local writes, and when
-    /// the node is still idle, every frame is acknowledged and no periodic snapshot is being
-    /// taken, takes the snapshot before sleeping and returns true (the caller stops).
-    async fn ready_to_sleep(&mut self) -> bool {
-        self.feed(vec![SessionInput::LocalWrite]);
-        let Some(sleep) = self.sleep.as_mut() else {
-            return false;
-        };
-        let now = Instant::now();
-        if !sleep.timer.expired(now) {
-            return false;
-        }
-        let (frames, _) = self.session.outbox_depth().unwrap_or((0, 0));
-        let snapshotting = self.snapshots.as_ref().is_some_and(|s| s.job.is_some());
-        if frames > 0 || snapshotting || self.catch_up.is_some() {
-            sleep.timer.postpone(now + crate::run::serverless::RECHECK);
-            return false;
-        }
-        let timeout = sleep.timer.timeout();
-        let snapshot = sleep.snapshot.clone();
-        tracing::info!(
-            idle_ms = timeout.as_millis() as u64,
-            "idle for sleep_timeout: sleeping (serverless mode)"
-        );
-        if let Some(ctx) = snapshot {
-            let cursor = self.session.applied_cursor();
-            if let Some(taken) = crate::run::serverless::snapshot_before_sleep(ctx, cursor).await {
-                let info = &taken.info;
-                self.metrics
-                    .snapshot_taken(taken.bytes, taken.took, info.covered_seq.get());
-            }
-        }
-        true
-    }
-
-    fn snapshot_finished(
-        &mut self,
-        outcome: Result<anyhow::Result<JobOutcome>, tokio::task::JoinError>,
-    ) {
-        let Some(s) = self.snapshots.as_mut() else {
-            return;
-        };
-        s.job = None;
-        match outcome {
-            Ok(Ok(JobOutcome::Taken(taken))) => {
-                let info = &taken.info;
-                tracing::info!(
-                    covered_seq = info.covered_seq.get(),
-                    bytes = taken.bytes,
-                    took_ms = taken.took.as_millis() as u64,
-                    "took snapshot {}",
-                    info.name
-                );
-                s.newest = Some(Some((info.covered_seq, info.taken_at_ms)));
-                self.metrics
-                    .snapshot_taken(taken.bytes, taken.took, info.covered_seq.get());
-                self.status.lock().expect("status lock").last_snapshot = Some(SnapshotStatus {
-                    name: info.name.clone(),
-                    covered_seq: info.covered_seq.get(),
-                    bytes: taken.bytes,
-                    duration_ms: taken.took.as_millis() as u64,
-                    at_unix_ms: crate::util::unix_ms(),
-                    reason: None,
-                });
-            }
-            Ok(Ok(JobOutcome::NotDue(newest))) => {
-                s.newest = Some(newest.map(|n| (n.covered_seq, n.taken_at_ms)));
-            }
-            Ok(Ok(JobOutcome::LeaseHeld(holder))) => {
-                tracing::debug!(holder = ?holder, "another node is taking a snapshot");
-                s.newest = None;
-                s.check_at = Instant::now() + SNAPSHOT_RETRY;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    "taking a snapshot failed, retrying in {}s: {e:#}",
-                    SNAPSHOT_RETRY.as_secs()
-                );
-                self.metrics.snapshot_failed("take");
-                s.newest = None;
-                s.check_at = Instant::now() + SNAPSHOT_RETRY;
-            }
-            Err(e) => {
-                tracing::warn!("the snapshot task ended: {e}");
-                self.metrics.snapshot_failed("take");
-                s.newest = None;
-                s.check_at = Instant::now() + SNAPSHOT_RETRY;
-            }
-        }
-    }
-
     /// Feeds inputs to the session and carries out everything it asks for (stream reads and
     /// consumer starts wait for the top of the next turn: they await the server).
-    fn feed(&mut self, inputs: Vec<SessionInput>) {
+    pub(super) fn feed(&mut self, inputs: Vec<SessionInput>) {
         let now = self.clock.now();
         let started = Instant::now();
         self.session.handle_inputs(now, inputs);
@@ -595,75 +473,6 @@ impl Driver {
             }
         }
         self.refresh_status();
-    }
-
-    /// Records commit -> notice and notice -> captured for a capture whose oldest write was
-    /// made at `oldest_write_unix_ms`. Its notice is the first file notification at or after
-    /// that write (earlier ones were this node's own applies or earlier commits); a capture
-    /// no notification announced (the polling timer) counts from the start of its feed.
-    fn record_capture_hops(&mut self, oldest_write_unix_ms: Option<i64>, took: Duration) {
-        let now = unix_ms_f64();
-        let notices = std::mem::take(&mut self.notices);
-        let Some(written) = oldest_write_unix_ms.map(|ms| ms as f64) else {
-            return;
-        };
-        // The trigger's clock has millisecond steps: a notification in the same
-        // millisecond as the write counts.
-        let noticed = notices
-            .into_iter()
-            .find(|&t| t >= written - 1.0)
-            .unwrap_or(now - took.as_secs_f64() * 1000.0);
-        self.metrics
-            .hop(Hop::CommitToNotice, (noticed - written).max(0.0) / 1000.0);
-        self.metrics
-            .hop(Hop::NoticeToCaptured, (now - noticed).max(0.0) / 1000.0);
-    }
-
-    /// The session's input for a (re)connect, with the server's payload limit.
-    fn connected_input(&self) -> SessionInput {
-        SessionInput::Connected {
-            max_payload: self.client.server_info().max_payload,
-        }
-    }
-
-    /// Reads the stream and starts consumers as the session asked, feeding back each outcome
-    /// (which may ask for the next: a read is followed by a start).
-    async fn carry_out_stream_requests(&mut self) {
-        while !self.stream_requests.is_empty() {
-            let requests = std::mem::take(&mut self.stream_requests);
-            for request in requests {
-                let outcome = match request {
-                    SessionOutput::ReadStreamInfo => {
-                        match crate::nats::transport::stream_info(&mut self.stream).await {
-                            Ok(info) => SessionInput::StreamInfo(info),
-                            Err(e) => {
-                                tracing::warn!("cannot read the change stream yet: {e:#}");
-                                SessionInput::StreamInfoFailed {
-                                    error: format!("{e:#}"),
-                                }
-                            }
-                        }
-                    }
-                    SessionOutput::StartConsumer { from } => {
-                        match crate::nats::transport::consume_from(&self.stream, from).await {
-                            Ok(messages) => {
-                                self.messages = Some(messages);
-                                tracing::info!(from = from.get(), "consuming the change stream");
-                                SessionInput::ConsumerStarted
-                            }
-                            Err(e) => {
-                                tracing::warn!("cannot start the stream consumer yet: {e:#}");
-                                SessionInput::ConsumerFailed {
-                                    error: format!("{e:#}"),
-                                }
-                            }
-                        }
-                    }
-                    _ => continue,
-                };
-                self.feed(vec![outcome]);
-            }
-        }
     }
 
     fn record(&mut self, event: Event, took: Duration) {
@@ -757,357 +566,10 @@ impl Driver {
             }
         }
     }
-
-    fn transport_inputs(
-        &mut self,
-        first: TransportEvent,
-        events: &mut mpsc::UnboundedReceiver<TransportEvent>,
-    ) -> Vec<SessionInput> {
-        let mut inputs = Vec::new();
-        let mut next = Some(first);
-        while let Some(event) = next {
-            match event {
-                TransportEvent::Connected => {
-                    if !self.session.status().connected {
-                        tracing::info!("connected to NATS");
-                    }
-                    inputs.push(self.connected_input());
-                }
-                TransportEvent::Disconnected => {
-                    tracing::warn!("disconnected from NATS; reconnecting");
-                    inputs.push(SessionInput::Disconnected);
-                }
-                TransportEvent::Acked(id) => {
-                    if let Some(at) = self.handed_out.remove(&id) {
-                        self.metrics
-                            .hop(Hop::CapturedToAcked, at.elapsed().as_secs_f64());
-                    }
-                    inputs.push(SessionInput::Acked { id })
-                }
-                TransportEvent::PublishFailed(id, error) => {
-                    tracing::warn!(frame = id, "publish failed, will retry: {error}");
-                    inputs.push(SessionInput::PublishFailed { id });
-                }
-            }
-            next = events.try_recv().ok();
-            if inputs.len() >= 4096 {
-                break;
-            }
-        }
-        inputs
-    }
-
-    /// The consumer's deliveries (up to one batch) as session inputs; a failed or ended
-    /// consumer is dropped and reported.
-    fn message_inputs(
-        &mut self,
-        first: Option<Result<jetstream::Message, String>>,
-    ) -> Vec<SessionInput> {
-        let mut inputs = Vec::new();
-        let mut next = Some(first);
-        while let Some(item) = next {
-            match item {
-                Some(Ok(message)) => {
-                    let (seq, pending) = match message.info() {
-                        Ok(info) => {
-                            let stored_ms = info.published.unix_timestamp_nanos() as f64 / 1e6;
-                            self.metrics.hop(
-                                Hop::StoredToDelivered,
-                                ((unix_ms_f64() - stored_ms) / 1000.0).max(0.0),
-                            );
-                            (info.stream_sequence, info.pending)
-                        }
-                        Err(e) => {
-                            tracing::warn!("stream message without JetStream metadata: {e}");
-                            break;
-                        }
-                    };
-                    tracing::trace!(seq, pending, "stream message received");
-                    self.delivered_at.get_or_insert_with(Instant::now);
-                    inputs.push(SessionInput::Message {
-                        seq: StreamSeq::new(seq),
-                        pending,
-                        frame: message.payload.to_vec(),
-                    });
-                }
-                Some(Err(e)) => {
-                    tracing::warn!("stream consumer failed ({e}); recreating it");
-                    self.messages = None;
-                    inputs.push(SessionInput::ConsumerFailed { error: e });
-                    break;
-                }
-                None => {
-                    tracing::warn!("stream consumer ended; recreating it");
-                    self.messages = None;
-                    inputs.push(SessionInput::ConsumerEnded);
-                    break;
-                }
-            }
-            if inputs.len() >= self.batch_limit {
-                break;
-            }
-            next = match self.messages.as_mut() {
-                Some(messages) => messages
-                    .next()
-                    .now_or_never()
-                    .map(|m| m.map(|r| r.map_err(|e| e.to_string()))),
-                None => None,
-            };
-        }
-        inputs
-    }
-
-    /// The session found the stream no longer holds messages this node has not applied:
-    /// catch up in place from a snapshot (when snapshots are on), else wait for an operator.
-    fn fell_behind(&mut self, cursor: StreamSeq, first: u64, last: u64, first_time: bool) {
-        let Some(fetch) = self.fetch.clone() else {
-            if first_time {
-                tracing::error!(
-                    cursor = cursor.get(),
-                    stream_first = first,
-                    stream_last = last,
-                    "this node fell behind: the stream no longer holds messages {}..{} it has not applied. \
-                     It keeps serving and publishing but applies nothing more until it is rebuilt: turn on \
-                     [snapshot] enable (it then catches up in place from a snapshot), or stop it and the \
-                     application, replace its database file with a copy from a healthy node, and restart",
-                    cursor.get() + 1,
-                    first - 1
-                );
-            }
-            return;
-        };
-        if self.catch_up.is_none() {
-            tracing::warn!(
-                cursor = cursor.get(),
-                stream_first = first,
-                stream_last = last,
-                "this node fell behind: the stream no longer holds messages {}..{} it has not applied; \
-                 catching up in place from a snapshot while the application keeps running",
-                cursor.get() + 1,
-                first - 1
-            );
-            self.catch_up = Some(CatchUpJob::start(fetch, first));
-        }
-    }
-
-    /// A snapshot for the catch-up was downloaded (or could not be had).
-    fn snapshot_fetched(
-        &mut self,
-        outcome: Result<anyhow::Result<Fetched>, tokio::task::JoinError>,
-    ) {
-        let (job, result) = CatchUpJob::fetched(outcome);
-        self.catch_up = Some(job);
-        if let Err(why) = &result {
-            tracing::warn!(
-                retry_in_s = crate::snapshot::catch_up::RETRY_AFTER.as_secs(),
-                "{why}"
-            );
-            self.metrics.snapshot_failed("restore");
-        }
-        self.status.lock().expect("status lock").waiting = result.err();
-        self.refresh_status();
-    }
-
-    /// When the catch-up's next turn is due. While the application writes, merge steps run
-    /// right after its writes are captured (see `run`), not on the timer: a step then falls
-    /// between its writes instead of at a random moment, where the application would wait
-    /// for the write lock (and SQLite's busy handler sleeps at least 1 ms). Once it has been
-    /// quiet for [`crate::snapshot::catch_up::APP_QUIET`], steps run on the timer again.
-    fn catch_up_at(&self) -> Option<tokio::time::Instant> {
-        let due = self.catch_up.as_ref()?.due()?;
-        let merging = matches!(self.catch_up, Some(CatchUpJob::Merging { .. }));
-        match self
-            .app_wrote_at
-            .map(|at| at + crate::snapshot::catch_up::APP_QUIET)
-        {
-            Some(quiet_at) if merging && quiet_at > due => Some(quiet_at),
-            _ => Some(due),
-        }
-    }
-
-    /// One turn of the catch-up: a merge step, or after a failure a fresh look at the
-    /// stream.
-    fn catch_up_turn(&mut self) {
-        let Some(job) = self.catch_up.take() else {
-            return;
-        };
-        let (next, turn) = job.turn(&mut self.session, self.clock.now().wall);
-        self.catch_up = next;
-        match turn {
-            // Local writes the step captured are in the outbox: publish them as usual.
-            Turn::Merged { captured: true } => self.feed(vec![SessionInput::LocalWrite]),
-            Turn::Merged { captured: false } => {}
-            Turn::Finished { report, fetched } => self.caught_up(*fetched, *report),
-            Turn::Failed(why) => {
-                tracing::error!("catching up: {why}");
-                self.metrics.snapshot_failed("restore");
-                self.status.lock().expect("status lock").waiting = Some(why);
-            }
-            Turn::Restart => self.feed(vec![SessionInput::Recheck]),
-        }
-        self.refresh_status();
-    }
-
-    /// The merge finished: the cursor is at the snapshot's covered sequence.
-    fn caught_up(&mut self, fetched: Fetched, report: CatchUpReport) {
-        let took = fetched.started.elapsed();
-        for (table, rows) in &report.skipped_tables {
-            tracing::warn!(
-                table,
-                rows,
-                "the snapshot's rows of a table this database does not have were not merged"
-            );
-        }
-        tracing::info!(
-            snapshot = %fetched.info.name,
-            covered_seq = report.covered.get(),
-            rows = report.rows_read,
-            remote_won = report.remote_won,
-            local_won = report.local_won,
-            unchanged = report.unchanged,
-            migrations = report.migrations,
-            took_ms = took.as_millis() as u64,
-            "caught up in place; consuming the stream from sequence {}",
-            report.covered.get() + 1
-        );
-        self.metrics.restored(
-            RestoreReason::Behind.as_str(),
-            fetched.downloaded,
-            took,
-            report.covered.get(),
-        );
-        {
-            let mut s = self.status.lock().expect("status lock");
-            s.waiting = None;
-            s.last_restore = Some(SnapshotStatus {
-                name: fetched.info.name.clone(),
-                covered_seq: report.covered.get(),
-                bytes: fetched.downloaded,
-                duration_ms: took.as_millis() as u64,
-                at_unix_ms: crate::util::unix_ms(),
-                reason: Some(RestoreReason::Behind.as_str().to_owned()),
-            });
-        }
-        self.feed(vec![SessionInput::Reopened]);
-    }
-
-    /// Another node asks for a snapshot, or the one taken for it is done.
-    async fn responder_event(&mut self, event: ResponderEvent) {
-        let caught_up = self.is_caught_up();
-        let cursor = self.session.applied_cursor();
-        let Some(responder) = self.responder.as_mut() else {
-            return;
-        };
-        let outcome = match event {
-            ResponderEvent::Request(request) => {
-                return responder.answer(request, caught_up, cursor).await
-            }
-            ResponderEvent::JobDone(outcome) => outcome,
-        };
-        responder.job_done();
-        match outcome {
-            Ok(Ok(JobOutcome::Taken(taken))) => {
-                let info = &taken.info;
-                tracing::info!(
-                    covered_seq = info.covered_seq.get(),
-                    bytes = taken.bytes,
-                    "took snapshot {} another node asked for",
-                    info.name
-                );
-                self.metrics
-                    .snapshot_taken(taken.bytes, taken.took, info.covered_seq.get());
-                if let Some(s) = self.snapshots.as_mut() {
-                    s.newest = Some(Some((info.covered_seq, info.taken_at_ms)));
-                }
-            }
-            Ok(Ok(other)) => tracing::info!("no snapshot taken for another node: {other:?}"),
-            Ok(Err(e)) => {
-                self.metrics.snapshot_failed("take");
-                tracing::warn!("taking the snapshot another node asked for failed: {e:#}");
-            }
-            Err(e) => tracing::warn!("the requested snapshot task ended: {e}"),
-        }
-    }
-
-    /// Consuming the stream, not behind it, and within one batch of its end.
-    fn is_caught_up(&self) -> bool {
-        self.session.status().caught_up(self.batch_limit as u64)
-    }
-
-    fn deadline(&self) -> tokio::time::Instant {
-        let now = self.clock.now().monotonic;
-        let mut wait = match self.session.poll_timeout() {
-            Some(t) => t.saturating_sub(now),
-            None => Duration::from_secs(3600),
-        };
-        if let Some(s) = self.snapshots.as_ref().filter(|s| s.job.is_none()) {
-            wait = wait.min(s.check_at.saturating_duration_since(Instant::now()));
-        }
-        tokio::time::Instant::now() + wait
-    }
-
-    fn refresh_status(&mut self) {
-        let session = &self.session;
-        let replication = session.status();
-        let (outbox_frames, outbox_rows) = session.outbox_depth().unwrap_or((0, 0));
-        let parked = session.parked_count().unwrap_or(0);
-        let schema = session.schema_status().ok();
-        let parked_by_table = if parked > 0 {
-            session.parked_by_table().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let mut s = self.status.lock().expect("status lock");
-        if let Some(schema) = schema {
-            s.schema_fingerprint = schema.fingerprint;
-            s.migration_version = schema.migration_version;
-            s.parked_migrations = schema.parked_migrations;
-        }
-        s.parked_by_table = parked_by_table.iter().cloned().collect();
-        self.metrics
-            .schema(&parked_by_table, s.migration_version, s.parked_migrations);
-        s.cursor = replication.cursor;
-        s.stream_last_seq = replication.stream_last_seq;
-        s.lag = replication.lag;
-        s.outbox_depth = outbox_frames;
-        s.outbox_rows = outbox_rows;
-        s.parked = parked;
-        s.nats_connected = replication.connected;
-        s.fell_behind = replication.fell_behind;
-        s.catching_up = self.catch_up.as_ref().map(CatchUpJob::status);
-        s.healthy = replication.healthy() && !s.restoring;
-        s.consumer_error = replication.consumer_error;
-        self.metrics
-            .gauges(outbox_frames, s.lag, parked, replication.connected);
-    }
-
-    /// Captures the last local writes and waits (bounded) until the outbox is acknowledged.
-    async fn finish(&mut self, limit: Duration) {
-        self.messages = None;
-        self.feed(vec![SessionInput::LocalWrite]);
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let (frames, _) = self.session.outbox_depth().unwrap_or((0, 0));
-            let replication = self.session.status();
-            if frames == 0 || !replication.connected && replication.in_flight == 0 {
-                if frames > 0 {
-                    tracing::warn!(
-                        frames,
-                        "stopping with unacknowledged frames; they are sent at the next start"
-                    );
-                }
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(frames, "stopping before JetStream acknowledged every frame; they are sent at the next start");
-                    return;
-                }
-                _ = tokio::time::sleep(Duration::from_millis(20)) => self.feed(vec![SessionInput::Timeout]),
-            }
-        }
-    }
 }
+
+// What the loop waits on: each future borrows only the field it waits on, so all of them
+// can be pending at once in the `select!`.
 
 async fn next_message(
     messages: &mut Option<jetstream::consumer::pull::Ordered>,
@@ -1121,7 +583,7 @@ async fn next_message(
 /// Resolves when the running snapshot job ends (never while none runs).
 async fn snapshot_job(
     snapshots: &mut Option<Snapshots>,
-) -> Result<anyhow::Result<JobOutcome>, tokio::task::JoinError> {
+) -> Result<Result<JobOutcome, SnapshotError>, tokio::task::JoinError> {
     match snapshots.as_mut().and_then(|s| s.job.as_mut()) {
         Some(job) => job.await,
         None => std::future::pending().await,
@@ -1160,13 +622,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-/// Wall-clock time now, Unix milliseconds with a fraction.
-fn unix_ms_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-        * 1000.0
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use harmonylite_core::change::StreamSeq;
 
-use crate::snapshot::{JobContext, JobOutcome, SnapshotError, SnapshotSchedule, Taken};
+use crate::snapshot::{JobContext, JobOutcome, SnapshotSchedule, Taken};
 
 /// How long to wait before looking again when the node was idle but could not sleep yet.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -80,7 +80,7 @@ pub async fn snapshot_before_sleep(ctx: JobContext, cursor: StreamSeq) -> Option
         schedule: schedule(),
         ..ctx
     };
-    match crate::snapshot::run_job::<SnapshotError>(ctx, cursor).await {
+    match crate::snapshot::run_job(ctx, cursor).await {
         Ok(JobOutcome::Taken(taken)) => {
             tracing::info!(
                 covered_seq = taken.info.covered_seq.get(),

@@ -28,7 +28,6 @@ use crate::ops::health::CatchUpStatus;
 use crate::snapshot::peer::{usable_snapshots, PeerAsk};
 use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
 use crate::snapshot::{file_error, SnapshotError};
-use crate::util::error::BoxError;
 
 /// Row versions merged per transaction.
 pub const ROWS_PER_STEP: usize = 100;
@@ -115,9 +114,9 @@ impl CatchUpJob {
     }
 
     /// The job after its download ended: merging, or waiting to retry (with the reason).
-    /// `outcome` is [`fetch_done`]'s, whatever error type it was converted into.
-    pub fn fetched<E: Into<BoxError>>(
-        outcome: Result<Result<Fetched, E>, tokio::task::JoinError>,
+    /// `outcome` is [`fetch_done`]'s.
+    pub fn fetched(
+        outcome: Result<Result<Fetched, SnapshotError>, tokio::task::JoinError>,
     ) -> (Self, Result<(), String>) {
         let retry = CatchUpJob::Waiting {
             retry_at: tokio::time::Instant::now() + RETRY_AFTER,
@@ -125,7 +124,7 @@ impl CatchUpJob {
         let fetched = match outcome {
             Ok(Ok(fetched)) => fetched,
             Ok(Err(e)) => {
-                let why = crate::util::error::report(&*e.into());
+                let why = crate::util::error::report(&e);
                 return (retry, Err(format!("catching up: {why}")));
             }
             Err(e) => return (retry, Err(format!("the snapshot download task ended: {e}"))),
@@ -238,14 +237,12 @@ impl CatchUpJob {
     }
 }
 
-/// Resolves when the job's snapshot download ends (never while none runs). Its
-/// [`SnapshotError`] is converted into the error type the caller wants (the run loop keeps
-/// `anyhow` errors).
-pub async fn fetch_done<E: From<SnapshotError>>(
+/// Resolves when the job's snapshot download ends (never while none runs).
+pub async fn fetch_done(
     job: &mut Option<CatchUpJob>,
-) -> Result<Result<Fetched, E>, tokio::task::JoinError> {
+) -> Result<Result<Fetched, SnapshotError>, tokio::task::JoinError> {
     match job {
-        Some(CatchUpJob::Fetching(task)) => task.await.map(|fetched| fetched.map_err(E::from)),
+        Some(CatchUpJob::Fetching(task)) => task.await,
         _ => std::future::pending().await,
     }
 }

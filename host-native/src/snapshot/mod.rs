@@ -452,17 +452,7 @@ pub struct JobContext {
 /// One periodic snapshot attempt: re-reads the newest stored snapshot, and if one is still
 /// due for `cursor`, takes the lease, takes and stores a snapshot, prunes old ones and gives
 /// the lease back.
-///
-/// The error is a [`SnapshotError`], converted into whatever error type the caller's task
-/// handle holds (the run loop's holds `anyhow` errors; it spawns this as it is).
-pub async fn run_job<E: From<SnapshotError>>(
-    ctx: JobContext,
-    cursor: StreamSeq,
-) -> Result<JobOutcome, E> {
-    job(ctx, cursor).await.map_err(E::from)
-}
-
-async fn job(ctx: JobContext, cursor: StreamSeq) -> Result<JobOutcome, SnapshotError> {
+pub async fn run_job(ctx: JobContext, cursor: StreamSeq) -> Result<JobOutcome, SnapshotError> {
     let config = &ctx.config;
     let store = SnapshotStore::open(config, &ctx.js, &ctx.stream).await?;
     let newest = store.newest().await?;
