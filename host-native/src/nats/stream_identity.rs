@@ -2,29 +2,36 @@
 //! ([`harmonylite_core::sqlite::stream_identity`]): its advice on a mismatch
 //! (`--adopt-stream` is [`crate::commands::adopt_stream`]).
 
-use harmonylite_core::error::StoreError;
-use harmonylite_core::sqlite::stream_identity;
-pub use harmonylite_core::sqlite::stream_identity::StreamFacts;
-use rusqlite::Connection;
+#[cfg(test)]
+pub(crate) use harmonylite_core::sqlite::stream_identity::StreamFacts;
 
 /// What an operator does to adopt a re-created stream (ends the session's refusals).
 pub const HOW_TO_ADOPT: &str = "stop the application and this node and run `harmonylite --config <file> \
                                 --adopt-stream` (docs/operations.md, \"The change stream was re-created\")";
 
 /// Why this node must not consume the stream from `cursor`, with what to do; `None` when it
-/// is the stream the cursor counts in (the first stream seen is recorded).
-pub fn refusal(
-    conn: &Connection,
+/// is the stream the cursor counts in (the first stream seen is recorded). The running
+/// sidecar gets the same text from its session; tests check the sidecar's wording here.
+#[cfg(test)]
+pub(crate) fn refusal(
+    conn: &rusqlite::Connection,
     stream_name: &str,
     cursor: u64,
     facts: StreamFacts,
-) -> Result<Option<String>, StoreError> {
-    stream_identity::refusal(conn, stream_name, cursor, facts, HOW_TO_ADOPT)
+) -> Result<Option<String>, harmonylite_core::error::StoreError> {
+    harmonylite_core::sqlite::stream_identity::refusal(
+        conn,
+        stream_name,
+        cursor,
+        facts,
+        HOW_TO_ADOPT,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     const CREATED: i64 = 1_795_706_470_000_000_000;
 
