@@ -324,6 +324,16 @@ fn with_defaults_a_node_away_for_ten_times_the_retention_rebuilds_from_a_peer_sn
         unreachable!()
     };
     wait_converged(&[a, b, c], "items", CONVERGE, |rows| rows.len() == 3);
+    // With defaults the cluster takes its first periodic snapshot soon after start (none is
+    // stored yet), then not again for 100,000 messages or an hour. Wait for that first one:
+    // taken while b is away instead, it would cover b's gap and b would never need a peer.
+    assert!(
+        wait_until(Duration::from_secs(60), || [&*a, &*b, &*c]
+            .iter()
+            .any(|n| n.log().contains("took snapshot"))),
+        "no node took the first periodic snapshot:\n{}",
+        a.log_tail()
+    );
     b.stop();
     write_messages(a, 100, 2000, 1);
     b.start();
