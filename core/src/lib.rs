@@ -12,6 +12,8 @@
 //!   `Message::Migration` frames.
 //! - [`migration`]: which SQL a replicated schema migration may contain.
 //! - [`snapshot`]: snapshot header and chunk framing with an incremental decoder.
+//! - [`scope`]: scope rules (which partition a row belongs to) and the subjects that carry
+//!   each partition's changes, so untrusted replicas see and write only their rows.
 //! - [`engine`]: [`engine::Engine`] with `handle_input` / `poll_output` / `poll_timeout`.
 //! - [`session`]: [`session::Session`], the engine plus the change-stream consumer's rules
 //!   (stream identity, falling behind, gaps, flow control, lag and health) both hosts share.
@@ -74,6 +76,7 @@ pub mod hlc;
 pub mod merge;
 pub mod migration;
 pub mod report;
+pub mod scope;
 pub mod session;
 pub mod snapshot;
 pub mod value;
