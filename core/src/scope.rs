@@ -386,6 +386,20 @@ impl Subjects {
         ClientSubjects { read, publish }
     }
 
+    /// The subject scoped replicas send bootstrap requests to (answered by any full node).
+    pub fn bootstrap_request(&self) -> String {
+        format!("{}.scope.bootstrap", self.prefix)
+    }
+
+    /// The inbox prefix a scoped replica of user `subject_claim` (the token's `sub`) must
+    /// use, so its permissions can let it receive only its own replies and deliveries.
+    pub fn client_inbox_prefix(subject_claim: &str) -> String {
+        format!(
+            "_INBOX_{}",
+            value_token(&Value::Text(subject_claim.to_owned()))
+        )
+    }
+
     /// The subjects the stream must hold with scopes on (with scopes off: only
     /// [`Subjects::unscoped`]).
     pub fn stream_subjects(&self, scopes_on: bool) -> Vec<String> {
@@ -652,6 +666,9 @@ mod tests {
             ]
         );
         assert_eq!(c.publish, ["app.p.team.i7.*", "app.p.user.tu1.*"]);
+        assert_eq!(s.bootstrap_request(), "app.scope.bootstrap");
+        assert_eq!(Subjects::client_inbox_prefix("u1"), "_INBOX_tu1");
+        assert_eq!(Subjects::client_inbox_prefix("a.b"), "_INBOX_x612e62");
     }
 
     #[test]
