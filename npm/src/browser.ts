@@ -1,14 +1,15 @@
 /**
  * harmonylite for browsers. `storage: "memory"` runs in the calling thread (page or
  * worker). `storage: "opfs"` needs a dedicated Worker: called inside one it runs there;
- * called from a page it starts the package's worker (`harmonylite/worker`) and returns a
- * replica that forwards every call to it.
+ * called from a page it is shared by every tab of the origin that opens it: the tab that
+ * leads starts the package's worker (`harmonylite/worker`), and every tab gets a replica
+ * that forwards its calls to that worker (see `remote.ts`).
  */
 
 import init, { openReplica } from "./wasm/harmonylite_wasm.js";
 import { openLocal } from "./replica.js";
 import type { Platform, WasmModule } from "./replica.js";
-import { openInWorker } from "./remote.js";
+import { openShared } from "./remote.js";
 import type { OpenOptions, Replica } from "./types.js";
 
 export * from "./errors.js";
@@ -35,7 +36,7 @@ export function inDedicatedWorker(): boolean {
 /** Opens a replica and starts replicating when `servers` are given. */
 export async function open(options: OpenOptions): Promise<Replica> {
   if (options?.storage === "opfs" && !inDedicatedWorker()) {
-    return openInWorker(options, () => new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: `harmonylite:${options.name}` }));
+    return openShared(options, () => new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: `harmonylite:${options.name}` }));
   }
   return openLocal(options, platform);
 }

@@ -82,6 +82,20 @@ export class MigrationError extends HarmonyliteError {
   }
 }
 
+/**
+ * An OPFS replica shared by several tabs changed leader (the tab running the database was
+ * closed, crashed or navigated away, or closed its replica) while this call was in flight,
+ * and the call cannot be sent again safely: an explicit transaction (rolled back, never
+ * half-applied: run it again), or a `migrate()`, `discardParked()` or `adoptStream()` whose
+ * outcome is unknown (check with `schemaStatus()` / `status()`).
+ */
+export class LeaderChangedError extends HarmonyliteError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "LeaderChangedError";
+  }
+}
+
 /** Plain-data form of an error, as it crosses a Worker boundary. */
 export interface ErrorData {
   name: string;
@@ -129,6 +143,8 @@ export function toHarmonyliteError(e: unknown): Error {
       return new ReplicationError(message, { cause });
     case "MigrationError":
       return new MigrationError(message, { cause });
+    case "LeaderChangedError":
+      return new LeaderChangedError(message, { cause });
     default:
       // Not ours (e.g. an exception thrown by a transaction callback): pass it through.
       return e instanceof Error ? e : new HarmonyliteError(message);

@@ -947,6 +947,12 @@ export class LocalReplica implements Replica {
     }
   }
 
+  /** Names of the tables this replica replicates (the Worker refreshes subscribers of other tabs with them after a leader change). */
+  replicatedTables(): string[] {
+    this.#check();
+    return this.#core.replicatedTables();
+  }
+
   async schemaStatus(): Promise<SchemaStatus> {
     this.#check();
     try {

@@ -103,6 +103,12 @@ export interface Status {
   migrationVersion: number;
   /** CRC-32 of the application's schema (8 hex digits); equal on two replicas = same schema. */
   schemaFingerprint: string;
+  /**
+   * Only for an OPFS replica opened from a page (shared by the tabs of the origin): whether
+   * this tab runs the database (`"leader"`: the Worker runs in this tab) or forwards its
+   * calls to the tab that does (`"follower"`). Absent elsewhere.
+   */
+  tab?: "leader" | "follower";
 }
 
 /** The local schema, from {@link Replica.schemaStatus}. */

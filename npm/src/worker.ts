@@ -1,29 +1,94 @@
 /**
- * The harmonylite Worker: runs one replica (OPFS storage) for a page that opened it with
- * `open({ storage: "opfs" })`, answering the page's calls (see `rpc.ts`). Bundlers pick it
- * up through `new URL("./worker.js", import.meta.url)` in the browser entry; it is also
- * exported as `harmonylite/worker`.
+ * The harmonylite Worker: runs one replica (OPFS storage) for every tab of the origin that
+ * opened it, started by the tab that leads (see `remote.ts`, and `rpc.ts` for the messages).
+ * Bundlers pick it up through `new URL("./worker.js", import.meta.url)` in the browser
+ * entry; it is also exported as `harmonylite/worker`.
+ *
+ * Every call comes from a client (one `open()` in some tab) and is answered on the client's
+ * inbox. The database is used one call at a time, in arrival order (a queue, `DbQueue`); an
+ * explicit transaction holds the queue from `begin` to `commit`/`rollback`, so transactions
+ * of different tabs never interleave. Writes are recorded: each write call runs in one
+ * SQLite transaction with a row of `__hl_calls` naming it (client id, call id) and holding
+ * its result, so a call sent again after a leader change (its answer was lost with the old
+ * leader) gets the recorded result instead of running twice. Records go once the client
+ * says it has the answer (`Call.low`), and with the client.
  */
 
-import { errorToData, InvalidArgumentError, ReplicaClosedError } from "./errors.js";
+import { errorToData, InvalidArgumentError, LeaderChangedError, ReplicaClosedError } from "./errors.js";
 import { openLocal } from "./replica.js";
 import type { LocalReplica } from "./replica.js";
 import { platform } from "./browser.js";
-import type { Call, Reply } from "./rpc.js";
-import type { OpenOptions, SqlParams, Transaction, WaitOptions, CloseOptions, MigrateOptions, DiscardParkedOptions } from "./types.js";
+import { clientLock, inbox } from "./rpc.js";
+import type { Announcement, Begun, Call, FromWorker, Reply, ToWorker } from "./rpc.js";
+import type { CloseOptions, DiscardParkedOptions, ExecResult, MigrateOptions, OpenOptions, Row, SqlParams, Transaction, WaitOptions } from "./types.js";
 
 const scope = globalThis as unknown as {
   postMessage(message: unknown): void;
   addEventListener(type: "message", listener: (event: MessageEvent) => void): void;
 };
 
+type TxHandle = Transaction & { commit(): void; rollback(): void };
+
+/** The table of recorded write calls (internal: capture and the schema fingerprint skip `__hl_`). */
+const CALLS_TABLE =
+  "CREATE TABLE IF NOT EXISTS __hl_calls(client TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL, result TEXT NOT NULL, PRIMARY KEY (client, seq)) WITHOUT ROWID";
+
+/** Thrown where a call must get no answer: its client sends it again to the next leader (or is gone). */
+const UNANSWERED = Symbol("unanswered");
+
+/** The database's queue: one holder at a time, first come first served. */
+class DbQueue {
+  #tail: Promise<void> = Promise.resolve();
+  acquire(): Promise<() => void> {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const before = this.#tail;
+    this.#tail = before.then(() => held);
+    let done = false;
+    const once = () => {
+      if (!done) {
+        done = true;
+        release();
+      }
+    };
+    return before.then(() => once);
+  }
+}
+
+interface Client {
+  inbox: BroadcastChannel;
+  subscriptions: Map<number, () => void>;
+}
+
+interface OpenTx {
+  key: string;
+  client: string;
+  handle: TxHandle;
+  release: () => void;
+}
+
 let replica: LocalReplica | null = null;
-const subscriptions = new Map<number, () => void>();
-const transactions = new Map<number, Transaction & { commit(): void; rollback(): void }>();
+let leader = "";
+let base = "";
+let shared: BroadcastChannel | null = null;
+let calls: BroadcastChannel | null = null;
+let stopping = false;
+const queue = new DbQueue();
+const clients = new Map<string, Client>();
+const departed = new Set<string>();
+const transactions = new Map<string, OpenTx>();
 let nextTx = 1;
 
-function post(reply: Reply): void {
-  scope.postMessage(reply);
+function post(message: FromWorker): void {
+  scope.postMessage(message);
+}
+
+function announce(message: Announcement): void {
+  try {
+    shared?.postMessage(message);
+  } catch {
+    // The channel closed (stopped): nobody to tell.
+  }
 }
 
 function current(): LocalReplica {
@@ -33,95 +98,503 @@ function current(): LocalReplica {
   return replica;
 }
 
-function tx(id: unknown) {
-  const t = transactions.get(id as number);
-  if (!t) {
-    throw new InvalidArgumentError("the transaction has ended");
+// ---- results kept in __hl_calls -----------------------------------------------------
+
+function encode(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => {
+    if (typeof v === "bigint") {
+      return { __hl_bigint: v.toString() };
+    }
+    if (v instanceof Uint8Array) {
+      let text = "";
+      for (const b of v) {
+        text += String.fromCharCode(b);
+      }
+      return { __hl_bytes: btoa(text) };
+    }
+    return v === undefined ? null : v;
+  });
+}
+
+function decode(text: string): unknown {
+  return JSON.parse(text, (_key, v: unknown) => {
+    if (v !== null && typeof v === "object" && !Array.isArray(v)) {
+      const o = v as Record<string, unknown>;
+      const keys = Object.keys(o);
+      if (keys.length === 1 && typeof o.__hl_bigint === "string") {
+        return BigInt(o.__hl_bigint);
+      }
+      if (keys.length === 1 && typeof o.__hl_bytes === "string") {
+        return Uint8Array.from(atob(o.__hl_bytes), (c) => c.charCodeAt(0));
+      }
+    }
+    return v;
+  });
+}
+
+// ---- which SQL writes ---------------------------------------------------------------
+
+/** The words (upper case) of each statement in `sql`, outside comments, strings and quoted names. */
+export function statementWords(sql: string): string[][] {
+  const out: string[][] = [];
+  let words: string[] = [];
+  let i = 0;
+  const n = sql.length;
+  while (i < n) {
+    const c = sql[i]!;
+    if (c === "-" && sql[i + 1] === "-") {
+      const j = sql.indexOf("\n", i);
+      i = j < 0 ? n : j + 1;
+    } else if (c === "/" && sql[i + 1] === "*") {
+      const j = sql.indexOf("*/", i + 2);
+      i = j < 0 ? n : j + 2;
+    } else if (c === "'" || c === '"' || c === "`") {
+      let j = i + 1;
+      while (j < n && !(sql[j] === c && sql[j + 1] !== c)) {
+        j += sql[j] === c ? 2 : 1;
+      }
+      i = j + 1;
+      words.push("?");
+    } else if (c === "[") {
+      const j = sql.indexOf("]", i);
+      i = j < 0 ? n : j + 1;
+      words.push("?");
+    } else if (c === ";") {
+      if (words.length > 0) {
+        out.push(words);
+      }
+      words = [];
+      i += 1;
+    } else if (/[A-Za-z_]/.test(c)) {
+      let j = i + 1;
+      while (j < n && /[A-Za-z0-9_$]/.test(sql[j]!)) {
+        j += 1;
+      }
+      words.push(sql.slice(i, j).toUpperCase());
+      i = j;
+    } else {
+      if (!/\s/.test(c) && words.length === 0) {
+        words.push(c);
+      }
+      i += 1;
+    }
+  }
+  if (words.length > 0) {
+    out.push(words);
+  }
+  return out;
+}
+
+const READS = new Set(["SELECT", "VALUES", "EXPLAIN"]);
+const DML = new Set(["INSERT", "UPDATE", "DELETE", "REPLACE"]);
+
+/**
+ * How a call's SQL is run: `"read"` (changes nothing: run as is), `"write"` (row changes
+ * only: run inside a transaction with its record) or `"other"` (schema changes, transaction
+ * control, pragmas...: run as is, recorded right after).
+ */
+function sqlKind(sql: unknown): "read" | "write" | "other" {
+  if (typeof sql !== "string") {
+    return "read"; // refused by the replica with InvalidArgumentError
+  }
+  let kind: "read" | "write" | "other" = "read";
+  for (const words of statementWords(sql)) {
+    const first = words[0]!;
+    if (READS.has(first) || (first === "WITH" && !words.some((w) => DML.has(w)))) {
+      continue;
+    }
+    if (DML.has(first) || first === "WITH") {
+      kind = "write";
+      continue;
+    }
+    return "other";
+  }
+  return kind;
+}
+
+// ---- calls --------------------------------------------------------------------------
+
+/** Takes the database's queue for a call of `from`; a call of a gone client, or made while stopping, is not answered. */
+async function takeQueue(from: string): Promise<() => void> {
+  const release = await queue.acquire();
+  if (stopping || departed.has(from) || !replica) {
+    release();
+    throw UNANSWERED;
+  }
+  return release;
+}
+
+async function recordedResult(t: { query: TxHandle["query"] }, call: Call): Promise<{ found: boolean; value: unknown }> {
+  const rows = await t.query<{ result: string }>("SELECT result FROM __hl_calls WHERE client = ? AND seq = ?", [call.from, call.id]);
+  return rows.length > 0 ? { found: true, value: decode(rows[0]!.result) } : { found: false, value: undefined };
+}
+
+async function record(t: TxHandle, call: Call, value: unknown): Promise<void> {
+  await t.exec("DELETE FROM __hl_calls WHERE client = ? AND seq < ?", [call.from, call.low]);
+  await t.exec("INSERT INTO __hl_calls(client, seq, at, result) VALUES (?, ?, ?, ?)", [call.from, call.id, Date.now(), encode(value)]);
+}
+
+/** Runs a write call inside one transaction with its record, or returns its recorded result. */
+async function recordedWrite(call: Call, run: (t: TxHandle) => Promise<unknown>): Promise<unknown> {
+  const release = await takeQueue(call.from);
+  try {
+    const t = current().beginTransaction();
+    let value: unknown;
+    try {
+      await t.exec(CALLS_TABLE);
+      const prior = await recordedResult(t, call);
+      if (prior.found) {
+        t.rollback();
+        return prior.value;
+      }
+      value = await run(t);
+      await record(t, call, value);
+    } catch (e) {
+      t.rollback();
+      throw e;
+    }
+    t.commit();
+    return value;
+  } finally {
+    release();
+  }
+}
+
+/**
+ * Runs SQL that cannot run inside a transaction of ours (schema changes, `BEGIN`, pragmas)
+ * as is, unless recorded already, and records it right after (in its own transaction).
+ */
+async function recordedOther(call: Call, run: () => Promise<unknown>): Promise<unknown> {
+  const release = await takeQueue(call.from);
+  try {
+    const r = current();
+    await r.exec(CALLS_TABLE);
+    const prior = await recordedResult(r, call);
+    if (prior.found) {
+      return prior.value;
+    }
+    const value = await run();
+    try {
+      const t = r.beginTransaction();
+      try {
+        await record(t, call, value);
+        t.commit();
+      } catch {
+        t.rollback();
+      }
+    } catch {
+      // The SQL left a transaction open (an `exec("BEGIN")`): nothing to record it in.
+    }
+    return value;
+  } finally {
+    release();
+  }
+}
+
+/** Runs a call that only reads, in its turn. */
+async function inTurn(call: Call, run: () => Promise<unknown>): Promise<unknown> {
+  const release = await takeQueue(call.from);
+  try {
+    return await run();
+  } finally {
+    release();
+  }
+}
+
+function openTx(key: unknown, from: string): OpenTx {
+  const t = transactions.get(key as string);
+  if (!t || t.client !== from) {
+    throw new LeaderChangedError("the transaction is not open any more (the tab that ran it changed): it was rolled back, run it again");
   }
   return t;
 }
 
+function endTx(t: OpenTx, how: "commit" | "rollback"): void {
+  transactions.delete(t.key);
+  try {
+    if (how === "commit") {
+      t.handle.commit();
+    } else {
+      t.handle.rollback();
+    }
+  } finally {
+    t.release();
+  }
+}
+
+function client(id: string): Client {
+  let c = clients.get(id);
+  if (!c) {
+    c = { inbox: new BroadcastChannel(inbox(base, id)), subscriptions: new Map() };
+    clients.set(id, c);
+    // Granted once the client is gone (its lock is released by close() or with its tab).
+    void navigator.locks.request(clientLock(base, id), () => forget(id)).catch(() => {});
+  }
+  return c;
+}
+
+/** A client is gone: roll back its transaction, drop its subscriptions and its records. */
+async function forget(id: string): Promise<void> {
+  departed.add(id);
+  const c = clients.get(id);
+  clients.delete(id);
+  for (const t of [...transactions.values()]) {
+    if (t.client === id) {
+      endTx(t, "rollback");
+    }
+  }
+  if (c) {
+    for (const unsubscribe of c.subscriptions.values()) {
+      unsubscribe();
+    }
+    c.inbox.close();
+  }
+  if (stopping || !replica) {
+    return;
+  }
+  const release = await queue.acquire();
+  try {
+    if (!stopping && replica) {
+      await replica.exec(CALLS_TABLE);
+      await replica.exec("DELETE FROM __hl_calls WHERE client = ?", [id]);
+    }
+  } catch {
+    // Best effort: the next leader forgets clients that are gone when it starts.
+  } finally {
+    release();
+  }
+}
+
+/** At start: drops the records of clients that are gone (no tab holds their lock). */
+async function forgetGoneClients(r: LocalReplica): Promise<void> {
+  await r.exec(CALLS_TABLE);
+  const held = new Set(((await navigator.locks.query()).held ?? []).map((l) => l.name));
+  const gone = (await r.query<{ client: string }>("SELECT DISTINCT client FROM __hl_calls"))
+    .map((row) => row.client)
+    .filter((c) => !held.has(clientLock(base, c)));
+  for (const c of gone) {
+    await r.exec("DELETE FROM __hl_calls WHERE client = ?", [c]);
+  }
+}
+
 async function handle(call: Call): Promise<unknown> {
   const a = call.args;
+  const me = client(call.from);
   switch (call.method) {
-    case "open": {
-      if (replica) {
-        throw new InvalidArgumentError("this worker already runs a replica");
+    case "exec": {
+      const sql = a[0] as string;
+      const params = a[1] as SqlParams | undefined;
+      switch (sqlKind(sql)) {
+        case "read":
+          return inTurn(call, () => current().exec(sql, params));
+        case "write":
+          return recordedWrite(call, (t) => t.exec(sql, params));
+        case "other":
+          return recordedOther(call, () => current().exec(sql, params));
       }
-      const options = { ...(a[0] as OpenOptions), storage: "opfs" as const };
-      replica = await openLocal(options, platform);
-      replica.on("status", (value) => post({ event: "status", value }));
-      replica.on("error", (e) => post({ event: "error", error: errorToData(e) }));
-      return null;
+      break;
     }
-    case "exec":
-      return current().exec(a[0] as string, a[1] as SqlParams | undefined);
-    case "query":
-      return current().query(a[0] as string, a[1] as SqlParams | undefined);
+    case "query": {
+      const sql = a[0] as string;
+      const params = a[1] as SqlParams | undefined;
+      switch (sqlKind(sql)) {
+        case "read":
+          return inTurn(call, () => current().query(sql, params));
+        case "write":
+          return recordedWrite(call, (t) => t.query(sql, params));
+        case "other":
+          return recordedOther(call, () => current().query(sql, params));
+      }
+      break;
+    }
     case "begin": {
-      const r = current();
-      // The page runs one transaction at a time; this one stays open until commit/rollback.
-      const handleTx = r.beginTransaction();
-      const id = nextTx++;
-      transactions.set(id, handleTx);
-      return id;
+      // Held until commit or rollback (or until the client is gone).
+      const release = await takeQueue(call.from);
+      let handleTx: TxHandle;
+      try {
+        handleTx = current().beginTransaction();
+      } catch (e) {
+        release();
+        throw e;
+      }
+      const key = `${leader}:${nextTx++}`;
+      transactions.set(key, { key, client: call.from, handle: handleTx, release });
+      return { tx: key, leader } satisfies Begun;
     }
     case "txExec":
-      return tx(a[0]).exec(a[1] as string, a[2] as SqlParams | undefined);
+      return openTx(a[0], call.from).handle.exec(a[1] as string, a[2] as SqlParams | undefined) satisfies Promise<ExecResult>;
     case "txQuery":
-      return tx(a[0]).query(a[1] as string, a[2] as SqlParams | undefined);
+      return openTx(a[0], call.from).handle.query<Row>(a[1] as string, a[2] as SqlParams | undefined);
     case "commit": {
-      const t = tx(a[0]);
-      transactions.delete(a[0] as number);
-      t.commit();
+      const t = transactions.get(a[0] as string);
+      if (!t || t.client !== call.from) {
+        // Sent again after a leader change: committed by the old leader if it was recorded.
+        const r = current();
+        await r.exec(CALLS_TABLE);
+        const prior = await recordedResult(r, call);
+        if (prior.found) {
+          return prior.value;
+        }
+        throw new LeaderChangedError("the tab running the database changed before this transaction committed: it was rolled back, run it again");
+      }
+      try {
+        await t.handle.exec(CALLS_TABLE);
+        await record(t.handle, call, null);
+      } catch (e) {
+        endTx(t, "rollback");
+        throw e;
+      }
+      endTx(t, "commit");
       return null;
     }
     case "rollback": {
-      const t = tx(a[0]);
-      transactions.delete(a[0] as number);
-      t.rollback();
+      const t = transactions.get(a[0] as string);
+      if (t && t.client === call.from) {
+        endTx(t, "rollback");
+      }
       return null;
     }
     case "subscribe": {
       const id = a[0] as number;
       const tables = a[1] as string[] | null;
-      subscriptions.set(
+      const resumed = a[2] === true;
+      me.subscriptions.get(id)?.();
+      const r = current();
+      me.subscriptions.set(
         id,
-        current().subscribe((value) => post({ event: "change", subscription: id, value }), tables ? { tables } : undefined),
+        r.subscribe((value) => me.inbox.postMessage({ event: "change", subscription: id, value } satisfies Reply), tables ? { tables } : undefined),
       );
+      if (resumed) {
+        // Changes made while no leader ran (or before this subscription was back) were not
+        // notified: name every table the subscription watches once.
+        const watched = tables ? new Set(tables.map((t) => t.toLowerCase())) : null;
+        const names = r.replicatedTables().filter((t) => !watched || watched.has(t.toLowerCase()));
+        if (names.length > 0) {
+          me.inbox.postMessage({ event: "change", subscription: id, value: { tables: names, origin: "remote" } } satisfies Reply);
+        }
+      }
       return null;
     }
     case "unsubscribe":
-      subscriptions.get(a[0] as number)?.();
-      subscriptions.delete(a[0] as number);
+      me.subscriptions.get(a[0] as number)?.();
+      me.subscriptions.delete(a[0] as number);
       return null;
     case "status":
       return current().status();
     case "flush":
       return current().flush(a[0] as WaitOptions | undefined);
+    case "sync":
+      return current().sync(a[0] as WaitOptions | undefined);
     case "migrate":
-      return current().migrate(a[0] as string, a[1] as MigrateOptions | undefined);
+      return inTurn(call, () => current().migrate(a[0] as string, a[1] as MigrateOptions | undefined));
     case "schemaStatus":
       return current().schemaStatus();
     case "discardParked":
-      return current().discardParked(a[0] as string, a[1] as DiscardParkedOptions | undefined);
+      return inTurn(call, () => current().discardParked(a[0] as string, a[1] as DiscardParkedOptions | undefined));
     case "adoptStream":
-      return current().adoptStream();
-    case "sync":
-      return current().sync(a[0] as WaitOptions | undefined);
-    case "close": {
-      const r = replica;
-      replica = null;
-      await r?.close(a[0] as CloseOptions | undefined);
-      return null;
-    }
+      return inTurn(call, () => current().adoptStream());
+  }
+  throw new InvalidArgumentError(`unknown call ${JSON.stringify(call.method)}`);
+}
+
+function onCall(call: Call): void {
+  if (stopping || !replica || departed.has(call.from)) {
+    return;
+  }
+  void handle(call).then(
+    (value) => reply(call, { id: call.id, leader, ok: true, value }),
+    (e: unknown) => {
+      // While stopping, a call that failed (the replica closed under it) is sent again to
+      // the next leader by its client rather than answered with this leader's failure.
+      if (e !== UNANSWERED && !stopping) {
+        reply(call, { id: call.id, leader, ok: false, error: errorToData(e) });
+      }
+    },
+  );
+}
+
+function reply(call: Call, message: Reply): void {
+  const c = clients.get(call.from);
+  if (!c) {
+    return;
+  }
+  try {
+    c.inbox.postMessage(message);
+  } catch (e) {
+    // A value that cannot be cloned (should not happen: rows are plain data).
+    c.inbox.postMessage({ id: call.id, leader, ok: false, error: errorToData(e) } satisfies Reply);
   }
 }
 
+// ---- start and stop -----------------------------------------------------------------
+
+async function start(message: Extract<ToWorker, { kind: "start" }>): Promise<void> {
+  if (replica || stopping) {
+    post({ kind: "failed", error: errorToData(new InvalidArgumentError("this worker already runs a replica")) });
+    return;
+  }
+  leader = message.leader;
+  base = message.base;
+  let r: LocalReplica;
+  try {
+    r = await openLocal({ ...(message.options as OpenOptions), storage: "opfs" as const }, platform);
+  } catch (e) {
+    post({ kind: "failed", error: errorToData(e) });
+    return;
+  }
+  try {
+    await forgetGoneClients(r);
+  } catch {
+    // Best effort (records of gone clients only take room).
+  }
+  replica = r;
+  shared = new BroadcastChannel(base);
+  calls = new BroadcastChannel(inbox(base, leader));
+  calls.onmessage = (event: MessageEvent) => onCall(event.data as Call);
+  shared.onmessage = (event: MessageEvent) => {
+    if ((event.data as Announcement).kind === "who" && !stopping) {
+      announce({ kind: "hello", leader });
+    }
+  };
+  r.on("status", (value) => announce({ kind: "status", value }));
+  r.on("error", (e) => announce({ kind: "error", error: errorToData(e) }));
+  post({ kind: "started" });
+  announce({ kind: "hello", leader });
+}
+
+async function stop(options: CloseOptions | undefined): Promise<void> {
+  if (stopping) {
+    return;
+  }
+  stopping = true;
+  announce({ kind: "bye", leader });
+  // Transactions still open are rolled back; their clients are told when the next leader says hello.
+  for (const t of [...transactions.values()]) {
+    endTx(t, "rollback");
+  }
+  // Wait for the call holding the queue; the ones queued behind it are left for the next leader.
+  const release = await queue.acquire();
+  const r = replica;
+  replica = null;
+  try {
+    await r?.close(options);
+  } catch {
+    // Closing is best effort: the files are released with this worker anyway.
+  }
+  calls?.close();
+  shared?.close();
+  for (const c of clients.values()) {
+    c.inbox.close();
+  }
+  release();
+  post({ kind: "stopped" });
+}
+
 scope.addEventListener("message", (event: MessageEvent) => {
-  const call = event.data as Call;
-  void handle(call).then(
-    (value) => post({ id: call.id, ok: true, value }),
-    (e: unknown) => post({ id: call.id, ok: false, error: errorToData(e) }),
-  );
+  const message = event.data as ToWorker;
+  if (message.kind === "start") {
+    void start(message);
+  } else if (message.kind === "stop") {
+    void stop(message.options);
+  }
 });

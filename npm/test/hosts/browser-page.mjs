@@ -1,12 +1,21 @@
 // The page of the browser test: an application module that imports the package as any app
 // would (bundled by esbuild with the "browser" condition) and hands a small driver to the
 // test (playwright evaluates calls on `window.app`). The replica itself runs in the
-// package's dedicated Worker (OPFS storage), started by `open`.
+// package's dedicated Worker (OPFS storage), started by `open` in the tab that leads; the
+// other tabs of the origin that open it forward their calls to that tab's Worker.
 
-import { open, HarmonyliteError, StorageError } from "harmonylite";
+import { open, HarmonyliteError, LeaderChangedError, StorageError } from "harmonylite";
 
 let db = null;
 const errors = [];
+const changes = [];
+/** What a stream of writes (`startStream`) did: values attempted, acknowledged, refused. */
+let stream = null;
+/** A transaction held open by `holdTx` until `releaseTx`. */
+let held = null;
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const failure = (e) => ({ ok: false, name: e.name, message: e.message, leaderChanged: e instanceof LeaderChangedError, harmonyliteError: e instanceof HarmonyliteError });
 
 window.app = {
   async open(options) {
@@ -56,5 +65,77 @@ window.app = {
     }
   },
   secure: () => globalThis.isSecureContext,
+
+  // ---- several tabs ----
+  tab: async () => (await db.status()).tab,
+  subscribe(tables) {
+    db.subscribe((event) => changes.push(event), tables ? { tables } : undefined);
+  },
+  changes: () => changes.slice(),
+  // Writes `count` values into log(v) (id assigned by SQLite, so a write applied twice shows
+  // as two rows): each `txEvery`-th one as a transaction of two rows (`<v>:a`, `<v>:b`),
+  // the others as single statements. Runs in the background; `streamState()` reports.
+  startStream(prefix, count, txEvery) {
+    stream = { attempted: [], acked: [], failed: [], done: false };
+    const s = stream;
+    void (async () => {
+      for (let i = 0; i < count; i++) {
+        const v = `${prefix}${i}`;
+        s.attempted.push(v);
+        try {
+          if (txEvery > 0 && i % txEvery === 0) {
+            await db.transaction(async (tx) => {
+              await tx.exec("INSERT INTO log(v) VALUES (?)", [`${v}:a`]);
+              await tx.exec("INSERT INTO log(v) VALUES (?)", [`${v}:b`]);
+            });
+          } else {
+            await db.exec("INSERT INTO log(v) VALUES (?)", [v]);
+          }
+          s.acked.push(v);
+        } catch (e) {
+          s.failed.push({ v, ...failure(e) });
+        }
+      }
+      s.done = true;
+    })();
+  },
+  streamState: () => (stream ? { attempted: stream.attempted.length, acked: stream.acked.slice(), failed: stream.failed.slice(), done: stream.done } : null),
+  // A transaction that inserts `first`, waits for releaseTx(), then inserts `second`.
+  holdTx(first, second) {
+    let release;
+    const gate = new Promise((r) => (release = r));
+    held = { release, outcome: null, inside: false };
+    const h = held;
+    void db
+      .transaction(async (tx) => {
+        await tx.exec("INSERT INTO items(id, val) VALUES (?, ?)", [first, "held"]);
+        h.inside = true;
+        await gate;
+        await tx.exec("INSERT INTO items(id, val) VALUES (?, ?)", [second, "held"]);
+      })
+      .then(
+        () => (h.outcome = { ok: true }),
+        (e) => (h.outcome = failure(e)),
+      );
+  },
+  heldInside: () => held?.inside === true,
+  releaseTx: () => held.release(),
+  heldOutcome: () => held?.outcome ?? null,
+  // A transaction of `count` rows tagged `tag` into seq(n, tag), pausing between rows.
+  async slowTx(tag, count, pauseMs) {
+    await db.transaction(async (tx) => {
+      for (let i = 0; i < count; i++) {
+        await tx.exec("INSERT INTO seq(tag) VALUES (?)", [tag]);
+        await sleep(pauseMs);
+      }
+    });
+  },
+  async tryExec(sql, params) {
+    try {
+      return { ok: true, ...(await db.exec(sql, params)) };
+    } catch (e) {
+      return failure(e);
+    }
+  },
 };
 window.appReady = true;

@@ -19,7 +19,7 @@ import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { CutProxy, Sidecar, appSql, cleanup, freePort, tempDir, waitFor } from "../helpers.mjs";
+import { CutProxy, NatsServer, Sidecar, appSql, cleanup, freePort, harmonylite, onCleanup, tempDir, waitFor } from "../helpers.mjs";
 import { bundleBrowserApp, launchChromium, nativeMigrate, nativeSchema, serveStatic } from "./hosts.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -134,31 +134,255 @@ test("an OPFS replica writes offline, keeps rows and outbox across a reload, the
   }
 });
 
-test("a second tab gets a StorageError while another holds the OPFS directory, and opens once it is closed", async () => {
-  const base = await serveStatic(await bundleBrowserApp(join(here, "browser-page.mjs"), HTML));
-  const context = await launchChromium();
-  const first = context.pages()[0] ?? (await context.newPage());
-  const second = await context.newPage();
-  for (const page of [first, second]) {
+/** Opens `count` tabs of `base` in `context` (the first reuses the context's blank page), each with the app loaded. */
+async function openTabs(context, base, count, log) {
+  const pages = [];
+  for (let i = 0; i < count; i++) {
+    const page = i === 0 ? (context.pages()[0] ?? (await context.newPage())) : await context.newPage();
+    const n = i + 1;
+    page.on("console", (m) => log.push(`tab ${n} console.${m.type()}: ${m.text()}`));
+    page.on("pageerror", (e) => log.push(`tab ${n} pageerror: ${e.message}`));
     await page.goto(`${base}/`);
     await page.waitForFunction(() => window.appReady === true);
+    pages.push(page);
   }
-  const call = (page, method, ...args) => page.evaluate(([m, a]) => window.app[m](...a), [method, args]);
-  assert.deepEqual(await call(first, "tryOpen", { name: "tabs.db", storage: "opfs" }), { ok: true });
-  await call(first, "exec", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'first tab')");
+  return pages;
+}
 
-  for (const name of ["tabs.db", "other.db"]) {
-    const refused = await call(second, "tryOpen", { name, storage: "opfs" });
-    assert.equal(refused.ok, false, `a second replica of ${name} opened in the same OPFS directory`);
-    assert.equal(refused.name, "StorageError");
-    assert.ok(refused.storageError && refused.harmonyliteError, JSON.stringify(refused));
-    assert.match(refused.message, /OPFS directory ".harmonylite" is in use by another replica/);
+const tabCall = (page, method, ...args) => page.evaluate(([m, a]) => window.app[m](...a), [method, args]);
+
+/** The tab that leads, waiting until exactly one of `pages` does. */
+async function leaderOf(pages) {
+  let leader = null;
+  await waitFor(
+    async () => {
+      const roles = await Promise.all(pages.map((p) => tabCall(p, "tab")));
+      const leading = pages.filter((_, i) => roles[i] === "leader");
+      leader = leading.length === 1 && roles.every((r) => r === "leader" || r === "follower") ? leading[0] : null;
+      return leader !== null;
+    },
+    { timeoutMs: 30_000, message: "exactly one tab to lead" },
+  );
+  return leader;
+}
+
+test("tabs of one origin share an OPFS replica: two and three tabs write and read, followers see changes, transactions do not interleave, close hands over", async () => {
+  const base = await serveStatic(await bundleBrowserApp(join(here, "browser-page.mjs"), HTML));
+  const context = await launchChromium();
+  const log = [];
+  const [first, second, third] = await openTabs(context, base, 3, log);
+  const options = { name: "tabs.db", storage: "opfs" };
+  const rows = async (page) => (await tabCall(page, "query", "SELECT id, val FROM items ORDER BY id")).map((r) => [r.id, r.val]);
+
+  try {
+    // Two tabs: the first to open leads, the second follows; both write and read.
+    assert.deepEqual(await tabCall(first, "tryOpen", options), { ok: true });
+    assert.deepEqual(await tabCall(second, "tryOpen", options), { ok: true });
+    assert.equal(await tabCall(first, "tab"), "leader");
+    assert.equal(await tabCall(second, "tab"), "follower");
+    await tabCall(first, "exec", SCHEMA);
+    await tabCall(first, "exec", "INSERT INTO items(id, val) VALUES (1, 'first tab')");
+    const inserted = await tabCall(second, "exec", "INSERT INTO items(id, val) VALUES (2, 'second tab')");
+    assert.equal(inserted.changes, 1);
+    assert.equal(inserted.lastInsertRowid, 2);
+    const two = [[1, "first tab"], [2, "second tab"]];
+    assert.deepEqual(await rows(first), two);
+    assert.deepEqual(await rows(second), two);
+    assert.equal((await tabCall(first, "status")).nodeId, (await tabCall(second, "status")).nodeId, "one replica");
+
+    // A third tab; a follower's subscription sees the leader's writes, the leader's sees a follower's.
+    assert.deepEqual(await tabCall(third, "tryOpen", options), { ok: true });
+    assert.equal(await tabCall(third, "tab"), "follower");
+    for (const page of [first, second, third]) {
+      await tabCall(page, "subscribe", ["items"]);
+    }
+    await tabCall(first, "exec", "INSERT INTO items(id, val) VALUES (3, 'leader')");
+    await tabCall(third, "exec", "INSERT INTO items(id, val) VALUES (4, 'third tab')");
+    await tabCall(second, "exec", "INSERT INTO items(id, val) VALUES (5, 'second tab')");
+    for (const page of [first, second, third]) {
+      await waitFor(async () => (await tabCall(page, "changes")).some((c) => c.origin === "local" && c.tables.includes("items")), {
+        timeoutMs: 10_000,
+        message: "a change notification in every tab",
+      });
+    }
+    const five = [...two, [3, "leader"], [4, "third tab"], [5, "second tab"]];
+    for (const page of [first, second, third]) {
+      assert.deepEqual(await rows(page), five);
+    }
+    // A failing statement keeps its class across tabs.
+    const refused = await tabCall(third, "tryExec", "INSERT INTO items(id, val) VALUES (1, 'duplicate')");
+    assert.equal(refused.ok, false);
+    assert.equal(refused.name, "SqliteError");
+
+    // Transactions of three tabs at once run one after the other.
+    await tabCall(first, "exec", "CREATE TABLE seq(n INTEGER PRIMARY KEY, tag TEXT NOT NULL)");
+    await Promise.all([tabCall(first, "slowTx", "a", 5, 15), tabCall(second, "slowTx", "b", 5, 15), tabCall(third, "slowTx", "c", 5, 15)]);
+    const tags = (await tabCall(second, "query", "SELECT tag FROM seq ORDER BY n")).map((r) => r.tag).join("");
+    assert.equal(tags.length, 15);
+    assert.match(tags, /^(a{5}|b{5}|c{5}){3}$/, `interleaved transactions: ${tags}`);
+    assert.equal(new Set(tags).size, 3);
+
+    // Another database in the same OPFS directory is still refused while this one runs.
+    const other = await tabCall(second, "tryOpen", { name: "other.db", storage: "opfs" });
+    assert.equal(other.ok, false, "a second replica opened in the same OPFS directory");
+    assert.equal(other.name, "StorageError");
+    assert.ok(other.storageError && other.harmonyliteError, JSON.stringify(other));
+    assert.match(other.message, /OPFS directory ".harmonylite" is in use by another replica/);
+    // (tryOpen replaced the second tab's handle only on success: it still has tabs.db.)
+    assert.equal(await tabCall(second, "tab"), "follower");
+
+    // A follower's close() closes only its handle.
+    await tabCall(third, "close");
+    await tabCall(second, "exec", "INSERT INTO items(id, val) VALUES (6, 'after third closed')");
+    assert.equal((await rows(first)).length, 6);
+
+    // The leader's close() hands the replica over to the remaining tab.
+    await tabCall(first, "close");
+    await waitFor(async () => (await tabCall(second, "tab")) === "leader", { timeoutMs: 30_000, message: "the second tab to take over" });
+    await tabCall(second, "exec", "INSERT INTO items(id, val) VALUES (7, 'new leader')");
+    assert.deepEqual((await rows(second)).map(([id]) => id), [1, 2, 3, 4, 5, 6, 7]);
+    await waitFor(async () => (await tabCall(second, "changes")).some((c) => c.origin === "remote" && c.tables.includes("items")), {
+      timeoutMs: 10_000,
+      message: "the resumed subscription's refresh after the handover",
+    });
+
+    // The last tab's close() closes the database; it opens again (from OPFS) in another tab.
+    await tabCall(second, "close");
+    assert.deepEqual(await tabCall(first, "tryOpen", options), { ok: true });
+    assert.equal(await tabCall(first, "tab"), "leader");
+    assert.deepEqual((await rows(first)).map(([id]) => id), [1, 2, 3, 4, 5, 6, 7]);
+    const calls = await tabCall(first, "query", "SELECT count(*) AS n FROM __hl_calls");
+    assert.equal(calls[0].n, 0, "records of closed tabs are dropped");
+    const unexpected = (await tabCall(first, "errors")).concat(await tabCall(second, "errors"));
+    assert.deepEqual(unexpected, []);
+    await tabCall(first, "close");
+  } catch (e) {
+    e.message += `\n--- browser log ---\n${log.join("\n")}`;
+    throw e;
   }
+});
 
-  await call(first, "close");
-  assert.deepEqual(await call(second, "tryOpen", { name: "tabs.db", storage: "opfs" }), { ok: true });
-  assert.deepEqual(await call(second, "query", "SELECT id, v FROM t"), [{ id: 1, v: "first tab" }]);
-  await call(second, "close");
+test("a follower's transaction open when the leader tab goes away is rolled back and fails with LeaderChangedError", async () => {
+  const base = await serveStatic(await bundleBrowserApp(join(here, "browser-page.mjs"), HTML));
+  const context = await launchChromium();
+  const log = [];
+  const [first, second] = await openTabs(context, base, 2, log);
+  const options = { name: "held.db", storage: "opfs" };
+  try {
+    await tabCall(first, "open", options);
+    await tabCall(second, "open", options);
+    await tabCall(second, "exec", SCHEMA);
+    await tabCall(second, "holdTx", 10, 11);
+    await waitFor(() => tabCall(second, "heldInside"), { timeoutMs: 10_000, message: "the transaction to have written its first row" });
+    // The leader's tab is closed (no close()): its Worker dies with the transaction open.
+    await first.close();
+    await waitFor(async () => (await tabCall(second, "tab")) === "leader", { timeoutMs: 30_000, message: "the follower to take over" });
+    await tabCall(second, "releaseTx");
+    await waitFor(async () => (await tabCall(second, "heldOutcome")) !== null, { timeoutMs: 10_000, message: "the transaction to end" });
+    const outcome = await tabCall(second, "heldOutcome");
+    assert.equal(outcome.ok, false);
+    assert.equal(outcome.name, "LeaderChangedError", JSON.stringify(outcome));
+    assert.ok(outcome.leaderChanged && outcome.harmonyliteError);
+    assert.match(outcome.message, /rolled back, run it again/);
+    assert.deepEqual(await tabCall(second, "query", "SELECT id FROM items"), [], "nothing of the interrupted transaction was applied");
+    // The app runs it again.
+    await tabCall(second, "exec", "INSERT INTO items(id, val) VALUES (10, 'again'), (11, 'again')");
+    assert.deepEqual(await tabCall(second, "query", "SELECT id FROM items ORDER BY id"), [{ id: 10 }, { id: 11 }]);
+    await tabCall(second, "close");
+  } catch (e) {
+    e.message += `\n--- browser log ---\n${log.join("\n")}`;
+    throw e;
+  }
+});
+
+test("the leader tab closed during followers' streams of writes: nothing lost, nothing applied twice, a new leader takes over and replication continues", async (t) => {
+  const dir = tempDir();
+  const nats = await NatsServer.start(join(dir, "nats"));
+  const { open } = await harmonylite();
+  const LOG = "CREATE TABLE IF NOT EXISTS log(id INTEGER PRIMARY KEY, v TEXT NOT NULL)";
+  const node = await open({ name: "observer", servers: nats.wsUrl, reconnectMinMs: 100, reconnectMaxMs: 1000 });
+  onCleanup(() => node.close({ flushTimeoutMs: 0 }));
+  await node.exec(LOG);
+  const base = await serveStatic(await bundleBrowserApp(join(here, "browser-page.mjs"), HTML));
+  const context = await launchChromium();
+  const log = [];
+  const pages = await openTabs(context, base, 3, log);
+  const [first, ...followers] = pages;
+  const options = { name: "stream.db", storage: "opfs", servers: nats.wsUrl, reconnectMinMs: 100, reconnectMaxMs: 1000 };
+  const COUNT = 400;
+  try {
+    for (const page of pages) {
+      await tabCall(page, "open", options);
+    }
+    assert.equal(await tabCall(first, "tab"), "leader");
+    await tabCall(first, "exec", LOG);
+    await waitFor(async () => (await tabCall(first, "status")).online, { message: "the browser replica to come online" });
+
+    // Both followers write (single statements, and a two-row transaction every 5th / 7th
+    // value); the leader's tab is closed while they do.
+    await tabCall(followers[0], "startStream", "x", COUNT, 5);
+    await tabCall(followers[1], "startStream", "y", COUNT, 7);
+    await waitFor(async () => (await tabCall(followers[0], "streamState")).acked.length >= 60, { message: "the first writes" });
+    await first.close();
+    const atClose = await Promise.all(followers.map((p) => tabCall(p, "streamState")));
+    assert.ok(atClose.every((st) => !st.done && st.acked.length < COUNT), "the streams were still writing when the leader went");
+    const states = [];
+    for (const page of followers) {
+      await waitFor(async () => (await tabCall(page, "streamState")).done, { timeoutMs: 120_000, message: "a stream to finish" });
+      states.push(await tabCall(page, "streamState"));
+    }
+    const leader = await leaderOf(followers);
+
+    const counts = new Map((await tabCall(leader, "query", "SELECT v, count(*) AS n FROM log GROUP BY v")).map((r) => [r.v, r.n]));
+    const expected = new Set();
+    for (const [i, state] of states.entries()) {
+      const every = i === 0 ? 5 : 7;
+      assert.equal(state.attempted, COUNT);
+      assert.equal(state.acked.length + state.failed.length, COUNT);
+      for (const f of state.failed) {
+        // Only a transaction may fail (rolled back at the old leader); single writes are sent again.
+        const n = Number(f.v.slice(1));
+        assert.equal(n % every, 0, `a single write failed: ${JSON.stringify(f)}`);
+        assert.equal(f.name, "LeaderChangedError", JSON.stringify(f));
+        assert.ok(f.leaderChanged);
+        assert.equal(counts.get(`${f.v}:a`), undefined, `a rolled back transaction was applied: ${f.v}`);
+        assert.equal(counts.get(`${f.v}:b`), undefined, `a rolled back transaction was applied: ${f.v}`);
+      }
+      for (const v of state.acked) {
+        const n = Number(v.slice(1));
+        for (const key of n % every === 0 ? [`${v}:a`, `${v}:b`] : [v]) {
+          expected.add(key);
+          assert.equal(counts.get(key), 1, `acknowledged write ${key} is there exactly once (found ${counts.get(key) ?? 0})`);
+        }
+      }
+    }
+    const unexpected = [...counts].filter(([v, n]) => !expected.has(v) || n !== 1);
+    assert.deepEqual(unexpected, [], "rows that no acknowledged write made, or made twice");
+    assert.equal(counts.size, expected.size);
+    t.diagnostic(
+      `acknowledged when the leader tab closed: ${atClose.map((st) => st.acked.length).join(", ")}; ` +
+        `transactions rolled back by the leader change: ${states.map((st) => st.failed.length).join(", ")}`,
+    );
+
+    // Replication goes on from the new leader: everything reaches the node replica.
+    await tabCall(leader, "exec", "INSERT INTO log(v) VALUES ('after takeover')");
+    await tabCall(leader, "flush", { timeoutMs: 60_000 });
+    await waitFor(async () => (await node.query("SELECT count(*) AS n FROM log"))[0].n === expected.size + 1, {
+      message: async () => `the node replica to hold every row (has ${(await node.query("SELECT count(*) AS n FROM log"))[0].n} of ${expected.size + 1})`,
+    });
+    const nodeValues = (await node.query("SELECT v FROM log ORDER BY v")).map((r) => r.v);
+    assert.deepEqual(nodeValues, [...expected, "after takeover"].sort());
+    for (const page of followers) {
+      const errors = (await tabCall(page, "errors")).filter((e) => !e.startsWith("ConnectionError") && !/taking over the replica/.test(e));
+      assert.deepEqual(errors, [], "background errors other than connection losses and take-over retries");
+    }
+    for (const page of followers) {
+      await tabCall(page, "close");
+    }
+  } catch (e) {
+    e.message += `\n--- browser log ---\n${log.join("\n")}`;
+    throw e;
+  }
 });
 
 test("replicated migrations reach an OPFS replica online and after an offline reload, and its own migrate() reaches the native node", async () => {
