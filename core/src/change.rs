@@ -119,6 +119,30 @@ impl Batch {
         self.rows.is_empty()
     }
 
+    /// Joins batches into one (rows in the order given; equal table schemas shared), as a
+    /// full replica does with the route groups of one source batch.
+    pub fn merge(batches: Vec<Batch>) -> Batch {
+        let mut out = Batch::default();
+        for batch in batches {
+            let remap: Vec<u32> = batch
+                .tables
+                .into_iter()
+                .map(|table| match out.tables.iter().position(|t| *t == table) {
+                    Some(i) => i as u32,
+                    None => {
+                        out.tables.push(table);
+                        (out.tables.len() - 1) as u32
+                    }
+                })
+                .collect();
+            out.rows.extend(batch.rows.into_iter().map(|mut row| {
+                row.table = remap[row.table as usize];
+                row
+            }));
+        }
+        out
+    }
+
     /// Checks internal consistency (table indexes and value counts), as a receiver must
     /// before touching its database.
     pub fn validate(&self) -> Result<(), String> {

@@ -170,6 +170,9 @@ pub struct Publish {
     pub frame: Vec<u8>,
     /// Row changes the frame's batch carries (0 on later parts).
     pub rows: u64,
+    /// Where it goes: the subject after the prefix (`scope::Route::subject_suffix`), `None`
+    /// for the unscoped subject (every frame, with scopes off).
+    pub subject: Option<String>,
 }
 
 /// What the engine did, for logs and metrics.
@@ -601,6 +604,7 @@ impl<D: Database> Engine<D> {
                         msg_id: f.msg_id,
                         frame: f.frame,
                         rows: f.rows,
+                        subject: f.subject,
                     }));
                 }
             }

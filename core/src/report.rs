@@ -115,6 +115,8 @@ pub struct OutboxFrame {
     pub rows: u64,
     /// The encoded frame.
     pub frame: Vec<u8>,
+    /// Its subject after the prefix; `None`: the unscoped subject.
+    pub subject: Option<String>,
     /// JetStream de-duplication id: `<node>-<incarnation>-<batch>-<part>`, unique for every
     /// frame this database ever publishes (see `sqlite::meta::keys::INCARNATION`).
     pub msg_id: String,

@@ -32,6 +32,9 @@ use std::fmt::Write as _;
 
 use crate::value::Value;
 
+/// The subject of replicated schema migrations after the prefix, when scopes are on.
+pub const SCHEMA_SUFFIX: &str = "schema";
+
 /// What one scope rule says: a named kind of partition, the token claims that grant it, and
 /// the tables it partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,27 @@ pub struct Partition {
     pub rule: String,
     /// The partition columns' values, in the rule's claim order.
     pub values: Vec<Value>,
+}
+
+impl Partition {
+    /// The partition as subject tokens: the rule, then each value's [`value_token`],
+    /// dot-separated (e.g. `user.tu1`).
+    pub fn token(&self) -> String {
+        let mut out = self.rule.clone();
+        for value in &self.values {
+            out.push('.');
+            out.push_str(&value_token(value));
+        }
+        out
+    }
+
+    /// Reads [`Partition::token`] back.
+    pub fn from_token(token: &str) -> Option<Partition> {
+        let mut tokens = token.split('.');
+        let rule = tokens.next().filter(|r| is_rule_name(r))?.to_owned();
+        let values = tokens.map(parse_value_token).collect::<Option<Vec<_>>>()?;
+        (!values.is_empty()).then_some(Partition { rule, values })
+    }
 }
 
 impl std::fmt::Display for Partition {
@@ -320,6 +344,20 @@ pub enum Route {
     },
 }
 
+impl Route {
+    /// The subject of this route after `<prefix>.`: `1`, `shared.<table>` or
+    /// `p.<partition token>.<table>`.
+    pub fn subject_suffix(&self) -> String {
+        match self {
+            Route::Unscoped => "1".into(),
+            Route::Shared { table } => format!("shared.{}", name_token(table)),
+            Route::Partition { partition, table } => {
+                format!("p.{}.{}", partition.token(), name_token(table))
+            }
+        }
+    }
+}
+
 /// The subjects of one cluster's change stream (see the module docs for the layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
@@ -341,7 +379,7 @@ impl Subjects {
 
     /// The subject of replicated schema migrations when scopes are on.
     pub fn schema(&self) -> String {
-        format!("{}.schema", self.prefix)
+        format!("{}.{SCHEMA_SUFFIX}", self.prefix)
     }
 
     /// Every scoped replica's filter for shared tables.
@@ -351,24 +389,20 @@ impl Subjects {
 
     /// The filter that selects one partition's changes, every table.
     pub fn partition_filter(&self, partition: &Partition) -> String {
-        let mut out = format!("{}.p.{}", self.prefix, partition.rule);
-        for value in &partition.values {
-            out.push('.');
-            out.push_str(&value_token(value));
-        }
-        out.push_str(".>");
-        out
+        format!("{}.p.{}.>", self.prefix, partition.token())
     }
 
     /// The subject a change on `route` is published on.
     pub fn for_route(&self, route: &Route) -> String {
-        match route {
-            Route::Unscoped => self.unscoped(),
-            Route::Shared { table } => format!("{}.shared.{}", self.prefix, name_token(table)),
-            Route::Partition { partition, table } => {
-                let filter = self.partition_filter(partition);
-                format!("{}{}", filter.trim_end_matches('>'), name_token(table))
-            }
+        format!("{}.{}", self.prefix, route.subject_suffix())
+    }
+
+    /// The subject of an outbox frame whose subject after the prefix is `suffix` (`None`:
+    /// unscoped).
+    pub fn for_suffix(&self, suffix: Option<&str>) -> String {
+        match suffix {
+            Some(suffix) => format!("{}.{suffix}", self.prefix),
+            None => self.unscoped(),
         }
     }
 
@@ -641,6 +675,11 @@ mod tests {
             "app.shared.ttags"
         );
         assert_eq!(s.for_route(&Route::Unscoped), "app.1");
+        assert_eq!(Partition::from_token(&u1.token()), Some(u1.clone()));
+        assert_eq!(Partition::from_token("user"), None);
+        assert_eq!(Partition::from_token("User.tu1"), None);
+        assert_eq!(s.for_suffix(None), "app.1");
+        assert_eq!(s.for_suffix(Some("shared.ttags")), "app.shared.ttags");
         assert_eq!(s.parse("app.p.user.tu1.tnotes", &rules()), Some(route));
         assert_eq!(s.parse("app.p.nope.tu1.tnotes", &rules()), None);
         assert_eq!(s.parse("app.p.user.tu1.tu2.tnotes", &rules()), None);

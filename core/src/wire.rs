@@ -24,6 +24,16 @@
 //! `docs/schema-changes.md`). Builds older than it report "version 2 is newer than this
 //! build" and park the message until they are upgraded. [`decode_message`] decodes either
 //! kind; [`decode_frame`] accepts batch parts only.
+//!
+//! A [`RoutedPart`] (variant index 2, "version 3") carries one frame of a batch that was
+//! split by route (see `crate::scope`): each route's rows are a batch of their own, encoded
+//! (and chunked) separately and published on that route's subject. A frame names its place
+//! among all the batch's frames (`part` of `parts`) and its group's frames (`group_start`,
+//! `group_frames`): a full replica applies the batch once every frame of every group has
+//! arrived, in one transaction, so a source transaction stays atomic; a scoped replica, which
+//! receives only its routes, applies each group on its own. Builds older than it park such
+//! frames ("version 3 is newer than this build") until they are upgraded; they never
+//! misapply them.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +47,7 @@ const FRAME_OVERHEAD: usize = 96;
 /// Largest expansion LZ4 can produce; a larger declared size is malformed.
 const LZ4_MAX_RATIO: usize = 255;
 /// The newest message version this build understands (the number of [`Message`] variants).
-pub const CURRENT_VERSION: u64 = 2;
+pub const CURRENT_VERSION: u64 = 3;
 
 /// A replication message, versioned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +56,36 @@ pub enum Message {
     V1(MessageV1),
     /// Added in version 2: a replicated schema migration.
     Migration(MigrationV1),
+    /// Added in version 3: one frame of a batch split by route (scopes on).
+    Routed(RoutedPart),
+}
+
+/// One frame of a batch split into route groups (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedPart {
+    /// Node that captured the batch.
+    pub origin: NodeId,
+    /// The origin's sequence number for the batch.
+    pub batch_seq: BatchSeq,
+    /// Index of this frame among all the batch's frames, from 0.
+    pub part: u32,
+    /// Number of frames of the batch, every group counted.
+    pub parts: u32,
+    /// Index of this frame's group's first frame.
+    pub group_start: u32,
+    /// Number of frames of this frame's group.
+    pub group_frames: u32,
+    /// How this group's concatenated frames are compressed.
+    pub compression: Compression,
+    /// This frame's bytes.
+    pub body: Vec<u8>,
+}
+
+impl RoutedPart {
+    /// Whether this frame is its group's only frame and its group is the batch's only one.
+    pub fn is_whole(&self) -> bool {
+        self.parts == 1
+    }
 }
 
 /// A replicated schema migration: SQL that every replica runs exactly once, in stream order,
@@ -136,6 +176,68 @@ pub fn encode_batch(
     compression: Compression,
     max_frame: usize,
 ) -> Result<Vec<Vec<u8>>, WireError> {
+    let (compression, chunks) = encode_body(batch, compression, max_frame)?;
+    let count = chunks.len() as u32;
+    Ok(chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| {
+            encode_frame(&Message::V1(MessageV1 {
+                origin,
+                batch_seq,
+                part: i as u32,
+                parts: count,
+                compression,
+                body,
+            }))
+        })
+        .collect())
+}
+
+/// Encodes a batch split into route groups: each group's rows as a batch of their own,
+/// chunked to `max_frame`. Returns each frame with the index of its group, groups in the
+/// order given.
+pub fn encode_routed_batch(
+    origin: NodeId,
+    batch_seq: BatchSeq,
+    groups: &[Batch],
+    compression: Compression,
+    max_frame: usize,
+) -> Result<Vec<(usize, Vec<u8>)>, WireError> {
+    let encoded = groups
+        .iter()
+        .map(|group| encode_body(group, compression, max_frame))
+        .collect::<Result<Vec<_>, _>>()?;
+    let parts: usize = encoded.iter().map(|(_, chunks)| chunks.len()).sum();
+    let mut frames = Vec::with_capacity(parts);
+    for (group, (compression, chunks)) in encoded.into_iter().enumerate() {
+        let group_start = frames.len() as u32;
+        let group_frames = chunks.len() as u32;
+        for body in chunks {
+            let part = frames.len() as u32;
+            let frame = encode_frame(&Message::Routed(RoutedPart {
+                origin,
+                batch_seq,
+                part,
+                parts: parts as u32,
+                group_start,
+                group_frames,
+                compression,
+                body,
+            }));
+            frames.push((group, frame));
+        }
+    }
+    Ok(frames)
+}
+
+/// A batch's postcard bytes, compressed when that makes them smaller, in chunks that fit a
+/// frame of `max_frame` bytes (at least one chunk).
+fn encode_body(
+    batch: &Batch,
+    compression: Compression,
+    max_frame: usize,
+) -> Result<(Compression, Vec<Vec<u8>>), WireError> {
     if max_frame <= FRAME_OVERHEAD {
         return Err(WireError::LimitTooSmall(max_frame));
     }
@@ -152,26 +254,12 @@ pub fn encode_batch(
         Compression::None => (Compression::None, plain),
     };
     let part_len = max_frame - FRAME_OVERHEAD;
-    let parts: Vec<&[u8]> = if body.is_empty() {
-        vec![&body[..]]
+    let chunks = if body.is_empty() {
+        vec![body]
     } else {
-        body.chunks(part_len).collect()
+        body.chunks(part_len).map(<[u8]>::to_vec).collect()
     };
-    let count = parts.len() as u32;
-    Ok(parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, bytes)| {
-            encode_frame(&Message::V1(MessageV1 {
-                origin,
-                batch_seq,
-                part: i as u32,
-                parts: count,
-                compression,
-                body: bytes.to_vec(),
-            }))
-        })
-        .collect())
+    Ok((compression, chunks))
 }
 
 /// Encodes one message as a checksummed frame.
@@ -191,7 +279,7 @@ pub fn encode_frame(message: &Message) -> Vec<u8> {
 pub fn decode_frame(frame: &[u8]) -> Result<MessageV1, WireError> {
     match decode_message(frame)? {
         Message::V1(message) => Ok(message),
-        Message::Migration(_) => Err(WireError::NotABatch),
+        Message::Migration(_) | Message::Routed(_) => Err(WireError::NotABatch),
     }
 }
 
@@ -238,6 +326,20 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, WireError> {
                 )));
             }
             Ok(Message::Migration(migration))
+        }
+        Message::Routed(part) => {
+            let group_end = part.group_start.checked_add(part.group_frames);
+            let consistent = part.part < part.parts
+                && part.group_frames > 0
+                && part.group_start <= part.part
+                && group_end.is_some_and(|end| part.part < end && end <= part.parts);
+            if !consistent {
+                return Err(WireError::BadPart {
+                    part: part.part,
+                    parts: part.parts,
+                });
+            }
+            Ok(Message::Routed(part))
         }
     }
 }
@@ -340,10 +442,10 @@ mod tests {
             compression: Compression::None,
             body: vec![],
         }));
-        frame[HEADER_LEN] = 2; // variant index 2 = version 3
+        frame[HEADER_LEN] = 3; // variant index 3 = version 4
         let crc = crc32fast::hash(&frame[HEADER_LEN..]);
         frame[2..6].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_frame(&frame), Err(WireError::UnsupportedVersion(3)));
+        assert_eq!(decode_frame(&frame), Err(WireError::UnsupportedVersion(4)));
     }
 
     #[test]
@@ -395,6 +497,82 @@ mod tests {
             encode_batch(node(), BatchSeq::new(3), &batch, Compression::Lz4, 4096).unwrap();
         assert!(packed.len() < frames.len());
         assert_eq!(round_trip(&packed), batch);
+    }
+
+    #[test]
+    fn routed_batches_keep_each_group_decodable_on_its_own() {
+        let groups: Vec<Batch> = (0..3)
+            .map(|g| Batch {
+                tables: vec![TableSchema {
+                    name: format!("t{g}"),
+                    fingerprint: 1,
+                    key_columns: vec!["id".into()],
+                    value_columns: vec!["v".into()],
+                }],
+                rows: (0..(1 + g * 200))
+                    .map(|i| RowChange {
+                        table: 0,
+                        time: i as u64,
+                        key: vec![Value::Integer(i as i64)],
+                        values: Some(vec![Value::Text("x".repeat(40))]),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let frames =
+            encode_routed_batch(node(), BatchSeq::new(5), &groups, Compression::None, 4096)
+                .unwrap();
+        assert!(frames.len() > 3, "the big groups are chunked");
+        let total = frames.len() as u32;
+        for (g, group) in groups.iter().enumerate() {
+            let parts: Vec<RoutedPart> = frames
+                .iter()
+                .filter(|(i, _)| *i == g)
+                .map(|(_, f)| match decode_message(f).unwrap() {
+                    Message::Routed(p) => p,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert!(parts.iter().all(|p| p.parts == total
+                && p.group_frames as usize == parts.len()
+                && p.group_start == parts[0].part));
+            let body: Vec<u8> = parts.iter().flat_map(|p| p.body.clone()).collect();
+            assert_eq!(&decode_batch(parts[0].compression, &body).unwrap(), group);
+        }
+        assert_eq!(decode_frame(&frames[0].1), Err(WireError::NotABatch));
+    }
+
+    #[test]
+    fn routed_frames_with_inconsistent_places_are_refused() {
+        let part = |part, parts, group_start, group_frames| {
+            decode_message(&encode_frame(&Message::Routed(RoutedPart {
+                origin: node(),
+                batch_seq: BatchSeq::new(1),
+                part,
+                parts,
+                group_start,
+                group_frames,
+                compression: Compression::None,
+                body: vec![],
+            })))
+        };
+        assert!(part(1, 3, 1, 2).is_ok());
+        for (p, n, s, f) in [
+            (3, 3, 0, 3),
+            (0, 3, 1, 2),
+            (2, 3, 1, 3),
+            (1, 3, 1, 0),
+            (0, 0, 0, 1),
+        ] {
+            assert!(
+                matches!(part(p, n, s, f), Err(WireError::BadPart { .. })),
+                "{p} {n} {s} {f}"
+            );
+        }
+        assert!(matches!(
+            part(0, 2, u32::MAX, 2),
+            Err(WireError::BadPart { .. })
+        ));
     }
 
     proptest! {

@@ -211,12 +211,15 @@ fn output_to_js(output: SessionOutput) -> JsValue {
             msg_id,
             frame,
             rows,
+            subject,
         }) => object(&[
             ("type", "publish".into()),
             ("id", num(id as f64)),
             ("msgId", msg_id.into()),
             ("frame", Uint8Array::from(frame.as_slice()).into()),
             ("rows", num(rows as f64)),
+            // The subject after the prefix; null: the unscoped subject (no scopes here yet).
+            ("subject", subject.map_or(JsValue::NULL, JsValue::from)),
         ]),
         SessionOutput::Event(Event::Drained(r)) => object(&[
             ("type", "drained".into()),

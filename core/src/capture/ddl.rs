@@ -52,6 +52,20 @@ sql TEXT NOT NULL, applied_at INTEGER NOT NULL);",
     )
 }
 
+/// Columns added to internal tables after their first release, as `(table, column,
+/// definition)`: a database created by an older build gets each one that is missing.
+pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The subject (after the prefix) of a frame routed by scope; NULL: unscoped.
+    (names::OUTBOX, "subject", "subject TEXT"),
+    // The index of a routed frame's group's first frame; NULL for a plain batch part.
+    (names::PARTS, "grp", "grp INTEGER"),
+];
+
+/// `ALTER TABLE … ADD COLUMN` for one of [`ADDED_COLUMNS`].
+pub fn add_column(table: &str, definition: &str) -> String {
+    format!("ALTER TABLE {} ADD COLUMN {definition}", quote(table))
+}
+
 /// Adds the `tbl` column (table a parked message concerns) to a parked table created by a
 /// build before it.
 pub fn add_parked_table_column() -> String {

@@ -36,6 +36,8 @@ pub const PARTS: &str = "__hl_parts";
 pub const PARKED: &str = "__hl_parked";
 /// Applied replicated migrations.
 pub const MIGRATIONS: &str = "__hl_migrations";
+/// The partition of each partitioned row (scopes on), to route its deletes.
+pub const PARTITIONS: &str = "__hl_partitions";
 
 /// Version table of the table with registry id `id`.
 pub fn version_table(id: i64) -> String {

@@ -283,6 +283,10 @@ impl Store {
             Stage::Finish => {
                 report.parked_copied += copy_parked(&tx, source, self.cursor)?;
                 report.parts_copied += copy_parts(&tx, source)?;
+                if self.options.scopes.is_enabled() {
+                    // Merged rows route their later deletes by the registry too.
+                    super::routing::register_rows(&tx, &self.schema.tables, &self.options.scopes)?;
+                }
                 if report.covered > self.cursor {
                     self.cursor = report.covered;
                 }

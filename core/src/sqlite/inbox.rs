@@ -6,7 +6,7 @@ use crate::capture::names::{self, quote};
 use crate::change::StreamSeq;
 use crate::error::{Context, StoreError};
 use crate::report::ParkReason;
-use crate::wire::{Compression, MessageV1};
+use crate::wire::{Compression, MessageV1, RoutedPart};
 
 /// Stores one part of a multi-part batch; returns the whole body once every part is here
 /// (and forgets the parts).
@@ -69,6 +69,89 @@ pub fn add_part(conn: &Connection, part: &MessageV1) -> Result<Option<Vec<u8>>, 
     .and_then(|mut s| s.execute(params![&origin[..], part.batch_seq.get() as i64]))
     .context("clearing message parts")?;
     Ok(Some(body))
+}
+
+/// Each route group's body (its frames concatenated) with its compression, in group order.
+pub type GroupBodies = Vec<(Compression, Vec<u8>)>;
+
+/// Stores one frame of a routed batch; returns every group's body (with its compression),
+/// in group order, once every frame of the batch is here (and forgets the frames).
+pub fn add_routed_part(
+    conn: &Connection,
+    part: &RoutedPart,
+) -> Result<Option<GroupBodies>, StoreError> {
+    let origin = part.origin.to_bytes();
+    let batch_seq = part.batch_seq.get() as i64;
+    conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO {}(origin, batch_seq, part, parts, compression, body, grp) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        quote(names::PARTS)
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            &origin[..],
+            batch_seq,
+            part.part,
+            part.parts,
+            compression_code(part.compression),
+            part.body,
+            part.group_start
+        ])
+    })
+    .context("storing a message part")?;
+    let have: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM {} WHERE origin = ?1 AND batch_seq = ?2 AND parts = ?3 \
+             AND grp IS NOT NULL",
+            quote(names::PARTS)
+        ))
+        .and_then(|mut s| s.query_row(params![&origin[..], batch_seq, part.parts], |r| r.get(0)))
+        .context("counting message parts")?;
+    if have < part.parts as i64 {
+        return Ok(None);
+    }
+    let mut groups: Vec<(i64, Compression, Vec<u8>)> = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT grp, compression, body FROM {} WHERE origin = ?1 AND batch_seq = ?2 \
+                 AND parts = ?3 AND grp IS NOT NULL ORDER BY part",
+                quote(names::PARTS)
+            ))
+            .context("reading message parts")?;
+        let mut rows = stmt
+            .query(params![&origin[..], batch_seq, part.parts])
+            .context("reading message parts")?;
+        while let Some(row) = rows.next().context("reading message parts")? {
+            let group: i64 = row.get(0).context("reading message parts")?;
+            let compression = compression_from_code(row.get(1).context("reading message parts")?);
+            let bytes: Vec<u8> = row.get(2).context("reading message parts")?;
+            match groups.last_mut() {
+                Some((g, _, body)) if *g == group => body.extend_from_slice(&bytes),
+                _ => groups.push((group, compression, bytes)),
+            }
+        }
+    }
+    conn.prepare_cached(&format!(
+        "DELETE FROM {} WHERE origin = ?1 AND batch_seq = ?2",
+        quote(names::PARTS)
+    ))
+    .and_then(|mut s| s.execute(params![&origin[..], batch_seq]))
+    .context("clearing message parts")?;
+    Ok(Some(
+        groups
+            .into_iter()
+            .map(|(_, compression, body)| (compression, body))
+            .collect(),
+    ))
+}
+
+fn compression_from_code(code: i64) -> Compression {
+    if code == 1 {
+        Compression::Lz4
+    } else {
+        Compression::None
+    }
 }
 
 fn compression_code(c: Compression) -> i64 {

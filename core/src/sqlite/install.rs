@@ -52,6 +52,13 @@ pub fn install(
         conn.execute_batch(&ddl::add_parked_table_column())
             .context("adding the table column to the parked messages")?;
     }
+    for (table, column, definition) in ddl::ADDED_COLUMNS {
+        if !column_exists(conn, table, column)? {
+            conn.execute_batch(&ddl::add_column(table, definition))
+                .context(format!("adding column {column} to {table}"))?;
+        }
+    }
+    super::routing::create_registry(conn)?;
     let mut report = InstallReport::default();
     let mut slots = log_key_slots(conn)?;
     let mut registered = registered_tables(conn)?;

@@ -29,6 +29,9 @@ pub mod keys {
     /// Creation time (INTEGER, Unix nanoseconds) of the change stream the cursor counts in
     /// ([`crate::sqlite::stream_identity`]).
     pub const STREAM_CREATED: &str = "stream_created_ns";
+    /// Fingerprint of the scope rules whose partitions the registry holds for every row
+    /// (see `sqlite::routing::register_existing_rows`).
+    pub const SCOPES_FINGERPRINT: &str = "scopes_fingerprint";
 }
 
 /// Reads an integer meta value.

@@ -16,6 +16,7 @@ pub mod meta;
 pub mod migrate;
 mod outbox;
 pub mod parked;
+mod routing;
 mod session;
 pub mod snapshot;
 pub mod stream_identity;
@@ -61,6 +62,9 @@ pub struct StoreOptions {
     /// Incarnation to record when the database has none yet (fresh randomness from the host;
     /// see [`meta::keys::INCARNATION`]).
     pub incarnation: u64,
+    /// Scope rules (off by default): when on, captured batches are split by route and each
+    /// frame carries its subject (see [`crate::scope`]).
+    pub scopes: crate::scope::ScopeRules,
 }
 
 impl StoreOptions {
@@ -76,6 +80,7 @@ impl StoreOptions {
             max_clock_ahead: Clock::DEFAULT_MAX_AHEAD,
             busy_timeout: Duration::from_secs(5),
             incarnation: node_id.as_u128() as u64 ^ (node_id.as_u128() >> 64) as u64,
+            scopes: crate::scope::ScopeRules::default(),
         }
     }
 }
@@ -171,6 +176,9 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting the install transaction")?;
         let (tables, report) = install::install(&tx, &store.options.exclude_tables, true)?;
+        if store.options.scopes.is_enabled() {
+            routing::register_existing_rows(&tx, &tables, &store.options.scopes)?;
+        }
         meta::set(
             &tx,
             meta::keys::NODE_ID,
@@ -384,6 +392,7 @@ impl Store {
                 &mut self.clock,
                 self.options.node_id,
                 self.replay_own_until,
+                &self.options.scopes,
                 message,
                 now,
                 &mut park_frame,
@@ -520,7 +529,12 @@ impl Store {
         }
         adopt_stored_batch(&tx, &mut self.next_batch)?;
         let seq = BatchSeq::new(self.next_batch);
-        outbox::push(&tx, seq, 0, &[frame])?;
+        let subject = self
+            .options
+            .scopes
+            .is_enabled()
+            .then(|| crate::scope::SCHEMA_SUFFIX.to_owned());
+        outbox::push(&tx, seq, 0, &[(subject, frame)])?;
         self.next_batch += 1;
         meta::set(&tx, meta::keys::NEXT_BATCH, self.next_batch as i64)?;
         meta::set(&tx, meta::keys::CLOCK, self.clock.last().as_u64() as i64)?;
@@ -616,6 +630,7 @@ impl Store {
                 &mut self.clock,
                 self.options.node_id,
                 StreamSeq::new(u64::MAX),
+                &self.options.scopes,
                 &message,
                 now,
                 &mut park_frame,
@@ -896,15 +911,15 @@ fn drain_in(
     }
     if options.publish && !drained.batch.is_empty() {
         let seq = BatchSeq::new(*next_batch);
-        let frames = wire::encode_batch(
-            options.node_id,
-            seq,
-            &drained.batch,
-            options.compression,
-            options.max_frame,
-        )
-        .map_err(|e| StoreError::Corrupt(format!("encoding a batch: {e}")))?;
-        outbox::push(conn, seq, drained.batch.len(), &frames)?;
+        let rows = drained.batch.len();
+        let frames = match encode_for_outbox(conn, schema, options, seq, drained.batch) {
+            Ok(frames) => frames,
+            Err(EncodeError::Store(e)) => return Err(e),
+            Err(EncodeError::Wire(e)) => {
+                return Err(StoreError::Corrupt(format!("encoding a batch: {e}")))
+            }
+        };
+        outbox::push(conn, seq, rows, &frames)?;
         *next_batch += 1;
         meta::set(conn, meta::keys::NEXT_BATCH, *next_batch as i64)?;
         report.batch_seq = Some(seq);
@@ -912,6 +927,65 @@ fn drain_in(
     }
     meta::set(conn, meta::keys::CLOCK, clock.last().as_u64() as i64)?;
     Ok(report)
+}
+
+/// A drained batch's frames with their subjects: one unscoped batch with scopes off (or
+/// when every row is unscoped), else the route groups of [`routing::route`].
+fn encode_for_outbox(
+    conn: &Connection,
+    schema: &Schema,
+    options: &StoreOptions,
+    seq: BatchSeq,
+    batch: crate::change::Batch,
+) -> Result<Vec<SubjectFrame>, EncodeError> {
+    let unscoped = |batch: &crate::change::Batch| {
+        wire::encode_batch(
+            options.node_id,
+            seq,
+            batch,
+            options.compression,
+            options.max_frame,
+        )
+        .map(|frames| frames.into_iter().map(|f| (None, f)).collect())
+    };
+    if !options.scopes.is_enabled() {
+        return Ok(unscoped(&batch)?);
+    }
+    let groups = routing::route(conn, &schema.tables, &options.scopes, batch)?;
+    if let [(crate::scope::Route::Unscoped, batch)] = groups.as_slice() {
+        return Ok(unscoped(batch)?);
+    }
+    let (routes, batches): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
+    let frames = wire::encode_routed_batch(
+        options.node_id,
+        seq,
+        &batches,
+        options.compression,
+        options.max_frame,
+    )?;
+    Ok(frames
+        .into_iter()
+        .map(|(group, frame)| {
+            let route: &crate::scope::Route = &routes[group];
+            let subject = match route {
+                crate::scope::Route::Unscoped => None,
+                route => Some(route.subject_suffix()),
+            };
+            (subject, frame)
+        })
+        .collect())
+}
+
+/// A frame and its subject after the prefix (`None`: unscoped).
+type SubjectFrame = (Option<String>, Vec<u8>);
+
+/// Why a drained batch could not be written to the outbox.
+#[derive(Debug, thiserror::Error)]
+enum EncodeError {
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Decodes one message and applies it (or stores its part, or skips it as our own).
@@ -922,6 +996,7 @@ fn receive_one(
     clock: &mut Clock,
     node: NodeId,
     replay_own_until: StreamSeq,
+    scopes: &crate::scope::ScopeRules,
     message: &Inbound,
     now: NTP64,
     park_frame: &mut Option<Vec<u8>>,
@@ -930,6 +1005,12 @@ fn receive_one(
         Ok(Message::V1(part)) => part,
         // Migrations apply on every replica, their origin included.
         Ok(Message::Migration(migration)) => return Ok(Outcome::Migration(migration)),
+        Ok(Message::Routed(part)) => {
+            if part.origin == node && message.seq > replay_own_until {
+                return Ok(Outcome::Own);
+            }
+            return receive_routed(conn, tables, clock, scopes, part, now, park_frame);
+        }
         Err(e) => return Err(ApplyFailure::Park(e.into())),
     };
     if part.origin == node && message.seq > replay_own_until {
@@ -961,7 +1042,58 @@ fn receive_one(
     };
     let batch = wire::decode_batch(compression, &body)
         .map_err(|e| ApplyFailure::Park(ApplyError::Wire(e)))?;
-    apply::apply_batch(conn, tables, clock, origin, &batch, now).map(Outcome::Applied)
+    let applied = apply::apply_batch(conn, tables, clock, origin, &batch, now)?;
+    if scopes.is_enabled() {
+        routing::register_applied(conn, tables, scopes, origin, &batch)?;
+    }
+    Ok(Outcome::Applied(applied))
+}
+
+/// Stores one frame of a routed batch and, once every frame of every group is here,
+/// applies the groups as one batch (a full replica keeps the source batch atomic). A
+/// reassembled batch is parked, if it must be, as one single-part plain frame.
+fn receive_routed(
+    conn: &Connection,
+    tables: &Tables,
+    clock: &mut Clock,
+    scopes: &crate::scope::ScopeRules,
+    part: wire::RoutedPart,
+    now: NTP64,
+    park_frame: &mut Option<Vec<u8>>,
+) -> Result<Outcome, ApplyFailure> {
+    let (origin, batch_seq) = (part.origin, part.batch_seq);
+    let reassembled = !part.is_whole();
+    let groups = if reassembled {
+        match inbox::add_routed_part(conn, &part)? {
+            None => return Ok(Outcome::PartStored),
+            Some(groups) => groups,
+        }
+    } else {
+        vec![(part.compression, part.body)]
+    };
+    let batches = groups
+        .iter()
+        .map(|(compression, body)| wire::decode_batch(*compression, body))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApplyFailure::Park(ApplyError::Wire(e)))?;
+    let batch = crate::change::Batch::merge(batches);
+    if reassembled {
+        *park_frame = Some(wire::encode_frame(&Message::V1(MessageV1 {
+            origin,
+            batch_seq,
+            part: 0,
+            parts: 1,
+            compression: wire::Compression::None,
+            body: postcard::to_allocvec(&batch).map_err(|e| {
+                ApplyFailure::Park(ApplyError::Wire(wire::WireError::Malformed(e.to_string())))
+            })?,
+        })));
+    }
+    let applied = apply::apply_batch(conn, tables, clock, origin, &batch, now)?;
+    if scopes.is_enabled() {
+        routing::register_applied(conn, tables, scopes, origin, &batch)?;
+    }
+    Ok(Outcome::Applied(applied))
 }
 
 /// Parks the message of a migration that failed on this database (kind `migration`, no

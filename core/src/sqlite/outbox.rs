@@ -8,13 +8,13 @@ use crate::change::BatchSeq;
 use crate::error::{Context, StoreError};
 use crate::report::OutboxFrame;
 
-/// Appends a batch's frames, with ids never used before (see
-/// [`meta::keys::NEXT_OUTBOX_ID`]).
+/// Appends a batch's frames, each with its subject after the prefix (`None`: unscoped),
+/// with ids never used before (see [`meta::keys::NEXT_OUTBOX_ID`]).
 pub fn push(
     conn: &Connection,
     batch_seq: BatchSeq,
     rows: usize,
-    frames: &[Vec<u8>],
+    frames: &[(Option<String>, Vec<u8>)],
 ) -> Result<(), StoreError> {
     let stored = meta::get_i64(conn, meta::keys::NEXT_OUTBOX_ID)?.unwrap_or(1);
     let highest: i64 = conn
@@ -32,11 +32,11 @@ pub fn push(
     )?;
     let mut stmt = conn
         .prepare_cached(&format!(
-            "INSERT INTO {}(id, batch_seq, part, parts, rows, frame) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO {}(id, batch_seq, part, parts, rows, frame, subject) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             quote(names::OUTBOX)
         ))
         .context("writing the outbox")?;
-    for (i, frame) in frames.iter().enumerate() {
+    for (i, (subject, frame)) in frames.iter().enumerate() {
         // The row count is carried by part 0 only, so sums count each batch once.
         let part_rows = if i == 0 { rows as i64 } else { 0 };
         let id = first_id + i as i64;
@@ -46,7 +46,8 @@ pub fn push(
             i as i64,
             frames.len() as i64,
             part_rows,
-            frame
+            frame,
+            subject
         ])
         .context("writing the outbox")?;
     }
@@ -62,7 +63,7 @@ pub fn after(
     id_prefix: &str,
 ) -> Result<Vec<OutboxFrame>, StoreError> {
     conn.prepare_cached(&format!(
-        "SELECT id, batch_seq, part, parts, rows, frame FROM {} WHERE id > ?1 ORDER BY id LIMIT ?2",
+        "SELECT id, batch_seq, part, parts, rows, frame, subject FROM {} WHERE id > ?1 ORDER BY id LIMIT ?2",
         quote(names::OUTBOX)
     ))
     .and_then(|mut s| {
@@ -76,6 +77,7 @@ pub fn after(
                 parts: r.get(3)?,
                 rows: r.get::<_, i64>(4)? as u64,
                 frame: r.get(5)?,
+                subject: r.get(6)?,
                 msg_id: format!("{id_prefix}-{batch_seq}-{part}"),
             })
         })?

@@ -1,0 +1,285 @@
+//! Routing captured batches by scope: which subject each row change travels on, and the
+//! registry of each partitioned row's partition that routes its deletes.
+//!
+//! With scopes on, a drained batch is split into route groups ([`route`]): a partitioned
+//! table's row goes to its partition's subject, a shared table's to the shared subject, a
+//! hidden table's to the unscoped one. An upsert's partition comes from its row image; a
+//! delete has no image, so its partition is the one the registry (`__hl_partitions`) holds
+//! for the key: the partition of the row's last image this replica captured or applied.
+//! Rows that existed before scopes were turned on are registered when the store opens
+//! ([`register_existing_rows`]).
+
+use std::collections::HashMap;
+
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+use super::tables::{RegisteredTable, Tables};
+use crate::capture::names::{self, quote};
+use crate::change::{Batch, RowChange, TableSchema};
+use crate::error::{Context, StoreError};
+use crate::hlc::{Hlc, NodeId};
+use crate::scope::{Partition, Route, ScopeRules, TableScope};
+use crate::value::Value;
+
+/// Creates the partition registry if missing.
+pub(super) fn create_registry(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {}(tbl INTEGER NOT NULL, key BLOB NOT NULL, \
+         part TEXT NOT NULL, PRIMARY KEY(tbl, key)) WITHOUT ROWID",
+        quote(names::PARTITIONS)
+    ))
+    .context("creating the partition registry")
+}
+
+/// Splits `batch` into route groups, in the order each route first appears, rows in their
+/// original order within a group, and registers the partition of every partitioned upsert.
+/// A delete whose partition the registry does not know (a row created and deleted within
+/// one drain, never published) travels unscoped.
+pub(super) fn route(
+    conn: &Connection,
+    tables: &Tables,
+    rules: &ScopeRules,
+    batch: Batch,
+) -> Result<Vec<(Route, Batch)>, StoreError> {
+    let mut groups: Vec<(Route, Batch, HashMap<u32, u32>)> = Vec::new();
+    let mut index: HashMap<Route, usize> = HashMap::new();
+    let Batch {
+        tables: schemas,
+        rows,
+    } = batch;
+    for row in rows {
+        let schema = &schemas[row.table as usize];
+        let route = row_route(conn, tables, rules, schema, &row)?;
+        let slot = *index.entry(route.clone()).or_insert_with(|| {
+            groups.push((route, Batch::default(), HashMap::new()));
+            groups.len() - 1
+        });
+        let (_, group, remap) = &mut groups[slot];
+        let table = *remap.entry(row.table).or_insert_with(|| {
+            group.tables.push(schema.clone());
+            (group.tables.len() - 1) as u32
+        });
+        group.rows.push(RowChange { table, ..row });
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(route, batch, _)| (route, batch))
+        .collect())
+}
+
+fn row_route(
+    conn: &Connection,
+    tables: &Tables,
+    rules: &ScopeRules,
+    schema: &TableSchema,
+    row: &RowChange,
+) -> Result<Route, StoreError> {
+    let table = schema.name.to_lowercase();
+    match rules.table_scope(&table) {
+        TableScope::Hidden => Ok(Route::Unscoped),
+        TableScope::Shared => Ok(Route::Shared { table }),
+        TableScope::Partitioned { rule, columns } => {
+            let Some(registered) = tables.by_name(&schema.name) else {
+                return Ok(Route::Unscoped);
+            };
+            let partition = match &row.values {
+                Some(values) => {
+                    let partition = Partition {
+                        rule: rule.name.clone(),
+                        values: columns
+                            .iter()
+                            .map(|c| column_value(schema, &row.key, values, c))
+                            .collect(),
+                    };
+                    register(conn, registered.id, &row.key, &partition)?;
+                    Some(partition)
+                }
+                None => registered_partition(conn, registered.id, &row.key)?,
+            };
+            Ok(match partition {
+                Some(partition) => Route::Partition { partition, table },
+                None => Route::Unscoped,
+            })
+        }
+    }
+}
+
+/// The value of `column` in a row image (a key column or a value column; NULL when the
+/// sender's table lacks it).
+fn column_value(schema: &TableSchema, key: &[Value], values: &[Value], column: &str) -> Value {
+    let named = |c: &String| c.eq_ignore_ascii_case(column);
+    if let Some(i) = schema.key_columns.iter().position(named) {
+        return key[i].clone();
+    }
+    schema
+        .value_columns
+        .iter()
+        .position(named)
+        .map_or(Value::Null, |i| values[i].clone())
+}
+
+fn encoded_key(key: &[Value]) -> Vec<u8> {
+    postcard::to_allocvec(key).expect("encoding values into a Vec cannot fail")
+}
+
+fn register(
+    conn: &Connection,
+    tbl: i64,
+    key: &[Value],
+    partition: &Partition,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO {}(tbl, key, part) VALUES (?1, ?2, ?3) \
+         ON CONFLICT(tbl, key) DO UPDATE SET part = excluded.part",
+        quote(names::PARTITIONS)
+    ))
+    .and_then(|mut s| s.execute(params![tbl, encoded_key(key), partition.token()]))
+    .context("registering a row's partition")?;
+    Ok(())
+}
+
+fn registered_partition(
+    conn: &Connection,
+    tbl: i64,
+    key: &[Value],
+) -> Result<Option<Partition>, StoreError> {
+    let token: Option<String> = conn
+        .prepare_cached(&format!(
+            "SELECT part FROM {} WHERE tbl = ?1 AND key = ?2",
+            quote(names::PARTITIONS)
+        ))
+        .and_then(|mut s| {
+            s.query_row(params![tbl, encoded_key(key)], |r| r.get(0))
+                .optional()
+        })
+        .context("reading a row's partition")?;
+    token
+        .map(|t| {
+            Partition::from_token(&t).ok_or_else(|| {
+                StoreError::Corrupt(format!("partition registry holds {t:?}, not a partition"))
+            })
+        })
+        .transpose()
+}
+
+/// Registers the partition of each partitioned upsert of an applied remote batch that won
+/// (its HLC is now the row's version), so a later local delete of the row is routed to it.
+pub(super) fn register_applied(
+    conn: &Connection,
+    tables: &Tables,
+    rules: &ScopeRules,
+    origin: NodeId,
+    batch: &Batch,
+) -> Result<(), StoreError> {
+    for row in &batch.rows {
+        let Some(values) = &row.values else { continue };
+        let schema = &batch.tables[row.table as usize];
+        let TableScope::Partitioned { rule, columns } = rules.table_scope(&schema.name) else {
+            continue;
+        };
+        let Some(registered) = tables.by_name(&schema.name) else {
+            continue;
+        };
+        if current_version(conn, registered, &row.key)? != Some(row.hlc(origin)) {
+            continue;
+        }
+        let partition = Partition {
+            rule: rule.name.clone(),
+            values: columns
+                .iter()
+                .map(|c| column_value(schema, &row.key, values, c))
+                .collect(),
+        };
+        register(conn, registered.id, &row.key, &partition)?;
+    }
+    Ok(())
+}
+
+fn current_version(
+    conn: &Connection,
+    table: &RegisteredTable,
+    key: &[Value],
+) -> Result<Option<Hlc>, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached(&table.select_version)
+        .and_then(|mut s| s.query_row(params_from_iter(key), |r| r.get(0)).optional())
+        .context("reading a row version")?;
+    bytes
+        .map(|b| Hlc::from_bytes(&b).map_err(|e| StoreError::Corrupt(format!("row version: {e}"))))
+        .transpose()
+}
+
+/// Registers the partition of every current row of every partitioned table, once per set of
+/// rules (the rules' fingerprint is remembered): rows written before scopes were turned on
+/// (or before a table was partitioned) route their later deletes correctly.
+pub(super) fn register_existing_rows(
+    conn: &Connection,
+    tables: &Tables,
+    rules: &ScopeRules,
+) -> Result<(), StoreError> {
+    let fingerprint = i64::from(rules.fingerprint());
+    if super::meta::get_i64(conn, super::meta::keys::SCOPES_FINGERPRINT)? == Some(fingerprint) {
+        return Ok(());
+    }
+    register_rows(conn, tables, rules)?;
+    super::meta::set(conn, super::meta::keys::SCOPES_FINGERPRINT, fingerprint)?;
+    Ok(())
+}
+
+/// Registers the partition of every current row of every partitioned table (after a
+/// catch-up merged rows in without capturing them, and by [`register_existing_rows`]).
+pub(super) fn register_rows(
+    conn: &Connection,
+    tables: &Tables,
+    rules: &ScopeRules,
+) -> Result<(), StoreError> {
+    for rule in rules.rules() {
+        for (table, columns) in &rule.tables {
+            let Some(registered) = tables.by_name(table) else {
+                continue;
+            };
+            let keys: Vec<String> = registered
+                .info
+                .key_columns
+                .iter()
+                .map(|c| quote(&c.name))
+                .collect();
+            let parts: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+            let sql = format!(
+                "SELECT {}, {} FROM {}",
+                keys.join(", "),
+                parts.join(", "),
+                quote(&registered.info.name)
+            );
+            let mut stmt = conn
+                .prepare(&sql)
+                .context(format!("reading the partitions of {table}"))?;
+            let mut rows = stmt
+                .query([])
+                .context(format!("reading the partitions of {table}"))?;
+            while let Some(row) = rows
+                .next()
+                .context(format!("reading the partitions of {table}"))?
+            {
+                let read = |range: std::ops::Range<usize>| {
+                    range
+                        .map(|i| row.get::<_, Value>(i))
+                        .collect::<Result<Vec<_>, _>>()
+                        .context(format!("reading the partitions of {table}"))
+                };
+                let key = read(0..keys.len())?;
+                let values = read(keys.len()..keys.len() + parts.len())?;
+                register(
+                    conn,
+                    registered.id,
+                    &key,
+                    &Partition {
+                        rule: rule.name.clone(),
+                        values,
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
