@@ -16,11 +16,13 @@
 //! <prefix>.1                                 hidden tables (and everything, with scopes off)
 //! <prefix>.schema                            replicated schema migrations
 //! <prefix>.shared.<table>                    shared tables
-//! <prefix>.p.<rule>.<value>[.<value>…].<table>   a partition of a partitioned table
+//! <prefix>.p.<rule>.<value>[.<value>…].<writer>.<table>   a partition of a partitioned table
 //! ```
 //!
 //! so a scoped replica's NATS permissions can name exactly what it may read
-//! (`<prefix>.p.<rule>.<value>.>`) and write. Values and table names become subject tokens by
+//! (`<prefix>.p.<rule>.<value>.>`) and write (`<prefix>.p.<rule>.<value>.c.*`). The writer
+//! token says who published: `f` a full node, whose changes are trusted, `c` a scoped
+//! replica, whose changes every node validates against the partition ([`Writer`]). Values and table names become subject tokens by
 //! [`value_token`] and [`name_token`]: injective, and safe for any value (dots, spaces,
 //! wildcards and non-ASCII text are hex-encoded).
 //!
@@ -344,16 +346,83 @@ pub enum Route {
     },
 }
 
+/// Who published a partition's change: a full node (trusted: its changes are applied as
+/// they are) or a scoped replica (every node validates its changes against the partition
+/// its subject names). Part of the subject, so NATS permissions decide it, not the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Writer {
+    /// A full replica (native sidecar, trusted edge worker).
+    Full,
+    /// A scoped replica (a user's browser).
+    Scoped,
+}
+
+impl Writer {
+    fn token(self) -> &'static str {
+        match self {
+            Writer::Full => "f",
+            Writer::Scoped => "c",
+        }
+    }
+}
+
 impl Route {
     /// The subject of this route after `<prefix>.`: `1`, `shared.<table>` or
-    /// `p.<partition token>.<table>`.
-    pub fn subject_suffix(&self) -> String {
+    /// `p.<partition token>.<writer>.<table>` (writer `f` for a full node, `c` for a scoped
+    /// replica; only partitions carry it: scoped replicas write nothing else).
+    pub fn subject_suffix(&self, writer: Writer) -> String {
         match self {
             Route::Unscoped => "1".into(),
             Route::Shared { table } => format!("shared.{}", name_token(table)),
-            Route::Partition { partition, table } => {
-                format!("p.{}.{}", partition.token(), name_token(table))
+            Route::Partition { partition, table } => format!(
+                "p.{}.{}.{}",
+                partition.token(),
+                writer.token(),
+                name_token(table)
+            ),
+        }
+    }
+
+    /// Reads [`Route::subject_suffix`] back: `None` for anything else (the schema subject
+    /// included). `rules` says how many value tokens each rule's partitions have.
+    pub fn parse_suffix(suffix: &str, rules: &ScopeRules) -> Option<(Route, Writer)> {
+        if suffix == "1" {
+            return Some((Route::Unscoped, Writer::Full));
+        }
+        let tokens: Vec<&str> = suffix.split('.').collect();
+        match tokens.as_slice() {
+            ["shared", table] => Some((
+                Route::Shared {
+                    table: parse_name_token(table)?,
+                },
+                Writer::Full,
+            )),
+            ["p", rule, more @ ..] => {
+                let rule = rules.rule(rule)?;
+                let (table, more) = more.split_last()?;
+                let (writer, values) = more.split_last()?;
+                let writer = match *writer {
+                    "f" => Writer::Full,
+                    "c" => Writer::Scoped,
+                    _ => return None,
+                };
+                if values.len() != rule.claims.len() {
+                    return None;
+                }
+                let values = values
+                    .iter()
+                    .map(|t| parse_value_token(t))
+                    .collect::<Option<Vec<_>>>()?;
+                let route = Route::Partition {
+                    partition: Partition {
+                        rule: rule.name.clone(),
+                        values,
+                    },
+                    table: parse_name_token(table)?,
+                };
+                Some((route, writer))
             }
+            _ => None,
         }
     }
 }
@@ -393,8 +462,13 @@ impl Subjects {
     }
 
     /// The subject a change on `route` is published on.
-    pub fn for_route(&self, route: &Route) -> String {
-        format!("{}.{}", self.prefix, route.subject_suffix())
+    pub fn for_route(&self, route: &Route, writer: Writer) -> String {
+        format!("{}.{}", self.prefix, route.subject_suffix(writer))
+    }
+
+    /// A subject's part after `<prefix>.`, `None` when it is not under the prefix.
+    pub fn suffix_of<'s>(&self, subject: &'s str) -> Option<&'s str> {
+        subject.strip_prefix(&self.prefix)?.strip_prefix('.')
     }
 
     /// The subject of an outbox frame whose subject after the prefix is `suffix` (`None`:
@@ -414,7 +488,11 @@ impl Subjects {
         let mut publish = Vec::with_capacity(partitions.len());
         for partition in partitions {
             let filter = self.partition_filter(partition);
-            publish.push(format!("{}*", filter.trim_end_matches('>')));
+            publish.push(format!(
+                "{}{}.*",
+                filter.trim_end_matches('>'),
+                Writer::Scoped.token()
+            ));
             read.push(filter);
         }
         ClientSubjects { read, publish }
@@ -449,39 +527,9 @@ impl Subjects {
         }
     }
 
-    /// Reads a subject back into its route: `None` for a subject outside this layout (or
-    /// the schema subject, which carries no row changes). `rules` says how many value tokens
-    /// each rule's partitions have.
-    pub fn parse(&self, subject: &str, rules: &ScopeRules) -> Option<Route> {
-        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
-        if rest == "1" {
-            return Some(Route::Unscoped);
-        }
-        let tokens: Vec<&str> = rest.split('.').collect();
-        match tokens.as_slice() {
-            ["shared", table] => Some(Route::Shared {
-                table: parse_name_token(table)?,
-            }),
-            ["p", rule, more @ ..] => {
-                let rule = rules.rule(rule)?;
-                let (table, values) = more.split_last()?;
-                if values.len() != rule.claims.len() {
-                    return None;
-                }
-                let values = values
-                    .iter()
-                    .map(|t| parse_value_token(t))
-                    .collect::<Option<Vec<_>>>()?;
-                Some(Route::Partition {
-                    partition: Partition {
-                        rule: rule.name.clone(),
-                        values,
-                    },
-                    table: parse_name_token(table)?,
-                })
-            }
-            _ => None,
-        }
+    /// Reads a subject back into its route and writer (see [`Route::parse_suffix`]).
+    pub fn parse(&self, subject: &str, rules: &ScopeRules) -> Option<(Route, Writer)> {
+        Route::parse_suffix(self.suffix_of(subject)?, rules)
     }
 }
 
@@ -636,8 +684,10 @@ mod tests {
                 partition: Partition { rule: "team".into(), values: vec![v] },
                 table: table.to_lowercase(),
             };
-            let subject = subjects.for_route(&route);
-            prop_assert_eq!(subjects.parse(&subject, &rules), Some(route));
+            for writer in [Writer::Full, Writer::Scoped] {
+                let subject = subjects.for_route(&route, writer);
+                prop_assert_eq!(subjects.parse(&subject, &rules), Some((route.clone(), writer)));
+            }
         }
     }
 
@@ -661,7 +711,11 @@ mod tests {
             partition: u1.clone(),
             table: "notes".into(),
         };
-        assert_eq!(s.for_route(&route), "app.p.user.tu1.tnotes");
+        assert_eq!(s.for_route(&route, Writer::Full), "app.p.user.tu1.f.tnotes");
+        assert_eq!(
+            s.for_route(&route, Writer::Scoped),
+            "app.p.user.tu1.c.tnotes"
+        );
         assert_eq!(s.partition_filter(&u1), "app.p.user.tu1.>");
         let dotted = Partition {
             rule: "user".into(),
@@ -669,20 +723,28 @@ mod tests {
         };
         assert_eq!(s.partition_filter(&dotted), "app.p.user.x612e622063.>");
         assert_eq!(
-            s.for_route(&Route::Shared {
-                table: "tags".into()
-            }),
+            s.for_route(
+                &Route::Shared {
+                    table: "tags".into()
+                },
+                Writer::Scoped
+            ),
             "app.shared.ttags"
         );
-        assert_eq!(s.for_route(&Route::Unscoped), "app.1");
+        assert_eq!(s.for_route(&Route::Unscoped, Writer::Full), "app.1");
         assert_eq!(Partition::from_token(&u1.token()), Some(u1.clone()));
         assert_eq!(Partition::from_token("user"), None);
         assert_eq!(Partition::from_token("User.tu1"), None);
         assert_eq!(s.for_suffix(None), "app.1");
         assert_eq!(s.for_suffix(Some("shared.ttags")), "app.shared.ttags");
-        assert_eq!(s.parse("app.p.user.tu1.tnotes", &rules()), Some(route));
-        assert_eq!(s.parse("app.p.nope.tu1.tnotes", &rules()), None);
-        assert_eq!(s.parse("app.p.user.tu1.tu2.tnotes", &rules()), None);
+        assert_eq!(
+            s.parse("app.p.user.tu1.c.tnotes", &rules()),
+            Some((route, Writer::Scoped))
+        );
+        assert_eq!(s.parse("app.p.user.tu1.tnotes", &rules()), None);
+        assert_eq!(s.parse("app.p.user.tu1.x.tnotes", &rules()), None);
+        assert_eq!(s.parse("app.p.nope.tu1.f.tnotes", &rules()), None);
+        assert_eq!(s.parse("app.p.user.tu1.tu2.f.tnotes", &rules()), None);
         assert_eq!(s.parse("app.schema", &rules()), None);
         assert_eq!(s.parse("other.1", &rules()), None);
     }
@@ -704,7 +766,7 @@ mod tests {
                 "app.p.user.tu1.>"
             ]
         );
-        assert_eq!(c.publish, ["app.p.team.i7.*", "app.p.user.tu1.*"]);
+        assert_eq!(c.publish, ["app.p.team.i7.c.*", "app.p.user.tu1.c.*"]);
         assert_eq!(s.bootstrap_request(), "app.scope.bootstrap");
         assert_eq!(Subjects::client_inbox_prefix("u1"), "_INBOX_tu1");
         assert_eq!(Subjects::client_inbox_prefix("a.b"), "_INBOX_x612e62");

@@ -98,9 +98,9 @@ fn one_transaction_is_split_by_route_and_applied_whole() {
     assert_eq!(
         subjects(&frames),
         [
-            "app.p.user.tu1.tnotes",
-            "app.p.user.tu2.tnotes",
-            "app.p.user.x612e622063.tnotes",
+            "app.p.user.tu1.f.tnotes",
+            "app.p.user.tu2.f.tnotes",
+            "app.p.user.x612e622063.f.tnotes",
             "app.shared.ttags",
             "app.1"
         ]
@@ -133,15 +133,15 @@ fn one_transaction_is_split_by_route_and_applied_whole() {
     b_app
         .execute("DELETE FROM notes WHERE id = 'n1'", [])
         .unwrap();
-    assert_eq!(subjects(&publish(&mut b)), ["app.p.user.tu1.tnotes"]);
+    assert_eq!(subjects(&publish(&mut b)), ["app.p.user.tu1.f.tnotes"]);
     a_app
         .execute("UPDATE notes SET owner_id = 'u9' WHERE id = 'n2'", [])
         .unwrap();
-    assert_eq!(subjects(&publish(&mut a)), ["app.p.user.tu9.tnotes"]);
+    assert_eq!(subjects(&publish(&mut a)), ["app.p.user.tu9.f.tnotes"]);
     a_app
         .execute("DELETE FROM notes WHERE id = 'n2'", [])
         .unwrap();
-    assert_eq!(subjects(&publish(&mut a)), ["app.p.user.tu9.tnotes"]);
+    assert_eq!(subjects(&publish(&mut a)), ["app.p.user.tu9.f.tnotes"]);
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn rows_written_before_scopes_were_on_route_their_deletes() {
     a_app
         .execute("DELETE FROM notes WHERE id = 'n1'", [])
         .unwrap();
-    assert_eq!(subjects(&publish(&mut after)), ["app.p.user.tu1.tnotes"]);
+    assert_eq!(subjects(&publish(&mut after)), ["app.p.user.tu1.f.tnotes"]);
     // Only hidden tables: a plain unscoped batch, readable by builds without scopes.
     a_app
         .execute("INSERT INTO audit VALUES (2, 'x')", [])

@@ -65,6 +65,8 @@ pub struct StoreOptions {
     /// Scope rules (off by default): when on, captured batches are split by route and each
     /// frame carries its subject (see [`crate::scope`]).
     pub scopes: crate::scope::ScopeRules,
+    /// Who this replica is on partition subjects: a full node (default) or a scoped replica.
+    pub writer: crate::scope::Writer,
 }
 
 impl StoreOptions {
@@ -81,6 +83,7 @@ impl StoreOptions {
             busy_timeout: Duration::from_secs(5),
             incarnation: node_id.as_u128() as u64 ^ (node_id.as_u128() >> 64) as u64,
             scopes: crate::scope::ScopeRules::default(),
+            writer: crate::scope::Writer::Full,
         }
     }
 }
@@ -969,7 +972,7 @@ fn encode_for_outbox(
             let route: &crate::scope::Route = &routes[group];
             let subject = match route {
                 crate::scope::Route::Unscoped => None,
-                route => Some(route.subject_suffix()),
+                route => Some(route.subject_suffix(options.writer)),
             };
             (subject, frame)
         })
