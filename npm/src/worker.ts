@@ -19,6 +19,7 @@ import { openLocal } from "./replica.js";
 import type { LocalReplica } from "./replica.js";
 import { platform } from "./browser.js";
 import { clientLock, inbox } from "./rpc.js";
+import { sqlKind } from "./sqlkind.js";
 import type { Announcement, Begun, Call, FromWorker, Reply, ToWorker } from "./rpc.js";
 import type { CloseOptions, DiscardParkedOptions, ExecResult, MigrateOptions, OpenOptions, Row, SqlParams, Transaction, WaitOptions } from "./types.js";
 
@@ -130,86 +131,6 @@ function decode(text: string): unknown {
     }
     return v;
   });
-}
-
-// ---- which SQL writes ---------------------------------------------------------------
-
-/** The words (upper case) of each statement in `sql`, outside comments, strings and quoted names. */
-export function statementWords(sql: string): string[][] {
-  const out: string[][] = [];
-  let words: string[] = [];
-  let i = 0;
-  const n = sql.length;
-  while (i < n) {
-    const c = sql[i]!;
-    if (c === "-" && sql[i + 1] === "-") {
-      const j = sql.indexOf("\n", i);
-      i = j < 0 ? n : j + 1;
-    } else if (c === "/" && sql[i + 1] === "*") {
-      const j = sql.indexOf("*/", i + 2);
-      i = j < 0 ? n : j + 2;
-    } else if (c === "'" || c === '"' || c === "`") {
-      let j = i + 1;
-      while (j < n && !(sql[j] === c && sql[j + 1] !== c)) {
-        j += sql[j] === c ? 2 : 1;
-      }
-      i = j + 1;
-      words.push("?");
-    } else if (c === "[") {
-      const j = sql.indexOf("]", i);
-      i = j < 0 ? n : j + 1;
-      words.push("?");
-    } else if (c === ";") {
-      if (words.length > 0) {
-        out.push(words);
-      }
-      words = [];
-      i += 1;
-    } else if (/[A-Za-z_]/.test(c)) {
-      let j = i + 1;
-      while (j < n && /[A-Za-z0-9_$]/.test(sql[j]!)) {
-        j += 1;
-      }
-      words.push(sql.slice(i, j).toUpperCase());
-      i = j;
-    } else {
-      if (!/\s/.test(c) && words.length === 0) {
-        words.push(c);
-      }
-      i += 1;
-    }
-  }
-  if (words.length > 0) {
-    out.push(words);
-  }
-  return out;
-}
-
-const READS = new Set(["SELECT", "VALUES", "EXPLAIN"]);
-const DML = new Set(["INSERT", "UPDATE", "DELETE", "REPLACE"]);
-
-/**
- * How a call's SQL is run: `"read"` (changes nothing: run as is), `"write"` (row changes
- * only: run inside a transaction with its record) or `"other"` (schema changes, transaction
- * control, pragmas...: run as is, recorded right after).
- */
-function sqlKind(sql: unknown): "read" | "write" | "other" {
-  if (typeof sql !== "string") {
-    return "read"; // refused by the replica with InvalidArgumentError
-  }
-  let kind: "read" | "write" | "other" = "read";
-  for (const words of statementWords(sql)) {
-    const first = words[0]!;
-    if (READS.has(first) || (first === "WITH" && !words.some((w) => DML.has(w)))) {
-      continue;
-    }
-    if (DML.has(first) || first === "WITH") {
-      kind = "write";
-      continue;
-    }
-    return "other";
-  }
-  return kind;
 }
 
 // ---- calls --------------------------------------------------------------------------

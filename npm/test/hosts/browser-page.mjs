@@ -130,6 +130,41 @@ window.app = {
       }
     });
   },
+  // Speaks the tabs' protocol by hand as a client would after a leader change: each call is
+  // sent to the leader's Worker, and once answered sent again with the same id (as if its
+  // answer had been lost). Returns both answers of each call.
+  async sendTwice(name, calls) {
+    const base = `harmonylite:${name}`;
+    const id = crypto.randomUUID();
+    // A client holds its lock while open (the Worker forgets clients whose lock is free).
+    await new Promise((granted) => navigator.locks.request(`${base}:client:${id}`, () => (granted(), new Promise(() => {}))));
+    const shared = new BroadcastChannel(base);
+    const leader = await new Promise((resolve) => {
+      shared.onmessage = (e) => e.data.kind === "hello" && resolve(e.data.leader);
+      shared.postMessage({ kind: "who" });
+    });
+    const inbox = new BroadcastChannel(`${base}:to:${id}`);
+    const toLeader = new BroadcastChannel(`${base}:to:${leader}`);
+    const answers = [];
+    let n = 1;
+    for (const [method, args] of calls) {
+      const call = { id: n++, from: id, low: 1, method, args };
+      const pair = [];
+      for (let i = 0; i < 2; i++) {
+        pair.push(
+          await new Promise((resolve) => {
+            inbox.onmessage = (e) => e.data.id === call.id && resolve(e.data);
+            toLeader.postMessage(call);
+          }),
+        );
+      }
+      answers.push(pair.map((r) => (r.ok ? { ok: true, value: r.value } : { ok: false, name: r.error.name, message: r.error.message })));
+    }
+    shared.close();
+    inbox.close();
+    toLeader.close();
+    return answers;
+  },
   async tryExec(sql, params) {
     try {
       return { ok: true, ...(await db.exec(sql, params)) };

@@ -288,6 +288,29 @@ test("a follower's transaction open when the leader tab goes away is rolled back
     // The app runs it again.
     await tabCall(second, "exec", "INSERT INTO items(id, val) VALUES (10, 'again'), (11, 'again')");
     assert.deepEqual(await tabCall(second, "query", "SELECT id FROM items ORDER BY id"), [{ id: 10 }, { id: 11 }]);
+
+    // A call sent again with the same id (its answer lost with a leader) is answered from its
+    // record and not applied twice: a row write, a write that returns rows, a schema change,
+    // and a commit whose transaction the Worker does not know.
+    const answers = await tabCall(second, "sendTwice", "held.db", [
+      ["exec", ["INSERT INTO items(val) VALUES (?)", ["sent twice"]]],
+      ["query", ["INSERT INTO items(val) VALUES ('returning') RETURNING id, val", []]],
+      ["exec", ["CREATE TABLE once(id INTEGER PRIMARY KEY)", undefined]],
+      ["commit", ["no-such-leader:1"]],
+    ]);
+    const [insert, returning, ddl, commit] = answers;
+    assert.deepEqual(insert, [{ ok: true, value: { changes: 1, lastInsertRowid: 12 } }, { ok: true, value: { changes: 1, lastInsertRowid: 12 } }]);
+    assert.deepEqual(returning, [{ ok: true, value: [{ id: 13, val: "returning" }] }, { ok: true, value: [{ id: 13, val: "returning" }] }]);
+    assert.equal(ddl[0].ok, true, JSON.stringify(ddl));
+    assert.deepEqual(ddl[1], ddl[0], "the schema change is not run again (it would fail: the table exists)");
+    for (const answer of commit) {
+      assert.equal(answer.ok, false);
+      assert.equal(answer.name, "LeaderChangedError");
+    }
+    assert.deepEqual(
+      await tabCall(second, "query", "SELECT val, count(*) AS n FROM items WHERE id > 11 GROUP BY val ORDER BY val"),
+      [{ val: "returning", n: 1 }, { val: "sent twice", n: 1 }],
+    );
     await tabCall(second, "close");
   } catch (e) {
     e.message += `\n--- browser log ---\n${log.join("\n")}`;
