@@ -13,10 +13,11 @@
 //! 2. [`config`]: the configuration file and the command-line flags.
 //! 3. [`ops`]: health, metrics, file notifications, progress bars.
 //! 4. [`nats`]: the supervised nats-server, its cluster peers, the JetStream transport.
-//! 5. [`snapshot`]: taking, storing, restoring snapshots; catching up from one.
-//! 6. [`startup`]: what start-up does with the database, and doing it.
-//! 7. [`run`](mod@run): the run loop and serverless mode.
-//! 8. [`commands`]: the one-shot commands (`--save-snapshot`, `--cleanup`, schema, ...).
+//! 5. [`auth`]: the NATS auth callout that admits scoped clients (browsers) by their token.
+//! 6. [`snapshot`]: taking, storing, restoring snapshots; catching up from one.
+//! 7. [`startup`]: what start-up does with the database, and doing it.
+//! 8. [`run`](mod@run): the run loop and serverless mode.
+//! 9. [`commands`]: the one-shot commands (`--save-snapshot`, `--cleanup`, schema, ...).
 //!
 //! Errors are typed per layer ([`util::UtilError`], [`ops::OpsError`], [`nats::NatsError`],
 //! [`snapshot::SnapshotError`] and the store's, lease's and peer's, [`startup::StartupError`];
@@ -31,6 +32,8 @@ pub mod config;
 pub mod ops;
 
 pub mod nats;
+
+pub mod auth;
 
 pub mod snapshot;
 

@@ -48,6 +48,8 @@ fn main() -> ExitCode {
         span.in_scope(|| harmonylite::commands::schema::print_status(&config))
     } else if cli.adopt_stream {
         span.in_scope(|| adopt_stream(&config))
+    } else if cli.scopes_keygen {
+        span.in_scope(|| harmonylite::commands::scopes_keygen::scopes_keygen(&config).map(drop))
     } else if cli.parked {
         span.in_scope(|| {
             harmonylite::commands::schema::parked(

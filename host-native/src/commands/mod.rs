@@ -4,3 +4,4 @@ pub mod adopt_stream;
 pub mod cleanup;
 pub mod save_snapshot;
 pub mod schema;
+pub mod scopes_keygen;

@@ -80,6 +80,12 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "schema_status", "parked"])]
     pub adopt_stream: bool,
 
+    /// Create the account NKey seed at `scopes.auth.callout_seed_file` (it signs the NATS
+    /// users scoped clients get; copy the same file to every node), print its public key,
+    /// then exit. Refused when the file exists.
+    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "schema_status", "parked", "adopt_stream"])]
+    pub scopes_keygen: bool,
+
     /// Route listener of the embedded NATS server, host:port (overrides `nats.cluster_addr`).
     #[arg(long, value_name = "HOST:PORT")]
     pub cluster_addr: Option<SocketAddr>,
@@ -379,6 +385,14 @@ mod tests {
         let cli = parse(&["--config", "node.toml", "-save-snapshot"]).unwrap();
         assert!(cli.save_snapshot && !cli.cleanup);
         let error = parse(&["--config", "c.toml", "--save-snapshot", "--cleanup"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn scopes_keygen_is_a_command_of_its_own() {
+        let cli = parse(&["--config", "node.toml", "-scopes-keygen"]).unwrap();
+        assert!(cli.scopes_keygen && !cli.cleanup);
+        let error = parse(&["--config", "c.toml", "--scopes-keygen", "--parked"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 

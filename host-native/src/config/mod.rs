@@ -20,6 +20,7 @@ use harmonylite_core::wire::Compression;
 use serde::{Deserialize, Serialize};
 
 pub mod cli;
+pub mod scopes;
 
 /// URL schemes accepted by `nats.urls` and `nats.leaf_servers`.
 pub const CLIENT_URL_SCHEMES: &[&str] = &["nats://", "tls://", "ws://", "wss://"];
@@ -99,6 +100,10 @@ pub struct Config {
     /// `[snapshot]`: when snapshots are taken, where they are stored, how many are kept.
     #[serde(default)]
     pub snapshot: SnapshotConfig,
+    /// `[scopes]`: what untrusted (scoped) replicas may see and write, and how their tokens
+    /// are checked. Default: off.
+    #[serde(default)]
+    pub scopes: scopes::ScopesConfig,
 }
 
 /// `[replication_log]`: the JetStream streams changes travel through.
@@ -745,6 +750,7 @@ impl Config {
         if !self.health_check.path.starts_with('/') {
             out.add("health_check.path", "must start with `/`");
         }
+        self.scopes.value_problems(&mut out);
         out.0
     }
 
@@ -798,6 +804,7 @@ impl Config {
                 }
             }
         }
+        self.scopes.file_problems(&mut out);
         out.0
     }
 
@@ -822,7 +829,7 @@ impl Config {
     }
 
     /// The core store's options for a replica with id `node_id`: `exclude_tables`,
-    /// `publish`, `max_clock_ahead` and `replication_log.compress` map onto it; frame size
+    /// `publish`, `max_clock_ahead`, `replication_log.compress` and `[scopes]` map onto it; frame size
     /// and busy timeout keep [`StoreOptions::new`]'s defaults.
     pub fn store_options(&self, node_id: NodeId) -> StoreOptions {
         StoreOptions {
@@ -834,6 +841,8 @@ impl Config {
                 Compression::None
             },
             max_clock_ahead: self.max_clock_ahead,
+            // Checked when the configuration was loaded: an error cannot happen here.
+            scopes: self.scopes.rules().unwrap_or_default(),
             ..StoreOptions::new(node_id)
         }
     }
@@ -1397,6 +1406,7 @@ pub(crate) mod tests {
         assert_eq!(c.health_check, HealthCheckConfig::default());
         assert_eq!(c.logging, LoggingConfig::default());
         assert_eq!(c.snapshot, SnapshotConfig::default());
+        assert_eq!(c.scopes, scopes::ScopesConfig::default());
     }
 
     #[test]
@@ -1567,6 +1577,7 @@ format = "json"
             "prometheus",
             "health_check",
             "logging",
+            "scopes",
         ] {
             let text = with(dir.path(), &format!("[{section}]\nbogus_key = 1"));
             let (error, message) = error_of(&text);
@@ -1957,6 +1968,7 @@ format = "json"
             "[health_check]",
             "[logging]",
             "[snapshot]",
+            "[scopes]",
         ] {
             assert!(EXAMPLE.contains(section), "example lacks {section}");
         }
@@ -1996,6 +2008,17 @@ format = "json"
         s3.access_key = Some("a".into());
         s3.secret = Some(Secret::new("s"));
         s3.session_token = Some(Secret::new("t"));
+        let auth = &mut full.scopes.auth;
+        auth.audience = Some("a".into());
+        auth.issuer = Some("i".into());
+        for file in [
+            &mut auth.hs256_secret_file,
+            &mut auth.public_key_file,
+            &mut auth.jwks_file,
+            &mut auth.callout_seed_file,
+        ] {
+            *file = Some("f".into());
+        }
 
         let mut with_defaults = BTreeMap::new();
         flatten(
@@ -2108,7 +2131,10 @@ format = "json"
             let leaf = key.rsplit('.').next().unwrap();
             let mentioned = EXAMPLE.lines().any(|line| {
                 let line = line.trim_start_matches(['#', ' ']);
-                line.starts_with(&format!("{leaf} =")) || line.starts_with(&format!("{leaf}="))
+                line.starts_with(&format!("{leaf} ="))
+                    || line.starts_with(&format!("{leaf}="))
+                    // An array of tables, e.g. `[[scopes.partition]]`.
+                    || line == format!("[[{key}]]")
             });
             assert!(mentioned, "examples/node.toml does not mention {key}");
         }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use async_nats::jetstream::{consumer, stream};
 use harmonylite_core::change::StreamSeq;
 
+use crate::config::scopes::KeyFileError;
 use crate::nats::server::NatsServerError;
 use crate::util::UtilError;
 
@@ -59,6 +60,10 @@ pub enum NatsError {
     /// A util-layer step failed (an injected failure, in tests).
     #[error(transparent)]
     Util(#[from] UtilError),
+    /// The `[scopes.auth] callout_seed_file` the embedded server's auth callout needs cannot
+    /// be used.
+    #[error(transparent)]
+    CalloutKey(#[from] KeyFileError),
 }
 
 impl fmt::Display for NatsError {
@@ -78,6 +83,7 @@ impl fmt::Display for NatsError {
             NatsError::ConsumerMessages(e) => e.to_string(),
             NatsError::Server(e) => e.to_string(),
             NatsError::Util(e) => e.to_string(),
+            NatsError::CalloutKey(e) => e.to_string(),
         };
         crate::util::error::write_error(f, &head, self)
     }

@@ -92,6 +92,21 @@ pub struct EmbeddedServerConfig {
     pub sync_interval: Option<String>,
     /// How long to wait for the server to become ready.
     pub ready_timeout: Duration,
+    /// Scoped clients: every client connection (TCP and WebSocket) is authenticated through
+    /// NATS auth callout, except the sidecar's own user.
+    pub auth_callout: Option<AuthCalloutSettings>,
+}
+
+/// The embedded server's `authorization` block with scopes on: one user for the sidecar
+/// (which answers the callout), everyone else through the callout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCalloutSettings {
+    /// The sidecar's user name.
+    pub user: String,
+    /// The sidecar's password (random per start).
+    pub password: crate::config::Secret,
+    /// The public key of the account that signs the callout's answers.
+    pub issuer: String,
 }
 
 /// Route settings for an embedded cluster.
@@ -124,6 +139,7 @@ impl EmbeddedServerConfig {
             max_payload: None,
             sync_interval: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            auth_callout: None,
         }
     }
 
@@ -214,6 +230,19 @@ impl EmbeddedServerConfig {
             out.push_str("websocket {\n");
             out.push_str(&format!("  listen: {}\n", quote(&listen_str(ws))));
             out.push_str("  no_tls: true\n}\n");
+        }
+        if let Some(auth) = &self.auth_callout {
+            // The callout covers the WebSocket listener too: it has no users of its own.
+            out.push_str("authorization {\n");
+            out.push_str(&format!(
+                "  users: [ {{ user: {}, password: {} }} ]\n",
+                quote(&auth.user),
+                quote(auth.password.expose())
+            ));
+            out.push_str("  auth_callout {\n");
+            out.push_str(&format!("    issuer: {}\n", quote(&auth.issuer)));
+            out.push_str(&format!("    auth_users: [ {} ]\n", quote(&auth.user)));
+            out.push_str("  }\n}\n");
         }
         if let Some(include) = &self.include_config {
             let abs = std::fs::canonicalize(include).map_err(|source| NatsServerError::Io {
@@ -388,6 +417,7 @@ pub struct NatsServer {
     monitor_url: String,
     monitor_addr: SocketAddr,
     config_path: PathBuf,
+    auth_callout: Option<AuthCalloutSettings>,
     shared: Arc<Shared>,
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -522,6 +552,7 @@ impl NatsServer {
         );
 
         let launch_http_ip = launch.config.http_listen.ip();
+        let auth_callout = launch.config.auth_callout.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(running, launch, Arc::clone(&shared), stop_rx));
         Ok(NatsServer {
@@ -530,6 +561,7 @@ impl NatsServer {
             monitor_url,
             monitor_addr: SocketAddr::new(connect_ip(launch_http_ip), ports.monitor),
             config_path,
+            auth_callout,
             shared,
             stop_tx,
             task: Some(task),
@@ -549,6 +581,14 @@ impl NatsServer {
     /// Monitoring URL, `http://IP:PORT` (serves `/healthz`, `/varz`, `/jsz`, ...).
     pub fn monitor_url(&self) -> String {
         self.monitor_url.clone()
+    }
+
+    /// The user name and password local clients (the sidecar) connect with when the server
+    /// authenticates through auth callout; `None` when it takes every client unauthenticated.
+    pub fn sidecar_credentials(&self) -> Option<(String, String)> {
+        self.auth_callout
+            .as_ref()
+            .map(|a| (a.user.clone(), a.password.expose().to_owned()))
     }
 
     /// Path of the generated nats-server config file.
@@ -790,7 +830,19 @@ fn write_config(launch: &Launch) -> Result<(), NatsServerError> {
     }
     let text = config.render(&launch.store_dir)?;
     let tmp = launch.config_path.with_extension("conf.tmp");
-    std::fs::write(&tmp, text)
+    // Owner-only: with scopes on it holds the sidecar's password.
+    let write = |text: String| -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())
+    };
+    write(text)
         .and_then(|()| std::fs::rename(&tmp, &launch.config_path))
         .map_err(|source| NatsServerError::Io {
             context: format!("write {}", launch.config_path.display()),
@@ -1173,6 +1225,29 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn renders_auth_callout() {
+        let mut cfg = EmbeddedServerConfig::new("/data/nats", "node-1");
+        let plain = cfg.render(Path::new("/data/nats")).unwrap();
+        assert!(!plain.contains("authorization"), "{plain}");
+        cfg.auth_callout = Some(AuthCalloutSettings {
+            user: "harmonylite".into(),
+            password: crate::config::Secret::new("pw\"x"),
+            issuer: "AABC".into(),
+        });
+        let text = cfg.render(Path::new("/data/nats")).unwrap();
+        assert!(
+            text.contains(
+                "authorization {\n  users: [ { user: \"harmonylite\", password: \"pw\\\"x\" } ]\n  auth_callout {\n    issuer: \"AABC\"\n    auth_users: [ \"harmonylite\" ]\n  }\n}\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !format!("{cfg:?}").contains("pw"),
+            "Debug hides the password"
+        );
     }
 
     #[test]

@@ -7,13 +7,24 @@ use std::time::Duration;
 use async_nats::jetstream;
 use harmonylite_core::hlc::NodeId;
 
-use crate::config::Config;
-use crate::nats::server::{ClusterConfig, EmbeddedServerConfig, NatsServer};
+use crate::config::{Config, NatsConfig, Secret};
+use crate::nats::server::{AuthCalloutSettings, ClusterConfig, EmbeddedServerConfig, NatsServer};
 use crate::nats::transport::{self, Auth, StreamError, TransportConfig};
 use crate::nats::NatsError;
 
+/// The user the sidecar connects to its embedded server as when scopes are on (every other
+/// client is authenticated through the auth callout this user answers).
+pub const SIDECAR_USER: &str = "harmonylite";
+
+/// The change stream's name: `<stream_prefix>-1`.
+pub fn stream_name(nats: &NatsConfig) -> String {
+    format!("{}-1", nats.stream_prefix)
+}
+
 /// Starts the embedded nats-server `config` describes (store under the data directory,
-/// cluster routes, leaf remotes, WebSocket) and waits until it is ready.
+/// cluster routes, leaf remotes, WebSocket; with scopes on, auth callout for every client
+/// but the sidecar's own user, whose password is new at every start) and waits until it is
+/// ready.
 pub async fn start_embedded_server(
     config: &Config,
     node_id: NodeId,
@@ -30,6 +41,26 @@ pub async fn start_embedded_server(
     embedded.leaf_remotes = config.nats.leaf_servers.clone();
     embedded.websocket_listen = config.nats.websocket_bind;
     embedded.include_config = config.nats.server_config.clone();
+    if config.scopes.enabled() {
+        let issuer = config.scopes.auth.callout_account()?.public_key();
+        let mut password = [0u8; 24];
+        getrandom::getrandom(&mut password).map_err(|source| {
+            crate::util::UtilError::NoRandomness {
+                purpose: "the sidecar's NATS password",
+                source,
+            }
+        })?;
+        embedded.auth_callout = Some(AuthCalloutSettings {
+            user: SIDECAR_USER.into(),
+            password: Secret::new(
+                password
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            ),
+            issuer,
+        });
+    }
     let server = NatsServer::start(embedded).await?;
     tracing::info!(url = %server.client_url(), websocket = ?server.websocket_url(), "embedded nats-server ready");
     Ok(server)
@@ -62,7 +93,15 @@ pub fn transport_config(
             Some(server) => vec![server.client_url()],
             None => nats.urls.clone(),
         },
-        auth: if server.is_some() { Auth::None } else { auth },
+        auth: match server {
+            Some(server) => server
+                .sidecar_credentials()
+                .map_or(Auth::None, |(user, password)| Auth::UserPassword {
+                    user,
+                    password,
+                }),
+            None => auth,
+        },
         ca_file: nats.ca_file.clone().filter(|_| server.is_none()),
         client_cert: match (&nats.cert_file, &nats.key_file) {
             (Some(cert), Some(key)) if server.is_none() => Some((cert.clone(), key.clone())),
@@ -71,7 +110,7 @@ pub fn transport_config(
         reconnect_wait: nats.reconnect_wait,
         connect_timeout: nats.connect_timeout,
         client_name: format!("harmonylite-{node_id}"),
-        stream_name: format!("{}-1", nats.stream_prefix),
+        stream_name: stream_name(nats),
         subject: format!("{}.1", nats.subject_prefix),
         max_entries: config.replication_log.max_entries as i64,
         replicas: config.replication_log.replicas as usize,

@@ -26,6 +26,7 @@
 //! | `<ns>_snapshot_seconds{operation="take"\|"restore"}` | histogram | duration of taking + storing a snapshot, of a restore |
 //! | `<ns>_snapshot_failures_total{operation="take"\|"restore"}` | counter | snapshots that could not be taken, restores that failed |
 //! | `<ns>_snapshot_covered_seq` | gauge | stream sequence the last snapshot taken or restored here covers |
+//! | `<ns>_auth_callouts_total{outcome}` | counter | scoped clients' connection attempts this node answered through NATS auth callout: `accepted`, or why refused (`expired`, `bad_signature`, `wrong_audience`, ...) |
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -147,6 +148,11 @@ impl Metrics {
             .increment(1);
     }
 
+    /// One auth callout request answered (`"accepted"` or the refusal's kind).
+    pub fn auth_callout(&self, outcome: &'static str) {
+        metrics::counter!(self.name("auth_callouts_total"), "outcome" => outcome).increment(1);
+    }
+
     /// A failed database operation.
     pub fn database_error(&self, operation: &'static str, kind: DatabaseErrorKind) {
         metrics::counter!(self.name("database_errors_total"), "operation" => operation, "kind" => kind.as_str())
@@ -164,7 +170,7 @@ enum Kind {
 
 /// Every metric (name after the namespace), its kind and its `# HELP` text: the exporter
 /// writes a HELP line only for a described metric.
-const DESCRIPTIONS: [(&str, Kind, &str); 22] = [
+const DESCRIPTIONS: [(&str, Kind, &str); 23] = [
     (
         "drained_rows_total",
         Kind::Counter,
@@ -271,6 +277,11 @@ const DESCRIPTIONS: [(&str, Kind, &str); 22] = [
         "snapshot_covered_seq",
         Kind::Gauge,
         "Stream sequence the last snapshot taken or restored here covers.",
+    ),
+    (
+        "auth_callouts_total",
+        Kind::Counter,
+        "Scoped clients' connection attempts answered through NATS auth callout, by outcome (accepted, or why refused).",
     ),
 ];
 

@@ -122,6 +122,8 @@ async fn serve(
     let transport_config = transport_config(config, node_id, server);
     let (events_tx, events) = mpsc::unbounded_channel();
     let client = transport::connect(&transport_config, events_tx.clone()).await?;
+    // Scoped clients' NATS auth callout (scopes on): answers until `serve` returns.
+    let _auth_callout = crate::auth::start(config, &client).await?;
     let js = jetstream::new(client.clone());
     let ask = PeerAsk {
         client: client.clone(),

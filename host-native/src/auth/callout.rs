@@ -1,0 +1,231 @@
+//! The auth callout service: answers the NATS server's authorization requests for scoped
+//! clients.
+//!
+//! A scoped client connects with the app's JWT as its NATS token. The server, configured with
+//! `auth_callout` (issuer: the account key of `scopes.auth.callout_seed_file`), sends an
+//! authorization request to `$SYS.REQ.USER.AUTH`; every node subscribes in one queue group,
+//! so one answers. The answer is an authorization response signed by the account key that
+//! carries either a NATS user JWT with exactly the client's permissions
+//! ([`Callout::permissions`]) and the token's expiry, or the reason the token was refused
+//! (the server refuses the connection: clients see an authorization violation). Each
+//! refusal is one log line naming the reason, never the token; each outcome is counted in
+//! `harmonylite_auth_callouts_total{outcome}`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use harmonylite_core::scope::{Partition, ScopeRules, Subjects};
+use tokio::task::JoinHandle;
+
+use crate::auth::nats_jwt::{self, UserPermissions};
+use crate::auth::token::{self, Refusal, Verifier};
+use crate::auth::AuthError;
+use crate::config::Config;
+use crate::nats::setup::stream_name;
+use crate::ops::metrics::Metrics;
+
+/// The subject NATS servers send authorization requests to.
+pub const CALLOUT_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
+/// The queue group every node's callout service joins, so one node answers each request.
+pub const QUEUE_GROUP: &str = "harmonylite-auth-callout";
+
+/// Everything needed to answer authorization requests.
+pub struct Callout {
+    verifier: Verifier,
+    rules: ScopeRules,
+    subjects: Subjects,
+    stream: String,
+    account: nkeys::KeyPair,
+    metrics: Metrics,
+}
+
+/// What the service did with one request.
+#[derive(Debug)]
+pub enum Answer {
+    /// A response to send back (a user JWT or a refusal), and the outcome label.
+    Reply {
+        /// The authorization response JWT.
+        response: String,
+        /// The `outcome` label.
+        outcome: &'static str,
+    },
+    /// A request that cannot be answered (not a server's signed request).
+    Ignore,
+}
+
+impl Callout {
+    /// The service `config` describes, its keys read; `None` when scopes are off.
+    pub fn load(config: &Config) -> Result<Option<Callout>, AuthError> {
+        let scopes = &config.scopes;
+        if !scopes.enabled() {
+            return Ok(None);
+        }
+        let rules = scopes.rules().map_err(AuthError::Rules)?;
+        Ok(Some(Callout {
+            verifier: Verifier::load(&scopes.auth)?,
+            rules,
+            subjects: Subjects::new(config.nats.subject_prefix.clone()),
+            stream: stream_name(&config.nats),
+            account: scopes.auth.callout_account()?,
+            metrics: Metrics::new(&config.prometheus.namespace),
+        }))
+    }
+
+    /// The public key of the account that signs the answers (the server's
+    /// `auth_callout.issuer`).
+    pub fn issuer(&self) -> String {
+        self.account.public_key()
+    }
+
+    /// Exactly what a scoped client of user `subject` holding `partitions` may do:
+    ///
+    /// - subscribe only under its inbox prefix ([`Subjects::client_inbox_prefix`]), where
+    ///   its request replies and consumer deliveries arrive;
+    /// - publish changes on its partitions' subjects;
+    /// - create consumers on the stream whose filter is one of its read filters (the filter
+    ///   is part of the API subject, and the server refuses a body whose filter differs);
+    /// - fetch from and read the info of consumers of the stream, read the stream's info;
+    /// - send scoped bootstrap requests.
+    pub fn permissions(&self, subject: &str, partitions: &[Partition]) -> UserPermissions {
+        let client = self.subjects.client_subjects(partitions);
+        let stream = &self.stream;
+        let mut publish = client.publish;
+        publish.extend(
+            client
+                .read
+                .iter()
+                .map(|filter| format!("$JS.API.CONSUMER.CREATE.{stream}.*.{filter}")),
+        );
+        publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"));
+        publish.push(format!("$JS.API.CONSUMER.INFO.{stream}.*"));
+        publish.push(format!("$JS.API.STREAM.INFO.{stream}"));
+        publish.push(self.subjects.bootstrap_request());
+        UserPermissions {
+            publish,
+            subscribe: vec![format!("{}.>", Subjects::client_inbox_prefix(subject))],
+        }
+    }
+
+    /// Answers one authorization request (`now`: Unix seconds).
+    pub fn answer(&self, request: &[u8], now: i64) -> Answer {
+        let request = match std::str::from_utf8(request)
+            .map_err(|_| nats_jwt::RequestError::Malformed("not text".into()))
+            .and_then(nats_jwt::decode_request)
+        {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::warn!(target: "harmonylite::auth", "ignored an authorization request: {e} (a server with `auth_callout.xkey` set sends encrypted requests, which this service does not read)");
+                self.metrics.auth_callout("bad_request");
+                return Answer::Ignore;
+            }
+        };
+        let decision = self
+            .decide(&request.token)
+            .and_then(|(verified, partitions)| {
+                let permissions = self.permissions(&verified.subject, &partitions);
+                let expires = verified.expires.max(now + 1);
+                nats_jwt::user_jwt(
+                    &self.account,
+                    &request.user_nkey,
+                    &verified.subject,
+                    &permissions,
+                    expires,
+                    now,
+                )
+                .map(|user| (verified, partitions, user))
+                .map_err(|e| Decision::Failed(e.to_string()))
+            });
+        let (response, outcome) = match decision {
+            Ok((verified, partitions, user)) => {
+                tracing::debug!(target: "harmonylite::auth", user = %verified.subject, partitions = partitions.len(), client = %request.client_name, host = %request.client_host, "accepted a scoped client");
+                (
+                    nats_jwt::response_jwt(&self.account, &request, Ok(&user), now),
+                    "accepted",
+                )
+            }
+            Err(Decision::Refused(refusal)) => {
+                tracing::warn!(target: "harmonylite::auth", client = %request.client_name, host = %request.client_host, "refused a scoped client: {refusal}");
+                (
+                    nats_jwt::response_jwt(&self.account, &request, Err(&refusal.to_string()), now),
+                    refusal.outcome(),
+                )
+            }
+            Err(Decision::Failed(why)) => {
+                tracing::error!(target: "harmonylite::auth", "could not sign a NATS user: {why}");
+                (
+                    nats_jwt::response_jwt(
+                        &self.account,
+                        &request,
+                        Err("the auth service could not sign a user"),
+                        now,
+                    ),
+                    "error",
+                )
+            }
+        };
+        match response {
+            Ok(response) => Answer::Reply { response, outcome },
+            Err(e) => {
+                tracing::error!(target: "harmonylite::auth", "could not sign an authorization response: {e}");
+                self.metrics.auth_callout("error");
+                Answer::Ignore
+            }
+        }
+    }
+
+    fn decide(&self, token: &str) -> Result<(token::Verified, Vec<Partition>), Decision> {
+        let verified = self.verifier.verify(token).map_err(Decision::Refused)?;
+        let partitions =
+            token::partitions(&self.rules, &verified.claims).map_err(Decision::Refused)?;
+        Ok((verified, partitions))
+    }
+
+    /// Subscribes to the callout subject on `client` and answers requests until the
+    /// returned task is dropped.
+    pub async fn serve(self, client: async_nats::Client) -> Result<CalloutTask, AuthError> {
+        let mut requests = client
+            .queue_subscribe(CALLOUT_SUBJECT, QUEUE_GROUP.into())
+            .await
+            .map_err(|e| AuthError::Subscribe(e.to_string()))?;
+        tracing::info!(target: "harmonylite::auth", issuer = %self.issuer(), rules = self.rules.rules().len(), "answering NATS auth callout requests for scoped clients");
+        let task = tokio::spawn(async move {
+            while let Some(message) = requests.next().await {
+                let Some(reply) = message.reply.clone() else {
+                    continue;
+                };
+                match self.answer(&message.payload, unix_now()) {
+                    Answer::Reply { response, outcome } => {
+                        self.metrics.auth_callout(outcome);
+                        if let Err(e) = client.publish(reply, response.into()).await {
+                            tracing::warn!(target: "harmonylite::auth", "could not send an authorization response: {e}");
+                        }
+                    }
+                    Answer::Ignore => {}
+                }
+            }
+        });
+        Ok(CalloutTask(task))
+    }
+}
+
+enum Decision {
+    Refused(Refusal),
+    Failed(String),
+}
+
+/// The running callout service; dropping it stops answering.
+#[derive(Debug)]
+pub struct CalloutTask(JoinHandle<()>);
+
+impl Drop for CalloutTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
