@@ -806,9 +806,11 @@ export class LocalReplica implements Replica {
 
   /**
    * Starts a transaction by hand (used by the Worker bridge; applications use
-   * {@link transaction}). Exactly one of `commit()` / `rollback()` must follow.
+   * {@link transaction}). Exactly one of `commit()` / `rollback()` must follow. Its writes
+   * are captured as soon as it ends, or with `captureSoon` on the next turn of the event
+   * loop, together with other writes made meanwhile (as after `exec`).
    */
-  beginTransaction(): Transaction & { commit(): void; rollback(): void } {
+  beginTransaction(captureSoon = false): Transaction & { commit(): void; rollback(): void } {
     this.#check();
     if (this.#tx) {
       throw new InvalidArgumentError("a transaction is already open");
@@ -829,7 +831,11 @@ export class LocalReplica implements Replica {
       } finally {
         this.#tx = null;
         release();
-        if (!this.#closed) {
+        if (this.#closed) {
+          // Nothing to capture.
+        } else if (captureSoon) {
+          this.#pushSoon(Kind.LocalWrite);
+        } else {
           this.#push(Kind.LocalWrite);
           this.#feed();
         }

@@ -159,7 +159,8 @@ async function record(t: TxHandle, call: Call, value: unknown): Promise<void> {
 async function recordedWrite(call: Call, run: (t: TxHandle) => Promise<unknown>): Promise<unknown> {
   const release = await takeQueue(call.from);
   try {
-    const t = current().beginTransaction();
+    // Captured with the writes around it, as a plain exec() is.
+    const t = current().beginTransaction(true);
     let value: unknown;
     try {
       await t.exec(CALLS_TABLE);
@@ -196,7 +197,7 @@ async function recordedOther(call: Call, run: () => Promise<unknown>): Promise<u
     }
     const value = await run();
     try {
-      const t = r.beginTransaction();
+      const t = r.beginTransaction(true);
       try {
         await record(t, call, value);
         t.commit();
