@@ -1129,6 +1129,7 @@ fn apply_frames(store: &mut Store, frames: &[Vec<u8>], first_seq: u64) -> (Timin
         .map(|(i, f)| Inbound {
             seq: StreamSeq::new(first_seq + i as u64),
             frame: f.clone(),
+            subject: None,
         })
         .collect();
     let (mut new_rows, mut won) = (0, 0);

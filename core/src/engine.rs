@@ -217,6 +217,8 @@ pub struct ReceiveSummary {
     pub own: u64,
     /// Parked messages.
     pub parked: Vec<Parked>,
+    /// Scoped replicas' messages refused for breaking their scope.
+    pub refused: Vec<crate::report::Refused>,
     /// Previously parked messages that applied now.
     pub unparked: u64,
     /// Replicated migrations applied.
@@ -239,6 +241,7 @@ impl ReceiveSummary {
             local_won: r.applied.local_won,
             own: r.own,
             parked: r.parked,
+            refused: r.refused,
             unparked: r.unparked,
             migrations: r.migrations,
             tables: r.applied.tables,

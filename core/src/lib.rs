@@ -61,7 +61,7 @@
 //! }
 //! assert_eq!(stream.len(), 1);
 //! // Our own message coming back from the stream only advances the cursor.
-//! engine.handle_input(now(3), Input::Message(Inbound { seq: StreamSeq::new(1), frame: stream[0].clone() }));
+//! engine.handle_input(now(3), Input::Message(Inbound { seq: StreamSeq::new(1), frame: stream[0].clone(), subject: None }));
 //! while engine.poll_output().is_some() {}
 //! assert_eq!(engine.applied_cursor(), StreamSeq::new(1));
 //! let _next_deadline = engine.poll_timeout();

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::change::{BatchSeq, StreamSeq};
+use crate::hlc::NodeId;
 
 /// One message taken from the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +13,10 @@ pub struct Inbound {
     pub seq: StreamSeq,
     /// The frame as received.
     pub frame: Vec<u8>,
+    /// The subject it arrived on, after `<prefix>.` (`None`: not known, as from a host
+    /// that does not pass subjects, or a parked message retried; treated as a full node's).
+    /// A scoped replica's subject (`scope::Writer::Scoped`) makes a full replica validate it.
+    pub subject: Option<String>,
 }
 
 /// What a drain captured.
@@ -58,12 +63,30 @@ pub struct ReceiveReport {
     pub already_seen: u64,
     /// Messages parked instead of applied.
     pub parked: Vec<Parked>,
+    /// Scoped replicas' messages refused for breaking their scope (dropped, here and on
+    /// every full replica).
+    pub refused: Vec<Refused>,
     /// Parked messages that now applied (retries only).
     pub unparked: u64,
     /// Replicated migrations applied.
     pub migrations: u64,
     /// The cursor after this receive.
     pub cursor: StreamSeq,
+}
+
+/// A scoped replica's message that every full replica refused (see `sqlite::scope_check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its stream position.
+    pub seq: StreamSeq,
+    /// The replica that published it, when the message says.
+    pub origin: Option<NodeId>,
+    /// The table of the first offending row ("" when the message was not a batch).
+    pub table: String,
+    /// That row's key, as text.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
 }
 
 /// Counts of one applied batch.

@@ -118,6 +118,8 @@ pub enum SessionInput {
         pending: u64,
         /// The frame.
         frame: Vec<u8>,
+        /// The subject it arrived on, after `<prefix>.` (see `report::Inbound::subject`).
+        subject: Option<String>,
     },
     /// JetStream stored outbox frame `id`.
     Acked {
@@ -492,6 +494,7 @@ impl<D: Database> Session<D> {
                 seq,
                 pending,
                 frame,
+                subject,
             } => {
                 let Consumer::Running { expected } = self.consumer else {
                     return None;
@@ -528,7 +531,11 @@ impl<D: Database> Session<D> {
                     expected: seq.next(),
                 };
                 self.stream_last_seq = self.stream_last_seq.max(seq.get() + pending);
-                Some(Input::Message(Inbound { seq, frame }))
+                Some(Input::Message(Inbound {
+                    seq,
+                    frame,
+                    subject,
+                }))
             }
             SessionInput::Acked { id } => Some(Input::Acked { id }),
             SessionInput::PublishFailed { id } => Some(Input::PublishFailed { id }),
@@ -783,6 +790,7 @@ mod tests {
             seq: StreamSeq::new(seq),
             pending,
             frame: vec![seq as u8],
+            subject: None,
         }
     }
 

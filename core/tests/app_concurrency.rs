@@ -128,6 +128,7 @@ fn deliver(stream: &[Vec<u8>], store: &mut Store) -> harmonylite_core::report::R
         .map(|(i, f)| Inbound {
             seq: StreamSeq::new((after + i + 1) as u64),
             frame: f.clone(),
+            subject: None,
         })
         .collect();
     store.receive(now(), &messages).expect("receive")

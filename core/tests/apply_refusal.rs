@@ -44,6 +44,7 @@ fn message(seq: u64, time: u64, rows: &[(i64, &str)]) -> Inbound {
     Inbound {
         seq: StreamSeq::new(seq),
         frame,
+        subject: None,
     }
 }
 
@@ -170,6 +171,7 @@ fn rows_of_an_excluded_table_are_skipped_and_the_rest_of_the_batch_applies() {
             &[Inbound {
                 seq: StreamSeq::new(1),
                 frame,
+                subject: None,
             }],
         )
         .unwrap();

@@ -121,6 +121,7 @@ impl Stream {
             .map(|(i, frame)| Inbound {
                 seq: StreamSeq::new((after + i + 1) as u64),
                 frame: frame.clone(),
+                subject: None,
             })
             .collect();
         to.receive(now(), &messages).expect("receive")
@@ -297,7 +298,7 @@ fn install_is_idempotent() {
     rebuilt.sort();
     assert_eq!(rebuilt, vec!["notes", "pairs", "tags"]);
     let objects = internal_objects(first.connection());
-    // 9 internal tables, 3 version tables, 9 triggers.
+    // 10 internal tables, 3 version tables, 9 triggers.
     assert_eq!(
         objects.iter().filter(|o| o.0 == "trigger").count(),
         9,
@@ -305,7 +306,7 @@ fn install_is_idempotent() {
     );
     assert_eq!(
         objects.iter().filter(|o| o.0 == "table").count(),
-        12,
+        13,
         "{objects:?}"
     );
     let schema_version = count(first.connection(), "PRAGMA schema_version");
@@ -1317,6 +1318,7 @@ fn the_same_batch_twice_changes_nothing_the_second_time() {
             &[Inbound {
                 seq: StreamSeq::new(1),
                 frame: stream.frames[0].clone(),
+                subject: None,
             }],
         )
         .unwrap();

@@ -42,6 +42,7 @@ fn publish(store: &mut Store, stream: &mut Vec<Inbound>) {
         stream.push(Inbound {
             seq,
             frame: f.frame,
+            subject: None,
         });
     }
     store.outbox_remove(&ids).unwrap();

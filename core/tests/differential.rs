@@ -113,7 +113,7 @@ proptest! {
         let inbound: Vec<Inbound> = changes
             .iter()
             .enumerate()
-            .map(|(i, c)| Inbound { seq: StreamSeq::new(i as u64 + 1), frame: frame(c, i as u64 + 1) })
+            .map(|(i, c)| Inbound { seq: StreamSeq::new(i as u64 + 1), frame: frame(c, i as u64 + 1), subject: None })
             .collect();
         for chunk in inbound.chunks(group) {
             store.receive(NTP64(0), chunk).unwrap();

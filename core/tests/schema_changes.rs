@@ -114,6 +114,7 @@ impl Stream {
             .map(|(i, frame)| Inbound {
                 seq: StreamSeq::new((after + i + 1) as u64),
                 frame: frame.clone(),
+                subject: None,
             })
             .collect();
         to.store.receive(now(), &messages).expect("receive")
@@ -560,6 +561,7 @@ fn a_snapshot_carries_the_migration_version() {
             &[Inbound {
                 seq: StreamSeq::new(restored.store.cursor().get() + 1),
                 frame: stream.frames[0].clone(),
+                subject: None,
             }],
         )
         .unwrap();

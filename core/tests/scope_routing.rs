@@ -116,6 +116,7 @@ fn one_transaction_is_split_by_route_and_applied_whole() {
         .map(|(i, f)| Inbound {
             seq: StreamSeq::new(i as u64 + 1),
             frame: f.frame.clone(),
+            subject: None,
         })
         .collect();
     let (last, first) = inbound.split_last().unwrap();
@@ -173,6 +174,7 @@ fn large_routed_batches_are_chunked_and_reassembled() {
         .map(|(i, f)| Inbound {
             seq: StreamSeq::new(i as u64 + 1),
             frame: f.frame.clone(),
+            subject: None,
         })
         .collect();
     for (i, message) in inbound.iter().enumerate() {
@@ -213,4 +215,163 @@ fn rows_written_before_scopes_were_on_route_their_deletes() {
         wire::decode_message(&frames[0].frame),
         Ok(Message::V1(_))
     ));
+}
+
+/// A stream in miniature that keeps each message's subject, as JetStream does.
+#[derive(Default)]
+struct Stream {
+    messages: Vec<Inbound>,
+}
+
+impl Stream {
+    /// Publishes `store`'s pending writes on the subjects they name, or all on `forced`.
+    fn publish(&mut self, store: &mut Store, forced: Option<&str>) {
+        for frame in publish(store) {
+            let subject = forced.map(str::to_owned).or(frame.subject.clone());
+            self.messages.push(Inbound {
+                seq: StreamSeq::new(self.messages.len() as u64 + 1),
+                frame: frame.frame,
+                subject: Some(subject.unwrap_or_else(|| "1".into())),
+            });
+        }
+    }
+
+    /// Delivers everything after the store's cursor; returns the refusals.
+    fn deliver(&self, store: &mut Store) -> Vec<harmonylite_core::report::Refused> {
+        let after = store.cursor().get() as usize;
+        store
+            .receive(now(), &self.messages[after..])
+            .unwrap()
+            .refused
+    }
+}
+
+fn open_scoped_replica(path: &Path, node: u128) -> Store {
+    let mut options = StoreOptions::new(NodeId::from_u128(node).unwrap());
+    options.scopes = rules();
+    options.writer = harmonylite_core::scope::Writer::Scoped;
+    Store::open(Connection::open(path).unwrap(), options).unwrap()
+}
+
+fn notes(conn: &Connection) -> Vec<(String, String, String)> {
+    conn.prepare("SELECT id, owner_id, body FROM notes ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn every_full_replica_refuses_the_same_out_of_scope_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<_> = ["f1", "f2", "c"]
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.db")))
+        .collect();
+    let apps: Vec<Connection> = paths.iter().map(|p| app(p)).collect();
+    let mut f1 = open(&paths[0], 1, rules(), 1 << 20);
+    let mut f2 = open(&paths[1], 2, rules(), 1 << 20);
+    let mut client = open_scoped_replica(&paths[2], 3);
+    let mut stream = Stream::default();
+
+    // A full node writes u2's note; its own message counts once it is in the stream.
+    apps[0]
+        .execute("INSERT INTO notes VALUES ('n3', 'u2', 'theirs')", [])
+        .unwrap();
+    stream.publish(&mut f1, None);
+    assert!(stream.deliver(&mut f1).is_empty());
+    assert!(stream.deliver(&mut f2).is_empty());
+
+    // u1's client: its own note, on its own subject: accepted.
+    apps[2]
+        .execute("INSERT INTO notes VALUES ('n1', 'u1', 'mine')", [])
+        .unwrap();
+    stream.publish(&mut client, None);
+    assert_eq!(
+        stream.messages.last().unwrap().subject.as_deref(),
+        Some("p.user.tu1.c.tnotes")
+    );
+    // A row of u2's, published on u1's subject (all NATS lets u1 publish on): refused.
+    apps[2]
+        .execute("INSERT INTO notes VALUES ('n2', 'u2', 'forged')", [])
+        .unwrap();
+    stream.publish(&mut client, Some("p.user.tu1.c.tnotes"));
+    // u2's note taken over: the row claims u1, but the key was given to u2: refused.
+    apps[2]
+        .execute("INSERT INTO notes VALUES ('n3', 'u1', 'stolen')", [])
+        .unwrap();
+    stream.publish(&mut client, None);
+
+    let refused_1 = stream.deliver(&mut f1);
+    let refused_2 = stream.deliver(&mut f2);
+    let reasons: Vec<&str> = refused_1.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(refused_1.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].contains("belongs to partition user=Text(\"u2\")"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[0].contains("subject names user=Text(\"u1\")"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("the key belongs to partition user=Text(\"u2\")"),
+        "{reasons:?}"
+    );
+    assert_eq!(refused_1[1].table, "notes");
+    assert_eq!(refused_1[1].key, "[Text(\"n3\")]");
+    assert_eq!(
+        refused_1, refused_2,
+        "every full replica reaches the same verdicts"
+    );
+    let expected = vec![
+        ("n1".to_owned(), "u1".to_owned(), "mine".to_owned()),
+        ("n3".to_owned(), "u2".to_owned(), "theirs".to_owned()),
+    ];
+    assert_eq!(notes(&apps[0]), expected);
+    assert_eq!(notes(&apps[1]), expected);
+}
+
+#[test]
+fn a_scoped_frame_never_completes_a_full_nodes_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_path, b_path) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let a_app = app(&a_path);
+    let b_app = app(&b_path);
+    let mut a = open(&a_path, 1, rules(), 2048);
+    let mut b = open(&b_path, 2, rules(), 2048);
+    a_app.execute_batch("BEGIN").unwrap();
+    for i in 0..100 {
+        a_app
+            .execute(
+                "INSERT INTO notes VALUES (?1, 'u1', ?2)",
+                rusqlite::params![format!("n{i}"), "x".repeat(60)],
+            )
+            .unwrap();
+    }
+    a_app.execute_batch("COMMIT").unwrap();
+    let mut stream = Stream::default();
+    stream.publish(&mut a, None);
+    assert!(stream.messages.len() > 2);
+    // All but the last of the same frames, replayed by a client on its own subject ahead of
+    // the real ones: they wait apart from the full node's, so they neither complete its
+    // batch nor block it, and the full node's batch applies once, as a full node's.
+    let mut forged: Vec<Inbound> = stream
+        .messages
+        .iter()
+        .map(|m| Inbound {
+            subject: Some("p.user.tu1.c.tnotes".into()),
+            ..m.clone()
+        })
+        .collect();
+    forged.pop();
+    let real = std::mem::take(&mut stream.messages);
+    stream.messages = forged.into_iter().chain(real).collect();
+    for (i, m) in stream.messages.iter_mut().enumerate() {
+        m.seq = StreamSeq::new(i as u64 + 1);
+    }
+    let refused = stream.deliver(&mut b);
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(count(&b_app, "SELECT count(*) FROM notes"), 100);
 }

@@ -288,6 +288,7 @@ impl Stream {
             seq: StreamSeq::new(seq),
             pending: self.last() - seq,
             frame: self.frames[seq as usize - 1].clone(),
+            subject: None,
         }
     }
 

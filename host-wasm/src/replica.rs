@@ -538,6 +538,9 @@ impl Replica {
                     seq: StreamSeq::new(seq_arg(n, "a stream sequence")?),
                     pending: seq_arg(p, "a pending count")?,
                     frame: value_arg::<Uint8Array>(&values, &mut next, "a Uint8Array")?.to_vec(),
+                    // The npm host does not pass subjects yet: its messages count as a full
+                    // node's (a wasm replica is not a validating full node of a scoped cluster).
+                    subject: None,
                 },
                 kind::ACKED => SessionInput::Acked {
                     id: seq_arg(n, "an outbox id")? as i64,

@@ -59,6 +59,8 @@ pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     (names::OUTBOX, "subject", "subject TEXT"),
     // The index of a routed frame's group's first frame; NULL for a plain batch part.
     (names::PARTS, "grp", "grp INTEGER"),
+    // The subject (after the prefix) a routed frame arrived on.
+    (names::PARTS, "subject", "subject TEXT"),
 ];
 
 /// `ALTER TABLE … ADD COLUMN` for one of [`ADDED_COLUMNS`].

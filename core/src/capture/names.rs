@@ -38,6 +38,8 @@ pub const PARKED: &str = "__hl_parked";
 pub const MIGRATIONS: &str = "__hl_migrations";
 /// The partition of each partitioned row (scopes on), to route its deletes.
 pub const PARTITIONS: &str = "__hl_partitions";
+/// A full replica's own partitioned upserts, until their message is seen in the stream.
+pub const PARTITIONS_PENDING: &str = "__hl_partitions_pending";
 
 /// Version table of the table with registry id `id`.
 pub fn version_table(id: i64) -> String {

@@ -71,20 +71,28 @@ pub fn add_part(conn: &Connection, part: &MessageV1) -> Result<Option<Vec<u8>>, 
     Ok(Some(body))
 }
 
-/// Each route group's body (its frames concatenated) with its compression, in group order.
-pub type GroupBodies = Vec<(Compression, Vec<u8>)>;
+/// Each route group's subject (after the prefix), compression and body (its frames
+/// concatenated), in group order.
+pub type GroupBodies = Vec<(Option<String>, Compression, Vec<u8>)>;
 
-/// Stores one frame of a routed batch; returns every group's body (with its compression),
-/// in group order, once every frame of the batch is here (and forgets the frames).
+/// Stores one frame of a routed batch, with the subject it arrived on; returns every
+/// group, in group order, once every frame of the batch is here (and forgets the frames).
+/// A scoped replica's frames (`scoped`) are kept under a different origin key than full
+/// nodes' so they can never be joined to a full node's batch.
 pub fn add_routed_part(
     conn: &Connection,
     part: &RoutedPart,
+    subject: Option<&str>,
+    scoped: bool,
 ) -> Result<Option<GroupBodies>, StoreError> {
-    let origin = part.origin.to_bytes();
+    let mut origin = part.origin.to_bytes().to_vec();
+    if scoped {
+        origin.push(b'c');
+    }
     let batch_seq = part.batch_seq.get() as i64;
     conn.prepare_cached(&format!(
-        "INSERT OR IGNORE INTO {}(origin, batch_seq, part, parts, compression, body, grp) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR IGNORE INTO {}(origin, batch_seq, part, parts, compression, body, grp, subject) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         quote(names::PARTS)
     ))
     .and_then(|mut s| {
@@ -95,7 +103,8 @@ pub fn add_routed_part(
             part.parts,
             compression_code(part.compression),
             part.body,
-            part.group_start
+            part.group_start,
+            subject
         ])
     })
     .context("storing a message part")?;
@@ -110,11 +119,11 @@ pub fn add_routed_part(
     if have < part.parts as i64 {
         return Ok(None);
     }
-    let mut groups: Vec<(i64, Compression, Vec<u8>)> = Vec::new();
+    let mut groups: Vec<(i64, Option<String>, Compression, Vec<u8>)> = Vec::new();
     {
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT grp, compression, body FROM {} WHERE origin = ?1 AND batch_seq = ?2 \
+                "SELECT grp, compression, body, subject FROM {} WHERE origin = ?1 AND batch_seq = ?2 \
                  AND parts = ?3 AND grp IS NOT NULL ORDER BY part",
                 quote(names::PARTS)
             ))
@@ -126,9 +135,10 @@ pub fn add_routed_part(
             let group: i64 = row.get(0).context("reading message parts")?;
             let compression = compression_from_code(row.get(1).context("reading message parts")?);
             let bytes: Vec<u8> = row.get(2).context("reading message parts")?;
+            let subject: Option<String> = row.get(3).context("reading message parts")?;
             match groups.last_mut() {
-                Some((g, _, body)) if *g == group => body.extend_from_slice(&bytes),
-                _ => groups.push((group, compression, bytes)),
+                Some((g, _, _, body)) if *g == group => body.extend_from_slice(&bytes),
+                _ => groups.push((group, subject, compression, bytes)),
             }
         }
     }
@@ -141,7 +151,7 @@ pub fn add_routed_part(
     Ok(Some(
         groups
             .into_iter()
-            .map(|(_, compression, body)| (compression, body))
+            .map(|(_, subject, compression, body)| (subject, compression, body))
             .collect(),
     ))
 }

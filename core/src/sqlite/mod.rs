@@ -17,6 +17,7 @@ pub mod migrate;
 mod outbox;
 pub mod parked;
 mod routing;
+mod scope_check;
 mod session;
 pub mod snapshot;
 pub mod stream_identity;
@@ -107,6 +108,8 @@ enum Outcome {
     Own,
     PartStored,
     Migration(MigrationV1),
+    /// A scoped replica's change, refused (by every full replica alike).
+    Refused(Option<NodeId>, scope_check::Verdict),
 }
 
 /// Why [`Store::publish_migration`] published nothing.
@@ -393,9 +396,8 @@ impl Store {
                 &tx,
                 &self.schema.tables,
                 &mut self.clock,
-                self.options.node_id,
+                &self.options,
                 self.replay_own_until,
-                &self.options.scopes,
                 message,
                 now,
                 &mut park_frame,
@@ -412,6 +414,11 @@ impl Store {
                         }
                         Outcome::Own => report.own += 1,
                         Outcome::PartStored => report.parts_stored += 1,
+                        Outcome::Refused(origin, verdict) => {
+                            report
+                                .refused
+                                .push(verdict.into_refused(message.seq, origin));
+                        }
                         Outcome::Migration(migration) => {
                             match run_migration(
                                 &tx,
@@ -441,11 +448,12 @@ impl Store {
                     return Err(ReceiveError::NeedsSavepoints);
                 }
                 Err(ApplyFailure::Park(error)) => {
+                    let frame = park_frame.as_deref().unwrap_or(&message.frame);
                     if savepoints {
                         tx.execute_batch("ROLLBACK TO hl_message; RELEASE hl_message")
                             .context("rolling back a refused message")?;
+                        refold_after_rollback(&tx, &self.options, frame)?;
                     }
-                    let frame = park_frame.as_deref().unwrap_or(&message.frame);
                     let reason = error.to_string();
                     inbox::park(
                         &tx,
@@ -624,6 +632,7 @@ impl Store {
             let message = Inbound {
                 seq: p.seq,
                 frame: p.frame,
+                subject: None,
             };
             let mut park_frame = None;
             // Own messages never reach the parked table, so never skip by origin here.
@@ -631,9 +640,8 @@ impl Store {
                 &tx,
                 &self.schema.tables,
                 &mut self.clock,
-                self.options.node_id,
+                &self.options,
                 StreamSeq::new(u64::MAX),
-                &self.options.scopes,
                 &message,
                 now,
                 &mut park_frame,
@@ -671,7 +679,8 @@ impl Store {
                                 }
                             }
                         }
-                        Outcome::Own | Outcome::PartStored => {}
+                        // Retried messages have no subject, so they are never refused.
+                        Outcome::Own | Outcome::PartStored | Outcome::Refused(..) => {}
                     }
                 }
                 Err(ApplyFailure::Park(error)) => {
@@ -915,7 +924,10 @@ fn drain_in(
     if options.publish && !drained.batch.is_empty() {
         let seq = BatchSeq::new(*next_batch);
         let rows = drained.batch.len();
-        let frames = match encode_for_outbox(conn, schema, options, seq, drained.batch) {
+        if validates_scopes(options) {
+            scope_check::remember_own(conn, &options.scopes, options.node_id, seq, &drained.batch)?;
+        }
+        let frames = match encode_for_outbox(conn, options, seq, drained.batch) {
             Ok(frames) => frames,
             Err(EncodeError::Store(e)) => return Err(e),
             Err(EncodeError::Wire(e)) => {
@@ -936,7 +948,6 @@ fn drain_in(
 /// when every row is unscoped), else the route groups of [`routing::route`].
 fn encode_for_outbox(
     conn: &Connection,
-    schema: &Schema,
     options: &StoreOptions,
     seq: BatchSeq,
     batch: crate::change::Batch,
@@ -954,7 +965,7 @@ fn encode_for_outbox(
     if !options.scopes.is_enabled() {
         return Ok(unscoped(&batch)?);
     }
-    let groups = routing::route(conn, &schema.tables, &options.scopes, batch)?;
+    let groups = routing::route(conn, &options.scopes, batch)?;
     if let [(crate::scope::Route::Unscoped, batch)] = groups.as_slice() {
         return Ok(unscoped(batch)?);
     }
@@ -991,33 +1002,50 @@ enum EncodeError {
     Store(#[from] StoreError),
 }
 
-/// Decodes one message and applies it (or stores its part, or skips it as our own).
+/// Decodes one message and applies it (or stores its part, or skips it as our own, or, on a
+/// full replica with scopes on, refuses a scoped replica's change that breaks its scope).
 #[allow(clippy::too_many_arguments)]
 fn receive_one(
     conn: &Connection,
     tables: &Tables,
     clock: &mut Clock,
-    node: NodeId,
+    options: &StoreOptions,
     replay_own_until: StreamSeq,
-    scopes: &crate::scope::ScopeRules,
     message: &Inbound,
     now: NTP64,
     park_frame: &mut Option<Vec<u8>>,
 ) -> Result<Outcome, ApplyFailure> {
-    let part = match wire::decode_message(&message.frame) {
+    let node = options.node_id;
+    let decoded = wire::decode_message(&message.frame);
+    if validates_scopes(options)
+        && scope_check::is_scoped_subject(message.subject.as_deref(), &options.scopes)
+    {
+        return receive_scoped(
+            conn, tables, clock, options, message, decoded, now, park_frame,
+        );
+    }
+    let part = match decoded {
         Ok(Message::V1(part)) => part,
         // Migrations apply on every replica, their origin included.
         Ok(Message::Migration(migration)) => return Ok(Outcome::Migration(migration)),
         Ok(Message::Routed(part)) => {
             if part.origin == node && message.seq > replay_own_until {
-                return Ok(Outcome::Own);
+                return own_message(conn, options, part.batch_seq);
             }
-            return receive_routed(conn, tables, clock, scopes, part, now, park_frame);
+            let reassembled = !part.is_whole();
+            let Some(groups) = routed_groups(conn, part.clone(), message, false)? else {
+                return Ok(Outcome::PartStored);
+            };
+            let batch = decode_groups(&groups).map_err(ApplyFailure::Park)?;
+            if reassembled {
+                *park_frame = Some(single_frame(part.origin, part.batch_seq, &batch)?);
+            }
+            return apply_trusted(conn, tables, clock, options, part.origin, &batch, now);
         }
         Err(e) => return Err(ApplyFailure::Park(e.into())),
     };
     if part.origin == node && message.seq > replay_own_until {
-        return Ok(Outcome::Own);
+        return own_message(conn, options, part.batch_seq);
     }
     let MessageV1 {
         origin,
@@ -1045,58 +1073,175 @@ fn receive_one(
     };
     let batch = wire::decode_batch(compression, &body)
         .map_err(|e| ApplyFailure::Park(ApplyError::Wire(e)))?;
-    let applied = apply::apply_batch(conn, tables, clock, origin, &batch, now)?;
-    if scopes.is_enabled() {
-        routing::register_applied(conn, tables, scopes, origin, &batch)?;
+    apply_trusted(conn, tables, clock, options, origin, &batch, now)
+}
+
+/// Whether this replica validates scoped replicas' changes: a full replica with scopes on.
+fn validates_scopes(options: &StoreOptions) -> bool {
+    options.scopes.is_enabled() && options.writer == crate::scope::Writer::Full
+}
+
+/// Our own message, back from the stream: its effects are here already; with scopes on,
+/// its partitioned upserts now count in the accepted registry.
+fn own_message(
+    conn: &Connection,
+    options: &StoreOptions,
+    batch_seq: BatchSeq,
+) -> Result<Outcome, ApplyFailure> {
+    if validates_scopes(options) {
+        scope_check::own_message_seen(conn, batch_seq)?;
+    }
+    Ok(Outcome::Own)
+}
+
+/// Applies a batch whose changes need no validation (a full node's, or any batch on a
+/// replica that does not validate), recording its partitions first.
+#[allow(clippy::too_many_arguments)]
+fn apply_trusted(
+    conn: &Connection,
+    tables: &Tables,
+    clock: &mut Clock,
+    options: &StoreOptions,
+    origin: NodeId,
+    batch: &crate::change::Batch,
+    now: NTP64,
+) -> Result<Outcome, ApplyFailure> {
+    if validates_scopes(options) {
+        scope_check::accept(conn, &options.scopes, origin, batch)?;
+    }
+    let applied = apply::apply_batch(conn, tables, clock, origin, batch, now)?;
+    if options.scopes.is_enabled() {
+        routing::register_applied(conn, tables, &options.scopes, origin, batch)?;
     }
     Ok(Outcome::Applied(applied))
 }
 
-/// Stores one frame of a routed batch and, once every frame of every group is here,
-/// applies the groups as one batch (a full replica keeps the source batch atomic). A
-/// reassembled batch is parked, if it must be, as one single-part plain frame.
-fn receive_routed(
+/// A scoped replica's message on a full replica: refused unless every group keeps to the
+/// partition its subject names (see [`scope_check`]); accepted ones apply like any batch.
+#[allow(clippy::too_many_arguments)]
+fn receive_scoped(
     conn: &Connection,
     tables: &Tables,
     clock: &mut Clock,
-    scopes: &crate::scope::ScopeRules,
-    part: wire::RoutedPart,
+    options: &StoreOptions,
+    message: &Inbound,
+    decoded: Result<Message, wire::WireError>,
     now: NTP64,
     park_frame: &mut Option<Vec<u8>>,
 ) -> Result<Outcome, ApplyFailure> {
-    let (origin, batch_seq) = (part.origin, part.batch_seq);
-    let reassembled = !part.is_whole();
-    let groups = if reassembled {
-        match inbox::add_routed_part(conn, &part)? {
-            None => return Ok(Outcome::PartStored),
-            Some(groups) => groups,
-        }
-    } else {
-        vec![(part.compression, part.body)]
+    let refuse = |origin: Option<NodeId>, verdict: scope_check::Verdict| {
+        Ok(Outcome::Refused(origin, verdict))
     };
+    let part = match decoded {
+        Ok(Message::Routed(part)) => part,
+        Ok(_) => {
+            return refuse(
+                None,
+                scope_check::Verdict::message("a scoped replica may publish only routed batches"),
+            )
+        }
+        Err(e) => {
+            return refuse(
+                None,
+                scope_check::Verdict::message(format!("undecodable message: {e}")),
+            )
+        }
+    };
+    let (origin, batch_seq, reassembled) = (part.origin, part.batch_seq, !part.is_whole());
+    let Some(groups) = routed_groups(conn, part, message, true)? else {
+        return Ok(Outcome::PartStored);
+    };
+    let mut checked = Vec::with_capacity(groups.len());
+    for (subject, compression, body) in groups {
+        match wire::decode_batch(compression, &body) {
+            Ok(batch) => checked.push((subject, batch)),
+            Err(e) => {
+                return refuse(
+                    Some(origin),
+                    scope_check::Verdict::message(format!("undecodable batch: {e}")),
+                )
+            }
+        }
+    }
+    if let Err(verdict) = scope_check::check(conn, &options.scopes, &checked)? {
+        return refuse(Some(origin), verdict);
+    }
+    let batch = crate::change::Batch::merge(checked.into_iter().map(|(_, b)| b).collect());
+    if reassembled {
+        *park_frame = Some(single_frame(origin, batch_seq, &batch)?);
+    }
+    apply_trusted(conn, tables, clock, options, origin, &batch, now)
+}
+
+/// A routed batch's groups (subject, compression, body) once every frame is here (`None`:
+/// this frame was stored to wait for the rest). A scoped replica's frames wait apart from
+/// full nodes' (`scoped`), so a forged origin cannot complete a full node's batch.
+fn routed_groups(
+    conn: &Connection,
+    part: wire::RoutedPart,
+    message: &Inbound,
+    scoped: bool,
+) -> Result<Option<inbox::GroupBodies>, StoreError> {
+    if part.is_whole() {
+        return Ok(Some(vec![(
+            message.subject.clone(),
+            part.compression,
+            part.body,
+        )]));
+    }
+    inbox::add_routed_part(conn, &part, message.subject.as_deref(), scoped)
+}
+
+/// Decodes route groups and joins them into one batch.
+fn decode_groups(groups: &inbox::GroupBodies) -> Result<crate::change::Batch, ApplyError> {
     let batches = groups
         .iter()
-        .map(|(compression, body)| wire::decode_batch(*compression, body))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApplyFailure::Park(ApplyError::Wire(e)))?;
-    let batch = crate::change::Batch::merge(batches);
-    if reassembled {
-        *park_frame = Some(wire::encode_frame(&Message::V1(MessageV1 {
-            origin,
-            batch_seq,
-            part: 0,
-            parts: 1,
-            compression: wire::Compression::None,
-            body: postcard::to_allocvec(&batch).map_err(|e| {
-                ApplyFailure::Park(ApplyError::Wire(wire::WireError::Malformed(e.to_string())))
-            })?,
-        })));
+        .map(|(_, compression, body)| wire::decode_batch(*compression, body))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::change::Batch::merge(batches))
+}
+
+/// A reassembled batch as one plain single-part frame (what is parked for it).
+fn single_frame(
+    origin: NodeId,
+    batch_seq: BatchSeq,
+    batch: &crate::change::Batch,
+) -> Result<Vec<u8>, ApplyFailure> {
+    let body = postcard::to_allocvec(batch).map_err(|e| {
+        ApplyFailure::Park(ApplyError::Wire(wire::WireError::Malformed(e.to_string())))
+    })?;
+    Ok(wire::encode_frame(&Message::V1(MessageV1 {
+        origin,
+        batch_seq,
+        part: 0,
+        parts: 1,
+        compression: wire::Compression::None,
+        body,
+    })))
+}
+
+/// After a message's savepoint was rolled back to park it, records its partitions in the
+/// accepted registry again: acceptance belongs to its stream position, whatever happened
+/// when applying it, so every replica's registry stays the same.
+fn refold_after_rollback(
+    conn: &Connection,
+    options: &StoreOptions,
+    frame: &[u8],
+) -> Result<(), StoreError> {
+    if !validates_scopes(options) {
+        return Ok(());
     }
-    let applied = apply::apply_batch(conn, tables, clock, origin, &batch, now)?;
-    if scopes.is_enabled() {
-        routing::register_applied(conn, tables, scopes, origin, &batch)?;
+    let decoded = match wire::decode_message(frame) {
+        Ok(Message::V1(m)) if m.parts == 1 => Some((m.origin, m.compression, m.body)),
+        Ok(Message::Routed(m)) if m.is_whole() => Some((m.origin, m.compression, m.body)),
+        _ => None,
+    };
+    if let Some((origin, compression, body)) = decoded {
+        if let Ok(batch) = wire::decode_batch(compression, &body) {
+            scope_check::accept(conn, &options.scopes, origin, &batch)?;
+        }
     }
-    Ok(Outcome::Applied(applied))
+    Ok(())
 }
 
 /// Parks the message of a migration that failed on this database (kind `migration`, no

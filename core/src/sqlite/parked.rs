@@ -364,6 +364,7 @@ mod tests {
                 Inbound {
                     seq: StreamSeq::new(*seq),
                     frame: f.frame,
+                    subject: None,
                 }
             })
             .collect()

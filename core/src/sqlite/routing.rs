@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
+use super::scope_check::{column_value, encoded_key};
 use super::tables::{RegisteredTable, Tables};
 use crate::capture::names::{self, quote};
 use crate::change::{Batch, RowChange, TableSchema};
@@ -24,11 +25,12 @@ use crate::value::Value;
 /// Creates the partition registry if missing.
 pub(super) fn create_registry(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS {}(tbl INTEGER NOT NULL, key BLOB NOT NULL, \
-         part TEXT NOT NULL, PRIMARY KEY(tbl, key)) WITHOUT ROWID",
+        "CREATE TABLE IF NOT EXISTS {}(tbl TEXT NOT NULL, key BLOB NOT NULL, part TEXT, \
+         accepted TEXT, accepted_hlc BLOB, PRIMARY KEY(tbl, key)) WITHOUT ROWID",
         quote(names::PARTITIONS)
     ))
-    .context("creating the partition registry")
+    .context("creating the partition registry")?;
+    super::scope_check::create_pending(conn)
 }
 
 /// Splits `batch` into route groups, in the order each route first appears, rows in their
@@ -37,7 +39,6 @@ pub(super) fn create_registry(conn: &Connection) -> Result<(), StoreError> {
 /// one drain, never published) travels unscoped.
 pub(super) fn route(
     conn: &Connection,
-    tables: &Tables,
     rules: &ScopeRules,
     batch: Batch,
 ) -> Result<Vec<(Route, Batch)>, StoreError> {
@@ -49,7 +50,7 @@ pub(super) fn route(
     } = batch;
     for row in rows {
         let schema = &schemas[row.table as usize];
-        let route = row_route(conn, tables, rules, schema, &row)?;
+        let route = row_route(conn, rules, schema, &row)?;
         let slot = *index.entry(route.clone()).or_insert_with(|| {
             groups.push((route, Batch::default(), HashMap::new()));
             groups.len() - 1
@@ -69,7 +70,6 @@ pub(super) fn route(
 
 fn row_route(
     conn: &Connection,
-    tables: &Tables,
     rules: &ScopeRules,
     schema: &TableSchema,
     row: &RowChange,
@@ -79,9 +79,6 @@ fn row_route(
         TableScope::Hidden => Ok(Route::Unscoped),
         TableScope::Shared => Ok(Route::Shared { table }),
         TableScope::Partitioned { rule, columns } => {
-            let Some(registered) = tables.by_name(&schema.name) else {
-                return Ok(Route::Unscoped);
-            };
             let partition = match &row.values {
                 Some(values) => {
                     let partition = Partition {
@@ -91,10 +88,10 @@ fn row_route(
                             .map(|c| column_value(schema, &row.key, values, c))
                             .collect(),
                     };
-                    register(conn, registered.id, &row.key, &partition)?;
+                    register(conn, &table, &row.key, &partition)?;
                     Some(partition)
                 }
-                None => registered_partition(conn, registered.id, &row.key)?,
+                None => registered_partition(conn, &table, &row.key)?,
             };
             Ok(match partition {
                 Some(partition) => Route::Partition { partition, table },
@@ -104,27 +101,9 @@ fn row_route(
     }
 }
 
-/// The value of `column` in a row image (a key column or a value column; NULL when the
-/// sender's table lacks it).
-fn column_value(schema: &TableSchema, key: &[Value], values: &[Value], column: &str) -> Value {
-    let named = |c: &String| c.eq_ignore_ascii_case(column);
-    if let Some(i) = schema.key_columns.iter().position(named) {
-        return key[i].clone();
-    }
-    schema
-        .value_columns
-        .iter()
-        .position(named)
-        .map_or(Value::Null, |i| values[i].clone())
-}
-
-fn encoded_key(key: &[Value]) -> Vec<u8> {
-    postcard::to_allocvec(key).expect("encoding values into a Vec cannot fail")
-}
-
 fn register(
     conn: &Connection,
-    tbl: i64,
+    tbl: &str,
     key: &[Value],
     partition: &Partition,
 ) -> Result<(), StoreError> {
@@ -140,12 +119,12 @@ fn register(
 
 fn registered_partition(
     conn: &Connection,
-    tbl: i64,
+    tbl: &str,
     key: &[Value],
 ) -> Result<Option<Partition>, StoreError> {
     let token: Option<String> = conn
         .prepare_cached(&format!(
-            "SELECT part FROM {} WHERE tbl = ?1 AND key = ?2",
+            "SELECT part FROM {} WHERE tbl = ?1 AND key = ?2 AND part IS NOT NULL",
             quote(names::PARTITIONS)
         ))
         .and_then(|mut s| {
@@ -190,7 +169,7 @@ pub(super) fn register_applied(
                 .map(|c| column_value(schema, &row.key, values, c))
                 .collect(),
         };
-        register(conn, registered.id, &row.key, &partition)?;
+        register(conn, &schema.name.to_lowercase(), &row.key, &partition)?;
     }
     Ok(())
 }
@@ -271,7 +250,7 @@ pub(super) fn register_rows(
                 let values = read(keys.len()..keys.len() + parts.len())?;
                 register(
                     conn,
-                    registered.id,
+                    table,
                     &key,
                     &Partition {
                         rule: rule.name.clone(),

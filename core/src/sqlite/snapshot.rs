@@ -10,6 +10,7 @@
 //! | --- | --- | --- |
 //! | `__hl_outbox` rows (frames the taker has yet to publish) | removed | empty, or the restoring node's own kept state |
 //! | `__hl_log` rows (the taker's writes not drained yet) | removed | empty |
+//! | `__hl_partitions_pending` rows (the taker's own partitioned upserts not seen in the stream yet) | removed | empty |
 //! | meta `node_id` | removed | the restoring node's id |
 //! | meta `incarnation`, `next_batch`, `next_outbox_id` | removed | the restoring node's own values, or a fresh incarnation |
 //! | meta `replay_own_until` | removed | the stream's last sequence at restore time |
@@ -64,7 +65,12 @@ pub fn strip_node_local(copy: &mut Connection) -> Result<StreamSeq, StoreError> 
             "the database has no harmonylite metadata (has a sidecar ever run on it?)".into(),
         ));
     }
-    for table in [names::OUTBOX, names::LOG, names::APPLYING] {
+    for table in [
+        names::OUTBOX,
+        names::LOG,
+        names::APPLYING,
+        names::PARTITIONS_PENDING,
+    ] {
         if table_exists(&tx, table)? {
             tx.execute(&format!("DELETE FROM {}", quote(table)), [])
                 .context(format!("emptying {table} in the snapshot copy"))?;
@@ -364,6 +370,7 @@ mod tests {
             .map(|(i, f)| Inbound {
                 seq: StreamSeq::new(i as u64 + 1),
                 frame: f.frame,
+                subject: None,
             })
             .collect();
         a.receive(now(), &frames).unwrap();
@@ -426,6 +433,7 @@ mod tests {
         let own = Inbound {
             seq: StreamSeq::new(2),
             frame: b_old.outbox_after(0, 10).unwrap()[0].frame.clone(),
+            subject: None,
         };
         let kept = salvage(b_old.connection());
         assert_eq!(kept.node_id, Some(node(2)));
