@@ -111,7 +111,8 @@ pub fn transport_config(
         connect_timeout: nats.connect_timeout,
         client_name: format!("harmonylite-{node_id}"),
         stream_name: stream_name(nats),
-        subject: format!("{}.1", nats.subject_prefix),
+        subjects: harmonylite_core::scope::Subjects::new(nats.subject_prefix.as_str()),
+        scoped: config.scopes.enabled(),
         max_entries: config.replication_log.max_entries as i64,
         replicas: config.replication_log.replicas as usize,
     }

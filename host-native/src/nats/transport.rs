@@ -14,6 +14,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::engine::Publish;
+use harmonylite_core::scope::Subjects;
 use harmonylite_core::session::{missing_stream_refusal, StreamInfo};
 use tokio::sync::mpsc;
 
@@ -59,8 +60,10 @@ pub struct TransportConfig {
     pub client_name: String,
     /// JetStream stream holding the change log.
     pub stream_name: String,
-    /// Subject the change log is published on.
-    pub subject: String,
+    /// The change stream's subjects (`[nats] subject_prefix`).
+    pub subjects: Subjects,
+    /// Whether scope rules are set: the stream then holds the scoped subjects too.
+    pub scoped: bool,
     /// Stream retention, in messages.
     pub max_entries: i64,
     /// Stream replicas.
@@ -230,7 +233,7 @@ pub async fn ensure_stream(
 ) -> Result<stream::Stream, StreamError> {
     let wanted = stream::Config {
         name: config.stream_name.clone(),
-        subjects: vec![config.subject.clone()],
+        subjects: config.subjects.stream_subjects(config.scoped),
         max_messages: config.max_entries,
         discard: stream::DiscardPolicy::Old,
         retention: stream::RetentionPolicy::Limits,
@@ -272,14 +275,22 @@ pub async fn ensure_stream(
         .map_err(|e| StreamError::request("reading", &config.stream_name, e))?
         .config
         .clone();
+    // Subjects are only ever added: nodes of a cluster moving to scopes one by one never
+    // take away the subjects the others publish on.
+    let mut subjects = current.subjects.clone();
+    for subject in &wanted.subjects {
+        if !subjects.contains(subject) {
+            subjects.push(subject.clone());
+        }
+    }
     if current.max_messages != wanted.max_messages
         || current.num_replicas != wanted.num_replicas
-        || current.subjects != wanted.subjects
+        || current.subjects != subjects
     {
         let updated = stream::Config {
             max_messages: wanted.max_messages,
             num_replicas: wanted.num_replicas,
-            subjects: wanted.subjects.clone(),
+            subjects,
             ..current
         };
         js.update_stream(updated)
@@ -336,7 +347,7 @@ pub async fn consume_from(
 /// each outcome as [`TransportEvent::Acked`] or [`TransportEvent::PublishFailed`].
 pub fn spawn_publisher(
     js: jetstream::Context,
-    subject: String,
+    subjects: Subjects,
     events: mpsc::UnboundedSender<TransportEvent>,
 ) -> mpsc::UnboundedSender<Publish> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
@@ -350,7 +361,8 @@ pub fn spawn_publisher(
                     let message = jetstream::message::PublishMessage::build()
                         .payload(p.frame.into())
                         .message_id(&p.msg_id);
-                    match js.send_publish(subject.clone(), message).await {
+                    let subject = subjects.for_suffix(p.subject.as_deref());
+                    match js.send_publish(subject, message).await {
                         Ok(ack) => acks.push(async move { (p.id, ack.await.map(|_| ()).map_err(|e| e.to_string())) }),
                         Err(e) => {
                             let _ = events.send(TransportEvent::PublishFailed(p.id, e.to_string()));

@@ -10,6 +10,7 @@
 //! | `<ns>_applied_rows_total` | counter | rows changed by remote batches |
 //! | `<ns>_conflicts_total{winner="local"\|"remote"}` | counter | row conflicts and who won |
 //! | `<ns>_parked_total{kind}` | counter | messages parked, by reason kind |
+//! | `<ns>_refused_changes_total{table}` | counter | scoped replicas' messages refused for writing outside their scope (dropped on every full replica) |
 //! | `<ns>_parked_messages` | gauge | messages currently parked |
 //! | `<ns>_parked_table_messages{table}` | gauge | messages currently parked, by the table they are about (`""`: none) |
 //! | `<ns>_migration_version` | gauge | version of the last replicated migration applied here |
@@ -86,6 +87,10 @@ impl Metrics {
             .increment(summary.local_won);
         for parked in &summary.parked {
             metrics::counter!(self.name("parked_total"), "kind" => parked.kind.as_str())
+                .increment(1);
+        }
+        for refused in &summary.refused {
+            metrics::counter!(self.name("refused_changes_total"), "table" => refused.table.clone())
                 .increment(1);
         }
         metrics::histogram!(self.name("apply_seconds")).record(took.as_secs_f64());
@@ -170,7 +175,7 @@ enum Kind {
 
 /// Every metric (name after the namespace), its kind and its `# HELP` text: the exporter
 /// writes a HELP line only for a described metric.
-const DESCRIPTIONS: [(&str, Kind, &str); 23] = [
+const DESCRIPTIONS: [(&str, Kind, &str); 24] = [
     (
         "drained_rows_total",
         Kind::Counter,
@@ -200,6 +205,11 @@ const DESCRIPTIONS: [(&str, Kind, &str); 23] = [
         "parked_total",
         Kind::Counter,
         "Messages parked, by reason kind.",
+    ),
+    (
+        "refused_changes_total",
+        Kind::Counter,
+        "Scoped replicas' messages refused for writing outside their scope, by table.",
     ),
     ("parked_messages", Kind::Gauge, "Messages currently parked."),
     (

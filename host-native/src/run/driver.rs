@@ -137,7 +137,7 @@ async fn serve(
             config,
             node_id,
             js: &js,
-            subject: &transport_config.subject,
+            subjects: &transport_config.subjects,
             metrics: &metrics,
             status: &status,
             ask: &ask,
@@ -219,6 +219,9 @@ pub(super) struct Driver {
     pub(super) stream: jetstream::stream::Stream,
     pub(super) messages: Option<jetstream::consumer::pull::Ordered>,
     pub(super) batch_limit: usize,
+    /// The change stream's subjects: a delivered message's subject is passed to the session
+    /// after the prefix.
+    pub(super) subjects: harmonylite_core::scope::Subjects,
     /// How to fetch a snapshot to catch up from (None: `[snapshot] enable` is off, so a node
     /// that fell behind waits for an operator).
     pub(super) fetch: Option<FetchContext>,
@@ -277,7 +280,7 @@ impl Driver {
         report_install(&store);
         let publisher = transport::spawn_publisher(
             net.js.clone(),
-            net.transport.subject.clone(),
+            net.transport.subjects.clone(),
             net.events.clone(),
         );
         let watcher = DbWatcher::new(&config.db_path)
@@ -342,6 +345,7 @@ impl Driver {
             stream,
             messages: None,
             batch_limit: config.scan_max_changes.max(1),
+            subjects: net.transport.subjects.clone(),
             fetch,
             catch_up: None,
             responder,
@@ -517,6 +521,16 @@ impl Driver {
                         kind = parked.kind.as_str(),
                         "parked a message that cannot be applied here: {}",
                         parked.reason
+                    );
+                }
+                for refused in &summary.refused {
+                    tracing::warn!(
+                        seq = refused.seq.get(),
+                        table = %refused.table,
+                        key = %refused.key,
+                        client = ?refused.origin.map(|n| n.to_string()),
+                        "refused a scoped replica's change (dropped on every full node): {}",
+                        refused.reason
                     );
                 }
                 if summary.unparked > 0 {

@@ -132,6 +132,10 @@ impl Driver {
                         seq: StreamSeq::new(seq),
                         pending,
                         frame: message.payload.to_vec(),
+                        subject: self
+                            .subjects
+                            .suffix_of(message.subject.as_str())
+                            .map(str::to_owned),
                     });
                 }
                 Some(Err(e)) => {

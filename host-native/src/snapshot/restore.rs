@@ -48,6 +48,7 @@ use futures::StreamExt;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::report::OutboxFrame;
+use harmonylite_core::scope::Subjects;
 use harmonylite_core::snapshot::{SnapshotDecoder, SnapshotFrame, SnapshotHeader};
 use harmonylite_core::sqlite::snapshot::{
     install_node_local, open_read_only, quick_check, salvage, NodeLocal, Salvage,
@@ -381,7 +382,7 @@ pub async fn wait_until_unopened(
 pub async fn publish_outbox(
     store: &mut Store,
     js: &jetstream::Context,
-    subject: &str,
+    subjects: &Subjects,
 ) -> Result<u64, SnapshotError> {
     let mut total = 0;
     loop {
@@ -390,7 +391,7 @@ pub async fn publish_outbox(
         if frames.is_empty() {
             return Ok(total);
         }
-        publish_frames(js, subject, &frames).await;
+        publish_frames(js, subjects, &frames).await;
         let ids: Vec<i64> = frames.iter().map(|f| f.id).collect();
         store.outbox_remove(&ids)?;
         total += frames.len() as u64;
@@ -401,7 +402,7 @@ pub async fn publish_outbox(
 /// are skipped. Returns (published, skipped).
 pub async fn publish_salvaged(
     js: &jetstream::Context,
-    subject: &str,
+    subjects: &Subjects,
     frames: &[OutboxFrame],
 ) -> (u64, u64) {
     let (good, bad): (Vec<&OutboxFrame>, Vec<&OutboxFrame>) = frames
@@ -409,14 +410,14 @@ pub async fn publish_salvaged(
         .partition(|f| wire::decode_message(&f.frame).is_ok());
     for chunk in good.chunks(512) {
         let owned: Vec<OutboxFrame> = chunk.iter().map(|f| (*f).clone()).collect();
-        publish_frames(js, subject, &owned).await;
+        publish_frames(js, subjects, &owned).await;
     }
     (good.len() as u64, bad.len() as u64)
 }
 
 /// Publishes frames with their de-duplication ids and waits for every ack, retrying until
 /// all are stored (JetStream drops the copies it already has).
-async fn publish_frames(js: &jetstream::Context, subject: &str, frames: &[OutboxFrame]) {
+async fn publish_frames(js: &jetstream::Context, subjects: &Subjects, frames: &[OutboxFrame]) {
     let mut delay = Duration::from_millis(200);
     loop {
         let result = async {
@@ -426,7 +427,7 @@ async fn publish_frames(js: &jetstream::Context, subject: &str, frames: &[Outbox
                     .payload(f.frame.clone().into())
                     .message_id(&f.msg_id);
                 acks.push(
-                    js.send_publish(subject.to_owned(), message)
+                    js.send_publish(subjects.for_suffix(f.subject.as_deref()), message)
                         .await?
                         .into_future(),
                 );

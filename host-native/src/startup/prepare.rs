@@ -95,7 +95,7 @@ pub(crate) struct Startup<'a> {
     pub(crate) config: &'a Config,
     pub(crate) node_id: NodeId,
     pub(crate) js: &'a jetstream::Context,
-    pub(crate) subject: &'a str,
+    pub(crate) subjects: &'a harmonylite_core::scope::Subjects,
     pub(crate) metrics: &'a Metrics,
     pub(crate) status: &'a SharedStatus,
     pub(crate) ask: &'a PeerAsk,
@@ -166,7 +166,7 @@ pub(crate) async fn prepare_database(
         RestoreReason::Damaged => {
             restore::wait_until_unopened(&config.db_path, |why| ctx.waiting(why)).await?;
             let (published, skipped) =
-                restore::publish_salvaged(ctx.js, ctx.subject, &salvage.outbox).await;
+                restore::publish_salvaged(ctx.js, ctx.subjects, &salvage.outbox).await;
             if published > 0 || skipped > 0 {
                 tracing::warn!(
                     published,
