@@ -187,6 +187,16 @@ mod store_errors {
             #[source]
             source: rusqlite::Error,
         },
+        /// The publisher's scope rules differ from this replica's.
+        #[error("scope rules differ: node {origin} has rules {theirs:08x}, this node {ours:08x}; make [scopes] identical on every node (the message applies once they are)")]
+        ScopeRules {
+            /// The publishing node.
+            origin: String,
+            /// Its rules' fingerprint.
+            theirs: u32,
+            /// This replica's.
+            ours: u32,
+        },
     }
 
     impl ApplyError {
@@ -201,6 +211,7 @@ mod store_errors {
                 ApplyError::Clock(_) => ParkReason::Clock,
                 ApplyError::Rejected { .. } => ParkReason::Rejected,
                 ApplyError::Migration(_) => ParkReason::Migration,
+                ApplyError::ScopeRules { .. } => ParkReason::ScopeRules,
             }
         }
 
@@ -211,7 +222,10 @@ mod store_errors {
                 | ApplyError::UnknownColumn { table, .. }
                 | ApplyError::KeyMismatch { table, .. }
                 | ApplyError::Rejected { table, .. } => Some(table),
-                ApplyError::Wire(_) | ApplyError::Clock(_) | ApplyError::Migration(_) => None,
+                ApplyError::Wire(_)
+                | ApplyError::Clock(_)
+                | ApplyError::Migration(_)
+                | ApplyError::ScopeRules { .. } => None,
             }
         }
     }

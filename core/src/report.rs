@@ -165,13 +165,15 @@ pub enum ParkReason {
     Rejected,
     /// A replicated migration failed here or waits behind one that did.
     Migration,
+    /// The publisher's scope rules differ from this replica's.
+    ScopeRules,
     /// A name this build does not know (written by a newer build).
     Unknown,
 }
 
 impl ParkReason {
     /// Every reason this build writes.
-    pub const ALL: [ParkReason; 8] = [
+    pub const ALL: [ParkReason; 9] = [
         ParkReason::Version,
         ParkReason::Decode,
         ParkReason::UnknownTable,
@@ -180,6 +182,7 @@ impl ParkReason {
         ParkReason::Clock,
         ParkReason::Rejected,
         ParkReason::Migration,
+        ParkReason::ScopeRules,
     ];
 
     /// The stable short name (parked table, metrics labels, JS events).
@@ -193,6 +196,7 @@ impl ParkReason {
             ParkReason::Clock => "clock",
             ParkReason::Rejected => "rejected",
             ParkReason::Migration => "migration",
+            ParkReason::ScopeRules => "scope_rules",
             ParkReason::Unknown => "unknown",
         }
     }

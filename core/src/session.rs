@@ -225,6 +225,9 @@ pub struct SessionStatus {
     pub refused: Option<String>,
     /// Why the consumer does not run: the refusal, or the last failure to start it.
     pub consumer_error: Option<String>,
+    /// Why this replica's scope rules are believed to differ from another node's (a message
+    /// was parked for it and none has applied since).
+    pub scope_rules: Option<String>,
     /// Messages received and not applied yet.
     pub inbox: usize,
     /// Frames published and not acknowledged yet.
@@ -235,7 +238,10 @@ impl SessionStatus {
     /// Healthy: connected, consuming whatever the stream holds, not behind, not refused.
     /// A publish-only replica (`replicate = false`) only needs the connection.
     pub fn healthy(&self) -> bool {
-        self.connected && !self.fell_behind && self.consumer_error.is_none()
+        self.connected
+            && !self.fell_behind
+            && self.consumer_error.is_none()
+            && self.scope_rules.is_none()
     }
 
     /// Why the replica is not healthy, one sentence per reason (empty when healthy).
@@ -251,6 +257,9 @@ impl SessionStatus {
             ));
         }
         if let Some(why) = &self.consumer_error {
+            reasons.push(why.clone());
+        }
+        if let Some(why) = &self.scope_rules {
             reasons.push(why.clone());
         }
         reasons
@@ -302,6 +311,8 @@ pub struct Session<D: Database> {
     consumer_error: Option<String>,
     /// The sequence the last gap skipped, until it is delivered.
     last_gap: Option<StreamSeq>,
+    /// The last scope-rules refusal, until a parked message applies again.
+    scope_rules: Option<String>,
 }
 
 impl<D: Database> Session<D> {
@@ -318,6 +329,7 @@ impl<D: Database> Session<D> {
             refused: None,
             consumer_error: None,
             last_gap: None,
+            scope_rules: None,
         }
     }
 
@@ -368,6 +380,7 @@ impl<D: Database> Session<D> {
             fell_behind: self.fell_behind,
             refused: self.refused.clone(),
             consumer_error: self.consumer_error.clone(),
+            scope_rules: self.scope_rules.clone(),
             inbox: self.engine.inbox_len(),
             in_flight: self.engine.in_flight(),
         }
@@ -389,6 +402,9 @@ impl<D: Database> Session<D> {
         }
         self.engine.handle_inputs(now, engine_inputs);
         while let Some(output) = self.engine.poll_output() {
+            if let Output::Event(crate::engine::Event::Received(summary)) = &output {
+                self.note_scope_rules(summary);
+            }
             self.outputs.push_back(match output {
                 Output::Publish(p) => SessionOutput::Publish(p),
                 Output::Event(e) => SessionOutput::Event(e),
@@ -414,6 +430,21 @@ impl<D: Database> Session<D> {
         match (self.engine.poll_timeout(), consumer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// A message parked because another node's scope rules differ makes this replica
+    /// unhealthy (loudly, rather than judging scoped changes by different rules) until a
+    /// parked message applies again with none parked for that reason.
+    fn note_scope_rules(&mut self, summary: &crate::engine::ReceiveSummary) {
+        let mismatch = summary
+            .parked
+            .iter()
+            .find(|p| p.kind == crate::report::ParkReason::ScopeRules);
+        if let Some(parked) = mismatch {
+            self.scope_rules = Some(parked.reason.clone());
+        } else if summary.unparked > 0 {
+            self.scope_rules = None;
         }
     }
 

@@ -75,6 +75,9 @@ pub struct RoutedPart {
     pub group_start: u32,
     /// Number of frames of this frame's group.
     pub group_frames: u32,
+    /// Fingerprint of the publisher's scope rules (`scope::ScopeRules::fingerprint`): a
+    /// replica with other rules parks the frame rather than judge it by different rules.
+    pub rules: u32,
     /// How this group's concatenated frames are compressed.
     pub compression: Compression,
     /// This frame's bytes.
@@ -200,6 +203,7 @@ pub fn encode_batch(
 pub fn encode_routed_batch(
     origin: NodeId,
     batch_seq: BatchSeq,
+    rules: u32,
     groups: &[Batch],
     compression: Compression,
     max_frame: usize,
@@ -222,6 +226,7 @@ pub fn encode_routed_batch(
                 parts: parts as u32,
                 group_start,
                 group_frames,
+                rules,
                 compression,
                 body,
             }));
@@ -519,9 +524,15 @@ mod tests {
                     .collect(),
             })
             .collect();
-        let frames =
-            encode_routed_batch(node(), BatchSeq::new(5), &groups, Compression::None, 4096)
-                .unwrap();
+        let frames = encode_routed_batch(
+            node(),
+            BatchSeq::new(5),
+            7,
+            &groups,
+            Compression::None,
+            4096,
+        )
+        .unwrap();
         assert!(frames.len() > 3, "the big groups are chunked");
         let total = frames.len() as u32;
         for (g, group) in groups.iter().enumerate() {
@@ -552,6 +563,7 @@ mod tests {
                 parts,
                 group_start,
                 group_frames,
+                rules: 7,
                 compression: Compression::None,
                 body: vec![],
             })))

@@ -375,3 +375,38 @@ fn a_scoped_frame_never_completes_a_full_nodes_batch() {
     assert!(refused.is_empty(), "{refused:?}");
     assert_eq!(count(&b_app, "SELECT count(*) FROM notes"), 100);
 }
+
+#[test]
+fn a_replica_with_other_scope_rules_parks_routed_messages_until_the_rules_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_path, b_path) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let a_app = app(&a_path);
+    let b_app = app(&b_path);
+    let mut a = open(&a_path, 1, rules(), 1 << 20);
+    let other = ScopeRules::new(rules().rules().to_vec(), [], ["tags".to_owned()]).unwrap();
+    assert_ne!(other.fingerprint(), rules().fingerprint());
+    let mut b = open(&b_path, 2, other, 1 << 20);
+    a_app
+        .execute("INSERT INTO notes VALUES ('n1', 'u1', 'one')", [])
+        .unwrap();
+    let mut stream = Stream::default();
+    stream.publish(&mut a, None);
+    let report = b.receive(now(), &stream.messages).unwrap();
+    assert_eq!(report.parked.len(), 1);
+    assert_eq!(
+        report.parked[0].kind,
+        harmonylite_core::report::ParkReason::ScopeRules
+    );
+    assert!(
+        report.parked[0].reason.contains("scope rules differ"),
+        "{}",
+        report.parked[0].reason
+    );
+    assert_eq!(count(&b_app, "SELECT count(*) FROM notes"), 0);
+    drop(b);
+    // The operator makes the rules agree and restarts the node: the message applies.
+    let mut b = open(&b_path, 2, rules(), 1 << 20);
+    let retried = b.retry_parked(now()).unwrap();
+    assert_eq!(retried.unparked, 1);
+    assert_eq!(count(&b_app, "SELECT count(*) FROM notes"), 1);
+}

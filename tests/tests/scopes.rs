@@ -18,14 +18,15 @@ use futures::StreamExt;
 use harmonylite_core::change::BatchSeq;
 use harmonylite_core::change::{Batch, RowChange, TableSchema};
 use harmonylite_core::hlc::NodeId;
-use harmonylite_core::scope::Subjects;
+use harmonylite_core::scope::{PartitionRule, ScopeRules, Subjects};
 use harmonylite_core::value::Value;
 use harmonylite_core::wire::{self, Compression};
 use harmonylite_tests::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
-const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, origin TEXT, body BLOB);";
+const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, origin TEXT, body BLOB);\
+                      CREATE TABLE tags(id INTEGER PRIMARY KEY, name TEXT);";
 const START: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(90);
 const PREFIX: &str = "harmonylite-change-log";
@@ -210,9 +211,20 @@ fn client_frame(origin: NodeId, seq: u64, rows: &[(i64, &str)]) -> Vec<u8> {
             })
             .collect(),
     };
+    let rules = ScopeRules::new(
+        vec![PartitionRule {
+            name: "origin".into(),
+            claims: vec!["sub".into()],
+            tables: [("items".to_owned(), vec!["origin".to_owned()])].into(),
+        }],
+        [],
+        [],
+    )
+    .unwrap();
     let mut frames = wire::encode_routed_batch(
         origin,
         BatchSeq::new(seq),
+        rules.fingerprint(),
         &[batch],
         Compression::None,
         1 << 20,
@@ -299,6 +311,57 @@ fn every_node_refuses_a_scoped_clients_writes_outside_its_partition() {
         assert!(log.contains("the key belongs to partition origin=Text(\"bob\")"));
         assert!(log.contains("the row belongs to partition origin=Text(\"bob\")"));
     }
+    for node in &mut nodes {
+        node.stop();
+    }
+}
+
+#[test]
+fn a_node_whose_scope_rules_differ_says_so_and_applies_once_they_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _ports) = start_cluster(dir.path(), true);
+    // node3 restarts with one more table in its rules than the others.
+    nodes[2].stop();
+    let config = std::fs::read_to_string(&nodes[2].config).unwrap();
+    std::fs::write(
+        &nodes[2].config,
+        config.replace("[scopes]\n", "[scopes]\nshared = [\"tags\"]\n"),
+    )
+    .unwrap();
+    nodes[2].start();
+    nodes[2].wait_healthy(START);
+    nodes[0]
+        .app()
+        .execute("INSERT INTO items VALUES (1, 'bob', x'00')", [])
+        .unwrap();
+    let mut why = String::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || match nodes[2].health() {
+            Some((503, body)) => {
+                why = body.to_string();
+                why.contains("scope rules differ")
+            }
+            _ => false,
+        }),
+        "node3 stayed healthy with other scope rules:\n{}",
+        nodes[2].log_tail()
+    );
+    assert!(
+        why.contains("make [scopes] identical on every node"),
+        "{why}"
+    );
+    assert_eq!(
+        dump(&nodes[2].db, "items").len(),
+        0,
+        "nothing judged by other rules"
+    );
+
+    nodes[2].stop();
+    std::fs::write(&nodes[2].config, config).unwrap();
+    nodes[2].start();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_converged(&refs, "items", CONVERGE, |rows| rows.len() == 1);
+    nodes[2].wait_healthy(START);
     for node in &mut nodes {
         node.stop();
     }

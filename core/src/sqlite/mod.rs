@@ -973,6 +973,7 @@ fn encode_for_outbox(
     let frames = wire::encode_routed_batch(
         options.node_id,
         seq,
+        options.scopes.fingerprint(),
         &batches,
         options.compression,
         options.max_frame,
@@ -1017,6 +1018,16 @@ fn receive_one(
 ) -> Result<Outcome, ApplyFailure> {
     let node = options.node_id;
     let decoded = wire::decode_message(&message.frame);
+    if let Ok(Message::Routed(part)) = &decoded {
+        let ours = options.scopes.fingerprint();
+        if ours != 0 && part.rules != ours {
+            return Err(ApplyFailure::Park(ApplyError::ScopeRules {
+                origin: part.origin.to_string(),
+                theirs: part.rules,
+                ours,
+            }));
+        }
+    }
     if validates_scopes(options)
         && scope_check::is_scoped_subject(message.subject.as_deref(), &options.scopes)
     {

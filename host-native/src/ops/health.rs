@@ -43,6 +43,9 @@ pub struct Status {
     /// Why the stream consumer cannot start (e.g. a NATS permission refused), while it
     /// cannot; the node is unhealthy meanwhile.
     pub consumer_error: Option<String>,
+    /// Why this node's `[scopes]` rules are known to differ from another node's (a message
+    /// was parked for it); the node is unhealthy meanwhile.
+    pub scope_rules: Option<String>,
     /// Whether local writes are published.
     pub publish: bool,
     /// Whether remote changes are applied.

@@ -57,6 +57,7 @@ impl Driver {
         s.catching_up = self.catch_up.as_ref().map(CatchUpJob::status);
         s.healthy = replication.healthy() && !s.restoring;
         s.consumer_error = replication.consumer_error;
+        s.scope_rules = replication.scope_rules;
         self.metrics
             .gauges(outbox_frames, s.lag, parked, replication.connected);
     }
