@@ -503,6 +503,29 @@ impl Subjects {
         format!("{}.scope.bootstrap", self.prefix)
     }
 
+    /// The subject scoped replicas send [`FeedRequest`]s to (answered by any full node).
+    pub fn feed_request(&self) -> String {
+        format!("{}.scope.feed", self.prefix)
+    }
+
+    /// Where a scoped replica's feed delivers: a subject in its own inbox namespace (so only
+    /// it can subscribe), chosen by the full node that creates the feed, never by the client.
+    pub fn feed_deliver_subject(subject_claim: &str, replica: &str) -> String {
+        format!(
+            "{}.feed.{replica}",
+            Self::client_inbox_prefix(subject_claim)
+        )
+    }
+
+    /// The name of a scoped replica's feed consumer: one per user and replica, so asking
+    /// again replaces it.
+    pub fn feed_consumer_name(subject_claim: &str, replica: &str) -> String {
+        format!(
+            "hl_feed_{}_{replica}",
+            value_token(&Value::Text(subject_claim.to_owned()))
+        )
+    }
+
     /// The inbox prefix a scoped replica of user `subject_claim` (the token's `sub`) must
     /// use, so its permissions can let it receive only its own replies and deliveries.
     pub fn client_inbox_prefix(subject_claim: &str) -> String {
@@ -531,6 +554,51 @@ impl Subjects {
     pub fn parse(&self, subject: &str, rules: &ScopeRules) -> Option<(Route, Writer)> {
         Route::parse_suffix(self.suffix_of(subject)?, rules)
     }
+}
+
+/// A scoped replica's request for its feed: the stream from `from` on, filtered to what its
+/// token lets it read, delivered to [`Subjects::feed_deliver_subject`]. Sent as JSON to
+/// [`Subjects::feed_request`]; any full node answers with a [`FeedReply`].
+///
+/// Scoped replicas never create or pull consumers themselves: JetStream delivers a pull's
+/// messages to whatever reply subject the request names, whoever asks, so a client allowed
+/// `CONSUMER.MSG.NEXT` could make JetStream publish its messages on subjects it may not
+/// publish to. A full node creates a push consumer whose delivery subject lies in the
+/// client's own inbox namespace instead.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FeedRequest {
+    /// The app's token (JWT), verified again by the answering node.
+    pub token: String,
+    /// The replica's node id (hex): names its consumer and delivery subject.
+    pub replica: String,
+    /// The first stream sequence to deliver (the replica's cursor + 1).
+    pub from: u64,
+}
+
+/// A full node's answer to a [`FeedRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedReply {
+    /// The feed delivers from the requested sequence.
+    Started {
+        /// The consumer's name.
+        consumer: String,
+        /// Where it delivers (the client subscribed before asking).
+        deliver_subject: String,
+        /// The read filters it delivers.
+        filters: Vec<String>,
+        /// The stream's first sequence.
+        first_seq: u64,
+        /// The stream's last sequence.
+        last_seq: u64,
+        /// When the stream was created (Unix ns), for the stream identity check.
+        created_ns: u64,
+    },
+    /// Refused: the token is not valid (now), or the request is malformed.
+    Refused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The subjects one scoped replica may use (see [`Subjects::client_subjects`]).
@@ -768,6 +836,15 @@ mod tests {
         );
         assert_eq!(c.publish, ["app.p.team.i7.c.*", "app.p.user.tu1.c.*"]);
         assert_eq!(s.bootstrap_request(), "app.scope.bootstrap");
+        assert_eq!(s.feed_request(), "app.scope.feed");
+        assert_eq!(
+            Subjects::feed_deliver_subject("u1", "1a2b"),
+            "_INBOX_tu1.feed.1a2b"
+        );
+        assert_eq!(
+            Subjects::feed_consumer_name("u1", "1a2b"),
+            "hl_feed_tu1_1a2b"
+        );
         assert_eq!(Subjects::client_inbox_prefix("u1"), "_INBOX_tu1");
         assert_eq!(Subjects::client_inbox_prefix("a.b"), "_INBOX_x612e62");
     }
