@@ -64,6 +64,11 @@ pub struct SessionConfig {
     pub consumer_retry: Duration,
     /// Delay before reading the stream's bounds again after that failed (default 2 s).
     pub stream_info_retry: Duration,
+    /// The consumer delivers a filtered part of the stream (a scoped replica's feed): stream
+    /// sequences skip what the filter leaves out, so a jump is no gap (the host watches the
+    /// consumer's own sequence and reports a lost delivery as `ConsumerFailed`), and the lag
+    /// is the consumer's `pending` count (default `false`).
+    pub filtered: bool,
 }
 
 impl SessionConfig {
@@ -79,6 +84,7 @@ impl SessionConfig {
             recheck_interval: Duration::from_secs(30),
             consumer_retry: Duration::from_secs(1),
             stream_info_retry: Duration::from_secs(2),
+            filtered: false,
         }
     }
 }
@@ -313,6 +319,8 @@ pub struct Session<D: Database> {
     last_gap: Option<StreamSeq>,
     /// The last scope-rules refusal, until a parked message applies again.
     scope_rules: Option<String>,
+    /// A filtered consumer's last `pending` count (its lag; see [`SessionConfig::filtered`]).
+    filtered_pending: u64,
 }
 
 impl<D: Database> Session<D> {
@@ -330,6 +338,7 @@ impl<D: Database> Session<D> {
             consumer_error: None,
             last_gap: None,
             scope_rules: None,
+            filtered_pending: 0,
         }
     }
 
@@ -376,7 +385,11 @@ impl<D: Database> Session<D> {
             consuming: matches!(self.consumer, Consumer::Running { .. }),
             cursor,
             stream_last_seq,
-            lag: stream_last_seq - cursor,
+            lag: if self.config.filtered {
+                self.filtered_pending + self.engine.inbox_len() as u64
+            } else {
+                stream_last_seq - cursor
+            },
             fell_behind: self.fell_behind,
             refused: self.refused.clone(),
             consumer_error: self.consumer_error.clone(),
@@ -532,6 +545,18 @@ impl<D: Database> Session<D> {
                 };
                 if seq < expected {
                     return None;
+                }
+                if self.config.filtered {
+                    self.consumer = Consumer::Running {
+                        expected: seq.next(),
+                    };
+                    self.stream_last_seq = self.stream_last_seq.max(seq.get());
+                    self.filtered_pending = pending;
+                    return Some(Input::Message(Inbound {
+                        seq,
+                        frame,
+                        subject,
+                    }));
                 }
                 if seq > expected {
                     self.outputs
@@ -1198,5 +1223,45 @@ mod tests {
         feed(&mut s, 0, vec![info(1, 20, 7)]);
         assert_eq!(s.status().refused, None);
         assert!(s.status().consumer_error.is_none());
+    }
+
+    #[test]
+    fn a_filtered_feed_skips_sequences_without_a_gap_and_its_lag_is_pending() {
+        let mut config = SessionConfig::new(EngineConfig::default(), "S-1", "adopt it");
+        config.filtered = true;
+        let mut s = Session::new(FakeDb::default(), config);
+        consuming(&mut s, 50);
+        assert!(feed(
+            &mut s,
+            1,
+            vec![message(3, 4), message(9, 3), message(20, 0)]
+        )
+        .is_empty());
+        let status = s.status();
+        assert_eq!(status.cursor, 20);
+        assert_eq!(status.lag, 0, "the feed has nothing pending");
+        assert!(status.healthy());
+        // Older or repeated deliveries are ignored, as with an unfiltered consumer.
+        assert!(feed(&mut s, 2, vec![message(9, 0)]).is_empty());
+        assert_eq!(s.status().cursor, 20);
+        // A lost delivery is the host's to see (the consumer's own sequence): it reports
+        // the consumer failed, and the session restarts it from the cursor.
+        feed(
+            &mut s,
+            3,
+            vec![SessionInput::ConsumerFailed {
+                error: "delivery 5 missing".into(),
+            }],
+        );
+        assert_eq!(
+            feed(&mut s, 1_100, vec![SessionInput::Timeout]),
+            vec![SessionOutput::ReadStreamInfo]
+        );
+        assert_eq!(
+            feed(&mut s, 1_100, vec![info(1, 60, 7)]),
+            vec![SessionOutput::StartConsumer {
+                from: StreamSeq::new(21)
+            }]
+        );
     }
 }
