@@ -39,7 +39,7 @@ pub const SCHEMA_SUFFIX: &str = "schema";
 
 /// What one scope rule says: a named kind of partition, the token claims that grant it, and
 /// the tables it partitions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionRule {
     /// The rule's name, a subject token (`[a-z0-9_-]`), e.g. `user` or `team`.
     pub name: String,
@@ -148,6 +148,19 @@ pub enum ScopeError {
     },
 }
 
+/// Scope rules as data (JSON for scoped replicas, which take the rules from a full node,
+/// never from their own configuration): what [`ScopeRules::to_doc`] writes and
+/// [`ScopeRules::from_doc`] checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScopeRulesDoc {
+    /// The partition rules.
+    pub partition: Vec<PartitionRule>,
+    /// Shared tables.
+    pub shared: Vec<String>,
+    /// Hidden tables (listed explicitly).
+    pub hidden: Vec<String>,
+}
+
 /// The scope rules of a cluster: identical on every node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScopeRules {
@@ -227,6 +240,20 @@ impl ScopeRules {
             shared: shared_set,
             hidden: hidden_set,
         })
+    }
+
+    /// The rules as data.
+    pub fn to_doc(&self) -> ScopeRulesDoc {
+        ScopeRulesDoc {
+            partition: self.rules.clone(),
+            shared: self.shared.iter().cloned().collect(),
+            hidden: self.hidden.iter().cloned().collect(),
+        }
+    }
+
+    /// Checks rules given as data (see [`ScopeRules::new`]).
+    pub fn from_doc(doc: ScopeRulesDoc) -> Result<Self, ScopeError> {
+        ScopeRules::new(doc.partition, doc.shared, doc.hidden)
     }
 
     /// Whether any rule or shared table is set (scopes are on).
@@ -891,6 +918,17 @@ mod tests {
             &[]
         )
         .contains("defined twice"));
+    }
+
+    #[test]
+    fn rules_survive_their_data_form_with_the_same_fingerprint() {
+        let doc = rules().to_doc();
+        let back = ScopeRules::from_doc(doc.clone()).unwrap();
+        assert_eq!(back, rules());
+        assert_eq!(back.fingerprint(), rules().fingerprint());
+        let text = postcard::to_allocvec(&doc).unwrap();
+        let decoded: ScopeRulesDoc = postcard::from_bytes(&text).unwrap();
+        assert_eq!(decoded, doc);
     }
 
     #[test]
