@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use harmonylite_core::engine::EngineConfig;
 use harmonylite_core::hlc::{Clock, NodeId};
+use harmonylite_core::scope::{PartitionRule, ScopeRules, ScopeRulesDoc};
 use harmonylite_core::wire::Compression;
 use js_sys::{Array, Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
@@ -45,6 +46,11 @@ pub struct ReplicaOptions {
     pub stream: String,
     /// Whether the stream is consumed at all (`false`: publish only).
     pub replicate: bool,
+    /// The cluster's scope rules, as a full node gave them (`scopes`); default: none.
+    pub scopes: ScopeRules,
+    /// A scoped replica (`scoped: true`): it holds and writes only its partitions, publishes
+    /// on scoped subjects and consumes a filtered feed.
+    pub scoped: bool,
 }
 
 fn get(options: &JsValue, key: &str) -> JsValue {
@@ -84,6 +90,76 @@ fn opt_positive(options: &JsValue, key: &str) -> Result<Option<f64>, ReplicaErro
         Some(n) if n.is_finite() && n > 0.0 => Ok(Some(n)),
         _ => Err(invalid(key, "must be a positive number")),
     }
+}
+
+fn string_list(value: &JsValue, key: &str) -> Result<Vec<String>, ReplicaError> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(Vec::new());
+    }
+    value
+        .dyn_ref::<Array>()
+        .ok_or_else(|| invalid(key, "must be an array of strings"))?
+        .iter()
+        .map(|v| {
+            v.as_string()
+                .ok_or_else(|| invalid(key, "must be an array of strings"))
+        })
+        .collect()
+}
+
+/// `scopes`: `{ partition: [{ name, claims: [..], tables: { table: [columns] } }], shared:
+/// [..], hidden: [..] }` (the rules' data form, `ScopeRulesDoc`), checked like the sidecar's.
+fn scopes_arg(options: &JsValue) -> Result<ScopeRules, ReplicaError> {
+    let value = get(options, "scopes");
+    if value.is_undefined() || value.is_null() {
+        return Ok(ScopeRules::default());
+    }
+    if !value.is_object() {
+        return Err(invalid("scopes", "must be an object"));
+    }
+    let rules = get(&value, "partition");
+    let rules = if rules.is_undefined() || rules.is_null() {
+        Vec::new()
+    } else {
+        rules
+            .dyn_ref::<Array>()
+            .ok_or_else(|| invalid("scopes.partition", "must be an array"))?
+            .iter()
+            .map(|rule| {
+                let name = get(&rule, "name")
+                    .as_string()
+                    .ok_or_else(|| invalid("scopes.partition", "each rule needs a name"))?;
+                let claims = string_list(&get(&rule, "claims"), "scopes.partition claims")?;
+                let tables_value = get(&rule, "tables");
+                if !tables_value.is_object() {
+                    return Err(invalid(
+                        "scopes.partition",
+                        "each rule needs tables: { table: [columns] }",
+                    ));
+                }
+                let tables = js_sys::Object::entries(tables_value.unchecked_ref())
+                    .iter()
+                    .map(|entry| {
+                        let entry: Array = entry.unchecked_into();
+                        let table = entry.get(0).as_string().unwrap_or_default();
+                        let columns = string_list(&entry.get(1), "scopes.partition tables")?;
+                        Ok((table, columns))
+                    })
+                    .collect::<Result<_, ReplicaError>>()?;
+                Ok(PartitionRule {
+                    name,
+                    claims,
+                    tables,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let doc = ScopeRulesDoc {
+        partition: rules,
+        shared: string_list(&get(&value, "shared"), "scopes.shared")?,
+        hidden: string_list(&get(&value, "hidden"), "scopes.hidden")?,
+    };
+    ScopeRules::from_doc(doc).map_err(|e| invalid("scopes", &e.to_string()))
 }
 
 fn millis(n: f64) -> Duration {
@@ -193,6 +269,8 @@ impl ReplicaOptions {
             engine,
             stream,
             replicate,
+            scopes: scopes_arg(options)?,
+            scoped: opt_bool(options, "scoped")?.unwrap_or(false),
         })
     }
 

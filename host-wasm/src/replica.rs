@@ -40,6 +40,7 @@ mod kind {
     pub const CONSUMER_ENDED: u8 = 11;
     pub const RECHECK: u8 = 12;
     pub const REOPENED: u8 = 13;
+    pub const MESSAGE_ON_SUBJECT: u8 = 14;
 }
 
 /// VFS name of the OPFS pool.
@@ -89,10 +90,15 @@ pub async fn open_replica(options: JsValue) -> Result<Replica, JsValue> {
     store_options.compression = options.compression;
     store_options.max_clock_ahead = options.max_clock_ahead;
     store_options.incarnation = options.random_incarnation();
+    store_options.scopes = options.scopes.clone();
+    if options.scoped {
+        store_options.writer = harmonylite_core::scope::Writer::Scoped;
+    }
     let store = Store::open(conn, store_options).map_err(ReplicaError::from)?;
     let schema_seen = Replica::schema_version(store.connection())?;
     let config = SessionConfig {
         replicate: options.replicate,
+        filtered: options.scoped,
         ..SessionConfig::new(options.engine.clone(), &options.stream, HOW_TO_ADOPT)
     };
     Ok(Replica {
@@ -513,6 +519,7 @@ impl Replica {
     /// | 11 | consumer ended | — |
     /// | 12 | recheck the stream now | — |
     /// | 13 | reopened (after `restoreSnapshot` / `adoptStream`) | — |
+    /// | 14 | a stream message on a subject | like 1, then `values` the subject after the prefix (a string) |
     #[wasm_bindgen(js_name = handleInputs)]
     pub fn handle_inputs(
         &mut self,
@@ -538,9 +545,13 @@ impl Replica {
                     seq: StreamSeq::new(seq_arg(n, "a stream sequence")?),
                     pending: seq_arg(p, "a pending count")?,
                     frame: value_arg::<Uint8Array>(&values, &mut next, "a Uint8Array")?.to_vec(),
-                    // The npm host does not pass subjects yet: its messages count as a full
-                    // node's (a wasm replica is not a validating full node of a scoped cluster).
                     subject: None,
+                },
+                kind::MESSAGE_ON_SUBJECT => SessionInput::Message {
+                    seq: StreamSeq::new(seq_arg(n, "a stream sequence")?),
+                    pending: seq_arg(p, "a pending count")?,
+                    frame: value_arg::<Uint8Array>(&values, &mut next, "a Uint8Array")?.to_vec(),
+                    subject: Some(string_arg(&values, &mut next)?),
                 },
                 kind::ACKED => SessionInput::Acked {
                     id: seq_arg(n, "an outbox id")? as i64,
