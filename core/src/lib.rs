@@ -8,6 +8,7 @@
 //! - [`value`], [`change`]: SQLite values, row changes, batches.
 //! - [`capture`]: which tables replicate and the trigger/log DDL (pure SQL generation).
 //! - [`merge`]: the last-writer-wins rule, as the specification.
+//! - [`column_merge`]: column-level last-writer-wins and counter columns, as a pure model.
 //! - [`wire`]: `Message::V1` frames (postcard, CRC-32, optional LZ4, multi-part batches) and
 //!   `Message::Migration` frames.
 //! - [`migration`]: which SQL a replicated schema migration may contain.
@@ -70,6 +71,7 @@
 
 pub mod capture;
 pub mod change;
+pub mod column_merge;
 pub mod engine;
 pub mod error;
 pub mod hlc;
