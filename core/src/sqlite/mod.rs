@@ -17,6 +17,7 @@ pub mod migrate;
 mod outbox;
 pub mod parked;
 mod routing;
+pub mod scope_bootstrap;
 mod scope_check;
 mod session;
 pub mod snapshot;

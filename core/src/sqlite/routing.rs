@@ -26,7 +26,10 @@ use crate::value::Value;
 pub(super) fn create_registry(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {}(tbl TEXT NOT NULL, key BLOB NOT NULL, part TEXT, \
-         accepted TEXT, accepted_hlc BLOB, PRIMARY KEY(tbl, key)) WITHOUT ROWID",
+         accepted TEXT, accepted_hlc BLOB, PRIMARY KEY(tbl, key)) WITHOUT ROWID; \
+         CREATE INDEX IF NOT EXISTS {} ON {}(tbl, coalesce(accepted, part))",
+        quote(names::PARTITIONS),
+        quote(&format!("{}_by_partition", names::PARTITIONS)),
         quote(names::PARTITIONS)
     ))
     .context("creating the partition registry")?;
@@ -101,7 +104,7 @@ fn row_route(
     }
 }
 
-fn register(
+pub(super) fn register(
     conn: &Connection,
     tbl: &str,
     key: &[Value],
