@@ -410,3 +410,26 @@ fn a_replica_with_other_scope_rules_parks_routed_messages_until_the_rules_agree(
     assert_eq!(retried.unparked, 1);
     assert_eq!(count(&b_app, "SELECT count(*) FROM notes"), 1);
 }
+
+#[test]
+fn a_scoped_replica_keeps_the_rules_it_was_given_for_offline_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let c_app = app(&path);
+    {
+        let store = open_scoped_replica(&path, 3);
+        assert_eq!(store.options().scopes, rules());
+    }
+    assert_eq!(
+        Store::stored_scope_rules(&c_app).unwrap(),
+        Some(rules().to_doc())
+    );
+    // Offline: opened without rules, it routes by the stored ones.
+    let mut options = StoreOptions::new(NodeId::from_u128(3).unwrap());
+    options.writer = harmonylite_core::scope::Writer::Scoped;
+    let mut store = Store::open(Connection::open(&path).unwrap(), options).unwrap();
+    c_app
+        .execute("INSERT INTO notes VALUES ('n1', 'u1', 'offline')", [])
+        .unwrap();
+    assert_eq!(subjects(&publish(&mut store)), ["app.p.user.tu1.c.tnotes"]);
+}

@@ -32,6 +32,9 @@ pub mod keys {
     /// Fingerprint of the scope rules whose partitions the registry holds for every row
     /// (see `sqlite::routing::register_existing_rows`).
     pub const SCOPES_FINGERPRINT: &str = "scopes_fingerprint";
+    /// A scoped replica's scope rules as a full node last gave them (postcard of
+    /// `scope::ScopeRulesDoc`), so it routes its writes the same way offline.
+    pub const SCOPE_RULES: &str = "scope_rules";
 }
 
 /// Reads an integer meta value.

@@ -183,6 +183,17 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting the install transaction")?;
         let (tables, report) = install::install(&tx, &store.options.exclude_tables, true)?;
+        if store.options.writer == crate::scope::Writer::Scoped {
+            // A scoped replica keeps the rules a full node gave it, for offline starts.
+            if store.options.scopes.is_enabled() {
+                let doc = postcard::to_allocvec(&store.options.scopes.to_doc())
+                    .map_err(|e| StoreError::Corrupt(format!("encoding scope rules: {e}")))?;
+                meta::set(&tx, meta::keys::SCOPE_RULES, &doc[..])?;
+            } else if let Some(doc) = Store::stored_scope_rules(&tx)? {
+                store.options.scopes = crate::scope::ScopeRules::from_doc(doc)
+                    .map_err(|e| StoreError::Corrupt(format!("stored scope rules: {e}")))?;
+            }
+        }
         if store.options.scopes.is_enabled() {
             routing::register_existing_rows(&tx, &tables, &store.options.scopes)?;
         }
@@ -223,6 +234,22 @@ impl Store {
             install_report: report,
         };
         Ok(store)
+    }
+
+    /// The scope rules a scoped replica stored ([`Store::open`] with `writer = Scoped` and no
+    /// rules in its options uses them), if any.
+    pub fn stored_scope_rules(
+        conn: &Connection,
+    ) -> Result<Option<crate::scope::ScopeRulesDoc>, StoreError> {
+        if !install::object_exists(conn, "table", names::META)? {
+            return Ok(None);
+        }
+        meta::get_blob(conn, meta::keys::SCOPE_RULES)?
+            .map(|bytes| {
+                postcard::from_bytes(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("stored scope rules: {e}")))
+            })
+            .transpose()
     }
 
     /// The node id recorded in a database by an earlier run, if any.
