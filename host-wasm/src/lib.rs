@@ -37,4 +37,4 @@ mod options;
 mod replica;
 
 #[cfg(target_family = "wasm")]
-pub use replica::{open_replica, Replica};
+pub use replica::{open_replica, scope_client_inbox_prefix, scope_feed_deliver_subject, Replica};

@@ -109,7 +109,7 @@ fn string_list(value: &JsValue, key: &str) -> Result<Vec<String>, ReplicaError> 
 
 /// `scopes`: `{ partition: [{ name, claims: [..], tables: { table: [columns] } }], shared:
 /// [..], hidden: [..] }` (the rules' data form, `ScopeRulesDoc`), checked like the sidecar's.
-fn scopes_arg(options: &JsValue) -> Result<ScopeRules, ReplicaError> {
+pub fn scopes_arg(options: &JsValue) -> Result<ScopeRules, ReplicaError> {
     let value = get(options, "scopes");
     if value.is_undefined() || value.is_null() {
         return Ok(ScopeRules::default());

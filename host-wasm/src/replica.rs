@@ -656,6 +656,37 @@ impl Replica {
         Ok(self.session()?.applied_cursor().get() as f64)
     }
 
+    /// Whether this replica knows the cluster's scope rules (a scoped replica learns them
+    /// from a full node, then keeps them in its database for offline starts).
+    #[wasm_bindgen(js_name = hasScopeRules)]
+    pub fn has_scope_rules(&self) -> Result<bool, JsValue> {
+        Ok(self.session()?.scope_rules().is_enabled())
+    }
+
+    /// Takes the scope rules a full node gave (`{ partition, shared, hidden }`, the rules'
+    /// data form) as a scoped replica's: stored, and used from the next capture on. Returns
+    /// whether they changed (the store was reopened with them).
+    #[wasm_bindgen(js_name = adoptScopeRules)]
+    pub fn adopt_scope_rules(
+        &mut self,
+        monotonic_ms: f64,
+        wall_ms: f64,
+        rules: JsValue,
+    ) -> Result<bool, JsValue> {
+        let holder = js_sys::Object::new();
+        js_sys::Reflect::set(&holder, &JsValue::from_str("scopes"), &rules)?;
+        let rules = crate::options::scopes_arg(&holder)?;
+        if *self.session()?.scope_rules() == rules {
+            return Ok(false);
+        }
+        self.reopen_store(monotonic_ms, wall_ms, |conn, options| {
+            options.scopes = rules;
+            options.writer = harmonylite_core::scope::Writer::Scoped;
+            Ok(conn)
+        })?;
+        Ok(true)
+    }
+
     /// This replica's node id (hex).
     #[wasm_bindgen(js_name = nodeId)]
     pub fn node_id(&self) -> Result<String, JsValue> {
@@ -1025,4 +1056,16 @@ impl Drop for Replica {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The inbox prefix a scoped replica of user `sub` (its token's `sub`) must connect with.
+#[wasm_bindgen(js_name = scopeClientInboxPrefix)]
+pub fn scope_client_inbox_prefix(sub: &str) -> String {
+    harmonylite_core::scope::Subjects::client_inbox_prefix(sub)
+}
+
+/// Where a scoped replica's feed delivers (its feed request names `replica`).
+#[wasm_bindgen(js_name = scopeFeedDeliverSubject)]
+pub fn scope_feed_deliver_subject(sub: &str, replica: &str) -> String {
+    harmonylite_core::scope::Subjects::feed_deliver_subject(sub, replica)
 }

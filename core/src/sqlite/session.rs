@@ -25,6 +25,12 @@ impl Session<Store> {
         self.store().node_id()
     }
 
+    /// The scope rules this replica routes and validates by (empty: scopes off or, on a
+    /// scoped replica, not learned yet).
+    pub fn scope_rules(&self) -> &crate::scope::ScopeRules {
+        &self.store().options().scopes
+    }
+
     /// The store's connection, on which an in-process host (the wasm replica) runs the
     /// application's own SQL: in the browser the replica is the application's only
     /// connection to its database. Writes made on it fire the capture triggers like any
