@@ -931,6 +931,14 @@ fn drain_in(
     next_batch: &mut u64,
 ) -> Result<DrainReport, StoreError> {
     let outbox_grew = adopt_stored_batch(conn, next_batch)?;
+    if options.writer == crate::scope::Writer::Scoped && !options.scopes.is_enabled() {
+        // A scoped replica that has not learned the cluster's scope rules yet cannot route
+        // its writes: they wait in the change log until it has.
+        return Ok(DrainReport {
+            outbox_grew,
+            ..Default::default()
+        });
+    }
     let drained = drain::drain(conn, &schema.tables, schema.slots, clock)?;
     let mut report = DrainReport {
         outbox_grew,
