@@ -6,7 +6,7 @@
  * that forwards its calls to that worker (see `remote.ts`).
  */
 
-import init, { openReplica } from "./wasm/harmonylite_wasm.js";
+import init, { openReplica, scopeClientInboxPrefix, scopeFeedDeliverSubject } from "./wasm/harmonylite_wasm.js";
 import { openLocal } from "./replica.js";
 import type { Platform, WasmModule } from "./replica.js";
 import { openShared } from "./remote.js";
@@ -21,7 +21,7 @@ let loaded: Promise<WasmModule> | null = null;
 export const platform: Platform = {
   loadWasm() {
     loaded ??= init({ module_or_path: new URL("./wasm/harmonylite_wasm_bg.wasm", import.meta.url) }).then(
-      () => ({ openReplica }) as unknown as WasmModule,
+      () => ({ openReplica, scopeClientInboxPrefix, scopeFeedDeliverSubject }) as unknown as WasmModule,
     );
     return loaded;
   },

@@ -11,7 +11,7 @@
 import { readFile } from "node:fs/promises";
 import { WebSocket as NodeWebSocket } from "ws";
 
-import { initSync, openReplica } from "./wasm/harmonylite_wasm.js";
+import { initSync, openReplica, scopeClientInboxPrefix, scopeFeedDeliverSubject } from "./wasm/harmonylite_wasm.js";
 import { InvalidArgumentError } from "./errors.js";
 import { openLocal } from "./replica.js";
 import type { Platform, WasmModule } from "./replica.js";
@@ -27,7 +27,7 @@ const platform: Platform = {
     loaded ??= (async () => {
       const bytes = await readFile(new URL("./wasm/harmonylite_wasm_bg.wasm", import.meta.url));
       initSync({ module: bytes });
-      return { openReplica } as unknown as WasmModule;
+      return { openReplica, scopeClientInboxPrefix, scopeFeedDeliverSubject } as unknown as WasmModule;
     })();
     return loaded;
   },

@@ -62,6 +62,8 @@ export interface WasmReplica {
   schemaStatus(): SchemaStatus;
   discardParked(table: string, force: boolean): number;
   adoptStream(monotonicMs: number, wallMs: number): number;
+  hasScopeRules(): boolean;
+  adoptScopeRules(monotonicMs: number, wallMs: number, rules: unknown): boolean;
   close(): void;
   free(): void;
 }
@@ -69,6 +71,8 @@ export interface WasmReplica {
 /** What the wasm module exports. */
 export interface WasmModule {
   openReplica(options: unknown): Promise<WasmReplica>;
+  scopeClientInboxPrefix(sub: string): string;
+  scopeFeedDeliverSubject(sub: string, replica: string): string;
 }
 
 /** How an entry point (node, browser, workerd) provides the wasm module and WebSockets. */
@@ -91,7 +95,7 @@ interface Counters {
 }
 
 type Output =
-  | { type: "publish"; id: number; msgId: string; frame: Uint8Array; rows: number }
+  | { type: "publish"; id: number; msgId: string; frame: Uint8Array; rows: number; subject: string | null }
   | { type: "drained"; rows: number; frames: number; nullKeys: number; tables: string[] }
   | {
       type: "received";
@@ -150,6 +154,7 @@ const enum Kind {
   ConsumerEnded = 11,
   Recheck = 12,
   Reopened = 13,
+  MessageOnSubject = 14,
 }
 
 /**
@@ -202,6 +207,9 @@ export async function openLocal(options: OpenOptions, platform: Platform): Promi
     throw new InvalidArgumentError("options must be an object");
   }
   const servers = normalizeServers(options.servers);
+  if (options.scoped === true && (servers.length === 0 || (options.token === undefined && options.getToken === undefined))) {
+    throw new InvalidArgumentError("a scoped replica needs servers and a token (token or getToken)");
+  }
   const wasm = await platform.loadWasm();
   let core: WasmReplica;
   try {
@@ -221,11 +229,12 @@ export async function openLocal(options: OpenOptions, platform: Platform): Promi
       pollingIntervalMs: options.pollingIntervalMs ?? 10_000,
       publishWindow: options.publishWindow,
       applyBatch: options.applyBatch,
+      scoped: options.scoped === true,
     });
   } catch (e) {
     throw toHarmonyliteError(e);
   }
-  return new LocalReplica(core, options, servers, platform.wsFactory);
+  return new LocalReplica(core, options, servers, platform.wsFactory, wasm);
 }
 
 /** A replica whose database and replication session live in this thread. */
@@ -249,6 +258,8 @@ export class LocalReplica implements Replica {
   #timer: ReturnType<typeof setTimeout> | null = null;
   #timerAt = Infinity;
   #tx: Promise<void> | null = null;
+  /** A scoped replica (reads a feed of its partitions). */
+  #scoped: boolean;
   #subscribers = new Set<Subscriber>();
   #listeners: { [K in keyof ReplicaEvents]: Set<(value: ReplicaEvents[K]) => void> } = {
     status: new Set(),
@@ -262,8 +273,10 @@ export class LocalReplica implements Replica {
   #idleTimeouts = 0;
 
   /** Use {@link openLocal}. */
-  constructor(core: WasmReplica, options: OpenOptions, servers: string[], wsFactory?: WsFactory) {
+  constructor(core: WasmReplica, options: OpenOptions, servers: string[], wsFactory?: WsFactory, wasm?: WasmModule) {
     this.#core = core;
+    this.#scoped = options.scoped === true;
+    const subjectPrefix = options.subjectPrefix ?? "harmonylite-change-log";
     this.#publish = options.publish ?? true;
     this.#replicate = options.replicate ?? true;
     this.#snapshots = options.snapshots !== false;
@@ -279,7 +292,19 @@ export class LocalReplica implements Replica {
               token: options.token,
               name: options.clientName ?? `harmonylite-js-${nodeId}`,
               stream: streamName(options),
-              subject: `${options.subjectPrefix ?? "harmonylite-change-log"}.1`,
+              subject: `${subjectPrefix}.1`,
+              subjectPrefix,
+              scoped:
+                this.#scoped && wasm
+                  ? {
+                      getToken: options.getToken ?? (() => options.token ?? ""),
+                      replica: nodeId,
+                      inboxPrefix: (sub) => wasm.scopeClientInboxPrefix(sub),
+                      deliverSubject: (sub, replica) => wasm.scopeFeedDeliverSubject(sub, replica),
+                      heartbeatMs: 5000,
+                      requestTimeoutMs: options.publishTimeoutMs ?? 5000,
+                    }
+                  : null,
               reconnectMinMs: options.reconnectMinMs ?? 250,
               reconnectMaxMs: options.reconnectMaxMs ?? 5000,
               publishTimeoutMs: options.publishTimeoutMs ?? 5000,
@@ -298,7 +323,8 @@ export class LocalReplica implements Replica {
                 this.#feedNow(Kind.ConsumerFailed, 0, String(error));
               },
               consumerEnded: () => this.#feedNow(Kind.ConsumerEnded),
-              message: (seq, pending, frame) => this.#onMessage(seq, pending, frame),
+              message: (seq, pending, frame, subject) => this.#onMessage(seq, pending, frame, subject),
+              scopeRules: (rules) => this.#adoptScopeRules(rules),
               acked: (id) => this.#pushSoon(Kind.Acked, id),
               publishFailed: (id, error) => {
                 this.#emitError(new ReplicationError(`publishing outbox frame ${id} failed: ${String(error)}; it is sent again`, { cause: error }));
@@ -355,11 +381,12 @@ export class LocalReplica implements Replica {
     }, 0);
   }
 
-  #onMessage(seq: number, pending: number, frame: Uint8Array): void | Promise<void> {
+  #onMessage(seq: number, pending: number, frame: Uint8Array, subject: string): void | Promise<void> {
     if (this.#closed) {
       return;
     }
-    this.#push(Kind.Message, seq, frame, pending);
+    this.#push(Kind.MessageOnSubject, seq, frame, pending);
+    this.#values.push(subject);
     this.#queuedMessages += 1;
     if (this.#queuedMessages >= FEED_BATCH) {
       this.#feed();
@@ -425,7 +452,7 @@ export class LocalReplica implements Replica {
       switch (output.type) {
         case "publish":
           if (this.#transport) {
-            this.#transport.publish(output.id, output.msgId, output.frame);
+            this.#transport.publish(output.id, output.msgId, output.frame, output.subject ?? null);
           }
           break;
         case "drained":
@@ -522,6 +549,29 @@ export class LocalReplica implements Replica {
     return why;
   }
 
+  /**
+   * A scoped replica's feed brought the cluster's scope rules: adopt them (stored for
+   * offline starts). New rules reopen the store; the session then reads the stream again,
+   * and writes that waited for the rules are captured.
+   */
+  #adoptScopeRules(rules: unknown): void {
+    if (this.#closed) {
+      return;
+    }
+    const [mono, wall] = this.#now();
+    let changed: boolean;
+    try {
+      changed = this.#core.adoptScopeRules(mono, wall, rules);
+    } catch (e) {
+      this.#emitError(new ReplicationError(`the scope rules a full node sent were refused: ${String(toHarmonyliteError(e).message)}`, { cause: e }));
+      return;
+    }
+    if (changed) {
+      this.#push(Kind.LocalWrite);
+      this.#feedNow(Kind.Reopened);
+    }
+  }
+
   /** The session refuses the stream (a new reason): say so, and fail the `sync()` waiting. */
   #refused(why: string): void {
     this.#emitError(new ReplicationError(why));
@@ -546,7 +596,7 @@ export class LocalReplica implements Replica {
     }
     let info: StreamState;
     try {
-      info = await transport.readStreamInfo();
+      info = await transport.readStreamInfo(this.#core.status().cursor + 1);
       if (current() && this.#snapshots && info.lastSeq > 0 && this.#core.isEmpty()) {
         if (await this.#bootstrap(info.lastSeq)) {
           // The session reads the stream again from the restored cursor.
@@ -995,12 +1045,28 @@ export class LocalReplica implements Replica {
       throw new ReplicationError(`sync() cannot finish: ${refused}`);
     }
     const transport = this.#transport;
+    if (this.#scoped) {
+      // A feed has no stream end to reach: caught up is consuming with nothing pending.
+      return this.#withTimeout(this.#caughtUp(), options, "sync");
+    }
     const target = await this.#withTimeout(transport.streamLastSeq(), options, "sync");
     this.#check();
     if (this.#core.appliedCursor() >= target) {
       return;
     }
     return this.#wait("sync", target, options);
+  }
+
+  /** Resolves once a scoped replica consumes its feed with nothing pending or waiting. */
+  async #caughtUp(): Promise<void> {
+    for (;;) {
+      this.#check();
+      const s = this.#core.status();
+      if (s.consuming && s.lag === 0) {
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
   }
 
   #withTimeout<T>(p: Promise<T>, options: WaitOptions | undefined, what: string): Promise<T> {

@@ -13,7 +13,7 @@
  * transport to carry out what the session asks.
  */
 
-import { wsconnect, nanos } from "@nats-io/nats-core";
+import { wsconnect, nanos, tokenAuthenticator } from "@nats-io/nats-core";
 import type { NatsConnection, WsSocketFactory } from "@nats-io/nats-core";
 import {
   jetstream,
@@ -27,6 +27,7 @@ import type { ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-
 import { Objm } from "@nats-io/obj";
 
 import { ConnectionError, ReplicationError } from "./errors.js";
+import { ScopedFeed, tokenSubject } from "./feed.js";
 
 /** Creates WebSocket connections (node passes one built on the `ws` package). */
 export type WsFactory = WsSocketFactory;
@@ -39,7 +40,12 @@ export interface TransportOptions {
   token?: string;
   name: string;
   stream: string;
+  /** The unscoped subject, `${subjectPrefix}.1`. */
   subject: string;
+  /** The subject prefix: frames with a subject of their own go to `${subjectPrefix}.${subject}`. */
+  subjectPrefix: string;
+  /** A scoped replica (null: a full one): see {@link ScopedOptions}. */
+  scoped: ScopedOptions | null;
   reconnectMinMs: number;
   reconnectMaxMs: number;
   publishTimeoutMs: number;
@@ -48,6 +54,26 @@ export interface TransportOptions {
   /** Object store bucket of snapshots (the sidecar's `[snapshot] nats_bucket`); null: none. */
   snapshotBucket: string | null;
   wsFactory?: WsFactory;
+}
+
+/**
+ * A scoped replica connects with the app's token (its NATS token) and its own inbox
+ * prefix, reads through a feed a full node creates for it, and publishes only on its
+ * partitions' subjects (NATS refuses the rest).
+ */
+export interface ScopedOptions {
+  /** The app's token for this user, fresh: called before every connection and feed request. */
+  getToken: () => string | Promise<string>;
+  /** This replica's node id (hex): names its feed. */
+  replica: string;
+  /** The inbox prefix of user `sub` (core's `Subjects::client_inbox_prefix`). */
+  inboxPrefix: (sub: string) => string;
+  /** Where user `sub`'s feed for `replica` delivers (core's `Subjects::feed_deliver_subject`). */
+  deliverSubject: (sub: string, replica: string) => string;
+  /** The feed's idle heartbeat as the full node sets it (ms); silence for three is a failure. */
+  heartbeatMs: number;
+  /** How long a feed request may take (ms). */
+  requestTimeoutMs: number;
 }
 
 /** What the transport reports. */
@@ -72,7 +98,9 @@ export interface TransportHooks {
    * The running consumer's next message; `pending` is how many the stream holds after it.
    * A returned promise pauses delivery until it settles.
    */
-  message(seq: number, pending: number, frame: Uint8Array): void | Promise<void>;
+  message(seq: number, pending: number, frame: Uint8Array, subject: string): void | Promise<void>;
+  /** A scoped replica's feed brought the cluster's scope rules (their data form). */
+  scopeRules(rules: unknown): void;
   /** JetStream stored outbox frame `id`. */
   acked(id: number): void;
   /** Publishing outbox frame `id` failed. */
@@ -148,6 +176,10 @@ export class Transport {
   #onlineWaiters: Array<() => void> = [];
   #sleeper = new Sleeper();
   #running: Promise<void> | null = null;
+  /** A scoped replica's latest token and feed (with the sequence it was asked from). */
+  #token = "";
+  #feed: ScopedFeed | null = null;
+  #feedFrom = 0;
 
   constructor(options: TransportOptions, hooks: TransportHooks) {
     this.#options = options;
@@ -176,11 +208,19 @@ export class Transport {
     while (!this.#closing) {
       let nc: NatsConnection;
       try {
+        const scoped = this.#options.scoped;
+        let inboxPrefix: string | undefined;
+        if (scoped) {
+          this.#token = await scoped.getToken();
+          inboxPrefix = scoped.inboxPrefix(tokenSubject(this.#token));
+        }
         nc = await wsconnect({
           servers: this.#options.servers,
           user: this.#options.user,
           pass: this.#options.pass,
-          token: this.#options.token,
+          ...(scoped
+            ? { authenticator: tokenAuthenticator(() => this.#token), inboxPrefix }
+            : { token: this.#options.token }),
           name: this.#options.name,
           reconnect: true,
           maxReconnectAttempts: -1,
@@ -219,6 +259,13 @@ export class Transport {
       switch (s.type) {
         case "disconnect":
           this.#goOffline();
+          // A scoped replica reconnects with a fresh token (the old one may be why).
+          if (this.#options.scoped) {
+            void Promise.resolve(this.#options.scoped.getToken()).then(
+              (token) => (this.#token = token),
+              (e: unknown) => this.#hooks.error(new ConnectionError(`getToken() failed: ${String(e)}`, { cause: e })),
+            );
+          }
           break;
         case "reconnect":
           this.#failures = 0;
@@ -248,8 +295,12 @@ export class Transport {
       let attempt = 0;
       while (generation === this.#generation && !this.#closing && !nc.isClosed()) {
         try {
-          const jsm = await jetstreamManager(nc, { timeout: 5000 });
-          await this.#ensureStream(jsm);
+          // A scoped replica may not use the JetStream API: it neither checks nor creates
+          // the stream (full nodes do), and reads it through its feed.
+          const jsm = this.#options.scoped ? null : await jetstreamManager(nc, { timeout: 5000 });
+          if (jsm) {
+            await this.#ensureStream(jsm);
+          }
           if (generation !== this.#generation) {
             return;
           }
@@ -305,8 +356,15 @@ export class Transport {
     }
   }
 
-  /** Reads the stream's bounds and creation time (rejects while offline). */
-  async readStreamInfo(): Promise<StreamState> {
+  /**
+   * Reads the stream's bounds and creation time (rejects while offline). A scoped replica
+   * asks for its feed from `from` here (the answer carries the bounds), and the feed
+   * delivers once {@link Transport.startConsumer} asks for the same sequence.
+   */
+  async readStreamInfo(from = 1): Promise<StreamState> {
+    if (this.#options.scoped) {
+      return this.#requestFeed(from);
+    }
     const jsm = this.#jsm;
     if (!jsm || !this.#online) {
       throw new ConnectionError("offline");
@@ -320,10 +378,69 @@ export class Transport {
    * reports `consumerStarted`, then each message, then `consumerEnded` or `consumerFailed`.
    */
   startConsumer(from: number): void {
+    if (this.#options.scoped) {
+      void this.#startFeed(from);
+      return;
+    }
     this.stopConsumer();
     const id = ++this.#consumers;
     this.#consumer = id;
     void this.#consume(id, from);
+  }
+
+  /** A scoped replica's feed from `from`: subscribed first, then asked of a full node. */
+  async #requestFeed(from: number): Promise<StreamState> {
+    const scoped = this.#options.scoped!;
+    const nc = this.#nc;
+    if (!nc || !this.#online) {
+      throw new ConnectionError("offline");
+    }
+    this.stopConsumer();
+    this.#token = await scoped.getToken();
+    const sub = tokenSubject(this.#token);
+    const feed: ScopedFeed = new ScopedFeed(nc, scoped.deliverSubject(sub, scoped.replica), this.#options.subjectPrefix, {
+      message: (seq, pending, frame, subject): void | Promise<void> =>
+        this.#feed === feed ? this.#hooks.message(seq, pending, frame, subject) : undefined,
+      failed: (e) => {
+        if (this.#feed === feed && !this.#closing) {
+          this.#feed = null;
+          this.#hooks.consumerFailed(e);
+        }
+      },
+    });
+    this.#feed = feed;
+    this.#feedFrom = from;
+    try {
+      const started = await feed.request(`${this.#options.subjectPrefix}.scope.feed`, this.#token, scoped.replica, from, scoped.requestTimeoutMs);
+      if (started.rules !== undefined) {
+        this.#hooks.scopeRules(started.rules);
+      }
+      return { firstSeq: started.first_seq, lastSeq: started.last_seq, createdNs: BigInt(started.created_ns) };
+    } catch (e) {
+      if (this.#feed === feed) {
+        feed.stop();
+        this.#feed = null;
+      }
+      throw e;
+    }
+  }
+
+  async #startFeed(from: number): Promise<void> {
+    try {
+      if (!this.#feed || this.#feedFrom !== from) {
+        await this.#requestFeed(from);
+      }
+      const feed = this.#feed;
+      if (!feed) {
+        throw new ConnectionError("offline");
+      }
+      this.#hooks.consumerStarted();
+      feed.deliver(this.#options.scoped!.heartbeatMs);
+    } catch (e) {
+      if (!this.#closing) {
+        this.#hooks.consumerFailed(e);
+      }
+    }
   }
 
   async #consume(id: number, from: number): Promise<void> {
@@ -350,7 +467,9 @@ export class Transport {
         if (id !== this.#consumer || this.#closing) {
           break;
         }
-        const wait = this.#hooks.message(m.seq, m.info.pending, m.data);
+        const prefix = `${this.#options.subjectPrefix}.`;
+        const subject = m.subject.startsWith(prefix) ? m.subject.slice(prefix.length) : m.subject;
+        const wait = this.#hooks.message(m.seq, m.info.pending, m.data, subject);
         if (wait) {
           await wait;
         }
@@ -369,6 +488,8 @@ export class Transport {
 
   /** Stops the running consumer; what it still delivers is dropped. */
   stopConsumer(): void {
+    this.#feed?.stop();
+    this.#feed = null;
     this.#consumer = 0;
     const messages = this.#messages;
     this.#messages = null;
@@ -383,7 +504,8 @@ export class Transport {
    */
   async newestSnapshot(): Promise<SnapshotObject | null> {
     const bucket = this.#options.snapshotBucket;
-    if (bucket === null) {
+    // A scoped replica never reads the whole database's snapshots.
+    if (bucket === null || this.#options.scoped) {
       return null;
     }
     const nc = this.#nc;
@@ -439,13 +561,14 @@ export class Transport {
   }
 
   /** Publishes one outbox frame; the outcome arrives as `acked` or `publishFailed`. */
-  publish(id: number, msgId: string, frame: Uint8Array): void {
+  publish(id: number, msgId: string, frame: Uint8Array, subject: string | null = null): void {
     const js = this.#js;
     if (!js || !this.#online) {
       queueMicrotask(() => this.#hooks.publishFailed(id, new ConnectionError("offline")));
       return;
     }
-    js.publish(this.#options.subject, frame, { msgID: msgId, timeout: this.#options.publishTimeoutMs }).then(
+    const to = subject === null ? this.#options.subject : `${this.#options.subjectPrefix}.${subject}`;
+    js.publish(to, frame, { msgID: msgId, timeout: this.#options.publishTimeoutMs }).then(
       () => this.#hooks.acked(id),
       (e: unknown) => this.#hooks.publishFailed(id, e),
     );

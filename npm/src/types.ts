@@ -28,8 +28,17 @@ export interface OpenOptions {
   user?: string;
   /** NATS password. */
   pass?: string;
-  /** NATS token. */
+  /** NATS token. For a scoped replica (`scoped: true`): the app's signed token (JWT) for this user. */
   token?: string;
+  /**
+   * A scoped replica: it holds and writes only the partitions its token grants, reads them
+   * through a feed a full node creates for it, and takes the cluster's scope rules from that
+   * node (kept in its database for offline starts). Needs `servers` and `token` or
+   * `getToken`. See [security](../docs/security.md#scoped-clients).
+   */
+  scoped?: boolean;
+  /** A scoped replica's fresh token, asked for before every connection and feed request (wins over `token`). */
+  getToken?: () => string | Promise<string>;
   /** JetStream stream prefix; the stream is `${streamPrefix}-1` (default `harmonylite-changes`). */
   streamPrefix?: string;
   /** Subject prefix; changes go to `${subjectPrefix}.1` (default `harmonylite-change-log`). */

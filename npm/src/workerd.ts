@@ -4,7 +4,7 @@
  */
 
 import wasmModule from "./wasm/harmonylite_wasm_bg.wasm";
-import { initSync, openReplica } from "./wasm/harmonylite_wasm.js";
+import { initSync, openReplica, scopeClientInboxPrefix, scopeFeedDeliverSubject } from "./wasm/harmonylite_wasm.js";
 import { InvalidArgumentError } from "./errors.js";
 import { openLocal } from "./replica.js";
 import type { Platform, WasmModule } from "./replica.js";
@@ -19,7 +19,7 @@ const platform: Platform = {
   async loadWasm() {
     if (!loaded) {
       initSync({ module: wasmModule });
-      loaded = { openReplica } as unknown as WasmModule;
+      loaded = { openReplica, scopeClientInboxPrefix, scopeFeedDeliverSubject } as unknown as WasmModule;
     }
     return loaded;
   },
