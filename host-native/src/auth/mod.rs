@@ -6,6 +6,7 @@
 //! - [`nats_jwt`]: the NATS JWTs of the callout protocol (request, user, response);
 //! - [`callout`]: the service answering `$SYS.REQ.USER.AUTH`, and the permissions it grants.
 
+pub mod bootstrap;
 pub mod callout;
 pub mod nats_jwt;
 pub mod token;

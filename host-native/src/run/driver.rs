@@ -124,6 +124,8 @@ async fn serve(
     let client = transport::connect(&transport_config, events_tx.clone()).await?;
     // Scoped clients' NATS auth callout (scopes on): answers until `serve` returns.
     let _auth_callout = crate::auth::start(config, &client).await?;
+    // Scoped bootstrap (scopes on, full replicas): answers until `serve` returns.
+    let _scoped_bootstrap = crate::auth::bootstrap::start(config, &client).await?;
     let js = jetstream::new(client.clone());
     let ask = PeerAsk {
         client: client.clone(),
