@@ -4,10 +4,13 @@
 //!
 //! - [`token`]: verifying the app's JWT and mapping its claims to partitions;
 //! - [`nats_jwt`]: the NATS JWTs of the callout protocol (request, user, response);
-//! - [`callout`]: the service answering `$SYS.REQ.USER.AUTH`, and the permissions it grants.
+//! - [`callout`]: the service answering `$SYS.REQ.USER.AUTH`, and the permissions it grants;
+//! - [`feed`]: the service creating scoped clients' feeds (push consumers delivering into
+//!   their own inbox namespace) on request.
 
 pub mod bootstrap;
 pub mod callout;
+pub mod feed;
 pub mod nats_jwt;
 pub mod token;
 
@@ -17,8 +20,9 @@ use crate::config::scopes::KeyFileError;
 use crate::config::Config;
 
 pub use callout::{Callout, CalloutTask};
+pub use feed::{Feed, FeedTask};
 
-/// Why the callout service could not start.
+/// Why the callout or feed service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The scope rules are invalid (configuration validation reports this first).
@@ -27,19 +31,31 @@ pub enum AuthError {
     /// A key file of `[scopes.auth]` cannot be used.
     #[error(transparent)]
     Key(#[from] KeyFileError),
-    /// Subscribing to the callout subject failed.
-    #[error("subscribing to the NATS auth callout subject: {0}")]
+    /// Subscribing to the callout or feed request subject failed.
+    #[error("subscribing to the scoped clients' service subject: {0}")]
     Subscribe(String),
 }
 
-/// Starts answering auth callout requests on `client` when scopes are on (`None` when they
-/// are off). Keep the task for as long as the node runs.
+/// The running services for scoped clients; dropping it stops them.
+#[derive(Debug)]
+pub struct ScopedServices {
+    /// Answers `$SYS.REQ.USER.AUTH`.
+    pub callout: CalloutTask,
+    /// Answers feed requests and deletes expired feeds.
+    pub feed: FeedTask,
+}
+
+/// Starts answering auth callout and feed requests on `client` when scopes are on (`None`
+/// when they are off). Keep the services for as long as the node runs.
 pub async fn start(
     config: &Config,
     client: &async_nats::Client,
-) -> Result<Option<CalloutTask>, AuthError> {
-    match Callout::load(config)? {
-        Some(callout) => Ok(Some(callout.serve(client.clone()).await?)),
-        None => Ok(None),
-    }
+) -> Result<Option<ScopedServices>, AuthError> {
+    let (Some(callout), Some(feed)) = (Callout::load(config)?, Feed::load(config)?) else {
+        return Ok(None);
+    };
+    Ok(Some(ScopedServices {
+        callout: callout.serve(client.clone()).await?,
+        feed: feed.serve(client.clone()).await?,
+    }))
 }

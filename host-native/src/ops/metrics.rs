@@ -28,6 +28,7 @@
 //! | `<ns>_snapshot_failures_total{operation="take"\|"restore"}` | counter | snapshots that could not be taken, restores that failed |
 //! | `<ns>_snapshot_covered_seq` | gauge | stream sequence the last snapshot taken or restored here covers |
 //! | `<ns>_auth_callouts_total{outcome}` | counter | scoped clients' connection attempts this node answered through NATS auth callout: `accepted`, or why refused (`expired`, `bad_signature`, `wrong_audience`, ...) |
+//! | `<ns>_scope_feeds_total{outcome}` | counter | scoped clients' feed requests this node answered: `started`, why the token was refused (as above), `bad_request`, `bad_reply`, `error` |
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -158,6 +159,11 @@ impl Metrics {
         metrics::counter!(self.name("auth_callouts_total"), "outcome" => outcome).increment(1);
     }
 
+    /// One scoped feed request answered (`"started"` or why not).
+    pub fn scope_feed(&self, outcome: &'static str) {
+        metrics::counter!(self.name("scope_feeds_total"), "outcome" => outcome).increment(1);
+    }
+
     /// A failed database operation.
     pub fn database_error(&self, operation: &'static str, kind: DatabaseErrorKind) {
         metrics::counter!(self.name("database_errors_total"), "operation" => operation, "kind" => kind.as_str())
@@ -175,7 +181,7 @@ enum Kind {
 
 /// Every metric (name after the namespace), its kind and its `# HELP` text: the exporter
 /// writes a HELP line only for a described metric.
-const DESCRIPTIONS: [(&str, Kind, &str); 24] = [
+const DESCRIPTIONS: [(&str, Kind, &str); 25] = [
     (
         "drained_rows_total",
         Kind::Counter,
@@ -292,6 +298,11 @@ const DESCRIPTIONS: [(&str, Kind, &str); 24] = [
         "auth_callouts_total",
         Kind::Counter,
         "Scoped clients' connection attempts answered through NATS auth callout, by outcome (accepted, or why refused).",
+    ),
+    (
+        "scope_feeds_total",
+        Kind::Counter,
+        "Scoped clients' feed requests answered, by outcome (started, or why not).",
     ),
 ];
 

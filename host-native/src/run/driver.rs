@@ -122,8 +122,8 @@ async fn serve(
     let transport_config = transport_config(config, node_id, server);
     let (events_tx, events) = mpsc::unbounded_channel();
     let client = transport::connect(&transport_config, events_tx.clone()).await?;
-    // Scoped clients' NATS auth callout (scopes on): answers until `serve` returns.
-    let _auth_callout = crate::auth::start(config, &client).await?;
+    // Scoped clients' NATS auth callout and feeds (scopes on): answer until `serve` returns.
+    let _scoped_services = crate::auth::start(config, &client).await?;
     // Scoped bootstrap (scopes on, full replicas): answers until `serve` returns.
     let _scoped_bootstrap = crate::auth::bootstrap::start(config, &client).await?;
     let js = jetstream::new(client.clone());
