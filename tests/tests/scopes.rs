@@ -5,7 +5,8 @@
 //! - the cluster starts on the single subject, then each node is restarted with `[scopes]`
 //!   on, one at a time: nothing acknowledged is lost or duplicated, every node converges,
 //!   and the changes written afterwards travel on their partition's subject (read back by a
-//!   scoped client holding a token for that partition, through the auth callout);
+//!   scoped client holding a token for that partition, through the feed a full node makes
+//!   for it);
 //! - a scoped client that publishes rows of another partition on its own subject, or takes
 //!   over a key another partition holds, is refused by every node alike; its own rows are
 //!   applied everywhere.
@@ -13,12 +14,12 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures::StreamExt;
 use harmonylite_core::change::BatchSeq;
 use harmonylite_core::change::{Batch, RowChange, TableSchema};
 use harmonylite_core::hlc::NodeId;
-use harmonylite_core::scope::{PartitionRule, ScopeRules, Subjects};
+use harmonylite_core::scope::{FeedReply, FeedRequest, PartitionRule, ScopeRules, Subjects};
 use harmonylite_core::value::Value;
 use harmonylite_core::wire::{self, Compression};
 use harmonylite_tests::*;
@@ -72,26 +73,52 @@ async fn scoped_client(port: u16, sub: &str) -> async_nats::Client {
         .unwrap_or_else(|e| panic!("scoped client {sub} could not connect: {e}"))
 }
 
-/// Every message the scoped client can read on `filter`, as (subject, frame).
-async fn read_all(client: &async_nats::Client, filter: &str) -> Vec<(String, Vec<u8>)> {
-    let js = jetstream::new(client.clone());
-    let stream = js.get_stream_no_info(STREAM).await.unwrap();
-    let consumer = stream
-        // Named: only then does the API subject carry the filter its permissions check.
-        .create_consumer(consumer::pull::OrderedConfig {
-            name: Some("reader".into()),
-            filter_subject: filter.to_owned(),
-            ..Default::default()
-        })
+/// Every message the feed of scoped client `sub` delivers (its partitions', shared tables',
+/// schema migrations'), as (subject, frame), in stream order. Scoped clients hold no JetStream
+/// API rights: a full node creates the feed on request, delivering into the client's inbox.
+async fn read_all(client: &async_nats::Client, sub: &str) -> Vec<(String, Vec<u8>)> {
+    let mut feed = client
+        .subscribe(Subjects::feed_deliver_subject(sub, "5eed"))
         .await
-        .unwrap_or_else(|e| panic!("a consumer on {filter}: {e}"));
-    let mut messages = consumer.messages().await.unwrap();
+        .unwrap();
+    client.flush().await.unwrap();
+    let request = FeedRequest {
+        token: token(sub),
+        replica: "5eed".into(),
+        from: 0,
+    };
+    let reply = client
+        .request(
+            Subjects::new(PREFIX).feed_request(),
+            serde_json::to_vec(&request).unwrap().into(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{sub}'s feed request: {e}"));
+    let reply: FeedReply = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(matches!(reply, FeedReply::Started { .. }), "{reply:?}");
     let mut out = Vec::new();
-    while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_secs(2), messages.next()).await
-    {
+    let mut last = (0, 0);
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(10), feed.next()).await {
+        if message.status.is_some() {
+            continue; // an idle heartbeat
+        }
+        // $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
+        let reply = message.reply.as_ref().expect("an ack subject").to_string();
+        let tokens: Vec<&str> = reply.split('.').collect();
+        let t = if tokens.len() == 9 {
+            &tokens[2..]
+        } else {
+            &tokens[4..]
+        };
+        assert_eq!(t[0], STREAM);
+        let (stream_seq, consumer_seq): (u64, u64) = (t[3].parse().unwrap(), t[4].parse().unwrap());
+        assert!(
+            stream_seq > last.0 && consumer_seq == last.1 + 1,
+            "{reply} after {last:?}"
+        );
+        last = (stream_seq, consumer_seq);
         out.push((message.subject.to_string(), message.payload.to_vec()));
-        if message.info().map(|i| i.pending).unwrap_or(0) == 0 {
+        if t[6] == "0" {
             break;
         }
     }
@@ -159,12 +186,21 @@ fn a_running_cluster_moves_to_scoped_subjects_without_losing_or_duplicating_a_ch
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let read = runtime.block_on(async {
         let client = scoped_client(ports[1].0, "app").await;
-        read_all(&client, &format!("{PREFIX}.p.origin.tapp.>")).await
+        read_all(&client, "app").await
     });
+    // Its feed holds its partition's messages and schema migrations, nothing else.
+    let schema = Subjects::new(PREFIX).schema();
+    assert!(
+        read.iter().all(|(subject, _)| subject == &schema
+            || subject == &format!("{PREFIX}.p.origin.tapp.f.titems")),
+        "{:?}",
+        read.iter().map(|(subject, _)| subject).collect::<Vec<_>>()
+    );
+    let read: Vec<_> = read
+        .into_iter()
+        .filter(|(subject, _)| subject != &schema)
+        .collect();
     assert!(!read.is_empty(), "no message on the partition's subject");
-    assert!(read
-        .iter()
-        .all(|(subject, _)| subject == &format!("{PREFIX}.p.origin.tapp.f.titems")));
     let mut seen = Vec::new();
     for (_, frame) in &read {
         let wire::Message::Routed(part) = wire::decode_message(frame).unwrap() else {

@@ -3,13 +3,20 @@
 //! app's JWT as its NATS token and using the inbox prefix its permissions allow.
 //!
 //! - Against an external server configured for auth callout (the sidecar answers it): a valid
-//!   HS256 / RS256 token gets exactly its partitions (consume and publish its own, nothing
-//!   else: other partitions, `<prefix>.>`, shared tables, stream delete/purge, consumer
-//!   listing, `_INBOX.>`), and forged, expired and wrong-audience tokens are refused with an
-//!   authorization error, a log line naming the reason and a metric.
+//!   HS256 / RS256 token publishes (with JetStream acks) only on its partitions and reads
+//!   through its feed, which a full node creates on request: exactly its partitions', shared
+//!   and schema messages, in stream order, consumer sequences contiguous, delivered into its
+//!   own inbox; asking again replaces it; another user's token only ever fills that user's
+//!   inbox; expired, forged and malformed requests are refused. It has no JetStream API
+//!   rights at all (consumer create/pull/info/delete/list, stream info/get/purge/delete):
+//!   the pull that once purged the stream by replying to the purge subject is refused, and a
+//!   feed request replying there purges nothing. Other partitions, `<prefix>.>`, shared
+//!   tables, `_INBOX.>` and other inboxes are refused; forged, expired and wrong-audience
+//!   tokens are refused at connect with an authorization error, a log line naming the reason
+//!   and a metric.
 //! - A 3-node embedded cluster with scopes on: routes and the sidecars' own connections keep
 //!   working, EdDSA (PEM) and JWKS keys (EdDSA and RS256 by `kid`) admit clients on any node,
-//!   over TCP and WebSocket.
+//!   over TCP and WebSocket, and each gets its feed.
 //!
 //! Ed25519 keys are generated per test; the RSA pair is a test-only fixture
 //! (`tests/fixtures/scopes/`).
@@ -21,7 +28,7 @@ use async_nats::jetstream::{self, consumer};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use futures::StreamExt;
-use harmonylite_core::scope::Subjects;
+use harmonylite_core::scope::{FeedReply, FeedRequest, Subjects};
 use harmonylite_tests::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::signature::KeyPair as _;
@@ -218,14 +225,123 @@ async fn ensure_scoped_subjects(admin: &async_nats::Client) {
     js.update_stream(config).await.unwrap();
 }
 
-/// An ordered consumer of `filter`. It is named, so the filter is part of the API subject
-/// the permissions check (an unnamed consumer is created on `$JS.API.CONSUMER.CREATE.<stream>`,
-/// which a scoped client may not use).
-fn ordered(name: &str, filter: String) -> consumer::pull::OrderedConfig {
-    consumer::pull::OrderedConfig {
-        name: Some(name.to_owned()),
-        filter_subject: filter,
-        ..Default::default()
+/// A feed request's JSON.
+fn feed_request(token: &str, replica: &str, from: u64) -> Vec<u8> {
+    serde_json::to_vec(&FeedRequest {
+        token: token.to_owned(),
+        replica: replica.to_owned(),
+        from,
+    })
+    .unwrap()
+}
+
+/// Sends a feed request (`payload`) and reads the reply; an error when none comes within
+/// `wait` (default 10 s).
+async fn ask_feed(
+    client: &async_nats::Client,
+    payload: &[u8],
+    wait: Option<Duration>,
+) -> Result<FeedReply, async_nats::RequestError> {
+    let reply = client
+        .send_request(
+            Subjects::new(PREFIX).feed_request(),
+            async_nats::Request::new()
+                .payload(payload.to_vec().into())
+                .timeout(Some(wait.unwrap_or(Duration::from_secs(10)))),
+        )
+        .await?;
+    Ok(serde_json::from_slice(&reply.payload).expect("a FeedReply"))
+}
+
+/// One message a feed delivered, read from its `$JS.ACK` reply subject.
+#[derive(Debug)]
+struct Delivered {
+    subject: String,
+    stream: String,
+    consumer: String,
+    stream_seq: u64,
+    consumer_seq: u64,
+}
+
+/// The delivered message `message` is (`None`: a heartbeat).
+fn delivered(message: &async_nats::Message) -> Option<Delivered> {
+    if message.status.is_some() {
+        return None;
+    }
+    let reply = message
+        .reply
+        .as_ref()
+        .expect("a feed message has an ack subject");
+    let tokens: Vec<&str> = reply.split('.').collect();
+    assert_eq!(&tokens[..2], ["$JS", "ACK"], "{reply}");
+    // v1: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>;
+    // v2 adds the domain and account hash after ACK (and a random token at the end).
+    let t = if tokens.len() == 9 {
+        &tokens[2..]
+    } else {
+        &tokens[4..]
+    };
+    Some(Delivered {
+        subject: message.subject.to_string(),
+        stream: t[0].to_owned(),
+        consumer: t[1].to_owned(),
+        stream_seq: t[3].parse().unwrap(),
+        consumer_seq: t[4].parse().unwrap(),
+    })
+}
+
+/// The next `n` messages the feed delivers (heartbeats skipped).
+async fn read_feed(feed: &mut async_nats::Subscriber, n: usize) -> Vec<Delivered> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let message = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .unwrap_or_else(|_| panic!("the feed delivered {} of {n}: {out:?}", out.len()))
+            .expect("the subscription is open");
+        out.extend(delivered(&message));
+    }
+    out
+}
+
+/// Nothing but heartbeats for a second.
+async fn nothing_more(feed: &mut async_nats::Subscriber) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(message)) = tokio::time::timeout_at(until, feed.next()).await {
+        assert!(
+            delivered(&message).is_none(),
+            "unexpected {:?}",
+            delivered(&message)
+        );
+    }
+}
+
+/// Every message in the change stream, as (sequence, subject), read by the admin user.
+async fn stored(admin: &async_nats::Client) -> Vec<(u64, String)> {
+    let stream = jetstream::new(admin.clone())
+        .get_stream(STREAM)
+        .await
+        .unwrap();
+    let state = stream.get_info().await.unwrap().state;
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(message) = stream.get_raw_message(seq).await {
+            out.push((seq, message.subject.to_string()));
+        }
+    }
+    out
+}
+
+/// Whether NATS filter `filter` matches `subject`.
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let (mut f, mut s) = (filter.split('.'), subject.split('.'));
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
 
@@ -264,10 +380,11 @@ fn a_scoped_client_gets_exactly_its_partitions_and_bad_tokens_are_refused() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
-            .connect(nats.url())
-            .await
-            .unwrap();
+        let admin =
+            async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+                .connect(nats.url())
+                .await
+                .unwrap();
         ensure_scoped_subjects(&admin).await;
         let subjects = Subjects::new(PREFIX);
         let own = subjects.partition_filter(&user("u1"));
@@ -275,76 +392,256 @@ fn a_scoped_client_gets_exactly_its_partitions_and_bad_tokens_are_refused() {
         let own_notes = notes_subject(&subjects, "u1");
         let other_notes = notes_subject(&subjects, "u2");
 
-        // A valid token: consume and publish its own partition.
+        // A valid token: publish on its own partition, with a JetStream ack (the PubAck is a
+        // reply to its inbox).
         let mut u1 = connect(&nats.url(), &hs256(&claims("u1"), SECRET), "u1")
             .await
             .expect("a valid HS256 token is admitted");
         let js = jetstream::new(u1.client.clone());
-        let stream = js.get_stream(STREAM).await.expect("stream info is allowed");
-        let ack = js
-            .publish(own_notes.clone(), "mine".into())
+        js.publish(own_notes.clone(), "mine".into())
             .await
             .unwrap()
             .await
-            .expect("publishing on its own partition is allowed and stored");
-        let mut mine = stream
-            .create_consumer(ordered("u1-own", own.clone()))
-            .await
-            .expect("a consumer on its own partition is allowed")
-            .messages()
-            .await
-            .unwrap();
-        let message = tokio::time::timeout(Duration::from_secs(10), mine.next())
-            .await
-            .expect("its own partition's message is delivered")
-            .unwrap()
-            .unwrap();
-        assert_eq!(message.subject.as_str(), own_notes);
-        assert_eq!(message.info().unwrap().stream_sequence, ack.sequence);
-        for (name, filter) in [("u1-schema", subjects.schema()), ("u1-shared", subjects.shared_filter())] {
-            stream
-                .create_consumer(ordered(name, filter.clone()))
-                .await
-                .unwrap_or_else(|e| panic!("a consumer on {filter} is allowed: {e}"));
-        }
-        // The bootstrap request goes out (nobody answers it yet: no responders, not a
-        // permissions violation).
-        let bootstrap = u1
-            .client
-            .request(subjects.bootstrap_request(), "{}".into())
-            .await
-            .unwrap_err();
-        assert_eq!(bootstrap.kind(), async_nats::RequestErrorKind::NoResponders, "{bootstrap}");
-
-        // Reading another partition, or everything.
-        for filter in [other.clone(), format!("{PREFIX}.>")] {
-            let create = tokio::time::timeout(
-                Duration::from_secs(15),
-                stream.create_consumer(ordered("u1-other", filter.clone())),
-            )
-            .await;
-            assert!(
-                !matches!(create, Ok(Ok(_))),
-                "a consumer on {filter} must be refused"
-            );
-            u1.violation(&format!("$JS.API.CONSUMER.CREATE.{STREAM}")).await;
-        }
-        // Its own filter in the API subject, another one in the request: JetStream refuses.
-        for body in [
-            json!({"stream_name": STREAM, "config": {"name": "sneaky", "filter_subject": other, "ack_policy": "none"}}),
-            json!({"stream_name": STREAM, "config": {"name": "sneaky", "filter_subjects": [other], "ack_policy": "none"}}),
+            .expect("publishing on its own partition is allowed, and acknowledged");
+        // Everything else, written by a full node: another partition, shared, schema,
+        // unscoped, and its own partition again.
+        let admin_js = jetstream::new(admin.clone());
+        for subject in [
+            format!("{PREFIX}.p.user.tu2.f.tnotes"),
+            format!("{PREFIX}.shared.ttags"),
+            subjects.schema(),
+            format!("{PREFIX}.1"),
+            format!("{PREFIX}.p.user.tu1.f.tnotes"),
+            format!("{PREFIX}.p.user.tu2.f.tnotes"),
+            format!("{PREFIX}.shared.ttags"),
         ] {
-            let reply = u1
-                .client
-                .request(
-                    format!("$JS.API.CONSUMER.CREATE.{STREAM}.sneaky.{own}"),
-                    body.to_string().into(),
-                )
+            admin_js
+                .publish(subject, "full".into())
+                .await
+                .unwrap()
                 .await
                 .unwrap();
-            let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-            assert!(reply.get("error").is_some(), "{body} must be refused: {reply}");
         }
+        let readable = |subject: &str| {
+            subjects
+                .client_subjects(&[user("u1")])
+                .read
+                .iter()
+                .any(|filter| subject_matches(filter, subject))
+        };
+        let stream_messages = stored(&admin).await;
+        let expected: Vec<(u64, String)> = stream_messages
+            .iter()
+            .filter(|(_, subject)| readable(subject))
+            .cloned()
+            .collect();
+        assert!(expected.len() >= 5, "{stream_messages:?}");
+
+        // Its feed from the start: exactly what it may read, in stream order, consumer
+        // sequences contiguous, delivered into its own inbox.
+        let u1_token = hs256(&claims("u1"), SECRET);
+        let mut feed = u1
+            .client
+            .subscribe(Subjects::feed_deliver_subject("u1", "a1"))
+            .await
+            .unwrap();
+        u1.client.flush().await.unwrap();
+        let reply = ask_feed(&u1.client, &feed_request(&u1_token, "a1", 0), None)
+            .await
+            .unwrap();
+        let FeedReply::Started {
+            consumer,
+            deliver_subject,
+            filters,
+            first_seq,
+            last_seq,
+            created_ns,
+        } = reply
+        else {
+            panic!("a valid token's feed was refused: {reply:?}");
+        };
+        assert_eq!(consumer, Subjects::feed_consumer_name("u1", "a1"));
+        assert_eq!(deliver_subject, "_INBOX_tu1.feed.a1");
+        assert_eq!(filters, subjects.client_subjects(&[user("u1")]).read);
+        let info = admin_js
+            .get_stream(STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (first_seq, last_seq),
+            (info.state.first_sequence, info.state.last_sequence)
+        );
+        assert_eq!(created_ns as i128, info.created.unix_timestamp_nanos());
+        let got = read_feed(&mut feed, expected.len()).await;
+        assert_eq!(
+            got.iter()
+                .map(|d| (d.stream_seq, d.subject.clone()))
+                .collect::<Vec<_>>(),
+            expected
+        );
+        assert_eq!(
+            got.iter().map(|d| d.consumer_seq).collect::<Vec<_>>(),
+            (1..=expected.len() as u64).collect::<Vec<_>>()
+        );
+        assert!(got
+            .iter()
+            .all(|d| d.consumer == consumer && d.stream == STREAM));
+        nothing_more(&mut feed).await;
+        // The consumer a full node made: push, into the inbox, nothing to ack, in memory.
+        let made = admin_js
+            .get_stream(STREAM)
+            .await
+            .unwrap()
+            .consumer_info(&consumer)
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(
+            made.config.deliver_subject.as_deref(),
+            Some("_INBOX_tu1.feed.a1")
+        );
+        assert_eq!(made.config.ack_policy, consumer::AckPolicy::None);
+        assert!(made.config.memory_storage);
+        assert_eq!(made.config.inactive_threshold, Duration::from_secs(120));
+
+        // Asking again from a later sequence replaces the feed.
+        let from = expected[2].0;
+        let reply = ask_feed(&u1.client, &feed_request(&u1_token, "a1", from), None)
+            .await
+            .unwrap();
+        assert!(matches!(reply, FeedReply::Started { .. }), "{reply:?}");
+        let again = read_feed(&mut feed, expected.len() - 2).await;
+        assert_eq!(
+            again
+                .iter()
+                .map(|d| (d.stream_seq, d.subject.clone()))
+                .collect::<Vec<_>>(),
+            expected[2..]
+        );
+        assert_eq!(again[0].consumer_seq, 1, "a new consumer");
+        nothing_more(&mut feed).await;
+        let mut names = admin_js.get_stream(STREAM).await.unwrap().consumer_names();
+        let mut feeds = Vec::new();
+        while let Some(name) = names.next().await {
+            let name = name.unwrap();
+            if name.starts_with("hl_feed_") {
+                feeds.push(name);
+            }
+        }
+        assert_eq!(feeds, [consumer.as_str()], "one feed per user and replica");
+
+        // Expired, forged, malformed requests: refused with the reason.
+        let mut expired = claims("u1");
+        expired["exp"] = json!(now() - 3600);
+        for (payload, reason) in [
+            (
+                feed_request(&hs256(&expired, SECRET), "a1", 0),
+                "the token has expired",
+            ),
+            (
+                feed_request(&hs256(&claims("u1"), "forged"), "a1", 0),
+                "signature does not verify",
+            ),
+            (feed_request(&u1_token, "not hex", 0), "hexadecimal"),
+            (b"{\"token\": 1}".to_vec(), "not valid JSON"),
+        ] {
+            match ask_feed(&u1.client, &payload, None).await {
+                Ok(FeedReply::Refused { reason: why }) => assert!(why.contains(reason), "{why}"),
+                other => panic!("expected a refusal naming {reason:?}: {other:?}"),
+            }
+        }
+
+        // Another user's token (stolen by u1): the feed goes to that user's inbox, never to
+        // a subject the request names. Sent with u1's own reply subject: no answer, no feed.
+        let u2_token = hs256(&claims("u2"), SECRET);
+        let u3 = connect(&nats.url(), &hs256(&claims("u3"), SECRET), "u3")
+            .await
+            .unwrap();
+        let mut u3_inbox = u3
+            .client
+            .subscribe("_INBOX_tu3.>".to_owned())
+            .await
+            .unwrap();
+        u3.client.flush().await.unwrap();
+        let mut sneaky: serde_json::Value =
+            serde_json::from_slice(&feed_request(&u2_token, "b2", 0)).unwrap();
+        sneaky["deliver_subject"] = json!("_INBOX_tu3.feed.b2");
+        let sneaky = sneaky.to_string().into_bytes();
+        let unanswered = ask_feed(&u1.client, &sneaky, Some(Duration::from_secs(3))).await;
+        assert!(
+            unanswered.is_err(),
+            "a feed for u2 answered into u1's inbox: {unanswered:?}"
+        );
+        // With a reply subject in u2's inbox (u1 may name it, not read it), the feed is
+        // u2's: it delivers into u2's inbox.
+        u1.client
+            .publish_with_reply(
+                subjects.feed_request(),
+                "_INBOX_tu2.reply".to_owned(),
+                sneaky.clone().into(),
+            )
+            .await
+            .unwrap();
+        u1.client.flush().await.unwrap();
+        let u2_feed = Subjects::feed_consumer_name("u2", "b2");
+        let stream = admin_js.get_stream(STREAM).await.unwrap();
+        let mut made = None;
+        for _ in 0..50 {
+            if let Ok(info) = stream.consumer_info(&u2_feed).await {
+                made = Some(info.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let made = made.expect("u2's feed, made on u2's token");
+        assert_eq!(
+            made.config.deliver_subject.as_deref(),
+            Some("_INBOX_tu2.feed.b2")
+        );
+        for name in [
+            Subjects::feed_consumer_name("u1", "b2"),
+            Subjects::feed_consumer_name("u3", "b2"),
+        ] {
+            assert!(
+                stream.consumer_info(&name).await.is_err(),
+                "{name} must not exist"
+            );
+        }
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_secs(2), u3_inbox.next()).await
+        {
+            panic!("u3's inbox received {:?}", message.subject);
+        }
+
+        // No JetStream API at all: consumers, pulls, infos, stream administration.
+        let own_feed = Subjects::feed_consumer_name("u1", "a1");
+        for subject in [
+            format!("$JS.API.CONSUMER.CREATE.{STREAM}.u1-own.{own}"),
+            format!("$JS.API.CONSUMER.CREATE.{STREAM}.u1-other.{other}"),
+            format!("$JS.API.CONSUMER.CREATE.{STREAM}"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.u1-own"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{own_feed}"),
+            format!("$JS.API.CONSUMER.INFO.{STREAM}.{own_feed}"),
+            format!("$JS.API.CONSUMER.DELETE.{STREAM}.{own_feed}"),
+            format!("$JS.API.CONSUMER.LIST.{STREAM}"),
+            format!("$JS.API.STREAM.INFO.{STREAM}"),
+            format!("$JS.API.STREAM.MSG.GET.{STREAM}"),
+            format!("$JS.API.DIRECT.GET.{STREAM}"),
+            format!("$JS.API.STREAM.DELETE.{STREAM}"),
+            format!("$JS.API.STREAM.PURGE.{STREAM}"),
+            "$JS.API.STREAM.CREATE.OBJ_snapshots".to_owned(),
+            "$KV.bucket.key".to_owned(),
+        ] {
+            u1.publish_refused(&subject).await;
+        }
+        assert!(
+            js.get_stream(STREAM).await.is_err(),
+            "stream info is refused"
+        );
         // Writing outside its partitions: another partition, a shared table, the unscoped
         // subject.
         for subject in [
@@ -354,46 +651,48 @@ fn a_scoped_client_gets_exactly_its_partitions_and_bad_tokens_are_refused() {
         ] {
             u1.publish_refused(&subject).await;
         }
-        // Stream administration and listing.
-        for subject in [
-            format!("$JS.API.STREAM.DELETE.{STREAM}"),
-            format!("$JS.API.STREAM.PURGE.{STREAM}"),
-            format!("$JS.API.CONSUMER.LIST.{STREAM}"),
-            "$JS.API.STREAM.CREATE.OBJ_snapshots".to_owned(),
-            "$KV.bucket.key".to_owned(),
-        ] {
-            u1.publish_refused(&subject).await;
-        }
         // Other users' inboxes and everything's.
         for subject in ["_INBOX.>", "_INBOX_tu2.>", ">"] {
             let _sub = u1.client.subscribe(subject.to_owned()).await.unwrap();
             u1.client.flush().await.unwrap();
             u1.violation(subject).await;
         }
-        // A push consumer delivering its own messages (a valid purge request) to the purge
-        // subject does not purge. (A pull request whose reply subject is the purge subject
-        // does: JetStream delivers pulled messages to any reply subject; docs/security.md,
-        // "Known gap", and the issue-18 report.)
+
+        // The old attack: a purge request stored in its own partition, then pulled with the
+        // purge subject as reply subject. The pull is refused by its permissions. A feed
+        // request whose reply subject is the purge subject gets no answer there.
         js.publish(own_notes.clone(), "{}".into())
             .await
             .unwrap()
             .await
             .unwrap();
         let purge = format!("$JS.API.STREAM.PURGE.{STREAM}");
-        let push = json!({"stream_name": STREAM, "config": {"name": "aim", "filter_subject": own, "deliver_subject": purge, "ack_policy": "none"}});
-        let _ = u1
-            .client
-            .request(
-                format!("$JS.API.CONSUMER.CREATE.{STREAM}.aim.{own}"),
-                push.to_string().into(),
+        u1.client
+            .publish_with_reply(
+                format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{own_feed}"),
+                purge.clone(),
+                "{\"batch\": 10}".into(),
             )
+            .await
+            .unwrap();
+        u1.client.flush().await.unwrap();
+        u1.violation(&format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}"))
             .await;
-
+        for token in [u1_token.clone(), hs256(&expired, SECRET)] {
+            u1.client
+                .publish_with_reply(
+                    subjects.feed_request(),
+                    purge.clone(),
+                    feed_request(&token, "c3", 0).into(),
+                )
+                .await
+                .unwrap();
+        }
         u1.client.flush().await.unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
 
-        // The stream is intact: its two messages, nothing purged.
-        let info = jetstream::new(admin.clone())
+        // The stream is intact: nothing purged.
+        let info = admin_js
             .get_stream(STREAM)
             .await
             .unwrap()
@@ -401,7 +700,14 @@ fn a_scoped_client_gets_exactly_its_partitions_and_bad_tokens_are_refused() {
             .await
             .unwrap()
             .clone();
-        assert_eq!(info.state.messages, 2, "{:?}", info.state);
+        assert_eq!(
+            info.state.messages,
+            stream_messages.len() as u64 + 1,
+            "{:?}",
+            info.state
+        );
+        assert_eq!(info.state.first_sequence, stream_messages[0].0);
+        drop(u3);
 
         // RS256 through public_key_file.
         connect(&nats.url(), &rs256(&claims("u3"), None), "u3")
@@ -436,12 +742,46 @@ fn a_scoped_client_gets_exactly_its_partitions_and_bad_tokens_are_refused() {
             "refused a scoped client: the token's audience is not this app's",
             "refused a scoped client: no token",
         ] {
-            assert!(log.contains(reason), "the log names {reason:?}:\n{}", node.log_tail());
+            assert!(
+                log.contains(reason),
+                "the log names {reason:?}:\n{}",
+                node.log_tail()
+            );
         }
-        assert!(!log.contains(&tampered) && !log.contains(&good), "tokens never reach the log");
+        for reason in [
+            "refused a scoped feed request: the token has expired",
+            "refused a scoped feed request: the token's signature does not verify",
+            "refused a scoped feed request: its reply subject is not in the user's inbox namespace",
+        ] {
+            assert!(
+                log.contains(reason),
+                "the log names {reason:?}:\n{}",
+                node.log_tail()
+            );
+        }
+        assert!(
+            !log.contains(&tampered) && !log.contains(&good),
+            "tokens never reach the log"
+        );
         let (_, metrics) = http_get(metrics_port, "/metrics").unwrap();
-        for outcome in ["accepted", "bad_signature", "expired", "wrong_audience", "no_token"] {
+        for outcome in [
+            "accepted",
+            "bad_signature",
+            "expired",
+            "wrong_audience",
+            "no_token",
+        ] {
             let line = format!("harmonylite_auth_callouts_total{{outcome=\"{outcome}\"}}");
+            assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+        }
+        for outcome in [
+            "started",
+            "expired",
+            "bad_signature",
+            "bad_request",
+            "bad_reply",
+        ] {
+            let line = format!("harmonylite_scope_feeds_total{{outcome=\"{outcome}\"}}");
             assert!(metrics.contains(&line), "{line} in:\n{metrics}");
         }
     });
@@ -523,16 +863,29 @@ fn an_embedded_cluster_admits_scoped_clients_by_eddsa_and_jwks_keys_on_every_nod
             let mut client = connect(&url, &token, sub)
                 .await
                 .unwrap_or_else(|e| panic!("{sub} on {url}: {e}"));
-            // Its own bootstrap request goes out; another user's partition does not.
-            let bootstrap = client
+            // Its own bootstrap request goes out and is answered (a refusal: "{}" is not a
+            // bootstrap request); another user's partition does not.
+            client
                 .client
                 .request(subjects.bootstrap_request(), "{}".into())
                 .await
-                .unwrap_err();
-            assert_eq!(bootstrap.kind(), async_nats::RequestErrorKind::NoResponders);
+                .unwrap_or_else(|e| panic!("{sub}'s bootstrap request: {e}"));
             client
                 .publish_refused(&notes_subject(&subjects, "someone-else"))
                 .await;
+            // Some node starts its feed (the shared table's row), whichever it is connected to.
+            let mut feed = client
+                .client
+                .subscribe(Subjects::feed_deliver_subject(sub, "f00d"))
+                .await
+                .unwrap();
+            client.client.flush().await.unwrap();
+            let reply = ask_feed(&client.client, &feed_request(&token, "f00d", 0), None)
+                .await
+                .unwrap_or_else(|e| panic!("{sub}'s feed on {url}: {e}"));
+            assert!(matches!(reply, FeedReply::Started { .. }), "{reply:?}");
+            let got = read_feed(&mut feed, 1).await;
+            assert_eq!(got[0].subject, format!("{PREFIX}.shared.ttags"));
         }
         // A kid the JWKS lacks, an RS256 token without kid (no RSA public_key_file), an HS256
         // token (no secret configured), a wrong audience: refused on every node and over

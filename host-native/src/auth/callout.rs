@@ -21,7 +21,6 @@ use crate::auth::nats_jwt::{self, UserPermissions};
 use crate::auth::token::{self, Refusal, Verifier};
 use crate::auth::AuthError;
 use crate::config::Config;
-use crate::nats::setup::stream_name;
 use crate::ops::metrics::Metrics;
 
 /// The subject NATS servers send authorization requests to.
@@ -34,7 +33,6 @@ pub struct Callout {
     verifier: Verifier,
     rules: ScopeRules,
     subjects: Subjects,
-    stream: String,
     account: nkeys::KeyPair,
     metrics: Metrics,
 }
@@ -65,7 +63,6 @@ impl Callout {
             verifier: Verifier::load(&scopes.auth)?,
             rules,
             subjects: Subjects::new(config.nats.subject_prefix.clone()),
-            stream: stream_name(&config.nats),
             account: scopes.auth.callout_account()?,
             metrics: Metrics::new(&config.prometheus.namespace),
         }))
@@ -80,25 +77,18 @@ impl Callout {
     /// Exactly what a scoped client of user `subject` holding `partitions` may do:
     ///
     /// - subscribe only under its inbox prefix ([`Subjects::client_inbox_prefix`]), where
-    ///   its request replies and consumer deliveries arrive;
+    ///   its request replies, JetStream publish acks and its feed's deliveries arrive;
     /// - publish changes on its partitions' subjects;
-    /// - create consumers on the stream whose filter is one of its read filters (the filter
-    ///   is part of the API subject, and the server refuses a body whose filter differs);
-    /// - fetch from and read the info of consumers of the stream, read the stream's info;
-    /// - send scoped bootstrap requests.
+    /// - send feed requests (a full node creates its feed: [`crate::auth::feed`]) and scoped
+    ///   bootstrap requests.
+    ///
+    /// No `$JS.API.>` subject at all: JetStream delivers a pull's messages to whatever reply
+    /// subject the request names and a push consumer's to whatever delivery subject its
+    /// creator names, whoever asks, so a client allowed to pull or create consumers could
+    /// make JetStream publish stored messages on subjects it may not publish to.
     pub fn permissions(&self, subject: &str, partitions: &[Partition]) -> UserPermissions {
-        let client = self.subjects.client_subjects(partitions);
-        let stream = &self.stream;
-        let mut publish = client.publish;
-        publish.extend(
-            client
-                .read
-                .iter()
-                .map(|filter| format!("$JS.API.CONSUMER.CREATE.{stream}.*.{filter}")),
-        );
-        publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"));
-        publish.push(format!("$JS.API.CONSUMER.INFO.{stream}.*"));
-        publish.push(format!("$JS.API.STREAM.INFO.{stream}"));
+        let mut publish = self.subjects.client_subjects(partitions).publish;
+        publish.push(self.subjects.feed_request());
         publish.push(self.subjects.bootstrap_request());
         UserPermissions {
             publish,
@@ -228,4 +218,56 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::scopes::ScopesAuthConfig;
+    use harmonylite_core::scope::PartitionRule;
+    use harmonylite_core::value::Value;
+
+    #[test]
+    fn a_scoped_user_gets_its_inbox_its_partitions_and_the_two_requests_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hs.secret");
+        std::fs::write(&secret, "topsecret\n").unwrap();
+        let rules = ScopeRules::new(
+            vec![PartitionRule {
+                name: "user".into(),
+                claims: vec!["sub".into()],
+                tables: [("notes".to_owned(), vec!["owner".to_owned()])].into(),
+            }],
+            ["tags".to_owned()],
+            [],
+        )
+        .unwrap();
+        let callout = Callout {
+            verifier: Verifier::load(&ScopesAuthConfig {
+                audience: Some("app".into()),
+                hs256_secret_file: Some(secret),
+                ..Default::default()
+            })
+            .unwrap(),
+            rules,
+            subjects: Subjects::new("app"),
+            account: nkeys::KeyPair::new_account(),
+            metrics: Metrics::new("harmonylite"),
+        };
+        let partition = |id: &str| Partition {
+            rule: "user".into(),
+            values: vec![Value::Text(id.into())],
+        };
+        let permissions = callout.permissions("u1", &[partition("u1"), partition("t9")]);
+        assert_eq!(
+            permissions.publish,
+            [
+                "app.p.user.tu1.c.*",
+                "app.p.user.tt9.c.*",
+                "app.scope.feed",
+                "app.scope.bootstrap"
+            ]
+        );
+        assert_eq!(permissions.subscribe, ["_INBOX_tu1.>"]);
+    }
 }
