@@ -620,6 +620,9 @@ pub enum FeedReply {
         last_seq: u64,
         /// When the stream was created (Unix ns), for the stream identity check.
         created_ns: u64,
+        /// The cluster's scope rules: a scoped replica takes them from here (never from its
+        /// own configuration) to route its writes.
+        rules: ScopeRulesDoc,
     },
     /// Refused: the token is not valid (now), or the request is malformed.
     Refused {

@@ -433,3 +433,46 @@ fn a_scoped_replica_keeps_the_rules_it_was_given_for_offline_starts() {
         .unwrap();
     assert_eq!(subjects(&publish(&mut store)), ["app.p.user.tu1.c.tnotes"]);
 }
+
+#[test]
+fn a_scoped_replica_applies_the_groups_it_receives_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f_path, c_path) = (dir.path().join("f.db"), dir.path().join("c.db"));
+    let f_app = app(&f_path);
+    let c_app = app(&c_path);
+    let mut full = open(&f_path, 1, rules(), 2048);
+    let mut client = open_scoped_replica(&c_path, 3);
+    f_app.execute_batch("BEGIN").unwrap();
+    for i in 0..60 {
+        f_app
+            .execute(
+                "INSERT INTO notes VALUES (?1, ?2, ?3)",
+                rusqlite::params![
+                    format!("n{i}"),
+                    if i % 2 == 0 { "u1" } else { "u2" },
+                    "x".repeat(60)
+                ],
+            )
+            .unwrap();
+    }
+    f_app.execute_batch("COMMIT").unwrap();
+    let mut stream = Stream::default();
+    stream.publish(&mut full, None);
+    // The feed of u1: only u1's frames (several: its group is chunked), in stream order.
+    let feed: Vec<Inbound> = stream
+        .messages
+        .iter()
+        .filter(|m| m.subject.as_deref() == Some("p.user.tu1.f.tnotes"))
+        .cloned()
+        .collect();
+    assert!(feed.len() > 1, "u1's group spans several frames");
+    assert!(feed.len() < stream.messages.len());
+    let report = client.receive(now(), &feed).unwrap();
+    assert!(report.parked.is_empty(), "{:?}", report.parked);
+    assert_eq!(
+        count(&c_app, "SELECT count(*) FROM notes WHERE owner_id = 'u1'"),
+        30
+    );
+    assert_eq!(count(&c_app, "SELECT count(*) FROM notes"), 30);
+    assert_eq!(client.cursor(), feed.last().unwrap().seq);
+}

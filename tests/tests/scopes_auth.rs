@@ -456,10 +456,28 @@ fn a_scoped_client_gets_exactly_its_partitions_and_bad_tokens_are_refused() {
             first_seq,
             last_seq,
             created_ns,
+            rules,
         } = reply
         else {
             panic!("a valid token's feed was refused: {reply:?}");
         };
+        assert_eq!(
+            harmonylite_core::scope::ScopeRules::from_doc(rules)
+                .unwrap()
+                .table_scope("notes"),
+            harmonylite_core::scope::ScopeRules::from_doc(harmonylite_core::scope::ScopeRulesDoc {
+                partition: vec![harmonylite_core::scope::PartitionRule {
+                    name: "user".into(),
+                    claims: vec!["sub".into()],
+                    tables: [("notes".to_owned(), vec!["owner_id".to_owned()])].into(),
+                }],
+                shared: vec!["tags".into()],
+                hidden: vec![],
+            })
+            .unwrap()
+            .table_scope("notes"),
+            "the feed gives the scoped replica the cluster's rules"
+        );
         assert_eq!(consumer, Subjects::feed_consumer_name("u1", "a1"));
         assert_eq!(deliver_subject, "_INBOX_tu1.feed.a1");
         assert_eq!(filters, subjects.client_subjects(&[user("u1")]).read);

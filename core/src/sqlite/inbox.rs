@@ -76,15 +76,26 @@ pub fn add_part(conn: &Connection, part: &MessageV1) -> Result<Option<Vec<u8>>, 
 pub type GroupBodies = Vec<(Option<String>, Compression, Vec<u8>)>;
 
 /// Stores one frame of a routed batch, with the subject it arrived on; returns every
-/// group, in group order, once every frame of the batch is here (and forgets the frames).
-/// A scoped replica's frames (`scoped`) are kept under a different origin key than full
-/// nodes' so they can never be joined to a full node's batch.
+/// group, in group order, once every frame of the batch is here (and forgets the frames),
+/// or, with `group_only` (a scoped replica, which receives only its routes), this frame's
+/// group once its frames are here. A scoped replica's frames (`scoped`) are kept under a
+/// different origin key than full nodes' so they can never be joined to a full node's batch.
 pub fn add_routed_part(
     conn: &Connection,
     part: &RoutedPart,
     subject: Option<&str>,
     scoped: bool,
+    group_only: bool,
 ) -> Result<Option<GroupBodies>, StoreError> {
+    // Which stored frames make up what is awaited: the whole batch, or one group of it.
+    let (group_filter, wanted) = if group_only {
+        (
+            format!("AND grp = {}", part.group_start),
+            i64::from(part.group_frames),
+        )
+    } else {
+        (String::new(), i64::from(part.parts))
+    };
     let mut origin = part.origin.to_bytes().to_vec();
     if scoped {
         origin.push(b'c');
@@ -111,12 +122,12 @@ pub fn add_routed_part(
     let have: i64 = conn
         .prepare_cached(&format!(
             "SELECT count(*) FROM {} WHERE origin = ?1 AND batch_seq = ?2 AND parts = ?3 \
-             AND grp IS NOT NULL",
+             AND grp IS NOT NULL {group_filter}",
             quote(names::PARTS)
         ))
         .and_then(|mut s| s.query_row(params![&origin[..], batch_seq, part.parts], |r| r.get(0)))
         .context("counting message parts")?;
-    if have < part.parts as i64 {
+    if have < wanted {
         return Ok(None);
     }
     let mut groups: Vec<(i64, Option<String>, Compression, Vec<u8>)> = Vec::new();
@@ -124,7 +135,7 @@ pub fn add_routed_part(
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT grp, compression, body, subject FROM {} WHERE origin = ?1 AND batch_seq = ?2 \
-                 AND parts = ?3 AND grp IS NOT NULL ORDER BY part",
+                 AND parts = ?3 AND grp IS NOT NULL {group_filter} ORDER BY part",
                 quote(names::PARTS)
             ))
             .context("reading message parts")?;
@@ -143,7 +154,7 @@ pub fn add_routed_part(
         }
     }
     conn.prepare_cached(&format!(
-        "DELETE FROM {} WHERE origin = ?1 AND batch_seq = ?2",
+        "DELETE FROM {} WHERE origin = ?1 AND batch_seq = ?2 {group_filter}",
         quote(names::PARTS)
     ))
     .and_then(|mut s| s.execute(params![&origin[..], batch_seq]))

@@ -1079,8 +1079,8 @@ fn receive_one(
             if part.origin == node && message.seq > replay_own_until {
                 return own_message(conn, options, part.batch_seq);
             }
-            let reassembled = !part.is_whole();
-            let Some(groups) = routed_groups(conn, part.clone(), message, false)? else {
+            let reassembled = !routed_whole(options, &part);
+            let Some(groups) = routed_groups(conn, options, part.clone(), message, false)? else {
                 return Ok(Outcome::PartStored);
             };
             let batch = decode_groups(&groups).map_err(ApplyFailure::Park)?;
@@ -1194,8 +1194,9 @@ fn receive_scoped(
             )
         }
     };
-    let (origin, batch_seq, reassembled) = (part.origin, part.batch_seq, !part.is_whole());
-    let Some(groups) = routed_groups(conn, part, message, true)? else {
+    let (origin, batch_seq, reassembled) =
+        (part.origin, part.batch_seq, !routed_whole(options, &part));
+    let Some(groups) = routed_groups(conn, options, part, message, true)? else {
         return Ok(Outcome::PartStored);
     };
     let mut checked = Vec::with_capacity(groups.len());
@@ -1221,22 +1222,36 @@ fn receive_scoped(
 }
 
 /// A routed batch's groups (subject, compression, body) once every frame is here (`None`:
-/// this frame was stored to wait for the rest). A scoped replica's frames wait apart from
-/// full nodes' (`scoped`), so a forged origin cannot complete a full node's batch.
+/// this frame was stored to wait for the rest). A full replica waits for the whole batch; a
+/// scoped replica, which receives only its routes, for this frame's group. A scoped
+/// replica's frames wait apart from full nodes' (`scoped`), so a forged origin cannot
+/// complete a full node's batch.
 fn routed_groups(
     conn: &Connection,
+    options: &StoreOptions,
     part: wire::RoutedPart,
     message: &Inbound,
     scoped: bool,
 ) -> Result<Option<inbox::GroupBodies>, StoreError> {
-    if part.is_whole() {
+    let group_only = options.writer == crate::scope::Writer::Scoped;
+    if routed_whole(options, &part) {
         return Ok(Some(vec![(
             message.subject.clone(),
             part.compression,
             part.body,
         )]));
     }
-    inbox::add_routed_part(conn, &part, message.subject.as_deref(), scoped)
+    inbox::add_routed_part(conn, &part, message.subject.as_deref(), scoped, group_only)
+}
+
+/// Whether a routed frame is all this replica waits for: its batch's only frame, or, on a
+/// scoped replica, its group's only frame.
+fn routed_whole(options: &StoreOptions, part: &wire::RoutedPart) -> bool {
+    if options.writer == crate::scope::Writer::Scoped {
+        part.group_frames == 1
+    } else {
+        part.is_whole()
+    }
 }
 
 /// Decodes route groups and joins them into one batch.

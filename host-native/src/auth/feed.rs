@@ -165,6 +165,7 @@ impl Feed {
                         first_seq,
                         last_seq,
                         created_ns,
+                        rules: self.rules.to_doc(),
                     })
                 }
                 Err(e) => last_error = e.to_string(),
