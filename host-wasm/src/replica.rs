@@ -687,6 +687,74 @@ impl Replica {
         Ok(true)
     }
 
+    /// The tables a scoped bootstrap brings (the rules' partitioned and shared tables),
+    /// lowercase; empty before the rules are known.
+    #[wasm_bindgen(js_name = scopeTables)]
+    pub fn scope_tables(&self) -> Result<Array, JsValue> {
+        let doc = self.session()?.scope_rules().to_doc();
+        let tables: Vec<String> = doc
+            .partition
+            .iter()
+            .flat_map(|rule| rule.tables.keys().cloned())
+            .chain(doc.shared)
+            .collect();
+        Ok(convert::string_array(&tables))
+    }
+
+    /// Merges one page of a scoped bootstrap: `reply` is a full node's postcard
+    /// `BootstrapReply`. Returns `{ finished, next, rows, tombstones, skippedTables, cursor }`
+    /// (`next`: the `after` of the next page's request, null on the last page). When
+    /// `finished`, the cursor moved: feed `Reopened` (kind 13).
+    #[wasm_bindgen(js_name = importBootstrapPage)]
+    pub fn import_bootstrap_page(
+        &mut self,
+        monotonic_ms: f64,
+        wall_ms: f64,
+        reply: &[u8],
+    ) -> Result<JsValue, JsValue> {
+        use harmonylite_core::sqlite::scope_bootstrap::BootstrapReply;
+        let page = match BootstrapReply::decode(reply) {
+            Ok(BootstrapReply::Page(page)) => page,
+            Ok(BootstrapReply::Refused { reason }) => {
+                return Err(ReplicaError::Storage(format!(
+                    "the scoped bootstrap was refused: {reason}"
+                ))
+                .into())
+            }
+            Err(e) => {
+                return Err(ReplicaError::Storage(format!(
+                    "a malformed scoped bootstrap reply: {e}"
+                ))
+                .into())
+            }
+        };
+        let now = now(monotonic_ms, wall_ms);
+        let report = self
+            .session_mut()?
+            .import_partitions(&page, now.wall)
+            .map_err(|e| {
+                ReplicaError::Storage(format!("importing a scoped bootstrap page: {e}"))
+            })?;
+        let skipped: Vec<String> = report
+            .skipped_tables
+            .iter()
+            .map(|(table, _)| table.clone())
+            .collect();
+        Ok(object(&[
+            ("finished", report.finished.into()),
+            (
+                "next",
+                page.next
+                    .as_ref()
+                    .map_or(JsValue::NULL, |p| JsValue::from(p.to_token())),
+            ),
+            ("rows", num(report.rows as f64)),
+            ("tombstones", num(report.tombstones as f64)),
+            ("skippedTables", convert::string_array(&skipped).into()),
+            ("cursor", num(report.cursor as f64)),
+        ]))
+    }
+
     /// This replica's node id (hex).
     #[wasm_bindgen(js_name = nodeId)]
     pub fn node_id(&self) -> Result<String, JsValue> {

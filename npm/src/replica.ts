@@ -63,6 +63,12 @@ export interface WasmReplica {
   discardParked(table: string, force: boolean): number;
   adoptStream(monotonicMs: number, wallMs: number): number;
   hasScopeRules(): boolean;
+  scopeTables(): string[];
+  importBootstrapPage(
+    monotonicMs: number,
+    wallMs: number,
+    reply: Uint8Array,
+  ): { finished: boolean; next: string | null; rows: number; tombstones: number; skippedTables: string[]; cursor: number };
   adoptScopeRules(monotonicMs: number, wallMs: number, rules: unknown): boolean;
   close(): void;
   free(): void;
@@ -156,6 +162,9 @@ const enum Kind {
   Reopened = 13,
   MessageOnSubject = 14,
 }
+
+/** How often (every 2 s) a scoped bootstrap waits for the application's tables. */
+const TABLE_WAITS = 5;
 
 /**
  * Stream messages queued for one feed at most: a longer queue is fed at once instead of on
@@ -260,6 +269,8 @@ export class LocalReplica implements Replica {
   #tx: Promise<void> | null = null;
   /** A scoped replica (reads a feed of its partitions). */
   #scoped: boolean;
+  /** How often a scoped bootstrap waited for the application's tables. */
+  #tableWaits = 0;
   #subscribers = new Set<Subscriber>();
   #listeners: { [K in keyof ReplicaEvents]: Set<(value: ReplicaEvents[K]) => void> } = {
     status: new Set(),
@@ -597,7 +608,18 @@ export class LocalReplica implements Replica {
     let info: StreamState;
     try {
       info = await transport.readStreamInfo(this.#core.status().cursor + 1);
-      if (current() && this.#snapshots && info.lastSeq > 0 && this.#core.isEmpty()) {
+      if (current() && this.#scoped && info.lastSeq > 0 && this.#core.isEmpty()) {
+        const missing = await this.#scopedBootstrap();
+        if (missing === null) {
+          // The session reads the stream again from the cursor the bootstrap covered.
+          return;
+        }
+        if (missing.length > 0 && ++this.#tableWaits <= TABLE_WAITS) {
+          // Read again shortly (the session retries): the application creates its tables
+          // right after open().
+          throw new ReplicationError(`the scoped bootstrap waits for the application's tables ${missing.join(", ")}`);
+        }
+      } else if (current() && this.#snapshots && info.lastSeq > 0 && this.#core.isEmpty()) {
         if (await this.#bootstrap(info.lastSeq)) {
           // The session reads the stream again from the restored cursor.
           return;
@@ -619,6 +641,50 @@ export class LocalReplica implements Replica {
     }
     this.#infoFailing = false;
     this.#feedNow(Kind.StreamInfo, 0, info);
+  }
+
+  /**
+   * A scoped replica with an empty database takes its partitions' current rows, versions and
+   * tombstones from a full node, page by page, instead of replaying the stream. Returns null
+   * when it did (the cursor moved to the sequence they cover), else the tables the
+   * bootstrap would bring that do not exist here (it needs every one; the caller waits a
+   * little for the application to create them, then lets the feed replay the stream).
+   */
+  async #scopedBootstrap(): Promise<string[] | null> {
+    do await this.#idle(); while (this.#tx);
+    const local = new Set(this.#core.replicatedTables().map((t) => t.toLowerCase()));
+    const wanted = this.#core.scopeTables();
+    const missing = wanted.filter((t) => !local.has(t));
+    if (wanted.length === 0 || missing.length > 0 || !this.#core.isEmpty()) {
+      return missing;
+    }
+    let after: string | null = null;
+    let tables = 0;
+    for (;;) {
+      const reply = await this.#transport!.bootstrapPage(after);
+      do await this.#idle(); while (this.#tx);
+      const [mono, wall] = this.#now();
+      let page: ReturnType<WasmReplica["importBootstrapPage"]>;
+      try {
+        page = this.#core.importBootstrapPage(mono, wall, reply);
+      } catch (e) {
+        throw new ReplicationError(String(toHarmonyliteError(e).message), { cause: e });
+      }
+      tables += page.rows + page.tombstones;
+      if (page.finished) {
+        break;
+      }
+      after = page.next;
+      if (after === null) {
+        break;
+      }
+    }
+    this.#feedNow(Kind.Reopened);
+    this.#settleSync();
+    if (tables > 0) {
+      this.#notify(wanted, "remote");
+    }
+    return null;
   }
 
   /**

@@ -574,6 +574,23 @@ export class Transport {
     );
   }
 
+  /**
+   * A scoped replica's bootstrap: asks any full node for one page of its partitions
+   * (`after`: the previous page's `next`) and returns the raw answer (a postcard
+   * `BootstrapReply` the wasm replica imports).
+   */
+  async bootstrapPage(after: string | null): Promise<Uint8Array> {
+    const scoped = this.#options.scoped;
+    const nc = this.#nc;
+    if (!scoped || !nc || !this.#online) {
+      throw new ConnectionError("offline");
+    }
+    this.#token = await scoped.getToken();
+    const body = JSON.stringify(after === null ? { token: this.#token } : { token: this.#token, after });
+    const reply = await nc.request(`${this.#options.subjectPrefix}.scope.bootstrap`, body, { timeout: scoped.requestTimeoutMs * 4 });
+    return reply.data;
+  }
+
   /** Resolves once online. */
   whenOnline(): Promise<void> {
     if (this.#online) {

@@ -30,7 +30,7 @@ function token(sub, ttlSeconds = 600) {
   return `${head}.${body}.${sig}`;
 }
 
-async function scopedNode() {
+async function scopedNode({ maxEntries } = {}) {
   const dir = tempDir("hl-scoped-");
   writeFileSync(join(dir, "hs256.secret"), SECRET);
   const seed = join(dir, "callout.nk");
@@ -45,6 +45,7 @@ async function scopedNode() {
     `audience = "${AUDIENCE}"`,
     `hs256_secret_file = ${JSON.stringify(join(dir, "hs256.secret"))}`,
     `callout_seed_file = ${JSON.stringify(seed)}`,
+    ...(maxEntries ? ["[replication_log]", `max_entries = ${maxEntries}`] : []),
   ].join("\n");
   const embedded = { port: await freePort(), wsPort: await freePort() };
   const node = new Sidecar(join(dir, "node1"), "node1", undefined, embedded, SCHEMA, extra, await freePort());
@@ -101,4 +102,28 @@ test("each scoped replica reads and writes only its partition and the shared tab
     message: () => `no publish error for the forged row: ${alice.errors.join("; ")}`,
   });
   assert.equal(node.query("SELECT count(*) FROM notes WHERE id = 'x1'")[0][0], 0, "the forged row reached the full node");
+});
+
+test("a new scoped replica starts from a bootstrap of its partitions when the stream no longer holds their history", async () => {
+  const { node, wsUrl } = await scopedNode({ maxEntries: 5 });
+  for (let i = 0; i < 20; i++) {
+    appSql(node.db, "INSERT INTO notes VALUES (?, ?, ?)", [`a${i}`, "alice", `alice's note ${i}`]);
+    appSql(node.db, "INSERT INTO notes VALUES (?, ?, ?)", [`b${i}`, "bob", `bob's note ${i}`]);
+  }
+  appSql(node.db, "DELETE FROM notes WHERE id = 'a0'", []);
+  appSql(node.db, "INSERT INTO tags VALUES (1, 'shared tag')", []);
+  // Everything captured and acknowledged by the stream (which keeps only the last 5).
+  await waitFor(() => node.query("SELECT (SELECT count(*) FROM __hl_log) + (SELECT count(*) FROM __hl_outbox)")[0][0] === 0, { message: () => node.logTail() });
+  const { open } = await harmonylite();
+  const alice = await openScoped(open, wsUrl, "alice");
+  await waitFor(async () => (await notes(alice.db)).length === 19 && (await alice.db.query("SELECT * FROM tags")).length === 1, {
+    message: async () => `alice ${JSON.stringify((await notes(alice.db)).map((r) => r[0]))}; errors ${alice.errors.join("; ")}\n${node.logTail()}`,
+  });
+  const ids = (await notes(alice.db)).map((r) => r[0]);
+  assert.ok(ids.every((id) => id.startsWith("a")), `another user's row reached alice: ${ids}`);
+  assert.ok(!ids.includes("a0"), "the deleted note came back");
+  assert.ok(!(await alice.db.status()).fellBehind, "a bootstrapped replica is not behind");
+  // And it keeps following its feed from where the bootstrap left it.
+  appSql(node.db, "INSERT INTO notes VALUES ('a99', 'alice', 'after the bootstrap')", []);
+  await waitFor(async () => (await notes(alice.db)).some((r) => r[0] === "a99"), { message: () => `a99 never reached alice: ${alice.errors.join("; ")}` });
 });

@@ -130,6 +130,19 @@ impl Session<Store> {
         Ok(discarded)
     }
 
+    /// Merges one page of a scoped bootstrap ([`Store::import_partitions`]). When the report
+    /// says `finished`, the cursor moved: feed [`crate::session::SessionInput::Reopened`].
+    pub fn import_partitions(
+        &mut self,
+        page: &crate::sqlite::scope_bootstrap::PartitionExport,
+        now: NTP64,
+    ) -> Result<
+        crate::sqlite::scope_bootstrap::ImportReport,
+        crate::sqlite::scope_bootstrap::ImportError,
+    > {
+        self.engine_mut().db_mut().import_partitions(page, now)
+    }
+
     /// One step of a catch-up in place ([`Store::catch_up_step`]). When the report says
     /// `finished`, the cursor moved: feed [`crate::session::SessionInput::Reopened`].
     pub fn catch_up_step(
