@@ -74,9 +74,12 @@ async fn scoped_client(port: u16, sub: &str) -> async_nats::Client {
 }
 
 /// Every message the feed of scoped client `sub` delivers (its partitions', shared tables',
-/// schema migrations'), as (subject, frame), in stream order. Scoped clients hold no JetStream
+/// schema migrations'), as (subject, frame, `Nats-Msg-Id`), in stream order. Scoped clients hold no JetStream
 /// API rights: a full node creates the feed on request, delivering into the client's inbox.
-async fn read_all(client: &async_nats::Client, sub: &str) -> Vec<(String, Vec<u8>)> {
+async fn read_all(
+    client: &async_nats::Client,
+    sub: &str,
+) -> Vec<(String, Vec<u8>, Option<String>)> {
     let mut feed = client
         .subscribe(Subjects::feed_deliver_subject(sub, "5eed"))
         .await
@@ -117,7 +120,16 @@ async fn read_all(client: &async_nats::Client, sub: &str) -> Vec<(String, Vec<u8
             "{reply} after {last:?}"
         );
         last = (stream_seq, consumer_seq);
-        out.push((message.subject.to_string(), message.payload.to_vec()));
+        let msg_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.to_string());
+        out.push((
+            message.subject.to_string(),
+            message.payload.to_vec(),
+            msg_id,
+        ));
         if t[6] == "0" {
             break;
         }
@@ -191,18 +203,18 @@ fn a_running_cluster_moves_to_scoped_subjects_without_losing_or_duplicating_a_ch
     // Its feed holds its partition's messages and schema migrations, nothing else.
     let schema = Subjects::new(PREFIX).schema();
     assert!(
-        read.iter().all(|(subject, _)| subject == &schema
+        read.iter().all(|(subject, _, _)| subject == &schema
             || subject == &format!("{PREFIX}.p.origin.tapp.f.titems")),
         "{:?}",
-        read.iter().map(|(subject, _)| subject).collect::<Vec<_>>()
+        read.iter().map(|(subject, _, _)| subject).collect::<Vec<_>>()
     );
     let read: Vec<_> = read
         .into_iter()
-        .filter(|(subject, _)| subject != &schema)
+        .filter(|(subject, _, _)| subject != &schema)
         .collect();
     assert!(!read.is_empty(), "no message on the partition's subject");
     let mut seen = Vec::new();
-    for (_, frame) in &read {
+    for (_, frame, _) in &read {
         let wire::Message::Routed(part) = wire::decode_message(frame).unwrap() else {
             panic!("a partition's message that is not routed");
         };
@@ -398,6 +410,61 @@ fn a_node_whose_scope_rules_differ_says_so_and_applies_once_they_agree() {
     let refs: Vec<&Node> = nodes.iter().collect();
     wait_converged(&refs, "items", CONVERGE, |rows| rows.len() == 1);
     nodes[2].wait_healthy(START);
+    for node in &mut nodes {
+        node.stop();
+    }
+}
+
+#[test]
+fn a_scoped_client_cannot_make_a_full_node_lose_a_write_by_taking_its_message_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, ports) = start_cluster(dir.path(), true);
+    // A full node's write in alice's partition shows alice that node's message ids.
+    nodes[0]
+        .app()
+        .execute("INSERT INTO items VALUES (1, 'alice', x'00')", [])
+        .unwrap();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_converged(&refs, "items", CONVERGE, |rows| rows.len() == 1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = scoped_client(ports[1].0, "alice").await;
+        let read = read_all(&client, "alice").await;
+        let seen = read
+            .last()
+            .and_then(|(_, _, id)| id.clone())
+            .expect("the full node's message id in alice's feed");
+        // <node>-<incarnation>-<batch>-<part>: take the id of that node's next batch.
+        let mut parts: Vec<String> = seen.split('-').map(str::to_owned).collect();
+        let batch: u64 = parts[2].parse().unwrap();
+        parts[2] = (batch + 1).to_string();
+        let stolen = parts.join("-");
+        let js = jetstream::new(client.clone());
+        let message = jetstream::message::PublishMessage::build()
+            .payload(client_frame(NodeId::from_u128(0xa11ce).unwrap(), 1, &[(50, "alice")]).into())
+            .message_id(&stolen);
+        js.send_publish(format!("{PREFIX}.p.origin.talice.c.titems"), message)
+            .await
+            .unwrap()
+            .await
+            .unwrap_or_else(|e| panic!("alice's publish under {stolen}: {e}"));
+    });
+    // The full node's next write gets that id; it must still reach every node.
+    nodes[0]
+        .app()
+        .execute("INSERT INTO items VALUES (2, 'bob', x'00')", [])
+        .unwrap();
+    let rows = wait_converged(&refs, "items", CONVERGE, |rows| {
+        rows.iter().any(|r| r[0] == Value::Integer(2))
+    });
+    assert!(ids(&rows).contains(&2));
+    assert!(
+        nodes[0]
+            .log()
+            .contains("another publisher used this node's message id"),
+        "{}",
+        nodes[0].log_tail()
+    );
     for node in &mut nodes {
         node.stop();
     }

@@ -305,6 +305,49 @@ pub async fn ensure_stream(
     Ok(stream)
 }
 
+/// A publish acknowledged as a duplicate of the message at `seq`: fine when that message is
+/// this frame (a retry after a lost ack); otherwise someone else used this frame's id, and
+/// the frame is published again under a new one.
+async fn settle_duplicate(
+    js: &jetstream::Context,
+    stream_name: &str,
+    seq: u64,
+    subject: String,
+    frame: bytes::Bytes,
+    msg_id: &str,
+) -> Result<(), String> {
+    let stream = js
+        .get_stream_no_info(stream_name)
+        .await
+        .map_err(|e| format!("checking a duplicate ack: {e}"))?;
+    let stored = stream
+        .direct_get(seq)
+        .await
+        .map_err(|e| format!("checking a duplicate ack: {e}"))?;
+    if stored.payload == frame && stored.subject.as_str() == subject {
+        return Ok(());
+    }
+    let fresh = format!(
+        "{msg_id}-r{:x}",
+        crate::util::random_u64().map_err(|e| e.to_string())?
+    );
+    tracing::warn!(
+        msg_id,
+        stored_seq = seq,
+        stored_subject = %stored.subject,
+        "another publisher used this node's message id (a scoped client?); publishing the frame again as {fresh}"
+    );
+    let message = jetstream::message::PublishMessage::build()
+        .payload(frame)
+        .message_id(&fresh);
+    js.send_publish(subject, message)
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The stream's bounds and creation time, for the session's consumer rules.
 pub async fn stream_info(stream: &mut stream::Stream) -> Result<StreamInfo, NatsError> {
     crate::util::failpoint::inject("stream-info")?;
@@ -345,8 +388,15 @@ pub async fn consume_from(
 
 /// Publishes frames in the order given, keeping the acks in flight concurrently, and reports
 /// each outcome as [`TransportEvent::Acked`] or [`TransportEvent::PublishFailed`].
+///
+/// An ack that says "duplicate" is checked: the stream's de-duplication is by message id
+/// across all its subjects, and a scoped client (which reads full nodes' message ids in its
+/// feed) could publish first under the id of this node's next frame. When the stored
+/// message is not this frame, the frame is published again under a new id, so it is never
+/// lost to someone else's message.
 pub fn spawn_publisher(
     js: jetstream::Context,
+    stream_name: String,
     subjects: Subjects,
     events: mpsc::UnboundedSender<TransportEvent>,
 ) -> mpsc::UnboundedSender<Publish> {
@@ -358,12 +408,25 @@ pub fn spawn_publisher(
                 next = rx.recv() => {
                     let Some(p) = next else { break };
                     tracing::trace!(id = p.id, msg_id = %p.msg_id, "publishing");
+                    let frame = bytes::Bytes::from(p.frame);
                     let message = jetstream::message::PublishMessage::build()
-                        .payload(p.frame.into())
+                        .payload(frame.clone())
                         .message_id(&p.msg_id);
                     let subject = subjects.for_suffix(p.subject.as_deref());
-                    match js.send_publish(subject, message).await {
-                        Ok(ack) => acks.push(async move { (p.id, ack.await.map(|_| ()).map_err(|e| e.to_string())) }),
+                    match js.send_publish(subject.clone(), message).await {
+                        Ok(ack) => {
+                            let (js, stream_name) = (js.clone(), stream_name.clone());
+                            acks.push(async move {
+                                let outcome = match ack.await {
+                                    Ok(ack) if ack.duplicate => {
+                                        settle_duplicate(&js, &stream_name, ack.sequence, subject, frame, &p.msg_id).await
+                                    }
+                                    Ok(_) => Ok(()),
+                                    Err(e) => Err(e.to_string()),
+                                };
+                                (p.id, outcome)
+                            })
+                        }
                         Err(e) => {
                             let _ = events.send(TransportEvent::PublishFailed(p.id, e.to_string()));
                         }

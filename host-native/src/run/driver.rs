@@ -282,6 +282,7 @@ impl Driver {
         report_install(&store);
         let publisher = transport::spawn_publisher(
             net.js.clone(),
+            net.transport.stream_name.clone(),
             net.transport.subjects.clone(),
             net.events.clone(),
         );
