@@ -568,10 +568,22 @@ export class Transport {
       return;
     }
     const to = subject === null ? this.#options.subject : `${this.#options.subjectPrefix}.${subject}`;
-    js.publish(to, frame, { msgID: msgId, timeout: this.#options.publishTimeoutMs }).then(
-      () => this.#hooks.acked(id),
-      (e: unknown) => this.#hooks.publishFailed(id, e),
-    );
+    const timeout = this.#options.publishTimeoutMs;
+    js.publish(to, frame, { msgID: msgId, timeout })
+      .then(async (ack) => {
+        // De-duplication is by message id across the whole stream, and other clients can
+        // read ids: a "duplicate" may be someone else's message under this frame's id. The
+        // frame goes out again under a fresh id (harmless when it was ours: applying a
+        // frame twice changes nothing).
+        if (ack.duplicate) {
+          const fresh = `${msgId}-r${Math.floor(Math.random() * 2 ** 48).toString(16)}`;
+          await js.publish(to, frame, { msgID: fresh, timeout });
+        }
+      })
+      .then(
+        () => this.#hooks.acked(id),
+        (e: unknown) => this.#hooks.publishFailed(id, e),
+      );
   }
 
   /**
