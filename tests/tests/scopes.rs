@@ -206,7 +206,9 @@ fn a_running_cluster_moves_to_scoped_subjects_without_losing_or_duplicating_a_ch
         read.iter().all(|(subject, _, _)| subject == &schema
             || subject == &format!("{PREFIX}.p.origin.tapp.f.titems")),
         "{:?}",
-        read.iter().map(|(subject, _, _)| subject).collect::<Vec<_>>()
+        read.iter()
+            .map(|(subject, _, _)| subject)
+            .collect::<Vec<_>>()
     );
     let read: Vec<_> = read
         .into_iter()
