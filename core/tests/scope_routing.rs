@@ -476,3 +476,67 @@ fn a_scoped_replica_applies_the_groups_it_receives_on_their_own() {
     assert_eq!(count(&c_app, "SELECT count(*) FROM notes"), 30);
     assert_eq!(client.cursor(), feed.last().unwrap().seq);
 }
+
+#[test]
+fn a_scoped_replicas_incomplete_batch_is_forgotten_after_a_window_of_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f_path, c_path) = (dir.path().join("f.db"), dir.path().join("c.db"));
+    let _f_app = app(&f_path);
+    let c_app = app(&c_path);
+    let mut full = open(&f_path, 1, rules(), 1 << 20);
+    let mut options = StoreOptions::new(NodeId::from_u128(3).unwrap());
+    options.scopes = rules();
+    options.writer = harmonylite_core::scope::Writer::Scoped;
+    options.max_frame = 2048;
+    options.compression = wire::Compression::None;
+    let mut client = Store::open(Connection::open(&c_path).unwrap(), options).unwrap();
+    let mut batch = |first: i64| {
+        c_app.execute_batch("BEGIN").unwrap();
+        for i in first..first + 40 {
+            c_app
+                .execute(
+                    "INSERT INTO notes VALUES (?1, 'u1', ?2)",
+                    rusqlite::params![format!("n{i}"), "x".repeat(60)],
+                )
+                .unwrap();
+        }
+        c_app.execute_batch("COMMIT").unwrap();
+        publish(&mut client)
+    };
+    let first = batch(0);
+    let second = batch(100);
+    assert!(first.len() > 1 && second.len() > 1);
+    let on_subject = |f: &OutboxFrame, seq: u64| Inbound {
+        seq: StreamSeq::new(seq),
+        frame: f.frame.clone(),
+        subject: f.subject.clone(),
+    };
+    let parts = |store: &Store| count(store.connection(), "SELECT count(*) FROM __hl_parts");
+    // One frame of the first batch, then nothing more of it for more than the window.
+    full.receive(now(), &[on_subject(&first[0], 1)]).unwrap();
+    assert_eq!(parts(&full), 1);
+    let late = 2 + harmonylite_core::sqlite::SCOPED_PART_WINDOW;
+    full.receive(now(), &[on_subject(&second[0], late)])
+        .unwrap();
+    assert_eq!(
+        parts(&full),
+        1,
+        "the first batch's part is forgotten, the second's kept"
+    );
+    // The rest of the second batch completes it as usual.
+    let rest: Vec<Inbound> = second[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, f)| on_subject(f, late + 1 + i as u64))
+        .collect();
+    let report = full.receive(now(), &rest).unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    assert_eq!(parts(&full), 0);
+    assert_eq!(
+        count(
+            full.connection(),
+            "SELECT count(*) FROM notes WHERE id >= 'n100'"
+        ),
+        40
+    );
+}

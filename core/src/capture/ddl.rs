@@ -61,6 +61,9 @@ pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     (names::PARTS, "grp", "grp INTEGER"),
     // The subject (after the prefix) a routed frame arrived on.
     (names::PARTS, "subject", "subject TEXT"),
+    // The stream sequence a scoped replica's frame arrived at (its incomplete batches are
+    // forgotten after `inbox::SCOPED_PART_WINDOW` messages).
+    (names::PARTS, "seq", "seq INTEGER"),
 ];
 
 /// `ALTER TABLE … ADD COLUMN` for one of [`ADDED_COLUMNS`].

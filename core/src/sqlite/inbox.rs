@@ -71,6 +71,12 @@ pub fn add_part(conn: &Connection, part: &MessageV1) -> Result<Option<Vec<u8>>, 
     Ok(Some(body))
 }
 
+/// How many stream messages a scoped replica's incomplete batch may wait for its other
+/// frames: a client publishes a batch's frames back to back, so older parts are a batch that
+/// will never complete (or a client filling full nodes' databases) and are forgotten. By
+/// stream position, not time, so every full replica forgets the same parts.
+pub const SCOPED_PART_WINDOW: u64 = 10_000;
+
 /// Each route group's subject (after the prefix), compression and body (its frames
 /// concatenated), in group order.
 pub type GroupBodies = Vec<(Option<String>, Compression, Vec<u8>)>;
@@ -83,10 +89,21 @@ pub type GroupBodies = Vec<(Option<String>, Compression, Vec<u8>)>;
 pub fn add_routed_part(
     conn: &Connection,
     part: &RoutedPart,
+    seq: StreamSeq,
     subject: Option<&str>,
     scoped: bool,
     group_only: bool,
 ) -> Result<Option<GroupBodies>, StoreError> {
+    if scoped {
+        // Scoped replicas' origins carry one extra byte (see below).
+        conn.prepare_cached(&format!(
+            "DELETE FROM {} WHERE length(origin) = {} AND seq < ?1",
+            quote(names::PARTS),
+            crate::hlc::NodeId::LEN + 1
+        ))
+        .and_then(|mut s| s.execute([seq.get().saturating_sub(SCOPED_PART_WINDOW) as i64]))
+        .context("forgetting scoped replicas' incomplete batches")?;
+    }
     // Which stored frames make up what is awaited: the whole batch, or one group of it.
     let (group_filter, wanted) = if group_only {
         (
@@ -102,8 +119,8 @@ pub fn add_routed_part(
     }
     let batch_seq = part.batch_seq.get() as i64;
     conn.prepare_cached(&format!(
-        "INSERT OR IGNORE INTO {}(origin, batch_seq, part, parts, compression, body, grp, subject) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT OR IGNORE INTO {}(origin, batch_seq, part, parts, compression, body, grp, subject, seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         quote(names::PARTS)
     ))
     .and_then(|mut s| {
@@ -115,7 +132,8 @@ pub fn add_routed_part(
             compression_code(part.compression),
             part.body,
             part.group_start,
-            subject
+            subject,
+            seq.get() as i64
         ])
     })
     .context("storing a message part")?;

@@ -29,7 +29,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use catch_up::{CatchUp, CatchUpError, CatchUpReport};
-pub use inbox::ParkedMessage;
+pub use inbox::{ParkedMessage, SCOPED_PART_WINDOW};
 pub use install::{uninstall, InstallReport};
 pub use migrate::{AppliedMigration, SchemaStatus};
 pub use parked::{DiscardError, Discarded, ParkedTable};
@@ -1241,7 +1241,14 @@ fn routed_groups(
             part.body,
         )]));
     }
-    inbox::add_routed_part(conn, &part, message.subject.as_deref(), scoped, group_only)
+    inbox::add_routed_part(
+        conn,
+        &part,
+        message.seq,
+        message.subject.as_deref(),
+        scoped,
+        group_only,
+    )
 }
 
 /// Whether a routed frame is all this replica waits for: its batch's only frame, or, on a
