@@ -340,7 +340,16 @@ fn with_defaults_a_node_away_for_ten_times_the_retention_rebuilds_from_a_peer_sn
     b.wait_healthy(START);
     wait_converged(&[a, b, c], "items", CONVERGE, |rows| rows.len() == 2003);
     let log = b.log();
-    assert!(log.contains("asking the cluster"), "{}", b.log_tail());
+    assert!(log.contains("caught up in place"), "{}", b.log_tail());
+    // b asked the cluster itself; or, on a loaded machine, c fell behind the 200-message
+    // retention during the burst too and asked first, and the snapshot a peer took for c
+    // covered b's gap as well. Either way the snapshot was taken on request: none was
+    // stored that covers the gap, and the defaults take no periodic one in this time.
+    assert!(
+        log.contains("asking the cluster") || c.log().contains("asking the cluster"),
+        "nobody asked the cluster for a snapshot:\n{}",
+        b.log_tail()
+    );
     assert!(
         a.log().contains("a node asked for a snapshot")
             || c.log().contains("a node asked for a snapshot"),
