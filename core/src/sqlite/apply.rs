@@ -74,22 +74,7 @@ pub fn apply_batch(
         } else {
             applied.new_rows += 1;
         }
-        let result = match &row.values {
-            None => st.delete_row.execute(params_from_iter(&row.key)),
-            Some(values) => st
-                .upsert_row
-                .execute(params_from_iter(row.key.iter().chain(values))),
-        };
-        result.map_err(|source| refusal(table, source))?;
-        let hlc_bytes = hlc.to_bytes();
-        let deleted = row.values.is_none();
-        let params = row.key.iter().map(|v| v as &dyn rusqlite::ToSql).chain([
-            &hlc_bytes as &dyn rusqlite::ToSql,
-            &deleted as &dyn rusqlite::ToSql,
-        ]);
-        st.upsert_version
-            .execute(params_from_iter(params))
-            .context("writing a row version")?;
+        st.write_winner(table, &row.key, row.values.as_deref(), hlc)?;
         applied.tables.insert(table.info.name.clone());
     }
     for row in &batch.rows {
@@ -127,6 +112,34 @@ impl<'c> TableStatements<'c> {
                 .prepare_cached(upsert_sql)
                 .map_err(|e| refusal(table, e))?,
         })
+    }
+
+    /// Writes a change that won by the LWW rule: the row (`values`) or its delete (`None`),
+    /// then its version.
+    pub(super) fn write_winner(
+        &mut self,
+        table: &RegisteredTable,
+        key: &[Value],
+        values: Option<&[Value]>,
+        hlc: Hlc,
+    ) -> Result<(), ApplyFailure> {
+        let written = match values {
+            None => self.delete_row.execute(params_from_iter(key)),
+            Some(values) => self
+                .upsert_row
+                .execute(params_from_iter(key.iter().chain(values))),
+        };
+        written.map_err(|source| refusal(table, source))?;
+        let hlc_bytes = hlc.to_bytes();
+        let deleted = values.is_none();
+        let params = key.iter().map(|v| v as &dyn rusqlite::ToSql).chain([
+            &hlc_bytes as &dyn rusqlite::ToSql,
+            &deleted as &dyn rusqlite::ToSql,
+        ]);
+        self.upsert_version
+            .execute(params_from_iter(params))
+            .context("writing a row version")?;
+        Ok(())
     }
 
     pub(super) fn read_version(&mut self, key: &[Value]) -> Result<Option<Hlc>, StoreError> {

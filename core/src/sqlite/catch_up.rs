@@ -38,7 +38,7 @@ use std::path::Path;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection, TransactionBehavior};
 
-use super::apply::{refusal, ApplyFailure, TableStatements};
+use super::apply::{ApplyFailure, TableStatements};
 use super::install::table_columns;
 use super::snapshot::table_exists;
 use super::tables::same_identifier;
@@ -555,24 +555,17 @@ fn merge_page(
             continue;
         }
         report.remote_won += 1;
-        let written = if deleted {
-            st.delete_row.execute(params_from_iter(&key))
+        let values: Option<Vec<Value>> = if deleted {
+            None
         } else {
-            let values: Vec<Value> = (n + 3..n + 3 + table.value_columns.len())
-                .map(read)
-                .collect::<Result<_, _>>()?;
-            st.upsert_row
-                .execute(params_from_iter(key.iter().chain(&values)))
+            Some(
+                (n + 3..n + 3 + table.value_columns.len())
+                    .map(read)
+                    .collect::<Result<_, _>>()?,
+            )
         };
-        written.map_err(|e| failure(refusal(here, e)))?;
-        let version = hlc.to_bytes();
-        let params = key.iter().map(|v| v as &dyn rusqlite::ToSql).chain([
-            &version as &dyn rusqlite::ToSql,
-            &deleted as &dyn rusqlite::ToSql,
-        ]);
-        st.upsert_version
-            .execute(params_from_iter(params))
-            .context("writing a row version")?;
+        st.write_winner(here, &key, values.as_deref(), hlc)
+            .map_err(failure)?;
         // The snapshot's versions were accepted by the cluster: never refuse them here.
         let _ = clock.observe(hlc, now);
         last = Some(key);

@@ -50,7 +50,7 @@ use std::collections::BTreeSet;
 use rusqlite::{params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use super::apply::{refusal, TableStatements};
+use super::apply::TableStatements;
 use super::install::table_columns;
 use super::snapshot::table_exists;
 use super::tables::same_identifier;
@@ -834,22 +834,8 @@ impl Store {
                     continue;
                 }
                 report.remote_won += 1;
-                let written = match &row.values {
-                    None => st.delete_row.execute(params_from_iter(&row.key)),
-                    Some(values) => st
-                        .upsert_row
-                        .execute(params_from_iter(row.key.iter().chain(values))),
-                };
-                written.map_err(|e| failure(refusal(here, e)))?;
-                let version = hlc.to_bytes();
-                let deleted = row.values.is_none();
-                let params = row.key.iter().map(|v| v as &dyn rusqlite::ToSql).chain([
-                    &version as &dyn rusqlite::ToSql,
-                    &deleted as &dyn rusqlite::ToSql,
-                ]);
-                st.upsert_version
-                    .execute(params_from_iter(params))
-                    .context("writing a row version")?;
+                st.write_winner(here, &row.key, row.values.as_deref(), hlc)
+                    .map_err(failure)?;
                 if let (Some((rule, columns)), Some(values)) = (&partition, &row.values) {
                     // A later local delete of the row is routed to its partition.
                     let values = columns
