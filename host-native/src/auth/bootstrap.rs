@@ -36,6 +36,7 @@ use harmonylite_core::sqlite::scope_bootstrap::{
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::auth::reply::reply_allowed;
 use crate::auth::token::{self, Verifier};
 use crate::auth::AuthError;
 use crate::config::Config;
@@ -270,49 +271,5 @@ pub struct BootstrapTask(JoinHandle<()>);
 impl Drop for BootstrapTask {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Whether a reply may go to `reply`: a subject under the inbox prefix of `user` (under any
-/// scoped inbox prefix when the token was not verified), never a feed's delivery subject.
-fn reply_allowed(reply: &str, user: Option<&str>) -> bool {
-    let rest = match user {
-        Some(user) => reply
-            .strip_prefix(&Subjects::client_inbox_prefix(user))
-            .and_then(|rest| rest.strip_prefix('.')),
-        None => reply
-            .strip_prefix("_INBOX_")
-            .and_then(|rest| rest.split_once('.'))
-            .filter(|(token, _)| !token.is_empty())
-            .map(|(_, rest)| rest),
-    };
-    rest.is_some_and(|rest| {
-        rest.split('.').all(|token| !token.is_empty()) && rest.split('.').next() != Some("feed")
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replies_go_only_to_the_requesters_inbox() {
-        assert!(reply_allowed("_INBOX_tu1.abc", Some("u1")));
-        assert!(reply_allowed("_INBOX_tu1.abc.def", Some("u1")));
-        for reply in [
-            "_INBOX_tu2.abc",
-            "_INBOX_tu1",
-            "_INBOX_tu1.",
-            "_INBOX_tu1..x",
-            "_INBOX_tu1.feed.1a",
-            "_INBOX.abc",
-            "$JS.API.STREAM.PURGE.harmonylite-changes-1",
-        ] {
-            assert!(!reply_allowed(reply, Some("u1")), "{reply}");
-        }
-        assert!(reply_allowed("_INBOX_tu9.abc", None));
-        for reply in ["_INBOX.abc", "_INBOX_.abc", "$JS.API.STREAM.PURGE.x"] {
-            assert!(!reply_allowed(reply, None), "{reply}");
-        }
     }
 }

@@ -11,13 +11,12 @@
 //! refusal is one log line naming the reason, never the token; each outcome is counted in
 //! `harmonylite_auth_callouts_total{outcome}`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures::StreamExt;
 use harmonylite_core::scope::{Partition, ScopeRules, Subjects};
 use tokio::task::JoinHandle;
 
 use crate::auth::nats_jwt::{self, UserPermissions};
+use crate::auth::reply::unix_now;
 use crate::auth::token::{self, Refusal, Verifier};
 use crate::auth::AuthError;
 use crate::config::Config;
@@ -211,13 +210,6 @@ impl Drop for CalloutTask {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -27,13 +27,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use harmonylite_core::scope::{FeedReply, FeedRequest, ScopeRules, Subjects};
 use tokio::task::JoinHandle;
 
+use crate::auth::reply::{reply_allowed, unix_now};
 use crate::auth::token::{self, Verifier};
 use crate::auth::AuthError;
 use crate::config::Config;
@@ -305,25 +306,6 @@ fn valid_replica(replica: &str) -> bool {
     (1..=32).contains(&replica.len()) && replica.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Whether a reply may go to `reply`: a subject under the inbox prefix of `user` (under
-/// any scoped inbox prefix when the token was not verified), but never a feed's delivery
-/// subject.
-fn reply_allowed(reply: &str, user: Option<&str>) -> bool {
-    let rest = match user {
-        Some(user) => reply
-            .strip_prefix(&Subjects::client_inbox_prefix(user))
-            .and_then(|rest| rest.strip_prefix('.')),
-        None => reply
-            .strip_prefix("_INBOX_")
-            .and_then(|rest| rest.split_once('.'))
-            .filter(|(token, _)| !token.is_empty())
-            .map(|(_, rest)| rest),
-    };
-    rest.is_some_and(|rest| {
-        rest.split('.').all(|token| !token.is_empty()) && rest.split('.').next() != Some("feed")
-    })
-}
-
 /// Whether consumer `name` is a feed whose token expired before `now`.
 fn feed_expired(name: &str, metadata: &HashMap<String, String>, now: i64) -> bool {
     name.starts_with(NAME_PREFIX)
@@ -341,13 +323,6 @@ impl Drop for FeedTask {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -490,33 +465,6 @@ mod tests {
             assert_eq!(refused.outcome, outcome, "{refused:?}");
             assert!(refused.reason.contains(reason), "{refused:?}");
             assert!(!refused.reason.contains(&good));
-        }
-    }
-
-    #[test]
-    fn replies_go_only_to_the_requesters_inbox() {
-        assert!(reply_allowed("_INBOX_tu1.abc", Some("u1")));
-        assert!(reply_allowed("_INBOX_tu1.abc.def", Some("u1")));
-        for reply in [
-            "_INBOX_tu2.abc",
-            "_INBOX_tu1",
-            "_INBOX_tu1.",
-            "_INBOX_tu10.abc",
-            "_INBOX_tu1.feed.1a",
-            "_INBOX.abc",
-            "$JS.API.STREAM.PURGE.s-1",
-            "app.p.user.tu1.c.tnotes",
-        ] {
-            assert!(!reply_allowed(reply, Some("u1")), "{reply}");
-        }
-        assert!(reply_allowed("_INBOX_tu9.abc", None));
-        for reply in [
-            "_INBOX_.abc",
-            "_INBOX_tu9.feed.1",
-            "_INBOX.abc",
-            "$JS.API.STREAM.PURGE.s-1",
-        ] {
-            assert!(!reply_allowed(reply, None), "{reply}");
         }
     }
 

@@ -6,12 +6,15 @@
 //! - [`nats_jwt`]: the NATS JWTs of the callout protocol (request, user, response);
 //! - [`callout`]: the service answering `$SYS.REQ.USER.AUTH`, and the permissions it grants;
 //! - [`feed`]: the service creating scoped clients' feeds (push consumers delivering into
-//!   their own inbox namespace) on request.
+//!   their own inbox namespace) on request;
+//! - [`bootstrap`]: the service answering scoped clients' bootstrap requests;
+//! - `reply`: where those services may send their answers.
 
 pub mod bootstrap;
 pub mod callout;
 pub mod feed;
 pub mod nats_jwt;
+mod reply;
 pub mod token;
 
 use harmonylite_core::scope::ScopeError;
