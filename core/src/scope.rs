@@ -167,6 +167,8 @@ pub struct ScopeRules {
     rules: Vec<PartitionRule>,
     shared: BTreeSet<String>,
     hidden: BTreeSet<String>,
+    /// [`ScopeRules::fingerprint`], computed once: every routed frame is checked against it.
+    fingerprint: u32,
 }
 
 impl ScopeRules {
@@ -235,11 +237,16 @@ impl ScopeRules {
             place(&table, "hidden".into())?;
             hidden_set.insert(table);
         }
-        Ok(ScopeRules {
+        let mut rules = ScopeRules {
             rules: checked,
             shared: shared_set,
             hidden: hidden_set,
-        })
+            fingerprint: 0,
+        };
+        if rules.is_enabled() {
+            rules.fingerprint = crc32fast::hash(rules.canonical().as_bytes());
+        }
+        Ok(rules)
     }
 
     /// The rules as data.
@@ -310,10 +317,7 @@ impl ScopeRules {
     /// CRC-32 of [`ScopeRules::canonical`]: nodes with different rules have different
     /// fingerprints (0 when scopes are off).
     pub fn fingerprint(&self) -> u32 {
-        if !self.is_enabled() {
-            return 0;
-        }
-        crc32fast::hash(self.canonical().as_bytes())
+        self.fingerprint
     }
 
     /// The partitions a token grants: for each rule, the values of its claims (`claim`
