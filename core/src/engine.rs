@@ -219,6 +219,9 @@ pub struct ReceiveSummary {
     pub parked: Vec<Parked>,
     /// Scoped replicas' messages refused for breaking their scope.
     pub refused: Vec<crate::report::Refused>,
+    /// On a scoped replica: its own writes the full replicas refused, returned to the
+    /// accepted state.
+    pub reverted: Vec<crate::report::RefusedWrite>,
     /// Previously parked messages that applied now.
     pub unparked: u64,
     /// Replicated migrations applied.
@@ -242,6 +245,7 @@ impl ReceiveSummary {
             own: r.own,
             parked: r.parked,
             refused: r.refused,
+            reverted: r.reverted,
             unparked: r.unparked,
             migrations: r.migrations,
             tables: r.applied.tables,

@@ -44,6 +44,9 @@ pub struct DrainReport {
     /// When the oldest captured write was made (Unix ms, the capture trigger's wall clock):
     /// hosts measure commit -> captured from it.
     pub oldest_write_unix_ms: Option<i64>,
+    /// A scoped replica's writes it refused itself instead of publishing them (a partition
+    /// its token does not grant, a shared or hidden table), returned to the accepted state.
+    pub refused_writes: Vec<RefusedWrite>,
 }
 
 /// What a receive did.
@@ -66,6 +69,9 @@ pub struct ReceiveReport {
     /// Scoped replicas' messages refused for breaking their scope (dropped, here and on
     /// every full replica).
     pub refused: Vec<Refused>,
+    /// On a scoped replica: its own writes the full replicas refused (a notice came back),
+    /// returned to the accepted state.
+    pub reverted: Vec<RefusedWrite>,
     /// Parked messages that now applied (retries only).
     pub unparked: u64,
     /// Replicated migrations applied.
@@ -86,6 +92,19 @@ pub struct Refused {
     /// That row's key, as text.
     pub key: String,
     /// What is wrong.
+    pub reason: String,
+}
+
+/// One row a scoped replica wrote that the cluster does not accept. Its local copy was
+/// removed (no delete is replicated) and is fetched again from a full node
+/// (`Store::refetch_keys`), so it returns to the state the cluster accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedWrite {
+    /// The table.
+    pub table: String,
+    /// The row's primary-key values.
+    pub key: Vec<crate::value::Value>,
+    /// Why it was refused.
     pub reason: String,
 }
 

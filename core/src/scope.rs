@@ -627,6 +627,11 @@ pub enum FeedReply {
         /// The cluster's scope rules: a scoped replica takes them from here (never from its
         /// own configuration) to route its writes.
         rules: ScopeRulesDoc,
+        /// The partitions the token grants ([`Partition::token`]): the replica refuses its
+        /// own writes outside them instead of publishing them, and forgets the rows of
+        /// partitions it no longer has.
+        #[serde(default)]
+        partitions: Vec<String>,
     },
     /// Refused: the token is not valid (now), or the request is malformed.
     Refused {

@@ -34,6 +34,12 @@
 //! receives only its routes, applies each group on its own. Builds older than it park such
 //! frames ("version 3 is newer than this build") until they are upgraded; they never
 //! misapply them.
+//!
+//! A [`RefusedNotice`] (variant index 3, "version 4") tells a scoped replica that the full
+//! replicas refused one of its batches (see `crate::sqlite` scope checks): which rows, and
+//! why. Full replicas publish it on a partition subject of the refused batch, writer `f`, so
+//! only full nodes can publish one and only that partition's replicas read it. Replicas
+//! other than the writer ignore it; builds older than it park it until they are upgraded.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +53,7 @@ const FRAME_OVERHEAD: usize = 96;
 /// Largest expansion LZ4 can produce; a larger declared size is malformed.
 const LZ4_MAX_RATIO: usize = 255;
 /// The newest message version this build understands (the number of [`Message`] variants).
-pub const CURRENT_VERSION: u64 = 3;
+pub const CURRENT_VERSION: u64 = 4;
 
 /// A replication message, versioned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +64,39 @@ pub enum Message {
     Migration(MigrationV1),
     /// Added in version 3: one frame of a batch split by route (scopes on).
     Routed(RoutedPart),
+    /// Added in version 4: a scoped replica's batch was refused (scopes on).
+    Refused(RefusedNotice),
+}
+
+/// The full replicas refused a scoped replica's batch: nothing of it was applied anywhere.
+/// The writer returns these rows to the state the cluster accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedNotice {
+    /// The scoped replica that published the batch.
+    pub writer: NodeId,
+    /// Its sequence number for the batch.
+    pub batch_seq: BatchSeq,
+    /// Why (the first offending row's problem).
+    pub reason: String,
+    /// Every row of the batch (empty when the batch could not be decoded).
+    pub rows: Vec<RefusedRow>,
+}
+
+/// One row of a refused batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedRow {
+    /// Its table, as the writer named it.
+    pub table: String,
+    /// Its primary-key values.
+    pub key: Vec<crate::value::Value>,
+}
+
+impl RefusedNotice {
+    /// The JetStream de-duplication id every full replica gives this notice, so that the
+    /// stream keeps one of the copies they publish (within its duplicate window).
+    pub fn msg_id(&self) -> String {
+        format!("refused-{}-{}", self.writer, self.batch_seq)
+    }
 }
 
 /// One frame of a batch split into route groups (see the module docs).
@@ -284,7 +323,9 @@ pub fn encode_frame(message: &Message) -> Vec<u8> {
 pub fn decode_frame(frame: &[u8]) -> Result<MessageV1, WireError> {
     match decode_message(frame)? {
         Message::V1(message) => Ok(message),
-        Message::Migration(_) | Message::Routed(_) => Err(WireError::NotABatch),
+        Message::Migration(_) | Message::Routed(_) | Message::Refused(_) => {
+            Err(WireError::NotABatch)
+        }
     }
 }
 
@@ -346,6 +387,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, WireError> {
             }
             Ok(Message::Routed(part))
         }
+        Message::Refused(notice) => Ok(Message::Refused(notice)),
     }
 }
 
@@ -447,10 +489,27 @@ mod tests {
             compression: Compression::None,
             body: vec![],
         }));
-        frame[HEADER_LEN] = 3; // variant index 3 = version 4
+        frame[HEADER_LEN] = 4; // variant index 4 = version 5
         let crc = crc32fast::hash(&frame[HEADER_LEN..]);
         frame[2..6].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_frame(&frame), Err(WireError::UnsupportedVersion(4)));
+        assert_eq!(decode_frame(&frame), Err(WireError::UnsupportedVersion(5)));
+    }
+
+    #[test]
+    fn refusal_notices_round_trip_and_are_not_batches() {
+        let notice = RefusedNotice {
+            writer: node(),
+            batch_seq: BatchSeq::new(9),
+            reason: "the key belongs to another partition".into(),
+            rows: vec![RefusedRow {
+                table: "notes".into(),
+                key: vec![crate::value::Value::Text("n1".into())],
+            }],
+        };
+        let frame = encode_frame(&Message::Refused(notice.clone()));
+        assert_eq!(decode_message(&frame), Ok(Message::Refused(notice.clone())));
+        assert_eq!(decode_frame(&frame), Err(WireError::NotABatch));
+        assert_eq!(notice.msg_id(), format!("refused-{}-9", node()));
     }
 
     #[test]

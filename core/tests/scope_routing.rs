@@ -540,3 +540,229 @@ fn a_scoped_replicas_incomplete_batch_is_forgotten_after_a_window_of_messages() 
         40
     );
 }
+
+/// A scoped replica of user `u1` that knows its partitions (as its feed tells it).
+fn open_u1_replica(path: &Path, node: u128, partitions: &[&str]) -> Store {
+    let mut options = StoreOptions::new(NodeId::from_u128(node).unwrap());
+    options.scopes = rules();
+    options.writer = harmonylite_core::scope::Writer::Scoped;
+    options.partitions = Some(partitions.iter().map(|u| user(u)).collect());
+    Store::open(Connection::open(path).unwrap(), options).unwrap()
+}
+
+fn user(sub: &str) -> harmonylite_core::scope::Partition {
+    harmonylite_core::scope::Partition {
+        rule: "user".into(),
+        values: vec![harmonylite_core::value::Value::Text(sub.into())],
+    }
+}
+
+impl Stream {
+    /// Delivers to a scoped replica of `subs` what its feed would (its partitions, the
+    /// shared tables), after its cursor; returns its reverted writes.
+    fn feed(
+        &self,
+        store: &mut Store,
+        subs: &[&str],
+    ) -> Vec<harmonylite_core::report::RefusedWrite> {
+        let after = store.cursor().get() as usize;
+        let mine: Vec<Inbound> = self.messages[after..]
+            .iter()
+            .filter(|m| {
+                let s = m.subject.as_deref().unwrap_or("1");
+                s.starts_with("shared.")
+                    || subs
+                        .iter()
+                        .any(|u| s.starts_with(&format!("p.{}.", user(u).token())))
+            })
+            .cloned()
+            .collect();
+        if mine.is_empty() {
+            return Vec::new();
+        }
+        store.receive(now(), &mine).unwrap().reverted
+    }
+}
+
+fn tags(conn: &Connection) -> Vec<(i64, String)> {
+    conn.prepare("SELECT id, name FROM tags ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_refused_write_returns_to_the_accepted_state_on_its_writer() {
+    use harmonylite_core::sqlite::scope_refetch::export_keys;
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<_> = ["f1", "f2", "c"]
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.db")))
+        .collect();
+    let apps: Vec<Connection> = paths.iter().map(|p| app(p)).collect();
+    let mut f1 = open(&paths[0], 1, rules(), 1 << 20);
+    let mut f2 = open(&paths[1], 2, rules(), 1 << 20);
+    let mut client = open_u1_replica(&paths[2], 3, &["u1"]);
+    let mut stream = Stream::default();
+
+    // A full node writes u2's note and a shared tag; u1's replica gets the tag only.
+    apps[0]
+        .execute_batch(
+            "INSERT INTO notes VALUES ('n3', 'u2', 'theirs'); INSERT INTO tags VALUES (1, 'red');",
+        )
+        .unwrap();
+    stream.publish(&mut f1, None);
+    stream.deliver(&mut f1);
+    stream.deliver(&mut f2);
+    assert!(stream.feed(&mut client, &["u1"]).is_empty());
+    assert_eq!(tags(&apps[2]), [(1, "red".to_owned())]);
+
+    // Writes the replica may not make are refused before they are published: a shared
+    // table, another user's partition. Its own note goes out.
+    apps[2]
+        .execute_batch(
+            "BEGIN; UPDATE tags SET name = 'mine now' WHERE id = 1;
+             INSERT INTO notes VALUES ('n4', 'u2', 'for u2');
+             INSERT INTO notes VALUES ('n1', 'u1', 'mine'); COMMIT;",
+        )
+        .unwrap();
+    let drained = client.drain().unwrap();
+    let refused: Vec<(String, String)> = drained
+        .refused_writes
+        .iter()
+        .map(|r| (r.table.clone(), format!("{:?}", r.key)))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("tags".to_owned(), "[Integer(1)]".to_owned()),
+            ("notes".to_owned(), "[Text(\"n4\")]".to_owned())
+        ]
+    );
+    assert!(drained.refused_writes[0].reason.contains("shared"));
+    assert!(drained.refused_writes[1]
+        .reason
+        .contains("not one this replica's token grants"));
+    assert!(
+        tags(&apps[2]).is_empty(),
+        "the refused tag is gone until refetched"
+    );
+    assert_eq!(
+        notes(&apps[2]),
+        [("n1".to_owned(), "u1".to_owned(), "mine".to_owned())]
+    );
+    stream.publish(&mut client, None);
+    assert_eq!(
+        stream.messages.last().unwrap().subject.as_deref(),
+        Some("p.user.tu1.c.tnotes"),
+        "only the note it may write is published"
+    );
+
+    // A takeover of u2's key passes the local check (the replica cannot see u2's rows) and
+    // is refused by every full node, which publish the same notice.
+    apps[2]
+        .execute("INSERT INTO notes VALUES ('n3', 'u1', 'stolen')", [])
+        .unwrap();
+    stream.publish(&mut client, None);
+    assert_eq!(stream.deliver(&mut f1).len(), 1);
+    assert_eq!(stream.deliver(&mut f2).len(), 1);
+    let notice_1 = f1.outbox_after(0, 10).unwrap();
+    let notice_2 = f2.outbox_after(0, 10).unwrap();
+    assert_eq!(notice_1.len(), 1);
+    assert_eq!(
+        (notice_1[0].msg_id.as_str(), notice_1[0].subject.as_deref()),
+        (notice_2[0].msg_id.as_str(), notice_2[0].subject.as_deref()),
+        "every full node publishes the same notice"
+    );
+    assert_eq!(notice_1[0].frame, notice_2[0].frame);
+    assert_eq!(notice_1[0].subject.as_deref(), Some("p.user.tu1.f.tnotes"));
+    stream.publish(&mut f1, None);
+    stream.publish(&mut f2, None);
+
+    // The writer reverts once (the second copy changes nothing); others ignore it.
+    let reverted = stream.feed(&mut client, &["u1"]);
+    assert_eq!(reverted.len(), 1, "{reverted:?}");
+    assert_eq!(reverted[0].table, "notes");
+    assert_eq!(
+        reverted[0].key,
+        [harmonylite_core::value::Value::Text("n3".into())]
+    );
+    assert!(reverted[0].reason.contains("belongs to partition"));
+    assert_eq!(
+        notes(&apps[2]),
+        [("n1".to_owned(), "u1".to_owned(), "mine".to_owned())]
+    );
+    assert!(stream.deliver(&mut f1).is_empty());
+    assert_eq!(notes(&apps[0])[1].2, "theirs");
+
+    // The refetch brings back what the replica may see, at the accepted version: the tag;
+    // the takeover and the other user's note stay gone. The cursor does not move.
+    let mut keys = client.refetch_keys().unwrap();
+    keys.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let cursor = client.cursor();
+    let page = export_keys(f1.connection(), &rules(), &[user("u1")], &keys).unwrap();
+    let exported: usize = page.tables.iter().map(|t| t.rows.len()).sum();
+    assert_eq!(
+        exported, 1,
+        "only the shared tag is visible to u1: {page:?}"
+    );
+    client.import_refetched(&page, &keys, now()).unwrap();
+    assert_eq!(client.cursor(), cursor);
+    assert!(client.refetch_keys().unwrap().is_empty());
+    assert_eq!(tags(&apps[2]), [(1, "red".to_owned())]);
+    assert_eq!(
+        notes(&apps[2]),
+        [("n1".to_owned(), "u1".to_owned(), "mine".to_owned())]
+    );
+    // Nothing of this is replicated: the replica's outbox is empty.
+    client.drain().unwrap();
+    assert!(client.outbox_after(0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn a_partition_the_token_no_longer_grants_is_forgotten_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f_path, c_path) = (dir.path().join("f.db"), dir.path().join("c.db"));
+    let (f_app, c_app) = (app(&f_path), app(&c_path));
+    let mut full = open(&f_path, 1, rules(), 1 << 20);
+    let mut client = open_u1_replica(&c_path, 3, &["u1", "u9"]);
+    let mut stream = Stream::default();
+    f_app
+        .execute_batch(
+            "INSERT INTO notes VALUES ('a', 'u1', 'one'), ('b', 'u9', 'nine'), ('c', 'u9', 'gone');
+             DELETE FROM notes WHERE id = 'c';",
+        )
+        .unwrap();
+    stream.publish(&mut full, None);
+    stream.feed(&mut client, &["u1", "u9"]);
+    assert_eq!(notes(&c_app).len(), 2);
+
+    let change = client.adopt_partitions(vec![user("u1")]).unwrap();
+    assert_eq!(change.lost, [user("u9")]);
+    assert!(change.gained.is_empty());
+    assert!(change.known_before);
+    assert_eq!(change.rows_forgotten, 1);
+    assert_eq!(
+        notes(&c_app),
+        [("a".to_owned(), "u1".to_owned(), "one".to_owned())]
+    );
+    client.drain().unwrap();
+    assert!(
+        client.outbox_after(0, 10).unwrap().is_empty(),
+        "forgetting is not a delete to replicate"
+    );
+    assert_eq!(notes(&f_app).len(), 2, "the full node keeps u9's rows");
+
+    // Stored for offline starts; a new partition is reported as gained.
+    drop(client);
+    let mut reopened = open_scoped_replica(&c_path, 3);
+    assert_eq!(reopened.scope_partitions(), Some(&[user("u1")][..]));
+    let change = reopened
+        .adopt_partitions(vec![user("u5"), user("u1")])
+        .unwrap();
+    assert_eq!(change.gained, [user("u5")]);
+    assert!(change.lost.is_empty());
+}

@@ -160,6 +160,7 @@ async fn round(url: &str, dir: &Path, n: usize) -> Round {
             token: token.clone(),
             after: after.take(),
             max_bytes: None,
+            keys: None,
         };
         let reply = client
             .request(

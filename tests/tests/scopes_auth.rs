@@ -457,6 +457,7 @@ fn a_scoped_client_gets_exactly_its_partitions_and_bad_tokens_are_refused() {
             last_seq,
             created_ns,
             rules,
+            partitions,
         } = reply
         else {
             panic!("a valid token's feed was refused: {reply:?}");
@@ -481,6 +482,11 @@ fn a_scoped_client_gets_exactly_its_partitions_and_bad_tokens_are_refused() {
         assert_eq!(consumer, Subjects::feed_consumer_name("u1", "a1"));
         assert_eq!(deliver_subject, "_INBOX_tu1.feed.a1");
         assert_eq!(filters, subjects.client_subjects(&[user("u1")]).read);
+        assert_eq!(
+            partitions,
+            vec![user("u1").token()],
+            "the feed names the partitions the token grants"
+        );
         let info = admin_js
             .get_stream(STREAM)
             .await

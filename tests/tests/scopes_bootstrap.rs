@@ -177,6 +177,7 @@ async fn bootstrap(
                 .map(|p| p.to_token()),
             // Small pages, so paging is exercised.
             max_bytes: Some(16 * 1024),
+            keys: None,
         };
         let reply = client
             .request(

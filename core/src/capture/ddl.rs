@@ -57,6 +57,9 @@ sql TEXT NOT NULL, applied_at INTEGER NOT NULL);",
 pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // The subject (after the prefix) of a frame routed by scope; NULL: unscoped.
     (names::OUTBOX, "subject", "subject TEXT"),
+    // A frame's own JetStream message id (a refusal notice's, the same on every full
+    // replica); NULL: `<node>-<incarnation>-<batch>-<part>`.
+    (names::OUTBOX, "msg_id", "msg_id TEXT"),
     // The index of a routed frame's group's first frame; NULL for a plain batch part.
     (names::PARTS, "grp", "grp INTEGER"),
     // The subject (after the prefix) a routed frame arrived on.

@@ -40,6 +40,10 @@ pub const MIGRATIONS: &str = "__hl_migrations";
 pub const PARTITIONS: &str = "__hl_partitions";
 /// A full replica's own partitioned upserts, until their message is seen in the stream.
 pub const PARTITIONS_PENDING: &str = "__hl_partitions_pending";
+/// A scoped replica's refused rows waiting to be fetched again from a full node.
+pub const REFETCH: &str = "__hl_refetch";
+/// The batches of a scoped replica whose refusal notice it has handled.
+pub const REFUSED_SEEN: &str = "__hl_refused_seen";
 
 /// Version table of the table with registry id `id`.
 pub fn version_table(id: i64) -> String {

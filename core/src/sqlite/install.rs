@@ -59,6 +59,7 @@ pub fn install(
         }
     }
     super::routing::create_registry(conn)?;
+    super::refusal::create_tables(conn)?;
     let mut report = InstallReport::default();
     let mut slots = log_key_slots(conn)?;
     let mut registered = registered_tables(conn)?;

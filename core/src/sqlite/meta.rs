@@ -35,6 +35,9 @@ pub mod keys {
     /// A scoped replica's scope rules as a full node last gave them (postcard of
     /// `scope::ScopeRulesDoc`), so it routes its writes the same way offline.
     pub const SCOPE_RULES: &str = "scope_rules";
+    /// The partitions a scoped replica's token grants, as its feed last named them
+    /// (partition tokens, one per line), so it refuses writes outside them offline too.
+    pub const SCOPE_PARTITIONS: &str = "scope_partitions";
 }
 
 /// Reads an integer meta value.

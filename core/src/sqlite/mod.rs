@@ -16,9 +16,11 @@ pub mod meta;
 pub mod migrate;
 mod outbox;
 pub mod parked;
+mod refusal;
 mod routing;
 pub mod scope_bootstrap;
 mod scope_check;
+pub mod scope_refetch;
 mod session;
 pub mod snapshot;
 pub mod stream_identity;
@@ -33,6 +35,7 @@ pub use inbox::{ParkedMessage, SCOPED_PART_WINDOW};
 pub use install::{uninstall, InstallReport};
 pub use migrate::{AppliedMigration, SchemaStatus};
 pub use parked::{DiscardError, Discarded, ParkedTable};
+pub use refusal::PartitionChange;
 
 use crate::capture::names::{self, quote};
 use crate::change::{BatchSeq, StreamSeq};
@@ -69,6 +72,10 @@ pub struct StoreOptions {
     pub scopes: crate::scope::ScopeRules,
     /// Who this replica is on partition subjects: a full node (default) or a scoped replica.
     pub writer: crate::scope::Writer,
+    /// A scoped replica: the partitions its token grants, as its feed named them (`None`:
+    /// not known yet, taken from the database if it stored them). Writes outside them are
+    /// refused at drain instead of published (see `sqlite::refusal`).
+    pub partitions: Option<Vec<crate::scope::Partition>>,
 }
 
 impl StoreOptions {
@@ -86,6 +93,7 @@ impl StoreOptions {
             incarnation: node_id.as_u128() as u64 ^ (node_id.as_u128() >> 64) as u64,
             scopes: crate::scope::ScopeRules::default(),
             writer: crate::scope::Writer::Full,
+            partitions: None,
         }
     }
 }
@@ -111,6 +119,9 @@ enum Outcome {
     Migration(MigrationV1),
     /// A scoped replica's change, refused (by every full replica alike).
     Refused(Option<NodeId>, scope_check::Verdict),
+    /// A refusal notice: on the scoped replica it concerns, its writes returned to the
+    /// accepted state; elsewhere nothing.
+    Notice(Vec<crate::report::RefusedWrite>),
 }
 
 /// Why [`Store::publish_migration`] published nothing.
@@ -192,6 +203,10 @@ impl Store {
             } else if let Some(doc) = Store::stored_scope_rules(&tx)? {
                 store.options.scopes = crate::scope::ScopeRules::from_doc(doc)
                     .map_err(|e| StoreError::Corrupt(format!("stored scope rules: {e}")))?;
+            }
+            match &store.options.partitions {
+                Some(partitions) => store_partitions(&tx, partitions)?,
+                None => store.options.partitions = stored_partitions(&tx)?,
             }
         }
         if store.options.scopes.is_enabled() {
@@ -447,6 +462,7 @@ impl Store {
                                 .refused
                                 .push(verdict.into_refused(message.seq, origin));
                         }
+                        Outcome::Notice(reverted) => report.reverted.extend(reverted),
                         Outcome::Migration(migration) => {
                             match run_migration(
                                 &tx,
@@ -707,8 +723,12 @@ impl Store {
                                 }
                             }
                         }
-                        // Retried messages have no subject, so they are never refused.
-                        Outcome::Own | Outcome::PartStored | Outcome::Refused(..) => {}
+                        // Retried messages have no subject, so they are never refused, and
+                        // a notice without its subject is not acted on.
+                        Outcome::Own
+                        | Outcome::PartStored
+                        | Outcome::Refused(..)
+                        | Outcome::Notice(_) => {}
                     }
                 }
                 Err(ApplyFailure::Park(error)) => {
@@ -904,6 +924,39 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Stores a scoped replica's partitions ([`meta::keys::SCOPE_PARTITIONS`]).
+fn store_partitions(
+    conn: &Connection,
+    partitions: &[crate::scope::Partition],
+) -> Result<(), StoreError> {
+    let tokens: Vec<String> = partitions.iter().map(|p| p.token()).collect();
+    meta::set(
+        conn,
+        meta::keys::SCOPE_PARTITIONS,
+        tokens.join("\n").into_bytes(),
+    )
+}
+
+/// A scoped replica's stored partitions, if it ever learned them.
+fn stored_partitions(
+    conn: &Connection,
+) -> Result<Option<Vec<crate::scope::Partition>>, StoreError> {
+    let Some(bytes) = meta::get_blob(conn, meta::keys::SCOPE_PARTITIONS)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("stored scope partitions: {e}")))?;
+    text.split('\n')
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            crate::scope::Partition::from_token(t).ok_or_else(|| {
+                StoreError::Corrupt(format!("stored scope partition {t:?} is not a partition"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
         .context("reading the schema version")
@@ -957,13 +1010,21 @@ fn drain_in(
     if drained.log_entries == 0 {
         return Ok(report);
     }
-    if options.publish && !drained.batch.is_empty() {
+    let mut batch = drained.batch;
+    if let (crate::scope::Writer::Scoped, Some(partitions)) = (options.writer, &options.partitions)
+    {
+        let (kept, refused) =
+            refusal::refuse_unwritable(conn, &schema.tables, &options.scopes, partitions, batch)?;
+        batch = kept;
+        report.refused_writes = refused;
+    }
+    if options.publish && !batch.is_empty() {
         let seq = BatchSeq::new(*next_batch);
-        let rows = drained.batch.len();
+        let rows = batch.len();
         if validates_scopes(options) {
-            scope_check::remember_own(conn, &options.scopes, options.node_id, seq, &drained.batch)?;
+            scope_check::remember_own(conn, &options.scopes, options.node_id, seq, &batch)?;
         }
-        let frames = match encode_for_outbox(conn, options, seq, drained.batch) {
+        let frames = match encode_for_outbox(conn, options, seq, batch) {
             Ok(frames) => frames,
             Err(EncodeError::Store(e)) => return Err(e),
             Err(EncodeError::Wire(e)) => {
@@ -1075,6 +1136,11 @@ fn receive_one(
         Ok(Message::V1(part)) => part,
         // Migrations apply on every replica, their origin included.
         Ok(Message::Migration(migration)) => return Ok(Outcome::Migration(migration)),
+        Ok(Message::Refused(notice)) => {
+            return Ok(Outcome::Notice(refusal::receive_notice(
+                conn, tables, options, message, &notice,
+            )?))
+        }
         Ok(Message::Routed(part)) => {
             if part.origin == node && message.seq > replay_own_until {
                 return own_message(conn, options, part.batch_seq);
@@ -1212,6 +1278,15 @@ fn receive_scoped(
         }
     }
     if let Err(verdict) = scope_check::check(conn, &options.scopes, &checked)? {
+        refusal::publish_notice(
+            conn,
+            &options.scopes,
+            message.subject.as_deref(),
+            origin,
+            batch_seq,
+            &verdict.reason,
+            &checked,
+        )?;
         return refuse(Some(origin), verdict);
     }
     let batch = crate::change::Batch::merge(checked.into_iter().map(|(_, b)| b).collect());

@@ -16,20 +16,7 @@ pub fn push(
     rows: usize,
     frames: &[(Option<String>, Vec<u8>)],
 ) -> Result<(), StoreError> {
-    let stored = meta::get_i64(conn, meta::keys::NEXT_OUTBOX_ID)?.unwrap_or(1);
-    let highest: i64 = conn
-        .prepare_cached(&format!(
-            "SELECT coalesce(max(id), 0) FROM {}",
-            quote(names::OUTBOX)
-        ))
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .context("reading the outbox")?;
-    let first_id = stored.max(highest + 1);
-    meta::set(
-        conn,
-        meta::keys::NEXT_OUTBOX_ID,
-        first_id + frames.len() as i64,
-    )?;
+    let first_id = next_ids(conn, frames.len())?;
     let mut stmt = conn
         .prepare_cached(&format!(
             "INSERT INTO {}(id, batch_seq, part, parts, rows, frame, subject) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -54,6 +41,40 @@ pub fn push(
     Ok(())
 }
 
+/// Reserves `count` outbox ids never used before; returns the first.
+fn next_ids(conn: &Connection, count: usize) -> Result<i64, StoreError> {
+    let stored = meta::get_i64(conn, meta::keys::NEXT_OUTBOX_ID)?.unwrap_or(1);
+    let highest: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT coalesce(max(id), 0) FROM {}",
+            quote(names::OUTBOX)
+        ))
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .context("reading the outbox")?;
+    let first_id = stored.max(highest + 1);
+    meta::set(conn, meta::keys::NEXT_OUTBOX_ID, first_id + count as i64)?;
+    Ok(first_id)
+}
+
+/// Appends one frame that is not a batch of this replica's (a refusal notice) with its own
+/// message id: batch 0, no rows.
+pub fn push_notice(
+    conn: &Connection,
+    subject: &str,
+    frame: &[u8],
+    msg_id: &str,
+) -> Result<(), StoreError> {
+    let id = next_ids(conn, 1)?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO {}(id, batch_seq, part, parts, rows, frame, subject, msg_id) \
+         VALUES (?1, 0, 0, 1, 0, ?2, ?3, ?4)",
+        quote(names::OUTBOX)
+    ))
+    .and_then(|mut s| s.execute(params![id, frame, subject, msg_id]))
+    .context("writing the outbox")?;
+    Ok(())
+}
+
 /// Frames with an id greater than `after`, oldest first, at most `limit`; `id_prefix` (node
 /// and incarnation) starts each message id.
 pub fn after(
@@ -63,7 +84,7 @@ pub fn after(
     id_prefix: &str,
 ) -> Result<Vec<OutboxFrame>, StoreError> {
     conn.prepare_cached(&format!(
-        "SELECT id, batch_seq, part, parts, rows, frame, subject FROM {} WHERE id > ?1 ORDER BY id LIMIT ?2",
+        "SELECT id, batch_seq, part, parts, rows, frame, subject, msg_id FROM {} WHERE id > ?1 ORDER BY id LIMIT ?2",
         quote(names::OUTBOX)
     ))
     .and_then(|mut s| {
@@ -78,7 +99,9 @@ pub fn after(
                 rows: r.get::<_, i64>(4)? as u64,
                 frame: r.get(5)?,
                 subject: r.get(6)?,
-                msg_id: format!("{id_prefix}-{batch_seq}-{part}"),
+                msg_id: r
+                    .get::<_, Option<String>>(7)?
+                    .unwrap_or_else(|| format!("{id_prefix}-{batch_seq}-{part}")),
             })
         })?
         .collect()

@@ -87,6 +87,45 @@ pub struct BootstrapRequest {
     /// `max_payload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u32>,
+    /// A refetch instead of a bootstrap: just these rows' current versions, those the token
+    /// may see ([`super::scope_refetch`]); at most
+    /// [`super::scope_refetch::MAX_REFETCH_KEYS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<RefetchKey>>,
+}
+
+/// One row a scoped replica asks for again: its table and its key as
+/// [`RefetchKey::encode_key`] gives it (hex of postcard), opaque to the JavaScript between.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefetchKey {
+    /// The table.
+    pub table: String,
+    /// The key's values, encoded.
+    pub key: String,
+}
+
+impl RefetchKey {
+    /// A request entry for `key` of `table`.
+    pub fn new(table: &str, key: &[Value]) -> Self {
+        let bytes = postcard::to_allocvec(key).expect("encoding into a Vec cannot fail");
+        RefetchKey {
+            table: table.to_owned(),
+            key: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+
+    /// The key's values back; `None` when malformed.
+    pub fn key_values(&self) -> Option<Vec<Value>> {
+        let hex = &self.key;
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        postcard::from_bytes(&bytes).ok()
+    }
 }
 
 /// A full replica's answer to a [`BootstrapRequest`], postcard-encoded.
@@ -194,6 +233,20 @@ pub struct ExportRow {
     pub values: Option<Vec<Value>>,
 }
 
+/// How importing a page moves the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportMode {
+    /// A new replica's bootstrap: the last page moves the cursor to the smallest covered
+    /// sequence, never backwards.
+    Bootstrap,
+    /// A replica whose token now grants more partitions takes all of them again: the last
+    /// page puts the cursor at the smallest covered sequence even when that is behind it,
+    /// so the new partitions' messages after it are delivered (the others again, harmlessly).
+    Rebootstrap,
+    /// Refetched rows ([`super::scope_refetch`]): the cursor does not move.
+    Refetch,
+}
+
 /// Why an import page was not merged.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -231,16 +284,17 @@ pub struct ImportReport {
 }
 
 /// A table the export reads.
-struct SourceTable {
+pub(super) struct SourceTable {
     /// Lowercase name (the section key).
-    folded: String,
-    info: TableInfo,
-    version_table: String,
-    fingerprint: u32,
-    scope: Scope,
+    pub(super) folded: String,
+    pub(super) info: TableInfo,
+    pub(super) version_table: String,
+    pub(super) fingerprint: u32,
+    pub(super) scope: Scope,
 }
 
-enum Scope {
+/// How a source table is exported.
+pub(super) enum Scope {
     /// Partition columns and the requested partitions' values (each as many as columns).
     Partitioned {
         columns: Vec<String>,
@@ -355,7 +409,7 @@ pub fn export_partitions(
 
 /// The tables to export, ordered by lowercase name: partitioned tables with at least one
 /// requested partition, and shared tables, that are replicated here.
-fn source_tables(
+pub(super) fn source_tables(
     conn: &Connection,
     rules: &ScopeRules,
     partitions: &[Partition],
@@ -456,7 +510,7 @@ enum Progress {
     Full(Option<Vec<Value>>),
 }
 
-fn hlc_bytes(bytes: Vec<u8>) -> Result<[u8; Hlc::LEN], StoreError> {
+pub(super) fn hlc_bytes(bytes: Vec<u8>) -> Result<[u8; Hlc::LEN], StoreError> {
     Hlc::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(format!("row version: {e}")))?;
     <[u8; Hlc::LEN]>::try_from(bytes.as_slice())
         .map_err(|_| StoreError::Corrupt("row version of a wrong length".into()))
@@ -749,8 +803,19 @@ impl Store {
         page: &PartitionExport,
         now: NTP64,
     ) -> Result<ImportReport, ImportError> {
+        self.import_page(page, now, ImportMode::Bootstrap)
+    }
+
+    /// Merges one page as [`Store::import_partitions`] does, moving the cursor as `mode`
+    /// says.
+    pub fn import_page(
+        &mut self,
+        page: &PartitionExport,
+        now: NTP64,
+        mode: ImportMode,
+    ) -> Result<ImportReport, ImportError> {
         let saved = (self.next_batch, self.cursor, self.clock.clone());
-        let result = self.import_tx(page, now);
+        let result = self.import_tx(page, now, mode);
         match result {
             Ok(report) => {
                 let _ = self
@@ -769,6 +834,7 @@ impl Store {
         &mut self,
         page: &PartitionExport,
         now: NTP64,
+        mode: ImportMode,
     ) -> Result<ImportReport, ImportError> {
         let mut report = ImportReport::default();
         let tx = self
@@ -863,9 +929,12 @@ impl Store {
             _ => page.covered,
         };
         report.covered = covered;
-        if page.next.is_none() {
-            if StreamSeq::new(covered) > self.cursor {
-                self.cursor = StreamSeq::new(covered);
+        if mode == ImportMode::Refetch {
+            report.finished = true;
+        } else if page.next.is_none() {
+            let covered = StreamSeq::new(covered);
+            if covered > self.cursor || mode == ImportMode::Rebootstrap {
+                self.cursor = covered;
             }
             meta::set(&tx, meta::keys::CURSOR, self.cursor.get() as i64)?;
             tx.execute(

@@ -143,6 +143,54 @@ impl Session<Store> {
         self.engine_mut().db_mut().import_partitions(page, now)
     }
 
+    /// Merges one page of a scoped bootstrap moving the cursor as `mode` says
+    /// ([`Store::import_page`]); after the last page of a
+    /// [`crate::sqlite::scope_bootstrap::ImportMode::Rebootstrap`], feed
+    /// [`crate::session::SessionInput::Reopened`].
+    pub fn import_page(
+        &mut self,
+        page: &crate::sqlite::scope_bootstrap::PartitionExport,
+        now: NTP64,
+        mode: crate::sqlite::scope_bootstrap::ImportMode,
+    ) -> Result<
+        crate::sqlite::scope_bootstrap::ImportReport,
+        crate::sqlite::scope_bootstrap::ImportError,
+    > {
+        self.engine_mut().db_mut().import_page(page, now, mode)
+    }
+
+    /// A scoped replica's partitions as its feed last named them ([`Store::scope_partitions`]).
+    pub fn scope_partitions(&self) -> Option<&[crate::scope::Partition]> {
+        self.store().scope_partitions()
+    }
+
+    /// Takes the partitions a full node says this scoped replica's token grants
+    /// ([`Store::adopt_partitions`]).
+    pub fn adopt_partitions(
+        &mut self,
+        partitions: Vec<crate::scope::Partition>,
+    ) -> Result<crate::sqlite::PartitionChange, StoreError> {
+        self.engine_mut().db_mut().adopt_partitions(partitions)
+    }
+
+    /// The refused rows waiting to be fetched again ([`Store::refetch_keys`]).
+    pub fn refetch_keys(&self) -> Result<Vec<(String, Vec<crate::value::Value>)>, StoreError> {
+        self.store().refetch_keys()
+    }
+
+    /// Merges a refetch answer ([`Store::import_refetched`]).
+    pub fn import_refetched(
+        &mut self,
+        page: &crate::sqlite::scope_bootstrap::PartitionExport,
+        keys: &[(String, Vec<crate::value::Value>)],
+        now: NTP64,
+    ) -> Result<
+        crate::sqlite::scope_bootstrap::ImportReport,
+        crate::sqlite::scope_bootstrap::ImportError,
+    > {
+        self.engine_mut().db_mut().import_refetched(page, keys, now)
+    }
+
     /// One step of a catch-up in place ([`Store::catch_up_step`]). When the report says
     /// `finished`, the cursor moved: feed [`crate::session::SessionInput::Reopened`].
     pub fn catch_up_step(

@@ -12,6 +12,9 @@
 //! `max_payload`. The client asks again with the page's `next` until a page has none, then
 //! consumes its feed from the smallest covered sequence of the pages.
 //!
+//! - A request with `keys` is a **refetch** (a scoped replica's refused writes, see
+//!   `harmonylite_core::sqlite::scope_refetch`): the reply is one page with just those rows'
+//!   current versions, those the token's partitions and the shared tables may see.
 //! - A refused request (bad or expired token, malformed request, unreadable database) gets
 //!   `Refused` naming the reason and one log line, never the token.
 //! - Replies go only to a subject under the verified user's inbox prefix: the node's own
@@ -32,7 +35,10 @@ use futures::StreamExt;
 use harmonylite_core::scope::{ScopeRules, Subjects};
 use harmonylite_core::sqlite::scope_bootstrap::{
     export_partitions, BootstrapReply, BootstrapRequest, ExportPosition, PartitionExport,
+    RefetchKey,
 };
+use harmonylite_core::sqlite::scope_refetch::{export_keys, MAX_REFETCH_KEYS};
+use harmonylite_core::value::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -67,6 +73,23 @@ pub struct Answer {
     pub user: Option<String>,
     /// Why it was refused.
     pub refused: Option<String>,
+}
+
+/// A refetch request's keys, decoded; refused when there are too many or one is malformed.
+fn refetch_keys(keys: &[RefetchKey]) -> Result<Vec<(String, Vec<Value>)>, String> {
+    if keys.len() > MAX_REFETCH_KEYS {
+        return Err(format!(
+            "a refetch names {} keys; at most {MAX_REFETCH_KEYS} per request",
+            keys.len()
+        ));
+    }
+    keys.iter()
+        .map(|k| {
+            k.key_values()
+                .map(|key| (k.table.clone(), key))
+                .ok_or_else(|| format!("a refetch key of table {:?} is malformed", k.table))
+        })
+        .collect()
 }
 
 impl Bootstrap {
@@ -147,6 +170,11 @@ impl Bootstrap {
             .map_or(max_payload, |m| m as usize)
             .min(max_payload)
             .max(MIN_PAGE_BYTES);
+        let keys = match request.keys.as_deref().map(refetch_keys) {
+            None => None,
+            Some(Ok(keys)) => Some(keys),
+            Some(Err(reason)) => return refuse(Some(user), reason),
+        };
         let path = self.db_path.clone();
         let rules = self.rules.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -155,8 +183,11 @@ impl Bootstrap {
                 .map_err(|e| format!("opening the database: {e}"))?;
             conn.busy_timeout(std::time::Duration::from_secs(5))
                 .map_err(|e| e.to_string())?;
-            export_partitions(&conn, &rules, &partitions, after.as_ref(), max_bytes)
-                .map_err(|e| e.to_string())
+            match keys {
+                Some(keys) => export_keys(&conn, &rules, &partitions, &keys),
+                None => export_partitions(&conn, &rules, &partitions, after.as_ref(), max_bytes),
+            }
+            .map_err(|e| e.to_string())
         })
         .await;
         let page: PartitionExport = match read {

@@ -74,6 +74,8 @@ pub struct Plan {
     pub deliver_subject: String,
     /// What it delivers.
     pub filters: Vec<String>,
+    /// The partitions the token grants ([`harmonylite_core::scope::Partition::token`]).
+    pub partitions: Vec<String>,
     /// The first sequence asked for.
     pub from: u64,
     /// The token's `exp` (Unix seconds).
@@ -133,6 +135,7 @@ impl Feed {
             consumer: Subjects::feed_consumer_name(&verified.subject, &request.replica),
             deliver_subject: Subjects::feed_deliver_subject(&verified.subject, &request.replica),
             filters: self.subjects.client_subjects(&partitions).read,
+            partitions: partitions.iter().map(|p| p.token()).collect(),
             from: request.from,
             expires: verified.expires,
             user: verified.subject,
@@ -167,6 +170,7 @@ impl Feed {
                         last_seq,
                         created_ns,
                         rules: self.rules.to_doc(),
+                        partitions: plan.partitions.clone(),
                     })
                 }
                 Err(e) => last_error = e.to_string(),
@@ -397,6 +401,7 @@ mod tests {
                     "app.shared.>".into(),
                     "app.p.user.tu1.>".into()
                 ],
+                partitions: vec!["user.tu1".into()],
                 from: 7,
                 expires: exp,
             }
