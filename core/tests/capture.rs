@@ -298,7 +298,7 @@ fn install_is_idempotent() {
     rebuilt.sort();
     assert_eq!(rebuilt, vec!["notes", "pairs", "tags"]);
     let objects = internal_objects(first.connection());
-    // 10 internal tables, 3 version tables, 9 triggers.
+    // 12 internal tables, 3 version tables, 9 triggers.
     assert_eq!(
         objects.iter().filter(|o| o.0 == "trigger").count(),
         9,
@@ -306,7 +306,7 @@ fn install_is_idempotent() {
     );
     assert_eq!(
         objects.iter().filter(|o| o.0 == "table").count(),
-        13,
+        15,
         "{objects:?}"
     );
     let schema_version = count(first.connection(), "PRAGMA schema_version");

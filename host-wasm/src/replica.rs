@@ -24,6 +24,8 @@ use crate::convert;
 use crate::error::ReplicaError;
 use crate::options::{ReplicaOptions, Storage};
 
+mod scoped;
+
 /// Input kinds of [`Replica::handle_inputs`], one byte each (see there for their payloads).
 mod kind {
     pub const LOCAL_WRITE: u8 = 0;
@@ -233,6 +235,7 @@ fn output_to_js(output: SessionOutput) -> JsValue {
             ("frames", num(r.frames as f64)),
             ("nullKeys", num(r.null_keys as f64)),
             ("tables", convert::string_array(&r.tables).into()),
+            ("refused", scoped::refused_writes_to_js(&r.refused_writes)),
         ]),
         SessionOutput::Event(Event::Received(s)) => {
             let parked: Array = s
@@ -263,6 +266,12 @@ fn output_to_js(output: SessionOutput) -> JsValue {
                     convert::string_array(&s.drained.tables).into(),
                 ),
                 ("cursor", num(s.cursor.get() as f64)),
+                (
+                    "refused",
+                    scoped::refused_writes_to_js(
+                        &[s.drained.refused_writes.as_slice(), s.reverted.as_slice()].concat(),
+                    ),
+                ),
             ])
         }
         SessionOutput::Event(Event::Acked { frames }) => {
@@ -654,105 +663,6 @@ impl Replica {
     #[wasm_bindgen(js_name = appliedCursor)]
     pub fn applied_cursor(&self) -> Result<f64, JsValue> {
         Ok(self.session()?.applied_cursor().get() as f64)
-    }
-
-    /// Whether this replica knows the cluster's scope rules (a scoped replica learns them
-    /// from a full node, then keeps them in its database for offline starts).
-    #[wasm_bindgen(js_name = hasScopeRules)]
-    pub fn has_scope_rules(&self) -> Result<bool, JsValue> {
-        Ok(self.session()?.scope_rules().is_enabled())
-    }
-
-    /// Takes the scope rules a full node gave (`{ partition, shared, hidden }`, the rules'
-    /// data form) as a scoped replica's: stored, and used from the next capture on. Returns
-    /// whether they changed (the store was reopened with them).
-    #[wasm_bindgen(js_name = adoptScopeRules)]
-    pub fn adopt_scope_rules(
-        &mut self,
-        monotonic_ms: f64,
-        wall_ms: f64,
-        rules: JsValue,
-    ) -> Result<bool, JsValue> {
-        let holder = js_sys::Object::new();
-        js_sys::Reflect::set(&holder, &JsValue::from_str("scopes"), &rules)?;
-        let rules = crate::options::scopes_arg(&holder)?;
-        if *self.session()?.scope_rules() == rules {
-            return Ok(false);
-        }
-        self.reopen_store(monotonic_ms, wall_ms, |conn, options| {
-            options.scopes = rules;
-            options.writer = harmonylite_core::scope::Writer::Scoped;
-            Ok(conn)
-        })?;
-        Ok(true)
-    }
-
-    /// The tables a scoped bootstrap brings (the rules' partitioned and shared tables),
-    /// lowercase; empty before the rules are known.
-    #[wasm_bindgen(js_name = scopeTables)]
-    pub fn scope_tables(&self) -> Result<Array, JsValue> {
-        let doc = self.session()?.scope_rules().to_doc();
-        let tables: Vec<String> = doc
-            .partition
-            .iter()
-            .flat_map(|rule| rule.tables.keys().cloned())
-            .chain(doc.shared)
-            .collect();
-        Ok(convert::string_array(&tables))
-    }
-
-    /// Merges one page of a scoped bootstrap: `reply` is a full node's postcard
-    /// `BootstrapReply`. Returns `{ finished, next, rows, tombstones, skippedTables, cursor }`
-    /// (`next`: the `after` of the next page's request, null on the last page). When
-    /// `finished`, the cursor moved: feed `Reopened` (kind 13).
-    #[wasm_bindgen(js_name = importBootstrapPage)]
-    pub fn import_bootstrap_page(
-        &mut self,
-        monotonic_ms: f64,
-        wall_ms: f64,
-        reply: &[u8],
-    ) -> Result<JsValue, JsValue> {
-        use harmonylite_core::sqlite::scope_bootstrap::BootstrapReply;
-        let page = match BootstrapReply::decode(reply) {
-            Ok(BootstrapReply::Page(page)) => page,
-            Ok(BootstrapReply::Refused { reason }) => {
-                return Err(ReplicaError::Storage(format!(
-                    "the scoped bootstrap was refused: {reason}"
-                ))
-                .into())
-            }
-            Err(e) => {
-                return Err(ReplicaError::Storage(format!(
-                    "a malformed scoped bootstrap reply: {e}"
-                ))
-                .into())
-            }
-        };
-        let now = now(monotonic_ms, wall_ms);
-        let report = self
-            .session_mut()?
-            .import_partitions(&page, now.wall)
-            .map_err(|e| {
-                ReplicaError::Storage(format!("importing a scoped bootstrap page: {e}"))
-            })?;
-        let skipped: Vec<String> = report
-            .skipped_tables
-            .iter()
-            .map(|(table, _)| table.clone())
-            .collect();
-        Ok(object(&[
-            ("finished", report.finished.into()),
-            (
-                "next",
-                page.next
-                    .as_ref()
-                    .map_or(JsValue::NULL, |p| JsValue::from(p.to_token())),
-            ),
-            ("rows", num(report.rows as f64)),
-            ("tombstones", num(report.tombstones as f64)),
-            ("skippedTables", convert::string_array(&skipped).into()),
-            ("cursor", num(report.cursor as f64)),
-        ]))
     }
 
     /// This replica's node id (hex).

@@ -25,6 +25,8 @@ export interface FeedStarted {
   created_ns: number | string;
   /** The cluster's scope rules (`ScopeRulesDoc`), when the node sends them. */
   rules?: unknown;
+  /** The partitions the token grants (partition tokens), from nodes that send them. */
+  partitions?: string[];
 }
 
 /** What a feed reports. */

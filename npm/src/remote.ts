@@ -28,6 +28,7 @@ import type {
   MigrateOptions,
   MigrationResult,
   OpenOptions,
+  RefusedWrite,
   Replica,
   ReplicaEvents,
   Row,
@@ -123,6 +124,7 @@ class TabReplica implements Replica {
   #listeners: { [K in keyof ReplicaEvents]: Set<(value: ReplicaEvents[K]) => void> } = {
     status: new Set(),
     error: new Set(),
+    refused: new Set(),
   };
   #closed = false;
   /** Held while the app runs a transaction through this handle: its other calls wait. */
@@ -318,6 +320,15 @@ class TabReplica implements Replica {
         break;
       case "error":
         this.#emitError(toHarmonyliteError(message.error));
+        break;
+      case "refused":
+        for (const cb of this.#listeners.refused) {
+          try {
+            cb(message.value as RefusedWrite);
+          } catch {
+            // A listener's own failure is not ours to report.
+          }
+        }
         break;
       case "who":
         break;
@@ -544,7 +555,7 @@ class TabReplica implements Replica {
   on<K extends keyof ReplicaEvents>(event: K, cb: (value: ReplicaEvents[K]) => void): () => void {
     const set = this.#listeners[event] as Set<(value: ReplicaEvents[K]) => void> | undefined;
     if (!set) {
-      throw new InvalidArgumentError(`unknown event ${JSON.stringify(event)} (use "status" or "error")`);
+      throw new InvalidArgumentError(`unknown event ${JSON.stringify(event)} (use "status", "error" or "refused")`);
     }
     set.add(cb);
     return () => {

@@ -15,7 +15,7 @@
 
 import { ConnectionError, MigrationError, ReplicaClosedError, ReplicationError, TimeoutError, InvalidArgumentError, toHarmonyliteError } from "./errors.js";
 import { Transport } from "./transport.js";
-import type { StreamState, WsFactory } from "./transport.js";
+import type { RefetchKey, StreamState, WsFactory } from "./transport.js";
 import type {
   ChangeEvent,
   CloseOptions,
@@ -24,6 +24,7 @@ import type {
   MigrateOptions,
   MigrationResult,
   OpenOptions,
+  RefusedWrite,
   Replica,
   ReplicaEvents,
   Row,
@@ -68,8 +69,13 @@ export interface WasmReplica {
     monotonicMs: number,
     wallMs: number,
     reply: Uint8Array,
+    rebootstrap: boolean,
   ): { finished: boolean; next: string | null; rows: number; tombstones: number; skippedTables: string[]; cursor: number };
   adoptScopeRules(monotonicMs: number, wallMs: number, rules: unknown): boolean;
+  adoptScopePartitions(tokens: string[]): { gained: string[]; lost: string[]; rowsForgotten: number; knownBefore: boolean; refused: RefusedWrite[] };
+  scopePartitions(): string[] | null;
+  refetchKeys(limit: number): RefetchKey[];
+  importRefetched(monotonicMs: number, wallMs: number, reply: Uint8Array, keys: RefetchKey[]): number;
   close(): void;
   free(): void;
 }
@@ -102,7 +108,7 @@ interface Counters {
 
 type Output =
   | { type: "publish"; id: number; msgId: string; frame: Uint8Array; rows: number; subject: string | null }
-  | { type: "drained"; rows: number; frames: number; nullKeys: number; tables: string[] }
+  | { type: "drained"; rows: number; frames: number; nullKeys: number; tables: string[]; refused: RefusedWrite[] }
   | {
       type: "received";
       messages: number;
@@ -117,6 +123,7 @@ type Output =
       drainedRows: number;
       drainedTables: string[];
       cursor: number;
+      refused: RefusedWrite[];
     }
   | { type: "acked"; frames: number }
   | { type: "databaseError"; operation: string; kind: string; error: string; retryInMs: number }
@@ -165,6 +172,10 @@ const enum Kind {
 
 /** How often (every 2 s) a scoped bootstrap waits for the application's tables. */
 const TABLE_WAITS = 5;
+/** Refused rows asked for again in one request (the sidecar takes at most 500). */
+const REFETCH_KEYS = 500;
+/** How soon a failed refetch of refused rows is tried again. */
+const REFETCH_RETRY_MS = 5000;
 
 /**
  * Stream messages queued for one feed at most: a longer queue is fed at once instead of on
@@ -275,7 +286,11 @@ export class LocalReplica implements Replica {
   #listeners: { [K in keyof ReplicaEvents]: Set<(value: ReplicaEvents[K]) => void> } = {
     status: new Set(),
     error: new Set(),
+    refused: new Set(),
   };
+  /** A refetch of refused rows runs (or is scheduled). */
+  #refetching: Promise<void> | null = null;
+  #refetchTimer: ReturnType<typeof setTimeout> | null = null;
   #flushWaiters: Waiter[] = [];
   #syncWaiters: Waiter[] = [];
   #closed = false;
@@ -335,7 +350,7 @@ export class LocalReplica implements Replica {
               },
               consumerEnded: () => this.#feedNow(Kind.ConsumerEnded),
               message: (seq, pending, frame, subject) => this.#onMessage(seq, pending, frame, subject),
-              scopeRules: (rules) => this.#adoptScopeRules(rules),
+              scopeRules: (rules, partitions) => this.#adoptScopeRules(rules, partitions),
               acked: (id) => this.#pushSoon(Kind.Acked, id),
               publishFailed: (id, error) => {
                 this.#emitError(new ReplicationError(`publishing outbox frame ${id} failed: ${String(error)}; it is sent again`, { cause: error }));
@@ -468,6 +483,7 @@ export class LocalReplica implements Replica {
           break;
         case "drained":
           this.#notify(output.tables, "local");
+          this.#writesRefused(output.refused);
           break;
         case "received":
           received = true;
@@ -480,6 +496,7 @@ export class LocalReplica implements Replica {
           for (const p of output.parked) {
             this.#emitError(new ReplicationError(`parked stream message ${p.seq} (${p.kind}): ${p.reason}`));
           }
+          this.#writesRefused(output.refused);
           break;
         case "acked":
           acked = true;
@@ -561,11 +578,13 @@ export class LocalReplica implements Replica {
   }
 
   /**
-   * A scoped replica's feed brought the cluster's scope rules: adopt them (stored for
-   * offline starts). New rules reopen the store; the session then reads the stream again,
-   * and writes that waited for the rules are captured.
+   * A scoped replica's feed brought the cluster's scope rules and the partitions its token
+   * grants: adopt them (stored for offline starts). New rules reopen the store; the session
+   * then reads the stream again, and writes that waited for the rules are captured. Rows of
+   * partitions the token no longer grants are removed here; partitions it newly grants are
+   * bootstrapped (the replica's other rows again too, harmlessly).
    */
-  #adoptScopeRules(rules: unknown): void {
+  #adoptScopeRules(rules: unknown, partitions: string[] | undefined): void {
     if (this.#closed) {
       return;
     }
@@ -580,6 +599,113 @@ export class LocalReplica implements Replica {
     if (changed) {
       this.#push(Kind.LocalWrite);
       this.#feedNow(Kind.Reopened);
+    }
+    if (partitions !== undefined) {
+      const before = this.#core.scopePartitions();
+      const gained = partitions.filter((p) => !(before ?? []).includes(p));
+      if (before !== null && gained.length > 0) {
+        // Rows of the new partitions come from a bootstrap first; the partitions are adopted
+        // once it is in (a failed one is tried again at the next feed, which names them again).
+        void this.#scopedBootstrap(true)
+          .then(() => this.#adoptPartitions(partitions))
+          .catch((e) => {
+            this.#emitError(new ReplicationError(`bootstrapping the partitions the token now grants (${gained.join(", ")}) failed: ${String(toHarmonyliteError(e).message)}; tried again at the next feed`, { cause: e }));
+          });
+      } else {
+        this.#adoptPartitions(partitions);
+      }
+    }
+    this.#refetchSoon(0);
+  }
+
+  /** Takes the partitions a full node says the token grants (see `adoptScopePartitions`). */
+  #adoptPartitions(partitions: string[]): void {
+    if (this.#closed) {
+      return;
+    }
+    let scope: ReturnType<WasmReplica["adoptScopePartitions"]>;
+    try {
+      scope = this.#core.adoptScopePartitions(partitions);
+    } catch (e) {
+      this.#emitError(new ReplicationError(`the scope partitions a full node sent were refused: ${String(toHarmonyliteError(e).message)}`, { cause: e }));
+      return;
+    }
+    this.#writesRefused(scope.refused);
+    if (scope.rowsForgotten > 0) {
+      this.#notify(this.#core.scopeTables(), "remote");
+    }
+    // Writes made before the partitions were known are judged by them now.
+    this.#push(Kind.LocalWrite);
+    this.#statusChanged();
+  }
+
+  /** Reports refused writes (one `refused` event per row) and fetches them again. */
+  #writesRefused(writes: RefusedWrite[] | undefined): void {
+    if (!writes || writes.length === 0) {
+      return;
+    }
+    for (const w of writes) {
+      for (const cb of this.#listeners.refused) {
+        try {
+          cb(w);
+        } catch (e) {
+          this.#emitError(e instanceof Error ? e : new Error(String(e)));
+        }
+      }
+    }
+    this.#notify([...new Set(writes.map((w) => w.table))], "remote");
+    this.#refetchSoon(0);
+  }
+
+  /** Schedules a refetch of refused rows in `delayMs` (one at a time). */
+  #refetchSoon(delayMs: number): void {
+    if (!this.#scoped || this.#closed || this.#refetchTimer !== null) {
+      return;
+    }
+    this.#refetchTimer = setTimeout(() => {
+      this.#refetchTimer = null;
+      if (this.#refetching || this.#closed) {
+        return;
+      }
+      this.#refetching = this.#refetch().finally(() => {
+        this.#refetching = null;
+      });
+    }, delayMs);
+  }
+
+  /**
+   * Asks a full node for the current versions of the refused rows and merges them: a row
+   * this replica may see comes back as the cluster accepted it, one it may not stays gone.
+   * Retried every 5 s while offline or failing.
+   */
+  async #refetch(): Promise<void> {
+    const transport = this.#transport;
+    for (;;) {
+      if (this.#closed || !transport) {
+        return;
+      }
+      const keys = this.#core.refetchKeys(REFETCH_KEYS);
+      if (keys.length === 0) {
+        return;
+      }
+      let reply: Uint8Array;
+      try {
+        reply = await transport.refetch(keys);
+        do await this.#idle(); while (this.#tx);
+        if (this.#closed) {
+          return;
+        }
+        const [mono, wall] = this.#now();
+        this.#core.importRefetched(mono, wall, reply, keys);
+      } catch (e) {
+        if (!(e instanceof ConnectionError)) {
+          this.#emitError(new ReplicationError(`fetching refused rows again failed: ${String(toHarmonyliteError(e).message)}; retrying`, { cause: e }));
+        }
+        this.#refetchSoon(REFETCH_RETRY_MS);
+        return;
+      }
+      this.#notify([...new Set(keys.map((k) => k.table))], "remote");
+      this.#statusChanged();
     }
   }
 
@@ -649,13 +775,15 @@ export class LocalReplica implements Replica {
    * when it did (the cursor moved to the sequence they cover), else the tables the
    * bootstrap would bring that do not exist here (it needs every one; the caller waits a
    * little for the application to create them, then lets the feed replay the stream).
+   * `again`: the replica is not empty but its token now grants more partitions: take all
+   * of them (the cursor goes to the covered sequence, even backwards).
    */
-  async #scopedBootstrap(): Promise<string[] | null> {
+  async #scopedBootstrap(again = false): Promise<string[] | null> {
     do await this.#idle(); while (this.#tx);
     const local = new Set(this.#core.replicatedTables().map((t) => t.toLowerCase()));
     const wanted = this.#core.scopeTables();
     const missing = wanted.filter((t) => !local.has(t));
-    if (wanted.length === 0 || missing.length > 0 || !this.#core.isEmpty()) {
+    if (!again && (wanted.length === 0 || missing.length > 0 || !this.#core.isEmpty())) {
       return missing;
     }
     let after: string | null = null;
@@ -666,7 +794,7 @@ export class LocalReplica implements Replica {
       const [mono, wall] = this.#now();
       let page: ReturnType<WasmReplica["importBootstrapPage"]>;
       try {
-        page = this.#core.importBootstrapPage(mono, wall, reply);
+        page = this.#core.importBootstrapPage(mono, wall, reply, again);
       } catch (e) {
         throw new ReplicationError(String(toHarmonyliteError(e).message), { cause: e });
       }
@@ -788,6 +916,9 @@ export class LocalReplica implements Replica {
       streamRefused: s.refused,
       migrationVersion: c.migrationVersion,
       schemaFingerprint: c.schemaFingerprint,
+      ...(this.#scoped
+        ? { scopes: { partitions: this.#core.scopePartitions(), refetching: this.#core.refetchKeys(REFETCH_KEYS).length } }
+        : {}),
     };
   }
 
@@ -994,7 +1125,7 @@ export class LocalReplica implements Replica {
   on<K extends keyof ReplicaEvents>(event: K, cb: (value: ReplicaEvents[K]) => void): () => void {
     const set = this.#listeners[event] as Set<(value: ReplicaEvents[K]) => void> | undefined;
     if (!set) {
-      throw new InvalidArgumentError(`unknown event ${JSON.stringify(event)} (use "status" or "error")`);
+      throw new InvalidArgumentError(`unknown event ${JSON.stringify(event)} (use "status", "error" or "refused")`);
     }
     set.add(cb);
     if (event === "status") {
@@ -1190,6 +1321,10 @@ export class LocalReplica implements Replica {
       this.#feed();
     }
     this.#closed = true;
+    if (this.#refetchTimer !== null) {
+      clearTimeout(this.#refetchTimer);
+      this.#refetchTimer = null;
+    }
     this.#resumeDelivery(true);
     if (this.#timer !== null) {
       clearTimeout(this.#timer);

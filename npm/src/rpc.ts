@@ -63,7 +63,8 @@ export type Announcement =
   | { kind: "hello"; leader: string }
   | { kind: "bye"; leader: string }
   | { kind: "status"; value: unknown }
-  | { kind: "error"; error: ErrorData };
+  | { kind: "error"; error: ErrorData }
+  | { kind: "refused"; value: unknown };
 
 /** From the leader's page to its Worker. */
 export type ToWorker = { kind: "start"; base: string; leader: string; options: OpenOptions } | { kind: "stop"; options?: CloseOptions };

@@ -99,14 +99,23 @@ export interface TransportHooks {
    * A returned promise pauses delivery until it settles.
    */
   message(seq: number, pending: number, frame: Uint8Array, subject: string): void | Promise<void>;
-  /** A scoped replica's feed brought the cluster's scope rules (their data form). */
-  scopeRules(rules: unknown): void;
+  /**
+   * A scoped replica's feed brought the cluster's scope rules (their data form) and the
+   * partitions its token grants (absent from nodes older than that field).
+   */
+  scopeRules(rules: unknown, partitions: string[] | undefined): void;
   /** JetStream stored outbox frame `id`. */
   acked(id: number): void;
   /** Publishing outbox frame `id` failed. */
   publishFailed(id: number, error: unknown): void;
   /** A background failure worth reporting. */
   error(e: Error): void;
+}
+
+/** One refused row a scoped replica asks for again (`key` is opaque, from the wasm core). */
+export interface RefetchKey {
+  table: string;
+  key: string;
 }
 
 /** The stream's bounds and identity, as read from the server. */
@@ -413,7 +422,7 @@ export class Transport {
     try {
       const started = await feed.request(`${this.#options.subjectPrefix}.scope.feed`, this.#token, scoped.replica, from, scoped.requestTimeoutMs);
       if (started.rules !== undefined) {
-        this.#hooks.scopeRules(started.rules);
+        this.#hooks.scopeRules(started.rules, started.partitions);
       }
       return { firstSeq: started.first_seq, lastSeq: started.last_seq, createdNs: BigInt(started.created_ns) };
     } catch (e) {
@@ -599,6 +608,22 @@ export class Transport {
     }
     this.#token = await scoped.getToken();
     const body = JSON.stringify(after === null ? { token: this.#token } : { token: this.#token, after });
+    const reply = await nc.request(`${this.#options.subjectPrefix}.scope.bootstrap`, body, { timeout: scoped.requestTimeoutMs * 4 });
+    return reply.data;
+  }
+
+  /**
+   * A scoped replica asks any full node for the current versions of refused rows (the
+   * bootstrap service with `keys`); resolves with the postcard `BootstrapReply`.
+   */
+  async refetch(keys: RefetchKey[]): Promise<Uint8Array> {
+    const scoped = this.#options.scoped;
+    const nc = this.#nc;
+    if (!scoped || !nc || !this.#online) {
+      throw new ConnectionError("offline");
+    }
+    this.#token = await scoped.getToken();
+    const body = JSON.stringify({ token: this.#token, keys });
     const reply = await nc.request(`${this.#options.subjectPrefix}.scope.bootstrap`, body, { timeout: scoped.requestTimeoutMs * 4 });
     return reply.data;
   }

@@ -118,6 +118,34 @@ export interface Status {
    * calls to the tab that does (`"follower"`). Absent elsewhere.
    */
   tab?: "leader" | "follower";
+  /** Only for a scoped replica (`scoped: true`): what its token grants, see {@link ScopeStatus}. */
+  scopes?: ScopeStatus;
+}
+
+/** A scoped replica's scope, in {@link Status.scopes}. */
+export interface ScopeStatus {
+  /**
+   * The partitions its token grants as a full node last named them (e.g. `"user.tu1"`: rule,
+   * then each value as a subject token), or null before it first connected.
+   */
+  partitions: string[] | null;
+  /** Refused rows waiting to be fetched again from a full node (see the `refused` event). */
+  refetching: number;
+}
+
+/**
+ * A write of a scoped replica that the cluster does not accept: a row of a partition its
+ * token does not grant, a shared or hidden table, or a key the stream gave to another
+ * partition. Nothing of it reached any other replica, and the local row returns to the
+ * state the cluster accepted (it is removed, then fetched again if this replica may see it).
+ */
+export interface RefusedWrite {
+  /** The table. */
+  table: string;
+  /** The row's primary-key values, in key order (as `query` returns values). */
+  key: unknown[];
+  /** Why it was refused. */
+  reason: string;
 }
 
 /** The local schema, from {@link Replica.schemaStatus}. */
@@ -207,6 +235,8 @@ export interface ReplicaEvents {
   status: Status;
   /** Something went wrong in the background (connection, parked message, database retry). */
   error: Error;
+  /** A scoped replica's write was refused (one event per row); see {@link RefusedWrite}. */
+  refused: RefusedWrite;
 }
 
 /** A local SQLite replica that replicates through NATS JetStream. */
@@ -224,7 +254,7 @@ export interface Replica {
   subscribe(cb: (event: ChangeEvent) => void, options?: SubscribeOptions): () => void;
   /** Current replication state. */
   status(): Promise<Status>;
-  /** Listens to `status` or `error` events; returns the unsubscribe function. */
+  /** Listens to `status`, `error` or `refused` events; returns the unsubscribe function. */
   on<K extends keyof ReplicaEvents>(event: K, cb: (value: ReplicaEvents[K]) => void): () => void;
   /** Resolves when every local write made so far is acknowledged by JetStream. */
   flush(options?: WaitOptions): Promise<void>;

@@ -480,6 +480,7 @@ async function start(message: Extract<ToWorker, { kind: "start" }>): Promise<voi
   };
   r.on("status", (value) => announce({ kind: "status", value }));
   r.on("error", (e) => announce({ kind: "error", error: errorToData(e) }));
+  r.on("refused", (value) => announce({ kind: "refused", value }));
   post({ kind: "started" });
   announce({ kind: "hello", leader });
 }

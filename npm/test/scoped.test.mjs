@@ -13,7 +13,8 @@ import { join } from "node:path";
 
 import { Sidecar, appSql, cleanup, freePort, harmonylite, onCleanup, sidecarBinary, tempDir, waitFor } from "./helpers.mjs";
 
-const SCHEMA = "CREATE TABLE notes(id TEXT PRIMARY KEY, owner_id TEXT, body TEXT); CREATE TABLE tags(id INTEGER PRIMARY KEY, name TEXT)";
+const SCHEMA =
+  "CREATE TABLE notes(id TEXT PRIMARY KEY, owner_id TEXT, body TEXT); CREATE TABLE tags(id INTEGER PRIMARY KEY, name TEXT); CREATE TABLE projects(id TEXT PRIMARY KEY, team_id TEXT, title TEXT)";
 const AUDIENCE = "notes-app";
 const SECRET = "the notes app's HS256 secret";
 
@@ -22,10 +23,10 @@ afterEach(cleanup);
 const b64url = (data) => Buffer.from(data).toString("base64url");
 
 /** An HS256 token for user `sub`, as the app's login would issue it. */
-function token(sub, ttlSeconds = 600) {
+function token(sub, ttlSeconds = 600, teams = []) {
   const now = Math.floor(Date.now() / 1000);
   const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
-  const body = b64url(JSON.stringify({ sub, aud: AUDIENCE, iat: now, exp: now + ttlSeconds }));
+  const body = b64url(JSON.stringify({ sub, teams, aud: AUDIENCE, iat: now, exp: now + ttlSeconds }));
   const sig = createHmac("sha256", SECRET).update(`${head}.${body}`).digest("base64url");
   return `${head}.${body}.${sig}`;
 }
@@ -41,6 +42,10 @@ async function scopedNode({ maxEntries } = {}) {
     'name = "user"',
     'claims = ["sub"]',
     'tables = { notes = "owner_id" }',
+    "[[scopes.partition]]",
+    'name = "team"',
+    'claims = ["teams"]',
+    'tables = { projects = "team_id" }',
     "[scopes.auth]",
     `audience = "${AUDIENCE}"`,
     `hs256_secret_file = ${JSON.stringify(join(dir, "hs256.secret"))}`,
@@ -55,13 +60,15 @@ async function scopedNode({ maxEntries } = {}) {
   return { node, wsUrl: `ws://127.0.0.1:${embedded.wsPort}` };
 }
 
-async function openScoped(open, wsUrl, user) {
-  const db = await open({ name: `${user}.db`, servers: wsUrl, scoped: true, getToken: () => token(user), reconnectMinMs: 100, reconnectMaxMs: 1000 });
+async function openScoped(open, wsUrl, user, teams = () => []) {
+  const db = await open({ name: `${user}.db`, servers: wsUrl, scoped: true, getToken: () => token(user, 600, teams()), reconnectMinMs: 100, reconnectMaxMs: 1000 });
   onCleanup(() => db.close({ flushTimeoutMs: 0 }));
   const errors = [];
+  const refused = [];
   db.on("error", (e) => errors.push(e));
+  db.on("refused", (r) => refused.push(r));
   await db.exec(SCHEMA);
-  return { db, errors };
+  return { db, errors, refused };
 }
 
 const notes = async (db) => (await db.query("SELECT id, owner_id, body FROM notes ORDER BY id")).map((r) => [r.id, r.owner_id, r.body]);
@@ -96,12 +103,55 @@ test("each scoped replica reads and writes only its partition and the shared tab
   await bob.db.sync({ timeoutMs: 30_000 });
   assert.deepEqual((await notes(bob.db)).map((r) => r[0]), ["b1", "b2"], "bob holds only his partition");
 
-  // A row of bob's written in alice's replica goes to bob's subject, which NATS refuses her.
+  // A row of bob's written in alice's replica is refused by her replica before it is
+  // published (NATS would refuse her bob's subject too): an event names it, the row is gone.
   await alice.db.exec("INSERT INTO notes VALUES ('x1', 'bob', 'forged by alice')");
-  await waitFor(() => alice.errors.some((e) => /x1|publish|Permissions|permission/i.test(String(e))), {
-    message: () => `no publish error for the forged row: ${alice.errors.join("; ")}`,
+  await waitFor(() => alice.refused.some((r) => r.table === "notes" && r.key[0] === "x1"), {
+    message: () => `no refused event for the forged row: ${JSON.stringify(alice.refused)}; errors ${alice.errors.join("; ")}`,
   });
+  assert.match(alice.refused.find((r) => r.key[0] === "x1").reason, /not one this replica's token grants/);
+  assert.deepEqual((await notes(alice.db)).map((r) => r[0]), ["a1", "a2", "a3"]);
+  await alice.db.flush({ timeoutMs: 30_000 });
+  assert.equal((await alice.db.status()).outboxFrames, 0, "nothing refused waits in the outbox");
   assert.equal(node.query("SELECT count(*) FROM notes WHERE id = 'x1'")[0][0], 0, "the forged row reached the full node");
+});
+
+test("a refused write is reported and returns to the accepted state: a shared table, a key taken over", async () => {
+  const { node, wsUrl } = await scopedNode();
+  appSql(node.db, "INSERT INTO notes VALUES ('b1', 'bob', 'for bob')", []);
+  appSql(node.db, "INSERT INTO tags VALUES (1, 'shared tag')", []);
+  const { open } = await harmonylite();
+  const alice = await openScoped(open, wsUrl, "alice");
+  await waitFor(async () => (await alice.db.query("SELECT name FROM tags")).length === 1, {
+    message: async () => `alice's tags ${JSON.stringify(await alice.db.query("SELECT * FROM tags"))}; errors ${alice.errors.join("; ")}\n${node.logTail()}`,
+  });
+  assert.deepEqual((await alice.db.status()).scopes?.partitions, ["user.talice"], "status().scopes names the token's partitions");
+
+  // A shared table: only full nodes write it. Refused at once, and the accepted row comes back.
+  await alice.db.exec("UPDATE tags SET name = 'alice was here' WHERE id = 1");
+  await waitFor(() => alice.refused.some((r) => r.table === "tags"), { message: () => `no refused event for the tag: ${JSON.stringify(alice.refused)}` });
+  assert.deepEqual(alice.refused.find((r) => r.table === "tags").key, [1]);
+  assert.match(alice.refused.find((r) => r.table === "tags").reason, /shared/);
+  await waitFor(async () => (await alice.db.query("SELECT name FROM tags"))[0]?.name === "shared tag", {
+    message: async () => `alice's tag ${JSON.stringify(await alice.db.query("SELECT * FROM tags"))}; status ${JSON.stringify(await alice.db.status())}; errors ${alice.errors.join("; ")}`,
+  });
+
+  // Bob's key, written as alice's own note: her replica cannot know, so it goes out on her
+  // subject; the full node refuses it (the stream gave the key to bob) and tells her.
+  await alice.db.exec("INSERT INTO notes VALUES ('b1', 'alice', 'taken over')");
+  await waitFor(() => alice.refused.some((r) => r.table === "notes" && r.key[0] === "b1"), {
+    message: () => `no refused event for the taken-over key: ${JSON.stringify(alice.refused)}; errors ${alice.errors.join("; ")}\n${node.logTail()}`,
+  });
+  assert.match(alice.refused.find((r) => r.key[0] === "b1").reason, /belongs to partition/);
+  await waitFor(async () => (await notes(alice.db)).length === 0, { message: async () => `alice still holds ${JSON.stringify(await notes(alice.db))}` });
+  await waitFor(async () => (await alice.db.status()).scopes?.refetching === 0, { message: async () => JSON.stringify(await alice.db.status()) });
+  assert.deepEqual(node.query("SELECT id, owner_id, body FROM notes"), [["b1", "bob", "for bob"]], "the full node keeps bob's row");
+  assert.equal(alice.refused.filter((r) => r.key[0] === "b1").length, 1, "one event per refused row");
+
+  // Her own writes still go through.
+  await alice.db.exec("INSERT INTO notes VALUES ('a1', 'alice', 'mine')");
+  await alice.db.flush({ timeoutMs: 30_000 });
+  await waitFor(() => node.query("SELECT count(*) FROM notes WHERE id = 'a1'")[0][0] === 1, { message: () => node.logTail() });
 });
 
 test("a new scoped replica starts from a bootstrap of its partitions when the stream no longer holds their history", async () => {
@@ -126,4 +176,36 @@ test("a new scoped replica starts from a bootstrap of its partitions when the st
   // And it keeps following its feed from where the bootstrap left it.
   appSql(node.db, "INSERT INTO notes VALUES ('a99', 'alice', 'after the bootstrap')", []);
   await waitFor(async () => (await notes(alice.db)).some((r) => r[0] === "a99"), { message: () => `a99 never reached alice: ${alice.errors.join("; ")}` });
+});
+
+test("a new token's partitions are bootstrapped and the ones it no longer grants are removed locally", async () => {
+  const { node, wsUrl } = await scopedNode();
+  appSql(node.db, "INSERT INTO projects VALUES ('p1', 't1', 'team one'), ('p2', 't2', 'team two')", []);
+  const { open } = await harmonylite();
+  let teams = ["t1"];
+  const alice = await openScoped(open, wsUrl, "alice", () => teams);
+  const projects = async () => (await alice.db.query("SELECT id FROM projects ORDER BY id")).map((r) => r.id);
+  await waitFor(async () => JSON.stringify(await projects()) === '["p1"]', {
+    message: async () => `alice's projects ${JSON.stringify(await projects())}; errors ${alice.errors.join("; ")}\n${node.logTail()}`,
+  });
+  assert.deepEqual((await alice.db.status()).scopes?.partitions, ["team.tt1", "user.talice"]);
+
+  // The app moves alice from team t1 to t2. Her next token says so: the next feed (here
+  // after the node restarts and she reconnects) brings t2's rows and takes t1's away.
+  teams = ["t2"];
+  await node.stop();
+  await node.start();
+  await waitFor(async () => JSON.stringify(await projects()) === '["p2"]', {
+    timeoutMs: 60_000,
+    message: async () => `alice's projects ${JSON.stringify(await projects())}; status ${JSON.stringify(await alice.db.status())}; errors ${alice.errors.join("; ")}\n${node.logTail()}`,
+  });
+  assert.deepEqual((await alice.db.status()).scopes?.partitions, ["team.tt2", "user.talice"]);
+  await alice.db.flush({ timeoutMs: 30_000 });
+  assert.equal(node.query("SELECT count(*) FROM projects")[0][0], 2, "removing t1's rows locally deleted nothing elsewhere");
+
+  // Later t2 changes reach her; t1's do not.
+  appSql(node.db, "INSERT INTO projects VALUES ('p3', 't2', 'more of two'), ('p4', 't1', 'more of one')", []);
+  await waitFor(async () => (await projects()).includes("p3"), { message: async () => `alice's projects ${JSON.stringify(await projects())}` });
+  await alice.db.sync({ timeoutMs: 30_000 });
+  assert.deepEqual(await projects(), ["p2", "p3"]);
 });

@@ -461,6 +461,8 @@ impl Store {
                             report
                                 .refused
                                 .push(verdict.into_refused(message.seq, origin));
+                            // Its notice waits in the outbox: publish it now.
+                            report.drained.outbox_grew = true;
                         }
                         Outcome::Notice(reverted) => report.reverted.extend(reverted),
                         Outcome::Migration(migration) => {

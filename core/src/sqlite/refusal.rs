@@ -418,16 +418,21 @@ impl super::Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .context("starting to adopt scope partitions")?;
         self.schema.sync(&tx, &self.options, true)?;
-        // Writes made under the old partitions are judged by them.
-        let drained = super::drain_in(
-            &tx,
-            &self.schema,
-            &mut self.clock,
-            &self.options,
-            &mut self.next_batch,
-        )?;
-        if drained.outbox_grew || drained.batch_seq.is_some() {
-            self.outbox_grew = true;
+        // Writes made under known partitions are judged by them; writes made before any
+        // were known are judged by the new ones, at the next drain.
+        let mut refused_writes = Vec::new();
+        if before.is_some() {
+            let drained = super::drain_in(
+                &tx,
+                &self.schema,
+                &mut self.clock,
+                &self.options,
+                &mut self.next_batch,
+            )?;
+            if drained.outbox_grew || drained.batch_seq.is_some() {
+                self.outbox_grew = true;
+            }
+            refused_writes = drained.refused_writes;
         }
         let rows_forgotten =
             forget_partition_rows(&tx, &self.schema.tables, &self.options.scopes, &change.lost)?;
@@ -436,27 +441,8 @@ impl super::Store {
         self.options.partitions = Some(partitions);
         Ok(PartitionChange {
             rows_forgotten,
-            refused_writes: drained.refused_writes,
+            refused_writes,
             ..change
         })
-    }
-
-    /// The rows waiting to be fetched again (refused writes), as (table, key).
-    pub fn refetch_keys(&self) -> Result<Vec<(String, Vec<Value>)>, StoreError> {
-        queued(&self.conn)
-    }
-
-    /// Merges a full node's answer to a refetch of `keys` ([`super::scope_refetch`]): rows
-    /// it sent come back by last-writer-wins, the others stay deleted; `keys` leave the
-    /// queue. The cursor does not move.
-    pub fn import_refetched(
-        &mut self,
-        page: &super::scope_bootstrap::PartitionExport,
-        keys: &[(String, Vec<Value>)],
-        now: crate::hlc::NTP64,
-    ) -> Result<super::scope_bootstrap::ImportReport, super::scope_bootstrap::ImportError> {
-        let report = self.import_page(page, now, super::scope_bootstrap::ImportMode::Refetch)?;
-        dequeue(&self.conn, keys)?;
-        Ok(report)
     }
 }

@@ -215,3 +215,24 @@ fn registered_partition(
         .context("reading a key's partition")?;
     Ok(found.flatten())
 }
+
+impl super::Store {
+    /// The rows waiting to be fetched again (refused writes), as (table, key).
+    pub fn refetch_keys(&self) -> Result<Vec<(String, Vec<Value>)>, StoreError> {
+        super::refusal::queued(&self.conn)
+    }
+
+    /// Merges a full node's answer to a refetch of `keys` ([`super::scope_refetch`]): rows
+    /// it sent come back by last-writer-wins, the others stay deleted; `keys` leave the
+    /// queue. The cursor does not move.
+    pub fn import_refetched(
+        &mut self,
+        page: &super::scope_bootstrap::PartitionExport,
+        keys: &[(String, Vec<Value>)],
+        now: crate::hlc::NTP64,
+    ) -> Result<super::scope_bootstrap::ImportReport, super::scope_bootstrap::ImportError> {
+        let report = self.import_page(page, now, super::scope_bootstrap::ImportMode::Refetch)?;
+        super::refusal::dequeue(&self.conn, keys)?;
+        Ok(report)
+    }
+}
