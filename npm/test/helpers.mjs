@@ -4,6 +4,7 @@
 // by `cleanup()`. A missing component fails the test loudly; nothing is skipped.
 
 import { spawn, execFileSync } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, openSync } from "node:fs";
 import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
@@ -329,7 +330,18 @@ export class Sidecar {
         extra,
         "[nats]",
         ...(embedded
-          ? [`bind_address = "127.0.0.1:${embedded.port}"`, `websocket_bind = "127.0.0.1:${embedded.wsPort}"`, `server_binary = ${JSON.stringify(natsServerPath())}`]
+          ? [
+              `bind_address = "127.0.0.1:${embedded.port}"`,
+              `websocket_bind = "127.0.0.1:${embedded.wsPort}"`,
+              `server_binary = ${JSON.stringify(natsServerPath())}`,
+              // `cluster: { port, peers }`: one node of an embedded cluster routing to the others.
+              ...(embedded.cluster
+                ? [
+                    `cluster_addr = "127.0.0.1:${embedded.cluster.port}"`,
+                    `cluster_peers = [${embedded.cluster.peers.map((p) => JSON.stringify(`nats://127.0.0.1:${p}`)).join(", ")}]`,
+                  ]
+                : []),
+            ]
           : [`urls = [${JSON.stringify(natsUrl)}]`]),
         "reconnect_wait_seconds = 1",
         "[health_check]",
@@ -452,4 +464,71 @@ export async function harmonylite() {
 /** Lists files in a directory (for diagnostics). */
 export function ls(dir) {
   return existsSync(dir) ? readdirSync(dir) : [];
+}
+
+const NOTES_AUDIENCE = "notes-app";
+const NOTES_SECRET = "the notes app's HS256 secret";
+
+/** An HS256 token for user `sub` of the notes clusters below, as an app's login would issue it. */
+export function notesToken(sub, ttlSeconds = 600) {
+  const b64url = (data) => Buffer.from(data).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const body = b64url(JSON.stringify({ sub, aud: NOTES_AUDIENCE, iat: now, exp: now + ttlSeconds }));
+  const sig = createHmac("sha256", NOTES_SECRET).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
+/**
+ * Three sidecars on `schema`, each with its embedded nats-server (WebSocket on) routed to the
+ * other two and a stream of 3 replicas. `scopes`: `notes` partitioned by `owner_id` (rule
+ * `user`, claim `sub`), `tags` shared, HS256 tokens of {@link notesToken} through auth callout.
+ * Stopped at cleanup.
+ */
+export async function notesCluster({ schema, scopes }) {
+  const dir = tempDir("hl-cluster-");
+  writeFileSync(join(dir, "hs256.secret"), NOTES_SECRET);
+  const seed = join(dir, "callout.nk");
+  const extra = (i) =>
+    [
+      `node_id = ${i + 1}`,
+      "[replication_log]",
+      "replicas = 3",
+      ...(scopes
+        ? [
+            "[scopes]",
+            'shared = ["tags"]',
+            "[[scopes.partition]]",
+            'name = "user"',
+            'claims = ["sub"]',
+            'tables = { notes = "owner_id" }',
+            "[scopes.auth]",
+            `audience = "${NOTES_AUDIENCE}"`,
+            `hs256_secret_file = ${JSON.stringify(join(dir, "hs256.secret"))}`,
+            `callout_seed_file = ${JSON.stringify(seed)}`,
+          ]
+        : []),
+    ].join("\n");
+  const ports = [];
+  for (let i = 0; i < 3; i++) {
+    ports.push({ port: await freePort(), wsPort: await freePort(), route: await freePort() });
+  }
+  const nodes = [];
+  for (let i = 0; i < 3; i++) {
+    const embedded = {
+      port: ports[i].port,
+      wsPort: ports[i].wsPort,
+      cluster: { port: ports[i].route, peers: ports.filter((_, j) => j !== i).map((p) => p.route) },
+    };
+    nodes.push(new Sidecar(join(dir, `node${i + 1}`), `node${i + 1}`, undefined, embedded, schema, extra(i), await freePort()));
+  }
+  if (scopes) {
+    execFileSync(sidecarBinary(), ["--config", nodes[0].config, "--scopes-keygen"], { stdio: "ignore" });
+  }
+  // The servers form their cluster (and the stream its quorum) only once all three run.
+  for (const n of nodes) {
+    onCleanup(() => n.stop());
+  }
+  await Promise.all(nodes.map((n) => n.start()));
+  return { nodes, wsPorts: ports.map((p) => p.wsPort) };
 }
