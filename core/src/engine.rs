@@ -222,6 +222,8 @@ pub struct ReceiveSummary {
     /// On a scoped replica: its own writes the full replicas refused, returned to the
     /// accepted state.
     pub reverted: Vec<crate::report::RefusedWrite>,
+    /// On a scoped replica: rows queued to be fetched again.
+    pub refetch_queued: u64,
     /// Previously parked messages that applied now.
     pub unparked: u64,
     /// Replicated migrations applied.
@@ -246,6 +248,7 @@ impl ReceiveSummary {
             parked: r.parked,
             refused: r.refused,
             reverted: r.reverted,
+            refetch_queued: r.refetch_queued,
             unparked: r.unparked,
             migrations: r.migrations,
             tables: r.applied.tables,

@@ -72,6 +72,9 @@ pub struct ReceiveReport {
     /// On a scoped replica: its own writes the full replicas refused (a notice came back),
     /// returned to the accepted state.
     pub reverted: Vec<RefusedWrite>,
+    /// On a scoped replica: rows queued to be fetched again (its own refused writes, and
+    /// rows of other replicas' refused batches it held).
+    pub refetch_queued: u64,
     /// Parked messages that now applied (retries only).
     pub unparked: u64,
     /// Replicated migrations applied.

@@ -37,9 +37,11 @@
 //!
 //! A [`RefusedNotice`] (variant index 3, "version 4") tells a scoped replica that the full
 //! replicas refused one of its batches (see `crate::sqlite` scope checks): which rows, and
-//! why. Full replicas publish it on a partition subject of the refused batch, writer `f`, so
-//! only full nodes can publish one and only that partition's replicas read it. Replicas
-//! other than the writer ignore it; builds older than it park it until they are upgraded.
+//! why. Full replicas publish it on each partition subject of the refused batch, writer `f`,
+//! so only full nodes can publish one and only those partitions' replicas read it: the
+//! writer and the other scoped replicas of those partitions, which may have applied the
+//! refused batch, return its rows to the accepted state; full replicas ignore it. Builds
+//! older than it park it until they are upgraded.
 
 use serde::{Deserialize, Serialize};
 
@@ -92,10 +94,11 @@ pub struct RefusedRow {
 }
 
 impl RefusedNotice {
-    /// The JetStream de-duplication id every full replica gives this notice, so that the
-    /// stream keeps one of the copies they publish (within its duplicate window).
-    pub fn msg_id(&self) -> String {
-        format!("refused-{}-{}", self.writer, self.batch_seq)
+    /// The JetStream de-duplication id every full replica gives this notice on the subject
+    /// of `partition` (a partition token), so that the stream keeps one of the copies they
+    /// publish (within its duplicate window).
+    pub fn msg_id(&self, partition: &str) -> String {
+        format!("refused-{}-{}-{partition}", self.writer, self.batch_seq)
     }
 }
 
@@ -509,7 +512,10 @@ mod tests {
         let frame = encode_frame(&Message::Refused(notice.clone()));
         assert_eq!(decode_message(&frame), Ok(Message::Refused(notice.clone())));
         assert_eq!(decode_frame(&frame), Err(WireError::NotABatch));
-        assert_eq!(notice.msg_id(), format!("refused-{}-9", node()));
+        assert_eq!(
+            notice.msg_id("user.tu1"),
+            format!("refused-{}-9-user.tu1", node())
+        );
     }
 
     #[test]

@@ -605,6 +605,10 @@ fn a_refused_write_returns_to_the_accepted_state_on_its_writer() {
     let mut f1 = open(&paths[0], 1, rules(), 1 << 20);
     let mut f2 = open(&paths[1], 2, rules(), 1 << 20);
     let mut client = open_u1_replica(&paths[2], 3, &["u1"]);
+    // u1's other device reads the same partition.
+    let other_path = dir.path().join("c2.db");
+    let other_app = app(&other_path);
+    let mut other = open_u1_replica(&other_path, 4, &["u1"]);
     let mut stream = Stream::default();
 
     // A full node writes u2's note and a shared tag; u1's replica gets the tag only.
@@ -666,6 +670,9 @@ fn a_refused_write_returns_to_the_accepted_state_on_its_writer() {
         .execute("INSERT INTO notes VALUES ('n3', 'u1', 'stolen')", [])
         .unwrap();
     stream.publish(&mut client, None);
+    // u1's other device applies it from their shared subject before any full node judged it.
+    assert!(stream.feed(&mut other, &["u1"]).is_empty());
+    assert!(notes(&other_app).iter().any(|n| n.2 == "stolen"));
     assert_eq!(stream.deliver(&mut f1).len(), 1);
     assert_eq!(stream.deliver(&mut f2).len(), 1);
     let notice_1 = f1.outbox_after(0, 10).unwrap();
@@ -696,6 +703,14 @@ fn a_refused_write_returns_to_the_accepted_state_on_its_writer() {
     );
     assert!(stream.deliver(&mut f1).is_empty());
     assert_eq!(notes(&apps[0])[1].2, "theirs");
+    // The other device forgets the refused row too (silently: not its write) and queues it.
+    assert!(stream.feed(&mut other, &["u1"]).is_empty());
+    assert!(
+        !notes(&other_app).iter().any(|n| n.0 == "n3"),
+        "{:?}",
+        notes(&other_app)
+    );
+    assert_eq!(other.refetch_keys().unwrap().len(), 1);
 
     // The refetch brings back what the replica may see, at the accepted version: the tag;
     // the takeover and the other user's note stay gone. The cursor does not move.

@@ -266,6 +266,7 @@ fn output_to_js(output: SessionOutput) -> JsValue {
                     convert::string_array(&s.drained.tables).into(),
                 ),
                 ("cursor", num(s.cursor.get() as f64)),
+                ("refetchQueued", num(s.refetch_queued as f64)),
                 (
                     "refused",
                     scoped::refused_writes_to_js(

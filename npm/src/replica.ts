@@ -124,6 +124,7 @@ type Output =
       drainedTables: string[];
       cursor: number;
       refused: RefusedWrite[];
+      refetchQueued: number;
     }
   | { type: "acked"; frames: number }
   | { type: "databaseError"; operation: string; kind: string; error: string; retryInMs: number }
@@ -497,6 +498,11 @@ export class LocalReplica implements Replica {
             this.#emitError(new ReplicationError(`parked stream message ${p.seq} (${p.kind}): ${p.reason}`));
           }
           this.#writesRefused(output.refused);
+          if (output.refetchQueued > 0) {
+            // Rows of a batch the full nodes refused (this replica's, or another replica's
+            // of a partition it shares) are fetched again as the cluster accepted them.
+            this.#refetchSoon(0);
+          }
           break;
         case "acked":
           acked = true;

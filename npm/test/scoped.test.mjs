@@ -60,8 +60,8 @@ async function scopedNode({ maxEntries } = {}) {
   return { node, wsUrl: `ws://127.0.0.1:${embedded.wsPort}` };
 }
 
-async function openScoped(open, wsUrl, user, teams = () => []) {
-  const db = await open({ name: `${user}.db`, servers: wsUrl, scoped: true, getToken: () => token(user, 600, teams()), reconnectMinMs: 100, reconnectMaxMs: 1000 });
+async function openScoped(open, wsUrl, user, teams = () => [], name = `${user}.db`) {
+  const db = await open({ name, servers: wsUrl, scoped: true, getToken: () => token(user, 600, teams()), reconnectMinMs: 100, reconnectMaxMs: 1000 });
   onCleanup(() => db.close({ flushTimeoutMs: 0 }));
   const errors = [];
   const refused = [];
@@ -122,6 +122,8 @@ test("a refused write is reported and returns to the accepted state: a shared ta
   appSql(node.db, "INSERT INTO tags VALUES (1, 'shared tag')", []);
   const { open } = await harmonylite();
   const alice = await openScoped(open, wsUrl, "alice");
+  // Alice's second device reads the same partition.
+  const phone = await openScoped(open, wsUrl, "alice", () => [], "alice-phone.db");
   await waitFor(async () => (await alice.db.query("SELECT name FROM tags")).length === 1, {
     message: async () => `alice's tags ${JSON.stringify(await alice.db.query("SELECT * FROM tags"))}; errors ${alice.errors.join("; ")}\n${node.logTail()}`,
   });
@@ -147,6 +149,13 @@ test("a refused write is reported and returns to the accepted state: a shared ta
   await waitFor(async () => (await alice.db.status()).scopes?.refetching === 0, { message: async () => JSON.stringify(await alice.db.status()) });
   assert.deepEqual(node.query("SELECT id, owner_id, body FROM notes"), [["b1", "bob", "for bob"]], "the full node keeps bob's row");
   assert.equal(alice.refused.filter((r) => r.key[0] === "b1").length, 1, "one event per refused row");
+  // Her phone may have applied the refused row from their shared subject: it drops it too,
+  // without an event (it did not write it).
+  await phone.db.sync({ timeoutMs: 30_000 });
+  await waitFor(async () => (await notes(phone.db)).length === 0 && (await phone.db.status()).scopes?.refetching === 0, {
+    message: async () => `alice's phone holds ${JSON.stringify(await notes(phone.db))}; status ${JSON.stringify(await phone.db.status())}`,
+  });
+  assert.deepEqual(phone.refused, []);
 
   // Her own writes still go through.
   await alice.db.exec("INSERT INTO notes VALUES ('a1', 'alice', 'mine')");

@@ -119,9 +119,9 @@ enum Outcome {
     Migration(MigrationV1),
     /// A scoped replica's change, refused (by every full replica alike).
     Refused(Option<NodeId>, scope_check::Verdict),
-    /// A refusal notice: on the scoped replica it concerns, its writes returned to the
-    /// accepted state; elsewhere nothing.
-    Notice(Vec<crate::report::RefusedWrite>),
+    /// A refusal notice: on a scoped replica, its own refused writes (returned to the
+    /// accepted state) and the rows queued for a refetch; elsewhere nothing.
+    Notice(Vec<crate::report::RefusedWrite>, u64),
 }
 
 /// Why [`Store::publish_migration`] published nothing.
@@ -464,7 +464,10 @@ impl Store {
                             // Its notice waits in the outbox: publish it now.
                             report.drained.outbox_grew = true;
                         }
-                        Outcome::Notice(reverted) => report.reverted.extend(reverted),
+                        Outcome::Notice(reverted, queued) => {
+                            report.reverted.extend(reverted);
+                            report.refetch_queued += queued;
+                        }
                         Outcome::Migration(migration) => {
                             match run_migration(
                                 &tx,
@@ -730,7 +733,7 @@ impl Store {
                         Outcome::Own
                         | Outcome::PartStored
                         | Outcome::Refused(..)
-                        | Outcome::Notice(_) => {}
+                        | Outcome::Notice(..) => {}
                     }
                 }
                 Err(ApplyFailure::Park(error)) => {
@@ -1139,9 +1142,9 @@ fn receive_one(
         // Migrations apply on every replica, their origin included.
         Ok(Message::Migration(migration)) => return Ok(Outcome::Migration(migration)),
         Ok(Message::Refused(notice)) => {
-            return Ok(Outcome::Notice(refusal::receive_notice(
-                conn, tables, options, message, &notice,
-            )?))
+            let (reverted, queued) =
+                refusal::receive_notice(conn, tables, options, message, &notice)?;
+            return Ok(Outcome::Notice(reverted, queued));
         }
         Ok(Message::Routed(part)) => {
             if part.origin == node && message.seq > replay_own_until {

@@ -43,16 +43,17 @@ pub(super) fn create_tables(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {}(tbl TEXT NOT NULL, key BLOB NOT NULL, \
          PRIMARY KEY(tbl, key)) WITHOUT ROWID; \
-         CREATE TABLE IF NOT EXISTS {}(batch_seq INTEGER PRIMARY KEY)",
+         CREATE TABLE IF NOT EXISTS {}(writer BLOB NOT NULL, batch_seq INTEGER NOT NULL, \
+         PRIMARY KEY(writer, batch_seq)) WITHOUT ROWID",
         quote(names::REFETCH),
         quote(names::REFUSED_SEEN),
     ))
     .context("creating the refetch queue")
 }
 
-/// On a full replica: writes the notice of a refused scoped batch to the outbox. `subject`
-/// is the subject (after the prefix) of the frame that completed the batch; no notice when
-/// it is not a scoped partition subject (nobody could read it).
+/// On a full replica: writes the notice of a refused scoped batch to the outbox, once for
+/// each scoped partition subject among `groups` (each group's subject) and `subject` (the
+/// frame that completed the batch): every replica of those partitions may hold its rows.
 pub(super) fn publish_notice(
     conn: &Connection,
     rules: &ScopeRules,
@@ -62,11 +63,21 @@ pub(super) fn publish_notice(
     reason: &str,
     groups: &[(Option<String>, Batch)],
 ) -> Result<(), StoreError> {
-    let Some((route @ Route::Partition { .. }, Writer::Scoped)) =
-        subject.and_then(|s| Route::parse_suffix(s, rules))
-    else {
+    let mut routes = BTreeSet::new();
+    for s in groups
+        .iter()
+        .filter_map(|(s, _)| s.as_deref())
+        .chain(subject)
+    {
+        if let Some((route @ Route::Partition { .. }, Writer::Scoped)) =
+            Route::parse_suffix(s, rules)
+        {
+            routes.insert(route);
+        }
+    }
+    if routes.is_empty() {
         return Ok(());
-    };
+    }
     let rows = groups
         .iter()
         .flat_map(|(_, batch)| {
@@ -82,21 +93,30 @@ pub(super) fn publish_notice(
         reason: reason.to_owned(),
         rows,
     };
-    let msg_id = notice.msg_id();
-    let frame = wire::encode_frame(&Message::Refused(notice));
-    super::outbox::push_notice(conn, &route.subject_suffix(Writer::Full), &frame, &msg_id)
+    let frame = wire::encode_frame(&Message::Refused(notice.clone()));
+    for route in routes {
+        let Route::Partition { partition, .. } = &route else {
+            continue;
+        };
+        let msg_id = notice.msg_id(&partition.token());
+        super::outbox::push_notice(conn, &route.subject_suffix(Writer::Full), &frame, &msg_id)?;
+    }
+    Ok(())
 }
 
-/// On a scoped replica: a notice from the stream. Acted on only when it is for this
-/// replica, came on a full node's partition subject, and was not handled before; every row
-/// it names is forgotten and queued for a refetch.
+/// On a scoped replica: a notice from the stream, acted on when it came on a full node's
+/// partition subject and was not handled before. For this replica's own batch, every row is
+/// forgotten, queued for a refetch and reported; for another replica's (another device of
+/// the same user, a teammate), the rows it holds are forgotten and queued silently: it may
+/// have applied the refused batch from their shared subject. Returns this replica's own
+/// refused writes and how many rows were queued.
 pub(super) fn receive_notice(
     conn: &Connection,
     tables: &Tables,
     options: &super::StoreOptions,
     message: &Inbound,
     notice: &RefusedNotice,
-) -> Result<Vec<RefusedWrite>, StoreError> {
+) -> Result<(Vec<RefusedWrite>, u64), StoreError> {
     let from_full_node = message
         .subject
         .as_deref()
@@ -104,32 +124,57 @@ pub(super) fn receive_notice(
         .is_some_and(|(route, writer)| {
             writer == Writer::Full && matches!(route, Route::Partition { .. })
         });
-    if options.writer != Writer::Scoped || notice.writer != options.node_id || !from_full_node {
-        return Ok(Vec::new());
+    if options.writer != Writer::Scoped || !from_full_node {
+        return Ok((Vec::new(), 0));
     }
     let first_time = conn
         .prepare_cached(&format!(
-            "INSERT OR IGNORE INTO {}(batch_seq) VALUES (?1)",
+            "INSERT OR IGNORE INTO {}(writer, batch_seq) VALUES (?1, ?2)",
             quote(names::REFUSED_SEEN)
         ))
-        .and_then(|mut s| s.execute([notice.batch_seq.get() as i64]))
+        .and_then(|mut s| {
+            s.execute(params![
+                &notice.writer.to_bytes()[..],
+                notice.batch_seq.get() as i64
+            ])
+        })
         .context("recording a refusal notice")?
         == 1;
     if !first_time {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
-    let mut refused = Vec::with_capacity(notice.rows.len());
+    let own = notice.writer == options.node_id;
+    let mut refused = Vec::new();
+    let mut queued = 0;
     for row in &notice.rows {
         if let Some(table) = tables.by_name(&row.table) {
-            forget_row(conn, table, &row.key, true)?;
+            if own || has_version(conn, table, &row.key)? {
+                forget_row(conn, table, &row.key, true)?;
+                queued += 1;
+            }
         }
-        refused.push(RefusedWrite {
-            table: row.table.clone(),
-            key: row.key.clone(),
-            reason: notice.reason.clone(),
-        });
+        if own {
+            refused.push(RefusedWrite {
+                table: row.table.clone(),
+                key: row.key.clone(),
+                reason: notice.reason.clone(),
+            });
+        }
     }
-    Ok(refused)
+    Ok((refused, queued))
+}
+
+/// Whether this replica holds a version of the row (live or deleted).
+fn has_version(
+    conn: &Connection,
+    table: &RegisteredTable,
+    key: &[Value],
+) -> Result<bool, StoreError> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(&table.select_version)
+        .and_then(|mut s| s.query_row(params_from_iter(key), |_| Ok(())).optional())
+        .map(|found| found.is_some())
+        .context("reading a row version")
 }
 
 /// On a scoped replica that knows its partitions: splits a drained batch into the rows it
