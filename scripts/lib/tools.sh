@@ -79,6 +79,19 @@ ensure_npm_deps() {
   (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
 }
 
+# An example app's npm dependencies (examples/<name>/package-lock.json; the npm package by
+# path), `npm ci` only when node_modules is older than the lock, as ensure_npm_deps does.
+#   ensure_example_deps examples/notes
+ensure_example_deps() {
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/$1"
+  if [[ -f "$dir/node_modules/.package-lock.json" && "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]]; then
+    return
+  fi
+  echo "==> installing the dependencies of $1 (npm ci)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
 # Debian's Chromium and ChromeDriver (/usr/bin/chromium, /usr/bin/chromedriver) for the
 # npm package's browser test, which drives Chromium through playwright-core (an npm
 # devDependency that never downloads a browser of its own; `npx playwright install` fails
