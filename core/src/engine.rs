@@ -181,7 +181,7 @@ pub enum Event {
     /// Local writes were captured.
     Drained(DrainReport),
     /// Stream messages were applied (the report includes parked ones).
-    Received(ReceiveSummary),
+    Received(Box<ReceiveSummary>),
     /// Frames were acknowledged and removed from the outbox.
     Acked {
         /// Number of frames.
@@ -499,8 +499,8 @@ impl<D: Database> Engine<D> {
                             .get_or_insert(now.monotonic + self.config.parked_retry_interval);
                     }
                     self.outputs
-                        .push_back(Output::Event(Event::Received(ReceiveSummary::new(
-                            take, report,
+                        .push_back(Output::Event(Event::Received(Box::new(
+                            ReceiveSummary::new(take, report),
                         ))));
                 }
                 Err(e) => {
@@ -558,8 +558,8 @@ impl<D: Database> Engine<D> {
                         self.outbox_may_have_more = true;
                     }
                     self.outputs
-                        .push_back(Output::Event(Event::Received(ReceiveSummary::new(
-                            0, report,
+                        .push_back(Output::Event(Event::Received(Box::new(
+                            ReceiveSummary::new(0, report),
                         ))));
                 }
                 Err(e) => {

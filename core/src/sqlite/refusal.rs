@@ -402,7 +402,7 @@ fn rows_of(
     Ok(keys)
 }
 
-/// What [`Store::adopt_partitions`] changed.
+/// What [`super::Store::adopt_partitions`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionChange {
     /// Partitions granted now and not before (all of them when none were known).

@@ -95,7 +95,7 @@ pub struct BootstrapRequest {
 }
 
 /// One row a scoped replica asks for again: its table and its key as
-/// [`RefetchKey::encode_key`] gives it (hex of postcard), opaque to the JavaScript between.
+/// [`RefetchKey::new`] encodes it (hex of postcard), opaque to the JavaScript between.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefetchKey {
     /// The table.
