@@ -37,6 +37,7 @@ use crate::snapshot::store::s3::S3Store;
 pub mod error;
 mod file;
 mod nats;
+mod object_put;
 pub mod s3;
 
 pub use error::SnapshotStoreError;

@@ -107,8 +107,7 @@ impl NatsStore {
         let progress = Progress::new("uploading snapshot", source.framed_size());
         let mut reader = ProgressReader::new(source.reader(), progress);
         let stored =
-            self.store
-                .put(meta, &mut reader)
+            super::object_put::put(&self.js, &self.bucket, meta, OBJECT_CHUNK, &mut reader)
                 .await
                 .map_err(|e| SnapshotStoreError::Upload {
                     name: info.name.clone(),
@@ -278,8 +277,10 @@ mod tests {
     use harmonylite_core::change::StreamSeq;
     use harmonylite_core::hlc::NodeId;
 
-    /// Restores read an object's chunks as they arrive ([`NatsStore::chunks`]) instead of
-    /// through async-nats' `get`: both read the same bytes, whatever the chunk size.
+    /// Uploads write objects several chunks at a time (`object_put`) that async-nats' `get`
+    /// reads with its digest check; restores read an object's chunks as they arrive
+    /// ([`NatsStore::chunks`]) instead of through `get`: both read the same bytes, whatever
+    /// wrote the object.
     #[tokio::test]
     async fn chunks_read_what_async_nats_get_reads() {
         use crate::nats::server::{EmbeddedServerConfig, NatsServer};
@@ -315,9 +316,16 @@ mod tests {
         );
         let meta = store.store.info(&info.name).await.unwrap();
         assert_eq!(meta.metadata["covered_seq"], "9");
-        // async-nats cuts a chunk per read of the source, so the count is not fixed; at
-        // least as many as full chunks need.
-        assert!(meta.chunks >= framed.len().div_ceil(OBJECT_CHUNK));
+        // Full chunks but the last, written several at a time (object_put).
+        assert_eq!(meta.chunks, framed.len().div_ceil(OBJECT_CHUNK));
+        assert!(meta.digest.as_deref().unwrap().starts_with("SHA-256="));
+        let mut ours = store.chunks(&info).await.unwrap();
+        let mut back = Vec::new();
+        while let Some(chunk) = ours.next().await {
+            back.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(back == framed, "our chunk reader reads our object");
+        drop(ours);
 
         let old = SnapshotInfo::new("s-1", StreamSeq::new(8), 1, node);
         let meta = object_store::ObjectMetadata {
