@@ -2,8 +2,7 @@
 // (src/app.js) as app.js and the package's OPFS Worker (harmonylite/worker) as worker.js in
 // one directory, the wasm module copied to wasm/ beside them (the package finds both with
 // `new URL("./worker.js", import.meta.url)` and `new URL("./wasm/...", import.meta.url)`),
-// `node:*` imports left out. The app's own Worker (src/db-worker.js, see src/app.js) is a
-// third entry, db-worker.js, found by the page the same way. `node build.mjs` (npm run build), or `build()` from run.mjs and
+// `node:*` imports left out. `node build.mjs` (npm run build), or `build()` from run.mjs and
 // the test.
 
 import { copyFileSync, mkdirSync } from "node:fs";
@@ -20,7 +19,7 @@ export async function build({ outdir = join(exampleDir, "public") } = {}) {
   const esbuild = require("esbuild");
   await esbuild.build({
     absWorkingDir: exampleDir,
-    entryPoints: { app: "src/app.js", worker: "harmonylite/worker", "db-worker": "src/db-worker.js" },
+    entryPoints: { app: "src/app.js", worker: "harmonylite/worker" },
     bundle: true,
     format: "esm",
     platform: "browser",

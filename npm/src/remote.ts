@@ -239,6 +239,8 @@ class TabReplica implements Replica {
           reject(toHarmonyliteError(message.error));
         } else if (message.kind === "stopped") {
           this.#stopped?.();
+        } else if (message.kind === "getToken") {
+          void this.#tokenFor(worker, message.id);
         }
       });
       worker.addEventListener("error", (event: Event) => {
@@ -255,13 +257,30 @@ class TabReplica implements Replica {
         }
       });
       try {
-        worker.postMessage({ kind: "start", base: this.#base, leader, options: this.#options } satisfies ToWorker);
+        // A function cannot be sent: the Worker asks this page for each token instead.
+        const { getToken, ...options } = this.#options;
+        worker.postMessage({ kind: "start", base: this.#base, leader, options, pageToken: getToken !== undefined } satisfies ToWorker);
       } catch (e) {
         settled = true;
         worker.terminate();
         reject(new InvalidArgumentError(`the options cannot be sent to the harmonylite worker: ${String(e)}`, { cause: e }));
       }
     });
+  }
+
+  /** Answers the Worker's request `id` for a token with the app's `getToken()`. */
+  async #tokenFor(worker: WorkerLike, id: number): Promise<void> {
+    let reply: ToWorker;
+    try {
+      reply = { kind: "token", id, token: await this.#options.getToken!() };
+    } catch (e) {
+      reply = { kind: "tokenFailed", id, error: errorToData(e) };
+    }
+    try {
+      worker.postMessage(reply);
+    } catch {
+      // The Worker is gone.
+    }
   }
 
   /** Stops this tab's Worker (closing the database) and gives the leader lock to the next tab. */

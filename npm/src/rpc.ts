@@ -67,10 +67,16 @@ export type Announcement =
   | { kind: "refused"; value: unknown };
 
 /** From the leader's page to its Worker. */
-export type ToWorker = { kind: "start"; base: string; leader: string; options: OpenOptions } | { kind: "stop"; options?: CloseOptions };
+export type ToWorker =
+  // `pageToken`: the options had a `getToken` (a function, which cannot be sent): the Worker
+  // asks the page for each token (`getToken` / `token`).
+  | { kind: "start"; base: string; leader: string; options: OpenOptions; pageToken: boolean }
+  | { kind: "stop"; options?: CloseOptions }
+  | { kind: "token"; id: number; token: string }
+  | { kind: "tokenFailed"; id: number; error: ErrorData };
 
 /** From the Worker to its page. */
-export type FromWorker = { kind: "started" } | { kind: "failed"; error: ErrorData } | { kind: "stopped" };
+export type FromWorker = { kind: "started" } | { kind: "failed"; error: ErrorData } | { kind: "stopped" } | { kind: "getToken"; id: number };
 
 /** What `begin` answers: the transaction's key and the leader that holds it open. */
 export interface Begun {

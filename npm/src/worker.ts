@@ -14,7 +14,7 @@
  * says it has the answer (`Call.low`), and with the client.
  */
 
-import { errorToData, InvalidArgumentError, LeaderChangedError, ReplicaClosedError } from "./errors.js";
+import { errorToData, InvalidArgumentError, LeaderChangedError, ReplicaClosedError, toHarmonyliteError } from "./errors.js";
 import { openLocal } from "./replica.js";
 import type { LocalReplica } from "./replica.js";
 import { platform } from "./browser.js";
@@ -448,6 +448,21 @@ function reply(call: Call, message: Reply): void {
   }
 }
 
+// ---- tokens from the page --------------------------------------------------------------
+
+/** Token requests sent to the page, by id. */
+const tokenRequests = new Map<number, { resolve: (token: string) => void; reject: (e: Error) => void }>();
+let nextTokenRequest = 1;
+
+/** The app's `getToken()`, run on the page that started this Worker (functions cannot be sent). */
+function tokenFromPage(): Promise<string> {
+  const id = nextTokenRequest++;
+  return new Promise<string>((resolve, reject) => {
+    tokenRequests.set(id, { resolve, reject });
+    post({ kind: "getToken", id });
+  });
+}
+
 // ---- start and stop -----------------------------------------------------------------
 
 async function start(message: Extract<ToWorker, { kind: "start" }>): Promise<void> {
@@ -459,7 +474,11 @@ async function start(message: Extract<ToWorker, { kind: "start" }>): Promise<voi
   base = message.base;
   let r: LocalReplica;
   try {
-    r = await openLocal({ ...(message.options as OpenOptions), storage: "opfs" as const }, platform);
+    const options: OpenOptions = { ...(message.options as OpenOptions), storage: "opfs" as const };
+    if (message.pageToken) {
+      options.getToken = tokenFromPage;
+    }
+    r = await openLocal(options, platform);
   } catch (e) {
     post({ kind: "failed", error: errorToData(e) });
     return;
@@ -519,5 +538,13 @@ scope.addEventListener("message", (event: MessageEvent) => {
     void start(message);
   } else if (message.kind === "stop") {
     void stop(message.options);
+  } else if (message.kind === "token" || message.kind === "tokenFailed") {
+    const request = tokenRequests.get(message.id);
+    tokenRequests.delete(message.id);
+    if (message.kind === "token") {
+      request?.resolve(message.token);
+    } else {
+      request?.reject(toHarmonyliteError(message.error));
+    }
   }
 });

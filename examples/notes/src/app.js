@@ -2,13 +2,9 @@
 // holding only the logged-in user's notes and the shared board. Writes are local and
 // instant, work offline, and replicate through NATS to the full nodes.
 //
-// Where the replica runs. The package's own way is `open()` right in the page (src/replica.js
-// `openNotes`): it starts the package's Worker and shares the replica with every tab of the
-// origin. For a scoped replica that path fails today: the options, `getToken` included, are
-// posted to that Worker and a function cannot be cloned ("DataCloneError: ... could not be
-// cloned"; README.md, "Known issue"). So by default the page runs the same `openNotes` in a
-// dedicated Worker of its own (src/db-worker.js), where open() runs the database itself and
-// getToken stays a local function. `?replica=page` takes the package's way instead.
+// The replica runs where the package puts it: `open()` in the page (src/replica.js
+// `openNotes`) starts the package's Worker, which holds the OPFS database and is shared by
+// every tab of the origin; `getToken` stays on the page, and the Worker asks it for each token.
 
 import { login, openNotes } from "./replica.js";
 import { SCHEMA } from "./schema.js";
@@ -20,80 +16,6 @@ const params = new URLSearchParams(location.search);
 const app = { db: null, user: null, errors: [], refused: [], editing: null };
 window.notesApp = app;
 
-/**
- * The replica in the app's Worker, behind the part of the package's `Replica` this page uses
- * (exec, query, status, flush, sync, close, on, subscribe).
- */
-function workerReplica(user, server) {
-  const worker = new Worker(new URL("./db-worker.js", import.meta.url), { type: "module", name: `notes-${user}` });
-  const pending = new Map();
-  const listeners = { status: new Set(), error: new Set(), refused: new Set() };
-  const subscribers = new Set();
-  let next = 1;
-  let lastStatus = null;
-  const asError = (data) => Object.assign(new Error(data.message), { name: data.name });
-  const call = (method, ...args) =>
-    new Promise((resolve, reject) => {
-      const id = next++;
-      pending.set(id, { resolve, reject });
-      worker.postMessage({ kind: "call", id, method, args });
-    });
-  const replica = {
-    exec: (sql, bind) => call("exec", sql, bind),
-    query: (sql, bind) => call("query", sql, bind),
-    status: () => call("status"),
-    flush: (options) => call("flush", options),
-    sync: (options) => call("sync", options),
-    close: async (options) => {
-      await call("close", options);
-      worker.terminate();
-    },
-    on(type, cb) {
-      listeners[type].add(cb);
-      if (type === "status" && lastStatus) {
-        cb(lastStatus);
-      }
-      return () => listeners[type].delete(cb);
-    },
-    subscribe(cb, { tables } = {}) {
-      const sub = { cb, tables: tables?.map((t) => t.toLowerCase()) };
-      subscribers.add(sub);
-      return () => subscribers.delete(sub);
-    },
-  };
-  return new Promise((resolve, reject) => {
-    worker.onerror = (e) => reject(new Error(`the app's worker failed: ${e.message}`));
-    worker.onmessage = ({ data }) => {
-      switch (data.kind) {
-        case "opened":
-          return resolve(replica);
-        case "failed":
-          worker.terminate();
-          return reject(asError(data.error));
-        case "reply": {
-          const p = pending.get(data.id);
-          pending.delete(data.id);
-          return data.ok ? p.resolve(data.value) : p.reject(asError(data.error));
-        }
-        case "status":
-          lastStatus = data.value;
-          return listeners.status.forEach((cb) => cb(data.value));
-        case "error":
-          return listeners.error.forEach((cb) => cb(asError(data.error)));
-        case "refused":
-          return listeners.refused.forEach((cb) => cb(data.value));
-        case "change":
-          for (const { cb, tables } of subscribers) {
-            if (!tables || data.event.tables.some((t) => tables.includes(t.toLowerCase()))) {
-              cb(data.event);
-            }
-          }
-      }
-    };
-    worker.postMessage({ kind: "open", user, server });
-  });
-}
-
 async function start(user) {
   await login(user); // refused names fail here, before anything is opened
   const { servers } = await (await fetch("/config.json")).json();
@@ -101,7 +23,7 @@ async function start(user) {
   // learns the other nodes' URLs from the cluster and moves to one of them if this one stops.
   const server = servers[(Number(params.get("node")) || 1) - 1] ?? servers[0];
   app.user = user;
-  app.db = params.get("replica") === "page" ? await openNotes(user, server) : await workerReplica(user, server);
+  app.db = await openNotes(user, server);
   app.db.on("error", (e) => {
     console.warn(`harmonylite: ${e.name}: ${e.message}`);
     app.errors.push(`${e.name}: ${e.message}`);

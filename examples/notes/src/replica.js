@@ -1,5 +1,4 @@
-// Opening this user's replica: the same code runs in the app's Worker (src/db-worker.js, the
-// default) and in the page (?replica=page; see the note in src/app.js).
+// Opening this user's replica, from the page.
 
 import { open } from "harmonylite";
 

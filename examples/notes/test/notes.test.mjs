@@ -7,10 +7,10 @@
 // It checks that each user's browser holds only their own notes; that a board row an app
 // writes into a full node's database file reaches both; that alice's notes and edits reach
 // the files of all three nodes; that bob's forged row in alice's partition reaches no node
-// and changes nothing of alice's; and that alice's edits made while she cannot reach NATS
-// (the cluster is down) reach every node once it is back. A `todo` subtest records that the
-// package's own page-side open() cannot run a scoped replica with getToken yet (README.md,
-// "Known issue"). A missing Chromium or nats-server fails the test; nothing is skipped.
+// and changes nothing of alice's, and that bob's page is told and his replica drops them;
+// that a third user works through another node; and that alice's edits made while she
+// cannot reach NATS (the cluster is down) reach every node once it is back. A missing
+// Chromium or nats-server fails the test; nothing is skipped.
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
@@ -163,13 +163,13 @@ test("notes: two users, scoped replicas in headless Chromium, a 3-node cluster",
     // key belongs to alice's partition, and alice's note stays as it is.
     await bob.page.evaluate(() => window.notesApp.db.exec("INSERT INTO notes(id, owner_id, body) VALUES ('srv-alice', 'bob', 'taken over')"));
 
-    // PLACEHOLDER (the package's `refused` event): assert here that bob's page was told,
-    // and that his replica no longer holds the row. The page records each event in
-    // window.notesApp.refused ({ table, key, reason }); e.g.
-    //   await until(async () => (await bob.page.evaluate(() => window.notesApp.refused)).some((r) => r.table === "notes" && r.key[0] === "x"), "bob's refused event");
-    //   assert.deepEqual(await inReplica(bob, "SELECT id FROM notes WHERE id = 'x'"), []);
-    // and the same for 'srv-alice' (refused by the full nodes, the event comes once their
-    // notice is back).
+    // bob's page is told about both (one `refused` event per row) and his replica no longer
+    // holds either: the first refused by his own replica before publishing, the second once
+    // the full nodes' notice is back.
+    for (const id of ["x", "srv-alice"]) {
+      await until(async () => (await bob.page.evaluate(() => window.notesApp.refused)).some((r) => r.table === "notes" && r.key[0] === id), `bob's refused event for ${id}`);
+      await until(async () => (await inReplica(bob, "SELECT id FROM notes WHERE id = ?", [id])).length === 0, `bob's replica to drop ${id}`);
+    }
 
     // Later writes go through (a note of alice's, a board row bob must receive), so the
     // forged one had every chance to arrive; it never does.
@@ -190,20 +190,11 @@ test("notes: two users, scoped replicas in headless Chromium, a 3-node cluster",
     assert.deepEqual(await inReplica(alice, "SELECT id FROM notes WHERE id = 'x'"), []);
   });
 
-  // The package's own way for a page, open() right there (the replica in the package's
-  // Worker, shared by the origin's tabs), fails for a scoped replica with getToken: the
-  // function cannot be posted to that Worker (README.md, "Known issue"). The page therefore
-  // runs open() in a Worker of its own by default. Remove `todo` once this passes.
-  await t.test("open() in the page itself (?replica=page) runs a scoped replica too", { todo: "getToken cannot be sent to the package's Worker (DataCloneError)" }, async () => {
-    try {
-      const carol = await logIn("carol", 3, "&replica=page");
-      const id = await addNote(carol, "carol: through the package's Worker");
-      await until(() => nodes.every((n) => n.query("SELECT count(*) FROM notes WHERE id = ?", [id])[0][0] === 1), "carol's note on every node");
-    } finally {
-      const carol = users.find((u) => u.name === "carol");
-      users.splice(users.indexOf(carol), 1);
-      await carol.context.close();
-    }
+  await t.test("a third user through the third node: her note reaches every node", async () => {
+    const carol = await logIn("carol", 3);
+    const id = await addNote(carol, "carol: through node3");
+    await until(() => nodes.every((n) => n.query("SELECT count(*) FROM notes WHERE id = ?", [id])[0][0] === 1), "carol's note on every node");
+    assert.deepEqual((await shownNotes(carol.page)).map((n) => n.id), [id], "carol sees only her own note");
   });
 
   await t.test("alice's edits made while she cannot reach NATS reach every node once it is back", async () => {
