@@ -97,13 +97,26 @@ impl Partition {
 }
 
 impl std::fmt::Display for Partition {
+    /// The rule and its values as SQL literals, e.g. `user='alice'` or `team=42,'eu'`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}=", self.rule)?;
         for (i, value) in self.values.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{value:?}")?;
+            match value {
+                Value::Null => f.write_str("NULL")?,
+                Value::Integer(n) => write!(f, "{n}")?,
+                Value::Real(r) => write!(f, "{r:?}")?,
+                Value::Text(t) => write!(f, "'{}'", t.replace('\'', "''"))?,
+                Value::Blob(b) => {
+                    f.write_str("X'")?;
+                    for byte in b {
+                        write!(f, "{byte:02X}")?;
+                    }
+                    f.write_str("'")?;
+                }
+            }
         }
         Ok(())
     }
@@ -961,14 +974,7 @@ mod tests {
             _ => vec![],
         });
         let names: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
-        assert_eq!(
-            names,
-            [
-                "team=Text(\"t1\")",
-                "team=Text(\"t2\")",
-                "user=Text(\"u1\")"
-            ]
-        );
+        assert_eq!(names, ["team='t1'", "team='t2'", "user='u1'"]);
         assert!(r.partitions_for(|_| vec![]).is_empty());
     }
 }

@@ -308,15 +308,15 @@ fn every_full_replica_refuses_the_same_out_of_scope_writes() {
     let reasons: Vec<&str> = refused_1.iter().map(|r| r.reason.as_str()).collect();
     assert_eq!(refused_1.len(), 2, "{reasons:?}");
     assert!(
-        reasons[0].contains("belongs to partition user=Text(\"u2\")"),
+        reasons[0].contains("belongs to partition user='u2'"),
         "{reasons:?}"
     );
     assert!(
-        reasons[0].contains("subject names user=Text(\"u1\")"),
+        reasons[0].contains("subject names user='u1'"),
         "{reasons:?}"
     );
     assert!(
-        reasons[1].contains("the key belongs to partition user=Text(\"u2\")"),
+        reasons[1].contains("the key belongs to partition user='u2'"),
         "{reasons:?}"
     );
     assert_eq!(refused_1[1].table, "notes");
