@@ -366,6 +366,9 @@ pub async fn stream_bounds(stream: &mut stream::Stream) -> Result<(u64, u64), Na
     Ok((info.state.first_sequence, info.state.last_sequence))
 }
 
+/// How long one pull of the ordered consumer waits (see [`consume_from`]).
+pub const ORDERED_PULL_EXPIRES: Duration = Duration::from_secs(4);
+
 /// An ordered, ephemeral consumer delivering every message from sequence `from` on.
 pub async fn consume_from(
     stream: &stream::Stream,
@@ -376,6 +379,11 @@ pub async fn consume_from(
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from.get(),
             },
+            // Pull requests expire after this and carry an idle heartbeat of half of it, so
+            // a consumer lost with the server that held it (a peer node stopped) is noticed
+            // and recreated after two missed heartbeats: about 4 s, not async-nats' default
+            // 30 s expiry and 15 s heartbeat, which stalled replication for ~35 s.
+            max_expires: ORDERED_PULL_EXPIRES,
             ..Default::default()
         })
         .await
