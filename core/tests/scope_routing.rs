@@ -130,7 +130,8 @@ fn one_transaction_is_split_by_route_and_applied_whole() {
     assert_eq!(b.cursor(), StreamSeq::new(frames.len() as u64));
 
     // A delete on b (which learned the row's partition from the stream) and an update that
-    // moves a row on a: each travels on the partition of the row's image.
+    // moves a row on a: each travels on the partition of the row's image, and the move
+    // leaves a moved-out marker on the old partition's subject.
     b_app
         .execute("DELETE FROM notes WHERE id = 'n1'", [])
         .unwrap();
@@ -138,7 +139,10 @@ fn one_transaction_is_split_by_route_and_applied_whole() {
     a_app
         .execute("UPDATE notes SET owner_id = 'u9' WHERE id = 'n2'", [])
         .unwrap();
-    assert_eq!(subjects(&publish(&mut a)), ["app.p.user.tu9.f.tnotes"]);
+    assert_eq!(
+        subjects(&publish(&mut a)),
+        ["app.p.user.tu2.f.tnotes", "app.p.user.tu9.f.tnotes"]
+    );
     a_app
         .execute("DELETE FROM notes WHERE id = 'n2'", [])
         .unwrap();
@@ -780,4 +784,93 @@ fn a_partition_the_token_no_longer_grants_is_forgotten_locally() {
         .unwrap();
     assert_eq!(change.gained, [user("u5")]);
     assert!(change.lost.is_empty());
+}
+
+#[test]
+fn a_moved_row_leaves_its_old_partitions_replicas_and_a_scoped_writer_may_move_between_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(format!("{n}.db"));
+    let (f_app, u1_app, u2_app, both_app) = (
+        app(&path("f")),
+        app(&path("u1")),
+        app(&path("u2")),
+        app(&path("both")),
+    );
+    let mut full = open(&path("f"), 1, rules(), 1 << 20);
+    let mut u1 = open_u1_replica(&path("u1"), 3, &["u1"]);
+    let mut u2 = open_u1_replica(&path("u2"), 4, &["u2"]);
+    let mut both = open_u1_replica(&path("both"), 5, &["u1", "u2"]);
+    let mut stream = Stream::default();
+    let feed_all = |stream: &Stream, u1: &mut Store, u2: &mut Store, both: &mut Store| {
+        assert!(stream.feed(u1, &["u1"]).is_empty());
+        assert!(stream.feed(u2, &["u2"]).is_empty());
+        assert!(stream.feed(both, &["u1", "u2"]).is_empty());
+    };
+    let ids = |conn: &Connection| {
+        notes(conn)
+            .into_iter()
+            .map(|n| format!("{}:{}", n.0, n.1))
+            .collect::<Vec<_>>()
+    };
+
+    // A full node's move of k1 from u1 to u2: u1's replica drops it, u2's gets it, the
+    // replica of both keeps it (the marker is older than the move, whichever comes first).
+    f_app
+        .execute_batch("INSERT INTO notes VALUES ('k1', 'u1', 'one'), ('k2', 'u1', 'two')")
+        .unwrap();
+    stream.publish(&mut full, None);
+    stream.deliver(&mut full);
+    feed_all(&stream, &mut u1, &mut u2, &mut both);
+    assert_eq!(ids(&u1_app), ["k1:u1", "k2:u1"]);
+    f_app
+        .execute("UPDATE notes SET owner_id = 'u2' WHERE id = 'k1'", [])
+        .unwrap();
+    stream.publish(&mut full, None);
+    stream.deliver(&mut full);
+    feed_all(&stream, &mut u1, &mut u2, &mut both);
+    assert_eq!(
+        ids(&u1_app),
+        ["k2:u1"],
+        "the old partition's replica drops the moved row"
+    );
+    assert_eq!(ids(&u2_app), ["k1:u2"]);
+    assert_eq!(ids(&both_app), ["k1:u2", "k2:u1"]);
+    assert_eq!(ids(&f_app), ["k1:u2", "k2:u1"]);
+
+    // A scoped replica granted both partitions moves k2 from u1 to u2: every full node
+    // accepts it (its marker on u1's own subject proves it may write there).
+    both_app
+        .execute("UPDATE notes SET owner_id = 'u2' WHERE id = 'k2'", [])
+        .unwrap();
+    stream.publish(&mut both, None);
+    assert!(stream.deliver(&mut full).is_empty(), "the move was refused");
+    feed_all(&stream, &mut u1, &mut u2, &mut both);
+    assert_eq!(ids(&f_app), ["k1:u2", "k2:u2"]);
+    assert!(ids(&u1_app).is_empty());
+    assert_eq!(ids(&u2_app), ["k1:u2", "k2:u2"]);
+
+    // u2's replica may not move a row into u1's partition, and publishes nothing of it (no
+    // marker that would delete k1 from u2's partition everywhere).
+    u2_app
+        .execute("UPDATE notes SET owner_id = 'u1' WHERE id = 'k1'", [])
+        .unwrap();
+    let drained = u2.drain().unwrap();
+    assert_eq!(
+        drained.refused_writes.len(),
+        1,
+        "{:?}",
+        drained.refused_writes
+    );
+    assert!(u2.outbox_after(0, 10).unwrap().is_empty());
+    assert_eq!(ids(&f_app), ["k1:u2", "k2:u2"]);
+
+    // A replica of u1 alone moving a row in u2's partition into its own: a takeover, refused
+    // by the full node (it carries no marker on u2's subject, which it may not write).
+    u1_app
+        .execute("INSERT INTO notes VALUES ('k1', 'u1', 'mine now')", [])
+        .unwrap();
+    stream.publish(&mut u1, None);
+    let refused = stream.deliver(&mut full);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(ids(&f_app), ["k1:u2", "k2:u2"]);
 }

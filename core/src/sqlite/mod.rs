@@ -1015,61 +1015,62 @@ fn drain_in(
     if drained.log_entries == 0 {
         return Ok(report);
     }
-    let mut batch = drained.batch;
-    if let (crate::scope::Writer::Scoped, Some(partitions)) = (options.writer, &options.partitions)
-    {
-        let (kept, refused) =
-            refusal::refuse_unwritable(conn, &schema.tables, &options.scopes, partitions, batch)?;
-        batch = kept;
-        report.refused_writes = refused;
-    }
+    let batch = drained.batch;
     if options.publish && !batch.is_empty() {
         let seq = BatchSeq::new(*next_batch);
-        let rows = batch.len();
+        let mut rows = batch.len();
         if validates_scopes(options) {
             scope_check::remember_own(conn, &options.scopes, options.node_id, seq, &batch)?;
         }
-        let frames = match encode_for_outbox(conn, options, seq, batch) {
-            Ok(frames) => frames,
-            Err(EncodeError::Store(e)) => return Err(e),
-            Err(EncodeError::Wire(e)) => {
-                return Err(StoreError::Corrupt(format!("encoding a batch: {e}")))
-            }
+        let mut groups = if options.scopes.is_enabled() {
+            routing::route(conn, &options.scopes, batch)?
+        } else {
+            vec![(crate::scope::Route::Unscoped, batch)]
         };
-        outbox::push(conn, seq, rows, &frames)?;
-        *next_batch += 1;
-        meta::set(conn, meta::keys::NEXT_BATCH, *next_batch as i64)?;
-        report.batch_seq = Some(seq);
-        report.frames = frames.len();
+        if let (crate::scope::Writer::Scoped, Some(partitions)) =
+            (options.writer, &options.partitions)
+        {
+            let (kept, refused) =
+                refusal::refuse_unwritable(conn, &schema.tables, partitions, groups)?;
+            groups = kept;
+            rows -= refused.len();
+            report.refused_writes = refused;
+        }
+        if !groups.is_empty() {
+            let frames = match encode_for_outbox(options, seq, groups) {
+                Ok(frames) => frames,
+                Err(e) => return Err(StoreError::Corrupt(format!("encoding a batch: {e}"))),
+            };
+            outbox::push(conn, seq, rows, &frames)?;
+            *next_batch += 1;
+            meta::set(conn, meta::keys::NEXT_BATCH, *next_batch as i64)?;
+            report.batch_seq = Some(seq);
+            report.frames = frames.len();
+        }
     }
     meta::set(conn, meta::keys::CLOCK, clock.last().as_u64() as i64)?;
     Ok(report)
 }
 
-/// A drained batch's frames with their subjects: one unscoped batch with scopes off (or
-/// when every row is unscoped), else the route groups of [`routing::route`].
+/// A drained batch's frames with their subjects, from its route groups
+/// ([`routing::route`]): one plain unscoped batch when every row is unscoped (always with
+/// scopes off), else routed frames.
 fn encode_for_outbox(
-    conn: &Connection,
     options: &StoreOptions,
     seq: BatchSeq,
-    batch: crate::change::Batch,
-) -> Result<Vec<SubjectFrame>, EncodeError> {
-    let unscoped = |batch: &crate::change::Batch| {
-        wire::encode_batch(
+    groups: Vec<(crate::scope::Route, crate::change::Batch)>,
+) -> Result<Vec<SubjectFrame>, wire::WireError> {
+    if let [(crate::scope::Route::Unscoped, batch)] = groups.as_slice() {
+        return Ok(wire::encode_batch(
             options.node_id,
             seq,
             batch,
             options.compression,
             options.max_frame,
-        )
-        .map(|frames| frames.into_iter().map(|f| (None, f)).collect())
-    };
-    if !options.scopes.is_enabled() {
-        return Ok(unscoped(&batch)?);
-    }
-    let groups = routing::route(conn, &options.scopes, batch)?;
-    if let [(crate::scope::Route::Unscoped, batch)] = groups.as_slice() {
-        return Ok(unscoped(batch)?);
+        )?
+        .into_iter()
+        .map(|f| (None, f))
+        .collect());
     }
     let (routes, batches): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
     let frames = wire::encode_routed_batch(
@@ -1095,15 +1096,6 @@ fn encode_for_outbox(
 
 /// A frame and its subject after the prefix (`None`: unscoped).
 type SubjectFrame = (Option<String>, Vec<u8>);
-
-/// Why a drained batch could not be written to the outbox.
-#[derive(Debug, thiserror::Error)]
-enum EncodeError {
-    #[error(transparent)]
-    Wire(#[from] wire::WireError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// Decodes one message and applies it (or stores its part, or skips it as our own, or, on a
 /// full replica with scopes on, refuses a scoped replica's change that breaks its scope).

@@ -177,28 +177,33 @@ fn has_version(
         .context("reading a row version")
 }
 
-/// On a scoped replica that knows its partitions: splits a drained batch into the rows it
-/// may publish and the ones it refuses itself (forgotten and queued for a refetch). Deletes
-/// that travel unscoped (a row created and deleted before it was ever published, or a
-/// hidden table's) are dropped without a word: nobody has them.
+/// A route and the rows that travel on it.
+type RouteGroup = (Route, Batch);
+
+/// On a scoped replica that knows its partitions: splits a drained batch's route groups
+/// into the ones it may publish and the rows it refuses itself (forgotten and queued for a
+/// refetch). Deletes that travel unscoped (a row created and deleted before it was ever
+/// published, or a hidden table's) are dropped without a word: nobody has them. A refused
+/// move also drops its moved-out marker (see `routing::route`), which would otherwise
+/// delete the row from its old partition.
 pub(super) fn refuse_unwritable(
     conn: &Connection,
     tables: &Tables,
-    rules: &ScopeRules,
     partitions: &[Partition],
-    batch: Batch,
-) -> Result<(Batch, Vec<RefusedWrite>), StoreError> {
+    groups: Vec<RouteGroup>,
+) -> Result<(Vec<RouteGroup>, Vec<RefusedWrite>), StoreError> {
     let mut kept = Vec::new();
     let mut refused = Vec::new();
-    for (route, group) in super::routing::route(conn, rules, batch)? {
+    let mut refused_keys = BTreeSet::new();
+    for (route, group) in groups {
         let reason = match &route {
             Route::Partition { partition, .. } if partitions.contains(partition) => {
-                kept.push(group);
+                kept.push((route, group));
                 continue;
             }
-            Route::Partition { partition, .. } => format!(
-                "partition {partition} is not one this replica's token grants"
-            ),
+            Route::Partition { partition, .. } => {
+                format!("partition {partition} is not one this replica's token grants")
+            }
             Route::Shared { table } => {
                 format!("table {table:?} is shared: only full nodes write it")
             }
@@ -215,6 +220,7 @@ pub(super) fn refuse_unwritable(
             if let Some(table) = tables.by_name(name) {
                 forget_row(conn, table, &row.key, true)?;
             }
+            refused_keys.insert((name.to_lowercase(), row.key.clone()));
             refused.push(RefusedWrite {
                 table: name.clone(),
                 key: row.key.clone(),
@@ -222,7 +228,19 @@ pub(super) fn refuse_unwritable(
             });
         }
     }
-    Ok((Batch::merge(kept), refused))
+    if !refused_keys.is_empty() {
+        for (_, group) in &mut kept {
+            let tables = &group.tables;
+            group.rows.retain(|row| {
+                !refused_keys.contains(&(
+                    tables[row.table as usize].name.to_lowercase(),
+                    row.key.clone(),
+                ))
+            });
+        }
+        kept.retain(|(_, group)| !group.rows.is_empty());
+    }
+    Ok((kept, refused))
 }
 
 /// Removes a row, its version and its registered partition without capturing anything,

@@ -40,6 +40,14 @@ pub(super) fn create_registry(conn: &Connection) -> Result<(), StoreError> {
 /// original order within a group, and registers the partition of every partitioned upsert.
 /// A delete whose partition the registry does not know (a row created and deleted within
 /// one drain, never published) travels unscoped.
+///
+/// **Moves.** An upsert whose image is in another partition than the one the registry
+/// holds for its key moves the row: besides the upsert on the new partition's subject, a
+/// *moved-out marker* goes on the old one's, a delete of the key one tick of the clock
+/// before the move (same origin). The old partition's scoped replicas delete their copy;
+/// the marker never beats the move itself (it is older), on replicas that get both, in
+/// either order; and a scoped writer's batch carrying it proves the writer may write the old
+/// partition (see `scope_check`).
 pub(super) fn route(
     conn: &Connection,
     rules: &ScopeRules,
@@ -51,9 +59,8 @@ pub(super) fn route(
         tables: schemas,
         rows,
     } = batch;
-    for row in rows {
+    let mut add = |route: Route, row: RowChange| {
         let schema = &schemas[row.table as usize];
-        let route = row_route(conn, rules, schema, &row)?;
         let slot = *index.entry(route.clone()).or_insert_with(|| {
             groups.push((route, Batch::default(), HashMap::new()));
             groups.len() - 1
@@ -64,6 +71,24 @@ pub(super) fn route(
             (group.tables.len() - 1) as u32
         });
         group.rows.push(RowChange { table, ..row });
+    };
+    for row in rows {
+        let schema = &schemas[row.table as usize];
+        let (route, moved_from) = row_route(conn, rules, schema, &row)?;
+        if let (Some(old), Route::Partition { table, .. }) = (moved_from, &route) {
+            let marker = RowChange {
+                table: row.table,
+                time: row.time.saturating_sub(1),
+                key: row.key.clone(),
+                values: None,
+            };
+            let old_route = Route::Partition {
+                partition: old,
+                table: table.clone(),
+            };
+            add(old_route, marker);
+        }
+        add(route, row);
     }
     Ok(groups
         .into_iter()
@@ -71,18 +96,20 @@ pub(super) fn route(
         .collect())
 }
 
+/// A row's route, and for an upsert that moves the row to another partition, the partition
+/// it leaves.
 fn row_route(
     conn: &Connection,
     rules: &ScopeRules,
     schema: &TableSchema,
     row: &RowChange,
-) -> Result<Route, StoreError> {
+) -> Result<(Route, Option<Partition>), StoreError> {
     let table = schema.name.to_lowercase();
     match rules.table_scope(&table) {
-        TableScope::Hidden => Ok(Route::Unscoped),
-        TableScope::Shared => Ok(Route::Shared { table }),
+        TableScope::Hidden => Ok((Route::Unscoped, None)),
+        TableScope::Shared => Ok((Route::Shared { table }, None)),
         TableScope::Partitioned { rule, columns } => {
-            let partition = match &row.values {
+            let (partition, moved_from) = match &row.values {
                 Some(values) => {
                     let partition = Partition {
                         rule: rule.name.clone(),
@@ -91,14 +118,16 @@ fn row_route(
                             .map(|c| column_value(schema, &row.key, values, c))
                             .collect(),
                     };
+                    let before = registered_partition(conn, &table, &row.key)?;
                     register(conn, &table, &row.key, &partition)?;
-                    Some(partition)
+                    let moved_from = before.filter(|old| *old != partition);
+                    (Some(partition), moved_from)
                 }
-                None => registered_partition(conn, &table, &row.key)?,
+                None => (registered_partition(conn, &table, &row.key)?, None),
             };
             Ok(match partition {
-                Some(partition) => Route::Partition { partition, table },
-                None => Route::Unscoped,
+                Some(partition) => (Route::Partition { partition, table }, moved_from),
+                None => (Route::Unscoped, None),
             })
         }
     }

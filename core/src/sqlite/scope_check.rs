@@ -8,7 +8,9 @@
 //! 2. an upsert's image belongs to that partition (its partition columns hold the
 //!    partition's values);
 //! 3. the key was not given to another partition: the *accepted* registry holds no other
-//!    partition for it.
+//!    partition for it, unless the same batch deletes the key on that partition's own
+//!    subject (a move's moved-out marker, `routing::route`: publishing there proves the
+//!    writer may write that partition).
 //!
 //! Otherwise the whole batch is refused: nothing of it is applied, here or anywhere.
 //!
@@ -91,6 +93,19 @@ pub(super) fn check(
     rules: &ScopeRules,
     groups: &[(Option<String>, Batch)],
 ) -> Result<Result<(), Verdict>, StoreError> {
+    // Keys the batch deletes on a partition's own subject: a move's moved-out marker
+    // (`routing::route`), which proves the writer may write the partition the key leaves.
+    let mut released: Vec<(String, &[Value], Partition)> = Vec::new();
+    for (subject, batch) in groups {
+        if let Some((Route::Partition { partition, table }, Writer::Scoped)) = subject
+            .as_deref()
+            .and_then(|s| Route::parse_suffix(s, rules))
+        {
+            for row in batch.rows.iter().filter(|r| r.values.is_none()) {
+                released.push((table.clone(), &row.key, partition.clone()));
+            }
+        }
+    }
     for (subject, batch) in groups {
         let Some((Route::Partition { partition, table }, Writer::Scoped)) = subject
             .as_deref()
@@ -135,7 +150,10 @@ pub(super) fn check(
                 }
             }
             if let Some((owner, _)) = accepted(conn, &table, &row.key)? {
-                if owner != partition {
+                let moved_out_of_owner = released
+                    .iter()
+                    .any(|(t, key, p)| *t == table && *key == row.key.as_slice() && *p == owner);
+                if owner != partition && !moved_out_of_owner {
                     return Ok(Err(refuse(format!(
                         "the key belongs to partition {owner}, not {partition}"
                     ))));
