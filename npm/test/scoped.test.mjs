@@ -218,3 +218,35 @@ test("a new token's partitions are bootstrapped and the ones it no longer grants
   await alice.db.sync({ timeoutMs: 30_000 });
   assert.deepEqual(await projects(), ["p2", "p3"]);
 });
+
+test("a row moved to another partition leaves the old partition's replicas; a user of both may move it", async () => {
+  const { node, wsUrl } = await scopedNode();
+  appSql(node.db, "INSERT INTO projects VALUES ('p1', 't1', 'roadmap'), ('p2', 't1', 'budget')", []);
+  const { open } = await harmonylite();
+  const lead = await openScoped(open, wsUrl, "lead", () => ["t1", "t2"]);
+  const member = await openScoped(open, wsUrl, "member", () => ["t1"]);
+  const projects = async (db) => (await db.query("SELECT id, team_id FROM projects ORDER BY id")).map((r) => `${r.id}:${r.team_id}`);
+  for (const u of [lead, member]) {
+    await waitFor(async () => (await projects(u.db)).length === 2, { message: async () => `${JSON.stringify(await projects(u.db))}; ${u.errors.join("; ")}` });
+  }
+
+  // The app moves p1 to team t2 on the full node: t1's member no longer has it.
+  appSql(node.db, "UPDATE projects SET team_id = 't2' WHERE id = 'p1'", []);
+  await waitFor(async () => JSON.stringify(await projects(member.db)) === '["p2:t1"]', { message: async () => `member holds ${JSON.stringify(await projects(member.db))}` });
+  await waitFor(async () => JSON.stringify(await projects(lead.db)) === '["p1:t2","p2:t1"]', { message: async () => `lead holds ${JSON.stringify(await projects(lead.db))}` });
+
+  // The lead, in both teams, moves p2 to t2 from her browser: accepted everywhere.
+  await lead.db.exec("UPDATE projects SET team_id = 't2' WHERE id = 'p2'");
+  await lead.db.flush({ timeoutMs: 30_000 });
+  await waitFor(() => node.query("SELECT team_id FROM projects WHERE id = 'p2'")[0][0] === "t2", { message: () => node.logTail() });
+  await waitFor(async () => (await projects(member.db)).length === 0, { message: async () => `member holds ${JSON.stringify(await projects(member.db))}` });
+  assert.deepEqual(lead.refused, []);
+
+  // The member may not move a t1 row into t2 (a team it is not in): refused, nothing sent.
+  appSql(node.db, "INSERT INTO projects VALUES ('p3', 't1', 'hiring')", []);
+  await waitFor(async () => (await projects(member.db)).includes("p3:t1"), { message: async () => JSON.stringify(await projects(member.db)) });
+  await member.db.exec("UPDATE projects SET team_id = 't2' WHERE id = 'p3'");
+  await waitFor(() => member.refused.some((r) => r.table === "projects" && r.key[0] === "p3"), { message: () => JSON.stringify(member.refused) });
+  await waitFor(async () => (await projects(member.db)).includes("p3:t1"), { message: async () => `member's p3 back as accepted: ${JSON.stringify(await projects(member.db))}` });
+  assert.equal(node.query("SELECT team_id FROM projects WHERE id = 'p3'")[0][0], "t1");
+});
