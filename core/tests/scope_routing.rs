@@ -250,10 +250,13 @@ impl Stream {
     }
 }
 
-fn open_scoped_replica(path: &Path, node: u128) -> Store {
+/// A scoped replica with the rules; `partitions`: the users whose partitions its feed named
+/// (`None`: not learned yet, or as stored).
+fn open_scoped_replica(path: &Path, node: u128, partitions: Option<&[&str]>) -> Store {
     let mut options = StoreOptions::new(NodeId::from_u128(node).unwrap());
     options.scopes = rules();
     options.writer = harmonylite_core::scope::Writer::Scoped;
+    options.partitions = partitions.map(|subs| subs.iter().map(|u| user(u)).collect());
     Store::open(Connection::open(path).unwrap(), options).unwrap()
 }
 
@@ -276,7 +279,7 @@ fn every_full_replica_refuses_the_same_out_of_scope_writes() {
     let apps: Vec<Connection> = paths.iter().map(|p| app(p)).collect();
     let mut f1 = open(&paths[0], 1, rules(), 1 << 20);
     let mut f2 = open(&paths[1], 2, rules(), 1 << 20);
-    let mut client = open_scoped_replica(&paths[2], 3);
+    let mut client = open_scoped_replica(&paths[2], 3, None);
     let mut stream = Stream::default();
 
     // A full node writes u2's note; its own message counts once it is in the stream.
@@ -421,7 +424,7 @@ fn a_scoped_replica_keeps_the_rules_it_was_given_for_offline_starts() {
     let path = dir.path().join("c.db");
     let c_app = app(&path);
     {
-        let store = open_scoped_replica(&path, 3);
+        let store = open_scoped_replica(&path, 3, None);
         assert_eq!(store.options().scopes, rules());
     }
     assert_eq!(
@@ -445,7 +448,7 @@ fn a_scoped_replica_applies_the_groups_it_receives_on_their_own() {
     let f_app = app(&f_path);
     let c_app = app(&c_path);
     let mut full = open(&f_path, 1, rules(), 2048);
-    let mut client = open_scoped_replica(&c_path, 3);
+    let mut client = open_scoped_replica(&c_path, 3, None);
     f_app.execute_batch("BEGIN").unwrap();
     for i in 0..60 {
         f_app
@@ -545,15 +548,6 @@ fn a_scoped_replicas_incomplete_batch_is_forgotten_after_a_window_of_messages() 
     );
 }
 
-/// A scoped replica of user `u1` that knows its partitions (as its feed tells it).
-fn open_u1_replica(path: &Path, node: u128, partitions: &[&str]) -> Store {
-    let mut options = StoreOptions::new(NodeId::from_u128(node).unwrap());
-    options.scopes = rules();
-    options.writer = harmonylite_core::scope::Writer::Scoped;
-    options.partitions = Some(partitions.iter().map(|u| user(u)).collect());
-    Store::open(Connection::open(path).unwrap(), options).unwrap()
-}
-
 fn user(sub: &str) -> harmonylite_core::scope::Partition {
     harmonylite_core::scope::Partition {
         rule: "user".into(),
@@ -608,11 +602,11 @@ fn a_refused_write_returns_to_the_accepted_state_on_its_writer() {
     let apps: Vec<Connection> = paths.iter().map(|p| app(p)).collect();
     let mut f1 = open(&paths[0], 1, rules(), 1 << 20);
     let mut f2 = open(&paths[1], 2, rules(), 1 << 20);
-    let mut client = open_u1_replica(&paths[2], 3, &["u1"]);
+    let mut client = open_scoped_replica(&paths[2], 3, Some(&["u1"]));
     // u1's other device reads the same partition.
     let other_path = dir.path().join("c2.db");
     let other_app = app(&other_path);
-    let mut other = open_u1_replica(&other_path, 4, &["u1"]);
+    let mut other = open_scoped_replica(&other_path, 4, Some(&["u1"]));
     let mut stream = Stream::default();
 
     // A full node writes u2's note and a shared tag; u1's replica gets the tag only.
@@ -747,7 +741,7 @@ fn a_partition_the_token_no_longer_grants_is_forgotten_locally() {
     let (f_path, c_path) = (dir.path().join("f.db"), dir.path().join("c.db"));
     let (f_app, c_app) = (app(&f_path), app(&c_path));
     let mut full = open(&f_path, 1, rules(), 1 << 20);
-    let mut client = open_u1_replica(&c_path, 3, &["u1", "u9"]);
+    let mut client = open_scoped_replica(&c_path, 3, Some(&["u1", "u9"]));
     let mut stream = Stream::default();
     f_app
         .execute_batch(
@@ -777,7 +771,7 @@ fn a_partition_the_token_no_longer_grants_is_forgotten_locally() {
 
     // Stored for offline starts; a new partition is reported as gained.
     drop(client);
-    let mut reopened = open_scoped_replica(&c_path, 3);
+    let mut reopened = open_scoped_replica(&c_path, 3, None);
     assert_eq!(reopened.scope_partitions(), Some(&[user("u1")][..]));
     let change = reopened
         .adopt_partitions(vec![user("u5"), user("u1")])
@@ -797,9 +791,9 @@ fn a_moved_row_leaves_its_old_partitions_replicas_and_a_scoped_writer_may_move_b
         app(&path("both")),
     );
     let mut full = open(&path("f"), 1, rules(), 1 << 20);
-    let mut u1 = open_u1_replica(&path("u1"), 3, &["u1"]);
-    let mut u2 = open_u1_replica(&path("u2"), 4, &["u2"]);
-    let mut both = open_u1_replica(&path("both"), 5, &["u1", "u2"]);
+    let mut u1 = open_scoped_replica(&path("u1"), 3, Some(&["u1"]));
+    let mut u2 = open_scoped_replica(&path("u2"), 4, Some(&["u2"]));
+    let mut both = open_scoped_replica(&path("both"), 5, Some(&["u1", "u2"]));
     let mut stream = Stream::default();
     let feed_all = |stream: &Stream, u1: &mut Store, u2: &mut Store, both: &mut Store| {
         assert!(stream.feed(u1, &["u1"]).is_empty());

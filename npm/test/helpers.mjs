@@ -469,14 +469,37 @@ export function ls(dir) {
 const NOTES_AUDIENCE = "notes-app";
 const NOTES_SECRET = "the notes app's HS256 secret";
 
-/** An HS256 token for user `sub` of the notes clusters below, as an app's login would issue it. */
-export function notesToken(sub, ttlSeconds = 600) {
+/** An HS256 token for user `sub` (and `teams`) of the notes nodes below, as an app's login would issue it. */
+export function notesToken(sub, ttlSeconds = 600, teams = []) {
   const b64url = (data) => Buffer.from(data).toString("base64url");
   const now = Math.floor(Date.now() / 1000);
   const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
-  const body = b64url(JSON.stringify({ sub, aud: NOTES_AUDIENCE, iat: now, exp: now + ttlSeconds }));
+  const body = b64url(JSON.stringify({ sub, teams, aud: NOTES_AUDIENCE, iat: now, exp: now + ttlSeconds }));
   const sig = createHmac("sha256", NOTES_SECRET).update(`${head}.${body}`).digest("base64url");
   return `${head}.${body}.${sig}`;
+}
+
+/**
+ * The `[scopes]` TOML of the notes nodes (HS256 secret and callout seed written to `dir`;
+ * create the seed with `--scopes-keygen`): `notes` partitioned by `owner_id` (rule `user`,
+ * claim `sub`), with `teams` also `projects` by `team_id` (rule `team`, claim `teams`), and
+ * `tags` shared.
+ */
+export function notesScopesToml(dir, { teams = false } = {}) {
+  writeFileSync(join(dir, "hs256.secret"), NOTES_SECRET);
+  return [
+    "[scopes]",
+    'shared = ["tags"]',
+    "[[scopes.partition]]",
+    'name = "user"',
+    'claims = ["sub"]',
+    'tables = { notes = "owner_id" }',
+    ...(teams ? ["[[scopes.partition]]", 'name = "team"', 'claims = ["teams"]', 'tables = { projects = "team_id" }'] : []),
+    "[scopes.auth]",
+    `audience = "${NOTES_AUDIENCE}"`,
+    `hs256_secret_file = ${JSON.stringify(join(dir, "hs256.secret"))}`,
+    `callout_seed_file = ${JSON.stringify(join(dir, "callout.nk"))}`,
+  ];
 }
 
 /**
@@ -487,28 +510,7 @@ export function notesToken(sub, ttlSeconds = 600) {
  */
 export async function notesCluster({ schema, scopes }) {
   const dir = tempDir("hl-cluster-");
-  writeFileSync(join(dir, "hs256.secret"), NOTES_SECRET);
-  const seed = join(dir, "callout.nk");
-  const extra = (i) =>
-    [
-      `node_id = ${i + 1}`,
-      "[replication_log]",
-      "replicas = 3",
-      ...(scopes
-        ? [
-            "[scopes]",
-            'shared = ["tags"]',
-            "[[scopes.partition]]",
-            'name = "user"',
-            'claims = ["sub"]',
-            'tables = { notes = "owner_id" }',
-            "[scopes.auth]",
-            `audience = "${NOTES_AUDIENCE}"`,
-            `hs256_secret_file = ${JSON.stringify(join(dir, "hs256.secret"))}`,
-            `callout_seed_file = ${JSON.stringify(seed)}`,
-          ]
-        : []),
-    ].join("\n");
+  const extra = (i) => [`node_id = ${i + 1}`, "[replication_log]", "replicas = 3", ...(scopes ? notesScopesToml(dir) : [])].join("\n");
   const ports = [];
   for (let i = 0; i < 3; i++) {
     ports.push({ port: await freePort(), wsPort: await freePort(), route: await freePort() });

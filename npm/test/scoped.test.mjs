@@ -1,57 +1,27 @@
 // Scoped replicas in node (wasm, memory storage) against a real sidecar with [scopes] on and
 // its embedded nats-server (auth callout, WebSocket): each replica connects with its user's
 // token, reads only its partition and the shared table through the feed a full node creates
-// for it, and its writes reach the sidecar on its partition's subject. A write into another
-// user's partition is refused by NATS and never reaches the sidecar.
+// for it, and its writes reach the sidecar on its partition's subject. Writes outside its
+// scope are refused (by the replica itself, or by the full node) and return to the accepted
+// state; scope changes, moves between partitions and the scoped bootstrap are covered too.
 
 import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { createHmac } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { Sidecar, appSql, cleanup, freePort, harmonylite, onCleanup, sidecarBinary, tempDir, waitFor } from "./helpers.mjs";
+import { Sidecar, appSql, cleanup, freePort, harmonylite, notesScopesToml, notesToken, onCleanup, sidecarBinary, tempDir, waitFor } from "./helpers.mjs";
 
 const SCHEMA =
   "CREATE TABLE notes(id TEXT PRIMARY KEY, owner_id TEXT, body TEXT); CREATE TABLE tags(id INTEGER PRIMARY KEY, name TEXT); CREATE TABLE projects(id TEXT PRIMARY KEY, team_id TEXT, title TEXT)";
-const AUDIENCE = "notes-app";
-const SECRET = "the notes app's HS256 secret";
 
 afterEach(cleanup);
 
-const b64url = (data) => Buffer.from(data).toString("base64url");
-
-/** An HS256 token for user `sub`, as the app's login would issue it. */
-function token(sub, ttlSeconds = 600, teams = []) {
-  const now = Math.floor(Date.now() / 1000);
-  const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
-  const body = b64url(JSON.stringify({ sub, teams, aud: AUDIENCE, iat: now, exp: now + ttlSeconds }));
-  const sig = createHmac("sha256", SECRET).update(`${head}.${body}`).digest("base64url");
-  return `${head}.${body}.${sig}`;
-}
+const token = notesToken;
 
 async function scopedNode({ maxEntries } = {}) {
   const dir = tempDir("hl-scoped-");
-  writeFileSync(join(dir, "hs256.secret"), SECRET);
-  const seed = join(dir, "callout.nk");
-  const extra = [
-    "[scopes]",
-    'shared = ["tags"]',
-    "[[scopes.partition]]",
-    'name = "user"',
-    'claims = ["sub"]',
-    'tables = { notes = "owner_id" }',
-    "[[scopes.partition]]",
-    'name = "team"',
-    'claims = ["teams"]',
-    'tables = { projects = "team_id" }',
-    "[scopes.auth]",
-    `audience = "${AUDIENCE}"`,
-    `hs256_secret_file = ${JSON.stringify(join(dir, "hs256.secret"))}`,
-    `callout_seed_file = ${JSON.stringify(seed)}`,
-    ...(maxEntries ? ["[replication_log]", `max_entries = ${maxEntries}`] : []),
-  ].join("\n");
+  const extra = [...notesScopesToml(dir, { teams: true }), ...(maxEntries ? ["[replication_log]", `max_entries = ${maxEntries}`] : [])].join("\n");
   const embedded = { port: await freePort(), wsPort: await freePort() };
   const node = new Sidecar(join(dir, "node1"), "node1", undefined, embedded, SCHEMA, extra, await freePort());
   execFileSync(sidecarBinary(), ["--config", node.config, "--scopes-keygen"], { stdio: "ignore" });

@@ -36,13 +36,13 @@
 use std::path::Path;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection, TransactionBehavior};
+use rusqlite::{params_from_iter, Connection};
 
 use super::apply::{ApplyFailure, TableStatements};
 use super::install::table_columns;
 use super::snapshot::table_exists;
 use super::tables::same_identifier;
-use super::{drain_in, meta, run_migration, set_applying, Store};
+use super::{meta, run_migration, set_applying, Store};
 use crate::capture::names::{self, quote};
 use crate::change::StreamSeq;
 use crate::error::{ApplyError, Context, StoreError};
@@ -222,17 +222,13 @@ impl Store {
         now: NTP64,
         max_rows: usize,
     ) -> Result<(), CatchUpError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context("starting a catch-up step")?;
-        self.schema.sync(&tx, &self.options, true)?;
-        let drained = drain_in(
-            &tx,
-            &self.schema,
+        let (tx, drained) = super::begin_captured(
+            &mut self.conn,
+            &mut self.schema,
             &mut self.clock,
             &self.options,
             &mut self.next_batch,
+            "a catch-up step",
         )?;
         report.local_rows_captured += drained.rows as u64;
         if drained.outbox_grew || drained.batch_seq.is_some() {

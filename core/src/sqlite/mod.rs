@@ -349,20 +349,15 @@ impl Store {
     fn drain_tx(&mut self) -> Result<DrainReport, StoreError> {
         // No read-only pre-check: a drain right after a file notification must wait for the
         // application's commit that raised it, and the write lock is exactly that wait.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context("starting a drain")?;
-        let schema_changed = self.schema.sync(&tx, &self.options, true)?;
-        let mut report = drain_in(
-            &tx,
-            &self.schema,
+        let (tx, mut report) = begin_captured(
+            &mut self.conn,
+            &mut self.schema,
             &mut self.clock,
             &self.options,
             &mut self.next_batch,
+            "a drain",
         )?;
         tx.commit().context("committing a drain")?;
-        report.schema_changed = schema_changed;
         report.outbox_grew |= std::mem::take(&mut self.outbox_grew);
         Ok(report)
     }
@@ -412,18 +407,15 @@ impl Store {
             report.cursor = self.cursor;
             return Ok(report);
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context("starting an apply")?;
-        let schema_changed = self.schema.sync(&tx, &self.options, true)?;
-        report.drained = drain_in(
-            &tx,
-            &self.schema,
+        let (tx, drained) = begin_captured(
+            &mut self.conn,
+            &mut self.schema,
             &mut self.clock,
             &self.options,
             &mut self.next_batch,
+            "an apply",
         )?;
+        report.drained = drained;
         set_applying(&tx, true)?;
         for message in messages {
             if message.seq <= self.cursor {
@@ -528,7 +520,6 @@ impl Store {
         meta::set(&tx, meta::keys::CLOCK, self.clock.last().as_u64() as i64)?;
         tx.commit().context("committing an apply")?;
         report.cursor = self.cursor;
-        report.drained.schema_changed |= schema_changed;
         Ok(report)
     }
 
@@ -977,6 +968,27 @@ fn set_applying(conn: &Connection, on: bool) -> Result<(), StoreError> {
         .and_then(|mut s| s.execute([]))
         .context("setting the apply marker")?;
     Ok(())
+}
+
+/// Starts a write transaction that first brings the schema up to date and captures the
+/// application's pending writes (capture before apply: nothing merged in afterwards is taken
+/// for a local write, and no local write is lost under it). The drain's report says whether
+/// the schema changed.
+fn begin_captured<'c>(
+    conn: &'c mut Connection,
+    schema: &mut Schema,
+    clock: &mut Clock,
+    options: &StoreOptions,
+    next_batch: &mut u64,
+    what: &str,
+) -> Result<(rusqlite::Transaction<'c>, DrainReport), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .context(format!("starting {what}"))?;
+    let schema_changed = schema.sync(&tx, options, true)?;
+    let mut report = drain_in(&tx, schema, clock, options, next_batch)?;
+    report.schema_changed |= schema_changed;
+    Ok((tx, report))
 }
 
 /// Drains the log inside `conn`'s transaction and, when publishing, writes the batch to the

@@ -47,14 +47,14 @@
 
 use std::collections::BTreeSet;
 
-use rusqlite::{params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::apply::TableStatements;
 use super::install::table_columns;
 use super::snapshot::table_exists;
 use super::tables::same_identifier;
-use super::{drain_in, meta, set_applying, Store};
+use super::{meta, set_applying, Store};
 use crate::capture::names::{self, quote};
 use crate::capture::TableInfo;
 use crate::change::{StreamSeq, TableSchema};
@@ -289,6 +289,8 @@ pub(super) struct SourceTable {
     pub(super) folded: String,
     pub(super) info: TableInfo,
     pub(super) version_table: String,
+    /// Id in the table registry (numbers its version table).
+    pub(super) id: i64,
     pub(super) fingerprint: u32,
     pub(super) scope: Scope,
 }
@@ -447,6 +449,7 @@ pub(super) fn source_tables(
             continue;
         };
         out.push(SourceTable {
+            id,
             folded,
             fingerprint: info.fingerprint(),
             info,
@@ -837,17 +840,13 @@ impl Store {
         mode: ImportMode,
     ) -> Result<ImportReport, ImportError> {
         let mut report = ImportReport::default();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context("starting a bootstrap import")?;
-        self.schema.sync(&tx, &self.options, true)?;
-        let drained = drain_in(
-            &tx,
-            &self.schema,
+        let (tx, drained) = super::begin_captured(
+            &mut self.conn,
+            &mut self.schema,
             &mut self.clock,
             &self.options,
             &mut self.next_batch,
+            "a bootstrap import",
         )?;
         report.local_rows_captured = drained.rows as u64;
         if drained.outbox_grew || drained.batch_seq.is_some() {

@@ -17,6 +17,7 @@ use super::scope_bootstrap::{
     hlc_bytes, source_tables, ExportRow, ExportTable, PartitionExport, Scope,
 };
 use super::snapshot::table_exists;
+use super::tables::RegisteredTable;
 use crate::capture::names::{self, quote};
 use crate::change::TableSchema;
 use crate::error::{Context, StoreError};
@@ -138,31 +139,10 @@ fn current_row(
             values: None,
         }));
     }
-    let key_match = table
-        .info
-        .key_columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} IS ?{}", quote(&c.name), i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let columns = if table.info.value_columns.is_empty() {
-        "1".to_owned()
-    } else {
-        table
-            .info
-            .value_columns
-            .iter()
-            .map(|c| quote(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let select_row = RegisteredTable::new(table.id, table.info.clone()).select_row;
     let width = table.info.value_columns.len();
     let values: Option<Vec<Value>> = tx
-        .prepare_cached(&format!(
-            "SELECT {columns} FROM {} WHERE {key_match}",
-            quote(&table.info.name)
-        ))
+        .prepare_cached(&select_row)
         .and_then(|mut s| {
             s.query_row(params_from_iter(key), |r| {
                 (0..width).map(|i| r.get::<_, Value>(i)).collect()
