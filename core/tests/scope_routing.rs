@@ -769,6 +769,40 @@ fn a_partition_the_token_no_longer_grants_is_forgotten_locally() {
     );
     assert_eq!(notes(&f_app).len(), 2, "the full node keeps u9's rows");
 
+    // A write made for u9 while its loss was not known yet waits in the outbox: once the
+    // token drops u9 it cannot be published, so the whole batch is refused here.
+    drop(client);
+    let mut client = open_scoped_replica(&c_path, 3, Some(&["u1", "u9"]));
+    c_app
+        .execute_batch(
+            "BEGIN; INSERT INTO notes VALUES ('d', 'u9', 'late'); INSERT INTO notes VALUES ('e', 'u1', 'same tx'); COMMIT;",
+        )
+        .unwrap();
+    client.drain().unwrap();
+    assert_eq!(client.outbox_after(0, 10).unwrap().len(), 2);
+    let change = client.adopt_partitions(vec![user("u1")]).unwrap();
+    let refused: Vec<String> = change
+        .refused_writes
+        .iter()
+        .map(|w| format!("{:?}", w.key))
+        .collect();
+    assert_eq!(
+        refused,
+        ["[Text(\"d\")]", "[Text(\"e\")]"],
+        "{:?}",
+        change.refused_writes
+    );
+    assert!(change.refused_writes[0]
+        .reason
+        .contains("no longer grants partition user='u9'"));
+    assert!(client.outbox_after(0, 10).unwrap().is_empty());
+    assert_eq!(
+        notes(&c_app),
+        [("a".to_owned(), "u1".to_owned(), "one".to_owned())],
+        "the refused transaction's rows are gone until refetched"
+    );
+    assert_eq!(client.refetch_keys().unwrap().len(), 2);
+
     // Stored for offline starts; a new partition is reported as gained.
     drop(client);
     let mut reopened = open_scoped_replica(&c_path, 3, None);

@@ -354,6 +354,84 @@ pub(super) fn forget_partition_rows(
     Ok(removed)
 }
 
+/// Removes from the outbox every batch with a frame on a `lost` partition's subject (the
+/// token no longer allows publishing there) and refuses its rows: forgotten and queued for a
+/// refetch, as any refused write.
+fn drop_unpublishable(
+    conn: &Connection,
+    tables: &Tables,
+    rules: &ScopeRules,
+    lost: &[Partition],
+) -> Result<Vec<RefusedWrite>, StoreError> {
+    if lost.is_empty() {
+        return Ok(Vec::new());
+    }
+    let frames: Vec<(i64, i64, Option<String>, Vec<u8>)> = conn
+        .prepare(&format!(
+            "SELECT id, batch_seq, subject, frame FROM {} ORDER BY id",
+            quote(names::OUTBOX)
+        ))
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect()
+        })
+        .context("reading the outbox")?;
+    let lost_partition = |subject: &Option<String>| {
+        subject
+            .as_deref()
+            .and_then(|s| Route::parse_suffix(s, rules))
+            .and_then(|(route, _)| match route {
+                Route::Partition { partition, .. } => {
+                    lost.contains(&partition).then_some(partition)
+                }
+                _ => None,
+            })
+    };
+    let mut doomed: std::collections::BTreeMap<i64, String> = Default::default();
+    for (_, batch, subject, _) in &frames {
+        if let Some(partition) = lost_partition(subject) {
+            doomed
+                .entry(*batch)
+                .or_insert_with(|| partition.to_string());
+        }
+    }
+    let mut refused = Vec::new();
+    let mut ids = Vec::new();
+    for (batch_seq, partition) in &doomed {
+        let reason = format!("the token no longer grants partition {partition}");
+        let mut groups: Vec<(u32, wire::Compression, Vec<u8>)> = Vec::new();
+        for (id, _, _, frame) in frames.iter().filter(|f| f.1 == *batch_seq) {
+            ids.push(*id);
+            if let Ok(Message::Routed(part)) = wire::decode_message(frame) {
+                match groups.iter_mut().find(|g| g.0 == part.group_start) {
+                    Some(group) => group.2.extend_from_slice(&part.body),
+                    None => groups.push((part.group_start, part.compression, part.body)),
+                }
+            }
+        }
+        for (_, compression, body) in groups {
+            let Ok(batch) = wire::decode_batch(compression, &body) else {
+                continue;
+            };
+            for row in &batch.rows {
+                let name = &batch.tables[row.table as usize].name;
+                if let Some(table) = tables.by_name(name) {
+                    forget_row(conn, table, &row.key, true)?;
+                }
+                refused.push(RefusedWrite {
+                    table: name.clone(),
+                    key: row.key.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    super::outbox::remove(conn, &ids)?;
+    Ok(refused)
+}
+
 /// Keys of `table`'s live rows whose partition columns name one of `partitions`, plus the
 /// keys of tombstones registered to one of them.
 fn rows_of(
@@ -499,6 +577,14 @@ impl super::Store {
         }
         let rows_forgotten =
             forget_partition_rows(&tx, &self.schema.tables, &self.options.scopes, &change.lost)?;
+        // Batches waiting to be published that write a lost partition: NATS would refuse
+        // them now, and a batch stays whole, so each is refused as a whole here.
+        refused_writes.extend(drop_unpublishable(
+            &tx,
+            &self.schema.tables,
+            &self.options.scopes,
+            &change.lost,
+        )?);
         super::store_partitions(&tx, &partitions)?;
         tx.commit().context("committing the scope partitions")?;
         self.options.partitions = Some(partitions);
