@@ -18,6 +18,9 @@
 //! Throughput = database bytes / wall time; each figure is the median of the rounds, all
 //! steps interleaved round by round (`sync` between steps, not timed), the page cache warm.
 //!
+//! - the application's writes during a take: single-row inserts on the application's own
+//!   connection, their latency alone and while a take into the nats store runs (p50, p99).
+//!
 //! Run: `cargo bench -p harmonylite-tests --bench snapshot` (1 GiB, 3 rounds), or
 //! `-- --quick` (64 MiB, 2 rounds). `HL_BENCH_SNAPSHOT_MIB` and `HL_BENCH_ROUNDS` override;
 //! `-- --json FILE` also writes every figure there (what `scripts/bench` reads): each
@@ -326,6 +329,71 @@ fn main() {
         write_json(&path, size, quick, &figures);
         println!("figures written to {}", path.display());
     }
+
+    // The application's writes while a snapshot is taken (issue 20 point 6): the same
+    // single-row autocommit inserts on the application's own connection, for as long as one
+    // take into the nats store lasts, once alone and once during the take.
+    let alone = app_writes_while(&db, || std::thread::sleep(median(figures[3].times.clone())));
+    let during = app_writes_while(&db, || {
+        runtime
+            .block_on(take(&db, &work, node(), STREAM, &nats_store))
+            .unwrap();
+    });
+    println!();
+    println!("application writes (1-row autocommit INSERT, WAL, synchronous = NORMAL):");
+    for (name, l) in [("alone", &alone), ("during a take -> nats store", &during)] {
+        println!(
+            "  {name:<28} {:>6} writes  p50 {:>9.3?}  p99 {:>9.3?}  max {:>9.3?}",
+            l.len(),
+            percentile(l, 0.50),
+            percentile(l, 0.99),
+            l.last().copied().unwrap_or_default()
+        );
+    }
+    println!(
+        "  p99 during / alone: {:.2}x (target: at most 1.5x)",
+        percentile(&during, 0.99).as_secs_f64() / percentile(&alone, 0.99).as_secs_f64()
+    );
+}
+
+/// Runs `work` while another thread writes single rows into `db` as an application would
+/// (its own connection, autocommit); returns each write's latency, sorted.
+fn app_writes_while(db: &Path, work: impl FnOnce()) -> Vec<Duration> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.to_owned(), stop.clone());
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.busy_timeout(Duration::from_secs(30)).unwrap();
+            conn.execute_batch("PRAGMA synchronous = NORMAL").unwrap();
+            let mut latencies = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                conn.execute(
+                    "INSERT INTO items(name, body) VALUES ('app', randomblob(100))",
+                    [],
+                )
+                .unwrap();
+                latencies.push(t.elapsed());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            latencies
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    work();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut latencies = writer.join().unwrap();
+    latencies.sort();
+    latencies
+}
+
+/// The `q` quantile of sorted `values`.
+fn percentile(values: &[Duration], q: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Median, min and max.
