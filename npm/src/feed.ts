@@ -15,6 +15,16 @@ import type { NatsConnection, Msg, Subscription } from "@nats-io/nats-core";
 
 import { ReplicationError } from "./errors.js";
 
+/**
+ * The feed's consumer was replaced by another full node's answer to the same replica: not
+ * a problem to report; the replica starts a new feed from its cursor.
+ */
+export class FeedReplacedError extends ReplicationError {
+  constructor() {
+    super("the feed was replaced by a newer one");
+  }
+}
+
 /** The part of a full node's `FeedReply::Started` the replica uses. */
 export interface FeedStarted {
   consumer: string;
@@ -159,6 +169,12 @@ export class ScopedFeed {
     const info = deliveryInfo(m.reply);
     if (!info) {
       this.#fail(new ReplicationError(`a feed delivery without JetStream metadata (reply ${String(m.reply)})`));
+      return false;
+    }
+    if (info.consumerSeq === 1 && this.#lastConsumerSeq > 0) {
+      // A new consumer delivers here: another answer to a feed request replaced this one
+      // (two nodes answered one request that was retried). Start again from the cursor.
+      this.#fail(new FeedReplacedError());
       return false;
     }
     if (info.consumerSeq !== this.#lastConsumerSeq + 1) {

@@ -14,6 +14,7 @@
  */
 
 import { ConnectionError, MigrationError, ReplicaClosedError, ReplicationError, TimeoutError, InvalidArgumentError, toHarmonyliteError } from "./errors.js";
+import { FeedReplacedError } from "./feed.js";
 import { Transport } from "./transport.js";
 import type { RefetchKey, StreamState, WsFactory } from "./transport.js";
 import type {
@@ -346,7 +347,9 @@ export class LocalReplica implements Replica {
               refuseToCreateStream: () => this.#refuseToCreateStream(),
               consumerStarted: () => this.#feedNow(Kind.ConsumerStarted),
               consumerFailed: (error) => {
-                this.#emitError(new ConnectionError(`stream consumer failed: ${String(error)}; starting a new one`, { cause: error }));
+                if (!(error instanceof FeedReplacedError)) {
+                  this.#emitError(new ConnectionError(`stream consumer failed: ${String(error)}; starting a new one`, { cause: error }));
+                }
                 this.#feedNow(Kind.ConsumerFailed, 0, String(error));
               },
               consumerEnded: () => this.#feedNow(Kind.ConsumerEnded),
