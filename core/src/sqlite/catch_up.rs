@@ -41,7 +41,7 @@ use rusqlite::{params_from_iter, Connection};
 use super::apply::{ApplyFailure, TableStatements};
 use super::install::table_columns;
 use super::snapshot::table_exists;
-use super::tables::same_identifier;
+use super::tables::ShapeMismatch;
 use super::{meta, run_migration, set_applying, Store};
 use crate::capture::names::{self, quote};
 use crate::change::StreamSeq;
@@ -418,28 +418,19 @@ fn source_tables(
             .filter(|c| c.pk == 0 && c.hidden == 0)
             .map(|c| c.name.clone())
             .collect();
-        let ours = here.info.key_names();
-        let same_key = ours.len() == key_columns.len()
-            && ours
-                .iter()
-                .zip(&key_columns)
-                .all(|(a, b)| same_identifier(a, b));
-        if !same_key {
-            return Err(CatchUpError::Refused(format!(
-                "table {name:?} has the primary key {key_columns:?} in the snapshot and {ours:?} here"
-            )));
-        }
-        if let Some(missing) = value_columns.iter().find(|c| {
-            !here
-                .info
-                .value_columns
-                .iter()
-                .any(|l| same_identifier(&l.name, c))
-        }) {
-            return Err(CatchUpError::Refused(format!(
-                "table {name:?} has a column {missing:?} in the snapshot that it lacks here, and no \
-                 replicated migration in the snapshot adds it"
-            )));
+        match here.shape_mismatch(&key_columns, &value_columns) {
+            None => {}
+            Some(ShapeMismatch::Key { ours }) => {
+                return Err(CatchUpError::Refused(format!(
+                    "table {name:?} has the primary key {key_columns:?} in the snapshot and {ours:?} here"
+                )))
+            }
+            Some(ShapeMismatch::MissingColumn(missing)) => {
+                return Err(CatchUpError::Refused(format!(
+                    "table {name:?} has a column {missing:?} in the snapshot that it lacks here, and no \
+                     replicated migration in the snapshot adds it"
+                )))
+            }
         }
         found.push((
             SourceTable {

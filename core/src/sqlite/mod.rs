@@ -592,7 +592,7 @@ impl Store {
         tx.commit().context("committing a migration publish")?;
         self.outbox_grew = true;
         Ok(PublishedMigration {
-            id: hex(&id.to_bytes()),
+            id: crate::scope::hex(&id.to_bytes()),
             base_version,
             statements: summary.statements,
             destructive: summary.destructive,
@@ -914,10 +914,6 @@ fn adopt_stored_batch(conn: &Connection, next_batch: &mut u64) -> Result<bool, S
         }
         _ => Ok(false),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Stores a scoped replica's partitions ([`meta::keys::SCOPE_PARTITIONS`]).

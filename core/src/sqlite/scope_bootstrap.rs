@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::TableStatements;
 use super::install::table_columns;
 use super::snapshot::table_exists;
-use super::tables::same_identifier;
+use super::tables::ShapeMismatch;
 use super::{meta, set_applying, Store};
 use crate::capture::names::{self, quote};
 use crate::capture::TableInfo;
@@ -107,24 +107,15 @@ pub struct RefetchKey {
 impl RefetchKey {
     /// A request entry for `key` of `table`.
     pub fn new(table: &str, key: &[Value]) -> Self {
-        let bytes = postcard::to_allocvec(key).expect("encoding into a Vec cannot fail");
         RefetchKey {
             table: table.to_owned(),
-            key: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            key: hex_postcard(key),
         }
     }
 
     /// The key's values back; `None` when malformed.
     pub fn key_values(&self) -> Option<Vec<Value>> {
-        let hex = &self.key;
-        if hex.len() % 2 != 0 {
-            return None;
-        }
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-            .collect::<Option<Vec<u8>>>()?;
-        postcard::from_bytes(&bytes).ok()
+        from_hex_postcard(&self.key)
     }
 }
 
@@ -180,21 +171,23 @@ pub struct ExportPosition {
 impl ExportPosition {
     /// An opaque text form (hex of postcard), for [`BootstrapRequest::after`].
     pub fn to_token(&self) -> String {
-        let bytes = postcard::to_allocvec(self).expect("encoding into a Vec cannot fail");
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+        hex_postcard(self)
     }
 
     /// Reads [`ExportPosition::to_token`] back.
     pub fn from_token(token: &str) -> Option<Self> {
-        if token.len() % 2 != 0 {
-            return None;
-        }
-        let bytes = (0..token.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
-            .collect::<Option<Vec<u8>>>()?;
-        postcard::from_bytes(&bytes).ok()
+        from_hex_postcard(token)
     }
+}
+
+/// A value as hex of its postcard encoding: opaque text a client passes back.
+fn hex_postcard<T: Serialize + ?Sized>(value: &T) -> String {
+    crate::scope::hex(&postcard::to_allocvec(value).expect("encoding into a Vec cannot fail"))
+}
+
+/// Reads [`hex_postcard`] back; `None` when malformed.
+fn from_hex_postcard<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    postcard::from_bytes(&crate::scope::unhex(text)?).ok()
 }
 
 /// One page of a scoped export (see the module docs).
@@ -958,31 +951,17 @@ fn check_shape(
     here: &super::tables::RegisteredTable,
     schema: &TableSchema,
 ) -> Result<(), ImportError> {
-    let ours = here.info.key_names();
-    let same_key = ours.len() == schema.key_columns.len()
-        && ours
-            .iter()
-            .zip(&schema.key_columns)
-            .all(|(a, b)| same_identifier(a, b));
-    if !same_key {
-        return Err(ImportError::Refused(format!(
+    match here.shape_mismatch(&schema.key_columns, &schema.value_columns) {
+        None => Ok(()),
+        Some(ShapeMismatch::Key { ours }) => Err(ImportError::Refused(format!(
             "table {:?} has the primary key {:?} in the page and {ours:?} here",
             schema.name, schema.key_columns
-        )));
-    }
-    if let Some(missing) = schema.value_columns.iter().find(|c| {
-        !here
-            .info
-            .value_columns
-            .iter()
-            .any(|l| same_identifier(&l.name, c))
-    }) {
-        return Err(ImportError::Refused(format!(
+        ))),
+        Some(ShapeMismatch::MissingColumn(missing)) => Err(ImportError::Refused(format!(
             "table {:?} has a column {missing:?} in the page that it lacks here",
             schema.name
-        )));
+        ))),
     }
-    Ok(())
 }
 
 fn failure(f: super::apply::ApplyFailure) -> ImportError {

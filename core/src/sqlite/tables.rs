@@ -24,7 +24,47 @@ pub struct RegisteredTable {
     pub upsert_version: String,
 }
 
+/// Why another copy of a table does not fit the one here ([`RegisteredTable::shape_mismatch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapeMismatch {
+    /// The primary keys differ; this table's key columns.
+    Key {
+        /// Key columns here.
+        ours: Vec<String>,
+    },
+    /// A column the other copy has and this table lacks.
+    MissingColumn(String),
+}
+
 impl RegisteredTable {
+    /// How another copy of this table (its key columns and value columns, by name) fails to
+    /// fit it: a different primary key, or a column this table lacks. `None`: it fits.
+    pub fn shape_mismatch(
+        &self,
+        key_columns: &[String],
+        value_columns: &[String],
+    ) -> Option<ShapeMismatch> {
+        let ours = self.info.key_names();
+        let same_key = ours.len() == key_columns.len()
+            && ours
+                .iter()
+                .zip(key_columns)
+                .all(|(a, b)| same_identifier(a, b));
+        if !same_key {
+            return Some(ShapeMismatch::Key { ours });
+        }
+        value_columns
+            .iter()
+            .find(|c| {
+                !self
+                    .info
+                    .value_columns
+                    .iter()
+                    .any(|l| same_identifier(&l.name, c))
+            })
+            .map(|missing| ShapeMismatch::MissingColumn(missing.clone()))
+    }
+
     /// Builds the SQL for a table.
     pub fn new(id: i64, info: TableInfo) -> Self {
         let table = quote(&info.name);

@@ -40,11 +40,10 @@ use harmonylite_core::sqlite::scope_bootstrap::{
 use harmonylite_core::sqlite::scope_refetch::{export_keys, MAX_REFETCH_KEYS};
 use harmonylite_core::value::Value;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 
 use crate::auth::reply::reply_allowed;
 use crate::auth::token::{self, Verifier};
-use crate::auth::AuthError;
+use crate::auth::{AuthError, ServiceTask};
 use crate::config::Config;
 use crate::nats::setup::stream_name;
 
@@ -243,7 +242,7 @@ impl Bootstrap {
 
     /// Subscribes to the bootstrap subject on `client` (in the queue group) and answers
     /// requests until the returned task is dropped.
-    pub async fn serve(self, client: async_nats::Client) -> Result<BootstrapTask, AuthError> {
+    pub async fn serve(self, client: async_nats::Client) -> Result<ServiceTask, AuthError> {
         let subject = self.subjects.bootstrap_request();
         let mut requests = client
             .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
@@ -279,7 +278,7 @@ impl Bootstrap {
                 });
             }
         });
-        Ok(BootstrapTask(task))
+        Ok(ServiceTask(task))
     }
 }
 
@@ -288,19 +287,9 @@ impl Bootstrap {
 pub async fn start(
     config: &Config,
     client: &async_nats::Client,
-) -> Result<Option<BootstrapTask>, AuthError> {
+) -> Result<Option<ServiceTask>, AuthError> {
     match Bootstrap::load(config)? {
         Some(service) => Ok(Some(service.serve(client.clone()).await?)),
         None => Ok(None),
-    }
-}
-
-/// The running bootstrap service; dropping it stops answering.
-#[derive(Debug)]
-pub struct BootstrapTask(JoinHandle<()>);
-
-impl Drop for BootstrapTask {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

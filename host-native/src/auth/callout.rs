@@ -13,12 +13,11 @@
 
 use futures::StreamExt;
 use harmonylite_core::scope::{Partition, ScopeRules, Subjects};
-use tokio::task::JoinHandle;
 
 use crate::auth::nats_jwt::{self, UserPermissions};
 use crate::auth::reply::unix_now;
 use crate::auth::token::{self, Refusal, Verifier};
-use crate::auth::AuthError;
+use crate::auth::{AuthError, ServiceTask};
 use crate::config::Config;
 use crate::ops::metrics::Metrics;
 
@@ -171,7 +170,7 @@ impl Callout {
 
     /// Subscribes to the callout subject on `client` and answers requests until the
     /// returned task is dropped.
-    pub async fn serve(self, client: async_nats::Client) -> Result<CalloutTask, AuthError> {
+    pub async fn serve(self, client: async_nats::Client) -> Result<ServiceTask, AuthError> {
         let mut requests = client
             .queue_subscribe(CALLOUT_SUBJECT, QUEUE_GROUP.into())
             .await
@@ -193,23 +192,13 @@ impl Callout {
                 }
             }
         });
-        Ok(CalloutTask(task))
+        Ok(ServiceTask(task))
     }
 }
 
 enum Decision {
     Refused(Refusal),
     Failed(String),
-}
-
-/// The running callout service; dropping it stops answering.
-#[derive(Debug)]
-pub struct CalloutTask(JoinHandle<()>);
-
-impl Drop for CalloutTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

@@ -32,11 +32,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use harmonylite_core::scope::{FeedReply, FeedRequest, ScopeRules, Subjects};
-use tokio::task::JoinHandle;
 
 use crate::auth::reply::{reply_allowed, unix_now};
 use crate::auth::token::{self, Verifier};
-use crate::auth::AuthError;
+use crate::auth::{AuthError, ServiceTask};
 use crate::config::Config;
 use crate::nats::setup::stream_name;
 use crate::ops::metrics::Metrics;
@@ -244,7 +243,7 @@ impl Feed {
 
     /// Subscribes to the feed request subject on `client` and answers requests (and deletes
     /// expired feeds) until the returned task is dropped.
-    pub async fn serve(self, client: async_nats::Client) -> Result<FeedTask, AuthError> {
+    pub async fn serve(self, client: async_nats::Client) -> Result<ServiceTask, AuthError> {
         let mut requests = client
             .queue_subscribe(self.subjects.feed_request(), QUEUE_GROUP.into())
             .await
@@ -281,7 +280,7 @@ impl Feed {
                 }
             }
         });
-        Ok(FeedTask(task))
+        Ok(ServiceTask(task))
     }
 }
 
@@ -317,16 +316,6 @@ fn feed_expired(name: &str, metadata: &HashMap<String, String>, now: i64) -> boo
             .get(EXPIRES_KEY)
             .and_then(|e| e.parse::<i64>().ok())
             .is_some_and(|expires| expires < now)
-}
-
-/// The running feed service; dropping it stops answering.
-#[derive(Debug)]
-pub struct FeedTask(JoinHandle<()>);
-
-impl Drop for FeedTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

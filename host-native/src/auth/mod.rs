@@ -22,8 +22,8 @@ use harmonylite_core::scope::ScopeError;
 use crate::config::scopes::KeyFileError;
 use crate::config::Config;
 
-pub use callout::{Callout, CalloutTask};
-pub use feed::{Feed, FeedTask};
+pub use callout::Callout;
+pub use feed::Feed;
 
 /// Why the callout or feed service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +39,23 @@ pub enum AuthError {
     Subscribe(String),
 }
 
+/// One running service task (callout, feed, bootstrap); dropping it stops answering.
+#[derive(Debug)]
+pub struct ServiceTask(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for ServiceTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The running services for scoped clients; dropping it stops them.
 #[derive(Debug)]
 pub struct ScopedServices {
     /// Answers `$SYS.REQ.USER.AUTH`.
-    pub callout: CalloutTask,
+    pub callout: ServiceTask,
     /// Answers feed requests and deletes expired feeds.
-    pub feed: FeedTask,
+    pub feed: ServiceTask,
 }
 
 /// Starts answering auth callout and feed requests on `client` when scopes are on (`None`
