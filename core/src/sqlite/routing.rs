@@ -119,7 +119,9 @@ fn row_route(
                             .collect(),
                     };
                     let before = registered_partition(conn, &table, &row.key)?;
-                    register(conn, &table, &row.key, &partition)?;
+                    if before.as_ref() != Some(&partition) {
+                        register(conn, &table, &row.key, &partition)?;
+                    }
                     let moved_from = before.filter(|old| *old != partition);
                     (Some(partition), moved_from)
                 }
