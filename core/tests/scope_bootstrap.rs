@@ -6,48 +6,22 @@
 use std::path::Path;
 
 use harmonylite_core::change::StreamSeq;
-use harmonylite_core::hlc::{NodeId, NTP64};
+use harmonylite_core::hlc::NodeId;
 use harmonylite_core::report::Inbound;
-use harmonylite_core::scope::{Partition, PartitionRule, ScopeRules, Writer};
+use harmonylite_core::scope::{Partition, Writer};
 use harmonylite_core::sqlite::scope_bootstrap::{BootstrapReply, ExportPosition, PartitionExport};
 use harmonylite_core::sqlite::{Store, StoreOptions};
-use harmonylite_core::value::Value;
 use harmonylite_core::wire;
 use rusqlite::Connection;
+
+#[path = "common/scopes.rs"]
+mod scopes;
+use scopes::{now, rules, user};
 
 const SCHEMA: &str = "CREATE TABLE notes(id TEXT PRIMARY KEY, owner_id TEXT, body TEXT);
     CREATE INDEX notes_owner ON notes(owner_id);
     CREATE TABLE tags(id INTEGER PRIMARY KEY, name TEXT);
     CREATE TABLE audit(id INTEGER PRIMARY KEY, what TEXT);";
-
-fn now() -> NTP64 {
-    harmonylite_core::hlc::ntp64_from_unix_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-}
-
-fn rules() -> ScopeRules {
-    ScopeRules::new(
-        vec![PartitionRule {
-            name: "user".into(),
-            claims: vec!["sub".into()],
-            tables: [("notes".to_owned(), vec!["owner_id".to_owned()])].into(),
-        }],
-        ["tags".to_owned()],
-        [],
-    )
-    .unwrap()
-}
-
-fn user(id: &str) -> Partition {
-    Partition {
-        rule: "user".into(),
-        values: vec![Value::Text(id.into())],
-    }
-}
 
 fn open(path: &Path, node: u128, writer: Writer) -> Store {
     let mut options = StoreOptions::new(NodeId::from_u128(node).unwrap());

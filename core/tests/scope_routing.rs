@@ -6,38 +6,20 @@
 use std::path::Path;
 
 use harmonylite_core::change::StreamSeq;
-use harmonylite_core::hlc::{NodeId, NTP64};
+use harmonylite_core::hlc::NodeId;
 use harmonylite_core::report::{Inbound, OutboxFrame};
-use harmonylite_core::scope::{PartitionRule, ScopeRules, Subjects};
+use harmonylite_core::scope::{ScopeRules, Subjects};
 use harmonylite_core::sqlite::{Store, StoreOptions};
 use harmonylite_core::wire::{self, Message};
 use rusqlite::Connection;
 
+#[path = "common/scopes.rs"]
+mod scopes;
+use scopes::{now, rules, user};
+
 const SCHEMA: &str = "CREATE TABLE notes(id TEXT PRIMARY KEY, owner_id TEXT, body TEXT);
     CREATE TABLE tags(id INTEGER PRIMARY KEY, name TEXT);
     CREATE TABLE audit(id INTEGER PRIMARY KEY, what TEXT);";
-
-fn now() -> NTP64 {
-    harmonylite_core::hlc::ntp64_from_unix_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-}
-
-fn rules() -> ScopeRules {
-    ScopeRules::new(
-        vec![PartitionRule {
-            name: "user".into(),
-            claims: vec!["sub".into()],
-            tables: [("notes".to_owned(), vec!["owner_id".to_owned()])].into(),
-        }],
-        ["tags".to_owned()],
-        [],
-    )
-    .unwrap()
-}
 
 fn open(path: &Path, node: u128, scopes: ScopeRules, max_frame: usize) -> Store {
     let mut options = StoreOptions::new(NodeId::from_u128(node).unwrap());
@@ -546,13 +528,6 @@ fn a_scoped_replicas_incomplete_batch_is_forgotten_after_a_window_of_messages() 
         ),
         40
     );
-}
-
-fn user(sub: &str) -> harmonylite_core::scope::Partition {
-    harmonylite_core::scope::Partition {
-        rule: "user".into(),
-        values: vec![harmonylite_core::value::Value::Text(sub.into())],
-    }
 }
 
 impl Stream {

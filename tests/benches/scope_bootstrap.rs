@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harmonylite_core::hlc::{ntp64_from_unix, NodeId, NTP64};
-use harmonylite_core::scope::{PartitionRule, ScopeRules, Subjects, Writer};
+use harmonylite_core::scope::{ScopeRules, Subjects, Writer};
 use harmonylite_core::sqlite::scope_bootstrap::{BootstrapReply, BootstrapRequest};
 use harmonylite_core::sqlite::{Store, StoreOptions};
 use harmonylite_tests::*;
@@ -38,17 +38,9 @@ fn now() -> NTP64 {
     ntp64_from_unix(SystemTime::now().duration_since(UNIX_EPOCH).unwrap())
 }
 
+/// The rules the sidecars run with.
 fn rules() -> ScopeRules {
-    ScopeRules::new(
-        vec![PartitionRule {
-            name: "user".into(),
-            claims: vec!["sub".into()],
-            tables: [("notes".to_owned(), vec!["owner_id".to_owned()])].into(),
-        }],
-        ["tags".to_owned()],
-        [],
-    )
-    .unwrap()
+    harmonylite_tests::notes_scope_rules()
 }
 
 fn options(node: u128, writer: Writer) -> StoreOptions {

@@ -729,6 +729,21 @@ pub fn embedded_cluster_toml(ports: &[(u16, u16)], i: usize, node_id: u64) -> St
     )
 }
 
+/// The scope rules of the scoped tests and benches: `notes` partitioned by `owner_id` (rule
+/// `user`, claim `sub`), `tags` shared (the `[scopes]` their sidecars are configured with).
+pub fn notes_scope_rules() -> harmonylite_core::scope::ScopeRules {
+    harmonylite_core::scope::ScopeRules::new(
+        vec![harmonylite_core::scope::PartitionRule {
+            name: "user".into(),
+            claims: vec!["sub".into()],
+            tables: [("notes".to_owned(), vec!["owner_id".to_owned()])].into(),
+        }],
+        ["tags".to_owned()],
+        [],
+    )
+    .unwrap()
+}
+
 /// The TOML that points a node at an external server.
 pub fn external_toml(url: &str, node_id: u64) -> String {
     format!("node_id = {node_id}\n[nats]\nurls = [\"{url}\"]\n")

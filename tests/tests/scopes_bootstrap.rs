@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use harmonylite_core::hlc::{NodeId, NTP64};
-use harmonylite_core::scope::{PartitionRule, ScopeRules, Subjects, Writer};
+use harmonylite_core::scope::{ScopeRules, Subjects, Writer};
 use harmonylite_core::sqlite::scope_bootstrap::{
     BootstrapReply, BootstrapRequest, PartitionExport,
 };
@@ -72,18 +72,9 @@ fn scopes_toml(dir: &Path) -> String {
     )
 }
 
-/// The same rules, for the scoped core store.
+/// The rules the sidecars run with.
 fn rules() -> ScopeRules {
-    ScopeRules::new(
-        vec![PartitionRule {
-            name: "user".into(),
-            claims: vec!["sub".into()],
-            tables: [("notes".to_owned(), vec!["owner_id".to_owned()])].into(),
-        }],
-        ["tags".to_owned()],
-        [],
-    )
-    .unwrap()
+    harmonylite_tests::notes_scope_rules()
 }
 
 /// A fresh scoped replica's store (what a browser holds).
