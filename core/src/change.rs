@@ -99,24 +99,102 @@ impl RowChange {
     }
 }
 
+/// One row's change in a table that merges by column (see [`crate::column_merge`]): the
+/// columns a drain saw written, the origin's counter totals, and a delete it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellChange {
+    /// Index into [`Batch::tables`].
+    pub table: u32,
+    /// Primary-key values, in `key_columns` order.
+    pub key: Vec<Value>,
+    /// HLC time of a delete of the row (before `time` when the row was written again).
+    pub deleted: Option<u64>,
+    /// HLC time of the writes and counts; the node is the batch's origin.
+    pub time: u64,
+    /// Columns written, as indexes into `value_columns`, with their values (a counter
+    /// column's is its base: written only by a whole-row write).
+    pub columns: Vec<(u32, Value)>,
+    /// The origin's running totals of the counter columns it changed.
+    pub counters: Vec<CounterTotals>,
+}
+
+/// A replica's running totals of one counter cell (see [`crate::column_merge`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterTotals {
+    /// Index into `value_columns`.
+    pub column: u32,
+    /// The row's latest delete the origin knew when it counted.
+    pub epoch: Option<Hlc>,
+    /// Everything it added since `epoch`.
+    pub up: u64,
+    /// Everything it took away since `epoch`.
+    pub down: u64,
+}
+
+impl CellChange {
+    /// The change as merge-model changes, given its table's schema and the batch's origin.
+    /// Call on a validated batch (column indexes in range).
+    pub fn changes(
+        &self,
+        table: &TableSchema,
+        origin: NodeId,
+    ) -> Vec<crate::column_merge::ColumnChange> {
+        use crate::column_merge::ColumnChange;
+        let hlc = Hlc::new(NTP64(self.time), origin);
+        let name = |i: u32| table.value_columns[i as usize].clone();
+        let delete = self.deleted.map(|time| ColumnChange::Delete {
+            hlc: Hlc::new(NTP64(time), origin),
+        });
+        let write = (!self.columns.is_empty()).then(|| ColumnChange::Write {
+            hlc,
+            columns: self
+                .columns
+                .iter()
+                .map(|(i, value)| (name(*i), value.clone()))
+                .collect(),
+        });
+        let counts = self.counters.iter().map(|c| ColumnChange::Counter {
+            column: name(c.column),
+            node: origin,
+            epoch: c.epoch,
+            up: c.up,
+            down: c.down,
+            hlc,
+        });
+        delete.into_iter().chain(write).chain(counts).collect()
+    }
+
+    /// The newest HLC the change carries.
+    pub fn hlc(&self, origin: NodeId) -> Hlc {
+        Hlc::new(NTP64(self.time.max(self.deleted.unwrap_or(0))), origin)
+    }
+}
+
 /// Whole local transactions captured by one drain, in commit order, one change per row.
+///
+/// On the wire a batch is the postcard encoding of `tables` and `rows`, followed, when
+/// `cells` is not empty, by the postcard encoding of `cells` (only in frames of wire version
+/// 5, which older builds park).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Batch {
     /// Schemas of the tables the rows refer to.
     pub tables: Vec<TableSchema>,
     /// Row changes in the order their last local write committed.
     pub rows: Vec<RowChange>,
+    /// Changes of tables that merge by column (encoded after the rest, see above).
+    #[serde(skip)]
+    pub cells: Vec<CellChange>,
 }
 
 impl Batch {
-    /// Number of row changes.
+    /// Number of row changes (by row or by column).
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.len() + self.cells.len()
     }
 
     /// Whether the batch carries no change.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows.is_empty() && self.cells.is_empty()
     }
 
     /// Joins batches into one (rows in the order given; equal table schemas shared), as a
@@ -138,6 +216,10 @@ impl Batch {
             out.rows.extend(batch.rows.into_iter().map(|mut row| {
                 row.table = remap[row.table as usize];
                 row
+            }));
+            out.cells.extend(batch.cells.into_iter().map(|mut cell| {
+                cell.table = remap[cell.table as usize];
+                cell
             }));
         }
         out
@@ -171,6 +253,40 @@ impl Batch {
                         table.value_columns.len()
                     ));
                 }
+            }
+        }
+        for (i, cell) in self.cells.iter().enumerate() {
+            let table = self.tables.get(cell.table as usize).ok_or_else(|| {
+                format!(
+                    "column change {i} names table index {} of {}",
+                    cell.table,
+                    self.tables.len()
+                )
+            })?;
+            if cell.key.len() != table.key_columns.len() {
+                return Err(format!(
+                    "column change {i} of table {:?} has {} key values for {} key columns",
+                    table.name,
+                    cell.key.len(),
+                    table.key_columns.len()
+                ));
+            }
+            let width = table.value_columns.len();
+            let columns = cell.columns.iter().map(|(c, _)| *c);
+            if let Some(c) = columns
+                .chain(cell.counters.iter().map(|c| c.column))
+                .find(|c| *c as usize >= width)
+            {
+                return Err(format!(
+                    "column change {i} of table {:?} names column index {c} of {width}",
+                    table.name
+                ));
+            }
+            if cell.deleted.is_none() && cell.columns.is_empty() && cell.counters.is_empty() {
+                return Err(format!(
+                    "column change {i} of table {:?} changes nothing",
+                    table.name
+                ));
             }
         }
         for table in &self.tables {

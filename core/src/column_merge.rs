@@ -1,6 +1,7 @@
-//! Column-level last-writer-wins and counter columns, as a pure model: the specification a
-//! table in `column` merge mode obeys (issue 19), next to the row-level rule of
-//! [`crate::merge`].
+//! Column-level last-writer-wins and counter columns: the merge rule a table in `column`
+//! merge mode obeys (issue 19), next to the row-level rule of [`crate::merge`]. The SQLite
+//! store keeps one [`ColumnRow`] per row of such a table (without the plain columns'
+//! values, which live in the row itself) and applies changes with the same code.
 //!
 //! A row's state is a join-semilattice, so replicas that merged the same changes, in any
 //! order and with any duplicates, hold the same state:
@@ -11,31 +12,34 @@
 //!   A column write older than it is hidden for good. A write newer than the delete brings
 //!   the row back with only the columns written after the delete; every other column reads
 //!   as its default (`None` here: the table's default on apply).
-//! - **Counters.** A counter column merges by adding increments. Each replica publishes,
-//!   per counter cell, the running totals of what it added (`up`) and took away (`down`)
-//!   since the row's last delete it knew of (its `epoch`). Per replica the entry with the
-//!   later epoch wins, and within an epoch the larger totals (they only grow), so merging
-//!   is a maximum. The counter's value is the sum over replicas of `up - down` for entries
-//!   of the row's current epoch (the greatest delete): a delete resets it, and increments
-//!   made after it start from zero. An entry's epoch is evidence of a delete, so it also
-//!   raises the row's tombstone.
-//! - **Visibility.** The row exists when it was never deleted and something was written, or
-//!   when some column write or counter entry is newer than its latest delete.
+//! - **Counters.** A counter column's value is its *base* (the value the last whole-row
+//!   write set, by the column rule above; 0 when that write is older than the latest
+//!   delete) plus every replica's increments since the latest delete. Each replica
+//!   publishes, per counter cell, the running totals of what it added (`up`) and took away
+//!   (`down`) since the row's last delete it knew of (its `epoch`). Per replica the entry
+//!   with the later epoch wins, and within an epoch the larger totals (they only grow), so
+//!   merging is a maximum; only entries of the row's current epoch count. An entry's epoch
+//!   is evidence of a delete, so it also raises the row's tombstone.
+//! - **Visibility.** The row exists when some column write or counter entry is newer than
+//!   its latest delete (or there is no delete).
 
 use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::hlc::{Hlc, NodeId};
 use crate::value::Value;
 
-/// One change to one row of a `column`-mode table, as a replica publishes it.
+/// One change to one row of a `column`-mode table. `V` is a column's value: [`Value`] on
+/// the wire and in the model; the store keeps only counters' bases (see [`Stored`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ColumnChange {
+pub enum ColumnChange<V = Value> {
     /// An INSERT or UPDATE at `hlc`: the columns it set.
     Write {
         /// The write's HLC.
         hlc: Hlc,
         /// The columns it set, with their new values.
-        columns: BTreeMap<String, Value>,
+        columns: BTreeMap<String, V>,
     },
     /// A DELETE at `hlc`.
     Delete {
@@ -60,13 +64,51 @@ pub enum ColumnChange {
     },
 }
 
+/// What the store keeps of a column's value: a counter's base, or nothing for a plain
+/// column (its value is the row's).
+pub type Stored = Option<i64>;
+
+/// A value a counter's base can be read from.
+pub trait CounterBase {
+    /// The base as an integer (counters count integers: a real is truncated, anything
+    /// else that is not an integer counts as 0).
+    fn counter_base(&self) -> i64;
+}
+
+impl CounterBase for Value {
+    fn counter_base(&self) -> i64 {
+        counter_integer(self)
+    }
+}
+
+impl CounterBase for Stored {
+    fn counter_base(&self) -> i64 {
+        self.unwrap_or(0)
+    }
+}
+
+/// A SQLite value as a counter's integer: integers as they are, reals truncated, integer
+/// text parsed, anything else 0.
+pub fn counter_integer(value: &Value) -> i64 {
+    match value {
+        Value::Integer(i) => *i,
+        Value::Real(r) => *r as i64,
+        Value::Text(t) => t.trim().parse().unwrap_or(0),
+        Value::Null | Value::Blob(_) => 0,
+    }
+}
+
 /// One replica's contribution to a counter cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Contribution {
-    epoch: Option<Hlc>,
-    up: u64,
-    down: u64,
-    hlc: Hlc,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// The delete it counts since.
+    pub epoch: Option<Hlc>,
+    /// Total added since `epoch`.
+    pub up: u64,
+    /// Total taken away since `epoch`.
+    pub down: u64,
+    /// When it last counted.
+    pub hlc: Hlc,
 }
 
 impl Contribution {
@@ -83,21 +125,37 @@ impl Contribution {
             },
         }
     }
+
+    /// What it adds to the counter.
+    fn net(&self) -> i128 {
+        i128::from(self.up) - i128::from(self.down)
+    }
 }
 
 /// The merged state of one row.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ColumnRow {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnRow<V = Value> {
     deleted_at: Option<Hlc>,
-    columns: BTreeMap<String, (Hlc, Value)>,
+    columns: BTreeMap<String, (Hlc, V)>,
     counters: BTreeMap<String, BTreeMap<NodeId, Contribution>>,
 }
 
-impl ColumnRow {
-    /// Merges one change.
-    pub fn merge(&mut self, change: &ColumnChange) {
+impl<V> Default for ColumnRow<V> {
+    fn default() -> Self {
+        ColumnRow {
+            deleted_at: None,
+            columns: BTreeMap::new(),
+            counters: BTreeMap::new(),
+        }
+    }
+}
+
+impl<V: Clone + PartialEq + CounterBase> ColumnRow<V> {
+    /// Merges one change; returns whether the state changed.
+    pub fn merge(&mut self, change: &ColumnChange<V>) -> bool {
         match change {
             ColumnChange::Write { hlc, columns } => {
+                let mut changed = false;
                 for (name, value) in columns {
                     let newer = self
                         .columns
@@ -105,8 +163,10 @@ impl ColumnRow {
                         .is_none_or(|(stored, _)| hlc > stored);
                     if newer {
                         self.columns.insert(name.clone(), (*hlc, value.clone()));
+                        changed = true;
                     }
                 }
+                changed
             }
             ColumnChange::Delete { hlc } => self.raise_tombstone(Some(*hlc)),
             ColumnChange::Counter {
@@ -117,7 +177,7 @@ impl ColumnRow {
                 down,
                 hlc,
             } => {
-                self.raise_tombstone(*epoch);
+                let raised = self.raise_tombstone(*epoch);
                 let incoming = Contribution {
                     epoch: *epoch,
                     up: *up,
@@ -129,37 +189,48 @@ impl ColumnRow {
                     Some(stored) => stored.join(incoming),
                     None => incoming,
                 };
-                cell.insert(*node, joined);
+                raised | (cell.insert(*node, joined) != Some(joined))
             }
         }
     }
 
-    fn raise_tombstone(&mut self, hlc: Option<Hlc>) {
+    fn raise_tombstone(&mut self, hlc: Option<Hlc>) -> bool {
         if hlc > self.deleted_at {
             self.deleted_at = hlc;
+            true
+        } else {
+            false
         }
     }
 
-    /// The join of two states of the same row.
-    pub fn join(&mut self, other: &ColumnRow) {
-        self.raise_tombstone(other.deleted_at);
-        for (name, (hlc, value)) in &other.columns {
-            self.merge(&ColumnChange::Write {
+    /// The changes that rebuild this state from nothing (merging them into another state is
+    /// the join of the two).
+    pub fn changes(&self) -> Vec<ColumnChange<V>> {
+        let deletes = self.deleted_at.map(|hlc| ColumnChange::Delete { hlc });
+        let writes = self
+            .columns
+            .iter()
+            .map(|(name, (hlc, value))| ColumnChange::Write {
                 hlc: *hlc,
                 columns: BTreeMap::from([(name.clone(), value.clone())]),
             });
-        }
-        for (column, cell) in &other.counters {
-            for (node, c) in cell {
-                self.merge(&ColumnChange::Counter {
-                    column: column.clone(),
-                    node: *node,
-                    epoch: c.epoch,
-                    up: c.up,
-                    down: c.down,
-                    hlc: c.hlc,
-                });
-            }
+        let counters = self.counters.iter().flat_map(|(column, cell)| {
+            cell.iter().map(|(node, c)| ColumnChange::Counter {
+                column: column.clone(),
+                node: *node,
+                epoch: c.epoch,
+                up: c.up,
+                down: c.down,
+                hlc: c.hlc,
+            })
+        });
+        deletes.into_iter().chain(writes).chain(counters).collect()
+    }
+
+    /// The join of two states of the same row.
+    pub fn join(&mut self, other: &ColumnRow<V>) {
+        for change in other.changes() {
+            self.merge(&change);
         }
     }
 
@@ -168,86 +239,190 @@ impl ColumnRow {
         self.deleted_at
     }
 
+    /// The latest HLC this state holds: its latest write, count or delete.
+    pub fn latest(&self) -> Option<Hlc> {
+        let writes = self.columns.values().map(|(hlc, _)| *hlc);
+        let counts = self
+            .counters
+            .values()
+            .flat_map(|c| c.values().map(|c| c.hlc));
+        writes.chain(counts).chain(self.deleted_at).max()
+    }
+
+    fn after_delete(&self, hlc: Hlc) -> bool {
+        self.deleted_at.is_none_or(|d| hlc > d)
+    }
+
     /// Whether the row exists (see the module docs).
     pub fn exists(&self) -> bool {
-        let after_delete = |hlc: &Hlc| self.deleted_at.is_none_or(|d| *hlc > d);
-        self.columns.values().any(|(hlc, _)| after_delete(hlc))
+        self.columns
+            .values()
+            .any(|(hlc, _)| self.after_delete(*hlc))
             || self
                 .counters
                 .values()
                 .flat_map(BTreeMap::values)
-                .any(|c| c.epoch == self.deleted_at && after_delete(&c.hlc))
+                .any(|c| c.epoch == self.deleted_at && self.after_delete(c.hlc))
     }
 
-    /// A plain column's visible value: `None` when the row does not exist or no write after
-    /// its latest delete set the column (the table's default applies).
-    pub fn column(&self, name: &str) -> Option<&Value> {
+    /// A column's visible write (its HLC and value): `None` when the row does not exist or
+    /// no write after its latest delete set the column (the table's default applies).
+    pub fn visible(&self, name: &str) -> Option<(Hlc, &V)> {
         if !self.exists() {
             return None;
         }
         self.columns
             .get(name)
-            .filter(|(hlc, _)| self.deleted_at.is_none_or(|d| *hlc > d))
-            .map(|(_, value)| value)
+            .filter(|(hlc, _)| self.after_delete(*hlc))
+            .map(|(hlc, value)| (*hlc, value))
     }
 
-    /// A counter column's value: the increments of the row's current epoch, summed over
-    /// replicas (0 when the row does not exist or nobody counted since its latest delete).
-    pub fn counter(&self, name: &str) -> i128 {
-        if !self.exists() {
-            return 0;
-        }
+    /// A plain column's visible value (see [`ColumnRow::visible`]).
+    pub fn column(&self, name: &str) -> Option<&V> {
+        self.visible(name).map(|(_, value)| value)
+    }
+
+    /// The increments of the row's current epoch to counter `name`, summed over replicas.
+    pub fn increments(&self, name: &str) -> i128 {
         self.counters
             .get(name)
             .into_iter()
             .flat_map(BTreeMap::values)
             .filter(|c| c.epoch == self.deleted_at)
-            .map(|c| i128::from(c.up) - i128::from(c.down))
+            .map(Contribution::net)
             .sum()
     }
-}
 
-/// A replica's running totals for its counter cells, which turn `qty = qty - 1` into the
-/// [`ColumnChange::Counter`] it publishes: what a capture keeps per counter cell.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CounterTotals {
-    epoch: Option<Hlc>,
-    up: u64,
-    down: u64,
-}
+    /// A counter column's value: its visible base plus [`ColumnRow::increments`] (0 when
+    /// the row does not exist).
+    pub fn counter(&self, name: &str) -> i128 {
+        if !self.exists() {
+            return 0;
+        }
+        let base = self.column(name).map_or(0, CounterBase::counter_base);
+        i128::from(base) + self.increments(name)
+    }
 
-impl CounterTotals {
-    /// Records a local change of `delta` at `hlc` to the counter `column`, counted since
-    /// `epoch` (the row's latest delete this replica knows), and returns the change to
-    /// publish.
-    pub fn add(
+    /// Records a local change of `delta` at `hlc` to counter `column` by `node`: its running
+    /// totals since the row's latest delete grow by `delta` (they restart from zero after a
+    /// delete). Returns the change to publish, already merged.
+    pub fn count_local(
         &mut self,
         column: &str,
         node: NodeId,
-        epoch: Option<Hlc>,
         delta: i64,
         hlc: Hlc,
-    ) -> ColumnChange {
-        if epoch != self.epoch {
-            *self = CounterTotals {
-                epoch,
-                up: 0,
-                down: 0,
-            };
-        }
+    ) -> ColumnChange<V> {
+        let epoch = self.deleted_at;
+        let (mut up, mut down) = self
+            .counters
+            .get(column)
+            .and_then(|cell| cell.get(&node))
+            .filter(|c| c.epoch == epoch)
+            .map_or((0, 0), |c| (c.up, c.down));
         if delta >= 0 {
-            self.up += delta.unsigned_abs();
+            up += delta.unsigned_abs();
         } else {
-            self.down += delta.unsigned_abs();
+            down += delta.unsigned_abs();
         }
-        ColumnChange::Counter {
+        let change = ColumnChange::Counter {
             column: column.to_owned(),
             node,
             epoch,
-            up: self.up,
-            down: self.down,
+            up,
+            down,
             hlc,
+        };
+        self.merge(&change);
+        change
+    }
+}
+
+/// A table that merges by column, and its counter columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableMerge {
+    /// Columns that merge by adding increments (names as configured).
+    pub counters: Vec<String>,
+}
+
+impl TableMerge {
+    /// Whether `column` is one of the counters (ASCII case ignored, as SQLite does).
+    pub fn is_counter(&self, column: &str) -> bool {
+        self.counters.iter().any(|c| c.eq_ignore_ascii_case(column))
+    }
+}
+
+/// Which tables merge by column (with their counters); every other table merges by row.
+/// Every replica must have the same (a mismatch is refused loudly, see `docs/column-merge.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeConfig {
+    /// By table name folded to ASCII lower case.
+    tables: BTreeMap<String, TableMerge>,
+}
+
+impl MergeConfig {
+    /// From the configured lists: `column` names tables that merge by column, `counters`
+    /// names counter columns as `table.column` (their tables merge by column too).
+    pub fn new(column: &[String], counters: &[String]) -> Result<MergeConfig, String> {
+        let mut config = MergeConfig::default();
+        for table in column {
+            if table.trim().is_empty() {
+                return Err("merge: an empty table name in `column`".into());
+            }
+            config.tables.entry(table.to_ascii_lowercase()).or_default();
         }
+        for counter in counters {
+            let Some((table, column)) = counter.split_once('.') else {
+                return Err(format!(
+                    "merge: counter {counter:?} must name its table, as \"table.column\""
+                ));
+            };
+            if table.is_empty() || column.is_empty() {
+                return Err(format!(
+                    "merge: counter {counter:?} must name its table, as \"table.column\""
+                ));
+            }
+            let entry = config.tables.entry(table.to_ascii_lowercase()).or_default();
+            if !entry.is_counter(column) {
+                entry.counters.push(column.to_owned());
+            }
+        }
+        Ok(config)
+    }
+
+    /// Whether no table merges by column.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// How `table` merges: `Some` by column, `None` by row.
+    pub fn table(&self, table: &str) -> Option<&TableMerge> {
+        self.tables.get(&table.to_ascii_lowercase())
+    }
+
+    /// Sets how `table` merges (`None`: by row).
+    pub fn set(&mut self, table: &str, merge: Option<TableMerge>) {
+        let key = table.to_ascii_lowercase();
+        match merge {
+            Some(merge) => self.tables.insert(key, merge),
+            None => self.tables.remove(&key),
+        };
+    }
+
+    /// The tables that merge by column (names folded to lower case).
+    pub fn tables(&self) -> impl Iterator<Item = (&str, &TableMerge)> {
+        self.tables
+            .iter()
+            .map(|(name, merge)| (name.as_str(), merge))
+    }
+}
+
+/// How a table merges, for messages: `"row"`, or `"column"` with its counters.
+pub fn describe(merge: Option<&TableMerge>) -> String {
+    match merge {
+        None => "row".into(),
+        Some(m) if m.counters.is_empty() => "column".into(),
+        Some(m) => format!("column (counters: {})", m.counters.join(", ")),
     }
 }
 
@@ -272,7 +447,7 @@ mod tests {
     }
 
     fn state(changes: &[ColumnChange]) -> ColumnRow {
-        let mut row = ColumnRow::default();
+        let mut row: ColumnRow = ColumnRow::default();
         for c in changes {
             row.merge(c);
         }
@@ -323,18 +498,19 @@ mod tests {
 
     #[test]
     fn concurrent_decrements_from_four_replicas_add_up() {
+        let insert = write(0, 1, &[("qty", 0)]);
         let mut changes = Vec::new();
         for node in 1..=4u128 {
-            let mut totals = CounterTotals::default();
+            let mut replica = state(std::slice::from_ref(&insert));
             for i in 0..250u64 {
                 let id = NodeId::from_u128(node).unwrap();
-                changes.push(totals.add("qty", id, None, -1, hlc(i + 1, node)));
+                changes.push(replica.count_local("qty", id, -1, hlc(i + 1, node)));
             }
         }
         let mut reversed = changes.clone();
         reversed.reverse();
         for order in [changes, reversed] {
-            let mut row = state(&[write(0, 1, &[("qty", 0)])]);
+            let mut row = state(std::slice::from_ref(&insert));
             for c in &order {
                 row.merge(c);
                 row.merge(c);
@@ -344,19 +520,62 @@ mod tests {
     }
 
     #[test]
-    fn a_delete_resets_counters_and_later_increments_start_from_zero() {
+    fn a_counter_is_its_base_plus_the_increments_since_the_latest_delete() {
         let a = NodeId::from_u128(1).unwrap();
-        let mut totals = CounterTotals::default();
-        let before = totals.add("likes", a, None, 5, hlc(2, 1));
+        let insert = write(1, 1, &[("likes", 10)]);
+        let mut writer = state(std::slice::from_ref(&insert));
+        let before = writer.count_local("likes", a, 5, hlc(2, 1));
+        assert_eq!(writer.counter("likes"), 15);
         let delete = ColumnChange::Delete { hlc: hlc(3, 2) };
-        let after = totals.add("likes", a, Some(hlc(3, 2)), 2, hlc(4, 1));
-        let row = state(&[after.clone(), before.clone(), delete.clone()]);
+        writer.merge(&delete);
+        let after = writer.count_local("likes", a, 2, hlc(4, 1));
+        let row = state(&[
+            after.clone(),
+            before.clone(),
+            delete.clone(),
+            insert.clone(),
+        ]);
         assert!(row.exists());
-        assert_eq!(row.counter("likes"), 2);
+        assert_eq!(
+            row.counter("likes"),
+            2,
+            "the base and older increments are gone"
+        );
         // The increment made after the delete is evidence of it, even before it arrives.
-        let row = state(&[before, after]);
+        let row = state(&[insert, before, after]);
         assert_eq!(row.deleted_at(), Some(hlc(3, 2)));
         assert_eq!(row.counter("likes"), 2);
+    }
+
+    #[test]
+    fn a_state_without_values_merges_like_the_model() {
+        let changes = [
+            write(1, 1, &[("title", 1), ("n", 4)]),
+            write(3, 2, &[("title", 2)]),
+            ColumnChange::Delete { hlc: hlc(2, 2) },
+        ];
+        let model = state(&changes);
+        let mut stored: ColumnRow<Stored> = ColumnRow::default();
+        for change in &changes {
+            stored.merge(&match change {
+                ColumnChange::Write { hlc, columns } => ColumnChange::Write {
+                    hlc: *hlc,
+                    columns: columns
+                        .iter()
+                        .map(|(c, v)| (c.clone(), (c == "n").then(|| v.counter_base())))
+                        .collect(),
+                },
+                ColumnChange::Delete { hlc } => ColumnChange::Delete { hlc: *hlc },
+                ColumnChange::Counter { .. } => unreachable!(),
+            });
+        }
+        assert_eq!(stored.exists(), model.exists());
+        assert_eq!(stored.counter("n"), model.counter("n"));
+        assert_eq!(
+            stored.visible("title").map(|(h, _)| h),
+            model.visible("title").map(|(h, _)| h)
+        );
+        assert_eq!(stored.latest(), Some(hlc(3, 2)));
     }
 
     fn any_change() -> impl Strategy<Value = ColumnChange> {

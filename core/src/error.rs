@@ -63,6 +63,9 @@ mod store_errors {
         /// Internal state in the database is not what this build wrote.
         #[error("harmonylite metadata is damaged: {0}")]
         Corrupt(String),
+        /// The store's options do not fit this database (e.g. a table's merge mode).
+        #[error("{0}")]
+        Config(String),
     }
 
     impl StoreError {
@@ -71,7 +74,7 @@ mod store_errors {
         pub fn is_transient(&self) -> bool {
             match self {
                 StoreError::Sqlite { source, .. } => is_transient_sqlite(source),
-                StoreError::Corrupt(_) => false,
+                StoreError::Corrupt(_) | StoreError::Config(_) => false,
             }
         }
 
@@ -80,6 +83,7 @@ mod store_errors {
             use rusqlite::ErrorCode::*;
             match self {
                 StoreError::Corrupt(_) => DatabaseErrorKind::Corrupt,
+                StoreError::Config(_) => DatabaseErrorKind::Other,
                 StoreError::Sqlite {
                     source: rusqlite::Error::SqliteFailure(e, _),
                     ..
@@ -197,6 +201,14 @@ mod store_errors {
             /// This replica's.
             ours: u32,
         },
+        /// The publisher merges a table by column, this replica by row.
+        #[error("table {table:?} merges by column on node {origin} but by row here; make the merge modes identical on every replica (`harmonylite migrate --merge`, see docs/column-merge.md)")]
+        MergeMode {
+            /// The table.
+            table: String,
+            /// The publishing node.
+            origin: String,
+        },
     }
 
     impl ApplyError {
@@ -212,6 +224,7 @@ mod store_errors {
                 ApplyError::Rejected { .. } => ParkReason::Rejected,
                 ApplyError::Migration(_) => ParkReason::Migration,
                 ApplyError::ScopeRules { .. } => ParkReason::ScopeRules,
+                ApplyError::MergeMode { .. } => ParkReason::MergeMode,
             }
         }
 
@@ -221,7 +234,8 @@ mod store_errors {
                 ApplyError::UnknownTable { table }
                 | ApplyError::UnknownColumn { table, .. }
                 | ApplyError::KeyMismatch { table, .. }
-                | ApplyError::Rejected { table, .. } => Some(table),
+                | ApplyError::Rejected { table, .. }
+                | ApplyError::MergeMode { table, .. } => Some(table),
                 ApplyError::Wire(_)
                 | ApplyError::Clock(_)
                 | ApplyError::Migration(_)

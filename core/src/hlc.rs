@@ -155,6 +155,20 @@ impl Hlc {
     }
 }
 
+impl Serialize for Hlc {
+    /// As `(time, node)`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.time.as_u64(), self.node).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hlc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (time, node) = <(u64, NodeId)>::deserialize(d)?;
+        Ok(Hlc::new(NTP64(time), node))
+    }
+}
+
 impl fmt::Debug for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Hlc({}/{})", self.time.as_u64(), self.node)

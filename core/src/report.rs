@@ -189,13 +189,15 @@ pub enum ParkReason {
     Migration,
     /// The publisher's scope rules differ from this replica's.
     ScopeRules,
+    /// The publisher merges a table by column and this replica by row.
+    MergeMode,
     /// A name this build does not know (written by a newer build).
     Unknown,
 }
 
 impl ParkReason {
     /// Every reason this build writes.
-    pub const ALL: [ParkReason; 9] = [
+    pub const ALL: [ParkReason; 10] = [
         ParkReason::Version,
         ParkReason::Decode,
         ParkReason::UnknownTable,
@@ -205,6 +207,7 @@ impl ParkReason {
         ParkReason::Rejected,
         ParkReason::Migration,
         ParkReason::ScopeRules,
+        ParkReason::MergeMode,
     ];
 
     /// The stable short name (parked table, metrics labels, JS events).
@@ -219,6 +222,7 @@ impl ParkReason {
             ParkReason::Rejected => "rejected",
             ParkReason::Migration => "migration",
             ParkReason::ScopeRules => "scope_rules",
+            ParkReason::MergeMode => "merge_mode",
             ParkReason::Unknown => "unknown",
         }
     }

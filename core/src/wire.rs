@@ -42,6 +42,13 @@
 //! writer and the other scoped replicas of those partitions, which may have applied the
 //! refused batch, return its rows to the accepted state; full replicas ignore it. Builds
 //! older than it park it until they are upgraded.
+//!
+//! A [`CellsFrame`] (variant index 4, "version 5") wraps a batch part or a routed frame
+//! whose batch carries changes of tables that merge by column (`Batch::cells`, encoded after
+//! the row changes; see `crate::column_merge`). Builds older than it park such frames
+//! ("version 5 is newer than this build") until they are upgraded: they never apply a
+//! column change as a row image. [`decode_message`] unwraps it, so the rest of a build reads
+//! it as the part or routed frame it wraps; [`decode_batch`] reads the trailing changes.
 
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +62,7 @@ const FRAME_OVERHEAD: usize = 96;
 /// Largest expansion LZ4 can produce; a larger declared size is malformed.
 const LZ4_MAX_RATIO: usize = 255;
 /// The newest message version this build understands (the number of [`Message`] variants).
-pub const CURRENT_VERSION: u64 = 4;
+pub const CURRENT_VERSION: u64 = 5;
 
 /// A replication message, versioned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +75,28 @@ pub enum Message {
     Routed(RoutedPart),
     /// Added in version 4: a scoped replica's batch was refused (scopes on).
     Refused(RefusedNotice),
+    /// Added in version 5: a frame whose batch carries column-merge changes.
+    Cells(CellsFrame),
+}
+
+/// A frame whose batch carries changes of tables that merge by column (see the module
+/// docs): the kind of frame it would be otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CellsFrame {
+    /// A batch part.
+    Part(MessageV1),
+    /// A routed frame.
+    Routed(RoutedPart),
+}
+
+/// Wraps a batch frame in [`Message::Cells`] when its batch carries column changes, so that
+/// builds that cannot read them park it.
+fn batch_message(message: Message, cells: bool) -> Message {
+    match message {
+        Message::V1(part) if cells => Message::Cells(CellsFrame::Part(part)),
+        Message::Routed(part) if cells => Message::Cells(CellsFrame::Routed(part)),
+        other => other,
+    }
 }
 
 /// The full replicas refused a scoped replica's batch: nothing of it was applied anywhere.
@@ -223,18 +252,20 @@ pub fn encode_batch(
 ) -> Result<Vec<Vec<u8>>, WireError> {
     let (compression, chunks) = encode_body(batch, compression, max_frame)?;
     let count = chunks.len() as u32;
+    let cells = !batch.cells.is_empty();
     Ok(chunks
         .into_iter()
         .enumerate()
         .map(|(i, body)| {
-            encode_frame(&Message::V1(MessageV1 {
+            let part = Message::V1(MessageV1 {
                 origin,
                 batch_seq,
                 part: i as u32,
                 parts: count,
                 compression,
                 body,
-            }))
+            });
+            encode_frame(&batch_message(part, cells))
         })
         .collect())
 }
@@ -257,11 +288,12 @@ pub fn encode_routed_batch(
     let parts: usize = encoded.iter().map(|(_, chunks)| chunks.len()).sum();
     let mut frames = Vec::with_capacity(parts);
     for (group, (compression, chunks)) in encoded.into_iter().enumerate() {
+        let cells = !groups[group].cells.is_empty();
         let group_start = frames.len() as u32;
         let group_frames = chunks.len() as u32;
         for body in chunks {
             let part = frames.len() as u32;
-            let frame = encode_frame(&Message::Routed(RoutedPart {
+            let routed = Message::Routed(RoutedPart {
                 origin,
                 batch_seq,
                 part,
@@ -271,7 +303,8 @@ pub fn encode_routed_batch(
                 rules,
                 compression,
                 body,
-            }));
+            });
+            let frame = encode_frame(&batch_message(routed, cells));
             frames.push((group, frame));
         }
     }
@@ -288,7 +321,12 @@ fn encode_body(
     if max_frame <= FRAME_OVERHEAD {
         return Err(WireError::LimitTooSmall(max_frame));
     }
-    let plain = postcard::to_allocvec(batch).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let mut plain =
+        postcard::to_allocvec(batch).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !batch.cells.is_empty() {
+        plain = postcard::to_extend(&batch.cells, plain)
+            .map_err(|e| WireError::Malformed(e.to_string()))?;
+    }
     let (compression, body) = match compression {
         Compression::Lz4 => {
             let packed = lz4_flex::block::compress_prepend_size(&plain);
@@ -326,7 +364,7 @@ pub fn encode_frame(message: &Message) -> Vec<u8> {
 pub fn decode_frame(frame: &[u8]) -> Result<MessageV1, WireError> {
     match decode_message(frame)? {
         Message::V1(message) => Ok(message),
-        Message::Migration(_) | Message::Routed(_) | Message::Refused(_) => {
+        Message::Migration(_) | Message::Routed(_) | Message::Refused(_) | Message::Cells(_) => {
             Err(WireError::NotABatch)
         }
     }
@@ -357,6 +395,11 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, WireError> {
             rest.len()
         )));
     }
+    let message = match message {
+        Message::Cells(CellsFrame::Part(part)) => Message::V1(part),
+        Message::Cells(CellsFrame::Routed(part)) => Message::Routed(part),
+        other => other,
+    };
     match message {
         Message::V1(message) => {
             if message.parts == 0 || message.part >= message.parts {
@@ -391,6 +434,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, WireError> {
             Ok(Message::Routed(part))
         }
         Message::Refused(notice) => Ok(Message::Refused(notice)),
+        Message::Cells(_) => unreachable!("unwrapped above"),
     }
 }
 
@@ -415,8 +459,14 @@ pub fn decode_batch(compression: Compression, body: &[u8]) -> Result<Batch, Wire
             &plain[..]
         }
     };
-    let (batch, rest) = postcard::take_from_bytes::<Batch>(bytes)
+    let (mut batch, mut rest) = postcard::take_from_bytes::<Batch>(bytes)
         .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        let (cells, after) = postcard::take_from_bytes(rest)
+            .map_err(|e| WireError::Malformed(format!("column changes: {e}")))?;
+        batch.cells = cells;
+        rest = after;
+    }
     if !rest.is_empty() {
         return Err(WireError::Malformed(format!(
             "{} trailing bytes after batch",
@@ -430,7 +480,7 @@ pub fn decode_batch(compression: Compression, body: &[u8]) -> Result<Batch, Wire
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{RowChange, TableSchema};
+    use crate::change::{CellChange, CounterTotals, RowChange, TableSchema};
     use crate::value::Value;
     use proptest::prelude::*;
 
@@ -444,32 +494,66 @@ mod tests {
         ]
     }
 
-    fn batch() -> impl Strategy<Value = Batch> {
-        proptest::collection::vec(
-            (
-                any::<u64>(),
-                value(),
-                proptest::option::of(proptest::collection::vec(value(), 2)),
-            ),
-            0..20,
+    fn cell() -> impl Strategy<Value = CellChange> {
+        (
+            any::<u64>(),
+            value(),
+            proptest::option::of(any::<u64>()),
+            proptest::collection::vec((0u32..2, value()), 0..3),
+            proptest::collection::vec((0u32..2, any::<u64>(), any::<u64>()), 0..2),
         )
-        .prop_map(|rows| Batch {
-            tables: vec![TableSchema {
-                name: "t \"x\" é".into(),
-                fingerprint: 7,
-                key_columns: vec!["id".into()],
-                value_columns: vec!["a".into(), "b".into()],
-            }],
-            rows: rows
-                .into_iter()
-                .map(|(time, key, values)| RowChange {
-                    table: 0,
-                    time,
-                    key: vec![key],
-                    values,
-                })
-                .collect(),
-        })
+            .prop_filter("changes something", |(_, _, deleted, columns, counters)| {
+                deleted.is_some() || !columns.is_empty() || !counters.is_empty()
+            })
+            .prop_map(|(time, key, deleted, columns, counters)| CellChange {
+                table: 0,
+                key: vec![key],
+                deleted,
+                time,
+                columns,
+                counters: counters
+                    .into_iter()
+                    .map(|(column, up, down)| CounterTotals {
+                        column,
+                        epoch: (up % 2 == 0)
+                            .then(|| crate::hlc::Hlc::new(crate::hlc::NTP64(up), node())),
+                        up,
+                        down,
+                    })
+                    .collect(),
+            })
+    }
+
+    fn batch() -> impl Strategy<Value = Batch> {
+        (
+            proptest::collection::vec(
+                (
+                    any::<u64>(),
+                    value(),
+                    proptest::option::of(proptest::collection::vec(value(), 2)),
+                ),
+                0..20,
+            ),
+            proptest::collection::vec(cell(), 0..4),
+        )
+            .prop_map(|(rows, cells)| Batch {
+                tables: vec![TableSchema {
+                    name: "t \"x\" é".into(),
+                    fingerprint: 7,
+                    key_columns: vec!["id".into()],
+                    value_columns: vec!["a".into(), "b".into()],
+                }],
+                rows: rows
+                    .into_iter()
+                    .map(|(time, key, values)| RowChange {
+                        table: 0,
+                        time,
+                        key: vec![key],
+                        values,
+                    })
+                    .collect(),
+                cells,
+            })
     }
 
     fn node() -> NodeId {
@@ -492,10 +576,10 @@ mod tests {
             compression: Compression::None,
             body: vec![],
         }));
-        frame[HEADER_LEN] = 4; // variant index 4 = version 5
+        frame[HEADER_LEN] = 5; // variant index 5 = version 6
         let crc = crc32fast::hash(&frame[HEADER_LEN..]);
         frame[2..6].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_frame(&frame), Err(WireError::UnsupportedVersion(5)));
+        assert_eq!(decode_frame(&frame), Err(WireError::UnsupportedVersion(6)));
     }
 
     #[test]
@@ -541,6 +625,64 @@ mod tests {
     }
 
     #[test]
+    fn column_changes_travel_as_version_5_which_older_builds_park() {
+        let batch = Batch {
+            tables: vec![TableSchema {
+                name: "t".into(),
+                fingerprint: 1,
+                key_columns: vec!["id".into()],
+                value_columns: vec!["v".into(), "n".into()],
+            }],
+            rows: Vec::new(),
+            cells: vec![CellChange {
+                table: 0,
+                key: vec![Value::Integer(1)],
+                deleted: None,
+                time: 9,
+                columns: vec![(0, Value::Text("x".into()))],
+                counters: vec![CounterTotals {
+                    column: 1,
+                    epoch: None,
+                    up: 0,
+                    down: 3,
+                }],
+            }],
+        };
+        let frames =
+            encode_batch(node(), BatchSeq::new(1), &batch, Compression::Lz4, 4096).unwrap();
+        let (variant, _) = postcard::take_from_bytes::<u64>(&frames[0][HEADER_LEN..]).unwrap();
+        // Variant index 4 is "version 5": a build whose newest is 4 reports it as newer
+        // than itself and parks it (see `decode_message`).
+        assert_eq!(variant + 1, 5);
+        assert_eq!(round_trip(&frames), batch);
+        // A batch without column changes stays version 1, which every build reads.
+        let plain = Batch {
+            cells: Vec::new(),
+            ..batch.clone()
+        };
+        let frames =
+            encode_batch(node(), BatchSeq::new(2), &plain, Compression::Lz4, 4096).unwrap();
+        let (variant, _) = postcard::take_from_bytes::<u64>(&frames[0][HEADER_LEN..]).unwrap();
+        assert_eq!(variant, 0);
+        // Routed frames with column changes are wrapped too.
+        let routed = encode_routed_batch(
+            node(),
+            BatchSeq::new(3),
+            1,
+            std::slice::from_ref(&batch),
+            Compression::None,
+            4096,
+        )
+        .unwrap();
+        let (variant, _) = postcard::take_from_bytes::<u64>(&routed[0].1[HEADER_LEN..]).unwrap();
+        assert_eq!(variant + 1, 5);
+        assert!(matches!(
+            decode_message(&routed[0].1),
+            Ok(Message::Routed(_))
+        ));
+    }
+
+    #[test]
     fn large_batches_split_into_parts_within_the_limit() {
         let batch = Batch {
             tables: vec![TableSchema {
@@ -557,6 +699,7 @@ mod tests {
                     values: Some(vec![Value::Text(format!("row {i} {}", "x".repeat(50)))]),
                 })
                 .collect(),
+            cells: Vec::new(),
         };
         let frames =
             encode_batch(node(), BatchSeq::new(3), &batch, Compression::None, 4096).unwrap();
@@ -587,6 +730,7 @@ mod tests {
                         values: Some(vec![Value::Text("x".repeat(40))]),
                     })
                     .collect(),
+                cells: Vec::new(),
             })
             .collect();
         let frames = encode_routed_batch(

@@ -31,6 +31,7 @@ fn message(seq: u64, time: u64, rows: &[(i64, &str)]) -> Inbound {
                 values: Some(vec![Value::Text(email.to_string())]),
             })
             .collect(),
+        cells: Vec::new(),
     };
     let frame = encode_batch(
         node(2),
@@ -155,6 +156,7 @@ fn rows_of_an_excluded_table_are_skipped_and_the_rest_of_the_batch_applies() {
                 values: Some(vec![Value::Text("theirs".into())]),
             },
         ],
+        cells: Vec::new(),
     };
     let frame = encode_batch(
         node(2),

@@ -974,6 +974,7 @@ fn hlc_never_goes_below_the_nodes_last_hlc() {
             key: vec![Value::Integer(1)],
             values: Some(vec![Value::Text("from the future".into())]),
         }],
+        cells: Vec::new(),
     };
     let frames = wire::encode_batch(
         node(2),
@@ -1391,6 +1392,7 @@ fn rows_with_a_null_key_stay_local_and_do_not_block_replication() {
             key: vec![Value::Null],
             values: Some(vec![Value::Text("bad".into())]),
         }],
+        cells: Vec::new(),
     };
     for frame in
         wire::encode_batch(node(9), BatchSeq::new(1), &bad, Compression::None, 1 << 20).unwrap()

@@ -71,6 +71,7 @@ fn frame(c: &Change, batch_seq: u64) -> Vec<u8> {
             key: vec![Value::Integer(c.key)],
             values: c.value.map(|v| vec![Value::Integer(v)]),
         }],
+        cells: Vec::new(),
     };
     encode_batch(
         node(c.origin),

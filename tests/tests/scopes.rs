@@ -260,6 +260,7 @@ fn client_frame(origin: NodeId, seq: u64, rows: &[(i64, &str)]) -> Vec<u8> {
                 values: Some(vec![Value::Text((*who).into()), Value::Blob(vec![1])]),
             })
             .collect(),
+        cells: Vec::new(),
     };
     let rules = ScopeRules::new(
         vec![PartitionRule {

@@ -67,7 +67,23 @@ pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // The stream sequence a scoped replica's frame arrived at (its incomplete batches are
     // forgotten after `inbox::SCOPED_PART_WINDOW` messages).
     (names::PARTS, "seq", "seq INTEGER"),
+    // How a table merges: NULL by row, 'column' by column.
+    (names::TABLES, "merge", "merge TEXT"),
+    // A column-merge table's counter columns, as postcard-encoded names.
+    (names::TABLES, "counters", "counters BLOB"),
+    // What a column-merge table's log entry records (see `create_column_triggers`); NULL
+    // for a row-merge table's.
+    (names::LOG, "cols", "cols INTEGER"),
+    // A counter entry's change of the counter.
+    (names::LOG, "delta", "delta INTEGER"),
 ];
+
+/// Log `cols` of a column-merge table's INSERT: every column written.
+pub const LOG_COLS_ALL: i64 = -1;
+/// Log `cols` of a column-merge table's DELETE.
+pub const LOG_COLS_DELETE: i64 = -2;
+/// Most value columns a column-merge table may have (one bit each in the log's `cols`).
+pub const MAX_COLUMN_MERGE_COLUMNS: usize = 62;
 
 /// `ALTER TABLE … ADD COLUMN` for one of [`ADDED_COLUMNS`].
 pub fn add_column(table: &str, definition: &str) -> String {
@@ -124,6 +140,24 @@ pub fn version_table(id: i64, table: &TableInfo) -> String {
     )
 }
 
+/// The column-merge state table of table `id`: one row per key, with the postcard-encoded
+/// [`crate::column_merge::ColumnRow`] (column versions, counter bases and totals).
+pub fn cells_table(id: i64, table: &TableInfo) -> String {
+    let slots: Vec<String> = table
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} {}", names::key_slot(i), affinity(&c.decl_type)))
+        .collect();
+    let key: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}({}, state BLOB NOT NULL, PRIMARY KEY({})) WITHOUT ROWID",
+        quote(&names::cells_table(id)),
+        slots.join(", "),
+        key.join(", ")
+    )
+}
+
 /// Drops the triggers of table `id` (if present).
 pub fn drop_triggers(id: i64) -> String {
     names::triggers(id)
@@ -175,6 +209,89 @@ pub fn create_triggers(id: i64, table: &TableInfo) -> [String; 3] {
         format!(
             "CREATE TRIGGER {} AFTER DELETE ON {target} {when} BEGIN\n  \
              {log_insert} VALUES ({id}, {WALL_CLOCK_MILLIS}, {old});\nEND",
+            quote(&delete)
+        ),
+    ]
+}
+
+/// The capture triggers of a table that merges by column, with counter columns `counters`
+/// (indexes into `value_columns`). Besides the key, each log entry's `cols` says what
+/// happened: [`LOG_COLS_ALL`] for an INSERT (every column written), [`LOG_COLS_DELETE`] for
+/// a DELETE, and for an UPDATE a bit mask of the plain value columns it changed (bit `i`:
+/// value column `i`). An UPDATE of a counter adds one entry per changed counter: `cols` is
+/// its index and `delta` the change (NULL counts as 0, reals are truncated). Only `CASE`,
+/// `CAST` and `IS NOT` are used, which SQLite ≥ 3.35 runs under `trusted_schema=OFF`.
+pub fn create_column_triggers(id: i64, table: &TableInfo, counters: &[usize]) -> [String; 3] {
+    let [insert, update, delete] = names::triggers(id);
+    let target = quote(&table.name);
+    let slots: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
+    let log_insert = format!(
+        "INSERT INTO {}(tbl, wall, cols, delta, {})",
+        quote(names::LOG),
+        slots.join(", ")
+    );
+    let keys = |row: &str| -> String {
+        table
+            .key_columns
+            .iter()
+            .map(|c| format!("{row}.{}", quote(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let key_changed = table
+        .key_columns
+        .iter()
+        .map(|c| format!("OLD.{0} IS NOT NEW.{0}", quote(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let mask_terms: Vec<String> = table
+        .value_columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !counters.contains(i))
+        .map(|(i, c)| format!("((NEW.{0} IS NOT OLD.{0}) << {i})", quote(&c.name)))
+        .collect();
+    let mask = if mask_terms.is_empty() {
+        "0".to_string()
+    } else {
+        mask_terms.join(" | ")
+    };
+    let integer = |row: &str, column: &str| {
+        format!("CASE WHEN {row}.{column} IS NULL THEN 0 ELSE CAST({row}.{column} AS INTEGER) END")
+    };
+    let counter_entries: String = counters
+        .iter()
+        .map(|&i| {
+            let column = quote(&table.value_columns[i].name);
+            format!(
+                "\n  {log_insert} SELECT {id}, {WALL_CLOCK_MILLIS}, {i}, {} - {}, {} \
+                 WHERE NEW.{column} IS NOT OLD.{column} AND NOT ({key_changed});",
+                integer("NEW", &column),
+                integer("OLD", &column),
+                keys("NEW"),
+            )
+        })
+        .collect();
+    let when = format!("WHEN NOT EXISTS (SELECT 1 FROM {})", quote(names::APPLYING));
+    let (new, old) = (keys("NEW"), keys("OLD"));
+    [
+        format!(
+            "CREATE TRIGGER {} AFTER INSERT ON {target} {when} BEGIN\n  \
+             {log_insert} VALUES ({id}, {WALL_CLOCK_MILLIS}, {LOG_COLS_ALL}, NULL, {new});\nEND",
+            quote(&insert)
+        ),
+        format!(
+            "CREATE TRIGGER {} AFTER UPDATE ON {target} {when} BEGIN\n  \
+             {log_insert} SELECT {id}, {WALL_CLOCK_MILLIS}, {LOG_COLS_DELETE}, NULL, {old} \
+             WHERE {key_changed};\n  \
+             {log_insert} VALUES ({id}, {WALL_CLOCK_MILLIS}, \
+             CASE WHEN {key_changed} THEN {LOG_COLS_ALL} ELSE {mask} END, NULL, {new});\
+             {counter_entries}\nEND",
+            quote(&update)
+        ),
+        format!(
+            "CREATE TRIGGER {} AFTER DELETE ON {target} {when} BEGIN\n  \
+             {log_insert} VALUES ({id}, {WALL_CLOCK_MILLIS}, {LOG_COLS_DELETE}, NULL, {old});\nEND",
             quote(&delete)
         ),
     ]

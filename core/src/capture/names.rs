@@ -50,6 +50,11 @@ pub fn version_table(id: i64) -> String {
     format!("{PREFIX}v{id}")
 }
 
+/// Column-merge state table of the table with registry id `id` (tables merging by column).
+pub fn cells_table(id: i64) -> String {
+    format!("{PREFIX}c{id}")
+}
+
 /// The three capture triggers of the table with registry id `id`.
 pub fn triggers(id: i64) -> [String; 3] {
     [

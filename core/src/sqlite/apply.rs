@@ -2,8 +2,10 @@
 
 use rusqlite::{params_from_iter, CachedStatement, Connection, OptionalExtension};
 
+use super::cells;
 use super::tables::{same_identifier, RegisteredTable, Tables};
 use crate::change::Batch;
+use crate::column_merge::ColumnChange;
 use crate::error::{is_transient_sqlite, ApplyError, Context, StoreError};
 use crate::hlc::{Clock, Hlc, NodeId, NTP64};
 use crate::merge::incoming_wins;
@@ -42,7 +44,10 @@ pub fn apply_batch(
 ) -> Result<Applied, ApplyFailure> {
     let plans = plan(tables, batch).map_err(ApplyFailure::Park)?;
     check_keys_not_null(batch).map_err(ApplyFailure::Park)?;
-    if let Some(newest) = batch.rows.iter().map(|r| r.hlc(origin)).max() {
+    check_merge_modes(&plans, batch, origin).map_err(ApplyFailure::Park)?;
+    let newest_row = batch.rows.iter().map(|r| r.hlc(origin)).max();
+    let newest_cell = batch.cells.iter().map(|c| c.hlc(origin)).max();
+    if let Some(newest) = newest_row.max(newest_cell) {
         clock
             .check_not_too_far_ahead(newest, now)
             .map_err(|e| ApplyFailure::Park(e.into()))?;
@@ -55,11 +60,30 @@ pub fn apply_batch(
             applied.excluded += 1;
             continue;
         };
+        let hlc = row.hlc(origin);
+        if table.merge.is_some() {
+            // A row image from a replica that still merged the table by row (a switch to
+            // column merging in flight): it writes every column, or deletes the row.
+            let change = match &row.values {
+                None => ColumnChange::Delete { hlc },
+                Some(values) => ColumnChange::Write {
+                    hlc,
+                    columns: batch.tables[row.table as usize]
+                        .value_columns
+                        .iter()
+                        .map(|name| local_name(table, name))
+                        .zip(values.iter().cloned())
+                        .collect(),
+                },
+            };
+            let merged = cells::merge_into_row(conn, table, &row.key, &[change], origin)?;
+            count_cells(&mut applied, table, merged);
+            continue;
+        }
         let st = match &mut statements[row.table as usize] {
             Some(st) => st,
             slot => slot.insert(TableStatements::prepare(conn, table, upsert_sql)?),
         };
-        let hlc = row.hlc(origin);
         let stored = st.read_version(&row.key)?;
         if !incoming_wins(hlc, stored) {
             if stored == Some(hlc) {
@@ -77,11 +101,99 @@ pub fn apply_batch(
         st.write_winner(table, &row.key, row.values.as_deref(), hlc)?;
         applied.tables.insert(table.info.name.clone());
     }
-    for row in &batch.rows {
+    for cell in &batch.cells {
+        let Some((table, _)) = &plans[cell.table as usize] else {
+            applied.excluded += 1;
+            continue;
+        };
+        let schema = &batch.tables[cell.table as usize];
+        let changes: Vec<ColumnChange> = cell
+            .changes(schema, origin)
+            .into_iter()
+            .map(|change| rename(table, change))
+            .collect();
+        let merged = cells::merge_into_row(conn, table, &cell.key, &changes, origin)?;
+        count_cells(&mut applied, table, merged);
+    }
+    if let Some(newest) = newest_row.max(newest_cell) {
         // Checked above: cannot fail.
-        let _ = clock.observe(row.hlc(origin), now);
+        let _ = clock.observe(newest, now);
     }
     Ok(applied)
+}
+
+/// Counts a column-merge row in the report.
+fn count_cells(applied: &mut Applied, table: &RegisteredTable, merged: cells::Merged) {
+    match merged {
+        cells::Merged::Duplicate => applied.duplicates += 1,
+        cells::Merged::Changed { new_row } => {
+            if new_row {
+                applied.new_rows += 1;
+            } else {
+                applied.remote_won += 1;
+            }
+            applied.tables.insert(table.info.name.clone());
+        }
+    }
+}
+
+/// This table's own name of a column the sender named (the plan checked it exists).
+fn local_name(table: &RegisteredTable, name: &str) -> String {
+    table
+        .info
+        .value_columns
+        .iter()
+        .find(|c| same_identifier(&c.name, name))
+        .map_or_else(|| name.to_owned(), |c| c.name.clone())
+}
+
+/// A received column change with this table's own column names.
+fn rename(table: &RegisteredTable, change: ColumnChange) -> ColumnChange {
+    match change {
+        ColumnChange::Write { hlc, columns } => ColumnChange::Write {
+            hlc,
+            columns: columns
+                .into_iter()
+                .map(|(name, value)| (local_name(table, &name), value))
+                .collect(),
+        },
+        ColumnChange::Counter {
+            column,
+            node,
+            epoch,
+            up,
+            down,
+            hlc,
+        } => ColumnChange::Counter {
+            column: local_name(table, &column),
+            node,
+            epoch,
+            up,
+            down,
+            hlc,
+        },
+        delete @ ColumnChange::Delete { .. } => delete,
+    }
+}
+
+/// Refuses a batch with column changes for a table this replica merges by row: the
+/// replicas' merge modes differ (a row image for a column-merge table is fine: see above).
+fn check_merge_modes(
+    plans: &[Option<(&RegisteredTable, String)>],
+    batch: &Batch,
+    origin: NodeId,
+) -> Result<(), ApplyError> {
+    for cell in &batch.cells {
+        if let Some((table, _)) = &plans[cell.table as usize] {
+            if table.merge.is_none() {
+                return Err(ApplyError::MergeMode {
+                    table: table.info.name.clone(),
+                    origin: origin.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The four statements applying to one table needs, prepared once per batch.
@@ -225,11 +337,13 @@ fn plan<'t>(
 /// Refuses a batch with a NULL key value: no drain produces one (such rows are not
 /// replicated), and the version tables cannot store it.
 fn check_keys_not_null(batch: &Batch) -> Result<(), ApplyError> {
-    match batch
-        .rows
-        .iter()
-        .position(|r| r.key.iter().any(|v| matches!(v, Value::Null)))
-    {
+    let null = |key: &[Value]| key.iter().any(|v| matches!(v, Value::Null));
+    if let Some(i) = batch.cells.iter().position(|c| null(&c.key)) {
+        return Err(ApplyError::Wire(WireError::InvalidBatch(format!(
+            "column change {i} has a NULL primary-key value"
+        ))));
+    }
+    match batch.rows.iter().position(|r| null(&r.key)) {
         Some(i) => Err(ApplyError::Wire(WireError::InvalidBatch(format!(
             "row {i} has a NULL primary-key value"
         )))),

@@ -36,15 +36,17 @@
 use std::path::Path;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection};
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
 use super::apply::{ApplyFailure, TableStatements};
+use super::cells;
 use super::install::table_columns;
 use super::snapshot::table_exists;
 use super::tables::ShapeMismatch;
 use super::{meta, run_migration, set_applying, Store};
 use crate::capture::names::{self, quote};
 use crate::change::StreamSeq;
+use crate::column_merge::{ColumnChange, ColumnRow, Stored};
 use crate::error::{ApplyError, Context, StoreError};
 use crate::hlc::{Hlc, NodeId, NTP64};
 use crate::merge::incoming_wins;
@@ -118,6 +120,8 @@ enum Stage {
 struct SourceTable {
     name: String,
     version_table: String,
+    /// Its column-merge state table, when the snapshot has one.
+    cells_table: Option<String>,
     key_columns: Vec<String>,
     value_columns: Vec<String>,
 }
@@ -432,10 +436,13 @@ fn source_tables(
                 )))
             }
         }
+        let cells_table = names::cells_table(id);
+        let cells_table = table_exists(source, &cells_table)?.then_some(cells_table);
         found.push((
             SourceTable {
                 name,
                 version_table,
+                cells_table,
                 key_columns,
                 value_columns,
             },
@@ -531,6 +538,25 @@ fn merge_page(
             last = Some(key);
             continue;
         }
+        let values: Option<Vec<Value>> = if deleted {
+            None
+        } else {
+            Some(
+                (n + 3..n + 3 + table.value_columns.len())
+                    .map(read)
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        if here.merge.is_some() {
+            let changes = snapshot_cells(source, table, &key, hlc, values.as_deref())?;
+            match cells::merge_into_row(tx, here, &key, &changes, clock.node()).map_err(failure)? {
+                cells::Merged::Duplicate => report.unchanged += 1,
+                cells::Merged::Changed { .. } => report.remote_won += 1,
+            }
+            let _ = clock.observe(hlc, now);
+            last = Some(key);
+            continue;
+        }
         let stored = st.read_version(&key)?;
         if !incoming_wins(hlc, stored) {
             if stored == Some(hlc) {
@@ -542,15 +568,6 @@ fn merge_page(
             continue;
         }
         report.remote_won += 1;
-        let values: Option<Vec<Value>> = if deleted {
-            None
-        } else {
-            Some(
-                (n + 3..n + 3 + table.value_columns.len())
-                    .map(read)
-                    .collect::<Result<_, _>>()?,
-            )
-        };
         st.write_winner(here, &key, values.as_deref(), hlc)
             .map_err(failure)?;
         // The snapshot's versions were accepted by the cluster: never refuse them here.
@@ -558,6 +575,97 @@ fn merge_page(
         last = Some(key);
     }
     Ok(last.filter(|_| page_rows >= max_rows.max(1)))
+}
+
+/// A snapshot row of a column-merge table as merge changes: its merge state with the
+/// values of its visible columns, or, when the snapshot has no state for it (written before
+/// the table merged by column), its image (or delete) at its version `hlc`. `values` are in
+/// `table.value_columns` order, `None` for a tombstone.
+fn snapshot_cells(
+    source: &Connection,
+    table: &SourceTable,
+    key: &[Value],
+    hlc: Hlc,
+    values: Option<&[Value]>,
+) -> Result<Vec<ColumnChange>, CatchUpError> {
+    let value_of = |name: &str| {
+        let i = table.value_columns.iter().position(|c| c == name)?;
+        values.map(|v| v[i].clone())
+    };
+    let state: Option<ColumnRow<Stored>> = match &table.cells_table {
+        Some(cells) => {
+            let slot_match = (0..key.len())
+                .map(|i| format!("{} = ?{}", names::key_slot(i), i + 1))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let bytes: Option<Vec<u8>> = source
+                .prepare_cached(&format!(
+                    "SELECT state FROM {} WHERE {slot_match}",
+                    quote(cells)
+                ))
+                .and_then(|mut s| s.query_row(params_from_iter(key), |r| r.get(0)).optional())
+                .context(format!(
+                    "reading the snapshot's merge state of {:?}",
+                    table.name
+                ))?;
+            bytes
+                .map(|b| postcard::from_bytes(&b))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("snapshot merge state: {e}")))?
+        }
+        None => None,
+    };
+    let Some(state) = state else {
+        return Ok(vec![match values {
+            None => ColumnChange::Delete { hlc },
+            Some(values) => ColumnChange::Write {
+                hlc,
+                columns: table
+                    .value_columns
+                    .iter()
+                    .cloned()
+                    .zip(values.iter().cloned())
+                    .collect(),
+            },
+        }]);
+    };
+    Ok(state
+        .changes()
+        .into_iter()
+        .map(|change| match change {
+            ColumnChange::Write { hlc, columns } => ColumnChange::Write {
+                hlc,
+                columns: columns
+                    .into_iter()
+                    .map(|(name, base)| {
+                        // A counter's base, or the plain column's value in the snapshot's row
+                        // (a column a delete hid reads NULL: it stays hidden everywhere).
+                        let value = match base {
+                            Some(base) => Value::Integer(base),
+                            None => value_of(&name).unwrap_or(Value::Null),
+                        };
+                        (name, value)
+                    })
+                    .collect(),
+            },
+            ColumnChange::Delete { hlc } => ColumnChange::Delete { hlc },
+            ColumnChange::Counter {
+                column,
+                node,
+                epoch,
+                up,
+                down,
+                hlc,
+            } => ColumnChange::Counter {
+                column,
+                node,
+                epoch,
+                up,
+                down,
+                hlc,
+            },
+        })
+        .collect())
 }
 
 /// Copies the snapshot's parked messages after `cursor` (messages this replica never got).

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
+use super::cells::{self, CellsSeen};
 use super::tables::Tables;
 use crate::capture::names::{self, quote};
-use crate::change::{Batch, RowChange, TableSchema};
+use crate::change::{Batch, CellChange, RowChange, TableSchema};
 use crate::error::{Context, StoreError};
 use crate::hlc::{ntp64_from_unix_millis, Clock, Hlc};
 use crate::value::Value;
@@ -18,6 +19,8 @@ struct PendingRow {
     key: Vec<Value>,
     last_seq: i64,
     wall_millis: i64,
+    /// What happened to it, for a table that merges by column.
+    cells: CellsSeen,
 }
 
 /// Result of draining the log inside a transaction.
@@ -56,7 +59,7 @@ pub fn drain(
     {
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT seq, tbl, wall, {} FROM {} ORDER BY seq",
+                "SELECT seq, tbl, wall, cols, delta, {} FROM {} ORDER BY seq",
                 slot_list.join(", "),
                 quote(names::LOG)
             ))
@@ -74,8 +77,10 @@ pub fn drain(
             let Some(table) = tables.by_id(table_id) else {
                 continue;
             };
+            let cols: Option<i64> = row.get(3).context("reading the change log")?;
+            let delta: Option<i64> = row.get(4).context("reading the change log")?;
             let key = (0..table.info.key_columns.len())
-                .map(|i| row.get::<_, Value>(3 + i))
+                .map(|i| row.get::<_, Value>(5 + i))
                 .collect::<Result<Vec<_>, _>>()
                 .context("reading the change log")?;
             if key.iter().any(|v| matches!(v, Value::Null)) {
@@ -87,15 +92,19 @@ pub fn drain(
                     let row = &mut pending[*entry.get()];
                     row.last_seq = seq;
                     row.wall_millis = wall_millis;
+                    row.cells.record(cols, delta);
                 }
                 Entry::Vacant(entry) => {
                     let key = entry.key().1.clone();
                     entry.insert(pending.len());
+                    let mut cells = CellsSeen::default();
+                    cells.record(cols, delta);
                     pending.push(PendingRow {
                         table_id,
                         key,
                         last_seq: seq,
                         wall_millis,
+                        cells,
                     });
                 }
             }
@@ -110,6 +119,26 @@ pub fn drain(
     let mut table_index: HashMap<i64, u32> = HashMap::new();
     for row in pending {
         let table = tables.by_id(row.table_id).expect("filtered above");
+        let schema_index = |batch: &mut Batch, table_index: &mut HashMap<i64, u32>| {
+            *table_index.entry(row.table_id).or_insert_with(|| {
+                batch.tables.push(TableSchema {
+                    name: table.info.name.clone(),
+                    fingerprint: table.fingerprint,
+                    key_columns: table.info.key_names(),
+                    value_columns: table.info.value_names(),
+                });
+                (batch.tables.len() - 1) as u32
+            })
+        };
+        if table.merge.is_some() {
+            let wall = ntp64_from_unix_millis(row.wall_millis);
+            if let Some(change) = cells::drain_row(conn, table, &row.key, &row.cells, wall, clock)?
+            {
+                let table = schema_index(&mut batch, &mut table_index);
+                batch.cells.push(CellChange { table, ..change });
+            }
+            continue;
+        }
         let values = read_row(
             conn,
             &table.select_row,
@@ -118,15 +147,7 @@ pub fn drain(
         )?;
         let hlc = clock.stamp_local_write(ntp64_from_unix_millis(row.wall_millis));
         write_version(conn, &table.upsert_version, &row.key, hlc, values.is_none())?;
-        let idx = *table_index.entry(row.table_id).or_insert_with(|| {
-            batch.tables.push(TableSchema {
-                name: table.info.name.clone(),
-                fingerprint: table.fingerprint,
-                key_columns: table.info.key_names(),
-                value_columns: table.info.value_names(),
-            });
-            (batch.tables.len() - 1) as u32
-        });
+        let idx = schema_index(&mut batch, &mut table_index);
         batch.rows.push(RowChange {
             table: idx,
             time: hlc.time().as_u64(),
@@ -149,7 +170,7 @@ pub fn drain(
 }
 
 /// Reads a row's current image: `Some(values)` if it exists, `None` if it was deleted.
-fn read_row(
+pub(super) fn read_row(
     conn: &Connection,
     sql: &str,
     key: &[Value],

@@ -8,6 +8,7 @@ use super::tables::{RegisteredTable, Tables};
 use crate::capture::ddl;
 use crate::capture::names::{self, quote};
 use crate::capture::schema::{skip_reason, ColumnInfo, SkipReason, TableInfo};
+use crate::column_merge::{self, MergeConfig, TableMerge};
 use crate::error::{Context, StoreError};
 
 /// What an install found and did.
@@ -40,9 +41,17 @@ pub struct InstallReport {
 ///
 /// `seed = false` skips queueing rows (after a replicated migration: every replica creates
 /// the same rows itself).
+///
+/// A newly registered table merges as `merge` says (by row when it says nothing). A table
+/// registered earlier merges as it was registered; with `strict` (opening a store) a given
+/// `merge` must say the same ([`StoreError::Config`] otherwise: replicas would disagree).
+/// Switching is a replicated migration ([`switch_merge`]), after which the install runs
+/// without `strict`.
 pub fn install(
     conn: &Connection,
     exclude: &[String],
+    merge: Option<&MergeConfig>,
+    strict: bool,
     seed: bool,
 ) -> Result<(Tables, InstallReport), StoreError> {
     let first_install = !object_exists(conn, "table", names::TABLES)?;
@@ -83,13 +92,40 @@ pub fn install(
         };
         let key_count = info.key_columns.len() as i64;
         let fingerprint = info.fingerprint() as i64;
+        let recorded = match registered.get(&name) {
+            Some(&(id, _, _)) => Some(recorded_merge(conn, id)?),
+            None => None,
+        };
+        if let (true, Some(recorded), Some(merge)) = (strict, &recorded, merge) {
+            let configured = merge.table(&name);
+            if !same_merge(recorded.as_ref(), configured) {
+                return Err(StoreError::Config(format!(
+                    "table {name:?} merges by {} in this database but the options say {}; \
+                     every replica must merge it the same way: set the options to match, or \
+                     switch the whole cluster with a replicated migration (`harmonylite \
+                     migrate --merge`, see docs/column-merge.md)",
+                    column_merge::describe(recorded.as_ref()),
+                    column_merge::describe(configured),
+                )));
+            }
+        }
+        let configured = match recorded {
+            Some(recorded) => recorded,
+            None => merge.and_then(|m| m.table(&name)).cloned(),
+        };
+        let configured = configured.as_ref();
+        let counters = match configured {
+            Some(config) => Some(counter_indexes(&info, config)?),
+            None => None,
+        };
         let id = match registered.get(&name) {
             Some(&(id, old_key_count, old_fingerprint)) => {
                 if old_key_count != key_count {
                     // The primary key itself changed: old versions cannot be matched.
                     conn.execute_batch(&format!(
-                        "DROP TABLE IF EXISTS {};",
-                        quote(&names::version_table(id))
+                        "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
+                        quote(&names::version_table(id)),
+                        quote(&names::cells_table(id))
                     ))
                     .context(format!("resetting versions of {name:?} after a key change"))?;
                 }
@@ -122,9 +158,18 @@ pub fn install(
                 .context("widening the change log")?;
             slots += 1;
         }
+        record_merge(conn, id, configured)?;
         conn.execute_batch(&ddl::version_table(id, &info))
             .context(format!("creating the version table of {name:?}"))?;
-        match ensure_triggers(conn, id, &info)? {
+        let wanted = match &counters {
+            Some(counters) => {
+                conn.execute_batch(&ddl::cells_table(id, &info))
+                    .context(format!("creating the column-merge state of {name:?}"))?;
+                ddl::create_column_triggers(id, &info, counters)
+            }
+            None => ddl::create_triggers(id, &info),
+        };
+        match ensure_triggers(conn, id, &info, wanted)? {
             Triggers::Current => {}
             Triggers::Rebuilt => report.triggers_rebuilt.push(name.clone()),
             Triggers::Created => {
@@ -138,7 +183,11 @@ pub fn install(
         }
         seen.insert(name.clone());
         report.replicated.push(name);
-        tables.insert(RegisteredTable::new(id, info));
+        let table = RegisteredTable::new(id, info);
+        tables.insert(match configured {
+            Some(config) => table.merging_by_column(config.clone()),
+            None => table,
+        });
     }
 
     for (name, (id, _, _)) in registered {
@@ -162,9 +211,13 @@ enum Triggers {
     Created,
 }
 
-/// Creates the table's triggers unless identical ones exist.
-fn ensure_triggers(conn: &Connection, id: i64, info: &TableInfo) -> Result<Triggers, StoreError> {
-    let wanted = ddl::create_triggers(id, info);
+/// Creates the table's triggers (`wanted`) unless identical ones exist.
+fn ensure_triggers(
+    conn: &Connection,
+    id: i64,
+    info: &TableInfo,
+    wanted: [String; 3],
+) -> Result<Triggers, StoreError> {
     let names = names::triggers(id);
     let mut current = true;
     let mut any = false;
@@ -194,6 +247,134 @@ fn ensure_triggers(conn: &Connection, id: i64, info: &TableInfo) -> Result<Trigg
     } else {
         Triggers::Created
     })
+}
+
+/// The indexes (into `value_columns`) of a column-merge table's counters, checking that the
+/// table fits column merging.
+pub(super) fn counter_indexes(
+    info: &TableInfo,
+    config: &TableMerge,
+) -> Result<Vec<usize>, StoreError> {
+    if info.value_columns.len() > ddl::MAX_COLUMN_MERGE_COLUMNS {
+        return Err(StoreError::Config(format!(
+            "table {:?} has {} columns besides its primary key; a table that merges by column \
+             may have at most {}",
+            info.name,
+            info.value_columns.len(),
+            ddl::MAX_COLUMN_MERGE_COLUMNS
+        )));
+    }
+    config
+        .counters
+        .iter()
+        .map(|counter| {
+            info.value_columns
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(counter))
+                .ok_or_else(|| {
+                    StoreError::Config(format!(
+                        "counter {}.{counter}: table {:?} has no such column outside its \
+                         primary key",
+                        info.name, info.name
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// How table `id` merges according to the registry (`None`: by row).
+pub(super) fn recorded_merge(conn: &Connection, id: i64) -> Result<Option<TableMerge>, StoreError> {
+    let (merge, counters): (Option<String>, Option<Vec<u8>>) = conn
+        .query_row(
+            &format!(
+                "SELECT merge, counters FROM {} WHERE id = ?1",
+                quote(names::TABLES)
+            ),
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .context("reading a table's merge mode")?;
+    match merge.as_deref() {
+        None => Ok(None),
+        Some("column") => {
+            let counters = match counters {
+                Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
+                    StoreError::Corrupt(format!("counters of table {id} in the registry: {e}"))
+                })?,
+                None => Vec::new(),
+            };
+            Ok(Some(TableMerge { counters }))
+        }
+        Some(other) => Err(StoreError::Corrupt(format!(
+            "merge mode {other:?} of table {id} in the registry"
+        ))),
+    }
+}
+
+/// Records how table `id` merges in the registry.
+fn record_merge(conn: &Connection, id: i64, merge: Option<&TableMerge>) -> Result<(), StoreError> {
+    let (mode, counters) = match merge {
+        None => (None, None),
+        Some(m) => (
+            Some("column"),
+            Some(postcard::to_allocvec(&m.counters).expect("strings encode")),
+        ),
+    };
+    conn.execute(
+        &format!(
+            "UPDATE {} SET merge = ?1, counters = ?2 WHERE id = ?3 \
+             AND (merge IS NOT ?1 OR counters IS NOT ?2)",
+            quote(names::TABLES)
+        ),
+        params![mode, counters, id],
+    )
+    .context("recording a table's merge mode")?;
+    Ok(())
+}
+
+/// Whether two merge configurations of a table are the same (counters in any order, ASCII
+/// case ignored).
+fn same_merge(a: Option<&TableMerge>, b: Option<&TableMerge>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.counters.len() == b.counters.len() && a.counters.iter().all(|c| b.is_counter(c))
+        }
+        _ => false,
+    }
+}
+
+/// Switches how `table` merges in the registry, dropping its column-merge state when it
+/// goes back to row merging: the replicated migration's step (the caller then installs
+/// again with the new configuration). Returns whether the table is registered.
+pub fn switch_merge(
+    conn: &Connection,
+    table: &str,
+    merge: Option<&TableMerge>,
+) -> Result<bool, StoreError> {
+    let id: Option<i64> = conn
+        .query_row(
+            &format!(
+                "SELECT id FROM {} WHERE name = ?1 COLLATE NOCASE",
+                quote(names::TABLES)
+            ),
+            [table],
+            |r| r.get(0),
+        )
+        .optional()
+        .context("looking a table up in the registry")?;
+    let Some(id) = id else {
+        return Ok(false);
+    };
+    record_merge(conn, id, merge)?;
+    if merge.is_none() {
+        conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS {}",
+            quote(&names::cells_table(id))
+        ))
+        .context("dropping a table's column-merge state")?;
+    }
+    Ok(true)
 }
 
 /// Follows tables the application renamed: SQLite moves a table's triggers with it, so an
@@ -275,10 +456,11 @@ pub(super) fn column_exists(
 /// Removes every internal object of a table that is no longer replicated.
 fn forget_table(conn: &Connection, id: i64) -> Result<(), StoreError> {
     conn.execute_batch(&format!(
-        "{drop_triggers} DROP TABLE IF EXISTS {version}; DELETE FROM {tables} WHERE id = {id}; \
-         DELETE FROM {log} WHERE tbl = {id};",
+        "{drop_triggers} DROP TABLE IF EXISTS {version}; DROP TABLE IF EXISTS {cells}; \
+         DELETE FROM {tables} WHERE id = {id}; DELETE FROM {log} WHERE tbl = {id};",
         drop_triggers = ddl::drop_triggers(id),
         version = quote(&names::version_table(id)),
+        cells = quote(&names::cells_table(id)),
         tables = quote(names::TABLES),
         log = quote(names::LOG),
     ))

@@ -9,9 +9,11 @@
 mod apply;
 mod busy;
 pub mod catch_up;
+mod cells;
 mod drain;
 mod inbox;
 mod install;
+pub mod merge_switch;
 pub mod meta;
 pub mod migrate;
 mod outbox;
@@ -76,6 +78,11 @@ pub struct StoreOptions {
     /// not known yet, taken from the database if it stored them). Writes outside them are
     /// refused at drain instead of published (see `sqlite::refusal`).
     pub partitions: Option<Vec<crate::scope::Partition>>,
+    /// Tables that merge by column and their counters (`None`: as the database records,
+    /// tables it does not know by row). A table keeps the mode it was first registered
+    /// with; opening with options that say another is [`StoreError::Config`]: switching is
+    /// a replicated migration ([`Store::publish_merge_switch`]).
+    pub merge: Option<crate::column_merge::MergeConfig>,
 }
 
 impl StoreOptions {
@@ -94,8 +101,31 @@ impl StoreOptions {
             scopes: crate::scope::ScopeRules::default(),
             writer: crate::scope::Writer::Full,
             partitions: None,
+            merge: None,
         }
     }
+}
+
+/// Refuses column merging on a table scoped replicas see: their bootstrap and refusal paths
+/// carry row images only (not built yet), so only hidden tables may merge by column.
+fn check_merge_scopes(tables: &Tables, options: &StoreOptions) -> Result<(), StoreError> {
+    if !options.scopes.is_enabled() {
+        return Ok(());
+    }
+    for table in tables.iter().filter(|t| t.merge.is_some()) {
+        let name = table.info.name.to_lowercase();
+        if !matches!(
+            options.scopes.table_scope(&name),
+            crate::scope::TableScope::Hidden
+        ) {
+            return Err(StoreError::Config(format!(
+                "table {:?} merges by column and scoped replicas see it; with [scopes] on, \
+                 only tables hidden from scoped replicas may merge by column (for now)",
+                table.info.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Why a receive transaction stopped.
@@ -193,7 +223,14 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting the install transaction")?;
-        let (tables, report) = install::install(&tx, &store.options.exclude_tables, true)?;
+        let (tables, report) = install::install(
+            &tx,
+            &store.options.exclude_tables,
+            store.options.merge.as_ref(),
+            true,
+            true,
+        )?;
+        check_merge_scopes(&tables, &store.options)?;
         if store.options.writer == crate::scope::Writer::Scoped {
             // A scoped replica keeps the rules a full node gave it, for offline starts.
             if store.options.scopes.is_enabled() {
@@ -521,6 +558,45 @@ impl Store {
         tx.commit().context("committing an apply")?;
         report.cursor = self.cursor;
         Ok(report)
+    }
+
+    /// Publishes a replicated migration that switches how `table` merges (`merge`: by
+    /// column with its counters; `None`: by row), see [`merge_switch`]. Refused when the
+    /// table is not replicated here or does not fit column merging. Every replica switches
+    /// when it applies the migration; the nodes' options must then say the same before
+    /// they are restarted.
+    pub fn publish_merge_switch(
+        &mut self,
+        table: &str,
+        merge: Option<&crate::column_merge::TableMerge>,
+        now: NTP64,
+    ) -> Result<PublishedMigration, PublishMigrationError> {
+        let registered = self.schema.tables.by_name(table).ok_or_else(|| {
+            MigrationError::Invalid(format!("table {table:?} is not replicated here"))
+        })?;
+        if let Some(merge) = merge {
+            install::counter_indexes(&registered.info, merge)
+                .map_err(|e| MigrationError::Invalid(e.to_string()))?;
+        }
+        let name = registered.info.name.clone();
+        self.publish_migration(&merge_switch::sql(&name, merge), false, now)
+    }
+
+    /// How each replicated table merges: `None` by row, `Some` by column with its counters.
+    pub fn merge_modes(&self) -> Vec<(String, Option<crate::column_merge::TableMerge>)> {
+        let mut modes: Vec<_> = self
+            .schema
+            .tables
+            .iter()
+            .map(|t| {
+                (
+                    t.info.name.clone(),
+                    t.merge.as_ref().map(|m| m.config.clone()),
+                )
+            })
+            .collect();
+        modes.sort_by(|a, b| a.0.cmp(&b.0));
+        modes
     }
 
     /// Checks `sql` as a replicated migration ([`crate::migration::check`]), tries it on
@@ -853,12 +929,42 @@ impl Schema {
         if current == self.version {
             return Ok(false);
         }
-        let (tables, install_report) = install::install(conn, &options.exclude_tables, seed)?;
+        let (tables, install_report) = install::install(
+            conn,
+            &options.exclude_tables,
+            options.merge.as_ref(),
+            false,
+            seed,
+        )?;
+        check_merge_scopes(&tables, options)?;
         self.tables = tables;
         self.install_report = install_report;
         self.slots = install::log_key_slots(conn)?;
         self.version = schema_version(conn)?;
         Ok(true)
+    }
+}
+
+/// The step of a merge-switch migration (see [`merge_switch`]): records the table's new
+/// mode and reinstalls capture with it. `Err`: the switch does not fit this database (the
+/// caller rolls the migration back and parks it).
+fn switch_merge(
+    tx: &Connection,
+    schema: &mut Schema,
+    options: &StoreOptions,
+    table: &str,
+    merge: Option<&crate::column_merge::TableMerge>,
+) -> Result<Result<(), String>, StoreError> {
+    if !install::switch_merge(tx, table, merge)? {
+        return Ok(Err(format!(
+            "the merge switch names table {table:?}, which is not replicated here"
+        )));
+    }
+    schema.version = i64::MIN;
+    match schema.sync(tx, options, false) {
+        Ok(_) => Ok(Ok(())),
+        Err(StoreError::Config(message)) => Ok(Err(message)),
+        Err(e) => Err(e),
     }
 }
 
@@ -888,7 +994,16 @@ fn run_migration(
     }
     tx.execute_batch("SAVEPOINT hl_migration")
         .context("starting a migration savepoint")?;
-    match migrate::apply(tx, seq, migration, unix_millis(now))? {
+    let applied = match migrate::apply(tx, seq, migration, unix_millis(now))? {
+        Ok(version) => match merge_switch::parse(&migration.sql) {
+            Some((table, merge)) => {
+                switch_merge(tx, schema, options, &table, merge.as_ref())?.map(|()| version)
+            }
+            None => Ok(version),
+        },
+        Err(message) => Err(message),
+    };
+    match applied {
         Ok(_version) => {
             tx.execute_batch("RELEASE hl_migration")
                 .context("releasing a migration savepoint")?;
@@ -1160,6 +1275,7 @@ fn receive_one(
             }
             return apply_trusted(conn, tables, clock, options, part.origin, &batch, now);
         }
+        Ok(Message::Cells(_)) => unreachable!("decode_message unwraps column-change frames"),
         Err(e) => return Err(ApplyFailure::Park(e.into())),
     };
     if part.origin == node && message.seq > replay_own_until {

@@ -16,7 +16,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use super::scope_check::{column_value, encoded_key};
 use super::tables::{RegisteredTable, Tables};
 use crate::capture::names::{self, quote};
-use crate::change::{Batch, RowChange, TableSchema};
+use crate::change::{Batch, CellChange, RowChange, TableSchema};
 use crate::error::{Context, StoreError};
 use crate::hlc::{Hlc, NodeId};
 use crate::scope::{Partition, Route, ScopeRules, TableScope};
@@ -58,19 +58,42 @@ pub(super) fn route(
     let Batch {
         tables: schemas,
         rows,
+        cells,
     } = batch;
-    let mut add = |route: Route, row: RowChange| {
-        let schema = &schemas[row.table as usize];
+    let mut group_of = |route: Route, source_table: u32| {
+        let schema = &schemas[source_table as usize];
         let slot = *index.entry(route.clone()).or_insert_with(|| {
             groups.push((route, Batch::default(), HashMap::new()));
             groups.len() - 1
         });
         let (_, group, remap) = &mut groups[slot];
-        let table = *remap.entry(row.table).or_insert_with(|| {
+        let table = *remap.entry(source_table).or_insert_with(|| {
             group.tables.push(schema.clone());
             (group.tables.len() - 1) as u32
         });
-        group.rows.push(RowChange { table, ..row });
+        (slot, table)
+    };
+    let mut routed_cells = Vec::new();
+    for cell in cells {
+        // Tables that merge by column are never partitioned (`StoreOptions::check`).
+        let table = schemas[cell.table as usize].name.to_lowercase();
+        let route = match rules.table_scope(&table) {
+            TableScope::Shared => Route::Shared { table },
+            TableScope::Hidden | TableScope::Partitioned { .. } => Route::Unscoped,
+        };
+        let (slot, index) = group_of(route, cell.table);
+        routed_cells.push((
+            slot,
+            CellChange {
+                table: index,
+                ..cell
+            },
+        ));
+    }
+    let mut placed = Vec::new();
+    let mut add = |route: Route, row: RowChange| {
+        let (slot, table) = group_of(route, row.table);
+        placed.push((slot, RowChange { table, ..row }));
     };
     for row in rows {
         let schema = &schemas[row.table as usize];
@@ -89,6 +112,12 @@ pub(super) fn route(
             add(old_route, marker);
         }
         add(route, row);
+    }
+    for (slot, row) in placed {
+        groups[slot].1.rows.push(row);
+    }
+    for (slot, cell) in routed_cells {
+        groups[slot].1.cells.push(cell);
     }
     Ok(groups
         .into_iter()

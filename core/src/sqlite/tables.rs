@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use crate::capture::names::{self, quote};
 use crate::capture::TableInfo;
+use crate::column_merge::TableMerge;
 
 /// A replicated table: its registry id, shape and prepared SQL text.
 #[derive(Debug, Clone)]
@@ -22,6 +23,21 @@ pub struct RegisteredTable {
     pub select_version: String,
     /// Upsert of `(key, hlc, deleted)` into the version table.
     pub upsert_version: String,
+    /// How the table merges: `None` by row, `Some` by column (see [`crate::column_merge`]).
+    pub merge: Option<ColumnMerge>,
+}
+
+/// The SQL and column facts of a table that merges by column.
+#[derive(Debug, Clone)]
+pub struct ColumnMerge {
+    /// Its configuration.
+    pub config: TableMerge,
+    /// Whether each value column (in `value_columns` order) is a counter.
+    pub counter: Vec<bool>,
+    /// `SELECT state FROM cells WHERE <key slots>`.
+    pub select_state: String,
+    /// Upsert of `(key, state)` into the state table.
+    pub upsert_state: String,
 }
 
 /// Why another copy of a table does not fit the one here ([`RegisteredTable::shape_mismatch`]).
@@ -108,7 +124,42 @@ impl RegisteredTable {
                 slots.join(", ")
             ),
             info,
+            merge: None,
         }
+    }
+
+    /// The same table merging by column as `config` says (its counters must be value
+    /// columns, checked by the install).
+    pub fn merging_by_column(mut self, config: TableMerge) -> Self {
+        let cells = quote(&names::cells_table(self.id));
+        let slots: Vec<String> = (0..self.info.key_columns.len())
+            .map(names::key_slot)
+            .collect();
+        let slot_match = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s} = ?{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let placeholders: Vec<String> = (1..=slots.len() + 1).map(|i| format!("?{i}")).collect();
+        self.merge = Some(ColumnMerge {
+            counter: self
+                .info
+                .value_columns
+                .iter()
+                .map(|c| config.is_counter(&c.name))
+                .collect(),
+            select_state: format!("SELECT state FROM {cells} WHERE {slot_match}"),
+            upsert_state: format!(
+                "INSERT INTO {cells}({}, state) VALUES ({}) \
+                 ON CONFLICT({}) DO UPDATE SET state = excluded.state",
+                slots.join(", "),
+                placeholders.join(", "),
+                slots.join(", ")
+            ),
+            config,
+        });
+        self
     }
 
     /// Upsert of a row image given the sender's value column names (matched by name).

@@ -76,6 +76,7 @@ fn sample_batch(rows: usize) -> Batch {
                 },
             })
             .collect(),
+        cells: Vec::new(),
     }
 }
 
