@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use harmonylite_core::column_merge::MergeConfig;
 use harmonylite_core::engine::EngineConfig;
 use harmonylite_core::hlc::NodeId;
 use harmonylite_core::sqlite::StoreOptions;
@@ -104,6 +105,29 @@ pub struct Config {
     /// are checked. Default: off.
     #[serde(default)]
     pub scopes: scopes::ScopesConfig,
+    /// `[merge]`: tables that merge by column and counter columns (see
+    /// `docs/column-merge.md`). Unset: every table merges as the database records (by row
+    /// unless a replicated migration switched it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeSection>,
+}
+
+/// `[merge]`: how tables merge concurrent changes; identical on every replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MergeSection {
+    /// `column`: tables that merge by column (each column keeps its own last writer).
+    pub column: Vec<String>,
+    /// `counters`: counter columns as `"table.column"`; they merge by adding every replica's
+    /// increments (their tables merge by column).
+    pub counters: Vec<String>,
+}
+
+impl MergeSection {
+    /// The core's merge configuration.
+    pub fn config(&self) -> Result<MergeConfig, String> {
+        MergeConfig::new(&self.column, &self.counters)
+    }
 }
 
 /// `[replication_log]`: the JetStream streams changes travel through.
@@ -751,6 +775,9 @@ impl Config {
             out.add("health_check.path", "must start with `/`");
         }
         self.scopes.value_problems(&mut out);
+        if let Some(Err(why)) = self.merge.as_ref().map(MergeSection::config) {
+            out.add("merge", why.trim_start_matches("merge: "));
+        }
         out.0
     }
 
@@ -829,7 +856,7 @@ impl Config {
     }
 
     /// The core store's options for a replica with id `node_id`: `exclude_tables`,
-    /// `publish`, `max_clock_ahead`, `replication_log.compress` and `[scopes]` map onto it; frame size
+    /// `publish`, `max_clock_ahead`, `replication_log.compress`, `[scopes]` and `[merge]` map onto it; frame size
     /// and busy timeout keep [`StoreOptions::new`]'s defaults.
     pub fn store_options(&self, node_id: NodeId) -> StoreOptions {
         StoreOptions {
@@ -843,6 +870,7 @@ impl Config {
             max_clock_ahead: self.max_clock_ahead,
             // Checked when the configuration was loaded: an error cannot happen here.
             scopes: self.scopes.rules().unwrap_or_default(),
+            merge: self.merge.as_ref().map(|m| m.config().unwrap_or_default()),
             ..StoreOptions::new(node_id)
         }
     }
@@ -1536,6 +1564,26 @@ format = "json"
     }
 
     #[test]
+    fn merge_section_maps_onto_the_store_and_names_bad_counters() {
+        let dir = tmp();
+        let c = Config::from_toml_str(&minimal(dir.path()), "test.toml").unwrap();
+        assert_eq!(c.store_options(NodeId::from_u128(1).unwrap()).merge, None);
+        let text = with(
+            dir.path(),
+            "[merge]\ncolumn = [\"notes\"]\ncounters = [\"stock.qty\"]",
+        );
+        let c = Config::from_toml_str(&text, "test.toml").unwrap();
+        let merge = c
+            .store_options(NodeId::from_u128(1).unwrap())
+            .merge
+            .unwrap();
+        assert!(merge.table("notes").is_some());
+        assert!(merge.table("stock").unwrap().is_counter("qty"));
+        let message = invalid(&with(dir.path(), "[merge]\ncounters = [\"qty\"]"), "merge");
+        assert!(message.contains("table.column"), "{message}");
+    }
+
+    #[test]
     fn missing_db_path_is_named() {
         refused("publish = true\n", "db_path");
     }
@@ -1578,6 +1626,7 @@ format = "json"
             "health_check",
             "logging",
             "scopes",
+            "merge",
         ] {
             let text = with(dir.path(), &format!("[{section}]\nbogus_key = 1"));
             let (error, message) = error_of(&text);
