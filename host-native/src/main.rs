@@ -1,6 +1,6 @@
 //! `harmonylite` command-line entry point: parse the flags, load the configuration, set up
-//! logging, then either `--cleanup`, `--save-snapshot`, `--migrate`, `--schema-status` or
-//! `--parked` and exit, or run the sidecar until it stops.
+//! logging, then either `--cleanup`, `--save-snapshot`, `--migrate`, `--merge`,
+//! `--schema-status` or `--parked` and exit, or run the sidecar until it stops.
 //!
 //! This is the binary's edge: the only place errors become `anyhow` and then an exit code.
 //!
@@ -44,6 +44,8 @@ fn main() -> ExitCode {
         span.in_scope(|| {
             harmonylite::commands::schema::migrate(&config, file, cli.allow_destructive)
         })
+    } else if let Some(switch) = &cli.merge {
+        span.in_scope(|| harmonylite::commands::schema::merge(&config, switch))
     } else if cli.schema_status {
         span.in_scope(|| harmonylite::commands::schema::print_status(&config))
     } else if cli.adopt_stream {

@@ -1,12 +1,13 @@
 //! The schema commands: `--migrate` (publish a replicated migration and wait until this node
-//! applied it), `--schema-status` (print the local schema fingerprint, migration version
+//! applied it), `--merge` (the same for a migration that switches how a table merges),
+//! `--schema-status` (print the local schema fingerprint, migration version, merge modes
 //! and parked messages) and `--parked` (list parked messages by table; with `--discard`,
 //! discard a dropped table's parked changes).
 //!
-//! `--migrate` opens the database next to a possibly running sidecar: it writes the
-//! migration to the outbox in one `BEGIN IMMEDIATE` transaction, the sidecar publishes it
-//! with its next drain, and every replica (this one included) applies it when it arrives
-//! from the stream. `--parked --discard` likewise deletes in one `BEGIN IMMEDIATE`
+//! `--migrate` and `--merge` open the database next to a possibly running sidecar: they
+//! write the migration to the outbox in one `BEGIN IMMEDIATE` transaction, the sidecar
+//! publishes it with its next drain, and every replica (this one included) applies it when
+//! it arrives from the stream. `--parked --discard` likewise deletes in one `BEGIN IMMEDIATE`
 //! transaction next to the running sidecar, which re-reads its parked counts (health,
 //! metrics) from the database after every drain. Nothing here talks to NATS.
 
@@ -14,15 +15,19 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use harmonylite_core::capture::names;
+use harmonylite_core::column_merge::{describe, TableMerge};
 use harmonylite_core::hlc::ntp64_from_unix;
 use harmonylite_core::sqlite::{
-    migrate, parked, snapshot, DiscardError, PublishMigrationError, Store,
+    migrate, parked, snapshot, AppliedMigration, DiscardError, PublishMigrationError,
+    PublishedMigration, Store, StoreOptions,
 };
 use rusqlite::{Connection, OpenFlags};
 
-use crate::config::Config;
+use crate::config::cli::MergeSwitch;
+use crate::config::{Config, MergeSection};
 
-/// How long `--migrate` waits for the local sidecar to apply the migration.
+/// How long `--migrate` and `--merge` wait for the local sidecar to apply the migration.
 pub const APPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// `--migrate FILE`: checks and publishes the migration, then waits (up to [`APPLY_WAIT`])
@@ -30,28 +35,8 @@ pub const APPLY_WAIT: Duration = Duration::from_secs(30);
 pub fn migrate(config: &Config, file: &Path, allow_destructive: bool) -> Result<()> {
     let sql = std::fs::read_to_string(file)
         .with_context(|| format!("--migrate: reading {}", file.display()))?;
-    let path = &config.db_path;
-    anyhow::ensure!(
-        path.is_file(),
-        "--migrate: the database {} does not exist (start harmonylite on it once first)",
-        path.display()
-    );
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE),
-    )
-    .with_context(|| format!("opening {}", path.display()))?;
-    let node_id = match Store::stored_node_id(&conn)? {
-        Some(id) => id,
-        None => config.node_id.context(
-            "--migrate: this database has no node id yet; start harmonylite on it once first \
-             (or set node_id)",
-        )?,
-    };
-    let mut store = Store::open(conn, config.store_options(node_id))
-        .with_context(|| format!("opening {}", path.display()))?;
-    let now = ntp64_from_unix(SystemTime::now().duration_since(UNIX_EPOCH)?);
-    let published = match store.publish_migration(&sql, allow_destructive, now) {
+    let mut store = open_store(config, "--migrate", |options| options)?;
+    let published = match store.publish_migration(&sql, allow_destructive, now()?) {
         Ok(published) => published,
         Err(PublishMigrationError::Refused(e)) => {
             bail!("--migrate: {} refused: {e}", file.display())
@@ -66,20 +51,217 @@ pub fn migrate(config: &Config, file: &Path, allow_destructive: bool) -> Result<
         "migration {} queued for publishing",
         file.display()
     );
+    match wait_applied(&store, &published, "--migrate")? {
+        Some(m) => println!(
+            "migration {} applied here as version {} (stream sequence {})",
+            file.display(),
+            m.version,
+            m.stream_seq
+        ),
+        None => println!("migration {} queued (id {})", file.display(), published.id),
+    }
+    Ok(())
+}
+
+/// `--merge TABLE=MODE`: publishes the replicated migration that switches how the table
+/// merges ([`Store::publish_merge_switch`]), then waits (up to [`APPLY_WAIT`]) until this
+/// node applied it. Nothing is published when the table already merges that way here.
+///
+/// The database is opened as it records each table's mode, not as the configuration's
+/// `[merge]` says: an operator may edit `[merge]` before or after switching (every node's
+/// must match the database before that node restarts; the command says what to write).
+pub fn merge(config: &Config, switch: &MergeSwitch) -> Result<()> {
+    let mut store = open_store(config, "--merge", |options| StoreOptions {
+        merge: None,
+        ..options
+    })?;
+    let modes = store.merge_modes();
+    let Some((table, current)) = modes
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(&switch.table))
+    else {
+        let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
+        bail!(
+            "--merge {switch}: table {:?} is not replicated here (replicated tables: {})",
+            switch.table,
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let wanted = switch.merge.as_ref();
+    if same_merge(current.as_ref(), wanted) {
+        println!(
+            "table {table} already merges by {} here: nothing to publish",
+            describe(wanted)
+        );
+        print_merge_hint(config, table, wanted);
+        return Ok(());
+    }
+    let published = match store.publish_merge_switch(table, wanted, now()?) {
+        Ok(published) => published,
+        Err(PublishMigrationError::Refused(e)) => bail!("--merge {switch} refused: {e}"),
+        Err(PublishMigrationError::Store(e)) => return Err(e.into()),
+    };
+    tracing::info!(
+        id = %published.id,
+        table = %table,
+        from = %describe(current.as_ref()),
+        to = %describe(wanted),
+        "merge switch queued for publishing"
+    );
+    match wait_applied(&store, &published, "--merge")? {
+        Some(m) => println!(
+            "table {table} merges by {} here from migration version {} (stream sequence {}); \
+             every replica switches when it applies it",
+            describe(wanted),
+            m.version,
+            m.stream_seq
+        ),
+        None => println!(
+            "merge switch of table {table} to {} queued (id {})",
+            describe(wanted),
+            published.id
+        ),
+    }
+    print_merge_hint(config, table, wanted);
+    Ok(())
+}
+
+/// Tells the operator what every node's `[merge]` must say now that `table` merges as
+/// `merge` (a node whose `[merge]` disagrees with its database refuses to start).
+fn print_merge_hint(config: &Config, table: &str, merge: Option<&TableMerge>) {
+    let Some(section) = &config.merge else {
+        println!(
+            "this configuration has no [merge] section, so nodes keep what their database \
+             records; a [merge] section, on any node, must say:"
+        );
+        print_merge_section(&merge_section_with(&MergeSection::default(), table, merge));
+        return;
+    };
+    let agrees = section
+        .config()
+        .is_ok_and(|c| same_merge(c.table(table), merge));
+    if !agrees {
+        tracing::warn!(
+            table,
+            "this node's [merge] section disagrees with the table's new mode: change it on \
+             every node before restarting that node (a node refuses to start otherwise)"
+        );
+        println!("before restarting each node, change its [merge] section to:");
+        print_merge_section(&merge_section_with(section, table, merge));
+    }
+}
+
+fn print_merge_section(section: &MergeSection) {
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("[merge]");
+    println!("column = [{}]", list(&section.column));
+    println!("counters = [{}]", list(&section.counters));
+}
+
+/// `section` with `table` merging as `merge` instead of as it says.
+fn merge_section_with(
+    section: &MergeSection,
+    table: &str,
+    merge: Option<&TableMerge>,
+) -> MergeSection {
+    let mut column: Vec<String> = section
+        .column
+        .iter()
+        .filter(|t| !t.eq_ignore_ascii_case(table))
+        .cloned()
+        .collect();
+    let mut counters: Vec<String> = section
+        .counters
+        .iter()
+        .filter(|c| {
+            c.split_once('.')
+                .is_none_or(|(t, _)| !t.eq_ignore_ascii_case(table))
+        })
+        .cloned()
+        .collect();
+    if let Some(merge) = merge {
+        column.push(table.to_owned());
+        counters.extend(merge.counters.iter().map(|c| format!("{table}.{c}")));
+    }
+    MergeSection { column, counters }
+}
+
+/// Whether two merge modes of a table are the same (counters in any order, ASCII case
+/// ignored).
+fn same_merge(a: Option<&TableMerge>, b: Option<&TableMerge>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.counters.len() == b.counters.len() && a.counters.iter().all(|c| b.is_counter(c))
+        }
+        _ => false,
+    }
+}
+
+/// The wall-clock time that stamps a migration's id.
+fn now() -> Result<harmonylite_core::hlc::NTP64> {
+    Ok(ntp64_from_unix(
+        SystemTime::now().duration_since(UNIX_EPOCH)?,
+    ))
+}
+
+/// Opens the existing database as a store with the configuration's options (changed by
+/// `options`), for `command`.
+fn open_store(
+    config: &Config,
+    command: &str,
+    options: impl FnOnce(StoreOptions) -> StoreOptions,
+) -> Result<Store> {
+    let path = &config.db_path;
+    anyhow::ensure!(
+        path.is_file(),
+        "{command}: the database {} does not exist (start harmonylite on it once first)",
+        path.display()
+    );
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE),
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    let node_id = match Store::stored_node_id(&conn)? {
+        Some(id) => id,
+        None => config.node_id.with_context(|| {
+            format!(
+                "{command}: this database has no node id yet; start harmonylite on it once \
+                 first (or set node_id)"
+            )
+        })?,
+    };
+    Store::open(conn, options(config.store_options(node_id)))
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Waits (up to [`APPLY_WAIT`]) until this node applied `published`: `Some` once it did,
+/// `None` (with a warning) when its sidecar did not within the wait, an error when the
+/// migration came back and this node parked it.
+fn wait_applied(
+    store: &Store,
+    published: &PublishedMigration,
+    command: &str,
+) -> Result<Option<AppliedMigration>> {
     let deadline = Instant::now() + APPLY_WAIT;
     loop {
         let applied = store
             .migrations()?
             .into_iter()
             .find(|m| hex(&m.id) == published.id);
-        if let Some(m) = applied {
-            println!(
-                "migration {} applied here as version {} (stream sequence {})",
-                file.display(),
-                m.version,
-                m.stream_seq
-            );
-            return Ok(());
+        if applied.is_some() {
+            return Ok(applied);
         }
         if let Some(p) = store.parked()?.into_iter().find(|p| {
             p.kind == harmonylite_core::report::ParkReason::Migration && {
@@ -90,8 +272,8 @@ pub fn migrate(config: &Config, file: &Path, allow_destructive: bool) -> Result<
             }
         }) {
             bail!(
-                "--migrate: the migration was published but this node could not apply it (parked at \
-                 stream sequence {}): {}",
+                "{command}: the migration was published but this node could not apply it \
+                 (parked at stream sequence {}): {}",
                 p.seq,
                 p.reason
             );
@@ -102,15 +284,16 @@ pub fn migrate(config: &Config, file: &Path, allow_destructive: bool) -> Result<
                  {} s (is it running?); it is published and applied when the sidecar runs",
                 APPLY_WAIT.as_secs()
             );
-            println!("migration {} queued (id {})", file.display(), published.id);
-            return Ok(());
+            return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// `--schema-status`: prints the schema fingerprint, migration version, applied migrations
-/// and parked messages by table, reading the database only.
+/// `--schema-status`: prints the schema fingerprint, migration version, applied migrations,
+/// each replicated table's merge mode (`merge <table> row`, `merge <table> column`,
+/// `merge <table> column counters=<c1>,<c2>`) and parked messages by table, reading the
+/// database only.
 pub fn print_status(config: &Config) -> Result<()> {
     let path = &config.db_path;
     let conn = snapshot::open_read_only(&path.to_string_lossy())
@@ -130,11 +313,94 @@ pub fn print_status(config: &Config) -> Result<()> {
             first_line.trim()
         );
     }
+    for (table, merge) in merge_modes(&conn)? {
+        match merge {
+            None => println!("merge {table} row"),
+            Some(m) if m.counters.is_empty() => println!("merge {table} column"),
+            Some(m) => println!("merge {table} column counters={}", m.counters.join(",")),
+        }
+    }
     for (table, count) in migrate::parked_by_table(&conn)? {
         let table = if table.is_empty() { "-" } else { &table };
         println!("parked {table} {count}");
     }
     Ok(())
+}
+
+/// How each replicated table merges, read from the registry without writing (a [`Store`]
+/// would install capture): tables that still exist, by name; none before capture was
+/// installed, every one by row in a database from before column merging.
+fn merge_modes(conn: &Connection) -> Result<Vec<(String, Option<TableMerge>)>> {
+    let registry = rusqlite::types::Value::Text(names::TABLES.to_owned());
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info(?1)")?
+        .query_map([&registry], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let has_merge = columns.iter().any(|c| c == "merge");
+    let sql = format!(
+        "SELECT name, {} FROM {} WHERE name IN \
+         (SELECT name FROM sqlite_master WHERE type = 'table') ORDER BY name",
+        if has_merge {
+            "merge, counters"
+        } else {
+            "NULL, NULL"
+        },
+        names::quote(names::TABLES)
+    );
+    let rows: Vec<(String, Option<String>, Option<Vec<u8>>)> = conn
+        .prepare(&sql)?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(table, merge, counters)| {
+            let merge = match merge.as_deref() {
+                None => None,
+                Some("column") => Some(TableMerge {
+                    counters: match counters {
+                        Some(bytes) => decode_names(&bytes).with_context(|| {
+                            format!("the counters of table {table} in the registry are unreadable")
+                        })?,
+                        None => Vec::new(),
+                    },
+                }),
+                Some(other) => bail!("table {table} has merge mode {other:?} in the registry"),
+            };
+            Ok((table, merge))
+        })
+        .collect()
+}
+
+/// A list of names as the registry stores a table's counters (postcard's `Vec<String>`: a
+/// LEB128 count, then each name as a LEB128 length and its UTF-8 bytes).
+fn decode_names(bytes: &[u8]) -> Option<Vec<String>> {
+    fn varint(bytes: &mut &[u8]) -> Option<usize> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return usize::try_from(value).ok();
+            }
+        }
+        None
+    }
+    let mut rest = bytes;
+    let count = varint(&mut rest)?;
+    let mut names = Vec::new();
+    for _ in 0..count {
+        let len = varint(&mut rest)?;
+        if len > rest.len() {
+            return None;
+        }
+        let (name, tail) = rest.split_at(len);
+        names.push(String::from_utf8(name.to_vec()).ok()?);
+        rest = tail;
+    }
+    rest.is_empty().then_some(names)
 }
 
 /// `--parked`: lists parked messages by table, reading the database only; with `discard`,
@@ -266,4 +532,168 @@ const DISCARD_BUSY_WAIT: Duration = Duration::from_secs(30);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use harmonylite_core::column_merge::MergeConfig;
+    use harmonylite_core::hlc::NodeId;
+
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A database with three replicated tables, `notes` merging by column and `stock` by
+    /// column with two counters, and the configuration of its node.
+    fn database(dir: &Path, merge_section: &str) -> Config {
+        let db = dir.join("app.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT);
+             CREATE TABLE stock(id INTEGER PRIMARY KEY, qty INTEGER, reserved INTEGER);",
+        )
+        .unwrap();
+        let mut options = StoreOptions::new(NodeId::from_u128(7).unwrap());
+        options.merge = Some(
+            MergeConfig::new(
+                &strings(&["notes"]),
+                &strings(&["stock.qty", "stock.reserved"]),
+            )
+            .unwrap(),
+        );
+        drop(Store::open(conn, options).unwrap());
+        Config::from_toml_str(
+            &format!(
+                "db_path = {:?}\nnode_id = 7\n{merge_section}",
+                db.display().to_string()
+            ),
+            "test.toml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn schema_status_reads_each_tables_merge_mode_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = database(dir.path(), "");
+        let conn = snapshot::open_read_only(&config.db_path.to_string_lossy()).unwrap();
+        let modes = merge_modes(&conn).unwrap();
+        assert_eq!(
+            modes,
+            [
+                ("items".to_owned(), None),
+                ("notes".to_owned(), Some(TableMerge::default())),
+                (
+                    "stock".to_owned(),
+                    Some(TableMerge {
+                        counters: strings(&["qty", "reserved"])
+                    })
+                ),
+            ]
+        );
+        // The same as the store says.
+        let store = open_store(&config, "test", |o| o).unwrap();
+        assert_eq!(store.merge_modes(), modes);
+        // A dropped table is no longer listed; a database without capture lists nothing.
+        store
+            .connection()
+            .execute_batch("DROP TABLE items")
+            .unwrap();
+        assert_eq!(merge_modes(&conn).unwrap().len(), 2);
+        let empty = Connection::open_in_memory().unwrap();
+        assert!(merge_modes(&empty).unwrap().is_empty());
+        print_status(&config).unwrap();
+    }
+
+    #[test]
+    fn counter_names_decode_only_when_whole() {
+        assert_eq!(decode_names(&[0]), Some(vec![]));
+        assert_eq!(
+            decode_names(&[2, 3, b'q', b't', b'y', 1, b'x']),
+            Some(strings(&["qty", "x"]))
+        );
+        // A name of 200 bytes: a two-byte length.
+        let long = "n".repeat(200);
+        let mut bytes = vec![1, 0xc8, 0x01];
+        bytes.extend(long.as_bytes());
+        assert_eq!(decode_names(&bytes), Some(vec![long]));
+        for bad in [
+            &[][..],
+            &[1],
+            &[1, 3, b'q'],
+            &[1, 1, b'q', 0],
+            &[1, 1, 0xff],
+            &[0x80],
+        ] {
+            assert_eq!(decode_names(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn merge_refuses_an_unknown_table_and_publishes_nothing_for_the_current_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = database(dir.path(), "");
+        let switch = |table: &str, merge: Option<TableMerge>| MergeSwitch {
+            table: table.into(),
+            merge,
+        };
+        let error = merge(&config, &switch("nope", None)).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("\"nope\" is not replicated here")
+                && message.contains("items, notes, stock"),
+            "{message}"
+        );
+        // Already so (table name in another case, counters in another order): no migration.
+        merge(&config, &switch("ITEMS", None)).unwrap();
+        let counters = TableMerge {
+            counters: strings(&["Reserved", "qty"]),
+        };
+        merge(&config, &switch("stock", Some(counters))).unwrap();
+        let store = open_store(&config, "test", |o| o).unwrap();
+        assert_eq!(store.outbox_depth().unwrap().0, 0, "nothing was published");
+        // A counter that is no column of the table: refused before publishing.
+        let bad = TableMerge {
+            counters: strings(&["nope"]),
+        };
+        let error = merge(&config, &switch("notes", Some(bad))).unwrap_err();
+        assert!(format!("{error:#}").contains("refused"), "{error:#}");
+        assert_eq!(store.outbox_depth().unwrap().0, 0, "nothing was published");
+    }
+
+    #[test]
+    fn the_hint_rewrites_only_the_switched_tables_entries() {
+        let section = MergeSection {
+            column: strings(&["notes", "Stock", "log"]),
+            counters: strings(&["stock.qty", "items.n"]),
+        };
+        let to_row = merge_section_with(&section, "stock", None);
+        assert_eq!(to_row.column, strings(&["notes", "log"]));
+        assert_eq!(to_row.counters, strings(&["items.n"]));
+        let to_counters = merge_section_with(
+            &section,
+            "stock",
+            Some(&TableMerge {
+                counters: strings(&["qty", "reserved"]),
+            }),
+        );
+        assert_eq!(to_counters.column, strings(&["notes", "log", "stock"]));
+        assert_eq!(
+            to_counters.counters,
+            strings(&["items.n", "stock.qty", "stock.reserved"])
+        );
+        // What the hint prints parses back as the mode it names.
+        let config = to_counters.config().unwrap();
+        assert!(same_merge(
+            config.table("stock"),
+            Some(&TableMerge {
+                counters: strings(&["reserved", "qty"])
+            })
+        ));
+        assert!(same_merge(config.table("items"), config.table("ITEMS")));
+        assert!(!same_merge(config.table("notes"), None));
+    }
 }

@@ -5,13 +5,14 @@
 //! dash (`-config node.toml`, `-cleanup`) is accepted too, for every long flag:
 //! [`normalize_args`] rewrites it before clap sees it, and also turns the command forms
 //! `harmonylite migrate <file.sql> …` and `harmonylite parked …` into `--migrate <file.sql>`
-//! and `--parked`.
+//! and `--parked`; `harmonylite migrate --merge TABLE=MODE …` is `--merge TABLE=MODE`.
 
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser};
+use harmonylite_core::column_merge::TableMerge;
 use harmonylite_core::hlc::NodeId;
 
 use crate::config::{parse_node_id, Config};
@@ -51,13 +52,26 @@ pub struct Cli {
     #[arg(long, requires = "migrate")]
     pub allow_destructive: bool,
 
-    /// Print the local schema fingerprint, migration version and parked messages, then exit.
-    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate"])]
+    /// Switch how TABLE merges concurrent changes on every replica (a replicated migration),
+    /// wait until this node switched, then exit: TABLE=row, TABLE=column, or
+    /// TABLE=column:COUNTER,COUNTER (counter columns add every replica's increments).
+    /// Also `harmonylite migrate --merge TABLE=MODE`.
+    #[arg(
+        long,
+        value_name = "TABLE=MODE",
+        value_parser = parse_merge_switch,
+        conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "allow_destructive"]
+    )]
+    pub merge: Option<MergeSwitch>,
+
+    /// Print the local schema fingerprint, migration version, each table's merge mode and
+    /// parked messages, then exit.
+    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "merge"])]
     pub schema_status: bool,
 
     /// List the parked messages by table (and whether each table exists here), then exit.
     /// Also `harmonylite parked`.
-    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "schema_status"])]
+    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "merge", "schema_status"])]
     pub parked: bool,
 
     /// With --parked: discard the parked changes for TABLE (a table dropped on purpose) in one
@@ -77,13 +91,13 @@ pub struct Cli {
     /// Make this node apply the change stream from its first message at the next start (after
     /// the stream was deleted and created again on purpose), then exit. Needs the application
     /// and the sidecar stopped.
-    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "schema_status", "parked"])]
+    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "merge", "schema_status", "parked"])]
     pub adopt_stream: bool,
 
     /// Create the account NKey seed at `scopes.auth.callout_seed_file` (it signs the NATS
     /// users scoped clients get; copy the same file to every node), print its public key,
     /// then exit. Refused when the file exists.
-    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "schema_status", "parked", "adopt_stream"])]
+    #[arg(long, conflicts_with_all = ["cleanup", "save_snapshot", "migrate", "merge", "schema_status", "parked", "adopt_stream"])]
     pub scopes_keygen: bool,
 
     /// Route listener of the embedded NATS server, host:port (overrides `nats.cluster_addr`).
@@ -163,8 +177,118 @@ fn non_empty(items: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// What `--merge` asks for: switch `table` to `merge` (`None`: by row; `Some`: by column with
+/// its counters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeSwitch {
+    /// The table, as written.
+    pub table: String,
+    /// Its new merge mode.
+    pub merge: Option<TableMerge>,
+}
+
+impl std::fmt::Display for MergeSwitch {
+    /// The argument's own form: `notes=row`, `notes=column`, `stock=column:qty,reserved`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.merge {
+            None => write!(f, "{}=row", self.table),
+            Some(m) if m.counters.is_empty() => write!(f, "{}=column", self.table),
+            Some(m) => write!(f, "{}=column:{}", self.table, m.counters.join(",")),
+        }
+    }
+}
+
+/// The forms `--merge` takes, for its error messages.
+const MERGE_FORMS: &str = "expected TABLE=row, TABLE=column or TABLE=column:COUNTER,COUNTER";
+
+/// Parses `--merge`'s argument: `TABLE=row`, `TABLE=column` or `TABLE=column:COUNTER,…`
+/// (the mode in any ASCII case, blanks around names ignored). Refused, with what is wrong:
+/// no `=`, an empty table name, an unknown mode, counters after `row`, an empty counter list
+/// or name, a counter named twice, or a counter written `TABLE.COLUMN` (the table is the one
+/// before `=`).
+pub fn parse_merge_switch(arg: &str) -> Result<MergeSwitch, String> {
+    let Some((table, mode)) = arg.split_once('=') else {
+        return Err(format!("{MERGE_FORMS}; {arg:?} has no `=`"));
+    };
+    let table = table.trim();
+    if table.is_empty() {
+        return Err(format!("{MERGE_FORMS}; {arg:?} names no table before `=`"));
+    }
+    let (mode, counters) = match mode.split_once(':') {
+        Some((mode, counters)) => (mode.trim(), Some(counters)),
+        None => (mode.trim(), None),
+    };
+    let merge = if mode.eq_ignore_ascii_case("row") {
+        if counters.is_some() {
+            return Err(format!(
+                "{arg:?}: a table that merges by row has no counter columns (counters need \
+                 {table}=column:COUNTER,…)"
+            ));
+        }
+        None
+    } else if mode.eq_ignore_ascii_case("column") {
+        Some(TableMerge {
+            counters: parse_counters(table, counters)?,
+        })
+    } else if mode.is_empty() {
+        return Err(format!("{MERGE_FORMS}; {arg:?} has no mode after `=`"));
+    } else {
+        return Err(format!(
+            "{MERGE_FORMS}; unknown merge mode {mode:?} in {arg:?} (`row` or `column`)"
+        ));
+    };
+    Ok(MergeSwitch {
+        table: table.to_owned(),
+        merge,
+    })
+}
+
+/// The counter columns after `column:` (`None`: no `:`).
+fn parse_counters(table: &str, counters: Option<&str>) -> Result<Vec<String>, String> {
+    let Some(list) = counters else {
+        return Ok(Vec::new());
+    };
+    if list.trim().is_empty() {
+        return Err(format!(
+            "no counter column after `{table}=column:` (write {table}=column for a table \
+             without counters)"
+        ));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for counter in list.split(',').map(str::trim) {
+        if counter.is_empty() {
+            return Err(format!(
+                "an empty counter name in {list:?} (counters are separated by single commas)"
+            ));
+        }
+        if let Some(column) = counter
+            .split_once('.')
+            .filter(|(t, _)| t.eq_ignore_ascii_case(table))
+            .map(|(_, c)| c)
+        {
+            return Err(format!(
+                "counter {counter:?}: name the column only ({table}=column:{column}); the \
+                 table is the one before `=`"
+            ));
+        }
+        if out.iter().any(|c| c.eq_ignore_ascii_case(counter)) {
+            return Err(format!("counter {counter:?} is named twice"));
+        }
+        out.push(counter.to_owned());
+    }
+    Ok(out)
+}
+
 /// Words accepted as commands, each the same as its flag (`parked` = `--parked`).
 const COMMANDS: [&str; 2] = ["migrate", "parked"];
+
+/// Whether `arg` is the `--merge` flag (`--merge`, `-merge`, with or without `=VALUE`).
+fn is_merge_flag(arg: &OsStr) -> bool {
+    arg.to_str().is_some_and(|a| {
+        let name = a.strip_prefix("--").or_else(|| a.strip_prefix('-'));
+        name.is_some_and(|n| n == "merge" || n.starts_with("merge="))
+    })
+}
 
 /// Rewrites Go-style single-dash long flags (`-cleanup`, `-config=x`) to `--cleanup`,
 /// `--config=x` for every long flag [`Cli`] defines; stops at `--`. The first argument (the
@@ -185,9 +309,16 @@ where
         .filter(|a| a.get_action().takes_values())
         .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
         .collect();
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // `migrate --merge TABLE=MODE`: the word is no `--migrate FILE` then.
+    let end = args
+        .iter()
+        .position(|a| a == OsStr::new("--"))
+        .unwrap_or(args.len());
+    let merging = args.iter().take(end).skip(1).any(|a| is_merge_flag(a));
     let mut out: Vec<OsString> = Vec::new();
     let mut rest_verbatim = false;
-    for (i, arg) in args.into_iter().map(Into::into).enumerate() {
+    for (i, arg) in args.iter().cloned().enumerate() {
         if i == 0 || rest_verbatim {
             out.push(arg);
             continue;
@@ -200,6 +331,13 @@ where
             .is_some_and(|p| i > 1 && with_values.iter().any(|f| f == p));
         if !previous_takes_value {
             if let Some(command) = COMMANDS.iter().find(|c| arg == OsStr::new(c)) {
+                // `migrate` without a file after it, beside `--merge`, says nothing more.
+                let file_follows = args
+                    .get(i + 1)
+                    .is_some_and(|next| next.to_str().is_none_or(|next| !next.starts_with('-')));
+                if *command == "migrate" && merging && !file_follows {
+                    continue;
+                }
                 out.push(OsString::from(format!("--{command}")));
                 continue;
             }
@@ -343,6 +481,157 @@ mod tests {
                 .unwrap()
                 .schema_status
         );
+    }
+
+    fn switch(table: &str, counters: Option<&[&str]>) -> MergeSwitch {
+        MergeSwitch {
+            table: table.into(),
+            merge: counters.map(|c| TableMerge {
+                counters: c.iter().map(|c| c.to_string()).collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn merge_switches_parse_in_every_form() {
+        for (arg, expected) in [
+            ("notes=row", switch("notes", None)),
+            ("notes=column", switch("notes", Some(&[]))),
+            ("stock=column:qty", switch("stock", Some(&["qty"]))),
+            (
+                " stock = COLUMN : qty , reserved ",
+                switch("stock", Some(&["qty", "reserved"])),
+            ),
+            ("Notes=Row", switch("Notes", None)),
+            // A column whose name has a dot, not the table's prefix.
+            ("stock=column:a.b", switch("stock", Some(&["a.b"]))),
+        ] {
+            assert_eq!(parse_merge_switch(arg), Ok(expected), "{arg}");
+        }
+        assert_eq!(
+            switch("stock", Some(&["qty", "reserved"])).to_string(),
+            "stock=column:qty,reserved"
+        );
+        assert_eq!(switch("notes", Some(&[])).to_string(), "notes=column");
+        assert_eq!(switch("notes", None).to_string(), "notes=row");
+    }
+
+    #[test]
+    fn malformed_merge_switches_say_what_is_wrong() {
+        for (arg, says) in [
+            ("notes", "has no `=`"),
+            ("notes:column", "has no `=`"),
+            ("=column", "names no table"),
+            ("  =row", "names no table"),
+            ("notes=", "has no mode"),
+            ("notes=:qty", "has no mode"),
+            ("notes=columns", "unknown merge mode \"columns\""),
+            ("notes=lww", "`row` or `column`"),
+            ("stock=row:qty", "merges by row has no counter"),
+            ("stock=column:", "no counter column after `stock=column:`"),
+            ("stock=column: ", "no counter column"),
+            ("stock=column:qty,,reserved", "an empty counter name"),
+            ("stock=column:qty,", "an empty counter name"),
+            (
+                "stock=column:stock.qty",
+                "name the column only (stock=column:qty)",
+            ),
+            ("stock=column:qty,QTY", "counter \"QTY\" is named twice"),
+        ] {
+            let error = parse_merge_switch(arg).unwrap_err();
+            assert!(error.contains(says), "{arg}: {error}");
+        }
+        // Through clap: the flag and the argument are named with the reason.
+        let error = parse(&["--config", "c.toml", "--merge", "notes"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        let message = error.to_string();
+        assert!(
+            message.contains("--merge") && message.contains("has no `=`"),
+            "{message}"
+        );
+        let error = parse(&["--config", "c.toml", "--merge"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn merge_takes_the_command_form_and_the_flag_form() {
+        let expected = Some(switch("stock", Some(&["qty"])));
+        for args in [
+            &[
+                "migrate",
+                "--merge",
+                "stock=column:qty",
+                "--config",
+                "n.toml",
+            ][..],
+            &[
+                "--config",
+                "n.toml",
+                "migrate",
+                "--merge",
+                "stock=column:qty",
+            ],
+            &["migrate", "--config", "n.toml", "--merge=stock=column:qty"],
+            &["--config", "n.toml", "--merge", "stock=column:qty"],
+            &["-config", "n.toml", "-merge", "stock=column:qty"],
+            &[
+                "--merge",
+                "stock=column:qty",
+                "migrate",
+                "--config",
+                "n.toml",
+            ],
+        ] {
+            let cli = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.merge, expected, "{args:?}");
+            assert_eq!(cli.migrate, None, "{args:?}");
+            assert_eq!(cli.config, PathBuf::from("n.toml"), "{args:?}");
+        }
+        // A file and a switch at once: refused, not one of them silently.
+        for args in [
+            &[
+                "--config",
+                "c.toml",
+                "migrate",
+                "m.sql",
+                "--merge",
+                "notes=row",
+            ][..],
+            &[
+                "--config",
+                "c.toml",
+                "--migrate",
+                "m.sql",
+                "--merge",
+                "notes=row",
+            ],
+        ] {
+            let error = parse(args).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        }
+        // `migrate` as a value stays a value; without --merge, `migrate` still needs a file.
+        let cli = parse(&["--config", "migrate", "--merge", "migrate=row"]).unwrap();
+        assert_eq!(cli.config, PathBuf::from("migrate"));
+        assert_eq!(cli.merge, Some(switch("migrate", None)));
+        let error = parse(&["--config", "c.toml", "migrate"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
+        for other in ["--schema-status", "--parked", "--cleanup", "--adopt-stream"] {
+            let error = parse(&["--config", "c.toml", "--merge", "notes=row", other]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{other}"
+            );
+        }
+        let error = parse(&[
+            "--config",
+            "c.toml",
+            "--merge",
+            "notes=row",
+            "--allow-destructive",
+        ])
+        .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]
