@@ -12,7 +12,10 @@
 //!   [`SessionOutput::FellBehind`];
 //! - consuming from cursor + 1 ([`SessionOutput::StartConsumer`]), restarting on a gap in
 //!   the delivered sequences, after the consumer failed or ended, and after a reconnect;
-//! - looking again every [`SessionConfig::recheck_interval`] while refused or behind;
+//! - looking again every [`SessionConfig::recheck_interval`] while refused or behind, and
+//!   when a consumer delivered nothing for that long although the stream holds more than
+//!   it delivered (retention may have dropped the next message while no newer one arrives
+//!   to show a gap);
 //! - pausing consumption while [`SessionConfig::max_inbox`] messages wait to be applied;
 //! - the largest frame, from the server's payload limit minus [`SessionConfig::header_room`];
 //! - the replica's lag and health ([`SessionStatus`]).
@@ -321,6 +324,8 @@ pub struct Session<D: Database> {
     scope_rules: Option<String>,
     /// A filtered consumer's last `pending` count (its lag; see [`SessionConfig::filtered`]).
     filtered_pending: u64,
+    /// When the running consumer started or last delivered (monotonic).
+    quiet_since: Duration,
 }
 
 impl<D: Database> Session<D> {
@@ -331,6 +336,7 @@ impl<D: Database> Session<D> {
             config,
             outputs: VecDeque::new(),
             consumer: Consumer::Idle { at: None },
+            quiet_since: Duration::ZERO,
             connected: false,
             stream_last_seq: 0,
             fell_behind: false,
@@ -423,6 +429,14 @@ impl<D: Database> Session<D> {
                 Output::Event(e) => SessionOutput::Event(e),
             });
         }
+        if self.stall_deadline().is_some_and(|at| at <= now.monotonic) {
+            // Look at the stream again: a fresh consumer, or `FellBehind` if it lost the
+            // next message.
+            self.stop_consumer();
+            self.consumer = Consumer::Idle {
+                at: Some(now.monotonic),
+            };
+        }
         if self.consumer_due(now) {
             self.consumer = Consumer::ReadingInfo;
             self.outputs.push_back(SessionOutput::ReadStreamInfo);
@@ -438,7 +452,7 @@ impl<D: Database> Session<D> {
     pub fn poll_timeout(&self) -> Option<Duration> {
         let consumer = match self.consumer {
             Consumer::Idle { at } if self.connected && self.config.replicate => at,
-            _ => None,
+            _ => self.stall_deadline(),
         };
         match (self.engine.poll_timeout(), consumer) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -458,6 +472,23 @@ impl<D: Database> Session<D> {
             self.scope_rules = Some(parked.reason.clone());
         } else if summary.unparked > 0 {
             self.scope_rules = None;
+        }
+    }
+
+    /// When a running consumer counts as stalled: it delivered nothing for
+    /// [`SessionConfig::recheck_interval`] while everything it delivered is applied and the
+    /// stream holds messages after them (never for a filtered consumer, whose lag the
+    /// stream's end does not show).
+    fn stall_deadline(&self) -> Option<Duration> {
+        match self.consumer {
+            Consumer::Running { expected }
+                if !self.config.filtered
+                    && expected.get() <= self.stream_last_seq
+                    && self.engine.inbox_len() == 0 =>
+            {
+                Some(self.quiet_since + self.config.recheck_interval)
+            }
+            _ => None,
         }
     }
 
@@ -510,6 +541,7 @@ impl<D: Database> Session<D> {
             SessionInput::ConsumerStarted => {
                 if let Consumer::Starting { from } = self.consumer {
                     self.consumer = Consumer::Running { expected: from };
+                    self.quiet_since = now.monotonic;
                     if self.consumer_error.take().is_some() || self.fell_behind {
                         self.outputs.push_back(SessionOutput::Consuming { from });
                     }
@@ -546,6 +578,7 @@ impl<D: Database> Session<D> {
                 if seq < expected {
                     return None;
                 }
+                self.quiet_since = now.monotonic;
                 if self.config.filtered {
                     self.consumer = Consumer::Running {
                         expected: seq.next(),
@@ -989,6 +1022,37 @@ mod tests {
                 from: StreamSeq::new(11)
             }]
         );
+    }
+
+    #[test]
+    fn a_consumer_that_stays_quiet_while_the_stream_holds_more_is_looked_at_again() {
+        let mut s = session(FakeDb::default());
+        consuming(&mut s, 10);
+        feed(&mut s, 5, vec![message(1, 9), message(2, 8)]);
+        // 3..=10 exist but nothing comes (retention dropped 3 while no newer message
+        // arrives to show a gap): the stream is read again after the recheck interval.
+        assert!(s
+            .poll_timeout()
+            .is_some_and(|t| t <= Duration::from_millis(30_005)));
+        assert!(feed(&mut s, 30_004, vec![SessionInput::Timeout]).is_empty());
+        assert_eq!(
+            feed(&mut s, 30_005, vec![SessionInput::Timeout]),
+            vec![SessionOutput::StopConsumer, SessionOutput::ReadStreamInfo]
+        );
+        assert_eq!(
+            feed(&mut s, 30_006, vec![info(4, 10, 7)]),
+            vec![SessionOutput::FellBehind {
+                cursor: StreamSeq::new(2),
+                first: 4,
+                last: 10,
+                first_time: true,
+            }]
+        );
+        // A consumer that delivered everything the stream holds waits quietly.
+        let mut s = session(FakeDb::default());
+        consuming(&mut s, 2);
+        feed(&mut s, 5, vec![message(1, 1), message(2, 0)]);
+        assert!(feed(&mut s, 90_000, vec![SessionInput::Timeout]).is_empty());
     }
 
     #[test]

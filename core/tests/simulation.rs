@@ -8,7 +8,8 @@
 //! sizes, stopped on `StopConsumer`), and publishes stored (or de-duplicated) and
 //! acknowledged. The application makes random writes (inserts, updates, deletes,
 //! key-changing updates, multi-row transactions, the same rows on several replicas) with
-//! delayed drains.
+//! delayed drains. Two tables merge by row; `stock` merges by column with a counter `qty`
+//! (inserts, edits of one column, `qty = qty + n`, deletes on a few shared rows).
 //!
 //! Faults, each chosen (on or off, and how often) by the seed:
 //! - partitions that heal, crashes and restarts (a fresh session over the file), clock
@@ -49,8 +50,9 @@
 //! cursor + 1; `Reopened` reads the stream at once; every published frame fits the
 //! server's payload limit minus the header room. At the end every replica is healthy and
 //! caught up, its tables are identical row for row to the others' and equal a pure
-//! [`LwwModel`] of everything published (on both streams when re-created), and every
-//! application write reached a stream.
+//! [`LwwModel`] of everything published (on both streams when re-created) — `stock` the
+//! [`ColumnRow`] model of its published column changes — and every application write to a
+//! row-merge table reached a stream.
 //!
 //! `HL_SIM_SEED=<n>` replays one scenario; `HL_SIM_SCENARIOS=<n>` sets how many run
 //! (default 500); `HL_SIM_FIRST_SEED=<n>` shifts the seed range.
@@ -63,6 +65,7 @@ use std::time::Duration;
 
 use common::sim_clock::SimClock;
 use harmonylite_core::change::StreamSeq;
+use harmonylite_core::column_merge::{ColumnRow, MergeConfig};
 use harmonylite_core::engine::{EngineConfig, Event, Now, Publish};
 use harmonylite_core::hlc::{ntp64_from_unix, Hlc, NodeId};
 use harmonylite_core::merge::{LwwModel, VersionedRow};
@@ -76,11 +79,16 @@ use rusqlite::{Connection, OpenFlags};
 
 /// Simulated wall time of step 0 (Unix ms).
 const BASE_MILLIS: i64 = 1_750_000_000_000;
+/// Tables merging by row, checked against the [`LwwModel`].
 const TABLES: [&str; 2] = ["items", "pairs"];
+/// The table merging by column (`qty` a counter), checked against the [`ColumnRow`] model.
+const STOCK: &str = "stock";
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
     CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB);
     CREATE TABLE pairs(a TEXT NOT NULL, b INTEGER NOT NULL, v TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID;
+    CREATE TABLE stock(id INTEGER PRIMARY KEY, label TEXT, note TEXT DEFAULT 'none', \
+                       qty INTEGER NOT NULL DEFAULT 0);
 ";
 const STREAM: &str = "hl-sim";
 
@@ -359,6 +367,9 @@ impl Sim {
                 app.busy_timeout(Duration::from_secs(5)).unwrap();
                 app.execute_batch(SCHEMA).unwrap();
                 let mut options = StoreOptions::new(node);
+                options.merge = Some(
+                    MergeConfig::new(&[STOCK.to_string()], &[format!("{STOCK}.qty")]).unwrap(),
+                );
                 options.max_frame = max_frame;
                 options.compression = compression;
                 let engine = EngineConfig {
@@ -1239,12 +1250,49 @@ enum AppOp {
         from: i64,
         to: i64,
     },
+    InsertStock {
+        id: i64,
+        label: String,
+        qty: i64,
+    },
+    EditStock {
+        id: i64,
+        column: &'static str,
+        value: String,
+    },
+    CountStock {
+        id: i64,
+        delta: i64,
+    },
+    DeleteStock {
+        id: i64,
+    },
 }
 
 impl AppOp {
     fn random(rng: &mut fastrand::Rng) -> Self {
         let id = rng.i64(1..=12);
         let a = ["x", "y", "zé"][rng.usize(..3)].to_string();
+        if rng.u8(..3) == 0 {
+            let id = rng.i64(1..=4);
+            return match rng.u8(..10) {
+                0 => AppOp::InsertStock {
+                    id,
+                    label: format!("l{}", rng.u32(..100)),
+                    qty: rng.i64(-5..50),
+                },
+                1..=3 => AppOp::EditStock {
+                    id,
+                    column: ["label", "note"][rng.usize(..2)],
+                    value: format!("e{}", rng.u32(..1000)),
+                },
+                4..=8 => AppOp::CountStock {
+                    id,
+                    delta: [-1, -1, 1, 5, -3][rng.usize(..5)],
+                },
+                _ => AppOp::DeleteStock { id },
+            };
+        }
         match rng.u8(..10) {
             0..=2 => AppOp::UpsertItem {
                 id,
@@ -1289,6 +1337,13 @@ impl AppOp {
                 "pairs".to_string(),
                 vec![Value::Text(a.into()), Value::Integer(b)],
             )
+        };
+        let stock = |id: i64, changed: usize| {
+            if changed > 0 {
+                vec![(STOCK.to_string(), vec![Value::Integer(id)])]
+            } else {
+                vec![]
+            }
         };
         let exec = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> usize {
             match conn.execute(sql, p) {
@@ -1375,6 +1430,31 @@ impl AppOp {
                     vec![]
                 }
             }
+            AppOp::InsertStock { id, label, qty } => {
+                let n = exec(
+                    "INSERT INTO stock(id, label, qty) VALUES (?1, ?2, ?3)",
+                    &[id, label, qty],
+                );
+                stock(*id, n)
+            }
+            AppOp::EditStock { id, column, value } => {
+                let n = exec(
+                    &format!("UPDATE stock SET {column} = ?2 WHERE id = ?1"),
+                    &[id, value],
+                );
+                stock(*id, n)
+            }
+            AppOp::CountStock { id, delta } => {
+                let n = exec(
+                    "UPDATE stock SET qty = qty + ?2 WHERE id = ?1",
+                    &[id, delta],
+                );
+                stock(*id, n)
+            }
+            AppOp::DeleteStock { id } => {
+                let n = exec("DELETE FROM stock WHERE id = ?1", &[id]);
+                stock(*id, n)
+            }
         }
     }
 }
@@ -1411,9 +1491,17 @@ fn dump(conn: &Connection, table: &str) -> Rows {
     .collect()
 }
 
-/// The LWW state of every frame published, and the (origin, table, key) of every change.
-fn model_of(frames: &[Vec<u8>]) -> (LwwModel, HashSet<(NodeId, String, Vec<Value>)>) {
+/// The merged state of every frame published: the LWW model of the tables that merge by
+/// row, the column model of `stock`, and the (origin, table, key) of every change.
+type Models = (
+    LwwModel,
+    BTreeMap<Vec<Value>, ColumnRow>,
+    HashSet<(NodeId, String, Vec<Value>)>,
+);
+
+fn model_of(frames: &[Vec<u8>]) -> Models {
     let mut model = LwwModel::new();
+    let mut columns: BTreeMap<Vec<Value>, ColumnRow> = BTreeMap::new();
     let mut seen = HashSet::new();
     let mut parts: HashMap<(NodeId, u64), BTreeMap<u32, Vec<u8>>> = HashMap::new();
     for frame in frames {
@@ -1453,8 +1541,39 @@ fn model_of(frames: &[Vec<u8>]) -> (LwwModel, HashSet<(NodeId, String, Vec<Value
                 VersionedRow { hlc, image },
             );
         }
+        for cell in &batch.cells {
+            let schema = &batch.tables[cell.table as usize];
+            assert_eq!(schema.name, STOCK, "only stock merges by column");
+            seen.insert((m.origin, schema.name.clone(), cell.key.clone()));
+            let row = columns.entry(cell.key.clone()).or_default();
+            for change in cell.changes(schema, m.origin) {
+                row.merge(&change);
+            }
+        }
     }
-    (model, seen)
+    (model, columns, seen)
+}
+
+/// The rows of `stock` the column model shows: plain columns from their visible writes (or
+/// their defaults), the counter summed.
+fn stock_rows(model: &BTreeMap<Vec<Value>, ColumnRow>) -> Rows {
+    model
+        .iter()
+        .filter(|(_, row)| row.exists())
+        .map(|(key, row)| {
+            let plain = |name: &str, default: Value| row.column(name).cloned().unwrap_or(default);
+            let image = BTreeMap::from([
+                ("id".to_string(), key[0].clone()),
+                ("label".to_string(), plain("label", Value::Null)),
+                (
+                    "note".to_string(),
+                    plain("note", Value::Text("none".into())),
+                ),
+                ("qty".to_string(), Value::Integer(row.counter("qty") as i64)),
+            ]);
+            (key.clone(), image)
+        })
+        .collect()
 }
 
 struct Outcome {
@@ -1481,7 +1600,8 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
         }
     }
     sim.quiesce()?;
-    let (model, published) = model_of(&sim.stream.published);
+    let (model, columns, published) = model_of(&sim.stream.published);
+    let stock = stock_rows(&columns);
     let mut writes = 0;
     for (i, r) in sim.replicas.iter().enumerate() {
         let conn = r.session().app_connection();
@@ -1494,12 +1614,24 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
                 ));
             }
         }
+        let actual = dump(conn, STOCK);
+        if actual != stock {
+            return Err(format!(
+                "replica {i} table {STOCK} differs from the column model\n actual:   {actual:?}\n expected: {stock:?}"
+            ));
+        }
         let parked = r.session().parked_count().unwrap();
         if parked > 0 {
             return Err(format!("replica {i} parked {parked} messages"));
         }
         for (table, key) in &r.written {
             writes += 1;
+            // A column-merge table publishes only what changed: an UPDATE that wrote the
+            // same values, or counter changes that cancel out within one drain, publish
+            // nothing (the comparison with the column model above catches a lost write).
+            if table == STOCK {
+                continue;
+            }
             if !published.contains(&(r.node, table.clone(), key.clone())) {
                 return Err(format!(
                     "replica {i} wrote {table} {key:?} but it never reached the stream"
@@ -1510,7 +1642,7 @@ fn run_scenario(seed: u64) -> Result<Outcome, String> {
     let first = sim.replicas[0].session().app_connection();
     for (i, r) in sim.replicas.iter().enumerate().skip(1) {
         let conn = r.session().app_connection();
-        for table in TABLES {
+        for table in TABLES.into_iter().chain([STOCK]) {
             if dump(conn, table) != dump(first, table) {
                 return Err(format!("replica {i} and replica 0 differ in {table}"));
             }
