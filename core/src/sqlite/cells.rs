@@ -16,7 +16,6 @@ use super::apply::{refusal, ApplyFailure};
 use super::drain::{read_row, write_version};
 use super::tables::RegisteredTable;
 use crate::capture::ddl::{LOG_COLS_ALL, LOG_COLS_DELETE};
-use crate::capture::names::{self, quote};
 use crate::change::{CellChange, CounterTotals};
 use crate::column_merge::{counter_integer, ColumnChange, ColumnRow, Stored};
 use crate::error::{Context, StoreError};
@@ -67,7 +66,7 @@ impl CellsSeen {
 /// Reads a row's merge state, or builds it from the row version and image when the row
 /// has none yet (it was written before the table merged by column). `uncounted`: counter
 /// changes the image holds that the state must not take as its base (a drain's own, by
-/// value-column index).
+/// value-column index). Also says whether the row was known here (a state or a version).
 fn load_state(
     conn: &Connection,
     table: &RegisteredTable,
@@ -75,21 +74,23 @@ fn load_state(
     image: Option<&[Value]>,
     uncounted: &BTreeMap<usize, i64>,
     node: NodeId,
-) -> Result<ColumnRow<Stored>, StoreError> {
+) -> Result<(ColumnRow<Stored>, bool), StoreError> {
     let merge = table.merge.as_ref().expect("a column-merge table");
     let bytes: Option<Vec<u8>> = conn
         .prepare_cached(&merge.select_state)
         .and_then(|mut s| s.query_row(params_from_iter(key), |r| r.get(0)).optional())
         .context("reading a row's column-merge state")?;
     if let Some(bytes) = bytes {
-        return postcard::from_bytes(&bytes).map_err(|e| {
+        let state = postcard::from_bytes(&bytes).map_err(|e| {
             StoreError::Corrupt(format!(
                 "column-merge state of a row of {:?}: {e}",
                 table.info.name
             ))
-        });
+        })?;
+        return Ok((state, true));
     }
     let version = read_version(conn, table, key)?;
+    let known = version.is_some();
     let mut state = ColumnRow::default();
     match (version, image) {
         (Some((hlc, true)), _) => {
@@ -105,7 +106,7 @@ fn load_state(
         }
         (_, None) => {}
     }
-    Ok(state)
+    Ok((state, known))
 }
 
 /// Every value column as a stored write: `None` for a plain column, `Some(base)` for a
@@ -134,16 +135,9 @@ fn read_version(
     table: &RegisteredTable,
     key: &[Value],
 ) -> Result<Option<(Hlc, bool)>, StoreError> {
-    let slot_match = (0..key.len())
-        .map(|i| format!("{} = ?{}", names::key_slot(i), i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let sql = format!(
-        "SELECT hlc, deleted FROM {} WHERE {slot_match}",
-        quote(&names::version_table(table.id))
-    );
+    let merge = table.merge.as_ref().expect("a column-merge table");
     let row: Option<(Vec<u8>, bool)> = conn
-        .prepare_cached(&sql)
+        .prepare_cached(&merge.select_version)
         .and_then(|mut s| {
             s.query_row(params_from_iter(key), |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
@@ -199,7 +193,7 @@ pub(super) fn drain_row(
     } else {
         seen.deltas.clone()
     };
-    let mut state = load_state(conn, table, key, image.as_deref(), &uncounted, node)?;
+    let (mut state, _) = load_state(conn, table, key, image.as_deref(), &uncounted, node)?;
     let mut deleted = None;
     if seen.deleted || (image.is_none() && state.exists()) {
         let hlc = clock.stamp_local_write(wall);
@@ -302,8 +296,8 @@ pub(super) fn merge_into_row(
 ) -> Result<Merged, ApplyFailure> {
     let width = table.info.value_columns.len();
     let image = read_row(conn, &table.select_row, key, width)?;
-    let known = read_version(conn, table, key)?.is_some();
-    let mut state = load_state(conn, table, key, image.as_deref(), &BTreeMap::new(), node)?;
+    let (mut state, known) =
+        load_state(conn, table, key, image.as_deref(), &BTreeMap::new(), node)?;
     let merge = table.merge.as_ref().expect("a column-merge table");
     let counter = |name: &str| {
         table
@@ -405,7 +399,11 @@ fn write_row(
         // A delete hid columns of a row that lives on: they go back to their defaults.
         delete(conn)?;
     }
-    let sql = table.upsert_row_sql(&names);
+    let sql: std::borrow::Cow<'_, str> = if hidden {
+        table.upsert_row_sql(&names).into()
+    } else {
+        merge.upsert_all.as_str().into()
+    };
     conn.prepare_cached(&sql)
         .and_then(|mut s| s.execute(params_from_iter(key.iter().chain(&values))))
         .map_err(|e| refusal(table, e))?;

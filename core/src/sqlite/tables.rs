@@ -38,6 +38,10 @@ pub struct ColumnMerge {
     pub select_state: String,
     /// Upsert of `(key, state)` into the state table.
     pub upsert_state: String,
+    /// `SELECT hlc, deleted FROM version WHERE <key slots>`.
+    pub select_version: String,
+    /// Upsert of the whole row (key, then every value column).
+    pub upsert_all: String,
 }
 
 /// Why another copy of a table does not fit the one here ([`RegisteredTable::shape_mismatch`]).
@@ -150,6 +154,11 @@ impl RegisteredTable {
                 .map(|c| config.is_counter(&c.name))
                 .collect(),
             select_state: format!("SELECT state FROM {cells} WHERE {slot_match}"),
+            select_version: format!(
+                "SELECT hlc, deleted FROM {} WHERE {slot_match}",
+                quote(&names::version_table(self.id))
+            ),
+            upsert_all: self.upsert_row_sql(&self.info.value_names()),
             upsert_state: format!(
                 "INSERT INTO {cells}({}, state) VALUES ({}) \
                  ON CONFLICT({}) DO UPDATE SET state = excluded.state",
