@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use harmonylite_core::column_merge::MergeConfig;
 use harmonylite_core::engine::EngineConfig;
 use harmonylite_core::hlc::{Clock, NodeId};
 use harmonylite_core::scope::{PartitionRule, ScopeRules, ScopeRulesDoc};
@@ -51,6 +52,9 @@ pub struct ReplicaOptions {
     /// A scoped replica (`scoped: true`): it holds and writes only its partitions, publishes
     /// on scoped subjects and consumes a filtered feed.
     pub scoped: bool,
+    /// Tables that merge by column and their counters (`merge`); `None`: as the database
+    /// records (tables it does not know merge by row).
+    pub merge: Option<MergeConfig>,
 }
 
 fn get(options: &JsValue, key: &str) -> JsValue {
@@ -162,6 +166,37 @@ pub fn scopes_arg(options: &JsValue) -> Result<ScopeRules, ReplicaError> {
     ScopeRules::from_doc(doc).map_err(|e| invalid("scopes", &e.to_string()))
 }
 
+/// `merge`: `{ column?: [table], counters?: ["table.column"] }` (the sidecar's `[merge]`
+/// section), checked like the sidecar's: unknown keys and counters without their table are
+/// refused. Absent or `null`: `None` (follow the database).
+pub fn merge_arg(options: &JsValue) -> Result<Option<MergeConfig>, ReplicaError> {
+    let value = get(options, "merge");
+    if value.is_undefined() || value.is_null() {
+        return Ok(None);
+    }
+    if !value.is_object() || Array::is_array(&value) {
+        return Err(invalid(
+            "merge",
+            "must be an object { column: [tables], counters: [\"table.column\"] }",
+        ));
+    }
+    let object: &js_sys::Object = value.unchecked_ref();
+    for key in js_sys::Object::keys(object).iter() {
+        let key = key.as_string().unwrap_or_default();
+        if key != "column" && key != "counters" {
+            return Err(invalid(
+                "merge",
+                &format!("unknown key {key:?} (the keys are \"column\" and \"counters\")"),
+            ));
+        }
+    }
+    let column = string_list(&get(&value, "column"), "merge.column")?;
+    let counters = string_list(&get(&value, "counters"), "merge.counters")?;
+    MergeConfig::new(&column, &counters)
+        .map(Some)
+        .map_err(|e| invalid("merge", e.strip_prefix("merge: ").unwrap_or(&e)))
+}
+
 fn millis(n: f64) -> Duration {
     Duration::from_secs_f64(n / 1000.0)
 }
@@ -271,6 +306,7 @@ impl ReplicaOptions {
             replicate,
             scopes: scopes_arg(options)?,
             scoped: opt_bool(options, "scoped")?.unwrap_or(false),
+            merge: merge_arg(options)?,
         })
     }
 

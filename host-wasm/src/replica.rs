@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use harmonylite_core::capture::names::quote;
 use harmonylite_core::change::StreamSeq;
+use harmonylite_core::column_merge::{self, MergeConfig, TableMerge};
 use harmonylite_core::engine::{Event, Now, Publish};
+use harmonylite_core::error::StoreError;
 use harmonylite_core::hlc::ntp64_from_unix;
 use harmonylite_core::session::{
     Session, SessionConfig, SessionInput, SessionOutput, SessionStatus, StreamInfo,
@@ -66,6 +68,9 @@ pub struct Replica {
     memory_name: Option<String>,
     /// Schema version capture was last brought up to date for.
     schema_seen: i64,
+    /// The `merge` option as the store was last opened with (`None`: follow the database),
+    /// which a snapshot must fit before it replaces the database.
+    merge: Option<MergeConfig>,
 }
 
 /// Opens (creating if needed) the database named in `options` and installs change capture.
@@ -73,10 +78,12 @@ pub struct Replica {
 /// `options`: `{ name, storage?: "memory" | "opfs", opfsDirectory?, nodeId?, random,
 /// stream?, replicate?, publish?, excludeTables?, compression?: "lz4" | "none",
 /// pollingIntervalMs?, publishWindow?, applyBatch?, parkedRetryIntervalMs?,
-/// maxClockAheadMs? }` where `random` is a `Uint8Array` of at least 24 bytes from a
+/// maxClockAheadMs?, merge? }` where `random` is a `Uint8Array` of at least 24 bytes from a
 /// cryptographic source (a new node id and the incarnation of this database's node-local
 /// state), `stream` the change stream's name (in refusals; default
-/// `harmonylite-changes-1`) and `replicate: false` a publish-only replica.
+/// `harmonylite-changes-1`), `replicate: false` a publish-only replica and `merge: { column?:
+/// [tables], counters?: ["table.column"] }` the tables that merge by column (absent: as the
+/// database records; a table it records otherwise is refused with `InvalidArgumentError`).
 #[wasm_bindgen(js_name = openReplica)]
 pub async fn open_replica(options: JsValue) -> Result<Replica, JsValue> {
     let options = ReplicaOptions::from_js(&options)?;
@@ -96,7 +103,13 @@ pub async fn open_replica(options: JsValue) -> Result<Replica, JsValue> {
     if options.scoped {
         store_options.writer = harmonylite_core::scope::Writer::Scoped;
     }
-    let store = Store::open(conn, store_options).map_err(ReplicaError::from)?;
+    store_options.merge = options.merge.clone();
+    let store = Store::open(conn, store_options).map_err(|e| match e {
+        // The options do not fit the database (a table it merges otherwise than `merge`
+        // says): the caller's options, not a damaged database.
+        StoreError::Config(message) => ReplicaError::InvalidArgument(message),
+        e => ReplicaError::from(e),
+    })?;
     let schema_seen = Replica::schema_version(store.connection())?;
     let config = SessionConfig {
         replicate: options.replicate,
@@ -107,6 +120,7 @@ pub async fn open_replica(options: JsValue) -> Result<Replica, JsValue> {
         session: Some(Session::new(store, config)),
         memory_name: (options.storage == Storage::Memory).then(|| options.name.clone()),
         schema_seen,
+        merge: options.merge,
     })
 }
 
@@ -488,8 +502,17 @@ impl Replica {
         change: impl FnOnce(Connection, &mut StoreOptions) -> Result<Connection, ReplicaError>,
     ) -> Result<(), ReplicaError> {
         let session = self.session.take().ok_or(ReplicaError::Closed)?;
+        let mut merge_now = None;
         let session = session.reopen(now(monotonic_ms, wall_ms), |store| {
             let mut options = store.options().clone();
+            // A merge switch applied since the store opened changed how the database merges
+            // a table, not the options: reopening with them as given would refuse it.
+            if let Some(merge) = options.merge.as_mut() {
+                for (table, mode) in store.merge_modes() {
+                    merge.set(&table, mode);
+                }
+            }
+            merge_now = options.merge.clone();
             let conn = change(store.into_connection(), &mut options)?;
             Store::open(conn, options).map_err(|e| {
                 ReplicaError::Storage(format!("reopening the database: {e} (reopen the replica)"))
@@ -504,6 +527,7 @@ impl Replica {
         };
         self.schema_seen = Self::schema_version(session.app_connection())?;
         self.session = Some(session);
+        self.merge = merge_now;
         Ok(())
     }
 }
@@ -711,6 +735,95 @@ impl Replica {
             ("statements", num(published.statements as f64)),
             ("destructive", JsValue::from_bool(published.destructive)),
         ]))
+    }
+
+    /// Publishes a replicated migration that switches how `table` merges: `mode`
+    /// `"column"` (with `counters`, names of the table's counter columns) or `"row"`.
+    /// Checked here first (the table must be replicated here and fit column merging, each
+    /// counter a column outside its primary key); every replica, this one included, switches
+    /// when it applies it from the stream, at the same point of the stream. Returns like
+    /// `migrate` (look it up with `migrationVersion`). The session is rebuilt over the store
+    /// to publish it (frames in flight are handed out again): feed `Reopened` next.
+    #[wasm_bindgen(js_name = mergeSwitch)]
+    pub fn merge_switch(
+        &mut self,
+        table: &str,
+        mode: &str,
+        counters: JsValue,
+        monotonic_ms: f64,
+        wall_ms: f64,
+    ) -> Result<JsValue, JsValue> {
+        if !self.conn()?.is_autocommit() {
+            return Err(ReplicaError::InvalidArgument(
+                "migrate() cannot run inside a transaction".into(),
+            )
+            .into());
+        }
+        let counters = merge_switch_counters(&counters)?;
+        let merge = match mode {
+            "column" => Some(TableMerge { counters }),
+            "row" if counters.is_empty() => None,
+            "row" => {
+                return Err(ReplicaError::InvalidArgument(
+                    "merge switch: counters are for mode \"column\"; a table that merges by row has none"
+                        .into(),
+                )
+                .into())
+            }
+            other => {
+                return Err(ReplicaError::InvalidArgument(format!(
+                    "merge switch: mode {other:?} is not \"column\" or \"row\""
+                ))
+                .into())
+            }
+        };
+        let now = now(monotonic_ms, wall_ms);
+        // The session lends its store only while it is rebuilt over it.
+        let mut published = None;
+        let session = self.session.take().ok_or(ReplicaError::Closed)?;
+        let session = session
+            .reopen(now, |mut store| {
+                published = Some(store.publish_merge_switch(table, merge.as_ref(), now.wall));
+                Ok::<_, std::convert::Infallible>(store)
+            })
+            .unwrap_or_else(|never| match never {});
+        self.session = Some(session);
+        let published = published
+            .expect("the reopen closure ran")
+            .map_err(|e| match e {
+                PublishMigrationError::Refused(e) => ReplicaError::Migration(e.to_string()),
+                PublishMigrationError::Store(e) => ReplicaError::from(e),
+            })?;
+        Ok(object(&[
+            ("id", JsValue::from_str(&published.id)),
+            ("baseVersion", num(published.base_version as f64)),
+            ("statements", num(published.statements as f64)),
+            ("destructive", JsValue::from_bool(published.destructive)),
+        ]))
+    }
+
+    /// How each replicated table merges, as the database records it (a replicated merge
+    /// switch changes it): `{ table: { mode: "row" | "column", counters: [names] } }`.
+    #[wasm_bindgen(js_name = mergeModes)]
+    pub fn merge_modes(&self) -> Result<JsValue, JsValue> {
+        let session = self.session()?;
+        let out = Object::new();
+        for table in session.replicated_tables() {
+            let merge = recorded_merge(session.app_connection(), &table)?;
+            let (mode, counters) = match &merge {
+                Some(m) => ("column", m.counters.as_slice()),
+                None => ("row", &[][..]),
+            };
+            Reflect::set(
+                &out,
+                &JsValue::from_str(&table),
+                &object(&[
+                    ("mode", mode.into()),
+                    ("counters", convert::string_array(counters).into()),
+                ]),
+            )?;
+        }
+        Ok(out.into())
     }
 
     /// The version under which the migration with this id (as `migrate` returned it) was
@@ -992,6 +1105,10 @@ impl Replica {
         let size = bytes.len();
         copy.deserialize_read_exact(rusqlite::MAIN_DB, &bytes[..], size, false)
             .map_err(|e| ReplicaError::Storage(format!("loading the snapshot: {e}")))?;
+        // Refused before the database is touched, as opening it afterwards would be.
+        if let Some(merge) = &self.merge {
+            check_snapshot_merge(&copy, merge)?;
+        }
         install_node_local(&mut copy, &local, header.covered_seq, replay_own_until)
             .map_err(ReplicaError::from)?;
         self.reopen_store(monotonic_ms, wall_ms, |mut conn, options| {
@@ -1031,6 +1148,118 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// A merge switch's `counters` argument: an array of column names (or nothing).
+fn merge_switch_counters(value: &JsValue) -> Result<Vec<String>, ReplicaError> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(Vec::new());
+    }
+    let bad = || {
+        ReplicaError::InvalidArgument(
+            "merge switch: counters must be an array of column names".into(),
+        )
+    };
+    value
+        .dyn_ref::<Array>()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|v| v.as_string().filter(|s| !s.is_empty()).ok_or_else(bad))
+        .collect()
+}
+
+/// How `table` merges according to the database's table registry (`None`: by row, or not
+/// registered). Read with SQL: the session does not lend its store (whose `merge_modes`
+/// reads the same registry).
+fn recorded_merge(conn: &Connection, table: &str) -> Result<Option<TableMerge>, ReplicaError> {
+    use rusqlite::OptionalExtension;
+    let row: Option<(Option<String>, Option<Vec<u8>>)> = conn
+        .prepare_cached(&format!(
+            "SELECT merge, counters FROM {} WHERE name = ?1 COLLATE NOCASE ORDER BY id DESC LIMIT 1",
+            quote(harmonylite_core::capture::names::TABLES)
+        ))?
+        .query_row([table], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        None | Some((None, _)) => Ok(None),
+        Some((Some(mode), counters)) if mode == "column" => {
+            let counters = match counters {
+                None => Vec::new(),
+                Some(bytes) => decode_names(&bytes).ok_or_else(|| {
+                    ReplicaError::Storage(format!(
+                        "harmonylite metadata is damaged: the counters of table {table:?} in the registry"
+                    ))
+                })?,
+            };
+            Ok(Some(TableMerge { counters }))
+        }
+        Some((Some(mode), _)) => Err(ReplicaError::Storage(format!(
+            "harmonylite metadata is damaged: merge mode {mode:?} of table {table:?} in the registry"
+        ))),
+    }
+}
+
+/// Refuses a snapshot that merges a table otherwise than the `merge` option says (opening
+/// the restored database with that option would be refused, the database already replaced).
+fn check_snapshot_merge(copy: &Connection, merge: &MergeConfig) -> Result<(), ReplicaError> {
+    let tables: Vec<String> = copy
+        .prepare(&format!(
+            "SELECT r.name FROM {} r WHERE EXISTS (SELECT 1 FROM sqlite_schema s \
+             WHERE s.type = 'table' AND s.name = r.name COLLATE NOCASE) ORDER BY r.name",
+            quote(harmonylite_core::capture::names::TABLES)
+        ))?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for table in tables {
+        let recorded = recorded_merge(copy, &table)?;
+        let configured = merge.table(&table);
+        let same = match (&recorded, configured) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.counters.len() == b.counters.len() && a.counters.iter().all(|c| b.is_counter(c))
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(ReplicaError::InvalidArgument(format!(
+                "table {table:?} merges by {} in the snapshot but the options say {}; every \
+                 replica must merge it the same way: set the merge option to match (or leave \
+                 it out to follow the database)",
+                column_merge::describe(recorded.as_ref()),
+                column_merge::describe(configured)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The registry's counter names: postcard's `Vec<String>` (a varint count, then each
+/// string as a varint length and its UTF-8 bytes).
+fn decode_names(mut bytes: &[u8]) -> Option<Vec<String>> {
+    fn varint(bytes: &mut &[u8]) -> Option<usize> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return usize::try_from(value).ok();
+            }
+        }
+        None
+    }
+    let count = varint(&mut bytes)?;
+    let mut names = Vec::new();
+    for _ in 0..count {
+        let len = varint(&mut bytes)?;
+        if bytes.len() < len {
+            return None;
+        }
+        let (name, rest) = bytes.split_at(len);
+        names.push(String::from_utf8(name.to_vec()).ok()?);
+        bytes = rest;
+    }
+    bytes.is_empty().then_some(names)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -25,6 +25,7 @@ import type {
   CloseOptions,
   DiscardParkedOptions,
   ExecResult,
+  MergeSwitch,
   MigrateOptions,
   MigrationResult,
   OpenOptions,
@@ -596,7 +597,7 @@ class TabReplica implements Replica {
     await this.#call("sync", [options]);
   }
 
-  async migrate(sql: string, options?: MigrateOptions): Promise<MigrationResult> {
+  async migrate(sql: string | MergeSwitch, options?: MigrateOptions): Promise<MigrationResult> {
     await this.#idle();
     return (await this.#call("migrate", [sql, options])) as MigrationResult;
   }

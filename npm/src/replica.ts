@@ -22,6 +22,7 @@ import type {
   CloseOptions,
   DiscardParkedOptions,
   ExecResult,
+  MergeSwitch,
   MigrateOptions,
   MigrationResult,
   OpenOptions,
@@ -33,6 +34,7 @@ import type {
   SqlParams,
   Status,
   SubscribeOptions,
+  TableMergeMode,
   Transaction,
   WaitOptions,
 } from "./types.js";
@@ -59,6 +61,8 @@ export interface WasmReplica {
   exec(sql: string, params: unknown, monotonicMs: number, wallMs: number): ExecResult;
   query(sql: string, params: unknown): Row[];
   migrate(sql: string, allowDestructive: boolean, monotonicMs: number, wallMs: number): { id: string; baseVersion: number; statements: number; destructive: boolean };
+  mergeSwitch(table: string, mode: string, counters: string[], monotonicMs: number, wallMs: number): { id: string; baseVersion: number; statements: number; destructive: boolean };
+  mergeModes(): Record<string, TableMergeMode>;
   migrationVersion(id: string): number;
   migrationParked(id: string): string | undefined;
   schemaStatus(): SchemaStatus;
@@ -223,6 +227,38 @@ function streamName(options: OpenOptions): string {
   return `${options.streamPrefix ?? "harmonylite-changes"}-1`;
 }
 
+/** `migrate()`'s `{ merge: { table, mode, counters } }` form, checked. */
+function mergeSwitchArg(value: unknown): { table: string; mode: "row" | "column"; counters: string[] } {
+  const shape = 'migrate() takes SQL (a string) or { merge: { table, mode: "column" | "row", counters?: [columns] } }';
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new InvalidArgumentError(shape);
+  }
+  const extra = Object.keys(value).filter((k) => k !== "merge");
+  const merge = (value as { merge?: unknown }).merge;
+  if (extra.length > 0 || typeof merge !== "object" || merge === null || Array.isArray(merge)) {
+    throw new InvalidArgumentError(extra.length > 0 ? `${shape}; unknown key ${JSON.stringify(extra[0])}` : shape);
+  }
+  const unknown = Object.keys(merge).filter((k) => k !== "table" && k !== "mode" && k !== "counters");
+  if (unknown.length > 0) {
+    throw new InvalidArgumentError(`migrate({ merge }): unknown key ${JSON.stringify(unknown[0])} (the keys are table, mode and counters)`);
+  }
+  const { table, mode, counters } = merge as { table?: unknown; mode?: unknown; counters?: unknown };
+  if (typeof table !== "string" || table === "") {
+    throw new InvalidArgumentError("migrate({ merge }): table must be a non-empty string");
+  }
+  if (mode !== "row" && mode !== "column") {
+    throw new InvalidArgumentError(`migrate({ merge }): mode must be "column" or "row", got ${JSON.stringify(mode)}`);
+  }
+  if (counters !== undefined && (!Array.isArray(counters) || counters.some((c) => typeof c !== "string" || c === ""))) {
+    throw new InvalidArgumentError("migrate({ merge }): counters must be an array of column names");
+  }
+  const list = (counters as string[] | undefined) ?? [];
+  if (mode === "row" && list.length > 0) {
+    throw new InvalidArgumentError('migrate({ merge }): counters are for mode "column"; a table that merges by row has none');
+  }
+  return { table, mode, counters: list };
+}
+
 /** Opens a replica in this thread (memory storage anywhere; OPFS inside a dedicated Worker). */
 export async function openLocal(options: OpenOptions, platform: Platform): Promise<LocalReplica> {
   if (typeof options !== "object" || options === null) {
@@ -252,6 +288,8 @@ export async function openLocal(options: OpenOptions, platform: Platform): Promi
       publishWindow: options.publishWindow,
       applyBatch: options.applyBatch,
       scoped: options.scoped === true,
+      // Checked by the wasm module, as the sidecar checks its [merge] section.
+      merge: options.merge,
     });
   } catch (e) {
     throw toHarmonyliteError(e);
@@ -925,6 +963,7 @@ export class LocalReplica implements Replica {
       streamRefused: s.refused,
       migrationVersion: c.migrationVersion,
       schemaFingerprint: c.schemaFingerprint,
+      merge: this.#core.mergeModes(),
       ...(this.#scoped
         ? { scopes: { partitions: this.#core.scopePartitions(), refetching: this.#core.refetchKeys(REFETCH_KEYS).length } }
         : {}),
@@ -1174,23 +1213,37 @@ export class LocalReplica implements Replica {
     return this.#wait("flush", target, options);
   }
 
-  async migrate(sql: string, options?: MigrateOptions): Promise<MigrationResult> {
+  async migrate(sql: string | MergeSwitch, options?: MigrateOptions): Promise<MigrationResult> {
     do await this.#idle(); while (this.#tx);
-    if (typeof sql !== "string") {
-      throw new InvalidArgumentError("sql must be a string");
-    }
+    const mergeSwitch = typeof sql === "string" ? null : mergeSwitchArg(sql);
     if (!this.#transport || !this.#publish) {
       throw new InvalidArgumentError("migrate() needs servers and publish: the migration reaches the other replicas through the stream");
     }
-    const [mono, wall] = this.#now();
     let queued: { id: string; statements: number; destructive: boolean };
-    try {
-      queued = this.#core.migrate(sql, options?.allowDestructive === true, mono, wall);
-    } catch (e) {
-      throw toHarmonyliteError(e);
+    if (mergeSwitch) {
+      // Inputs queued before (a last message, acks) are fed first: the session is rebuilt.
+      this.#feed();
+      const [mono, wall] = this.#now();
+      try {
+        queued = this.#core.mergeSwitch(mergeSwitch.table, mergeSwitch.mode, mergeSwitch.counters, mono, wall);
+      } catch (e) {
+        throw toHarmonyliteError(e);
+      } finally {
+        // The session was rebuilt over the store to publish the switch (refused or not):
+        // it reads the stream again, and the switch goes out with the outbox.
+        this.#push(Kind.LocalWrite);
+        this.#feedNow(Kind.Reopened);
+      }
+    } else {
+      const [mono, wall] = this.#now();
+      try {
+        queued = this.#core.migrate(sql as string, options?.allowDestructive === true, mono, wall);
+      } catch (e) {
+        throw toHarmonyliteError(e);
+      }
+      // Hand the migration out for publishing now.
+      this.#carryOut();
     }
-    // Hand the migration out for publishing now.
-    this.#carryOut();
     const started = Date.now();
     for (;;) {
       this.#check();

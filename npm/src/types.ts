@@ -80,6 +80,53 @@ export interface OpenOptions {
   clientName?: string;
   /** OPFS directory of the SyncAccessHandle pool (default `.harmonylite`). */
   opfsDirectory?: string;
+  /**
+   * Tables that merge by column instead of by row, and counter columns: the same lists as
+   * the sidecars' `[merge]` section (every replica of a cluster must say the same). Absent:
+   * each table merges as this database records (a table it does not know yet: by row). A
+   * database that records another mode for a table is refused (`InvalidArgumentError`
+   * naming the table): switch modes with {@link Replica.migrate}'s `{ merge }` form. See
+   * [docs/js-api.md](../docs/js-api.md#column-merge).
+   */
+  merge?: MergeOptions;
+}
+
+/** {@link OpenOptions.merge}: which tables merge by column, and their counter columns. */
+export interface MergeOptions {
+  /**
+   * Tables that merge by column: an UPDATE replicates only the columns it changed, and each
+   * column keeps its latest write, so concurrent edits of different columns of a row both
+   * survive. A DELETE hides every column write older than it.
+   */
+  column?: string[];
+  /**
+   * Counter columns as `"table.column"` (their tables merge by column too): every replica's
+   * increments add up, so `UPDATE stock SET qty = qty - 1` on two replicas makes -2 everywhere.
+   */
+  counters?: string[];
+}
+
+/** How a table merges, in {@link Status.merge}. */
+export interface TableMergeMode {
+  /** `"row"`: the latest write of the row wins whole; `"column"`: each column's latest write wins. */
+  mode: "row" | "column";
+  /** Counter columns (mode `"column"` only). */
+  counters: string[];
+}
+
+/**
+ * A replicated switch of one table's merge mode, for {@link Replica.migrate}: every replica
+ * switches at the same point of the change stream.
+ */
+export interface MergeSwitch {
+  merge: {
+    /** A replicated table. */
+    table: string;
+    /** The new mode. */
+    mode: "row" | "column";
+    /** Its counter columns (names of the table's columns; mode `"column"` only). */
+    counters?: string[];
+  };
 }
 
 /** Replication state, from {@link Replica.status} and the `status` event. */
@@ -112,6 +159,8 @@ export interface Status {
   migrationVersion: number;
   /** CRC-32 of the application's schema (8 hex digits); equal on two replicas = same schema. */
   schemaFingerprint: string;
+  /** How each replicated table merges, by table name (as this database records it). */
+  merge: Record<string, TableMergeMode>;
   /**
    * Only for an OPFS replica opened from a page (shared by the tabs of the origin): whether
    * this tab runs the database (`"leader"`: the Worker runs in this tab) or forwards its
@@ -264,8 +313,13 @@ export interface Replica {
    * Publishes `sql` as a replicated schema migration: every replica applies it exactly
    * once, in stream order. Checked and tried here first (`MigrationError` if refused);
    * resolves once this replica applied it. Needs `servers`.
+   *
+   * `{ merge: { table, mode, counters } }` instead of SQL switches how a table merges
+   * (`"column"` with its counter columns, or `"row"`), as a replicated migration: every
+   * replica switches at the same point of the stream. Refused (`MigrationError`) when the
+   * table is not replicated here or a counter is not one of its columns.
    */
-  migrate(sql: string, options?: MigrateOptions): Promise<MigrationResult>;
+  migrate(sql: string | MergeSwitch, options?: MigrateOptions): Promise<MigrationResult>;
   /** The local schema fingerprint, migration version and parked messages by table. */
   schemaStatus(): Promise<SchemaStatus>;
   /**

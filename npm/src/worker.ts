@@ -21,7 +21,7 @@ import { platform } from "./browser.js";
 import { clientLock, inbox } from "./rpc.js";
 import { sqlKind } from "./sqlkind.js";
 import type { Announcement, Begun, Call, FromWorker, Reply, ToWorker } from "./rpc.js";
-import type { CloseOptions, DiscardParkedOptions, ExecResult, MigrateOptions, OpenOptions, Row, SqlParams, Transaction, WaitOptions } from "./types.js";
+import type { CloseOptions, DiscardParkedOptions, ExecResult, MergeSwitch, MigrateOptions, OpenOptions, Row, SqlParams, Transaction, WaitOptions } from "./types.js";
 
 const scope = globalThis as unknown as {
   postMessage(message: unknown): void;
@@ -408,7 +408,7 @@ async function handle(call: Call): Promise<unknown> {
     case "sync":
       return current().sync(a[0] as WaitOptions | undefined);
     case "migrate":
-      return inTurn(call, () => current().migrate(a[0] as string, a[1] as MigrateOptions | undefined));
+      return inTurn(call, () => current().migrate(a[0] as string | MergeSwitch, a[1] as MigrateOptions | undefined));
     case "schemaStatus":
       return current().schemaStatus();
     case "discardParked":
