@@ -489,3 +489,63 @@ fn a_catch_up_merges_column_versions_and_counters_from_a_snapshot() {
     while !b.store.catch_up_step(&mut job, now(), 10).unwrap().finished {}
     assert_eq!(b.qty("plum"), Some(89));
 }
+
+#[test]
+fn a_node_restored_from_its_own_older_snapshot_keeps_counting_from_its_published_totals() {
+    use harmonylite_core::sqlite::snapshot::{
+        install_node_local, strip_node_local, vacuum_into, NodeLocal,
+    };
+    let (mut a, mut b) = (Replica::new(1), Replica::new(2));
+    let mut stream = Stream::default();
+    a.exec("INSERT INTO stock(sku, qty) VALUES ('fig', 0)");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    a.exec("UPDATE stock SET qty = qty - 3");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    // A snapshot of a (covering its 3 decrements), then 5 more decrements published.
+    let snapshot = a._dir.path().join("snapshot.db");
+    vacuum_into(a.store.connection(), snapshot.to_str().unwrap()).unwrap();
+    let covered = strip_node_local(&mut Connection::open(&snapshot).unwrap()).unwrap();
+    for _ in 0..5 {
+        a.exec("UPDATE stock SET qty = qty - 1");
+    }
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    assert_eq!(b.qty("fig"), Some(-8));
+    // a loses its file and restores the older snapshot; its own later messages are applied
+    // from the stream, not skipped, so its totals are back where it published them.
+    let Replica {
+        _dir,
+        path,
+        store,
+        app,
+        ..
+    } = a;
+    drop((store, app));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    std::fs::copy(&snapshot, &path).unwrap();
+    let mut conn = Connection::open(&path).unwrap();
+    let local = NodeLocal {
+        node_id: NodeId::from_u128(1).unwrap(),
+        incarnation: 77,
+        next_batch: None,
+        next_outbox_id: None,
+        clock: None,
+    };
+    let replay_until = StreamSeq::new(stream.frames.len() as u64);
+    install_node_local(&mut conn, &local, covered, replay_until).unwrap();
+    drop(conn);
+    let app = Connection::open(&path).unwrap();
+    let store = Store::open(Connection::open(&path).unwrap(), options(1, merge())).unwrap();
+    let mut a = Replica {
+        _dir,
+        path,
+        store,
+        app,
+    };
+    stream.deliver(&mut a);
+    assert_eq!(a.qty("fig"), Some(-8));
+    a.exec("UPDATE stock SET qty = qty - 1");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    assert_eq!((a.qty("fig"), b.qty("fig")), (Some(-9), Some(-9)));
+}
