@@ -6,8 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use harmonylite_core::change::{Batch, BatchSeq, RowChange, StreamSeq, TableSchema};
-use harmonylite_core::hlc::NodeId;
+use harmonylite_core::change::{
+    Batch, BatchSeq, CellChange, CounterTotals, RowChange, StreamSeq, TableSchema,
+};
+use harmonylite_core::hlc::{Hlc, NodeId, NTP64};
 use harmonylite_core::snapshot::frame_bytes;
 use harmonylite_core::value::Value;
 use harmonylite_core::wire::{encode_batch, encode_frame, Compression, Message, MessageV1};
@@ -106,6 +108,37 @@ fn wire_seeds() -> Vec<Vec<u8>> {
     )
     .expect("encoding a multi-part batch");
     out.extend(parts.into_iter().take(3));
+    // A batch with column-merge changes (wire version 5).
+    let mut cells = sample_batch(2);
+    cells.cells = vec![
+        CellChange {
+            table: 0,
+            key: vec![Value::Integer(7)],
+            deleted: Some(1500),
+            time: 1501,
+            columns: vec![(0, Value::Text("title".into())), (1, Value::Integer(3))],
+            counters: vec![CounterTotals {
+                column: 1,
+                epoch: Some(Hlc::new(NTP64(1500), node())),
+                up: 4,
+                down: 9,
+            }],
+        },
+        CellChange {
+            table: 0,
+            key: vec![Value::Integer(8)],
+            deleted: Some(1502),
+            time: 1502,
+            columns: Vec::new(),
+            counters: Vec::new(),
+        },
+    ];
+    for compression in [Compression::None, Compression::Lz4] {
+        out.extend(
+            encode_batch(node(), BatchSeq::new(77), &cells, compression, 1 << 16)
+                .expect("encoding a batch with column changes"),
+        );
+    }
     // A frame whose body is garbage (valid envelope).
     out.push(encode_frame(&Message::V1(MessageV1 {
         origin: node(),
