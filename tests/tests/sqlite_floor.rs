@@ -216,3 +216,58 @@ fn an_application_on_sqlite_3_35_with_untrusted_schema_writes_and_reads_replicat
         rows == [vec![Value::Integer(1), Value::Text("ONE".into())]]
     });
 }
+
+#[test]
+fn column_merge_triggers_run_in_an_application_on_sqlite_3_35_with_untrusted_schema() {
+    const STOCK: &str = "CREATE TABLE stock(sku TEXT PRIMARY KEY, label TEXT, \
+                         qty INTEGER NOT NULL DEFAULT 0);";
+    let merge = "[merge]\ncolumn = [\"stock\"]\ncounters = [\"stock.qty\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let nats = ExternalNats::start(&dir.path().join("nats"));
+    let config = |n| format!("{}{merge}", external_toml(&nats.url(), n));
+    let mut one = Node::new(dir.path(), "node1", STOCK, &config(1));
+    let mut two = Node::new(dir.path(), "node2", STOCK, &config(2));
+    one.start();
+    two.start();
+    one.wait_healthy(Duration::from_secs(30));
+    two.wait_healthy(Duration::from_secs(30));
+    assert_eq!(
+        floor(
+            &one.db,
+            &["INSERT INTO stock(sku, label, qty) VALUES ('pen', 'Pen', 10)"]
+        ),
+        ["changes 1"]
+    );
+    let stock = |label: &str, qty: i64| {
+        vec![
+            Value::Text("pen".into()),
+            Value::Text(label.into()),
+            Value::Integer(qty),
+        ]
+    };
+    wait_converged(&[&one, &two], "stock", CONVERGE, |rows| {
+        rows == [stock("Pen", 10)]
+    });
+    // The 3.35 application decrements and relabels on node 1 while node 2's application
+    // decrements too: the counter adds both, the label survives.
+    let out = floor(
+        &one.db,
+        &[
+            "UPDATE stock SET qty = qty - 1 WHERE sku = 'pen'",
+            "UPDATE stock SET qty = qty - 1 WHERE sku = 'pen'",
+            "UPDATE stock SET label = 'Blue pen' WHERE sku = 'pen'",
+        ],
+    );
+    assert_eq!(out, ["changes 1", "changes 1", "changes 1"]);
+    two.app()
+        .execute("UPDATE stock SET qty = qty - 3 WHERE sku = 'pen'", [])
+        .unwrap();
+    let rows = wait_converged(&[&one, &two], "stock", CONVERGE, |rows| {
+        rows == [stock("Blue pen", 5)]
+    });
+    assert_eq!(rows, [stock("Blue pen", 5)]);
+    assert_eq!(
+        floor(&one.db, &["SELECT label || '|' || qty FROM stock"]),
+        ["Blue pen|5"]
+    );
+}
