@@ -64,6 +64,46 @@ pub enum ColumnChange<V = Value> {
     },
 }
 
+impl<V> ColumnChange<V> {
+    /// The same change with each column renamed by `name` and each written value turned by
+    /// `value` (given the column's new name).
+    pub fn map<W>(
+        self,
+        mut name: impl FnMut(String) -> String,
+        mut value: impl FnMut(&str, V) -> W,
+    ) -> ColumnChange<W> {
+        match self {
+            ColumnChange::Write { hlc, columns } => ColumnChange::Write {
+                hlc,
+                columns: columns
+                    .into_iter()
+                    .map(|(column, v)| {
+                        let column = name(column);
+                        let v = value(&column, v);
+                        (column, v)
+                    })
+                    .collect(),
+            },
+            ColumnChange::Delete { hlc } => ColumnChange::Delete { hlc },
+            ColumnChange::Counter {
+                column,
+                node,
+                epoch,
+                up,
+                down,
+                hlc,
+            } => ColumnChange::Counter {
+                column: name(column),
+                node,
+                epoch,
+                up,
+                down,
+                hlc,
+            },
+        }
+    }
+}
+
 /// What the store keeps of a column's value: a counter's base, or nothing for a plain
 /// column (its value is the row's).
 pub type Stored = Option<i64>;

@@ -166,34 +166,67 @@ pub fn drop_triggers(id: i64) -> String {
         .collect()
 }
 
+/// The pieces every capture trigger of a table is built from.
+struct TriggerParts {
+    /// The quoted table name.
+    target: String,
+    /// The key slot columns of the log.
+    slots: Vec<String>,
+    /// `OLD.k IS NOT NEW.k OR …`: the UPDATE changed the primary key.
+    key_changed: String,
+    /// `WHEN NOT EXISTS (SELECT 1 FROM __hl_applying)`: capture off while applying.
+    when: String,
+}
+
+impl TriggerParts {
+    fn new(table: &TableInfo) -> Self {
+        TriggerParts {
+            target: quote(&table.name),
+            slots: (0..table.key_columns.len()).map(names::key_slot).collect(),
+            key_changed: table
+                .key_columns
+                .iter()
+                .map(|c| format!("OLD.{0} IS NOT NEW.{0}", quote(&c.name)))
+                .collect::<Vec<_>>()
+                .join(" OR "),
+            when: format!("WHEN NOT EXISTS (SELECT 1 FROM {})", quote(names::APPLYING)),
+        }
+    }
+
+    /// `INSERT INTO __hl_log(<columns>, k0, …)`.
+    fn log_insert(&self, columns: &str) -> String {
+        format!(
+            "INSERT INTO {}({columns}, {})",
+            quote(names::LOG),
+            self.slots.join(", ")
+        )
+    }
+}
+
+/// The key values of `row` (`NEW` or `OLD`), in key order.
+fn keys(table: &TableInfo, row: &str) -> String {
+    table
+        .key_columns
+        .iter()
+        .map(|c| format!("{row}.{}", quote(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The three capture triggers of table `id` (insert, update, delete), each one statement.
 /// SQLite keeps this text verbatim in `sqlite_schema.sql`, which lets an install tell
 /// whether a trigger is current.
 pub fn create_triggers(id: i64, table: &TableInfo) -> [String; 3] {
     let [insert, update, delete] = names::triggers(id);
-    let target = quote(&table.name);
-    let slots: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
-    let log_insert = format!(
-        "INSERT INTO {}(tbl, wall, {})",
-        quote(names::LOG),
-        slots.join(", ")
-    );
-    let keys = |row: &str| -> String {
-        table
-            .key_columns
-            .iter()
-            .map(|c| format!("{row}.{}", quote(&c.name)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let key_changed = table
-        .key_columns
-        .iter()
-        .map(|c| format!("OLD.{0} IS NOT NEW.{0}", quote(&c.name)))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let when = format!("WHEN NOT EXISTS (SELECT 1 FROM {})", quote(names::APPLYING));
-    let (new, old) = (keys("NEW"), keys("OLD"));
+    let parts = TriggerParts::new(table);
+    let log_insert = parts.log_insert("tbl, wall");
+    let TriggerParts {
+        target,
+        key_changed,
+        when,
+        ..
+    } = parts;
+    let (new, old) = (keys(table, "NEW"), keys(table, "OLD"));
     [
         format!(
             "CREATE TRIGGER {} AFTER INSERT ON {target} {when} BEGIN\n  \
@@ -223,27 +256,14 @@ pub fn create_triggers(id: i64, table: &TableInfo) -> [String; 3] {
 /// `CAST` and `IS NOT` are used, which SQLite ≥ 3.35 runs under `trusted_schema=OFF`.
 pub fn create_column_triggers(id: i64, table: &TableInfo, counters: &[usize]) -> [String; 3] {
     let [insert, update, delete] = names::triggers(id);
-    let target = quote(&table.name);
-    let slots: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
-    let log_insert = format!(
-        "INSERT INTO {}(tbl, wall, cols, delta, {})",
-        quote(names::LOG),
-        slots.join(", ")
-    );
-    let keys = |row: &str| -> String {
-        table
-            .key_columns
-            .iter()
-            .map(|c| format!("{row}.{}", quote(&c.name)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let key_changed = table
-        .key_columns
-        .iter()
-        .map(|c| format!("OLD.{0} IS NOT NEW.{0}", quote(&c.name)))
-        .collect::<Vec<_>>()
-        .join(" OR ");
+    let parts = TriggerParts::new(table);
+    let log_insert = parts.log_insert("tbl, wall, cols, delta");
+    let TriggerParts {
+        target,
+        key_changed,
+        when,
+        ..
+    } = parts;
     let mask_terms: Vec<String> = table
         .value_columns
         .iter()
@@ -268,12 +288,11 @@ pub fn create_column_triggers(id: i64, table: &TableInfo, counters: &[usize]) ->
                  WHERE NEW.{column} IS NOT OLD.{column} AND NOT ({key_changed});",
                 integer("NEW", &column),
                 integer("OLD", &column),
-                keys("NEW"),
+                keys(table, "NEW"),
             )
         })
         .collect();
-    let when = format!("WHEN NOT EXISTS (SELECT 1 FROM {})", quote(names::APPLYING));
-    let (new, old) = (keys("NEW"), keys("OLD"));
+    let (new, old) = (keys(table, "NEW"), keys(table, "OLD"));
     [
         format!(
             "CREATE TRIGGER {} AFTER INSERT ON {target} {when} BEGIN\n  \

@@ -110,7 +110,7 @@ pub fn apply_batch(
         let changes: Vec<ColumnChange> = cell
             .changes(schema, origin)
             .into_iter()
-            .map(|change| rename(table, change))
+            .map(|change| change.map(|name| local_name(table, &name), |_, value| value))
             .collect();
         let merged = cells::merge_into_row(conn, table, &cell.key, &changes, origin)?;
         count_cells(&mut applied, table, merged);
@@ -145,35 +145,6 @@ fn local_name(table: &RegisteredTable, name: &str) -> String {
         .iter()
         .find(|c| same_identifier(&c.name, name))
         .map_or_else(|| name.to_owned(), |c| c.name.clone())
-}
-
-/// A received column change with this table's own column names.
-fn rename(table: &RegisteredTable, change: ColumnChange) -> ColumnChange {
-    match change {
-        ColumnChange::Write { hlc, columns } => ColumnChange::Write {
-            hlc,
-            columns: columns
-                .into_iter()
-                .map(|(name, value)| (local_name(table, &name), value))
-                .collect(),
-        },
-        ColumnChange::Counter {
-            column,
-            node,
-            epoch,
-            up,
-            down,
-            hlc,
-        } => ColumnChange::Counter {
-            column: local_name(table, &column),
-            node,
-            epoch,
-            up,
-            down,
-            hlc,
-        },
-        delete @ ColumnChange::Delete { .. } => delete,
-    }
 }
 
 /// Refuses a batch with column changes for a table this replica merges by row: the

@@ -632,38 +632,16 @@ fn snapshot_cells(
     Ok(state
         .changes()
         .into_iter()
-        .map(|change| match change {
-            ColumnChange::Write { hlc, columns } => ColumnChange::Write {
-                hlc,
-                columns: columns
-                    .into_iter()
-                    .map(|(name, base)| {
-                        // A counter's base, or the plain column's value in the snapshot's row
-                        // (a column a delete hid reads NULL: it stays hidden everywhere).
-                        let value = match base {
-                            Some(base) => Value::Integer(base),
-                            None => value_of(&name).unwrap_or(Value::Null),
-                        };
-                        (name, value)
-                    })
-                    .collect(),
-            },
-            ColumnChange::Delete { hlc } => ColumnChange::Delete { hlc },
-            ColumnChange::Counter {
-                column,
-                node,
-                epoch,
-                up,
-                down,
-                hlc,
-            } => ColumnChange::Counter {
-                column,
-                node,
-                epoch,
-                up,
-                down,
-                hlc,
-            },
+        .map(|change| {
+            // A counter's base, or the plain column's value in the snapshot's row (a
+            // column a delete hid reads NULL: it stays hidden everywhere).
+            change.map(
+                |name| name,
+                |name, base| match base {
+                    Some(base) => Value::Integer(base),
+                    None => value_of(name).unwrap_or(Value::Null),
+                },
+            )
         })
         .collect())
 }

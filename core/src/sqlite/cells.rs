@@ -310,38 +310,15 @@ pub(super) fn merge_into_row(
     let mut incoming: BTreeMap<&str, (Hlc, &Value)> = BTreeMap::new();
     let mut changed = false;
     for change in changes {
-        let stored = match change {
-            ColumnChange::Write { hlc, columns } => {
-                for (name, value) in columns {
-                    incoming.insert(name, (*hlc, value));
-                }
-                ColumnChange::Write {
-                    hlc: *hlc,
-                    columns: columns
-                        .iter()
-                        .map(|(name, value)| {
-                            (name.clone(), counter(name).then(|| counter_integer(value)))
-                        })
-                        .collect(),
-                }
+        if let ColumnChange::Write { hlc, columns } = change {
+            for (name, value) in columns {
+                incoming.insert(name, (*hlc, value));
             }
-            ColumnChange::Delete { hlc } => ColumnChange::Delete { hlc: *hlc },
-            ColumnChange::Counter {
-                column,
-                node,
-                epoch,
-                up,
-                down,
-                hlc,
-            } => ColumnChange::Counter {
-                column: column.clone(),
-                node: *node,
-                epoch: *epoch,
-                up: *up,
-                down: *down,
-                hlc: *hlc,
-            },
-        };
+        }
+        let stored = change.clone().map(
+            |name| name,
+            |name, value| counter(name).then(|| counter_integer(&value)),
+        );
         changed |= state.merge(&stored);
     }
     if !changed {
