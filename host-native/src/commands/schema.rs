@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use harmonylite_core::capture::names;
 use harmonylite_core::column_merge::{describe, TableMerge};
+use harmonylite_core::error::StoreError;
 use harmonylite_core::hlc::ntp64_from_unix;
 use harmonylite_core::sqlite::{
     migrate, parked, snapshot, AppliedMigration, DiscardError, PublishMigrationError,
@@ -67,14 +68,26 @@ pub fn migrate(config: &Config, file: &Path, allow_destructive: bool) -> Result<
 /// merges ([`Store::publish_merge_switch`]), then waits (up to [`APPLY_WAIT`]) until this
 /// node applied it. Nothing is published when the table already merges that way here.
 ///
-/// The database is opened as it records each table's mode, not as the configuration's
-/// `[merge]` says: an operator may edit `[merge]` before or after switching (every node's
-/// must match the database before that node restarts; the command says what to write).
+/// An operator may edit `[merge]` before or after switching (every node's must match the
+/// database before that node restarts; the command says what to write): when this node's
+/// `[merge]` disagrees with the database already, the database is opened as it records
+/// each table's mode instead (a table capture has not registered yet is then registered by
+/// row, as the sidecar with this `[merge]` would refuse to start anyway).
 pub fn merge(config: &Config, switch: &MergeSwitch) -> Result<()> {
-    let mut store = open_store(config, "--merge", |options| StoreOptions {
-        merge: None,
-        ..options
-    })?;
+    let mut store = match open_store(config, "--merge", |options| options) {
+        Ok(store) => store,
+        Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Config(_))) => {
+            tracing::info!(
+                "this node's [merge] disagrees with its database ({e:#}); opening it as the \
+                 database records each table's mode"
+            );
+            open_store(config, "--merge", |options| StoreOptions {
+                merge: None,
+                ..options
+            })?
+        }
+        Err(e) => return Err(e),
+    };
     let modes = store.merge_modes();
     let Some((table, current)) = modes
         .iter()
@@ -654,6 +667,14 @@ mod tests {
         };
         merge(&config, &switch("stock", Some(counters))).unwrap();
         let store = open_store(&config, "test", |o| o).unwrap();
+        assert_eq!(store.outbox_depth().unwrap().0, 0, "nothing was published");
+        // A [merge] that disagrees with the database (notes by row here) does not stop it.
+        let disagreeing = Config {
+            merge: Some(MergeSection::default()),
+            ..config.clone()
+        };
+        assert!(open_store(&disagreeing, "test", |o| o).is_err());
+        merge(&disagreeing, &switch("notes", Some(TableMerge::default()))).unwrap();
         assert_eq!(store.outbox_depth().unwrap().0, 0, "nothing was published");
         // A counter that is no column of the table: refused before publishing.
         let bad = TableMerge {
