@@ -230,6 +230,17 @@ impl Cluster {
     /// node, starts every sidecar and waits until a row written on each node reached every
     /// node.
     fn start(merge: &str) -> Cluster {
+        for (program, why) in [
+            ("unshare", "util-linux, for the sidecars' PID namespaces"),
+            ("python3", "with sqlite3, for the application processes"),
+        ] {
+            let found = Command::new(program)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(found, "{program} ({why}) must be installed");
+        }
+        nats_server_binary();
         static RUN: AtomicU32 = AtomicU32::new(0);
         let run = RUN.fetch_add(1, Ordering::Relaxed);
         let id = std::process::id().wrapping_mul(7).wrapping_add(run);
