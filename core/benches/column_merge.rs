@@ -11,19 +11,26 @@
 //!    drain that turns the log into a published batch (what a change costs before it can
 //!    leave the node). Ratios are column time / row time within one run pair.
 //! 2. **Apply.** Rows per second a replica applies from another node's batches (1000-row
-//!    frames) of INSERTs, then of UPDATEs of 1 of 8 columns.
-//! 3. **Wire.** Bytes published per row (frames, LZ4 on) for an UPDATE of 1 of 8 columns
-//!    and for a counter decrement.
+//!    frames) of INSERTs, then of UPDATEs of 1 of 8 columns, runs of both modes
+//!    interleaved; ratios are column rate / row rate within one run pair.
+//! 3. **Wire.** Bytes published per row (frames, LZ4 on) for every workload of 1., in
+//!    each mode.
 //!
 //! ```text
 //! cargo bench -p harmonylite-core --features sqlite --bench column_merge
 //! cargo bench -p harmonylite-core --features sqlite --bench column_merge -- --quick
 //! HL_BENCH_RUNS=9 HL_BENCH_ROWS=20000 cargo bench -p harmonylite-core --features sqlite --bench column_merge
+//! cargo bench -p harmonylite-core --features sqlite --bench column_merge -- --quick --json /tmp/cm.json
 //! ```
 //!
-//! Without cargo's `--bench` argument (under `cargo test --all-targets`) it runs `--quick`.
+//! `-- --json FILE` also writes every figure to FILE (what `scripts/bench` reads for
+//! BENCHMARKS.md): median, min and max of the runs, the ratios per run pair, and the
+//! target the bench judges — an UPDATE of 1 of 8 columns captured in column mode within
+//! 1.2x of row mode's time (median of the per-run ratios; MET / MISSED, also printed).
+//! `HL_BENCH_RUNS` applies with `--quick` too (default 1 there). Without cargo's `--bench`
+//! argument (under `cargo test --all-targets`) it runs `--quick`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harmonylite_core::change::StreamSeq;
@@ -240,18 +247,148 @@ fn receive(store: &mut Store, frames: &[Vec<u8>], first_seq: u64) {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
+/// Median, min and max of a sample (the median of an even count is the mean of the middle
+/// two, as in `capture.rs`).
+#[derive(Clone, Copy)]
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(samples: &[f64]) -> Stats {
+        assert!(!samples.is_empty());
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let mid = s.len() / 2;
+        let median = if s.len() % 2 == 1 {
+            s[mid]
+        } else {
+            (s[mid - 1] + s[mid]) / 2.0
+        };
+        Stats {
+            median,
+            min: s[0],
+            max: s[s.len() - 1],
+        }
+    }
+}
+
+/// The one target this bench judges: an UPDATE of 1 of 8 columns captured in column mode
+/// takes at most this many times the row mode's time (the ratio's median over the runs).
+const UPDATE_ONE_TARGET: f64 = 1.2;
+
+/// One figure of the `--json` file: every run's value, summarised as median, min and max.
+struct Figure {
+    metric: String,
+    unit: &'static str,
+    peer: String,
+    samples: Vec<f64>,
+    section: &'static str,
+    /// `Some(bound)`: the median must be at most `bound`.
+    at_most: Option<f64>,
+}
+
+#[derive(Default)]
+struct Figures {
+    list: Vec<Figure>,
+}
+
+impl Figures {
+    fn add(
+        &mut self,
+        section: &'static str,
+        metric: String,
+        unit: &'static str,
+        peer: String,
+        samples: Vec<f64>,
+    ) -> Stats {
+        let stats = Stats::of(&samples);
+        self.list.push(Figure {
+            metric,
+            unit,
+            peer,
+            samples,
+            section,
+            at_most: None,
+        });
+        stats
+    }
+
+    /// Writes every figure to `path` as `{"suite": "column-merge", "figures": [{"metric",
+    /// "value", "unit", "peer", "runs", "min", "median", "max", "section"}], ...}` (value =
+    /// median), plus `"target": {"at_most": n}` and `"verdict": "MET" | "MISSED"` for the
+    /// figure with a target: the shape `bench/report` reads for every suite.
+    fn write_json(&self, path: &Path, bench: &Bench, quick: bool) {
+        let figures: Vec<serde_json::Value> = self
+            .list
+            .iter()
+            .map(|f| {
+                let s = Stats::of(&f.samples);
+                let mut v = serde_json::json!({
+                    "metric": f.metric,
+                    "value": s.median,
+                    "unit": f.unit,
+                    "peer": f.peer,
+                    "runs": f.samples.len(),
+                    "min": s.min,
+                    "median": s.median,
+                    "max": s.max,
+                    "section": f.section,
+                });
+                if let Some(bound) = f.at_most {
+                    v["target"] = serde_json::json!({ "at_most": bound });
+                    v["verdict"] = verdict(s.median, bound).into();
+                }
+                v
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "suite": "column-merge",
+            "quick": quick,
+            "rows": bench.rows,
+            "runs": bench.runs,
+            "tx_rows": TX_ROWS,
+            "sqlite": rusqlite::version(),
+            "figures": figures,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}
+
+fn verdict(median: f64, at_most: f64) -> &'static str {
+    if median <= at_most {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The name of a capture figure: `UPDATE 1 of 8 columns, column merge: capture + drain`.
+fn capture_metric(workload: Workload, mode: Mode, what: &str) -> String {
+    format!("{}, {} merge: {what}", workload.name(), mode.name())
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes `--bench`; anything else (e.g. `cargo test`) gets quick mode.
     let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
+    let json = args.iter().position(|a| a == "--json").map(|i| {
+        PathBuf::from(
+            args.get(i + 1)
+                .unwrap_or_else(|| panic!("--json needs a file name")),
+        )
+    });
     let env = |name: &str, default: usize| {
         std::env::var(name)
             .ok()
-            .map(|v| v.parse().expect("a number"))
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+            })
             .unwrap_or(default)
     };
     let bench = Bench {
@@ -261,8 +398,9 @@ fn main() {
         } else {
             env("HL_BENCH_ROWS", 10_000)
         },
-        runs: if quick { 1 } else { env("HL_BENCH_RUNS", 5) },
+        runs: env("HL_BENCH_RUNS", if quick { 1 } else { 5 }).max(1),
     };
+    let mut figures = Figures::default();
     println!(
         "column merge vs row merge: {} rows, {} runs (median), 8 value columns, {TX_ROWS}-row transactions",
         bench.rows, bench.runs
@@ -272,6 +410,7 @@ fn main() {
         "{:<24} {:<15} {:>12} {:>10} {:>16} {:>10} {:>12}",
         "capture", "mode", "capture ms", "vs row", "+drain ms", "vs row", "bytes/row"
     );
+    let mut update_one = None;
     for workload in Workload::ALL {
         let modes: &[Mode] = match workload {
             Workload::Decrement => &[Mode::Row, Mode::Column, Mode::Counter],
@@ -294,41 +433,139 @@ fn main() {
                 ));
             }
         }
-        for (m, mode) in modes.iter().enumerate() {
-            let ratio = |field: fn(&(f64, f64, f64)) -> f64| {
-                median(
-                    times[m]
-                        .iter()
-                        .zip(&times[0])
-                        .map(|(t, row)| field(t) / field(row))
-                        .collect(),
-                )
+        for (m, &mode) in modes.iter().enumerate() {
+            // Ratios within one run pair (this mode's run against the row mode's).
+            let ratios = |field: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> {
+                times[m]
+                    .iter()
+                    .zip(&times[0])
+                    .map(|(t, row)| field(t) / field(row))
+                    .collect()
+            };
+            let section = "capture";
+            let peer = "harmonylite".to_string();
+            let captured = figures.add(
+                section,
+                capture_metric(workload, mode, "capture"),
+                "ms",
+                peer.clone(),
+                times[m].iter().map(|t| t.0).collect(),
+            );
+            let drained = figures.add(
+                section,
+                capture_metric(workload, mode, "capture + drain"),
+                "ms",
+                peer.clone(),
+                times[m].iter().map(|t| t.1).collect(),
+            );
+            let bytes = figures.add(
+                section,
+                capture_metric(workload, mode, "bytes published per row"),
+                "bytes",
+                peer,
+                times[m].iter().map(|t| t.2).collect(),
+            );
+            // The row mode's own ratios (all 1) are not figures.
+            let (capture_ratio, drain_ratio) = if mode == Mode::Row {
+                (1.0, 1.0)
+            } else {
+                let vs = format!("{} vs row merge", mode.name());
+                let c = figures.add(
+                    section,
+                    capture_metric(workload, mode, "capture time ratio to row merge"),
+                    "x",
+                    vs.clone(),
+                    ratios(|t| t.0),
+                );
+                if workload == Workload::UpdateOne && mode == Mode::Column {
+                    figures.list.last_mut().unwrap().at_most = Some(UPDATE_ONE_TARGET);
+                    update_one = Some(c.median);
+                }
+                let d = figures.add(
+                    section,
+                    capture_metric(workload, mode, "capture + drain time ratio to row merge"),
+                    "x",
+                    vs,
+                    ratios(|t| t.1),
+                );
+                (c.median, d.median)
             };
             println!(
                 "{:<24} {:<15} {:>12.1} {:>9.2}x {:>16.1} {:>9.2}x {:>12.1}",
                 workload.name(),
                 mode.name(),
-                median(times[m].iter().map(|t| t.0).collect()),
-                ratio(|t| t.0),
-                median(times[m].iter().map(|t| t.1).collect()),
-                ratio(|t| t.1),
-                median(times[m].iter().map(|t| t.2).collect()),
+                captured.median,
+                capture_ratio,
+                drained.median,
+                drain_ratio,
+                bytes.median,
             );
         }
+    }
+    if let Some(ratio) = update_one {
+        println!(
+            "target: {}, column merge capture time within {UPDATE_ONE_TARGET}x of row merge: {} ({ratio:.2}x)",
+            Workload::UpdateOne.name(),
+            verdict(ratio, UPDATE_ONE_TARGET)
+        );
     }
     println!();
     println!(
         "{:<24} {:<15} {:>16} {:>16}",
         "apply", "mode", "INSERT rows/s", "UPDATE rows/s"
     );
-    for mode in [Mode::Row, Mode::Column] {
-        let runs: Vec<(f64, f64)> = (0..bench.runs).map(|_| bench.apply_run(mode)).collect();
+    // Both modes in every run, alternating which goes first; ratios within one run.
+    let modes = [Mode::Row, Mode::Column];
+    let mut rates: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
+    for run in 0..bench.runs {
+        let order: [usize; 2] = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for m in order {
+            rates[m].push(bench.apply_run(modes[m]));
+        }
+    }
+    for (m, &mode) in modes.iter().enumerate() {
+        let mut medians = Vec::new();
+        for (workload, field) in [
+            (
+                Workload::Insert,
+                (|r: &(f64, f64)| r.0) as fn(&(f64, f64)) -> f64,
+            ),
+            (Workload::UpdateOne, |r: &(f64, f64)| r.1),
+        ] {
+            let apply = format!("apply {} from {TX_ROWS}-row frames", workload.name());
+            let s = figures.add(
+                "apply",
+                format!("{apply}, {} merge", mode.name()),
+                "rows/s",
+                "harmonylite".into(),
+                rates[m].iter().map(field).collect(),
+            );
+            medians.push(s.median);
+            if mode != Mode::Row {
+                figures.add(
+                    "apply",
+                    format!("{apply}, {} merge: rate ratio to row merge", mode.name()),
+                    "x",
+                    format!("{} vs row merge", mode.name()),
+                    rates[m]
+                        .iter()
+                        .zip(&rates[0])
+                        .map(|(r, row)| field(r) / field(row))
+                        .collect(),
+                );
+            }
+        }
         println!(
             "{:<24} {:<15} {:>16.0} {:>16.0}",
-            "apply from 1000-row frames",
+            format!("apply from {TX_ROWS}-row frames"),
             mode.name(),
-            median(runs.iter().map(|r| r.0).collect()),
-            median(runs.iter().map(|r| r.1).collect()),
+            medians[0],
+            medians[1],
         );
+    }
+    if let Some(path) = &json {
+        figures.write_json(path, &bench, quick);
+        println!();
+        println!("figures written to {}", path.display());
     }
 }
