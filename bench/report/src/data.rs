@@ -172,6 +172,7 @@ impl Figure {
 pub fn suite_label(suite: &str) -> String {
     match suite {
         "capture" => "native capture".into(),
+        "column-merge" => "column-level merge".into(),
         "peers" => "wasm peers".into(),
         "npm" => "wasm replica".into(),
         "snapshot" => "snapshot".into(),
@@ -207,8 +208,9 @@ pub struct Data {
 }
 
 /// The suite files read, in report order.
-pub const SUITES: [&str; 11] = [
+pub const SUITES: [&str; 12] = [
     "capture",
+    "column-merge",
     "peers",
     "npm",
     "replication-3",
@@ -275,6 +277,82 @@ pub mod catch_up {
     /// The metric of one application figure: `app writes during catch-up: latency p99`.
     pub fn app_metric(side: &str, what: &str) -> String {
         format!("{APP} {side}: {what}")
+    }
+}
+
+/// The figures of `column-merge.json` (`core/benches/column_merge.rs`), named
+/// `"<workload>, <mode> merge: <what>"` for capture and `"apply <workload> from <n>-row
+/// frames, <mode> merge[: rate ratio to row merge]"` for apply.
+pub mod column_merge {
+    /// The suite file's stem.
+    pub const SUITE: &str = "column-merge";
+    /// The capture workloads, in the bench's order.
+    pub const WORKLOADS: [&str; 4] = [
+        "INSERT",
+        "UPDATE 1 of 8 columns",
+        "UPDATE n = n - 1",
+        "DELETE",
+    ];
+    /// The workload whose column / row capture time ratio the bench judges.
+    pub const TARGET_WORKLOAD: &str = "UPDATE 1 of 8 columns";
+    /// The apply workloads.
+    pub const APPLY_WORKLOADS: [&str; 2] = ["INSERT", "UPDATE 1 of 8 columns"];
+    /// The capture time ratio, column / row (`what` of [`capture`]).
+    pub const CAPTURE_RATIO: &str = "capture time ratio to row merge";
+    /// The capture + drain time ratio, column / row.
+    pub const DRAIN_RATIO: &str = "capture + drain time ratio to row merge";
+    /// Bytes the drain published, per row.
+    pub const BYTES: &str = "bytes published per row";
+
+    /// A capture figure: `UPDATE 1 of 8 columns, column merge: capture + drain`.
+    pub fn capture(workload: &str, mode: &str, what: &str) -> String {
+        format!("{workload}, {mode} merge: {what}")
+    }
+}
+
+/// The hops of commit -> visible that `tests/benches/replication.rs` figures from the
+/// sidecars' `harmonylite_hop_seconds{hop}` histograms, as `"  hop <name> p50|p99"` (ms).
+pub mod hops {
+    /// Each hop in path order: its label in the metric, how the page names it, where it is
+    /// measured.
+    pub const HOPS: [(&str, &str, &str); 5] = [
+        (
+            "commit_to_notice",
+            "commit → notice",
+            "writer: the app's commit to the sidecar noticing it",
+        ),
+        (
+            "notice_to_captured",
+            "notice → captured",
+            "writer: to the drain's commit into the outbox",
+        ),
+        (
+            "captured_to_acked",
+            "captured → acked",
+            "writer: to JetStream's publish ack",
+        ),
+        (
+            "stored_to_delivered",
+            "stored → delivered",
+            "receiver: JetStream's stored timestamp to delivery",
+        ),
+        (
+            "delivered_to_applied",
+            "delivered → applied",
+            "receiver: to the apply's commit",
+        ),
+    ];
+    /// The quantiles figured for every hop.
+    pub const QUANTILES: [&str; 2] = ["p50", "p99"];
+
+    /// The metric of one hop's quantile (without the replication suite's indent).
+    pub fn metric(hop: &str, quantile: &str) -> String {
+        format!("hop {hop} {quantile}")
+    }
+
+    /// The end-to-end figure the hops split.
+    pub fn end_to_end(quantile: &str) -> String {
+        format!("commit -> visible latency {quantile}")
     }
 }
 
@@ -436,6 +514,12 @@ impl Data {
     pub fn find(&self, suite: &str, prefix: &str, suffix: &str, peer: &str) -> Option<&Figure> {
         self.of(suite)
             .find(|f| f.metric.starts_with(prefix) && f.metric.ends_with(suffix) && f.peer == peer)
+    }
+
+    /// The figure of `suite` whose metric, leading and trailing blanks aside, is `metric`
+    /// (the replication suite indents the lines that belong to the one above).
+    pub fn named(&self, suite: &str, metric: &str) -> Option<&Figure> {
+        self.of(suite).find(|f| f.metric.trim() == metric)
     }
 
     /// Where a suite's figures come from when not from the run `meta.json` describes

@@ -222,6 +222,81 @@ mod tests {
         assert!(err.contains("contradicts"), "{err}");
     }
 
+    /// `column-merge.json` as `core/benches/column_merge.rs --json` writes it, and a
+    /// replication suite with hop figures: read, kept in bench/results.json, drawn and shown.
+    #[test]
+    fn column_merge_and_hops_from_suite_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("out");
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::write(input.join("meta.json"), r#"{"mode": "quick"}"#).unwrap();
+        std::fs::write(
+            input.join("column-merge.json"),
+            r#"{"suite": "column-merge", "quick": true, "rows": 2000, "runs": 5, "tx_rows": 1000, "sqlite": "3.46.0", "figures": [
+                {"metric": "UPDATE 1 of 8 columns, row merge: capture", "value": 9.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 8.0, "median": 9.0, "max": 12.0, "section": "capture"},
+                {"metric": "UPDATE 1 of 8 columns, row merge: bytes published per row", "value": 230.0, "unit": "bytes", "peer": "harmonylite", "runs": 5, "min": 230.0, "median": 230.0, "max": 230.0, "section": "capture"},
+                {"metric": "UPDATE 1 of 8 columns, column merge: capture", "value": 11.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 10.0, "median": 11.0, "max": 13.0, "section": "capture"},
+                {"metric": "UPDATE 1 of 8 columns, column merge: bytes published per row", "value": 60.0, "unit": "bytes", "peer": "harmonylite", "runs": 5, "min": 60.0, "median": 60.0, "max": 60.0, "section": "capture"},
+                {"metric": "UPDATE 1 of 8 columns, column merge: capture time ratio to row merge", "value": 1.25, "unit": "x", "peer": "column vs row merge", "runs": 5, "min": 1.1, "median": 1.25, "max": 1.4, "section": "capture", "target": {"at_most": 1.2}, "verdict": "MISSED"},
+                {"metric": "apply INSERT from 1000-row frames, row merge", "value": 150000.0, "unit": "rows/s", "peer": "harmonylite", "runs": 5, "min": 140000.0, "median": 150000.0, "max": 160000.0, "section": "apply"},
+                {"metric": "apply INSERT from 1000-row frames, column merge", "value": 90000.0, "unit": "rows/s", "peer": "harmonylite", "runs": 5, "min": 80000.0, "median": 90000.0, "max": 95000.0, "section": "apply"},
+                {"metric": "apply INSERT from 1000-row frames, column merge: rate ratio to row merge", "value": 0.6, "unit": "x", "peer": "column vs row merge", "runs": 5, "min": 0.55, "median": 0.6, "max": 0.65, "section": "apply"}
+            ]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            input.join("replication-3.json"),
+            r#"{"suite": "replication", "figures": [
+                {"metric": "commit -> visible latency p50", "value": 3.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 2.5, "median": 3.0, "max": 3.5},
+                {"metric": "commit -> visible latency p99", "value": 9.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 8.0, "median": 9.0, "max": 11.0},
+                {"metric": "  hop commit_to_notice p50", "value": 0.4, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 0.3, "median": 0.4, "max": 0.5},
+                {"metric": "  hop commit_to_notice p99", "value": 1.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 0.9, "median": 1.0, "max": 1.2},
+                {"metric": "  hop stored_to_delivered p50", "value": 1.5, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 1.2, "median": 1.5, "max": 1.9},
+                {"metric": "  hop stored_to_delivered p99", "value": 6.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 5.0, "median": 6.0, "max": 7.0}
+            ]}"#,
+        )
+        .unwrap();
+        let data = data::Data::load(&input).unwrap();
+        assert_eq!(
+            data.suites
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["column-merge", "replication-3"]
+        );
+        let charts = dir.path().join("charts");
+        let drawn = plots::draw_all(&data, &charts).unwrap();
+        assert!(drawn.iter().any(|c| c.file == "replication-hops.svg"));
+        let svg = std::fs::read_to_string(charts.join("replication-hops.svg")).unwrap();
+        assert!(svg.contains("stored → delivered") && svg.contains("3 nodes, p99"));
+        let records: Vec<serde_json::Value> = data
+            .figures
+            .iter()
+            .map(|f| serde_json::from_str(&f.to_json_text()).unwrap())
+            .collect();
+        let ratio = records
+            .iter()
+            .find(|r| {
+                r["metric"]
+                    == "column-level merge: UPDATE 1 of 8 columns, column merge: capture time ratio to row merge"
+            })
+            .unwrap();
+        assert_eq!(ratio["verdict"], "MISSED");
+        assert_eq!(ratio["target"]["at_most"], 1.2);
+        let text = markdown::render(&data, &drawn, "charts");
+        assert!(text.contains("against a target of ≤ 1.20×: **MISSED**."));
+        assert!(text.contains("| UPDATE 1 of 8 columns | 1.25 (1.10–1.40) | — | 230 | 60.0 |"));
+        assert!(text.contains(
+            "| INSERT | 150,000 (140,000–160,000) | 90,000 (80,000–95,000) | 0.600 (0.550–0.650) |"
+        ));
+        assert!(text.contains("| UPDATE 1 of 8 columns | — | — | — |"));
+        assert!(text.contains(
+            "| notice → captured | writer: to the drain's commit into the outbox | not measured in this run | not measured in this run |"
+        ));
+        assert!(text.contains("at p50 **stored → delivered** (1.50 ms of 3.00 ms end to end)"));
+        assert!(text.contains("](charts/replication-hops.svg)"));
+    }
+
     #[test]
     fn numbers_are_readable() {
         assert_eq!(markdown::num(1234567.4), "1,234,567");

@@ -5,8 +5,8 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::data::{catch_up, suite_label, Data, Figure};
-use crate::plots::{native_ratio, wasm, Chart, NATIVE_WORKLOADS, WASM_PEERS};
+use crate::data::{catch_up, column_merge, hops, suite_label, Data, Figure};
+use crate::plots::{hop_runs, native_ratio, wasm, Chart, NATIVE_WORKLOADS, WASM_PEERS};
 
 /// A number for a table: thousands separated, at most three decimals.
 pub fn num(v: f64) -> String {
@@ -52,10 +52,13 @@ fn appendix_value(v: f64, unit: &str) -> String {
     }
 }
 
-/// `median (min–max)`, or `—` when not measured.
+/// `median (min–max)`, the median alone when every run gave the same value (a size), or
+/// `—` when not measured.
 fn cell(f: Option<&Figure>) -> String {
     match f {
-        Some(f) if f.runs > 1 => format!("{} ({}–{})", num(f.median), num(f.min), num(f.max)),
+        Some(f) if f.runs > 1 && f.min < f.max => {
+            format!("{} ({}–{})", num(f.median), num(f.min), num(f.max))
+        }
         Some(f) => num(f.median),
         None => "—".into(),
     }
@@ -142,8 +145,12 @@ fn all_verdicts(data: &Data) -> Vec<(String, bool)> {
 }
 
 /// The suites that set targets, for saying which were not judged.
-const SUITES_WITH_TARGETS: [(&str, &str); 4] = [
+const SUITES_WITH_TARGETS: [(&str, &str); 5] = [
     ("capture", "the targets of `core/benches/capture.rs`"),
+    (
+        column_merge::SUITE,
+        "the target of `core/benches/column_merge.rs` (UPDATE 1 of 8 columns: capture overhead within 1.2x of row mode)",
+    ),
     ("npm", "the targets of `npm/bench/bench.mjs`"),
     ("snapshot", "this page's targets (time ratio to `cp` ≤ 2)"),
     (
@@ -251,7 +258,9 @@ pub fn render(data: &Data, charts: &[Chart], chart_dir: &str) -> String {
     headlines(&mut out, data);
     verdicts(&mut out, data);
     capture(&mut out, data, charts, chart_dir);
+    column_merge_section(&mut out, data);
     replication(&mut out, data, charts, chart_dir);
+    replication_hops(&mut out, data, charts, chart_dir);
     apply(&mut out, data, charts, chart_dir);
     snapshots(&mut out, data, charts, chart_dir);
     footprint(&mut out, data, charts, chart_dir);
@@ -364,6 +373,35 @@ fn headlines(out: &mut String, data: &Data) {
                 speed(median(vs_drain)),
             ));
         }
+    }
+    let w = column_merge::TARGET_WORKLOAD;
+    let merge = |mode: &str, what: &str| {
+        data.named(column_merge::SUITE, &column_merge::capture(w, mode, what))
+    };
+    if let Some(ratio) = merge("column", column_merge::CAPTURE_RATIO) {
+        let bytes = match (
+            merge("row", column_merge::BYTES),
+            merge("column", column_merge::BYTES),
+        ) {
+            (Some(row), Some(column)) if row.median > 0.0 => format!(
+                " and publishes **{}×** its bytes per row",
+                num(column.median / row.median)
+            ),
+            _ => String::new(),
+        };
+        lines.push(format!(
+            "Column-level merge, {w}: **{}×** row merge's capture time{}{bytes}.",
+            num(ratio.median),
+            match &ratio.target {
+                Some(t) => format!(
+                    " (target {} {}: {})",
+                    if t.at_most { "≤" } else { "≥" },
+                    with_unit(t.bound, "x"),
+                    if t.met { "MET" } else { "MISSED" }
+                ),
+                None => String::new(),
+            },
+        ));
     }
     let r = "replication-3";
     if let Some(p50) = data.find(r, "commit -> visible latency p50", "", "harmonylite") {
@@ -675,6 +713,150 @@ fn capture(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
     }
 }
 
+/// `core/benches/column_merge.rs`: the same workloads with the table merging by column and
+/// by row, the ratios taken within each run, and the bench's one target.
+fn column_merge_section(out: &mut String, data: &Data) {
+    let _ = writeln!(out, "### Column-level merge\n");
+    let s = column_merge::SUITE;
+    let Some(suite) = data.suite(s) else {
+        let _ = writeln!(
+            out,
+            "Not measured in this run (`core/benches/column_merge.rs`, the `column-merge` suite of `scripts/bench`).\n"
+        );
+        return;
+    };
+    let field = |key: &str| suite.doc.get(key).and_then(Value::as_u64);
+    let quick = suite
+        .doc
+        .get("quick")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let _ = writeln!(
+        out,
+        "`core/benches/column_merge.rs`{}: one table (an integer key and 8 value columns of ~20 bytes, the last an \
+         integer), {} rows per workload in {}-row transactions on real SQLite files (WAL, `synchronous = NORMAL`), \
+         with the table merging by row and by column (for `n = n - 1` also with `n` a counter); the modes' runs are \
+         interleaved and each ratio is column mode's time / row mode's in the same run. *Capture* is the \
+         application's statements with the triggers installed; *capture + drain* adds the drain that turns the \
+         log into a published batch, what a change costs before it can leave the node. Bytes per row are what the \
+         drain published (frames, LZ4 on; the median of the runs).\n",
+        if quick { " (`--quick`)" } else { "" },
+        field("rows").map(|r| count(r as f64)).unwrap_or_else(|| "?".into()),
+        field("tx_rows").map(|r| count(r as f64)).unwrap_or_else(|| "1000".into()),
+    );
+    let fig = |workload: &str, mode: &str, what: &str| {
+        data.named(s, &column_merge::capture(workload, mode, what))
+    };
+    // Bytes per row differ between runs by a fraction of a byte (timestamps compress
+    // differently): the median alone.
+    let bytes = |workload: &str, mode: &str| {
+        fig(workload, mode, column_merge::BYTES)
+            .map(|f| num(f.median))
+            .unwrap_or_else(|| "—".into())
+    };
+    let _ = writeln!(
+        out,
+        "| workload | capture time, column / row | capture + drain time, column / row | bytes per row, row merge | bytes per row, column merge |\n\
+         | --- | --- | --- | --- | --- |"
+    );
+    for w in column_merge::WORKLOADS {
+        let _ = writeln!(
+            out,
+            "| {w} | {} | {} | {} | {} |",
+            cell(fig(w, "column", column_merge::CAPTURE_RATIO)),
+            cell(fig(w, "column", column_merge::DRAIN_RATIO)),
+            bytes(w, "row"),
+            bytes(w, "column"),
+        );
+    }
+    // `n = n - 1` with `n` a counter: its own row when measured.
+    let w = "UPDATE n = n - 1";
+    let counter = "column+counter";
+    if fig(w, counter, column_merge::CAPTURE_RATIO).is_some() {
+        let _ = writeln!(
+            out,
+            "| {w}, `n` a counter (column+counter / row) | {} | {} | {} | {} |",
+            cell(fig(w, counter, column_merge::CAPTURE_RATIO)),
+            cell(fig(w, counter, column_merge::DRAIN_RATIO)),
+            bytes(w, "row"),
+            bytes(w, counter),
+        );
+    }
+    let apply =
+        |w: &str, suffix: &str, peer: &str| data.find(s, &format!("apply {w} from "), suffix, peer);
+    let _ = writeln!(
+        out,
+        "\n| apply from {}-row frames | row merge, rows/s | column merge, rows/s | rate, column / row (same run) |\n\
+         | --- | --- | --- | --- |",
+        field("tx_rows").map(|r| count(r as f64)).unwrap_or_else(|| "1000".into()),
+    );
+    for w in column_merge::APPLY_WORKLOADS {
+        let _ = writeln!(
+            out,
+            "| {w} | {} | {} | {} |",
+            cell(apply(w, ", row merge", "harmonylite")),
+            cell(apply(w, ", column merge", "harmonylite")),
+            cell(apply(
+                w,
+                ", column merge: rate ratio to row merge",
+                "column vs row merge"
+            )),
+        );
+    }
+    let target = column_merge::TARGET_WORKLOAD;
+    let line = match fig(target, "column", column_merge::CAPTURE_RATIO) {
+        Some(f) => match &f.target {
+            Some(t) => format!(
+                "column / row capture time **{}** (median of the per-run ratios) against a target of {} {}: **{}**",
+                with_unit(f.median, "x"),
+                if t.at_most { "≤" } else { "≥" },
+                with_unit(t.bound, "x"),
+                if t.met { "MET" } else { "MISSED" }
+            ),
+            None => format!(
+                "column / row capture time {}; the bench did not judge it in this run",
+                with_unit(f.median, "x")
+            ),
+        },
+        None => "not measured in this run".into(),
+    };
+    let _ = writeln!(
+        out,
+        "\nTarget: {target}: capture overhead within 1.2x of row mode — {line}.\n"
+    );
+    let mut reading = vec![
+        "An UPDATE in column mode records which columns changed (the triggers compare old and new values) and \
+         ships only those, so fewer bytes leave the node; applying reads and writes each row's column state \
+         besides the row, so apply does more work than in row mode."
+            .to_string(),
+    ];
+    if let (Some(row), Some(column)) = (
+        fig(target, "row", column_merge::BYTES),
+        fig(target, "column", column_merge::BYTES),
+    ) {
+        if row.median > 0.0 && column.median > 0.0 {
+            reading.push(format!(
+                "In this run the {target} workload published {} bytes per row merging by column against {} by \
+                 row ({}× row mode's bytes).",
+                num(column.median),
+                num(row.median),
+                num(column.median / row.median)
+            ));
+        }
+    }
+    if let Some(r) = apply(
+        "UPDATE 1 of 8 columns",
+        ", column merge: rate ratio to row merge",
+        "column vs row merge",
+    ) {
+        reading.push(format!(
+            "A replica applied those updates at {}× row mode's rate.",
+            num(r.median)
+        ));
+    }
+    let _ = writeln!(out, "{}\n", reading.join(" "));
+}
+
 fn replication(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
     let _ = writeln!(
         out,
@@ -816,6 +998,104 @@ fn replication(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
             );
         }
     }
+}
+
+/// Where commit -> visible time goes: each hop's p50 and p99 next to the end-to-end
+/// figures, per node count, from the sidecars' own histograms.
+fn replication_hops(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
+    let _ = writeln!(out, "### Where commit → visible time goes, hop by hop\n");
+    let runs = hop_runs(data);
+    let with: Vec<&(usize, String, bool)> = runs.iter().filter(|r| r.2).collect();
+    if with.is_empty() {
+        let _ = writeln!(
+            out,
+            "Per-hop figures: not measured in this run (`tests/benches/replication.rs` figures them from the \
+             sidecars' `harmonylite_hop_seconds` histograms; these results predate them or the latency runs \
+             did not run).\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "The latency runs above, split into the hops of the path as the sidecars time them \
+         (`harmonylite_hop_seconds{{hop}}`, scraped from every node before and after the latency samples, summed \
+         over the nodes, quantiles interpolated within buckets: read them to about a quarter millisecond). \
+         Medians of the runs, in ms; min and max of each are in the appendix.\n"
+    );
+    let _ = write!(out, "| hop | where |");
+    for (n, _, _) in &with {
+        let _ = write!(out, " {n} nodes p50 | {n} nodes p99 |");
+    }
+    let _ = writeln!(out, "\n| --- | --- |{}", " --- | --- |".repeat(with.len()));
+    let value = |f: Option<&Figure>| {
+        f.map(|f| num(f.median))
+            .unwrap_or_else(|| "not measured in this run".into())
+    };
+    for (hop, label, place) in hops::HOPS {
+        let _ = write!(out, "| {label} | {place} |");
+        for (_, s, _) in &with {
+            for q in hops::QUANTILES {
+                let _ = write!(out, " {} |", value(data.named(s, &hops::metric(hop, q))));
+            }
+        }
+        let _ = writeln!(out);
+    }
+    let _ = write!(
+        out,
+        "| **end to end: commit → visible** | a row committed on one node, readable on the others |"
+    );
+    for (_, s, _) in &with {
+        for q in hops::QUANTILES {
+            let _ = write!(out, " **{}** |", value(data.named(s, &hops::end_to_end(q))));
+        }
+    }
+    let _ = writeln!(out);
+    chart(out, charts, dir, "replication-hops.svg");
+    let mut largest = Vec::new();
+    for (n, s, _) in &with {
+        let mut parts = Vec::new();
+        for q in hops::QUANTILES {
+            let top = hops::HOPS
+                .iter()
+                .filter_map(|(h, label, _)| {
+                    data.named(s, &hops::metric(h, q))
+                        .map(|f| (label, f.median))
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((label, ms)) = top {
+                parts.push(format!(
+                    "at {q} **{label}** ({} ms{})",
+                    num(ms),
+                    match median(data.named(s, &hops::end_to_end(q))) {
+                        Some(e) => format!(" of {} ms end to end", num(e)),
+                        None => String::new(),
+                    }
+                ));
+            }
+        }
+        largest.push(format!("with {n} nodes {}", parts.join(", ")));
+    }
+    let _ = writeln!(
+        out,
+        "The largest hop in this run: {}. The hops do not add up to the end-to-end figure: a quantile of each \
+         part is not a part of the whole's quantile, the receiving node's hops start at JetStream's stored \
+         timestamp (set before the writer's ack) and compare two wall clocks (here on one machine), and the last \
+         step, from the apply's commit to the reader seeing the row (polled every 250 µs), is not a hop.",
+        largest.join("; ")
+    );
+    let missing: Vec<String> = runs
+        .iter()
+        .filter(|r| !r.2)
+        .map(|r| format!("{} nodes", r.0))
+        .collect();
+    if !missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nPer-hop figures for {}: not measured in this run.",
+            missing.join(", ")
+        );
+    }
+    let _ = writeln!(out);
 }
 
 fn apply(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
@@ -1678,6 +1958,264 @@ mod tests {
         assert!(text.contains("| take -> s3 store (moto) | 40.0 (36.0–44.0) | 25.0 (22.5–27.5) |"));
         assert!(text.contains("The S3 store was measured against moto, a stand-in (below)."));
         assert!(!text.contains("makes no claim"));
+    }
+
+    /// The column-merge figures `core/benches/column_merge.rs` writes, the target's ratio
+    /// at `update_one`.
+    fn column_merge_figures(update_one: f64) -> Vec<Figure> {
+        let s = column_merge::SUITE;
+        let mut list = Vec::new();
+        for (i, w) in column_merge::WORKLOADS.iter().enumerate() {
+            let modes: &[&str] = if *w == "UPDATE n = n - 1" {
+                &["row", "column", "column+counter"]
+            } else {
+                &["row", "column"]
+            };
+            for mode in modes {
+                let m = |what: &str| column_merge::capture(w, mode, what);
+                list.push(fig(s, &m("capture"), "ms", "harmonylite", 10.0 + i as f64));
+                list.push(fig(s, &m("capture + drain"), "ms", "harmonylite", 30.0));
+                let bytes = if *mode == "row" { 200.0 } else { 50.0 };
+                list.push(fig(
+                    s,
+                    &m(column_merge::BYTES),
+                    "bytes",
+                    "harmonylite",
+                    bytes,
+                ));
+                if *mode != "row" {
+                    let peer = format!("{mode} vs row merge");
+                    let ratio = if *w == column_merge::TARGET_WORKLOAD {
+                        update_one
+                    } else {
+                        1.5
+                    };
+                    let mut r = fig(s, &m(column_merge::CAPTURE_RATIO), "x", &peer, ratio);
+                    if *w == column_merge::TARGET_WORKLOAD && *mode == "column" {
+                        r.target = Some(Verdict {
+                            at_most: true,
+                            bound: 1.2,
+                            met: ratio <= 1.2,
+                        });
+                    }
+                    list.push(r);
+                    list.push(fig(s, &m(column_merge::DRAIN_RATIO), "x", &peer, 2.5));
+                }
+            }
+        }
+        for w in column_merge::APPLY_WORKLOADS {
+            let apply = format!("apply {w} from 1000-row frames");
+            list.push(fig(
+                s,
+                &format!("{apply}, row merge"),
+                "rows/s",
+                "harmonylite",
+                200_000.0,
+            ));
+            list.push(fig(
+                s,
+                &format!("{apply}, column merge"),
+                "rows/s",
+                "harmonylite",
+                100_000.0,
+            ));
+            list.push(fig(
+                s,
+                &format!("{apply}, column merge: rate ratio to row merge"),
+                "x",
+                "column vs row merge",
+                0.5,
+            ));
+        }
+        list
+    }
+
+    /// The text between `heading` and the next heading.
+    fn between<'a>(text: &'a str, heading: &str) -> &'a str {
+        let start = text.find(heading).unwrap_or_else(|| panic!("no {heading}"));
+        let rest = &text[start + heading.len()..];
+        &text[start..start + heading.len() + rest.find("\n#").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn column_merge_section_and_its_target() {
+        let mut d = data(column_merge_figures(1.1));
+        d.suites[0].doc = serde_json::json!({"quick": true, "rows": 2000, "tx_rows": 1000});
+        let text = render(&d, &[], "charts");
+        let section = between(&text, "### Column-level merge");
+        assert!(section.contains("(`--quick`)"), "{section}");
+        assert!(section.contains("2,000 rows per workload in 1,000-row transactions"));
+        assert!(section.contains(
+            "| UPDATE 1 of 8 columns | 1.10 (0.990–1.21) | 2.50 (2.25–2.75) | 200 | 50.0 |"
+        ));
+        assert!(section.contains("| INSERT | 1.50 (1.35–1.65) |"));
+        assert!(section.contains("| DELETE | 1.50 (1.35–1.65) |"));
+        assert!(section.contains("| UPDATE n = n - 1, `n` a counter (column+counter / row) | 1.50"));
+        assert!(section.contains(
+            "| INSERT | 200,000 (180,000–220,000) | 100,000 (90,000–110,000) | 0.500 (0.450–0.550) |"
+        ));
+        assert!(section.contains("| UPDATE 1 of 8 columns | 200,000"));
+        assert!(section.contains(
+            "Target: UPDATE 1 of 8 columns: capture overhead within 1.2x of row mode — column / row capture \
+             time **1.10×** (median of the per-run ratios) against a target of ≤ 1.20×: **MET**."
+        ));
+        assert!(section
+            .contains("published 50.0 bytes per row merging by column against 200 by row (0.250×"));
+        // Among the verdicts, counted in the headline.
+        assert!(text.contains(
+            "- column-level merge: UPDATE 1 of 8 columns, column merge: capture time ratio to row merge: 1.10× \
+             against a target of ≤ 1.20×: **MET**"
+        ));
+        assert!(text.contains("Targets: **1 met, 0 missed** of 1 judged in this run"));
+        assert!(text.contains(
+            "Column-level merge, UPDATE 1 of 8 columns: **1.10×** row merge's capture time (target ≤ 1.20×: MET) \
+             and publishes **0.250×** its bytes per row."
+        ));
+        assert!(!text.contains("the target of `core/benches/column_merge.rs`"));
+        // The appendix lists the suite like the others.
+        assert!(text.contains("### column-level merge\n"));
+        assert!(text.contains(
+            "| UPDATE 1 of 8 columns, column merge: bytes published per row | 50.0 | 45.0 | 55.0 | bytes | 5 | harmonylite |"
+        ));
+
+        let text = render(&data(column_merge_figures(1.3)), &[], "charts");
+        let section = between(&text, "### Column-level merge");
+        assert!(
+            section.contains("against a target of ≤ 1.20×: **MISSED**."),
+            "{section}"
+        );
+        assert!(text.contains("Targets: **0 met, 1 missed**"));
+    }
+
+    #[test]
+    fn column_merge_not_measured() {
+        let text = render(&data(vec![]), &[], "charts");
+        assert!(text.contains(
+            "### Column-level merge\n\nNot measured in this run (`core/benches/column_merge.rs`"
+        ));
+        assert!(text.contains(
+            "- column-level merge: the target of `core/benches/column_merge.rs` (UPDATE 1 of 8 columns: capture \
+             overhead within 1.2x of row mode): not measured in this run."
+        ));
+        assert!(!text.contains("Column-level merge, UPDATE"));
+    }
+
+    fn hop_figures(suite: &str, scale: f64) -> Vec<Figure> {
+        let mut list = vec![
+            fig(
+                suite,
+                "commit -> visible latency p50",
+                "ms",
+                "harmonylite",
+                4.0 * scale,
+            ),
+            fig(
+                suite,
+                "commit -> visible latency p99",
+                "ms",
+                "harmonylite",
+                20.0 * scale,
+            ),
+        ];
+        for (i, (h, _, _)) in hops::HOPS.iter().enumerate() {
+            // captured_to_acked is the largest at p50, stored_to_delivered at p99.
+            let (p50, p99) = match i {
+                2 => (2.0, 6.0),
+                3 => (1.0, 12.0),
+                _ => (0.25, 1.0),
+            };
+            list.push(fig(
+                suite,
+                &format!("  hop {h} p50"),
+                "ms",
+                "harmonylite",
+                p50 * scale,
+            ));
+            list.push(fig(
+                suite,
+                &format!("  hop {h} p99"),
+                "ms",
+                "harmonylite",
+                p99 * scale,
+            ));
+        }
+        list
+    }
+
+    #[test]
+    fn hops_next_to_the_end_to_end_latency() {
+        let mut figures = hop_figures("replication-3", 1.0);
+        figures.extend(hop_figures("replication-7", 2.0));
+        // 5 nodes: end to end only (an older result); 1 KiB rows: throughput only.
+        figures.push(fig(
+            "replication-5",
+            "commit -> visible latency p50",
+            "ms",
+            "harmonylite",
+            5.0,
+        ));
+        figures.push(fig(
+            "rowsize-1024",
+            "converged throughput, 3 writers, 100-row tx",
+            "rows/s",
+            "harmonylite",
+            9000.0,
+        ));
+        let charts = vec![Chart {
+            file: "replication-hops.svg".into(),
+            title: "hops".into(),
+        }];
+        let text = render(&data(figures), &charts, "charts");
+        let section = between(&text, "### Where commit → visible time goes, hop by hop");
+        assert!(
+            section.contains("| hop | where | 3 nodes p50 | 3 nodes p99 | 7 nodes p50 | 7 nodes p99 |\n| --- | --- | --- | --- | --- | --- |\n"),
+            "{section}"
+        );
+        assert!(section.contains(
+            "| captured → acked | writer: to JetStream's publish ack | 2.00 | 6.00 | 4.00 | 12.0 |"
+        ));
+        assert!(section.contains(
+            "| **end to end: commit → visible** | a row committed on one node, readable on the others | **4.00** | **20.0** | **8.00** | **40.0** |"
+        ));
+        assert!(section.contains("](charts/replication-hops.svg)"));
+        assert!(section.contains(
+            "The largest hop in this run: with 3 nodes at p50 **captured → acked** (2.00 ms of 4.00 ms end to end), \
+             at p99 **stored → delivered** (12.0 ms of 20.0 ms end to end); with 7 nodes at p50 **captured → acked** \
+             (4.00 ms of 8.00 ms end to end)"
+        ));
+        assert!(section.contains("Per-hop figures for 5 nodes: not measured in this run."));
+        assert!(!section.contains("1024"));
+
+        // One hop missing from a run that has the others.
+        let figures: Vec<Figure> = hop_figures("replication-3", 1.0)
+            .into_iter()
+            .filter(|f| f.metric.trim() != "hop commit_to_notice p99")
+            .collect();
+        let text = render(&data(figures), &[], "charts");
+        assert!(text.contains("| commit → notice | writer: the app's commit to the sidecar noticing it | 0.250 | not measured in this run |"));
+    }
+
+    #[test]
+    fn hops_not_measured() {
+        // Older results: end-to-end latency, no hops.
+        let text = render(
+            &data(vec![fig(
+                "replication-3",
+                "commit -> visible latency p50",
+                "ms",
+                "harmonylite",
+                4.0,
+            )]),
+            &[],
+            "charts",
+        );
+        let section = between(&text, "### Where commit → visible time goes, hop by hop");
+        assert!(
+            section.contains("Per-hop figures: not measured in this run"),
+            "{section}"
+        );
+        assert!(!section.contains('|'));
+        assert!(!section.contains("largest hop"));
     }
 
     #[test]

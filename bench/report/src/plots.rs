@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::charts::{self, Bar, Series};
-use crate::data::{Data, Figure};
+use crate::data::{hops, Data, Figure};
 
 /// Capture workloads, in the order the native and wasm benches run them.
 pub const NATIVE_WORKLOADS: [&str; 6] = [
@@ -54,6 +54,24 @@ pub fn native_ratio<'a>(data: &'a Data, workload: &str) -> Option<&'a Figure> {
 /// A wasm-peer figure of a workload (`<name> (<n> rows): <what>`).
 pub fn wasm<'a>(data: &'a Data, workload: &str, what: &str, peer: &str) -> Option<&'a Figure> {
     data.find("peers", &format!("{workload} ("), what, peer)
+}
+
+/// The node counts whose replication suite measured latency, and whether it has hop
+/// figures: `(n, suite, has hops)`.
+pub fn hop_runs(data: &Data) -> Vec<(usize, String, bool)> {
+    [3, 5, 7]
+        .into_iter()
+        .map(|n| (n, format!("replication-{n}")))
+        .filter(|(_, s)| data.named(s, &hops::end_to_end("p50")).is_some())
+        .map(|(n, s)| {
+            let has = hops::HOPS.iter().any(|(h, _, _)| {
+                hops::QUANTILES
+                    .iter()
+                    .any(|q| data.named(&s, &hops::metric(h, q)).is_some())
+            });
+            (n, s, has)
+        })
+        .collect()
 }
 
 /// Draws every chart whose figures exist; returns the charts drawn.
@@ -306,6 +324,40 @@ pub fn draw_all(data: &Data, dir: &Path) -> Result<Vec<Chart>, String> {
                         "converged throughput, 1 writer, autocommit",
                     ),
                 ],
+            ),
+        )?;
+    }
+
+    let with_hops: Vec<(usize, String, bool)> =
+        hop_runs(data).into_iter().filter(|r| r.2).collect();
+    if !with_hops.is_empty() {
+        let mut cats: Vec<String> = hops::HOPS.iter().map(|h| h.1.to_string()).collect();
+        cats.push("end to end: commit → visible".into());
+        let mut series = Vec::new();
+        for (n, s, _) in &with_hops {
+            for q in hops::QUANTILES {
+                let mut bars: Vec<Bar> = hops::HOPS
+                    .iter()
+                    .map(|(h, _, _)| bar(data.named(s, &hops::metric(h, q))))
+                    .collect();
+                bars.push(bar(data.named(s, &hops::end_to_end(q))));
+                series.push(Series {
+                    name: format!("{n} nodes, {q}"),
+                    bars,
+                });
+            }
+        }
+        let title = "Commit -> visible by hop, p50 and p99 (lower is better)";
+        draw(
+            "replication-hops.svg",
+            title,
+            charts::bars(
+                &dir.join("replication-hops.svg"),
+                title,
+                "ms (median of the runs; whiskers: min to max)",
+                &cats,
+                &series,
+                None,
             ),
         )?;
     }
