@@ -116,6 +116,9 @@ pub struct CellChange {
     pub columns: Vec<(u32, Value)>,
     /// The origin's running totals of the counter columns it changed.
     pub counters: Vec<CounterTotals>,
+    /// With `deleted`: every replica's counter totals the delete removes (what the origin
+    /// had seen of them).
+    pub observed: Vec<ObservedTotals>,
 }
 
 /// A replica's running totals of one counter cell (see [`crate::column_merge`]).
@@ -123,12 +126,21 @@ pub struct CellChange {
 pub struct CounterTotals {
     /// Index into `value_columns`.
     pub column: u32,
-    /// The row's latest delete the origin knew when it counted.
-    pub epoch: Option<Hlc>,
-    /// Everything it added since `epoch`.
+    /// Everything it ever added.
     pub up: u64,
-    /// Everything it took away since `epoch`.
+    /// Everything it ever took away.
     pub down: u64,
+}
+
+/// Another replica's counter totals a delete removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedTotals {
+    /// Index into `value_columns`.
+    pub column: u32,
+    /// The replica that counted.
+    pub node: NodeId,
+    /// Its totals the deleting replica had seen.
+    pub totals: crate::column_merge::Totals,
 }
 
 impl CellChange {
@@ -144,6 +156,15 @@ impl CellChange {
         let name = |i: u32| table.value_columns[i as usize].clone();
         let delete = self.deleted.map(|time| ColumnChange::Delete {
             hlc: Hlc::new(NTP64(time), origin),
+            observed: self
+                .observed
+                .iter()
+                .map(|o| crate::column_merge::Observed {
+                    column: name(o.column),
+                    node: o.node,
+                    totals: o.totals,
+                })
+                .collect(),
         });
         let write = (!self.columns.is_empty()).then(|| ColumnChange::Write {
             hlc,
@@ -156,7 +177,6 @@ impl CellChange {
         let counts = self.counters.iter().map(|c| ColumnChange::Counter {
             column: name(c.column),
             node: origin,
-            epoch: c.epoch,
             up: c.up,
             down: c.down,
             hlc,
@@ -275,10 +295,17 @@ impl Batch {
             let columns = cell.columns.iter().map(|(c, _)| *c);
             if let Some(c) = columns
                 .chain(cell.counters.iter().map(|c| c.column))
+                .chain(cell.observed.iter().map(|o| o.column))
                 .find(|c| *c as usize >= width)
             {
                 return Err(format!(
                     "column change {i} of table {:?} names column index {c} of {width}",
+                    table.name
+                ));
+            }
+            if cell.deleted.is_none() && !cell.observed.is_empty() {
+                return Err(format!(
+                    "column change {i} of table {:?} removes counter totals without a delete",
                     table.name
                 ));
             }

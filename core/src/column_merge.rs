@@ -12,16 +12,15 @@
 //!   A column write older than it is hidden for good. A write newer than the delete brings
 //!   the row back with only the columns written after the delete; every other column reads
 //!   as its default (`None` here: the table's default on apply).
-//! - **Counters.** A counter column's value is its *base* (the value the last whole-row
-//!   write set, by the column rule above; 0 when that write is older than the latest
-//!   delete) plus every replica's increments since the latest delete. Each replica
-//!   publishes, per counter cell, the running totals of what it added (`up`) and took away
-//!   (`down`) since the row's last delete it knew of (its `epoch`). Per replica the entry
-//!   with the later epoch wins, and within an epoch the larger totals (they only grow), so
-//!   merging is a maximum; only entries of the row's current epoch count. An entry's epoch
-//!   is evidence of a delete, so it also raises the row's tombstone.
-//! - **Visibility.** The row exists when some column write or counter entry is newer than
-//!   its latest delete (or there is no delete).
+//! - **Counters.** Each replica publishes, per counter cell, the running totals of what it
+//!   added (`up`) and took away (`down`); they only grow, so merging is a maximum. A
+//!   delete carries the totals it had seen (per replica) and removes exactly those: an
+//!   increment the deleting replica had not seen (made concurrently, or after the delete)
+//!   survives. A counter's value is its *base* (the value the last whole-row write set, by
+//!   the column rule above; the column's default when a delete hid that write) plus every
+//!   replica's increments not removed by a delete.
+//! - **Visibility.** The row exists when some column write is newer than its latest delete
+//!   (or there is no delete), or some counter has an increment no delete removed.
 
 use std::collections::BTreeMap;
 
@@ -41,27 +40,73 @@ pub enum ColumnChange<V = Value> {
         /// The columns it set, with their new values.
         columns: BTreeMap<String, V>,
     },
-    /// A DELETE at `hlc`.
+    /// A DELETE at `hlc`, removing the counter totals the deleting replica had seen.
     Delete {
         /// The delete's HLC.
         hlc: Hlc,
+        /// Per counter column and replica, the totals it removes.
+        observed: Vec<Observed>,
     },
-    /// A replica's running totals of one counter column since the delete it knew of.
+    /// A replica's running totals of one counter column.
     Counter {
         /// The counter column.
         column: String,
         /// The replica whose increments these are.
         node: NodeId,
-        /// The latest delete of the row that replica had seen when it counted (`None`:
-        /// none), which reset its totals.
-        epoch: Option<Hlc>,
-        /// Everything it added since `epoch`.
+        /// Everything it ever added.
         up: u64,
-        /// Everything it took away since `epoch`.
+        /// Everything it ever took away.
         down: u64,
-        /// When it last counted (a write: it brings a deleted row back).
+        /// When it last counted.
         hlc: Hlc,
     },
+}
+
+/// A replica's running totals of a counter cell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Totals {
+    /// Added.
+    pub up: u64,
+    /// Taken away.
+    pub down: u64,
+}
+
+impl Totals {
+    /// The component-wise maximum.
+    fn join(self, other: Totals) -> Totals {
+        Totals {
+            up: self.up.max(other.up),
+            down: self.down.max(other.down),
+        }
+    }
+
+    /// What is left of `self` once `removed` is taken out (never below zero per component:
+    /// a replica may learn of a delete before the increments it removed).
+    fn beyond(self, removed: Totals) -> Totals {
+        Totals {
+            up: self.up.saturating_sub(removed.up),
+            down: self.down.saturating_sub(removed.down),
+        }
+    }
+
+    fn net(self) -> i128 {
+        i128::from(self.up) - i128::from(self.down)
+    }
+
+    fn is_zero(self) -> bool {
+        self.up == 0 && self.down == 0
+    }
+}
+
+/// The totals a delete removes for one counter column and replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// The counter column.
+    pub column: String,
+    /// The replica that counted.
+    pub node: NodeId,
+    /// Its totals the deleting replica had seen.
+    pub totals: Totals,
 }
 
 impl<V> ColumnChange<V> {
@@ -84,18 +129,25 @@ impl<V> ColumnChange<V> {
                     })
                     .collect(),
             },
-            ColumnChange::Delete { hlc } => ColumnChange::Delete { hlc },
+            ColumnChange::Delete { hlc, observed } => ColumnChange::Delete {
+                hlc,
+                observed: observed
+                    .into_iter()
+                    .map(|o| Observed {
+                        column: name(o.column),
+                        ..o
+                    })
+                    .collect(),
+            },
             ColumnChange::Counter {
                 column,
                 node,
-                epoch,
                 up,
                 down,
                 hlc,
             } => ColumnChange::Counter {
                 column: name(column),
                 node,
-                epoch,
                 up,
                 down,
                 hlc,
@@ -138,38 +190,13 @@ pub fn counter_integer(value: &Value) -> i64 {
     }
 }
 
-/// One replica's contribution to a counter cell.
+/// One replica's totals of a counter cell, and when it last counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contribution {
-    /// The delete it counts since.
-    pub epoch: Option<Hlc>,
-    /// Total added since `epoch`.
-    pub up: u64,
-    /// Total taken away since `epoch`.
-    pub down: u64,
+    /// Its totals.
+    pub totals: Totals,
     /// When it last counted.
     pub hlc: Hlc,
-}
-
-impl Contribution {
-    /// The join of two contributions of one replica.
-    fn join(self, other: Contribution) -> Contribution {
-        match self.epoch.cmp(&other.epoch) {
-            std::cmp::Ordering::Less => other,
-            std::cmp::Ordering::Greater => self,
-            std::cmp::Ordering::Equal => Contribution {
-                epoch: self.epoch,
-                up: self.up.max(other.up),
-                down: self.down.max(other.down),
-                hlc: self.hlc.max(other.hlc),
-            },
-        }
-    }
-
-    /// What it adds to the counter.
-    fn net(&self) -> i128 {
-        i128::from(self.up) - i128::from(self.down)
-    }
 }
 
 /// The merged state of one row.
@@ -178,6 +205,8 @@ pub struct ColumnRow<V = Value> {
     deleted_at: Option<Hlc>,
     columns: BTreeMap<String, (Hlc, V)>,
     counters: BTreeMap<String, BTreeMap<NodeId, Contribution>>,
+    /// Per counter column and replica, the totals deletes removed.
+    removed: BTreeMap<String, BTreeMap<NodeId, Totals>>,
 }
 
 impl<V> Default for ColumnRow<V> {
@@ -186,6 +215,7 @@ impl<V> Default for ColumnRow<V> {
             deleted_at: None,
             columns: BTreeMap::new(),
             counters: BTreeMap::new(),
+            removed: BTreeMap::new(),
         }
     }
 }
@@ -208,45 +238,62 @@ impl<V: Clone + PartialEq + CounterBase> ColumnRow<V> {
                 }
                 changed
             }
-            ColumnChange::Delete { hlc } => self.raise_tombstone(Some(*hlc)),
+            ColumnChange::Delete { hlc, observed } => {
+                let mut changed = Some(*hlc) > self.deleted_at;
+                if changed {
+                    self.deleted_at = Some(*hlc);
+                }
+                for o in observed {
+                    let cell = self.removed.entry(o.column.clone()).or_default();
+                    let joined = cell.get(&o.node).map_or(o.totals, |r| r.join(o.totals));
+                    changed |= cell.insert(o.node, joined) != Some(joined);
+                }
+                changed
+            }
             ColumnChange::Counter {
                 column,
                 node,
-                epoch,
                 up,
                 down,
                 hlc,
             } => {
-                let raised = self.raise_tombstone(*epoch);
                 let incoming = Contribution {
-                    epoch: *epoch,
-                    up: *up,
-                    down: *down,
+                    totals: Totals {
+                        up: *up,
+                        down: *down,
+                    },
                     hlc: *hlc,
                 };
                 let cell = self.counters.entry(column.clone()).or_default();
                 let joined = match cell.get(node) {
-                    Some(stored) => stored.join(incoming),
+                    Some(stored) => Contribution {
+                        totals: stored.totals.join(incoming.totals),
+                        hlc: stored.hlc.max(incoming.hlc),
+                    },
                     None => incoming,
                 };
-                raised | (cell.insert(*node, joined) != Some(joined))
+                cell.insert(*node, joined) != Some(joined)
             }
-        }
-    }
-
-    fn raise_tombstone(&mut self, hlc: Option<Hlc>) -> bool {
-        if hlc > self.deleted_at {
-            self.deleted_at = hlc;
-            true
-        } else {
-            false
         }
     }
 
     /// The changes that rebuild this state from nothing (merging them into another state is
     /// the join of the two).
     pub fn changes(&self) -> Vec<ColumnChange<V>> {
-        let deletes = self.deleted_at.map(|hlc| ColumnChange::Delete { hlc });
+        let observed: Vec<Observed> = self
+            .removed
+            .iter()
+            .flat_map(|(column, cell)| {
+                cell.iter().map(|(node, totals)| Observed {
+                    column: column.clone(),
+                    node: *node,
+                    totals: *totals,
+                })
+            })
+            .collect();
+        let deletes = self
+            .deleted_at
+            .map(|hlc| ColumnChange::Delete { hlc, observed });
         let writes = self
             .columns
             .iter()
@@ -258,9 +305,8 @@ impl<V: Clone + PartialEq + CounterBase> ColumnRow<V> {
             cell.iter().map(|(node, c)| ColumnChange::Counter {
                 column: column.clone(),
                 node: *node,
-                epoch: c.epoch,
-                up: c.up,
-                down: c.down,
+                up: c.totals.up,
+                down: c.totals.down,
                 hlc: c.hlc,
             })
         });
@@ -293,6 +339,22 @@ impl<V: Clone + PartialEq + CounterBase> ColumnRow<V> {
         self.deleted_at.is_none_or(|d| hlc > d)
     }
 
+    /// Each replica's totals of counter `name` that no delete removed.
+    fn unremoved(&self, name: &str) -> impl Iterator<Item = (NodeId, Totals)> + '_ {
+        let removed = self.removed.get(name);
+        self.counters
+            .get(name)
+            .into_iter()
+            .flat_map(BTreeMap::iter)
+            .map(move |(node, c)| {
+                let gone = removed
+                    .and_then(|r| r.get(node))
+                    .copied()
+                    .unwrap_or_default();
+                (*node, c.totals.beyond(gone))
+            })
+    }
+
     /// Whether the row exists (see the module docs).
     pub fn exists(&self) -> bool {
         self.columns
@@ -300,9 +362,8 @@ impl<V: Clone + PartialEq + CounterBase> ColumnRow<V> {
             .any(|(hlc, _)| self.after_delete(*hlc))
             || self
                 .counters
-                .values()
-                .flat_map(BTreeMap::values)
-                .any(|c| c.epoch == self.deleted_at && self.after_delete(c.hlc))
+                .keys()
+                .any(|name| self.unremoved(name).any(|(_, t)| !t.is_zero()))
     }
 
     /// A column's visible write (its HLC and value): `None` when the row does not exist or
@@ -322,30 +383,48 @@ impl<V: Clone + PartialEq + CounterBase> ColumnRow<V> {
         self.visible(name).map(|(_, value)| value)
     }
 
-    /// The increments of the row's current epoch to counter `name`, summed over replicas.
+    /// The increments to counter `name` no delete removed, summed over replicas.
     pub fn increments(&self, name: &str) -> i128 {
-        self.counters
-            .get(name)
-            .into_iter()
-            .flat_map(BTreeMap::values)
-            .filter(|c| c.epoch == self.deleted_at)
-            .map(Contribution::net)
-            .sum()
+        self.unremoved(name).map(|(_, t)| t.net()).sum()
     }
 
-    /// A counter column's value: its visible base plus [`ColumnRow::increments`] (0 when
-    /// the row does not exist).
-    pub fn counter(&self, name: &str) -> i128 {
+    /// A counter column's value: its visible base (`default` when a delete hid it or
+    /// nothing set it) plus [`ColumnRow::increments`]; 0 when the row does not exist.
+    pub fn counter(&self, name: &str, default: i64) -> i128 {
         if !self.exists() {
             return 0;
         }
-        let base = self.column(name).map_or(0, CounterBase::counter_base);
+        let base = self.column(name).map_or(default, CounterBase::counter_base);
         i128::from(base) + self.increments(name)
     }
 
+    /// Every replica's totals of every counter, as a delete made now removes them.
+    pub fn observed(&self) -> Vec<Observed> {
+        self.counters
+            .iter()
+            .flat_map(|(column, cell)| {
+                cell.iter().map(|(node, c)| Observed {
+                    column: column.clone(),
+                    node: *node,
+                    totals: c.totals,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a local delete at `hlc`: it removes every increment this replica has seen.
+    /// Returns the change to publish, already merged.
+    pub fn delete_local(&mut self, hlc: Hlc) -> ColumnChange<V> {
+        let change = ColumnChange::Delete {
+            hlc,
+            observed: self.observed(),
+        };
+        self.merge(&change);
+        change
+    }
+
     /// Records a local change of `delta` at `hlc` to counter `column` by `node`: its running
-    /// totals since the row's latest delete grow by `delta` (they restart from zero after a
-    /// delete). Returns the change to publish, already merged.
+    /// totals grow by `delta`. Returns the change to publish, already merged.
     pub fn count_local(
         &mut self,
         column: &str,
@@ -353,13 +432,12 @@ impl<V: Clone + PartialEq + CounterBase> ColumnRow<V> {
         delta: i64,
         hlc: Hlc,
     ) -> ColumnChange<V> {
-        let epoch = self.deleted_at;
-        let (mut up, mut down) = self
+        let Totals { mut up, mut down } = self
             .counters
             .get(column)
             .and_then(|cell| cell.get(&node))
-            .filter(|c| c.epoch == epoch)
-            .map_or((0, 0), |c| (c.up, c.down));
+            .map(|c| c.totals)
+            .unwrap_or_default();
         if delta >= 0 {
             up += delta.unsigned_abs();
         } else {
@@ -368,7 +446,6 @@ impl<V: Clone + PartialEq + CounterBase> ColumnRow<V> {
         let change = ColumnChange::Counter {
             column: column.to_owned(),
             node,
-            epoch,
             up,
             down,
             hlc,
@@ -520,7 +597,10 @@ mod tests {
     fn a_delete_hides_older_writes_and_a_later_write_brings_back_only_its_columns() {
         let insert = write(1, 1, &[("title", 1), ("body", 1)]);
         let older_update = write(3, 2, &[("body", 2)]);
-        let delete = ColumnChange::Delete { hlc: hlc(4, 1) };
+        let delete = ColumnChange::Delete {
+            hlc: hlc(4, 1),
+            observed: Vec::new(),
+        };
         let row = state(&[insert.clone(), delete.clone(), older_update.clone()]);
         assert!(!row.exists());
         assert_eq!(row.column("body"), None);
@@ -555,36 +635,50 @@ mod tests {
                 row.merge(c);
                 row.merge(c);
             }
-            assert_eq!(row.counter("qty"), -1000);
+            assert_eq!(row.counter("qty", 0), -1000);
         }
     }
 
     #[test]
-    fn a_counter_is_its_base_plus_the_increments_since_the_latest_delete() {
+    fn a_delete_removes_the_increments_it_saw_and_no_others() {
         let a = NodeId::from_u128(1).unwrap();
         let insert = write(1, 1, &[("likes", 10)]);
-        let mut writer = state(std::slice::from_ref(&insert));
-        let before = writer.count_local("likes", a, 5, hlc(2, 1));
-        assert_eq!(writer.counter("likes"), 15);
-        let delete = ColumnChange::Delete { hlc: hlc(3, 2) };
-        writer.merge(&delete);
-        let after = writer.count_local("likes", a, 2, hlc(4, 1));
-        let row = state(&[
-            after.clone(),
-            before.clone(),
-            delete.clone(),
-            insert.clone(),
-        ]);
-        assert!(row.exists());
-        assert_eq!(
-            row.counter("likes"),
-            2,
-            "the base and older increments are gone"
+        let mut on_a = state(std::slice::from_ref(&insert));
+        let mut on_b = state(std::slice::from_ref(&insert));
+        let seen = on_a.count_local("likes", a, 5, hlc(2, 1));
+        on_b.merge(&seen);
+        assert_eq!(on_b.counter("likes", 0), 15);
+        // b deletes having seen a's +5; a, not having seen the delete, adds 2 more.
+        let delete = on_b.delete_local(hlc(3, 2));
+        let unseen = on_a.count_local("likes", a, 2, hlc(4, 1));
+        let row = state(&[unseen.clone(), seen.clone(), delete.clone(), insert.clone()]);
+        assert!(
+            row.exists(),
+            "an increment the delete had not seen keeps the row"
         );
-        // The increment made after the delete is evidence of it, even before it arrives.
-        let row = state(&[insert, before, after]);
-        assert_eq!(row.deleted_at(), Some(hlc(3, 2)));
-        assert_eq!(row.counter("likes"), 2);
+        assert_eq!(
+            row.counter("likes", 0),
+            2,
+            "the base and the seen +5 are gone"
+        );
+        assert_eq!(
+            row.counter("likes", 7),
+            9,
+            "a hidden base reads as the default"
+        );
+        // Without it, the delete wins; a replica that gets the delete before the +5 it
+        // removed never counts that +5.
+        let row = state(&[delete.clone(), insert.clone()]);
+        assert!(!row.exists());
+        let row = state(&[delete, seen, insert.clone()]);
+        assert!(!row.exists());
+        // A concurrent increment older (by HLC) than the delete survives too: the delete
+        // had not seen it.
+        let mut on_c = state(std::slice::from_ref(&insert));
+        let early = on_c.count_local("likes", NodeId::from_u128(3).unwrap(), -1, hlc(2, 3));
+        let delete = on_b.delete_local(hlc(5, 2));
+        let row = state(&[insert, early, delete]);
+        assert_eq!(row.counter("likes", 0), -1);
     }
 
     #[test]
@@ -592,7 +686,10 @@ mod tests {
         let changes = [
             write(1, 1, &[("title", 1), ("n", 4)]),
             write(3, 2, &[("title", 2)]),
-            ColumnChange::Delete { hlc: hlc(2, 2) },
+            ColumnChange::Delete {
+                hlc: hlc(2, 2),
+                observed: Vec::new(),
+            },
         ];
         let model = state(&changes);
         let mut stored: ColumnRow<Stored> = ColumnRow::default();
@@ -605,12 +702,15 @@ mod tests {
                         .map(|(c, v)| (c.clone(), (c == "n").then(|| v.counter_base())))
                         .collect(),
                 },
-                ColumnChange::Delete { hlc } => ColumnChange::Delete { hlc: *hlc },
+                ColumnChange::Delete { hlc, observed } => ColumnChange::Delete {
+                    hlc: *hlc,
+                    observed: observed.clone(),
+                },
                 ColumnChange::Counter { .. } => unreachable!(),
             });
         }
         assert_eq!(stored.exists(), model.exists());
-        assert_eq!(stored.counter("n"), model.counter("n"));
+        assert_eq!(stored.counter("n", 3), model.counter("n", 3));
         assert_eq!(
             stored.visible("title").map(|(h, _)| h),
             model.visible("title").map(|(h, _)| h)
@@ -625,22 +725,31 @@ mod tests {
                 // One write (one HLC) always carries the same value for a column.
                 write(t, n, &[(c, (t * 7 + n as u64) as i64)])
             }),
-            (0u64..8, 1u128..4).prop_map(|(t, n)| ColumnChange::Delete { hlc: hlc(t, n) }),
             (
                 0u64..8,
                 1u128..4,
-                proptest::option::of((0u64..8, 1u128..4)),
-                0u64..5,
-                0u64..5
+                proptest::collection::vec((1u128..4, 0u64..5, 0u64..5), 0..3)
             )
-                .prop_map(|(t, n, epoch, up, down)| ColumnChange::Counter {
+                .prop_map(|(t, n, observed)| ColumnChange::Delete {
+                    hlc: hlc(t, n),
+                    observed: observed
+                        .into_iter()
+                        .map(|(node, up, down)| Observed {
+                            column: "n".into(),
+                            node: NodeId::from_u128(node).unwrap(),
+                            totals: Totals { up, down },
+                        })
+                        .collect(),
+                }),
+            (0u64..8, 1u128..4, 0u64..5, 0u64..5).prop_map(|(t, n, up, down)| {
+                ColumnChange::Counter {
                     column: "n".into(),
                     node: NodeId::from_u128(n).unwrap(),
-                    epoch: epoch.map(|(et, en)| hlc(et, en)),
                     up,
                     down,
                     hlc: hlc(t, n),
-                }),
+                }
+            }),
         ]
     }
 

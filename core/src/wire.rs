@@ -480,7 +480,7 @@ pub fn decode_batch(compression: Compression, body: &[u8]) -> Result<Batch, Wire
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{CellChange, CounterTotals, RowChange, TableSchema};
+    use crate::change::{CellChange, CounterTotals, ObservedTotals, RowChange, TableSchema};
     use crate::value::Value;
     use proptest::prelude::*;
 
@@ -512,15 +512,20 @@ mod tests {
                 time,
                 columns,
                 counters: counters
-                    .into_iter()
-                    .map(|(column, up, down)| CounterTotals {
-                        column,
-                        epoch: (up % 2 == 0)
-                            .then(|| crate::hlc::Hlc::new(crate::hlc::NTP64(up), node())),
-                        up,
-                        down,
-                    })
+                    .iter()
+                    .map(|&(column, up, down)| CounterTotals { column, up, down })
                     .collect(),
+                observed: match deleted {
+                    Some(_) => counters
+                        .into_iter()
+                        .map(|(column, up, down)| ObservedTotals {
+                            column,
+                            node: node(),
+                            totals: crate::column_merge::Totals { up, down },
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                },
             })
     }
 
@@ -642,10 +647,10 @@ mod tests {
                 columns: vec![(0, Value::Text("x".into()))],
                 counters: vec![CounterTotals {
                     column: 1,
-                    epoch: None,
                     up: 0,
                     down: 3,
                 }],
+                observed: Vec::new(),
             }],
         };
         let frames =

@@ -549,3 +549,118 @@ fn a_node_restored_from_its_own_older_snapshot_keeps_counting_from_its_published
     sync_all(&mut stream, &mut [&mut a, &mut b]);
     assert_eq!((a.qty("fig"), b.qty("fig")), (Some(-9), Some(-9)));
 }
+
+#[test]
+fn a_decrement_the_delete_had_not_seen_survives_and_keeps_the_row() {
+    let (mut a, mut b) = (Replica::new(1), Replica::new(2));
+    let mut stream = Stream::default();
+    a.exec("INSERT INTO stock(sku, qty, name) VALUES ('x', 3, 'X')");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    b.exec("DELETE FROM stock WHERE sku = 'x'");
+    std::thread::sleep(Duration::from_millis(5));
+    a.exec("UPDATE stock SET qty = qty - 1 WHERE sku = 'x'");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    // The delete removed the base it saw (3); a's decrement, unseen by it, keeps the row,
+    // whose other columns are back to their defaults.
+    for r in [&a, &b] {
+        let row: (i64, Option<String>) = r
+            .app
+            .query_row("SELECT qty, name FROM stock WHERE sku = 'x'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("the row lives on");
+        assert_eq!(row, (-1, None));
+    }
+    // A delete that saw the decrement removes the row for good.
+    a.exec("DELETE FROM stock WHERE sku = 'x'");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    assert_eq!((a.qty("x"), b.qty("x")), (None, None));
+}
+
+#[test]
+fn a_counter_whose_base_a_delete_hid_reads_its_default() {
+    let schema = "CREATE TABLE tally(id INTEGER PRIMARY KEY, n INTEGER NOT NULL DEFAULT 10, \
+                  label TEXT)";
+    let merge = || MergeConfig::new(&[], &["tally.n".into()]).unwrap();
+    let mut a = Replica::with(options(1, merge()));
+    let mut b = Replica::with(options(2, merge()));
+    a.exec(schema);
+    b.exec(schema);
+    let mut stream = Stream::default();
+    a.exec("INSERT INTO tally(id, n, label) VALUES (1, 3, 'a')");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    b.exec("DELETE FROM tally WHERE id = 1");
+    std::thread::sleep(Duration::from_millis(5));
+    a.exec("UPDATE tally SET label = 'later' WHERE id = 1");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    for r in [&a, &b] {
+        let row: (i64, String) = r
+            .app
+            .query_row("SELECT n, label FROM tally WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(row, (10, "later".into()));
+    }
+}
+
+#[test]
+fn a_counter_set_to_a_real_is_kept_as_the_integer_every_replica_has() {
+    let (mut a, mut b) = (Replica::new(1), Replica::new(2));
+    let mut stream = Stream::default();
+    a.exec("INSERT INTO stock(sku, qty) VALUES ('r', 5)");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    a.exec("UPDATE stock SET qty = qty + 0.5 WHERE sku = 'r'");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    let kind = |r: &Replica| -> (String, i64) {
+        r.app
+            .query_row(
+                "SELECT typeof(qty), qty FROM stock WHERE sku = 'r'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(kind(&a), ("integer".into(), 5));
+    assert_eq!(kind(&b), ("integer".into(), 5));
+}
+
+#[test]
+fn a_replicated_migration_drops_a_column_of_a_column_merge_table() {
+    let (mut a, mut b) = (Replica::new(1), Replica::new(2));
+    let mut stream = Stream::default();
+    a.exec("INSERT INTO notes(id, title, body) VALUES (1, 't', 'b')");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    // The application's own DROP COLUMN fails: the capture triggers name every column.
+    let err = a
+        .app
+        .execute_batch("ALTER TABLE notes DROP COLUMN tag")
+        .unwrap_err();
+    assert!(err.to_string().contains("trigger"), "{err}");
+    a.store
+        .publish_migration("ALTER TABLE notes DROP COLUMN tag", true, now())
+        .expect("a migration may drop it");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    for r in [&a, &b] {
+        let columns: i64 = r
+            .app
+            .query_row("SELECT count(*) FROM pragma_table_info('notes')", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(columns, 3, "id, title, body");
+    }
+    // Capture works on the table as it is now.
+    a.exec("UPDATE notes SET title = 'a' WHERE id = 1");
+    b.exec("UPDATE notes SET body = 'b2' WHERE id = 1");
+    sync_all(&mut stream, &mut [&mut a, &mut b]);
+    for r in [&a, &b] {
+        let row: (String, String) = r
+            .app
+            .query_row("SELECT title, body FROM notes WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(row, ("a".into(), "b2".into()));
+    }
+}

@@ -1569,7 +1569,10 @@ fn stock_rows(model: &BTreeMap<Vec<Value>, ColumnRow>) -> Rows {
                     "note".to_string(),
                     plain("note", Value::Text("none".into())),
                 ),
-                ("qty".to_string(), Value::Integer(row.counter("qty") as i64)),
+                (
+                    "qty".to_string(),
+                    Value::Integer(row.counter("qty", 0) as i64),
+                ),
             ]);
             (key.clone(), image)
         })

@@ -3,30 +3,17 @@
 use rusqlite::{params_from_iter, CachedStatement, Connection, OptionalExtension};
 
 use super::cells;
+pub(super) use super::failure::refusal;
+pub use super::failure::ApplyFailure;
 use super::tables::{same_identifier, RegisteredTable, Tables};
 use crate::change::Batch;
 use crate::column_merge::ColumnChange;
-use crate::error::{is_transient_sqlite, ApplyError, Context, StoreError};
+use crate::error::{ApplyError, Context, StoreError};
 use crate::hlc::{Clock, Hlc, NodeId, NTP64};
 use crate::merge::incoming_wins;
 use crate::report::Applied;
 use crate::value::Value;
 use crate::wire::WireError;
-
-/// Either the batch cannot be applied here (park it) or the database failed (retry).
-#[derive(Debug)]
-pub enum ApplyFailure {
-    /// Park the message with this reason.
-    Park(ApplyError),
-    /// Abort and retry later.
-    Store(StoreError),
-}
-
-impl From<StoreError> for ApplyFailure {
-    fn from(e: StoreError) -> Self {
-        ApplyFailure::Store(e)
-    }
-}
 
 /// Applies `batch` from `origin` row by row: each change replaces the row when its HLC beats
 /// the stored version ([`incoming_wins`]). The caller holds a write transaction with the
@@ -65,7 +52,10 @@ pub fn apply_batch(
             // A row image from a replica that still merged the table by row (a switch to
             // column merging in flight): it writes every column, or deletes the row.
             let change = match &row.values {
-                None => ColumnChange::Delete { hlc },
+                None => ColumnChange::Delete {
+                    hlc,
+                    observed: Vec::new(),
+                },
                 Some(values) => ColumnChange::Write {
                     hlc,
                     columns: batch.tables[row.table as usize]
@@ -236,22 +226,6 @@ impl<'c> TableStatements<'c> {
                 Hlc::from_bytes(&b).map_err(|e| StoreError::Corrupt(format!("row version: {e}")))
             })
             .transpose()
-    }
-}
-
-/// Classifies an SQLite error on a user table: environmental (retry the whole receive) or
-/// caused by the data (park the message).
-pub(super) fn refusal(table: &RegisteredTable, source: rusqlite::Error) -> ApplyFailure {
-    if is_transient_sqlite(&source) {
-        ApplyFailure::Store(StoreError::Sqlite {
-            context: format!("applying a change to {:?}", table.info.name),
-            source,
-        })
-    } else {
-        ApplyFailure::Park(ApplyError::Rejected {
-            table: table.info.name.clone(),
-            source,
-        })
     }
 }
 

@@ -617,7 +617,10 @@ fn snapshot_cells(
     };
     let Some(state) = state else {
         return Ok(vec![match values {
-            None => ColumnChange::Delete { hlc },
+            None => ColumnChange::Delete {
+                hlc,
+                observed: Vec::new(),
+            },
             Some(values) => ColumnChange::Write {
                 hlc,
                 columns: table

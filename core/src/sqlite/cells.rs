@@ -12,11 +12,12 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
-use super::apply::{refusal, ApplyFailure};
-use super::drain::{read_row, write_version};
+use super::failure::{refusal, ApplyFailure};
+use super::row_io::{read_row, write_version};
 use super::tables::RegisteredTable;
 use crate::capture::ddl::{LOG_COLS_ALL, LOG_COLS_DELETE};
-use crate::change::{CellChange, CounterTotals};
+use crate::capture::names::quote;
+use crate::change::{CellChange, CounterTotals, ObservedTotals};
 use crate::column_merge::{counter_integer, ColumnChange, ColumnRow, Stored};
 use crate::error::{Context, StoreError};
 use crate::hlc::{Clock, Hlc, NodeId, NTP64};
@@ -94,7 +95,10 @@ fn load_state(
     let mut state = ColumnRow::default();
     match (version, image) {
         (Some((hlc, true)), _) => {
-            state.merge(&ColumnChange::Delete { hlc });
+            state.merge(&ColumnChange::Delete {
+                hlc,
+                observed: Vec::new(),
+            });
         }
         (version, Some(values)) => {
             // A row nobody versioned yet (written before capture) counts as the oldest write.
@@ -195,9 +199,21 @@ pub(super) fn drain_row(
     };
     let (mut state, _) = load_state(conn, table, key, image.as_deref(), &uncounted, node)?;
     let mut deleted = None;
+    let mut observed = Vec::new();
     if seen.deleted || (image.is_none() && state.exists()) {
         let hlc = clock.stamp_local_write(wall);
-        state.merge(&ColumnChange::Delete { hlc });
+        if let ColumnChange::Delete { observed: seen, .. } = state.delete_local(hlc) {
+            observed = seen
+                .into_iter()
+                .filter_map(|o| {
+                    Some(ObservedTotals {
+                        column: value_index(table, &o.column)? as u32,
+                        node: o.node,
+                        totals: o.totals,
+                    })
+                })
+                .collect();
+        }
         deleted = Some(hlc);
     }
     let mut columns = Vec::new();
@@ -243,19 +259,18 @@ pub(super) fn drain_row(
                     continue;
                 }
                 let name = &table.info.value_columns[i].name;
-                if let ColumnChange::Counter {
-                    epoch, up, down, ..
-                } = state.count_local(name, node, delta, hlc)
+                if let ColumnChange::Counter { up, down, .. } =
+                    state.count_local(name, node, delta, hlc)
                 {
                     counters.push(CounterTotals {
                         column: i as u32,
-                        epoch,
                         up,
                         down,
                     });
                 }
             }
         }
+        normalize_counters(conn, table, key, values, &state)?;
     }
     if deleted.is_none() && columns.is_empty() && counters.is_empty() {
         return Ok(None);
@@ -268,7 +283,68 @@ pub(super) fn drain_row(
         time: time.expect("set above").time().as_u64(),
         columns,
         counters,
+        observed,
     }))
+}
+
+/// The index of value column `name` of `table`.
+fn value_index(table: &RegisteredTable, name: &str) -> Option<usize> {
+    table.info.value_columns.iter().position(|c| c.name == name)
+}
+
+/// Counters count integers: a counter the application set to something else (a real, a
+/// NULL, text) is rewritten, with capture off, to the integer value every replica computes
+/// for it, so this replica does not keep a value the others never see.
+fn normalize_counters(
+    conn: &Connection,
+    table: &RegisteredTable,
+    key: &[Value],
+    values: &[Value],
+    state: &ColumnRow<Stored>,
+) -> Result<(), StoreError> {
+    let merge = table.merge.as_ref().expect("a column-merge table");
+    let mut fixes = Vec::new();
+    for (i, column) in table.info.value_columns.iter().enumerate() {
+        if !merge.counter[i] {
+            continue;
+        }
+        let value = Value::Integer(clamp(state.counter(&column.name, merge.default[i])));
+        if !same_value(&values[i], &value) {
+            fixes.push((column.name.clone(), value));
+        }
+    }
+    if fixes.is_empty() {
+        return Ok(());
+    }
+    super::set_applying(conn, true)?;
+    for (column, value) in fixes {
+        let key_match = table
+            .info
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} IS ?{}", quote(&c.name), i + 2))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "UPDATE {} SET {} = ?1 WHERE {key_match}",
+            quote(&table.info.name),
+            quote(&column)
+        );
+        let params = std::iter::once(&value).chain(key);
+        conn.prepare_cached(&sql)
+            .and_then(|mut s| s.execute(params_from_iter(params)))
+            .context(format!("rewriting counter {column:?} as an integer"))?;
+    }
+    super::set_applying(conn, false)
+}
+
+/// Whether two values are the same SQLite value (same storage class and contents).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Integer(x), Value::Integer(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// What merging changes into a row did.
@@ -355,7 +431,9 @@ fn write_row(
     let mut hidden = false;
     for (i, column) in table.info.value_columns.iter().enumerate() {
         let value = if merge.counter[i] {
-            Some(Value::Integer(clamp(state.counter(&column.name))))
+            Some(Value::Integer(clamp(
+                state.counter(&column.name, merge.default[i]),
+            )))
         } else {
             state.visible(&column.name).and_then(|(hlc, _)| {
                 match incoming.get(column.name.as_str()) {

@@ -3,14 +3,15 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use rusqlite::{params_from_iter, Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use super::cells::{self, CellsSeen};
+use super::row_io::{read_row, write_version};
 use super::tables::Tables;
 use crate::capture::names::{self, quote};
 use crate::change::{Batch, CellChange, RowChange, TableSchema};
 use crate::error::{Context, StoreError};
-use crate::hlc::{ntp64_from_unix_millis, Clock, Hlc};
+use crate::hlc::{ntp64_from_unix_millis, Clock};
 use crate::value::Value;
 
 /// One coalesced row: the last log entry for a key.
@@ -167,41 +168,4 @@ pub fn drain(
         null_keys,
         oldest_write_unix_ms,
     })
-}
-
-/// Reads a row's current image: `Some(values)` if it exists, `None` if it was deleted.
-pub(super) fn read_row(
-    conn: &Connection,
-    sql: &str,
-    key: &[Value],
-    width: usize,
-) -> Result<Option<Vec<Value>>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).context("reading a changed row")?;
-    stmt.query_row(params_from_iter(key), |r| {
-        if width == 0 {
-            return Ok(Vec::new());
-        }
-        (0..width).map(|i| r.get::<_, Value>(i)).collect()
-    })
-    .optional()
-    .context("reading a changed row")
-}
-
-/// Records a row's version (its last write's HLC and whether that write deleted it).
-pub(crate) fn write_version(
-    conn: &Connection,
-    sql: &str,
-    key: &[Value],
-    hlc: Hlc,
-    deleted: bool,
-) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(sql).context("writing a row version")?;
-    let hlc_bytes = hlc.to_bytes();
-    let params = key.iter().map(|v| v as &dyn rusqlite::ToSql).chain([
-        &hlc_bytes as &dyn rusqlite::ToSql,
-        &deleted as &dyn rusqlite::ToSql,
-    ]);
-    stmt.execute(params_from_iter(params))
-        .context("writing a row version")?;
-    Ok(())
 }

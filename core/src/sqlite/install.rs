@@ -183,10 +183,14 @@ pub fn install(
         }
         seen.insert(name.clone());
         report.replicated.push(name);
+        let defaults = match configured {
+            Some(config) => Some(counter_defaults(conn, &info, config)?),
+            None => None,
+        };
         let table = RegisteredTable::new(id, info);
-        tables.insert(match configured {
-            Some(config) => table.merging_by_column(config.clone()),
-            None => table,
+        tables.insert(match (configured, defaults) {
+            (Some(config), Some(defaults)) => table.merging_by_column(config.clone(), defaults),
+            _ => table,
         });
     }
 
@@ -278,6 +282,40 @@ pub(super) fn counter_indexes(
                         info.name, info.name
                     ))
                 })
+        })
+        .collect()
+}
+
+/// Each value column's default as a counter's integer (0 for plain columns, and when the
+/// default is not a constant that reads as an integer), in `value_columns` order.
+fn counter_defaults(
+    conn: &Connection,
+    info: &TableInfo,
+    config: &TableMerge,
+) -> Result<Vec<i64>, StoreError> {
+    info.value_columns
+        .iter()
+        .map(|c| {
+            if !config.is_counter(&c.name) {
+                return Ok(0);
+            }
+            let default: Option<String> = conn
+                .query_row(
+                    "SELECT dflt_value FROM pragma_table_info(?1) WHERE name = ?2",
+                    [&info.name, &c.name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .context(format!("reading the default of {}.{}", info.name, c.name))?
+                .flatten();
+            let Some(default) = default else {
+                return Ok(0);
+            };
+            // A constant default evaluates the same everywhere; anything else counts as 0.
+            let value: Option<crate::value::Value> = conn
+                .query_row(&format!("SELECT ({default})"), [], |r| r.get(0))
+                .ok();
+            Ok(value.map_or(0, |v| column_merge::counter_integer(&v)))
         })
         .collect()
 }
@@ -375,6 +413,24 @@ pub fn switch_merge(
         .context("dropping a table's column-merge state")?;
     }
     Ok(true)
+}
+
+/// Drops the capture triggers of the tables that merge by column, inside the caller's
+/// transaction: they name every value column, and SQLite refuses to drop a column a trigger
+/// names. A replicated migration runs its SQL without them; the install that follows it
+/// creates them again (without queueing rows).
+pub(super) fn drop_column_merge_triggers(
+    conn: &Connection,
+    tables: &Tables,
+) -> Result<(), StoreError> {
+    for table in tables.iter().filter(|t| t.merge.is_some()) {
+        conn.execute_batch(&ddl::drop_triggers(table.id))
+            .context(format!(
+                "setting aside the capture triggers of {:?} for a migration",
+                table.info.name
+            ))?;
+    }
+    Ok(())
 }
 
 /// Follows tables the application renamed: SQLite moves a table's triggers with it, so an

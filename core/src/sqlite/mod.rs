@@ -11,6 +11,7 @@ mod busy;
 pub mod catch_up;
 mod cells;
 mod drain;
+mod failure;
 mod inbox;
 mod install;
 pub mod merge_switch;
@@ -20,6 +21,7 @@ mod outbox;
 pub mod parked;
 mod refusal;
 mod routing;
+mod row_io;
 pub mod scope_bootstrap;
 mod scope_check;
 pub mod scope_refetch;
@@ -631,6 +633,7 @@ impl Store {
         tx.execute_batch("SAVEPOINT hl_dry_run")
             .context("starting a migration dry run")?;
         set_applying(&tx, true)?;
+        install::drop_column_merge_triggers(&tx, &self.schema.tables)?;
         let tried = tx.execute_batch(sql);
         tx.execute_batch("ROLLBACK TO hl_dry_run; RELEASE hl_dry_run")
             .context("rolling back a migration dry run")?;
@@ -994,6 +997,8 @@ fn run_migration(
     }
     tx.execute_batch("SAVEPOINT hl_migration")
         .context("starting a migration savepoint")?;
+    install::drop_column_merge_triggers(tx, &schema.tables)?;
+    schema.version = i64::MIN;
     let applied = match migrate::apply(tx, seq, migration, unix_millis(now))? {
         Ok(version) => match merge_switch::parse(&migration.sql) {
             Some((table, merge)) => {

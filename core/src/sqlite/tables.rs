@@ -34,6 +34,9 @@ pub struct ColumnMerge {
     pub config: TableMerge,
     /// Whether each value column (in `value_columns` order) is a counter.
     pub counter: Vec<bool>,
+    /// Each counter's default, as an integer (0 for other columns, and for a default that
+    /// is not a constant integer): its value when a delete hid its base.
+    pub default: Vec<i64>,
     /// `SELECT state FROM cells WHERE <key slots>`.
     pub select_state: String,
     /// Upsert of `(key, state)` into the state table.
@@ -133,8 +136,9 @@ impl RegisteredTable {
     }
 
     /// The same table merging by column as `config` says (its counters must be value
-    /// columns, checked by the install).
-    pub fn merging_by_column(mut self, config: TableMerge) -> Self {
+    /// columns, checked by the install), with its counters' defaults (`default`, in
+    /// `value_columns` order).
+    pub fn merging_by_column(mut self, config: TableMerge, default: Vec<i64>) -> Self {
         let cells = quote(&names::cells_table(self.id));
         let slots: Vec<String> = (0..self.info.key_columns.len())
             .map(names::key_slot)
@@ -153,6 +157,7 @@ impl RegisteredTable {
                 .iter()
                 .map(|c| config.is_counter(&c.name))
                 .collect(),
+            default,
             select_state: format!("SELECT state FROM {cells} WHERE {slot_match}"),
             select_version: format!(
                 "SELECT hlc, deleted FROM {} WHERE {slot_match}",

@@ -7,9 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use harmonylite_core::change::{
-    Batch, BatchSeq, CellChange, CounterTotals, RowChange, StreamSeq, TableSchema,
+    Batch, BatchSeq, CellChange, CounterTotals, ObservedTotals, RowChange, StreamSeq,
+    TableSchema,
 };
-use harmonylite_core::hlc::{Hlc, NodeId, NTP64};
+use harmonylite_core::column_merge::Totals;
+use harmonylite_core::hlc::NodeId;
 use harmonylite_core::snapshot::frame_bytes;
 use harmonylite_core::value::Value;
 use harmonylite_core::wire::{encode_batch, encode_frame, Compression, Message, MessageV1};
@@ -119,9 +121,13 @@ fn wire_seeds() -> Vec<Vec<u8>> {
             columns: vec![(0, Value::Text("title".into())), (1, Value::Integer(3))],
             counters: vec![CounterTotals {
                 column: 1,
-                epoch: Some(Hlc::new(NTP64(1500), node())),
                 up: 4,
                 down: 9,
+            }],
+            observed: vec![ObservedTotals {
+                column: 1,
+                node: NodeId::from_u128(0xfeed).expect("non-zero node id"),
+                totals: Totals { up: 2, down: 7 },
             }],
         },
         CellChange {
@@ -131,6 +137,7 @@ fn wire_seeds() -> Vec<Vec<u8>> {
             time: 1502,
             columns: Vec::new(),
             counters: Vec::new(),
+            observed: Vec::new(),
         },
     ];
     for compression in [Compression::None, Compression::Lz4] {
