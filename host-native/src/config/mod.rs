@@ -2068,6 +2068,10 @@ format = "json"
         ] {
             *file = Some("f".into());
         }
+        full.merge = Some(MergeSection {
+            column: vec!["t".into()],
+            counters: vec!["t.c".into()],
+        });
 
         let mut with_defaults = BTreeMap::new();
         flatten(
