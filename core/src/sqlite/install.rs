@@ -332,21 +332,63 @@ pub(super) fn recorded_merge(conn: &Connection, id: i64) -> Result<Option<TableM
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .context("reading a table's merge mode")?;
+    decode_merge(&id.to_string(), merge, counters)
+}
+
+/// A registry entry's merge mode from its `merge` and `counters` columns.
+fn decode_merge(
+    table: &str,
+    merge: Option<String>,
+    counters: Option<Vec<u8>>,
+) -> Result<Option<TableMerge>, StoreError> {
     match merge.as_deref() {
         None => Ok(None),
         Some("column") => {
             let counters = match counters {
                 Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
-                    StoreError::Corrupt(format!("counters of table {id} in the registry: {e}"))
+                    StoreError::Corrupt(format!("counters of table {table} in the registry: {e}"))
                 })?,
                 None => Vec::new(),
             };
             Ok(Some(TableMerge { counters }))
         }
         Some(other) => Err(StoreError::Corrupt(format!(
-            "merge mode {other:?} of table {id} in the registry"
+            "merge mode {other:?} of table {table} in the registry"
         ))),
     }
+}
+
+/// How each replicated table merges according to the registry (`None`: by row), by name,
+/// without writing anything: tables that still exist; none before capture was installed;
+/// every one by row in a database from before column merging.
+pub fn recorded_merge_modes(
+    conn: &Connection,
+) -> Result<Vec<(String, Option<TableMerge>)>, StoreError> {
+    if !object_exists(conn, "table", names::TABLES)? {
+        return Ok(Vec::new());
+    }
+    let modes = if column_exists(conn, names::TABLES, "merge")? {
+        "merge, counters"
+    } else {
+        "NULL, NULL"
+    };
+    let rows: Vec<(String, Option<String>, Option<Vec<u8>>)> = conn
+        .prepare(&format!(
+            "SELECT name, {modes} FROM {} WHERE name IN \
+             (SELECT name FROM sqlite_schema WHERE type = 'table') ORDER BY name",
+            quote(names::TABLES)
+        ))
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .context("reading the merge modes in the table registry")?;
+    rows.into_iter()
+        .map(|(table, merge, counters)| {
+            let merge = decode_merge(&table, merge, counters)?;
+            Ok((table, merge))
+        })
+        .collect()
 }
 
 /// Records how table `id` merges in the registry.

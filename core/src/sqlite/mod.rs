@@ -36,7 +36,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 pub use catch_up::{CatchUp, CatchUpError, CatchUpReport};
 pub use inbox::{ParkedMessage, SCOPED_PART_WINDOW};
-pub use install::{uninstall, InstallReport};
+pub use install::{recorded_merge_modes, uninstall, InstallReport};
 pub use migrate::{AppliedMigration, SchemaStatus};
 pub use parked::{DiscardError, Discarded, ParkedTable};
 pub use refusal::PartitionChange;

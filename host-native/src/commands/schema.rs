@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use harmonylite_core::capture::names;
 use harmonylite_core::column_merge::{describe, TableMerge};
 use harmonylite_core::error::StoreError;
 use harmonylite_core::hlc::ntp64_from_unix;
@@ -341,79 +340,9 @@ pub fn print_status(config: &Config) -> Result<()> {
 }
 
 /// How each replicated table merges, read from the registry without writing (a [`Store`]
-/// would install capture): tables that still exist, by name; none before capture was
-/// installed, every one by row in a database from before column merging.
+/// would install capture).
 fn merge_modes(conn: &Connection) -> Result<Vec<(String, Option<TableMerge>)>> {
-    let registry = rusqlite::types::Value::Text(names::TABLES.to_owned());
-    let columns: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info(?1)")?
-        .query_map([&registry], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    if columns.is_empty() {
-        return Ok(Vec::new());
-    }
-    let has_merge = columns.iter().any(|c| c == "merge");
-    let sql = format!(
-        "SELECT name, {} FROM {} WHERE name IN \
-         (SELECT name FROM sqlite_master WHERE type = 'table') ORDER BY name",
-        if has_merge {
-            "merge, counters"
-        } else {
-            "NULL, NULL"
-        },
-        names::quote(names::TABLES)
-    );
-    let rows: Vec<(String, Option<String>, Option<Vec<u8>>)> = conn
-        .prepare(&sql)?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    rows.into_iter()
-        .map(|(table, merge, counters)| {
-            let merge = match merge.as_deref() {
-                None => None,
-                Some("column") => Some(TableMerge {
-                    counters: match counters {
-                        Some(bytes) => decode_names(&bytes).with_context(|| {
-                            format!("the counters of table {table} in the registry are unreadable")
-                        })?,
-                        None => Vec::new(),
-                    },
-                }),
-                Some(other) => bail!("table {table} has merge mode {other:?} in the registry"),
-            };
-            Ok((table, merge))
-        })
-        .collect()
-}
-
-/// A list of names as the registry stores a table's counters (postcard's `Vec<String>`: a
-/// LEB128 count, then each name as a LEB128 length and its UTF-8 bytes).
-fn decode_names(bytes: &[u8]) -> Option<Vec<String>> {
-    fn varint(bytes: &mut &[u8]) -> Option<usize> {
-        let mut value: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = bytes.split_first()?;
-            *bytes = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return usize::try_from(value).ok();
-            }
-        }
-        None
-    }
-    let mut rest = bytes;
-    let count = varint(&mut rest)?;
-    let mut names = Vec::new();
-    for _ in 0..count {
-        let len = varint(&mut rest)?;
-        if len > rest.len() {
-            return None;
-        }
-        let (name, tail) = rest.split_at(len);
-        names.push(String::from_utf8(name.to_vec()).ok()?);
-        rest = tail;
-    }
-    rest.is_empty().then_some(names)
+    Ok(harmonylite_core::sqlite::recorded_merge_modes(conn)?)
 }
 
 /// `--parked`: lists parked messages by table, reading the database only; with `discard`,
@@ -619,30 +548,6 @@ mod tests {
         let empty = Connection::open_in_memory().unwrap();
         assert!(merge_modes(&empty).unwrap().is_empty());
         print_status(&config).unwrap();
-    }
-
-    #[test]
-    fn counter_names_decode_only_when_whole() {
-        assert_eq!(decode_names(&[0]), Some(vec![]));
-        assert_eq!(
-            decode_names(&[2, 3, b'q', b't', b'y', 1, b'x']),
-            Some(strings(&["qty", "x"]))
-        );
-        // A name of 200 bytes: a two-byte length.
-        let long = "n".repeat(200);
-        let mut bytes = vec![1, 0xc8, 0x01];
-        bytes.extend(long.as_bytes());
-        assert_eq!(decode_names(&bytes), Some(vec![long]));
-        for bad in [
-            &[][..],
-            &[1],
-            &[1, 3, b'q'],
-            &[1, 1, b'q', 0],
-            &[1, 1, 0xff],
-            &[0x80],
-        ] {
-            assert_eq!(decode_names(bad), None, "{bad:?}");
-        }
     }
 
     #[test]
