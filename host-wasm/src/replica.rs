@@ -13,7 +13,9 @@ use harmonylite_core::session::{
 };
 use harmonylite_core::sqlite::snapshot::install_node_local;
 use harmonylite_core::sqlite::stream_identity;
-use harmonylite_core::sqlite::{DiscardError, PublishMigrationError, Store, StoreOptions};
+use harmonylite_core::sqlite::{
+    recorded_merge_modes, DiscardError, PublishMigrationError, Store, StoreOptions,
+};
 use harmonylite_core::wire;
 use js_sys::{Array, BigInt, Object, Reflect, Uint8Array};
 use rusqlite::fallible_iterator::FallibleIterator;
@@ -806,10 +808,9 @@ impl Replica {
     /// switch changes it): `{ table: { mode: "row" | "column", counters: [names] } }`.
     #[wasm_bindgen(js_name = mergeModes)]
     pub fn merge_modes(&self) -> Result<JsValue, JsValue> {
-        let session = self.session()?;
+        let modes = recorded_merge_modes(self.conn()?).map_err(ReplicaError::from)?;
         let out = Object::new();
-        for table in session.replicated_tables() {
-            let merge = recorded_merge(session.app_connection(), &table)?;
+        for (table, merge) in modes {
             let (mode, counters) = match &merge {
                 Some(m) => ("column", m.counters.as_slice()),
                 None => ("row", &[][..]),
@@ -1168,50 +1169,10 @@ fn merge_switch_counters(value: &JsValue) -> Result<Vec<String>, ReplicaError> {
         .collect()
 }
 
-/// How `table` merges according to the database's table registry (`None`: by row, or not
-/// registered). Read with SQL: the session does not lend its store (whose `merge_modes`
-/// reads the same registry).
-fn recorded_merge(conn: &Connection, table: &str) -> Result<Option<TableMerge>, ReplicaError> {
-    use rusqlite::OptionalExtension;
-    let row: Option<(Option<String>, Option<Vec<u8>>)> = conn
-        .prepare_cached(&format!(
-            "SELECT merge, counters FROM {} WHERE name = ?1 COLLATE NOCASE ORDER BY id DESC LIMIT 1",
-            quote(harmonylite_core::capture::names::TABLES)
-        ))?
-        .query_row([table], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    match row {
-        None | Some((None, _)) => Ok(None),
-        Some((Some(mode), counters)) if mode == "column" => {
-            let counters = match counters {
-                None => Vec::new(),
-                Some(bytes) => decode_names(&bytes).ok_or_else(|| {
-                    ReplicaError::Storage(format!(
-                        "harmonylite metadata is damaged: the counters of table {table:?} in the registry"
-                    ))
-                })?,
-            };
-            Ok(Some(TableMerge { counters }))
-        }
-        Some((Some(mode), _)) => Err(ReplicaError::Storage(format!(
-            "harmonylite metadata is damaged: merge mode {mode:?} of table {table:?} in the registry"
-        ))),
-    }
-}
-
 /// Refuses a snapshot that merges a table otherwise than the `merge` option says (opening
 /// the restored database with that option would be refused, the database already replaced).
 fn check_snapshot_merge(copy: &Connection, merge: &MergeConfig) -> Result<(), ReplicaError> {
-    let tables: Vec<String> = copy
-        .prepare(&format!(
-            "SELECT r.name FROM {} r WHERE EXISTS (SELECT 1 FROM sqlite_schema s \
-             WHERE s.type = 'table' AND s.name = r.name COLLATE NOCASE) ORDER BY r.name",
-            quote(harmonylite_core::capture::names::TABLES)
-        ))?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for table in tables {
-        let recorded = recorded_merge(copy, &table)?;
+    for (table, recorded) in recorded_merge_modes(copy).map_err(ReplicaError::from)? {
         let configured = merge.table(&table);
         let same = match (&recorded, configured) {
             (None, None) => true,
@@ -1231,35 +1192,6 @@ fn check_snapshot_merge(copy: &Connection, merge: &MergeConfig) -> Result<(), Re
         }
     }
     Ok(())
-}
-
-/// The registry's counter names: postcard's `Vec<String>` (a varint count, then each
-/// string as a varint length and its UTF-8 bytes).
-fn decode_names(mut bytes: &[u8]) -> Option<Vec<String>> {
-    fn varint(bytes: &mut &[u8]) -> Option<usize> {
-        let mut value: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = bytes.split_first()?;
-            *bytes = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return usize::try_from(value).ok();
-            }
-        }
-        None
-    }
-    let count = varint(&mut bytes)?;
-    let mut names = Vec::new();
-    for _ in 0..count {
-        let len = varint(&mut bytes)?;
-        if bytes.len() < len {
-            return None;
-        }
-        let (name, rest) = bytes.split_at(len);
-        names.push(String::from_utf8(name.to_vec()).ok()?);
-        bytes = rest;
-    }
-    bytes.is_empty().then_some(names)
 }
 
 fn hex(bytes: &[u8]) -> String {
