@@ -384,6 +384,15 @@ export class Sidecar {
     }
   }
 
+  /** Kills the sidecar with SIGKILL (a crash: no flush, no clean shutdown) and waits for it to exit; `start()` runs it again. */
+  async kill() {
+    if (this.child) {
+      const child = this.child;
+      this.child = null;
+      await stopChild(child, "SIGKILL");
+    }
+  }
+
   /** Rows of `sql` on this node's database. */
   query(sql, params = []) {
     return appSql(this.db, sql, params);
@@ -508,9 +517,10 @@ export function notesScopesToml(dir, { teams = false } = {}) {
  * `user`, claim `sub`), `tags` shared, HS256 tokens of {@link notesToken} through auth callout.
  * Stopped at cleanup.
  */
-export async function notesCluster({ schema, scopes }) {
+export async function notesCluster({ schema, scopes, extra: more = "" }) {
   const dir = tempDir("hl-cluster-");
-  const extra = (i) => [`node_id = ${i + 1}`, "[replication_log]", "replicas = 3", ...(scopes ? notesScopesToml(dir) : [])].join("\n");
+  // `more`: further TOML sections for every node (e.g. `[merge]`).
+  const extra = (i) => [`node_id = ${i + 1}`, "[replication_log]", "replicas = 3", ...(scopes ? notesScopesToml(dir) : []), more].join("\n");
   const ports = [];
   for (let i = 0; i < 3; i++) {
     ports.push({ port: await freePort(), wsPort: await freePort(), route: await freePort() });

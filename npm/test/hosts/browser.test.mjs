@@ -546,3 +546,86 @@ test("replicated migrations reach an OPFS replica online and after an offline re
     throw e;
   }
 });
+
+test("column merge in the browser: an OPFS replica (the package's Worker) and a page's memory replica opened with merge converge a counter and column edits with a native node; reopening with a contradicting merge is refused", async () => {
+  const MERGE_SCHEMA =
+    "CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT, tag TEXT DEFAULT 'none'); " +
+    "CREATE TABLE IF NOT EXISTS stock(sku TEXT PRIMARY KEY, qty INTEGER NOT NULL DEFAULT 0, name TEXT)";
+  const merge = { column: ["notes"], counters: ["stock.qty"] };
+  const modes = { notes: { mode: "column", counters: [] }, stock: { mode: "column", counters: ["qty"] } };
+  const dir = tempDir();
+  const embedded = { port: await freePort(), wsPort: await freePort() };
+  const node = await Sidecar.start(join(dir, "node1"), "node1", { embedded, schema: MERGE_SCHEMA, extra: '[merge]\ncolumn = ["notes"]\ncounters = ["stock.qty"]\n' });
+  const proxy = await CutProxy.start(embedded.wsPort);
+  const base = await serveStatic(await bundleBrowserApp(join(here, "browser-page.mjs"), HTML));
+  const context = await launchChromium();
+  const log = [];
+  const [opfsTab, memoryTab] = await openTabs(context, base, 2, log);
+  const nodeNote = () => node.query("SELECT title, body, tag FROM notes WHERE id = 1")[0] ?? null;
+  const nodeQty = () => node.query("SELECT qty FROM stock WHERE sku = 'apple'")[0]?.[0];
+  const tabNote = async (page) => {
+    const row = (await tabCall(page, "query", "SELECT title, body, tag FROM notes WHERE id = 1"))[0];
+    return row ? [row.title, row.body, row.tag] : null;
+  };
+  const tabQty = async (page) => (await tabCall(page, "query", "SELECT qty FROM stock WHERE sku = 'apple'"))[0]?.qty;
+  const opfs = { name: "merge.db", storage: "opfs", servers: proxy.wsUrl, reconnectMinMs: 100, reconnectMaxMs: 1000 };
+
+  try {
+    // The OPFS replica (its Worker gets the option with the others) and a memory one in the page.
+    assert.deepEqual(await tabCall(opfsTab, "tryOpen", { ...opfs, merge }), { ok: true });
+    await tabCall(opfsTab, "exec", MERGE_SCHEMA);
+    assert.deepEqual((await tabCall(opfsTab, "status")).merge, modes);
+    assert.deepEqual(await tabCall(memoryTab, "tryOpen", { name: "memory.db", servers: `ws://127.0.0.1:${embedded.wsPort}`, merge, reconnectMinMs: 100 }), { ok: true });
+    await tabCall(memoryTab, "exec", MERGE_SCHEMA);
+    assert.deepEqual((await tabCall(memoryTab, "status")).merge, modes);
+    const bad = await tabCall(memoryTab, "tryOpen", { name: "bad.db", merge: { counters: ["qty"] } });
+    assert.equal(bad.ok, false);
+    assert.equal(bad.name, "InvalidArgumentError");
+    assert.match(bad.message, /counter "qty" must name its table, as "table.column"/);
+
+    appSql(node.db, "INSERT INTO notes(id, title, body) VALUES (1, 'draft', 'text'); INSERT INTO stock(sku, qty, name) VALUES ('apple', 10, 'Apple')", null);
+    for (const page of [opfsTab, memoryTab]) {
+      await waitFor(async () => (await tabQty(page)) === 10 && (await tabNote(page)) !== null, { message: "the native rows in the browser" });
+    }
+
+    // The OPFS replica goes offline; each replica edits its own column and counts the stock.
+    await proxy.cut();
+    await waitFor(async () => !(await tabCall(opfsTab, "status")).online, { message: "the OPFS replica to notice it is offline" });
+    await tabCall(opfsTab, "exec", "UPDATE notes SET title = 'title from opfs' WHERE id = 1");
+    await tabCall(opfsTab, "exec", "UPDATE stock SET qty = qty - 3 WHERE sku = 'apple'");
+    await tabCall(memoryTab, "exec", "UPDATE notes SET tag = 'tag from the page' WHERE id = 1");
+    await tabCall(memoryTab, "exec", "UPDATE stock SET qty = qty + 1 WHERE sku = 'apple'");
+    appSql(node.db, "UPDATE notes SET body = 'body from the node' WHERE id = 1; UPDATE stock SET qty = qty - 4 WHERE sku = 'apple'", null);
+    await waitFor(() => nodeQty() === 7 && nodeNote()?.[2] === "tag from the page", { message: () => `the page's edits on the native node:\n${node.logTail()}` });
+    await proxy.restore();
+
+    const want = ["title from opfs", "body from the node", "tag from the page"];
+    const all = async () => [[nodeNote(), nodeQty()], [await tabNote(opfsTab), await tabQty(opfsTab)], [await tabNote(memoryTab), await tabQty(memoryTab)]];
+    await waitFor(async () => (await all()).every(([note, qty]) => JSON.stringify(note) === JSON.stringify(want) && qty === 4), {
+      message: async () => `every column edit and qty 10 - 3 + 1 - 4 = 4 everywhere (native, opfs, page): ${JSON.stringify(await all())}\n${node.logTail()}`,
+    });
+    for (const page of [opfsTab, memoryTab]) {
+      const status = await tabCall(page, "status");
+      assert.equal(status.parked, 0);
+      assert.deepEqual(status.merge, modes);
+      const unexpected = (await tabCall(page, "errors")).filter((e) => !e.startsWith("ConnectionError"));
+      assert.deepEqual(unexpected, [], "background errors other than connection losses");
+    }
+
+    // The OPFS database records the modes: opening it with another merge option is refused,
+    // naming the table; without the option it follows the database.
+    await tabCall(opfsTab, "close");
+    const contrary = await tabCall(opfsTab, "tryOpen", { ...opfs, merge: { column: ["notes"] } });
+    assert.equal(contrary.ok, false, "opened with stock merging by row");
+    assert.equal(contrary.name, "InvalidArgumentError", JSON.stringify(contrary));
+    assert.match(contrary.message, /table "stock" merges by column \(counters: qty\) in this database but the options say row/);
+    assert.deepEqual(await tabCall(opfsTab, "tryOpen", opfs), { ok: true });
+    assert.deepEqual((await tabCall(opfsTab, "status")).merge, modes);
+    assert.deepEqual(await tabNote(opfsTab), want);
+    await tabCall(opfsTab, "close");
+    await tabCall(memoryTab, "close");
+  } catch (e) {
+    e.message += `\n--- browser log ---\n${log.join("\n")}`;
+    throw e;
+  }
+});
