@@ -371,15 +371,25 @@ fn a_running_cluster_switches_to_column_merging_by_a_replicated_migration() {
         );
         assert_eq!((a.qty("kiwi"), b.qty("kiwi")), (Some(4), Some(4)));
     }
-    // Reopening with the old options is refused; the new ones or none open.
+    // Reopening with the old options is refused; the store's own options followed the
+    // switch, so reopening with them (as a host does in place) works.
     let Replica {
         _dir, path, store, ..
     } = a;
+    let own = store.options().clone();
+    assert!(own
+        .merge
+        .as_ref()
+        .unwrap()
+        .table("stock")
+        .unwrap()
+        .is_counter("qty"));
     drop(store);
     let err = Store::open(Connection::open(&path).unwrap(), row())
         .err()
         .unwrap();
     assert!(matches!(err, StoreError::Config(_)), "{err}");
+    Store::open(Connection::open(&path).unwrap(), own).expect("the store's own options");
 }
 
 #[test]

@@ -744,8 +744,7 @@ impl Replica {
     /// Checked here first (the table must be replicated here and fit column merging, each
     /// counter a column outside its primary key); every replica, this one included, switches
     /// when it applies it from the stream, at the same point of the stream. Returns like
-    /// `migrate` (look it up with `migrationVersion`). The session is rebuilt over the store
-    /// to publish it (frames in flight are handed out again): feed `Reopened` next.
+    /// `migrate` (look it up with `migrationVersion`); feed `LocalWrite` next to hand it out.
     #[wasm_bindgen(js_name = mergeSwitch)]
     pub fn merge_switch(
         &mut self,
@@ -780,18 +779,9 @@ impl Replica {
             }
         };
         let now = now(monotonic_ms, wall_ms);
-        // The session lends its store only while it is rebuilt over it.
-        let mut published = None;
-        let session = self.session.take().ok_or(ReplicaError::Closed)?;
-        let session = session
-            .reopen(now, |mut store| {
-                published = Some(store.publish_merge_switch(table, merge.as_ref(), now.wall));
-                Ok::<_, std::convert::Infallible>(store)
-            })
-            .unwrap_or_else(|never| match never {});
-        self.session = Some(session);
-        let published = published
-            .expect("the reopen closure ran")
+        let published = self
+            .session_mut()?
+            .publish_merge_switch(table, merge.as_ref(), now.wall)
             .map_err(|e| match e {
                 PublishMigrationError::Refused(e) => ReplicaError::Migration(e.to_string()),
                 PublishMigrationError::Store(e) => ReplicaError::from(e),

@@ -1220,30 +1220,16 @@ export class LocalReplica implements Replica {
       throw new InvalidArgumentError("migrate() needs servers and publish: the migration reaches the other replicas through the stream");
     }
     let queued: { id: string; statements: number; destructive: boolean };
-    if (mergeSwitch) {
-      // Inputs queued before (a last message, acks) are fed first: the session is rebuilt.
-      this.#feed();
-      const [mono, wall] = this.#now();
-      try {
-        queued = this.#core.mergeSwitch(mergeSwitch.table, mergeSwitch.mode, mergeSwitch.counters, mono, wall);
-      } catch (e) {
-        throw toHarmonyliteError(e);
-      } finally {
-        // The session was rebuilt over the store to publish the switch (refused or not):
-        // it reads the stream again, and the switch goes out with the outbox.
-        this.#push(Kind.LocalWrite);
-        this.#feedNow(Kind.Reopened);
-      }
-    } else {
-      const [mono, wall] = this.#now();
-      try {
-        queued = this.#core.migrate(sql as string, options?.allowDestructive === true, mono, wall);
-      } catch (e) {
-        throw toHarmonyliteError(e);
-      }
-      // Hand the migration out for publishing now.
-      this.#carryOut();
+    const [mono, wall] = this.#now();
+    try {
+      queued = mergeSwitch
+        ? this.#core.mergeSwitch(mergeSwitch.table, mergeSwitch.mode, mergeSwitch.counters, mono, wall)
+        : this.#core.migrate(sql as string, options?.allowDestructive === true, mono, wall);
+    } catch (e) {
+      throw toHarmonyliteError(e);
     }
+    // Hand the migration out for publishing now.
+    this.#carryOut();
     const started = Date.now();
     for (;;) {
       this.#check();

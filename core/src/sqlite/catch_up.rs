@@ -184,6 +184,7 @@ impl Store {
             return Ok(catch_up.report.clone());
         }
         let saved = (self.next_batch, self.cursor, self.clock.clone());
+        let migrations_before = catch_up.report.migrations;
         let mut report = catch_up.report.clone();
         let mut stage = catch_up.stage.clone();
         let mut tables = None;
@@ -208,6 +209,7 @@ impl Store {
                 if let Some(tables) = tables {
                     catch_up.tables = tables;
                 }
+                self.follow_merge_switches(catch_up.report.migrations > migrations_before)?;
                 Ok(catch_up.report.clone())
             }
             Err(e) => {

@@ -426,7 +426,23 @@ impl Store {
             self.next_batch = saved_batch;
             self.cursor = saved_cursor;
         }
+        self.follow_merge_switches(matches!(&result, Ok(r) if r.migrations > 0))?;
         result
+    }
+
+    /// After migrations applied (and committed), makes this store's own `merge` options say
+    /// what the database now records, so that reopening with [`Store::options`] is not
+    /// refused after a merge switch ([`merge_switch`]).
+    pub(super) fn follow_merge_switches(
+        &mut self,
+        migrations_applied: bool,
+    ) -> Result<(), StoreError> {
+        if let (true, Some(merge)) = (migrations_applied, self.options.merge.as_mut()) {
+            for (table, mode) in install::recorded_merge_modes(&self.conn)? {
+                merge.set(&table, mode);
+            }
+        }
+        Ok(())
     }
 
     /// One receive transaction. Without `savepoints`, a message SQLite refuses half-way
@@ -717,6 +733,7 @@ impl Store {
         if result.is_err() {
             self.next_batch = saved_batch;
         }
+        self.follow_merge_switches(matches!(&result, Ok(r) if r.migrations > 0))?;
         result
     }
 

@@ -120,6 +120,20 @@ impl Session<Store> {
             .publish_migration(sql, allow_destructive, now)
     }
 
+    /// Writes a replicated switch of how `table` merges to the outbox
+    /// ([`Store::publish_merge_switch`]); feed [`crate::session::SessionInput::LocalWrite`]
+    /// next to hand it out.
+    pub fn publish_merge_switch(
+        &mut self,
+        table: &str,
+        merge: Option<&crate::column_merge::TableMerge>,
+        now: NTP64,
+    ) -> Result<PublishedMigration, PublishMigrationError> {
+        self.engine_mut()
+            .db_mut()
+            .publish_merge_switch(table, merge, now)
+    }
+
     /// Discards the parked changes for `table` ([`Store::discard_parked`]); what is left of
     /// messages that also held other tables' changes is retried at the next input.
     pub fn discard_parked(&mut self, table: &str, force: bool) -> Result<Discarded, DiscardError> {
