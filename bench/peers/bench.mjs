@@ -92,11 +92,12 @@ async function loadOurs() {
       r.exec(SCHEMA, undefined, ...now());
       r.pollOutputs();
       // Ack the start-up so the engine is idle.
-      r.handleInputs(...now(), Uint8Array.of(4), Float64Array.of(0), []);
+      r.handleInputs(...now(), Uint8Array.of(4), Float64Array.of(0), Float64Array.of(0), []);
       r.pollOutputs();
       const drain = variant === "drain";
       const kinds = Uint8Array.of(0);
       const seqs = Float64Array.of(0);
+      const pending = Float64Array.of(0);
       return {
         run(sql, p) {
           r.exec(sql, p, ...now());
@@ -107,7 +108,7 @@ async function loadOurs() {
         // Called after every commit (and every autocommit statement).
         committed() {
           if (drain) {
-            r.handleInputs(...now(), kinds, seqs, []);
+            r.handleInputs(...now(), kinds, seqs, pending, []);
             r.pollOutputs();
           }
         },
