@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use harmonylite_core::change::{
-    Batch, BatchSeq, CellChange, CounterTotals, ObservedTotals, RowChange, StreamSeq,
-    TableSchema,
+    Batch, BatchSeq, CellChange, CounterTotals, ObservedTotals, RowChange, StreamSeq, TableSchema,
 };
 use harmonylite_core::column_merge::Totals;
 use harmonylite_core::hlc::NodeId;
