@@ -14,7 +14,8 @@ use harmonylite_core::session::{
 use harmonylite_core::sqlite::snapshot::install_node_local;
 use harmonylite_core::sqlite::stream_identity;
 use harmonylite_core::sqlite::{
-    recorded_merge_modes, DiscardError, PublishMigrationError, Store, StoreOptions,
+    recorded_merge_modes, DiscardError, PublishMigrationError, PublishedMigration, Store,
+    StoreOptions,
 };
 use harmonylite_core::wire;
 use js_sys::{Array, BigInt, Object, Reflect, Uint8Array};
@@ -723,14 +724,25 @@ impl Replica {
             .into());
         }
         let now = now(monotonic_ms, wall_ms);
-        let session = self.session_mut()?;
-        let published = session
-            .publish_migration(sql, allow_destructive, now.wall)
-            .map_err(|e| match e {
-                PublishMigrationError::Refused(e) => ReplicaError::Migration(e.to_string()),
-                PublishMigrationError::Store(e) => ReplicaError::from(e),
-            })?;
-        session.handle_input(now, SessionInput::LocalWrite);
+        let published = self
+            .session_mut()?
+            .publish_migration(sql, allow_destructive, now.wall);
+        self.hand_out_migration(now, published)
+    }
+
+    /// Hands a migration just written to the outbox out for publishing (`LocalWrite`) and
+    /// describes it as `migrate` returns it.
+    fn hand_out_migration(
+        &mut self,
+        now: Now,
+        published: Result<PublishedMigration, PublishMigrationError>,
+    ) -> Result<JsValue, JsValue> {
+        let published = published.map_err(|e| match e {
+            PublishMigrationError::Refused(e) => ReplicaError::Migration(e.to_string()),
+            PublishMigrationError::Store(e) => ReplicaError::from(e),
+        })?;
+        self.session_mut()?
+            .handle_input(now, SessionInput::LocalWrite);
         Ok(object(&[
             ("id", JsValue::from_str(&published.id)),
             ("baseVersion", num(published.base_version as f64)),
@@ -744,7 +756,7 @@ impl Replica {
     /// Checked here first (the table must be replicated here and fit column merging, each
     /// counter a column outside its primary key); every replica, this one included, switches
     /// when it applies it from the stream, at the same point of the stream. Returns like
-    /// `migrate` (look it up with `migrationVersion`); feed `LocalWrite` next to hand it out.
+    /// `migrate` (look it up with `migrationVersion`), handed out like it.
     #[wasm_bindgen(js_name = mergeSwitch)]
     pub fn merge_switch(
         &mut self,
@@ -781,17 +793,8 @@ impl Replica {
         let now = now(monotonic_ms, wall_ms);
         let published = self
             .session_mut()?
-            .publish_merge_switch(table, merge.as_ref(), now.wall)
-            .map_err(|e| match e {
-                PublishMigrationError::Refused(e) => ReplicaError::Migration(e.to_string()),
-                PublishMigrationError::Store(e) => ReplicaError::from(e),
-            })?;
-        Ok(object(&[
-            ("id", JsValue::from_str(&published.id)),
-            ("baseVersion", num(published.base_version as f64)),
-            ("statements", num(published.statements as f64)),
-            ("destructive", JsValue::from_bool(published.destructive)),
-        ]))
+            .publish_merge_switch(table, merge.as_ref(), now.wall);
+        self.hand_out_migration(now, published)
     }
 
     /// How each replicated table merges, as the database records it (a replicated merge

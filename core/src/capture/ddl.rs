@@ -124,6 +124,16 @@ pub fn add_log_slot(n: usize) -> String {
 /// write (24-byte BLOB, ordered like the HLC) and whether it was a delete. Key slots get the
 /// affinity of the user's key columns, so stored keys compare equal to the table's.
 pub fn version_table(id: i64, table: &TableInfo) -> String {
+    keyed_table(
+        &names::version_table(id),
+        table,
+        "hlc BLOB NOT NULL, deleted INTEGER NOT NULL",
+    )
+}
+
+/// `CREATE TABLE IF NOT EXISTS name(<key slots>, <columns>, PRIMARY KEY(<key slots>))
+/// WITHOUT ROWID`, the key slots with the affinity of `table`'s key columns.
+fn keyed_table(name: &str, table: &TableInfo, columns: &str) -> String {
     let slots: Vec<String> = table
         .key_columns
         .iter()
@@ -132,9 +142,8 @@ pub fn version_table(id: i64, table: &TableInfo) -> String {
         .collect();
     let key: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
     format!(
-        "CREATE TABLE IF NOT EXISTS {}({}, hlc BLOB NOT NULL, deleted INTEGER NOT NULL, \
-         PRIMARY KEY({})) WITHOUT ROWID",
-        quote(&names::version_table(id)),
+        "CREATE TABLE IF NOT EXISTS {}({}, {columns}, PRIMARY KEY({})) WITHOUT ROWID",
+        quote(name),
         slots.join(", "),
         key.join(", ")
     )
@@ -143,19 +152,7 @@ pub fn version_table(id: i64, table: &TableInfo) -> String {
 /// The column-merge state table of table `id`: one row per key, with the postcard-encoded
 /// [`crate::column_merge::ColumnRow`] (column versions, counter bases and totals).
 pub fn cells_table(id: i64, table: &TableInfo) -> String {
-    let slots: Vec<String> = table
-        .key_columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} {}", names::key_slot(i), affinity(&c.decl_type)))
-        .collect();
-    let key: Vec<String> = (0..table.key_columns.len()).map(names::key_slot).collect();
-    format!(
-        "CREATE TABLE IF NOT EXISTS {}({}, state BLOB NOT NULL, PRIMARY KEY({})) WITHOUT ROWID",
-        quote(&names::cells_table(id)),
-        slots.join(", "),
-        key.join(", ")
-    )
+    keyed_table(&names::cells_table(id), table, "state BLOB NOT NULL")
 }
 
 /// Drops the triggers of table `id` (if present).
