@@ -1,5 +1,7 @@
 //! [`Replica`]: the replication session and its store, driven from JavaScript.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use harmonylite_core::capture::names::quote;
@@ -113,6 +115,7 @@ pub async fn open_replica(options: JsValue) -> Result<Replica, JsValue> {
         StoreError::Config(message) => ReplicaError::InvalidArgument(message),
         e => ReplicaError::from(e),
     })?;
+    hold_exclusively(store.connection())?;
     let schema_seen = Replica::schema_version(store.connection())?;
     let config = SessionConfig {
         replicate: options.replicate,
@@ -156,6 +159,21 @@ async fn open_connection(options: &ReplicaOptions) -> Result<Connection, Replica
             .map_err(|e| ReplicaError::Storage(format!("opening {:?} in OPFS: {e}", options.name)))
         }
     }
+}
+
+/// Keeps the database's lock from one transaction to the next (`PRAGMA locking_mode =
+/// EXCLUSIVE`): nothing else opens a replica's file (a memory database lives in this
+/// replica; an OPFS pool has one owner), so each transaction skips re-taking the lock,
+/// re-checking the file for changes by others and deleting its rollback journal (kept with
+/// its header zeroed instead, as durable as before). In the memory VFS this is most of a
+/// small transaction's cost (docs/js-api.md#performance).
+fn hold_exclusively(conn: &Connection) -> Result<(), ReplicaError> {
+    set_locking_mode(conn, "EXCLUSIVE")
+}
+
+fn set_locking_mode(conn: &Connection, mode: &str) -> Result<(), ReplicaError> {
+    let _: String = conn.query_row(&format!("PRAGMA locking_mode = {mode}"), [], |r| r.get(0))?;
+    Ok(())
 }
 
 /// Why the OPFS pool in `directory` could not be installed, in words that say what to do.
@@ -206,11 +224,30 @@ fn now(monotonic_ms: f64, wall_ms: f64) -> Now {
     }
 }
 
+thread_local! {
+    /// Property names and tags as JS strings, each made once: `JsValue::from_str` copies
+    /// the text into JS on every call, and outputs are made after every drain.
+    static INTERNED: RefCell<HashMap<&'static str, JsValue>> = RefCell::new(HashMap::new());
+}
+
+/// Calls `f` with `s` as a JS string made once per thread.
+fn with_interned<R>(s: &'static str, f: impl FnOnce(&JsValue) -> R) -> R {
+    INTERNED.with(|interned| {
+        let mut interned = interned.borrow_mut();
+        f(interned.entry(s).or_insert_with(|| JsValue::from_str(s)))
+    })
+}
+
+/// `s` as a JS string made once per thread (for tags such as an output's `type`).
+fn interned(s: &'static str) -> JsValue {
+    with_interned(s, JsValue::clone)
+}
+
 /// A plain object from key/value pairs.
-fn object(entries: &[(&str, JsValue)]) -> JsValue {
+fn object(entries: &[(&'static str, JsValue)]) -> JsValue {
     let o = Object::new();
     for (k, v) in entries {
-        let _ = Reflect::set(&o, &JsValue::from_str(k), v);
+        with_interned(k, |k| Reflect::set(&o, k, v)).ok();
     }
     o.into()
 }
@@ -238,7 +275,7 @@ fn output_to_js(output: SessionOutput) -> JsValue {
             rows,
             subject,
         }) => object(&[
-            ("type", "publish".into()),
+            ("type", interned("publish")),
             ("id", num(id as f64)),
             ("msgId", msg_id.into()),
             ("frame", Uint8Array::from(frame.as_slice()).into()),
@@ -247,7 +284,7 @@ fn output_to_js(output: SessionOutput) -> JsValue {
             ("subject", subject.map_or(JsValue::NULL, JsValue::from)),
         ]),
         SessionOutput::Event(Event::Drained(r)) => object(&[
-            ("type", "drained".into()),
+            ("type", interned("drained")),
             ("rows", num(r.rows as f64)),
             ("frames", num(r.frames as f64)),
             ("nullKeys", num(r.null_keys as f64)),
@@ -267,7 +304,7 @@ fn output_to_js(output: SessionOutput) -> JsValue {
                 })
                 .collect();
             object(&[
-                ("type", "received".into()),
+                ("type", interned("received")),
                 ("messages", num(s.messages as f64)),
                 ("batches", num(s.batches as f64)),
                 ("rowsChanged", num(s.rows_changed as f64)),
@@ -293,7 +330,7 @@ fn output_to_js(output: SessionOutput) -> JsValue {
             ])
         }
         SessionOutput::Event(Event::Acked { frames }) => {
-            object(&[("type", "acked".into()), ("frames", num(frames as f64))])
+            object(&[("type", interned("acked")), ("frames", num(frames as f64))])
         }
         SessionOutput::Event(Event::DatabaseError {
             operation,
@@ -517,9 +554,13 @@ impl Replica {
             }
             merge_now = options.merge.clone();
             let conn = change(store.into_connection(), &mut options)?;
-            Store::open(conn, options).map_err(|e| {
+            // Opened as at first: `Store::open` would turn a database held exclusively into WAL.
+            set_locking_mode(&conn, "NORMAL")?;
+            let store = Store::open(conn, options).map_err(|e| {
                 ReplicaError::Storage(format!("reopening the database: {e} (reopen the replica)"))
-            })
+            })?;
+            hold_exclusively(store.connection())?;
+            Ok(store)
         });
         let session = match session {
             Ok(session) => session,

@@ -41,17 +41,19 @@ pub fn push(
     Ok(())
 }
 
-/// Reserves `count` outbox ids never used before; returns the first.
+/// Reserves `count` outbox ids never used before; returns the first: the stored next id,
+/// or one past the highest id waiting if that is higher (read in one cached statement: a
+/// drain runs this after every commit).
 fn next_ids(conn: &Connection, count: usize) -> Result<i64, StoreError> {
-    let stored = meta::get_i64(conn, meta::keys::NEXT_OUTBOX_ID)?.unwrap_or(1);
-    let highest: i64 = conn
+    let first_id: i64 = conn
         .prepare_cached(&format!(
-            "SELECT coalesce(max(id), 0) FROM {}",
+            "SELECT max(coalesce((SELECT value FROM {} WHERE key = ?1), 1), \
+             (SELECT coalesce(max(id), 0) + 1 FROM {}))",
+            quote(names::META),
             quote(names::OUTBOX)
         ))
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .context("reading the outbox")?;
-    let first_id = stored.max(highest + 1);
+        .and_then(|mut s| s.query_row([meta::keys::NEXT_OUTBOX_ID], |r| r.get(0)))
+        .context("reading the next outbox id")?;
     meta::set(conn, meta::keys::NEXT_OUTBOX_ID, first_id + count as i64)?;
     Ok(first_id)
 }
