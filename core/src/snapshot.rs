@@ -9,7 +9,14 @@
 //! ```
 //!
 //! `covered_seq` is the last stream sequence whose effects the file contains: a replica
-//! restored from it resumes consuming at `covered_seq + 1`. [`SnapshotDecoder`] follows the
+//! restored from it resumes consuming at `covered_seq + 1`.
+//!
+//! Versions: 1 is a file stripped of the taker's node-local state (outbox, change log,
+//! node-local metadata; `crate::sqlite::snapshot`); 2 is a file that may still carry it (a
+//! database image streamed straight from the live file), which whoever uses the file must
+//! remove first. A build that reads only version 1 refuses version 2 instead of adopting
+//! another node's outbox and identity as its own. [`SnapshotHeader::carries_node_local`]
+//! tells them apart. [`SnapshotDecoder`] follows the
 //! `tokio_util::codec::Decoder` contract: incomplete input is `Ok(None)`, malformed input is
 //! `Err`, never a panic; it verifies each chunk and, at the end, the whole file.
 
@@ -22,8 +29,11 @@ const MAGIC: [u8; 8] = *b"HLSNAP01";
 /// Length of the encoded header.
 pub const HEADER_LEN: usize = 56;
 const CHUNK_HEADER_LEN: usize = 8;
-/// Format version written by this build.
-pub const FORMAT_VERSION: u16 = 1;
+/// Newest format version this build reads and writes: a file that may carry the taker's
+/// node-local state (see the module docs).
+pub const FORMAT_VERSION: u16 = 2;
+/// Format version of a file stripped of node-local state (read by every build).
+pub const STRIPPED_FORMAT_VERSION: u16 = 1;
 /// Default chunk size: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 /// Largest accepted chunk size (guards allocation on corrupt headers).
@@ -42,6 +52,9 @@ pub struct SnapshotHeader {
     pub file_crc: u32,
     /// Node that took the snapshot.
     pub taken_by: NodeId,
+    /// The file may still hold the taker's node-local state (format version 2): remove it
+    /// before using the file. `false`: stripped when it was taken (version 1).
+    pub carries_node_local: bool,
 }
 
 impl SnapshotHeader {
@@ -49,7 +62,7 @@ impl SnapshotHeader {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0..8].copy_from_slice(&MAGIC);
-        out[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[8..10].copy_from_slice(&self.version().to_le_bytes());
         out[12..16].copy_from_slice(&self.chunk_size.to_le_bytes());
         out[16..24].copy_from_slice(&self.covered_seq.get().to_le_bytes());
         out[24..32].copy_from_slice(&self.total_size.to_le_bytes());
@@ -69,7 +82,7 @@ impl SnapshotHeader {
             return Err(SnapshotError::HeaderChecksum);
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != FORMAT_VERSION {
+        if !(STRIPPED_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
         let chunk_size = le_u32(&bytes[12..16]);
@@ -84,7 +97,17 @@ impl SnapshotHeader {
             total_size: le_u64(&bytes[24..32]),
             file_crc: le_u32(&bytes[32..36]),
             taken_by: NodeId::from_bytes(node).ok_or(SnapshotError::NotASnapshot)?,
+            carries_node_local: version == FORMAT_VERSION,
         })
+    }
+
+    /// The format version this header is encoded with.
+    pub fn version(&self) -> u16 {
+        if self.carries_node_local {
+            FORMAT_VERSION
+        } else {
+            STRIPPED_FORMAT_VERSION
+        }
     }
 
     /// Number of chunks that follow the header.
@@ -248,11 +271,13 @@ impl SnapshotDecoder {
             return Ok(None);
         }
         let crc = le_u32(&src[4..8]);
-        let data = &src[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + len as usize];
-        if crc32fast::hash(data) != crc {
+        let mut chunk_crc = crc32fast::Hasher::new();
+        chunk_crc.update(&src[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + len as usize]);
+        if chunk_crc.clone().finalize() != crc {
             return Err(SnapshotError::ChunkChecksum(self.next_chunk));
         }
-        self.file_crc.update(data);
+        // One pass over the data: the whole file's CRC is the chunks' CRCs combined.
+        self.file_crc.combine(&chunk_crc);
         src.advance(CHUNK_HEADER_LEN);
         let data = src.split_to(len as usize).freeze();
         self.next_chunk += 1;
@@ -289,6 +314,7 @@ pub fn frame_bytes(
         total_size: file.len() as u64,
         file_crc: crc32fast::hash(file),
         taken_by,
+        carries_node_local: false,
     };
     let mut out = header.encode().to_vec();
     for chunk in file.chunks(chunk_size as usize) {
@@ -354,6 +380,32 @@ mod tests {
         }
         assert!(ended);
         assert_eq!(out, file);
+    }
+
+    #[test]
+    fn the_version_says_whether_the_file_carries_node_local_state() {
+        let stripped = frame_bytes(b"data", StreamSeq::new(3), node(), 16);
+        assert_eq!(u16::from_le_bytes([stripped[8], stripped[9]]), 1);
+        let (h, _) = unframe_bytes(&stripped).unwrap();
+        assert!(!h.carries_node_local);
+
+        let carrying = SnapshotHeader {
+            carries_node_local: true,
+            ..h
+        };
+        let bytes = carrying.encode();
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), FORMAT_VERSION);
+        assert_eq!(SnapshotHeader::decode(&bytes).unwrap(), carrying);
+
+        // A version this build does not know (with a valid header checksum) is refused.
+        let mut newer = bytes;
+        newer[8..10].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let crc = crc32fast::hash(&newer[..52]);
+        newer[52..56].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            SnapshotHeader::decode(&newer),
+            Err(SnapshotError::UnsupportedVersion(FORMAT_VERSION + 1))
+        );
     }
 
     proptest! {

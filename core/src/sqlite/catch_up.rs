@@ -32,6 +32,13 @@
 //!
 //! Rows of a table that does not exist here are not merged; they are counted in the report
 //! (`skipped_tables`) for the host to log.
+//!
+//! A catch-up reads only replicated state from the snapshot (migrations, the table registry,
+//! row versions, column-merge state, parked messages, stored batch parts, the cursor), never
+//! the taker's node-local state (outbox, change log, pending partitions, node id and
+//! counters: [`crate::sqlite::snapshot`]). So a snapshot that still carries it (format
+//! version 2, streamed from the taker's live file) merges exactly like a stripped one, and
+//! the file needs no stripping first (it is opened read-only).
 
 use std::path::Path;
 
@@ -723,5 +730,78 @@ fn failure(f: ApplyFailure) -> CatchUpError {
             format!("SQLite refused a snapshot row of {table:?}: {source}"),
         ),
         ApplyFailure::Park(e) => CatchUpError::Refused(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlite::snapshot::{strip_node_local, vacuum_into};
+    use crate::sqlite::StoreOptions;
+
+    fn store_at(path: &Path, node: u128) -> Store {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
+            .unwrap();
+        Store::open(conn, StoreOptions::new(NodeId::from_u128(node).unwrap())).unwrap()
+    }
+
+    /// The notes, this replica's node id and outbox depth after catching up from `snapshot`.
+    fn caught_up_from(
+        snapshot: &Path,
+        replica: &Path,
+    ) -> (Vec<(i64, String)>, Option<NodeId>, u64) {
+        let mut store = store_at(replica, 2);
+        let mut job = CatchUp::open(snapshot, StreamSeq::new(0)).unwrap();
+        let now = crate::hlc::ntp64_from_unix(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap(),
+        );
+        while !store.catch_up_step(&mut job, now, 2).unwrap().finished {}
+        let notes = store
+            .connection()
+            .prepare("SELECT id, body FROM notes ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let node = Store::stored_node_id(store.connection()).unwrap();
+        (notes, node, store.outbox_depth().unwrap().0)
+    }
+
+    #[test]
+    fn a_snapshot_carrying_the_takers_node_local_state_merges_like_a_stripped_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut taker = store_at(&dir.path().join("a.db"), 1);
+        taker
+            .connection()
+            .execute_batch("INSERT INTO notes VALUES (1, 'one'), (2, 'two'), (3, 'three')")
+            .unwrap();
+        taker.drain().unwrap();
+        taker
+            .connection()
+            .execute("INSERT INTO notes VALUES (4, 'undrained')", [])
+            .unwrap();
+        assert!(taker.outbox_depth().unwrap().0 > 0, "unpublished frames");
+
+        let (carrying, stripped) = (dir.path().join("raw.db"), dir.path().join("stripped.db"));
+        for copy in [&carrying, &stripped] {
+            vacuum_into(taker.connection(), copy.to_str().unwrap()).unwrap();
+        }
+        strip_node_local(&mut Connection::open(&stripped).unwrap()).unwrap();
+
+        let from_carrying = caught_up_from(&carrying, &dir.path().join("b1.db"));
+        let from_stripped = caught_up_from(&stripped, &dir.path().join("b2.db"));
+        assert_eq!(from_carrying, from_stripped);
+        let (notes, node, outbox) = from_carrying;
+        assert_eq!(notes.len(), 3, "the drained rows merge: {notes:?}");
+        assert_eq!(
+            node,
+            NodeId::from_u128(2),
+            "the replica keeps its own identity"
+        );
+        assert_eq!(outbox, 0, "the taker's outbox is not adopted");
     }
 }

@@ -4,16 +4,22 @@
 //! A snapshot is a copy of a replica's database that any other replica can adopt: the
 //! application's tables, the row versions and tombstones (`__hl_v*`), the table registry,
 //! parked messages, stored parts of multi-part batches, the cursor (the stream sequence the
-//! copy covers) and the clock. It carries nothing that belongs to the node that took it:
+//! copy covers) and the clock. Whatever belongs to the node that took it is removed before
+//! the file is used: by the taker ([`strip_node_local`], a copy it writes anyway, format
+//! version 1) or, when the taker streamed its live database file without writing a copy
+//! (format version 2, `crate::snapshot`), by whoever uses the file ([`install_node_local`]
+//! for a restore; a catch-up reads none of it, [`crate::sqlite::catch_up`]). Removing it
+//! from a file that has none changes nothing, so both versions restore alike:
 //!
 //! | node-local state | in the copy | in a restored file |
 //! | --- | --- | --- |
-//! | `__hl_outbox` rows (frames the taker has yet to publish) | removed | empty, or the restoring node's own kept state |
-//! | `__hl_log` rows (the taker's writes not drained yet) | removed | empty |
-//! | `__hl_partitions_pending` rows (the taker's own partitioned upserts not seen in the stream yet) | removed | empty |
-//! | meta `node_id` | removed | the restoring node's id |
-//! | meta `incarnation`, `next_batch`, `next_outbox_id` | removed | the restoring node's own values, or a fresh incarnation |
-//! | meta `replay_own_until` | removed | the stream's last sequence at restore time |
+//! | `__hl_outbox` rows (frames the taker has yet to publish) | removed (version 1) or kept (2) | empty, or the restoring node's own kept state |
+//! | `__hl_log` rows (the taker's writes not drained yet) | removed (1) or kept (2) | empty |
+//! | `__hl_applying` rows | removed (1) or kept (2) | empty |
+//! | `__hl_partitions_pending` rows (the taker's own partitioned upserts not seen in the stream yet) | removed (1) or kept (2) | empty |
+//! | meta `node_id` | removed (1) or kept (2) | the restoring node's id |
+//! | meta `incarnation`, `next_batch`, `next_outbox_id` | removed (1) or kept (2) | the restoring node's own values, or a fresh incarnation |
+//! | meta `replay_own_until` | removed (1) or kept (2) | the stream's last sequence at restore time |
 //! | meta `cursor`, `clock` | kept | cursor = the covered sequence; clock = the later of both |
 //!
 //! The taker's own writes that the copy holds but the stream does not yet (its outbox and
@@ -42,6 +48,14 @@ pub const NODE_LOCAL_KEYS: [&str; 5] = [
     keys::REPLAY_OWN_UNTIL,
 ];
 
+/// Tables whose rows belong to one node and never travel in a snapshot.
+pub const NODE_LOCAL_TABLES: [&str; 4] = [
+    names::OUTBOX,
+    names::LOG,
+    names::APPLYING,
+    names::PARTITIONS_PENDING,
+];
+
 /// Writes a consistent copy of `conn`'s main database to the new file `dest` with
 /// `VACUUM INTO` (an SQLite filename; it must not exist). The copy is one read transaction:
 /// in WAL mode the application keeps writing meanwhile. The copy is compact and in rollback
@@ -65,22 +79,24 @@ pub fn strip_node_local(copy: &mut Connection) -> Result<StreamSeq, StoreError> 
             "the database has no harmonylite metadata (has a sidecar ever run on it?)".into(),
         ));
     }
-    for table in [
-        names::OUTBOX,
-        names::LOG,
-        names::APPLYING,
-        names::PARTITIONS_PENDING,
-    ] {
-        if table_exists(&tx, table)? {
-            tx.execute(&format!("DELETE FROM {}", quote(table)), [])
-                .context(format!("emptying {table} in the snapshot copy"))?;
-        }
-    }
-    delete_meta_keys(&tx, &NODE_LOCAL_KEYS)?;
-    let covered = StreamSeq::new(meta::get_i64(&tx, keys::CURSOR)?.unwrap_or(0) as u64);
+    remove_node_local(&tx, "the snapshot copy")?;
+    let covered = covered_seq(&tx)?;
     tx.commit()
         .context("committing the stripped snapshot copy")?;
     Ok(covered)
+}
+
+/// The stream sequence a snapshot of `conn` covers: its cursor (0 when it never consumed).
+/// Run it inside the read transaction the snapshot is taken in.
+pub fn covered_seq(conn: &Connection) -> Result<StreamSeq, StoreError> {
+    if !has_meta_table(conn)? {
+        return Err(StoreError::Corrupt(
+            "the database has no harmonylite metadata (has a sidecar ever run on it?)".into(),
+        ));
+    }
+    Ok(StreamSeq::new(
+        meta::get_i64(conn, keys::CURSOR)?.unwrap_or(0) as u64,
+    ))
 }
 
 /// The node-local state a restored file gets (see [`install_node_local`]).
@@ -99,8 +115,10 @@ pub struct NodeLocal {
     pub clock: Option<u64>,
 }
 
-/// Prepares a downloaded snapshot file to become this node's database: removes any outbox,
-/// log and node-local meta it carries, installs `local`, sets `replay_own_until` (this
+/// Prepares a downloaded snapshot file to become this node's database: removes the taker's
+/// node-local state it may carry (outbox, change log, pending partitions, node-local meta:
+/// a streamed snapshot, format version 2, has them; a stripped one has none), installs
+/// `local`, sets `replay_own_until` (this
 /// node's own messages up to that sequence are applied, not skipped: their effects are not
 /// in the snapshot), and checks the file's cursor is `covered` (the header's claim).
 pub fn install_node_local(
@@ -125,13 +143,7 @@ pub fn install_node_local(
             cursor.get()
         )));
     }
-    for table in [names::OUTBOX, names::LOG, names::APPLYING] {
-        if table_exists(&tx, table)? {
-            tx.execute(&format!("DELETE FROM {}", quote(table)), [])
-                .context(format!("emptying {table} in the restored file"))?;
-        }
-    }
-    delete_meta_keys(&tx, &NODE_LOCAL_KEYS)?;
+    remove_node_local(&tx, "the restored file")?;
     meta::set(&tx, keys::NODE_ID, &local.node_id.to_bytes()[..])?;
     meta::set(&tx, keys::INCARNATION, local.incarnation as i64)?;
     if let Some(next) = local.next_batch {
@@ -300,6 +312,18 @@ pub(super) fn table_exists(conn: &Connection, table: &str) -> Result<bool, Store
     .optional()
     .map(|found| found.is_some())
     .context(format!("looking for {table}"))
+}
+
+/// Empties the node-local tables and deletes the node-local meta keys of `conn` (the
+/// snapshot file described by `what`, for errors), inside the caller's transaction.
+fn remove_node_local(conn: &Connection, what: &str) -> Result<(), StoreError> {
+    for table in NODE_LOCAL_TABLES {
+        if table_exists(conn, table)? {
+            conn.execute(&format!("DELETE FROM {}", quote(table)), [])
+                .context(format!("emptying {table} in {what}"))?;
+        }
+    }
+    delete_meta_keys(conn, &NODE_LOCAL_KEYS)
 }
 
 fn delete_meta_keys(conn: &Connection, keys: &[&str]) -> Result<(), StoreError> {
@@ -501,6 +525,61 @@ mod tests {
         restored.drain().unwrap();
         let next = &restored.outbox_after(0, 10).unwrap()[0];
         assert_eq!(next.batch_seq.get(), kept.next_batch.unwrap());
+    }
+
+    /// A streamed snapshot (format version 2) is the taker's live file, node-local state
+    /// and all: installing this node's state removes every trace of the taker's.
+    #[test]
+    fn a_restored_unstripped_copy_keeps_none_of_the_takers_node_local_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = busy_store(dir.path());
+        assert_eq!(
+            a.outbox_depth().unwrap().0,
+            1,
+            "the taker has an unpublished write"
+        );
+        let copy_path = dir.path().join("copy.db");
+        vacuum_into(a.connection(), copy_path.to_str().unwrap()).unwrap();
+        let mut conn = Connection::open(&copy_path).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM __hl_log"), 1);
+        let local = NodeLocal {
+            node_id: node(2),
+            incarnation: 7,
+            next_batch: None,
+            next_outbox_id: None,
+            clock: None,
+        };
+        install_node_local(&mut conn, &local, StreamSeq::new(1), StreamSeq::new(4)).unwrap();
+        for table in NODE_LOCAL_TABLES {
+            assert_eq!(
+                count(&conn, &format!("SELECT count(*) FROM {table}")),
+                0,
+                "{table}"
+            );
+        }
+        assert_eq!(meta::get_i64(&conn, keys::NEXT_BATCH).unwrap(), None);
+        assert_eq!(meta::get_i64(&conn, keys::NEXT_OUTBOX_ID).unwrap(), None);
+        assert_eq!(meta::get_i64(&conn, keys::INCARNATION).unwrap(), Some(7));
+        assert_eq!(
+            meta::get_i64(&conn, keys::REPLAY_OWN_UNTIL).unwrap(),
+            Some(4)
+        );
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM notes"),
+            3,
+            "the data stays"
+        );
+        drop(conn);
+        let restored = Store::open(
+            Connection::open(&copy_path).unwrap(),
+            StoreOptions::new(node(2)),
+        )
+        .unwrap();
+        assert_eq!(
+            Store::stored_node_id(restored.connection()).unwrap(),
+            Some(node(2))
+        );
+        assert_eq!(restored.outbox_depth().unwrap().0, 0);
     }
 
     #[test]

@@ -58,6 +58,14 @@ pub enum SnapshotError {
     },
     /// SQLite's file handle cannot do the raw read (the message says why).
     RawRead(String),
+    /// A chunk of the pinned database image read differently the second time: the read
+    /// transaction did not pin it after all; nothing was stored.
+    ImageChanged {
+        /// The database file.
+        path: PathBuf,
+        /// The chunk.
+        chunk: u64,
+    },
     /// The database file does not start with an SQLite header.
     NotSqlite {
         /// The file.
@@ -264,6 +272,11 @@ impl fmt::Display for SnapshotError {
                 format!("reading {} at byte {offset}", path.display())
             }
             RawRead(why) => why.clone(),
+            ImageChanged { path, chunk } => format!(
+                "the image of {} changed while it was streamed (chunk {chunk}): its read \
+                 transaction did not pin it",
+                path.display()
+            ),
             NotSqlite { path } => format!("{} does not start with an SQLite header", path.display()),
             CopyMode { mode } => format!("the snapshot copy stayed in {mode} mode"),
             Strip { db, .. } => format!("preparing the snapshot copy of {}", db.display()),

@@ -79,6 +79,7 @@ impl FramedSource {
                 total_size: total,
                 file_crc: whole.finalize(),
                 taken_by,
+                carries_node_local: false,
             },
             chunk_crcs: Arc::new(chunk_crcs),
         })
@@ -166,12 +167,7 @@ impl FramedSource {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        FramedReader {
-            rx,
-            current: Bytes::new(),
-            frames: 0,
-            failed: None,
-        }
+        FramedReader::from_frames(rx)
     }
 
     fn send_frames(&self, tx: &mpsc::Sender<std::io::Result<Bytes>>) -> std::io::Result<()> {
@@ -224,6 +220,19 @@ pub struct FramedReader {
     current: Bytes,
     frames: u64,
     failed: Option<std::io::Error>,
+}
+
+impl FramedReader {
+    /// The bytes of the frames `rx` receives, in order (the header's first), ending when
+    /// every sender is gone; an `Err` frame fails the read.
+    pub fn from_frames(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> Self {
+        FramedReader {
+            rx,
+            current: Bytes::new(),
+            frames: 0,
+            failed: None,
+        }
+    }
 }
 
 impl AsyncRead for FramedReader {

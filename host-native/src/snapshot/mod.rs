@@ -1,12 +1,19 @@
-//! Taking snapshots: the consistent copy, its framing, the upload, when to take one (the
+//! Taking snapshots: the consistent image, its framing, the upload, when to take one (the
 //! `--save-snapshot` command is [`crate::commands::save_snapshot`]).
 //!
-//! A snapshot is taken on a connection of its own: `VACUUM INTO` a temporary file in the data
-//! directory (one read transaction: in WAL mode the application and the driver keep writing
-//! meanwhile), then core's [`strip_node_local`] removes this node's outbox, change log and
-//! node-local metadata from the copy and reports the stream sequence it covers. The copy is
-//! read once to checksum it and once more to send it, framed with
-//! [`harmonylite_core::snapshot`] (header + CRC-checked chunks), to the store.
+//! A snapshot is taken on a connection of its own, inside one read transaction (in WAL mode
+//! the application and the driver keep writing meanwhile):
+//! - Object stores (`nats`, the default, and `s3`): when the WAL can be checkpointed, the
+//!   read transaction pins the database file itself (`begin_pinned_read`) and the file is
+//!   streamed, framed with [`harmonylite_core::snapshot`] (header + CRC-checked chunks),
+//!   straight into the upload ([`pinned`]): no local copy is written. The image keeps this
+//!   node's node-local state; its header says so (format version 2) and restores remove it.
+//! - The file store, and a database that cannot be pinned: [`make_copy`] writes a copy
+//!   (the file's bytes, else SQLite's backup API), core's [`strip_node_local`] removes this
+//!   node's outbox, change log and node-local metadata from it and reports the stream
+//!   sequence it covers; the copy is read once to checksum it and once more to send it. The
+//!   file store keeps that copy as the snapshot: a plain, stripped SQLite file that a person
+//!   can restore by hand and that every build reads (format version 1).
 //!
 //! Periodic snapshots ([`SnapshotSchedule`]): a full replica (`publish` and `replicate`)
 //! that has caught up takes one when the newest stored snapshot is older than
@@ -22,7 +29,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use harmonylite_core::change::StreamSeq;
 use harmonylite_core::hlc::NodeId;
-use harmonylite_core::snapshot::DEFAULT_CHUNK_SIZE;
+use harmonylite_core::snapshot::{SnapshotHeader, DEFAULT_CHUNK_SIZE};
 use harmonylite_core::sqlite::snapshot::strip_node_local;
 use rusqlite::{Connection, OpenFlags};
 
@@ -30,7 +37,8 @@ use crate::config::Config;
 pub use crate::snapshot::error::{LeaseError, PeerError, SnapshotError, SnapshotStoreError};
 pub use crate::snapshot::frame::{read_full, FramedReader, FramedSource};
 use crate::snapshot::lease::LeaseBucket;
-use crate::snapshot::store::{SnapshotInfo, SnapshotStore};
+pub use crate::snapshot::pinned::StreamedImage;
+use crate::snapshot::store::{SnapshotInfo, SnapshotStore, StreamingStore};
 
 pub mod catch_up;
 pub mod error;
@@ -38,6 +46,7 @@ pub mod frame;
 pub mod info;
 pub mod lease;
 pub mod peer;
+pub mod pinned;
 pub mod responder;
 pub mod restore;
 pub mod store;
@@ -86,7 +95,27 @@ pub fn make_copy(db_path: &Path, dest: &Path) -> Result<StreamSeq, SnapshotError
 }
 
 /// Copies the database file as bytes while a read transaction guarantees it is a consistent
-/// snapshot; `Ok(false)` when that could not be arranged (the caller falls back).
+/// snapshot (`begin_pinned_read`); `Ok(false)` when that could not be arranged (the caller
+/// falls back).
+fn copy_file_in_read_transaction(
+    source: &Connection,
+    db_path: &Path,
+    dest: &Path,
+) -> Result<bool, SnapshotError> {
+    let Some(len) = begin_pinned_read(source)? else {
+        return Ok(false);
+    };
+    let copied = copy_prefix(source, db_path, dest, len);
+    source.execute_batch("COMMIT")?;
+    copied?;
+    Ok(true)
+}
+
+/// Opens a read transaction on `source` in which the database file itself is a consistent
+/// snapshot, and returns the snapshot's length in bytes (page size × page count); the
+/// caller reads the file (through [`read_main_db_file`]) and ends the transaction. `Ok(None)`
+/// (no transaction open) when that could not be arranged: not in WAL mode, or commits kept
+/// arriving between the checkpoint and the transaction.
 ///
 /// Why this is safe (WAL mode): only checkpoints write the database file, and a checkpoint
 /// never copies WAL frames past the end of the snapshot of any open read transaction
@@ -96,15 +125,12 @@ pub fn make_copy(db_path: &Path, dest: &Path) -> Result<StreamSeq, SnapshotError
 /// no other connection committed in between, so the transaction's snapshot is exactly the
 /// file's content, and
 /// no checkpoint can change the file until the transaction ends. The application keeps
-/// committing to the WAL meanwhile.
-fn copy_file_in_read_transaction(
-    source: &Connection,
-    db_path: &Path,
-    dest: &Path,
-) -> Result<bool, SnapshotError> {
+/// committing to the WAL meanwhile (which grows until the transaction ends: no checkpoint
+/// can reset it).
+pub(crate) fn begin_pinned_read(source: &Connection) -> Result<Option<u64>, SnapshotError> {
     let mode: String = source.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
     if mode != "wal" {
-        return Ok(false);
+        return Ok(None);
     }
     for _attempt in 0..20 {
         // Order matters: the version first, so that "unchanged" below also covers the
@@ -119,26 +145,25 @@ fn copy_file_in_read_transaction(
             continue;
         }
         source.execute_batch("BEGIN")?;
-        let result = (|| -> Result<bool, SnapshotError> {
+        let pinned = (|| -> Result<Option<u64>, SnapshotError> {
             let (page_size, page_count): (i64, i64) = source.query_row(
                 "SELECT page_size, page_count FROM pragma_page_size, pragma_page_count",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let after: i64 = source.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-            if after != before {
-                return Ok(false);
-            }
-            copy_prefix(source, db_path, dest, (page_size * page_count) as u64)?;
-            Ok(true)
+            Ok((after == before).then_some((page_size * page_count) as u64))
         })();
-        source.execute_batch("COMMIT")?;
-        match result? {
-            true => return Ok(true),
-            false => remove_if_exists(dest)?,
+        match pinned {
+            Ok(Some(len)) => return Ok(Some(len)),
+            Ok(None) => source.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = source.execute_batch("COMMIT");
+                return Err(e);
+            }
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Copies the first `len` bytes of the database file under `source` into the new file `to`,
@@ -163,13 +188,7 @@ fn copy_prefix(source: &Connection, from: &Path, to: &Path, len: u64) -> Result<
             }
         })?;
         if offset == 0 {
-            if want < 100 || !buffer.starts_with(b"SQLite format 3\0") {
-                return Err(SnapshotError::NotSqlite {
-                    path: from.to_owned(),
-                });
-            }
-            buffer[18] = 1;
-            buffer[19] = 1;
+            mark_rollback_journal(&mut buffer[..want], from)?;
         }
         output.write_all(&buffer[..want])?;
         offset += want as u64;
@@ -177,9 +196,23 @@ fn copy_prefix(source: &Connection, from: &Path, to: &Path, len: u64) -> Result<
     Ok(())
 }
 
+/// Marks the first bytes of a database file image (`first`, at least its 100-byte header) as
+/// a rollback-journal database (header bytes 18 and 19): the copy has no WAL of its own.
+/// Errors when they are not an SQLite header (`from` names the file).
+pub(crate) fn mark_rollback_journal(first: &mut [u8], from: &Path) -> Result<(), SnapshotError> {
+    if first.len() < 100 || !first.starts_with(b"SQLite format 3\0") {
+        return Err(SnapshotError::NotSqlite {
+            path: from.to_owned(),
+        });
+    }
+    first[18] = 1;
+    first[19] = 1;
+    Ok(())
+}
+
 /// Reads `buffer.len()` bytes at `offset` of the main database file of `connection`,
 /// through the `sqlite3_file` SQLite itself uses (`SQLITE_FCNTL_FILE_POINTER` + `xRead`).
-fn read_main_db_file(
+pub(crate) fn read_main_db_file(
     connection: &Connection,
     buffer: &mut [u8],
     offset: u64,
@@ -286,7 +319,9 @@ pub struct Taken {
     pub took: Duration,
 }
 
-/// Takes a snapshot of the database at `db_path` in `work_dir` and stores it.
+/// Takes a snapshot of the database at `db_path` and stores it: streamed from the live file
+/// into an object store ([`pinned`]) when it can be pinned, else through a copy in
+/// `work_dir` (or, for the file store, in its directory).
 pub async fn take(
     db_path: &Path,
     work_dir: &Path,
@@ -295,6 +330,50 @@ pub async fn take(
     store: &SnapshotStore,
 ) -> Result<Taken, SnapshotError> {
     let started = Instant::now();
+    if let Some(streaming) = store.streaming() {
+        if let Some(image) = StreamedImage::start(db_path, node_id, DEFAULT_CHUNK_SIZE).await? {
+            return take_streamed(image, node_id, stream, store, streaming, started).await;
+        }
+        tracing::debug!(
+            "the database file could not be pinned (not in WAL mode, or commits kept coming): \
+             taking a copy"
+        );
+    }
+    take_copied(db_path, work_dir, node_id, stream, store, started).await
+}
+
+/// Uploads a snapshot streamed from the live database file.
+async fn take_streamed(
+    image: StreamedImage,
+    node_id: NodeId,
+    stream: &str,
+    store: &SnapshotStore,
+    streaming: StreamingStore<'_>,
+    started: Instant,
+) -> Result<Taken, SnapshotError> {
+    let header = *image.header();
+    tracing::debug!(took = ?started.elapsed(), "database pinned and checksummed");
+    let info = announce(stream, &header, node_id, store);
+    let (framed, producer) = image.into_parts();
+    let t0 = Instant::now();
+    let uploaded = streaming.upload(&info, header.framed_size(), framed).await;
+    // The reading thread's error first: it is why an upload that read from it failed.
+    producer.await??;
+    let bytes = uploaded?;
+    tracing::debug!(took = ?t0.elapsed(), "snapshot streamed and stored");
+    Ok(taken(info, &header, bytes, started))
+}
+
+/// Makes a stripped copy of the database (in `work_dir`, or the file store's directory),
+/// frames it and stores it; the copy is removed after.
+async fn take_copied(
+    db_path: &Path,
+    work_dir: &Path,
+    node_id: NodeId,
+    stream: &str,
+    store: &SnapshotStore,
+    started: Instant,
+) -> Result<Taken, SnapshotError> {
     tokio::fs::create_dir_all(work_dir)
         .await
         .map_err(file_error("creating", work_dir))?;
@@ -324,31 +403,46 @@ pub async fn take(
         })
         .await??;
         let header = *source.header();
-        let info = SnapshotInfo::new(stream, header.covered_seq, crate::util::unix_ms(), node_id);
-        tracing::info!(
-            covered_seq = header.covered_seq.get(),
-            bytes = header.total_size,
-            "uploading snapshot {} to the {}",
-            info.name,
-            store.describe()
-        );
+        let info = announce(stream, &header, node_id, store);
         let t0 = Instant::now();
         let bytes = store.upload(&info, &source).await?;
         tracing::debug!(took = ?t0.elapsed(), "snapshot stored");
-        let info = SnapshotInfo {
-            size: bytes,
-            ..info
-        };
-        Ok(Taken {
-            info,
-            db_bytes: header.total_size,
-            bytes,
-            took: started.elapsed(),
-        })
+        Ok(taken(info, &header, bytes, started))
     }
     .await;
     let _ = tokio::fs::remove_file(&copy).await;
     result
+}
+
+/// The new snapshot's name and description, logged as its upload starts.
+fn announce(
+    stream: &str,
+    header: &SnapshotHeader,
+    node_id: NodeId,
+    store: &SnapshotStore,
+) -> SnapshotInfo {
+    let info = SnapshotInfo::new(stream, header.covered_seq, crate::util::unix_ms(), node_id);
+    tracing::info!(
+        covered_seq = header.covered_seq.get(),
+        bytes = header.total_size,
+        "uploading snapshot {} to the {}",
+        info.name,
+        store.describe()
+    );
+    info
+}
+
+/// What a take reports once `bytes` framed bytes of `info` are stored.
+fn taken(info: SnapshotInfo, header: &SnapshotHeader, bytes: u64, started: Instant) -> Taken {
+    Taken {
+        info: SnapshotInfo {
+            size: bytes,
+            ..info
+        },
+        db_bytes: header.total_size,
+        bytes,
+        took: started.elapsed(),
+    }
 }
 
 /// Removes snapshot copies left in `work_dir` by processes that are gone (crashed).

@@ -30,7 +30,7 @@ use async_nats::jetstream;
 use tokio::io::AsyncRead;
 
 use crate::config::{Config, SnapshotStoreKind};
-use crate::snapshot::frame::FramedSource;
+use crate::snapshot::frame::{FramedReader, FramedSource};
 pub use crate::snapshot::info::{SnapshotInfo, EXTENSION};
 use crate::snapshot::store::s3::S3Store;
 
@@ -141,10 +141,21 @@ impl SnapshotStore {
         info: &SnapshotInfo,
         source: &FramedSource,
     ) -> Result<u64, SnapshotStoreError> {
+        let size = source.framed_size();
         match self {
-            SnapshotStore::Nats(s) => s.upload(info, source).await,
+            SnapshotStore::Nats(s) => s.upload(info, size, source.reader()).await,
             SnapshotStore::File(s) => s.upload(info, source).await,
-            SnapshotStore::S3(s) => s.upload(info, source).await,
+            SnapshotStore::S3(s) => s.upload(info, size, source.reader()).await,
+        }
+    }
+
+    /// This store as one that takes a snapshot as a stream of framed bytes (the object
+    /// stores); `None` for the file store, which keeps a copy on disk.
+    pub fn streaming(&self) -> Option<StreamingStore<'_>> {
+        match self {
+            SnapshotStore::Nats(s) => Some(StreamingStore::Nats(s)),
+            SnapshotStore::S3(s) => Some(StreamingStore::S3(s)),
+            SnapshotStore::File(_) => None,
         }
     }
 
@@ -210,6 +221,31 @@ impl SnapshotStore {
             Err(e) => tracing::warn!("could not clean up interrupted snapshot uploads: {e:#}"),
         }
         Ok(deleted)
+    }
+}
+
+/// A store that takes a snapshot as a stream of framed bytes, never needing a file of it:
+/// a snapshot can be streamed from the live database (`crate::snapshot::pinned`).
+pub enum StreamingStore<'a> {
+    /// A JetStream object store bucket.
+    Nats(&'a NatsStore),
+    /// An S3 bucket.
+    S3(&'a S3Store),
+}
+
+impl StreamingStore<'_> {
+    /// Stores the `size` framed bytes `framed` reads under `info.name`; visible only once
+    /// complete. Returns the bytes stored.
+    pub async fn upload(
+        &self,
+        info: &SnapshotInfo,
+        size: u64,
+        framed: FramedReader,
+    ) -> Result<u64, SnapshotStoreError> {
+        match self {
+            StreamingStore::Nats(s) => s.upload(info, size, framed).await,
+            StreamingStore::S3(s) => s.upload(info, size, framed).await,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use futures::StreamExt;
 
 use super::{SnapshotInfo, SnapshotStoreError, ORPHAN_AGE};
 use crate::ops::progress::{Progress, ProgressReader};
-use crate::snapshot::frame::FramedSource;
+use crate::snapshot::frame::FramedReader;
 
 /// Object store chunk size: large chunks keep the per-message overhead low; well under the
 /// default 1 MiB NATS payload limit.
@@ -83,10 +83,12 @@ impl NatsStore {
         Ok(out)
     }
 
+    /// Stores the `size` framed bytes `framed` reads as object `info.name`.
     pub(super) async fn upload(
         &self,
         info: &SnapshotInfo,
-        source: &FramedSource,
+        size: u64,
+        framed: FramedReader,
     ) -> Result<u64, SnapshotStoreError> {
         let meta = object_store::ObjectMetadata {
             name: info.name.clone(),
@@ -104,8 +106,8 @@ impl NatsStore {
             .into(),
             headers: None,
         };
-        let progress = Progress::new("uploading snapshot", source.framed_size());
-        let mut reader = ProgressReader::new(source.reader(), progress);
+        let progress = Progress::new("uploading snapshot", size);
+        let mut reader = ProgressReader::new(framed, progress);
         let stored =
             super::object_put::put(&self.js, &self.bucket, meta, OBJECT_CHUNK, &mut reader)
                 .await
@@ -114,11 +116,11 @@ impl NatsStore {
                     store: self.describe(),
                     source: e.into(),
                 })?;
-        if stored.size as u64 != source.framed_size() {
+        if stored.size as u64 != size {
             return Err(SnapshotStoreError::StoredSize {
                 name: info.name.clone(),
                 stored: stored.size as u64,
-                expected: source.framed_size(),
+                expected: size,
             });
         }
         Ok(stored.size as u64)
@@ -277,6 +279,8 @@ mod tests {
     use harmonylite_core::change::StreamSeq;
     use harmonylite_core::hlc::NodeId;
 
+    use crate::snapshot::frame::FramedSource;
+
     /// Uploads write objects several chunks at a time (`object_put`) that async-nats' `get`
     /// reads with its digest check; restores read an object's chunks as they arrive
     /// ([`NatsStore::chunks`]) instead of through `get`: both read the same bytes, whatever
@@ -304,7 +308,10 @@ mod tests {
 
         let info = SnapshotInfo::new("s-1", StreamSeq::new(9), 1, node);
         assert_eq!(
-            store.upload(&info, &source).await.unwrap(),
+            store
+                .upload(&info, source.framed_size(), source.reader())
+                .await
+                .unwrap(),
             framed.len() as u64
         );
         let mut object = store.store.get(&info.name).await.unwrap();

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::S3Config;
 use crate::ops::progress::{Progress, ProgressReader};
-use crate::snapshot::frame::FramedSource;
+use crate::snapshot::frame::FramedReader;
 use crate::snapshot::info::SnapshotInfo;
 use crate::snapshot::store::SnapshotStoreError;
 
@@ -147,17 +147,17 @@ impl S3Store {
         Ok(out)
     }
 
-    /// Uploads the framed snapshot as one object (see the module docs); returns the bytes
-    /// stored, checked against the object's size as S3 reports it.
+    /// Uploads the `size` framed bytes `framed` reads as one object (see the module docs);
+    /// returns the bytes stored, checked against the object's size as S3 reports it.
     pub async fn upload(
         &self,
         info: &SnapshotInfo,
-        source: &FramedSource,
+        size: u64,
+        framed: FramedReader,
     ) -> Result<u64, SnapshotStoreError> {
         let location = self.location(&info.name);
-        let size = source.framed_size();
         let progress = Progress::new("uploading snapshot", size);
-        let mut reader = ProgressReader::new(source.reader(), progress);
+        let mut reader = ProgressReader::new(framed, progress);
         let uploading = |e: Box<dyn std::error::Error + Send + Sync>| SnapshotStoreError::Upload {
             name: info.name.clone(),
             store: self.describe(),
