@@ -14,7 +14,8 @@
 //!    ([`crate::snapshot::peer`]) and wait for it; still none ⇒ an error the caller retries.
 //! 3. Download it to `<db_path>.hl-restore` beside the database, verifying every chunk and
 //!    the whole file (a damaged download falls back to the next older snapshot), fsync.
-//! 4. Install node-local state in it (core's `install_node_local`): this node's id, its
+//! 4. Install node-local state in it (core's `install_node_local`), after removing the
+//!    taker's that a streamed snapshot (format version 2) still holds: this node's id, its
 //!    incarnation and counters when the old file's were readable (else a fresh
 //!    incarnation), the old clock, and `replay_own_until` = the stream's last sequence, so
 //!    this node's own messages after the snapshot are applied rather than skipped.
@@ -553,8 +554,9 @@ pub async fn restore(
     })
 }
 
-/// Step 4 of a restore: installs node-local state in the downloaded file at `path` and
-/// fsyncs it; returns its size.
+/// Step 4 of a restore: removes the taker's node-local state from the downloaded file at
+/// `path` (a streamed snapshot carries it), installs this node's and fsyncs the file;
+/// returns its size.
 pub async fn prepare_restored_file(
     path: &Path,
     local: NodeLocal,
@@ -601,22 +603,9 @@ pub async fn download(
         _ => Download::Reader(store.open_reader(info).await?),
     };
     let mut progress = Progress::new("downloading snapshot", info.size);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let path = target.to_owned();
-    let writer = tokio::task::spawn_blocking(move || -> Result<u64, SnapshotError> {
-        let mut file = std::fs::File::create(&path).map_err(file_error("creating", &path))?;
-        let mut written = 0u64;
-        while let Some(chunk) = rx.blocking_recv() {
-            std::io::Write::write_all(&mut file, &chunk).map_err(file_error("writing", &path))?;
-            if written == 0 && crate::util::failpoint::is_armed("restore-download") {
-                file.sync_all()?;
-                crate::util::failpoint::pause_blocking("restore-download");
-            }
-            written += chunk.len() as u64;
-        }
-        file.sync_all().map_err(file_error("syncing", &path))?;
-        Ok(written)
-    });
+    let writer = tokio::task::spawn_blocking(move || write_download(&path, &mut rx));
     let decoded = async {
         let mut decoder = SnapshotDecoder::new();
         let mut buffer = BytesMut::with_capacity(4 << 20);
@@ -688,6 +677,54 @@ pub async fn download(
     let downloaded = progress.done();
     progress.finish();
     Ok((header, downloaded))
+}
+
+/// Bytes a download writes between two fsyncs started behind it.
+const SYNC_EVERY: u64 = 64 << 20;
+
+/// Writes the chunks `rx` receives into a new file at `path` and fsyncs it; returns the
+/// bytes written. A second thread fsyncs what was written so far every [`SYNC_EVERY`]
+/// bytes, so the disk writes overlap the download instead of all waiting for the last
+/// fsync.
+fn write_download(
+    path: &Path,
+    rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> Result<u64, SnapshotError> {
+    let mut file = std::fs::File::create(path).map_err(file_error("creating", path))?;
+    let syncing = file.try_clone().map_err(file_error("opening", path))?;
+    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<()>();
+    let syncer = std::thread::spawn(move || -> std::io::Result<()> {
+        while sync_rx.recv().is_ok() {
+            while sync_rx.try_recv().is_ok() {}
+            syncing.sync_data()?;
+        }
+        Ok(())
+    });
+    let mut written = 0u64;
+    let mut synced_at = 0u64;
+    let result = (|| -> Result<(), SnapshotError> {
+        while let Some(chunk) = rx.blocking_recv() {
+            std::io::Write::write_all(&mut file, &chunk).map_err(file_error("writing", path))?;
+            if written == 0 && crate::util::failpoint::is_armed("restore-download") {
+                file.sync_all()?;
+                crate::util::failpoint::pause_blocking("restore-download");
+            }
+            written += chunk.len() as u64;
+            if written - synced_at >= SYNC_EVERY {
+                synced_at = written;
+                let _ = sync_tx.send(());
+            }
+        }
+        Ok(())
+    })();
+    drop(sync_tx);
+    let synced = syncer
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread panicked")));
+    result?;
+    synced.map_err(file_error("syncing", path))?;
+    file.sync_all().map_err(file_error("syncing", path))?;
+    Ok(written)
 }
 
 /// Where a download's framed bytes come from.
