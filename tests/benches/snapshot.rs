@@ -2,14 +2,16 @@
 //! compared with `cp` of the same file on the same disk, in one run. Prints figures; asserts
 //! nothing about speed.
 //!
-//! - take: the sidecar's own code (`harmonylite::snapshot::take`): a consistent copy (bytes
-//!   read inside a read transaction when the WAL is checkpointed, else SQLite's backup API),
-//!   strip node-local state, checksum, frame, store. Into the `file` store
-//!   (framed file written, fsynced, renamed) and into the `nats` store (a real nats-server's
-//!   object store, its JetStream directory on the same disk).
+//! - take: the sidecar's own code (`harmonylite::snapshot::take`). Into the `file` store: a
+//!   consistent copy (bytes read inside a read transaction when the WAL is checkpointed, else
+//!   SQLite's backup API), strip node-local state, checksum, fsync, index. Into the `nats`
+//!   store (a real nats-server's object store, its JetStream directory on the same disk):
+//!   the database file pinned by a read transaction, checksummed, and streamed framed into
+//!   the upload, no local copy written (`harmonylite::snapshot::pinned`).
 //! - restore: `harmonylite::snapshot::restore::download` (verify every chunk and the whole, write
 //!   beside the database, fsync) then `prepare_restored_file` (node-local state, fsync):
 //!   everything a restore does except the rename.
+//!   `restore <- nats: download only` is the download part of the nats store's restore.
 //! - references: `cp` of the database file, and `cp` followed by an fsync of the copy; the
 //!   object store alone (the database file put and read back with async-nats' object store
 //!   API), the ceiling of the nats store; and the nats store's upload alone (a copy already
@@ -197,6 +199,10 @@ fn main() {
             name: "  (take: nats upload only)",
             times: vec![],
         },
+        Figures {
+            name: "  (restore <- nats: download only)",
+            times: vec![],
+        },
     ];
     let copy = dir.path().join("cp.db");
     let target = dir.path().join("restored.db");
@@ -240,8 +246,8 @@ fn main() {
             let t = Instant::now();
             runtime.block_on(async {
                 let (header, _) = download(store, &snapshot.info, &target).await.unwrap();
-                if std::env::var("HL_BENCH_TRACE").is_ok() {
-                    eprintln!("  download {:?}", t.elapsed());
+                if i == 5 {
+                    figures[10].times.push(t.elapsed());
                 }
                 let local = NodeLocal {
                     node_id: NodeId::from_u128(2).unwrap(),

@@ -1364,10 +1364,12 @@ fn local_snapshots(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
     };
     let _ = writeln!(
         out,
-        "Taking a snapshot does more than `cp`: it is a consistent copy taken while the app may write (the file \
-         is copied through SQLite's own file handle inside a read transaction; the backup API is only a \
-         fallback), has node-local state stripped, is checksummed and framed, and is fsynced before it counts; \
-         `cp` does none of that and is not safe on a live database. Restore verifies every chunk and fsyncs too.{}\n",
+        "Taking a snapshot does more than `cp`: it is a consistent image taken while the app may write (the file \
+         is read through SQLite's own file handle inside a read transaction; the backup API is only a \
+         fallback), checksummed and framed; into the file store it is a copy with node-local state stripped, \
+         fsynced before it counts, into the nats store it is streamed straight into the upload, no local copy \
+         written (restores strip it); `cp` does none of that and is not safe on a live database. Restore \
+         verifies every chunk and fsyncs too.{}\n",
         match ratio_of("cp + fsync", "cp vs cp") {
             Some(r) => format!(" In this run `cp + fsync` alone took {}× `cp`'s time.", num(r)),
             None => String::new(),
@@ -1418,7 +1420,8 @@ fn local_snapshots(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
     ) {
         let _ = writeln!(
             out,
-            "Our upload alone (`take: nats upload only`) took {}× `cp`'s time, {}× a raw put's time in this run.\n",
+            "Our upload alone from a copy already made and checksummed (`take: nats upload only`) took {}× `cp`'s \
+             time, {}× a raw put's time in this run.\n",
             num(upload),
             num(upload / raw)
         );
