@@ -5,6 +5,7 @@
 //
 //   node bench/peers/bench.mjs [--quick] [--json FILE]      (after `cd npm && npm run build`)
 //   RUNS=7 node bench/peers/bench.mjs                        more runs
+//   HL_WASM_DIR=DIR node bench/peers/bench.mjs               our wasm from DIR instead of npm/dist/wasm
 //
 // Peers (each in a fresh in-memory database per workload and run):
 //   harmonylite          the replica from npm/dist/wasm (rusqlite on sqlite-wasm-rs), table
@@ -44,7 +45,8 @@ const n = (base, min) => Math.max(min, Math.round(base * SCALE));
 
 const here = new URL(".", import.meta.url);
 const repo = fileURLToPath(new URL("../../", import.meta.url));
-const ourWasmDir = join(repo, "npm", "dist", "wasm");
+// HL_WASM_DIR: another build of ours (wasm-bindgen --target web output), e.g. to compare two.
+const ourWasmDir = process.env.HL_WASM_DIR ?? join(repo, "npm", "dist", "wasm");
 
 const SCHEMA = "CREATE TABLE t(id INTEGER PRIMARY KEY NOT NULL, name TEXT, qty INTEGER, price REAL, data BLOB)";
 const INSERT = "INSERT INTO t(id, name, qty, price, data) VALUES (?, ?, ?, ?, ?)";
