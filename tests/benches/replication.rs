@@ -13,6 +13,10 @@
 //!   interpolated within buckets): commit -> notice (file notification) -> captured
 //!   (drain committed) -> acknowledged by JetStream on the writer; stored -> delivered ->
 //!   applied on the receivers.
+//!   The app's own commit time (part of each latency) is printed too.
+//! - The same as a new user measures it: a Python `sqlite3` application with the module's
+//!   defaults inserts one row at a time on node 0 and polls the other nodes' files itself
+//!   (`HL_BENCH_SAMPLES / 2` commits per run; `python3` must be on PATH).
 //! - Throughput: every node's app inserts `HL_BENCH_ROWS` rows (default 20,000) in 100-row
 //!   transactions at full speed; rows/s = all rows / time until every node holds every row
 //!   (converged, not just written).
@@ -120,6 +124,12 @@ impl Opts {
             throughput_only: args.iter().any(|a| a == "--throughput-only"),
         }
     }
+}
+
+/// `values` in ascending order.
+fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(f64::total_cmp);
+    values
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -461,10 +471,12 @@ impl Cluster {
     }
 }
 
-/// Commit -> visible on every other node, `samples` commits; returns the latencies in ms.
-fn latency_run(cluster: &Cluster, run: usize, samples: usize) -> Vec<f64> {
+/// Commit -> visible on every other node, `samples` commits; returns the latencies and the
+/// app's own commit times (the INSERT's autocommit, part of each latency), in ms.
+fn latency_run(cluster: &Cluster, run: usize, samples: usize) -> (Vec<f64>, Vec<f64>) {
     let n = cluster.apps.len();
     let mut latencies = Vec::with_capacity(samples * (n - 1));
+    let mut commits = Vec::with_capacity(samples);
     for k in 0..samples {
         let writer = k % n;
         let id = -((run * 1_000_000 + k + 1) as i64);
@@ -475,6 +487,7 @@ fn latency_run(cluster: &Cluster, run: usize, samples: usize) -> Vec<f64> {
                 rusqlite::params![id, writer as i64],
             )
             .unwrap();
+        commits.push(start.elapsed().as_secs_f64() * 1000.0);
         if std::env::var("HL_BENCH_TRACE").is_ok() {
             let wall = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -507,7 +520,66 @@ fn latency_run(cluster: &Cluster, run: usize, samples: usize) -> Vec<f64> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    latencies
+    (latencies, commits)
+}
+
+/// The latency run as a new user writes it: a Python `sqlite3` application with the
+/// module's defaults (an implicit transaction per INSERT, `commit()`, SQLite's default
+/// `synchronous = FULL`) inserting one row at a time on node 0, polling the other nodes'
+/// files every 250 µs itself. Prints one line per commit: commit time, then each other
+/// node's commit -> visible time, in ms.
+const PYTHON_APP: &str = r#"
+import sqlite3, sys, time
+dbs, first, samples = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
+app = sqlite3.connect(dbs[0], timeout=5)
+others = [sqlite3.connect(db, timeout=5) for db in dbs[1:]]
+for k in range(samples):
+    key = first - k
+    start = time.perf_counter()
+    app.execute("INSERT INTO events(id, origin, payload) VALUES (?, 0, 'python')", (key,))
+    app.commit()
+    line = ["%.4f" % ((time.perf_counter() - start) * 1000)]
+    pending = list(range(len(others)))
+    while pending:
+        for i in list(pending):
+            if others[i].execute("SELECT 1 FROM events WHERE id = ?", (key,)).fetchone():
+                line.append("%.4f" % ((time.perf_counter() - start) * 1000))
+                pending.remove(i)
+        if pending:
+            if time.perf_counter() - start > 30:
+                sys.exit("row %d never arrived" % key)
+            time.sleep(0.00025)
+    print(" ".join(line), flush=True)
+    time.sleep(0.005)
+"#;
+
+/// [`PYTHON_APP`] on node 0, `samples` commits; returns the latencies and the app's commit
+/// times in ms. Fails loudly without `python3`.
+fn python_latency_run(cluster: &Cluster, run: usize, samples: usize) -> (Vec<f64>, Vec<f64>) {
+    let dbs: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.db.display().to_string())
+        .collect();
+    let first = -((run * 1_000_000 + 500_000 + 1) as i64);
+    let output = Command::new("python3")
+        .args(["-c", PYTHON_APP, &dbs.join(","), &first.to_string()])
+        .arg(samples.to_string())
+        .output()
+        .expect("python3 is needed for the Python application's latency run");
+    assert!(
+        output.status.success(),
+        "the Python application failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (mut latencies, mut commits) = (Vec::new(), Vec::new());
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let mut values = line.split(' ').map(|v| v.parse::<f64>().unwrap());
+        commits.extend(values.next());
+        latencies.extend(values);
+    }
+    assert_eq!(commits.len(), samples, "one line per commit");
+    (latencies, commits)
 }
 
 /// Every node writes `rows_per_node` rows in 100-row transactions; returns (seconds until
@@ -859,10 +931,17 @@ fn main() {
         let mut steps = StepTimes::start();
         if !opts.throughput_only {
             let hops_before = scrape_hops(&cluster);
-            lat = latency_run(&cluster, run, opts.samples);
+            let commits;
+            (lat, commits) = latency_run(&cluster, run, opts.samples);
             let hops_after = scrape_hops(&cluster);
             histogram.extend_from_slice(&lat);
             lat.sort_by(f64::total_cmp);
+            figures.push(
+                "app commit time p50",
+                "ms",
+                "harmonylite",
+                percentile(&sorted(commits), 0.5),
+            );
             figures.push(
                 "commit -> visible latency p50",
                 "ms",
@@ -894,6 +973,22 @@ fn main() {
         }
 
         if !opts.throughput_only {
+            let (python, commits) = python_latency_run(&cluster, run, opts.samples / 2);
+            let python = sorted(python);
+            for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+                figures.push(
+                    &format!("Python sqlite3 app: commit -> visible latency {label}"),
+                    "ms",
+                    "harmonylite",
+                    percentile(&python, q),
+                );
+            }
+            figures.push(
+                "Python sqlite3 app: commit time p50",
+                "ms",
+                "harmonylite",
+                percentile(&sorted(commits), 0.5),
+            );
             steps.mark("latency");
         }
         let mut peak = idle;

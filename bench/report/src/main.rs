@@ -249,6 +249,7 @@ mod tests {
             r#"{"suite": "replication", "figures": [
                 {"metric": "commit -> visible latency p50", "value": 3.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 2.5, "median": 3.0, "max": 3.5},
                 {"metric": "commit -> visible latency p99", "value": 9.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 8.0, "median": 9.0, "max": 11.0},
+                {"metric": "Python sqlite3 app: commit -> visible latency p50", "value": 3.25, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 3.0, "median": 3.25, "max": 3.5},
                 {"metric": "  hop commit_to_notice p50", "value": 0.4, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 0.3, "median": 0.4, "max": 0.5},
                 {"metric": "  hop commit_to_notice p99", "value": 1.0, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 0.9, "median": 1.0, "max": 1.2},
                 {"metric": "  hop stored_to_delivered p50", "value": 1.5, "unit": "ms", "peer": "harmonylite", "runs": 5, "min": 1.2, "median": 1.5, "max": 1.9},
@@ -295,6 +296,10 @@ mod tests {
         ));
         assert!(text.contains("at p50 **stored → delivered** (1.50 ms of 3.00 ms end to end)"));
         assert!(text.contains("](charts/replication-hops.svg)"));
+        assert!(text.contains(
+            "| Python `sqlite3` app with its defaults: latency p50 (ms) | 3.25 (3.00–3.50) | — | — |"
+        ));
+        assert!(text.contains("| latency p50 (ms) | 3.00 (2.50–3.50) | — | — |"));
     }
 
     #[test]
