@@ -604,6 +604,35 @@ pub fn lease_bucket_name(config: &Config) -> String {
     format!("{}-lease", config.snapshot.nats_bucket)
 }
 
+/// A thread committing to `db` all the time until `stop` (tables `c(n)` and
+/// `rows(n, pad)`: each commit adds 1 to `n` and a row numbered `n`, so a torn copy shows as
+/// `n` != the row count); returns its number of commits.
+#[cfg(test)]
+pub(crate) fn spawn_busy_writer(
+    db: std::path::PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut conn = Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        let mut commits = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(
+                "UPDATE c SET n = n + 1;
+                 INSERT INTO rows SELECT n, randomblob(3000) FROM c;",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+            commits += 1;
+            if commits % 8 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        commits
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,28 +715,7 @@ mod tests {
             .unwrap();
         drop(setup);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let (db, stop) = (db.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut conn = Connection::open(&db).unwrap();
-                conn.busy_timeout(Duration::from_secs(10)).unwrap();
-                let mut commits = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let tx = conn.transaction().unwrap();
-                    tx.execute_batch(
-                        "UPDATE c SET n = n + 1;
-                         INSERT INTO rows SELECT n, randomblob(3000) FROM c;",
-                    )
-                    .unwrap();
-                    tx.commit().unwrap();
-                    commits += 1;
-                    if commits % 8 == 0 {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-                commits
-            })
-        };
+        let writer = spawn_busy_writer(db.clone(), stop.clone());
         let check = |copy: &Path| -> i64 {
             let conn = Connection::open(copy).unwrap();
             let (n, rows): (i64, i64) = conn

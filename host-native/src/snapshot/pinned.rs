@@ -307,27 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = database(dir.path());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let (db, stop) = (db.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut conn = Connection::open(&db).unwrap();
-                conn.busy_timeout(Duration::from_secs(10)).unwrap();
-                let mut commits = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let tx = conn.transaction().unwrap();
-                    tx.execute_batch(
-                        "UPDATE c SET n = n + 1;
-                         INSERT INTO rows SELECT n, randomblob(3000) FROM c;",
-                    )
-                    .unwrap();
-                    tx.commit().unwrap();
-                    commits += 1;
-                    if commits % 8 == 0 {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-            })
-        };
+        let writer = crate::snapshot::spawn_busy_writer(db.clone(), stop.clone());
         let (mut streamed, mut last) = (0, -1);
         for _ in 0..30 {
             let Some(image) = StreamedImage::start(&db, NodeId::from_u128(1).unwrap(), 65_536)
