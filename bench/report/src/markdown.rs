@@ -117,10 +117,10 @@ fn all_verdicts(data: &Data) -> Vec<(String, bool)> {
                     if t.at_most { "≤" } else { "≥" },
                     with_unit(t.bound, &f.unit),
                     if t.met { "MET" } else { "MISSED" },
-                    if data.separate_run(&f.suite).is_some() {
-                        " (from a separate run, see *Catch-up in place*)"
-                    } else {
-                        ""
+                    match data.separate_run(&f.suite) {
+                        Some(_) =>
+                            format!(" (from a separate run, see *{}*)", section_of(&f.suite)),
+                        None => String::new(),
                     }
                 ),
                 t.met,
@@ -1229,9 +1229,7 @@ fn catch_up_in_place(out: &mut String, data: &Data) {
             .map(|f| count(f.median))
             .unwrap_or_else(|| "?".into())
     );
-    if let Some(from) = data.separate_run("catch-up") {
-        let _ = writeln!(out, "\n**These figures come from a separate run**: {from}.");
-    }
+    separate_run_note(out, data, "catch-up");
     let _ = writeln!(out, "\n| | |\n| --- | --- |");
     let _ = writeln!(out, "| row versions merged | {} |", count(rows.median));
     let _ = writeln!(
@@ -1284,8 +1282,28 @@ fn catch_up_in_place(out: &mut String, data: &Data) {
 
 fn snapshots(out: &mut String, data: &Data, charts: &[Chart], dir: &str) {
     let _ = writeln!(out, "## 4. Snapshots (P6)\n");
+    separate_run_note(out, data, "snapshot");
     local_snapshots(out, data, charts, dir);
     s3_snapshots(out, data);
+}
+
+/// Says where `suite`'s figures come from when they were measured apart from the page's run.
+fn separate_run_note(out: &mut String, data: &Data, suite: &str) {
+    if let Some(from) = data.separate_run(suite) {
+        let _ = writeln!(
+            out,
+            "\n**These figures come from a separate run**: {from}.\n"
+        );
+    }
+}
+
+/// The page section that shows `suite`'s figures (for pointers from the verdict list).
+fn section_of(suite: &str) -> &'static str {
+    match suite {
+        "catch-up" => "Catch-up in place",
+        "snapshot" | "s3-snapshot" => "Snapshots",
+        _ => "the appendix",
+    }
 }
 
 /// The S3 store, measured against moto by `tests/benches/s3_snapshot.rs` (its own `cp`
