@@ -141,21 +141,28 @@ impl SnapshotStore {
         info: &SnapshotInfo,
         source: &FramedSource,
     ) -> Result<u64, SnapshotStoreError> {
-        let size = source.framed_size();
-        match self {
-            SnapshotStore::Nats(s) => s.upload(info, size, source.reader()).await,
-            SnapshotStore::File(s) => s.upload(info, source).await,
-            SnapshotStore::S3(s) => s.upload(info, size, source.reader()).await,
+        match self.streaming_or_file() {
+            Ok(streaming) => {
+                streaming
+                    .upload(info, source.framed_size(), source.reader())
+                    .await
+            }
+            Err(file) => file.upload(info, source).await,
         }
     }
 
     /// This store as one that takes a snapshot as a stream of framed bytes (the object
     /// stores); `None` for the file store, which keeps a copy on disk.
     pub fn streaming(&self) -> Option<StreamingStore<'_>> {
+        self.streaming_or_file().ok()
+    }
+
+    /// This store as a [`StreamingStore`], or the file store it is.
+    fn streaming_or_file(&self) -> Result<StreamingStore<'_>, &FileStore> {
         match self {
-            SnapshotStore::Nats(s) => Some(StreamingStore::Nats(s)),
-            SnapshotStore::S3(s) => Some(StreamingStore::S3(s)),
-            SnapshotStore::File(_) => None,
+            SnapshotStore::Nats(s) => Ok(StreamingStore::Nats(s)),
+            SnapshotStore::S3(s) => Ok(StreamingStore::S3(s)),
+            SnapshotStore::File(s) => Err(s),
         }
     }
 
